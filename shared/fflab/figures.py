@@ -1,0 +1,916 @@
+"""Figure layer of fflab: one function per figure panel of the paper.
+
+Every function takes plain numpy arrays (already computed by the analysis
+layer) and returns a :class:`matplotlib.figure.Figure` built with the
+object-oriented API only.  Nothing here touches pyplot's global state, so the
+functions are safe to call headless and from worker threads; write the result
+with :func:`save_png`.
+
+Conventions used throughout
+---------------------------
+* ``N`` images, ``n`` units, ``C`` classes.
+* ``representations`` is an ``(N, n)`` array of post-activation values of one
+  layer, ``labels`` an ``(N,)`` integer array with values in ``[0, C)``.
+* Sets of units (ensembles, Method 1 / Method 2 results) are 1-D arrays of
+  unit indices; a boolean mask of length ``n`` is accepted too.
+* Model keys are ``"ff"``, ``"bpff"``, ``"bp"`` (displayed as FF, BP/FF, BP in
+  blue, red and green, as in Figure 7 of the paper).  Unknown keys are shown
+  verbatim with a fallback colour.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.colors as mcolors
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+__all__ = [
+    "MNIST_CLASS_NAMES",
+    "FASHION_MNIST_CLASS_NAMES",
+    "MODEL_DISPLAY_NAMES",
+    "MODEL_COLORS",
+    "class_names",
+    "model_display_name",
+    "model_color",
+    "square_grid",
+    "save_png",
+    "figure1a_activation_patterns",
+    "figure1b_class_mean_activations",
+    "activation_map",
+    "figure2_ensemble_sizes",
+    "figure3a_shared_units",
+    "figure3b_shared_units_matrix",
+    "figure4a_unseen_activations",
+    "figure4b_mean_activity",
+    "figure4c_decision_diagram",
+    "figure7_negative_weight_fraction",
+    "figure8a_method_comparison",
+    "figure8b_method_sizes",
+]
+
+# --------------------------------------------------------------------------
+# Names and colours
+# --------------------------------------------------------------------------
+
+MNIST_CLASS_NAMES: list[str] = [str(i) for i in range(10)]
+FASHION_MNIST_CLASS_NAMES: list[str] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+MODEL_DISPLAY_NAMES: dict[str, str] = {"ff": "FF", "bpff": "BP/FF", "bp": "BP"}
+MODEL_COLORS: dict[str, str] = {"ff": "tab:blue", "bpff": "tab:red", "bp": "tab:green"}
+_FALLBACK_COLORS = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+
+ENSEMBLE_COLOR = "tab:blue"  # blue dots marking ensemble units (Figures 1B, 4B)
+_PAD_COLOR = "#e8eef4"  # NaN padding cells of square grids
+
+
+def class_names(dataset: str) -> list[str]:
+    """Class names of ``"mnist"`` or ``"fashion_mnist"`` (a copy of the list).
+
+    Case and ``-``/``_`` are ignored (``"Fashion-MNIST"`` works).
+    Raises ``ValueError`` for any other data set.
+    """
+    key = dataset.strip().lower().replace("-", "_")
+    if key == "mnist":
+        return list(MNIST_CLASS_NAMES)
+    if key in ("fashion_mnist", "fashionmnist"):
+        return list(FASHION_MNIST_CLASS_NAMES)
+    raise ValueError(f"dataset: unknown data set {dataset!r}; expected 'mnist' or 'fashion_mnist'")
+
+
+def _model_key(model: str) -> str | None:
+    """Internal key for a model given as key or display name, else None."""
+    low = model.lower()
+    if low in MODEL_DISPLAY_NAMES:
+        return low
+    for key, display in MODEL_DISPLAY_NAMES.items():
+        if model == display:
+            return key
+    return None
+
+
+def model_display_name(model: str) -> str:
+    """``"ff" -> "FF"``, ``"bpff" -> "BP/FF"``, ``"bp" -> "BP"``; others unchanged."""
+    key = _model_key(model)
+    return MODEL_DISPLAY_NAMES[key] if key else model
+
+
+def model_color(model: str, index: int = 0) -> str:
+    """Fixed colour of a model (FF blue, BP/FF red, BP green).
+
+    Unknown models get a fallback colour chosen by ``index``.
+    """
+    key = _model_key(model)
+    return MODEL_COLORS[key] if key else _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)]
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------
+
+
+def square_grid(values: np.ndarray) -> np.ndarray:
+    """Reshape a 1-D array to the smallest square grid, row-major.
+
+    Parameters
+    ----------
+    values : (n,) array_like
+        One value per unit (or pixel).
+
+    Returns
+    -------
+    (s, s) float ndarray
+        ``s = ceil(sqrt(n))``; unit ``u`` sits at row ``u // s``, column
+        ``u % s``; the ``s*s - n`` trailing cells are NaN.  ``n = 784`` gives
+        28 x 28 with no padding, ``n = 5`` gives 3 x 3 with 4 NaNs.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1:
+        raise ValueError(f"values: expected a 1-D array, got shape {v.shape}")
+    side = _grid_side(v.size)
+    grid = np.full(side * side, np.nan)
+    grid[: v.size] = v
+    return grid.reshape(side, side)
+
+
+def _grid_side(n: int) -> int:
+    return max(1, math.isqrt(n - 1) + 1) if n > 0 else 1
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _as_1d(name: str, x, length: int | None = None) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
+    if length is not None and a.shape[0] != length:
+        raise ValueError(f"{name}: expected length {length}, got {a.shape[0]}")
+    return a
+
+
+def _as_2d(name: str, x) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got shape {a.shape}")
+    return a
+
+
+def _labels(name: str, labels, n_rows: int, n_classes: int) -> np.ndarray:
+    lab = _as_1d(name, labels, n_rows)
+    if lab.size and not np.issubdtype(lab.dtype, np.integer):
+        if not np.all(np.equal(np.mod(lab, 1), 0)):
+            raise ValueError(f"{name}: expected integer class labels")
+        lab = lab.astype(int)
+    if lab.size and (lab.min() < 0 or lab.max() >= n_classes):
+        raise ValueError(
+            f"{name}: values must lie in [0, {n_classes}) to match class_names, "
+            f"got range [{lab.min()}, {lab.max()}]"
+        )
+    return lab
+
+
+def _units(name: str, units, n: int) -> np.ndarray:
+    """Unit indices (sorted, unique) from an index array or a boolean mask."""
+    u = np.asarray(units)
+    if u.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of unit indices, got shape {u.shape}")
+    if u.dtype == bool:
+        if u.size != n:
+            raise ValueError(f"{name}: boolean mask has length {u.size}, expected {n}")
+        return np.flatnonzero(u)
+    if u.size == 0:
+        return np.zeros(0, dtype=int)
+    if not np.issubdtype(u.dtype, np.integer):
+        if not np.all(np.equal(np.mod(u, 1), 0)):
+            raise ValueError(f"{name}: unit indices must be integers")
+        u = u.astype(int)
+    if u.min() < 0 or u.max() >= n:
+        raise ValueError(f"{name}: unit indices must lie in [0, {n}), got [{u.min()}, {u.max()}]")
+    return np.unique(u)
+
+
+def _class_names(name: str, names: Sequence[str], n_classes: int | None = None) -> list[str]:
+    out = [str(c) for c in names]
+    if n_classes is not None and len(out) != n_classes:
+        raise ValueError(f"{name}: expected {n_classes} class names, got {len(out)}")
+    return out
+
+
+def _value_limits(a: np.ndarray) -> tuple[float, float]:
+    """Colour limits: from min(0, data min) to data max (never degenerate)."""
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = min(0.0, float(finite.min())), float(finite.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def _cmap(name: str, bad: str | None = None):
+    cmap = colormaps[name]
+    return cmap.with_extremes(bad=bad) if bad else cmap
+
+
+def _xtick_rotation(names: Sequence[str]) -> tuple[float, str]:
+    long = max((len(s) for s in names), default=0) > 3
+    return (40.0, "right") if long else (0.0, "center")
+
+
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parent folders are created).
+
+    Uses the figure's own canvas (Agg), touches no pyplot state and does not
+    close anything; returns the path written.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, format="png", dpi=dpi)
+    return p
+
+
+# --------------------------------------------------------------------------
+# Figure 1
+# --------------------------------------------------------------------------
+
+
+def figure1a_activation_patterns(
+    layer_activations: Sequence[np.ndarray],
+    image: np.ndarray | None = None,
+    title: str | None = "Activation patterns for one input",
+) -> Figure:
+    """Figure 1A: one input's activations in each layer, as square grids.
+
+    Parameters
+    ----------
+    layer_activations : list of (n_l,) arrays
+        Activations of every unit of layer ``l`` for one representative input.
+        Each is drawn with :func:`square_grid` (784 -> 28 x 28; other sizes are
+        padded with NaN, drawn in pale blue-grey).
+    image : (784,) or (28, 28) array, optional
+        The input (label encoded in its border); drawn as the first panel.
+    title : str or None
+        Figure title.
+
+    Returns
+    -------
+    Figure
+        One grid panel (``Greys``: darker = more active, each layer scaled to
+        its own range) with a colour bar per layer, preceded by the image
+        panel if given.  ``fig.axes`` lists the panels first
+        (``[image], layer1, layer2, ...``), then the colour bars.
+    """
+    if len(layer_activations) == 0:
+        raise ValueError("layer_activations: expected at least one layer")
+    layers = [_as_1d(f"layer_activations[{i}]", a).astype(float) for i, a in enumerate(layer_activations)]
+    img = None
+    if image is not None:
+        img = np.asarray(image, dtype=float)
+        if img.ndim == 1:
+            if math.isqrt(img.size) ** 2 != img.size:
+                raise ValueError(f"image: a flat image must have a square size, got {img.size}")
+            img = img.reshape(math.isqrt(img.size), -1)
+        elif img.ndim != 2:
+            raise ValueError(f"image: expected shape (784,) or (28, 28), got {img.shape}")
+
+    n_panels = len(layers) + (img is not None)
+    fig = _new_figure(3.0 * n_panels + 0.5, 3.4)
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    k = 0
+    if img is not None:
+        ax = axes[0]
+        ax.imshow(img, cmap="gray", interpolation="nearest")
+        ax.set_title("Input")
+        ax.set_xlabel("pixel column")
+        ax.set_ylabel("pixel row")
+        k = 1
+    grey = _cmap("Greys", bad=_PAD_COLOR)
+    for i, act in enumerate(layers):
+        ax = axes[k + i]
+        lo, hi = _value_limits(act)
+        im = ax.imshow(square_grid(act), cmap=grey, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(f"Layer {i + 1} ({act.size} units)")
+        ax.set_xlabel("grid column")
+        ax.set_ylabel("grid row")
+        cb = fig.colorbar(im, ax=ax, shrink=0.8)
+        cb.set_label("activation")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def figure1b_class_mean_activations(
+    representations: np.ndarray,
+    labels: np.ndarray,
+    ensembles: Mapping[int, np.ndarray],
+    class_names: Sequence[str],
+    title: str | None = "Mean activation per unit, by class",
+) -> Figure:
+    """Figure 1B: per class, the mean activation of every unit.
+
+    Parameters
+    ----------
+    representations : (N, n) array
+        Post-activation values of one layer.
+    labels : (N,) int array
+        Class of each image, in ``[0, C)``.
+    ensembles : dict[int, (k_c,) array]
+        Ensemble unit indices of class ``c`` (missing classes: no dots).
+    class_names : sequence of C str
+    title : str or None
+
+    Returns
+    -------
+    Figure
+        One subplot per class (rows of at most 5), in class order; x = unit
+        index, y = mean activation (grey line), ensemble units as blue dots.
+        Unused grid cells are removed, so ``len(fig.axes) == C``.
+    """
+    X = _as_2d("representations", representations).astype(float)
+    n_img, n = X.shape
+    names = _class_names("class_names", class_names)
+    C = len(names)
+    if C == 0:
+        raise ValueError("class_names: expected at least one class")
+    lab = _labels("labels", labels, n_img, C)
+    ens = {}
+    for c, units in ensembles.items():
+        if not 0 <= int(c) < C:
+            raise ValueError(f"ensembles: class key {c} outside [0, {C})")
+        ens[int(c)] = _units(f"ensembles[{c}]", units, n)
+
+    ncols = min(5, C)
+    nrows = math.ceil(C / ncols)
+    fig = _new_figure(2.9 * ncols, 2.3 * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    x = np.arange(n)
+    for c in range(C):
+        ax = axes[c]
+        rows = X[lab == c]
+        if rows.shape[0]:
+            mean = rows.mean(axis=0)
+            ax.plot(x, mean, color="0.35", lw=0.8)
+            u = ens.get(c, np.zeros(0, dtype=int))
+            if u.size:
+                ax.plot(u, mean[u], "o", color=ENSEMBLE_COLOR, ms=4, label="ensemble")
+        else:
+            ax.text(0.5, 0.5, "no images", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(names[c], fontsize=10)
+        ax.set_xlabel("unit index", fontsize=8)
+        ax.set_ylabel("mean activation", fontsize=8)
+        ax.tick_params(labelsize=7, labelbottom=True, labelleft=True)
+    for ax in axes[C:]:
+        fig.delaxes(ax)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def activation_map(
+    representations: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    layer: int,
+    title: str | None = None,
+) -> Figure:
+    """Figures 1C, 5, 6: activation map of one layer, images grouped by class.
+
+    Parameters
+    ----------
+    representations : (N, n) array
+        Post-activation values of layer ``layer``.
+    labels : (N,) int array
+        Class of each image, in ``[0, C)``.
+    class_names : sequence of C str
+    layer : int
+        Layer number (1-based), used in the title.
+    title : str or None
+        Defaults to ``"Layer {layer} activation map"``.
+
+    Returns
+    -------
+    Figure
+        Axes ``[map, colourbar]``.  Rows are images sorted (stably) by class,
+        columns are units; colour (``Blues``, white = 0) is the activation.
+        Class boundaries are drawn as horizontal lines and every non-empty
+        class block carries its class name on the y axis.  Drawn with a single
+        ``imshow`` (``aspect='auto'``), fast for N = 10000, n = 784.
+    """
+    X = _as_2d("representations", representations)
+    n_img, n = X.shape
+    names = _class_names("class_names", class_names)
+    lab = _labels("labels", labels, n_img, len(names))
+    order = np.argsort(lab, kind="stable")
+    Xs = np.asarray(X[order], dtype=float)
+    counts = np.bincount(lab, minlength=len(names)) if n_img else np.zeros(len(names), int)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+
+    fig = _new_figure(8.0, 7.0)
+    ax = fig.subplots()
+    lo, hi = _value_limits(Xs)
+    im = ax.imshow(Xs if n_img else np.zeros((1, max(n, 1))), aspect="auto", cmap="Blues",
+                   vmin=lo, vmax=hi, interpolation="auto")
+    for e in ends[:-1]:
+        if 0 < e < n_img:
+            ax.axhline(e - 0.5, color="tab:red", lw=0.6, alpha=0.7)
+    present = counts > 0
+    ax.set_yticks((starts[present] + ends[present] - 1) / 2.0)
+    ax.set_yticklabels([nm for nm, p in zip(names, present) if p])
+    ax.tick_params(axis="y", length=0)
+    ax.set_xlabel("unit index")
+    ax.set_ylabel("images, grouped by class")
+    ax.set_title(title if title is not None else f"Layer {layer} activation map")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("activation")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Figure 2
+# --------------------------------------------------------------------------
+
+
+def figure2_ensemble_sizes(
+    sizes: Mapping[str, np.ndarray],
+    class_names: Sequence[str],
+    zero_floor: float = 0.5,
+    title: str | None = "Ensemble size per class",
+) -> Figure:
+    """Figure 2: ensemble sizes per class and model, log y axis.
+
+    Parameters
+    ----------
+    sizes : dict[str, (S, C) array]
+        ``sizes[model][s, c]`` is the ensemble size of class ``c`` in seed
+        ``s``; a ``(C,)`` array is read as one seed.  Models keep dict order.
+    class_names : sequence of C str
+    zero_floor : float
+        Zeros on the log axis: the y axis starts at ``zero_floor`` (0.5,
+        below the smallest non-zero size 1) and every bar rises from it, so a
+        mean of 0 (or anything below the floor) is a zero-height bar, labelled
+        "0" / its value just above the floor.  Error-bar lower ends are
+        clipped at the floor too.  (Clipping, not symlog.)
+    title : str or None
+
+    Returns
+    -------
+    Figure
+        One axes: grouped bars per class, one bar per model (mean over seeds,
+        error bar = standard error over seeds, ddof=1, when S > 1).
+    """
+    if not sizes:
+        raise ValueError("sizes: expected at least one model")
+    if zero_floor <= 0:
+        raise ValueError("zero_floor: must be > 0 on a log axis")
+    names = _class_names("class_names", class_names)
+    C = len(names)
+    data = {}
+    for model, arr in sizes.items():
+        a = np.asarray(arr, dtype=float)
+        if a.ndim == 1:
+            a = a[None, :]
+        if a.ndim != 2 or a.shape[1] != C:
+            raise ValueError(f"sizes[{model!r}]: expected shape (S, {C}), got {np.asarray(arr).shape}")
+        if a.shape[0] == 0:
+            raise ValueError(f"sizes[{model!r}]: no seeds")
+        if np.any(a < 0):
+            raise ValueError(f"sizes[{model!r}]: sizes must be >= 0")
+        data[model] = a
+
+    n_models = len(data)
+    width = 0.8 / n_models
+    x = np.arange(C)
+    fig = _new_figure(max(6.0, 0.9 * C + 2.0), 4.5)
+    ax = fig.subplots()
+    ax.set_yscale("log")
+    top = zero_floor
+    for i, (model, a) in enumerate(data.items()):
+        mean = a.mean(axis=0)
+        se = a.std(axis=0, ddof=1) / math.sqrt(a.shape[0]) if a.shape[0] > 1 else None
+        shown = np.maximum(mean, zero_floor)
+        pos = x + (i - (n_models - 1) / 2) * width
+        yerr = None
+        if se is not None:
+            lower = shown - np.maximum(mean - se, zero_floor)
+            yerr = np.vstack([np.clip(lower, 0, None), se])
+            top = max(top, float(np.max(shown + se)))
+        top = max(top, float(shown.max()))
+        ax.bar(pos, shown - zero_floor, width=width, bottom=zero_floor, yerr=yerr, capsize=2,
+               color=model_color(model, i), label=model_display_name(model), error_kw={"lw": 0.8})
+        for p, m in zip(pos, mean):
+            if m <= zero_floor:
+                ax.text(p, zero_floor * 1.05, f"{m:.2g}", ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(zero_floor, top * 1.6)
+    rot, ha = _xtick_rotation(names)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=rot, ha=ha)
+    ax.set_xlabel("class")
+    ax.set_ylabel("ensemble size (units)")
+    ax.legend(title="model")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Figure 3
+# --------------------------------------------------------------------------
+
+
+def figure3a_shared_units(
+    units_a: np.ndarray,
+    units_b: np.ndarray,
+    n_units: int,
+    class_a: str,
+    class_b: str,
+) -> Figure:
+    """Figure 3A: active units of two classes on the square unit grid.
+
+    Parameters
+    ----------
+    units_a, units_b : (k_a,), (k_b,) int arrays
+        Ensemble unit indices of the two classes (or boolean masks).
+    n_units : int
+        Units in the layer; laid out as in :func:`square_grid`.
+    class_a, class_b : str
+        Class names (panel titles).
+
+    Returns
+    -------
+    Figure
+        Axes ``[class_a grid, class_b grid]``: active units blue, inactive
+        light grey, grid padding pale blue-grey; units in both ensembles are
+        circled in red.
+    """
+    if int(n_units) <= 0:
+        raise ValueError(f"n_units: must be positive, got {n_units}")
+    n = int(n_units)
+    ua = _units("units_a", units_a, n)
+    ub = _units("units_b", units_b, n)
+    shared = np.intersect1d(ua, ub)
+    side = _grid_side(n)
+    cmap = mcolors.ListedColormap(["#f2f2f2", ENSEMBLE_COLOR]).with_extremes(bad=_PAD_COLOR)
+
+    fig = _new_figure(8.5, 4.6)
+    axes = fig.subplots(1, 2)
+    for ax, units, name in ((axes[0], ua, class_a), (axes[1], ub, class_b)):
+        mask = np.zeros(n)
+        mask[units] = 1.0
+        ax.imshow(square_grid(mask), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        if shared.size:
+            ax.scatter(shared % side, shared // side, s=160, facecolors="none",
+                       edgecolors="red", linewidths=1.5, label="shared")
+        ax.set_title(f"{name} ({units.size} active)")
+        ax.set_xlabel("grid column")
+        ax.set_ylabel("grid row")
+    fig.suptitle(f"Active units: {class_a} vs {class_b} ({shared.size} shared, circled)")
+    return fig
+
+
+def figure3b_shared_units_matrix(
+    matrix: np.ndarray,
+    class_names: Sequence[str],
+    title: str | None = "Units shared between ensembles",
+) -> Figure:
+    """Figure 3B: number of units shared by the ensembles of each class pair.
+
+    Parameters
+    ----------
+    matrix : (C, C) int array
+        ``matrix[i, j]`` = ``|E_i ∩ E_j|`` (diagonal: ensemble sizes).
+    class_names : sequence of C str
+    title : str or None
+
+    Returns
+    -------
+    Figure
+        Axes ``[heatmap, colourbar]``; counts written in each cell (white on
+        dark cells), class names on both axes, x labels rotated.
+    """
+    M = _as_2d("matrix", matrix)
+    if M.shape[0] != M.shape[1]:
+        raise ValueError(f"matrix: expected a square (C, C) array, got shape {M.shape}")
+    names = _class_names("class_names", class_names, M.shape[0])
+    C = M.shape[0]
+    fig = _new_figure(max(5.0, 0.55 * C + 2.5), max(4.2, 0.5 * C + 1.8))
+    ax = fig.subplots()
+    Mf = M.astype(float)
+    lo, hi = _value_limits(Mf)
+    im = ax.imshow(Mf, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+    cmap, norm = im.get_cmap(), im.norm
+    for i in range(C):
+        for j in range(C):
+            v = M[i, j]
+            r, g, b, _ = cmap(norm(float(v)))
+            light = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
+            txt = f"{v:g}" if np.issubdtype(M.dtype, np.floating) else str(v)
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8,
+                    color="black" if light else "white")
+    ax.set_xticks(np.arange(C))
+    ax.set_yticks(np.arange(C))
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    ax.set_xlabel("class")
+    ax.set_ylabel("class")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("shared units")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Figure 4
+# --------------------------------------------------------------------------
+
+
+def figure4a_unseen_activations(
+    representations_of_unseen: np.ndarray,
+    class_name: str,
+) -> Figure:
+    """Figure 4A: activations evoked by images of a class unseen in training.
+
+    Parameters
+    ----------
+    representations_of_unseen : (M, n) array
+        Post-activation values of one layer for the M unseen-class images.
+    class_name : str
+
+    Returns
+    -------
+    Figure
+        Axes ``[heatmap, colourbar]``: images (rows) x units (columns),
+        ``Blues`` colour scale.
+    """
+    X = _as_2d("representations_of_unseen", representations_of_unseen).astype(float)
+    fig = _new_figure(7.0, 4.8)
+    ax = fig.subplots()
+    lo, hi = _value_limits(X)
+    im = ax.imshow(X if X.size else np.zeros((1, 1)), aspect="auto", cmap="Blues", vmin=lo, vmax=hi,
+                   interpolation="auto")
+    ax.set_xlabel("unit index")
+    ax.set_ylabel(f"image ({class_name})")
+    ax.set_title(f"Unseen class: {class_name}")
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label("activation")
+    return fig
+
+
+def figure4b_mean_activity(
+    mean_activity: np.ndarray,
+    ensemble_units: np.ndarray,
+    class_name: str,
+) -> Figure:
+    """Figure 4B: mean activity <x> of every unit, ensemble units as blue dots.
+
+    Parameters
+    ----------
+    mean_activity : (n,) array
+    ensemble_units : (k,) int array (or boolean mask of length n)
+    class_name : str
+
+    Returns
+    -------
+    Figure
+        One axes: grey line over unit index, blue dots on ensemble units.
+    """
+    m = _as_1d("mean_activity", mean_activity).astype(float)
+    u = _units("ensemble_units", ensemble_units, m.size)
+    fig = _new_figure(7.0, 3.8)
+    ax = fig.subplots()
+    ax.plot(np.arange(m.size), m, color="0.4", lw=0.9, label="mean activity")
+    ax.plot(u, m[u], "o", color=ENSEMBLE_COLOR, ms=6, label=f"ensemble ({u.size})")
+    ax.set_xlabel("unit index")
+    ax.set_ylabel("mean activation ⟨x⟩")
+    ax.set_title(f"{class_name}: mean activity")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def figure4c_decision_diagram(
+    rho: np.ndarray,
+    n_higher: np.ndarray,
+    ensemble_units: np.ndarray,
+    rho_cut: float | None,
+    nh_cut: float | None,
+    log_scale: bool = True,
+) -> Figure:
+    """Figure 4C: Method 2 decision diagram (rho, n_h).
+
+    Parameters
+    ----------
+    rho : (n,) array
+        Density of each unit's mean activity (neighbours within epsilon,
+        divided by 2*epsilon).
+    n_higher : (n,) array
+        Number of units with a higher mean activity (0 for the top unit).
+    ensemble_units : (k,) int array (or boolean mask of length n)
+        Units selected by Method 2 (red); the others are grey.
+    rho_cut, nh_cut : float or None
+        Thresholds, drawn as dashed lines when given.
+    log_scale : bool
+        True (default): x (rho) on a log axis when every rho > 0, else
+        symlog; y (n_h) on a symlog axis with linear range [0, 1], because
+        n_h = 0 for the most active unit (the y axis starts just below 0).
+        False: both linear.
+
+    Returns
+    -------
+    Figure
+        One axes.
+    """
+    r = _as_1d("rho", rho).astype(float)
+    nh = _as_1d("n_higher", n_higher, r.size).astype(float)
+    u = _units("ensemble_units", ensemble_units, r.size)
+    is_ens = np.zeros(r.size, dtype=bool)
+    is_ens[u] = True
+
+    fig = _new_figure(5.5, 4.6)
+    ax = fig.subplots()
+    ax.scatter(r[~is_ens], nh[~is_ens], s=14, color="0.6", alpha=0.7, label="other units")
+    ax.scatter(r[is_ens], nh[is_ens], s=30, color="red", label=f"ensemble ({u.size})", zorder=3)
+    if rho_cut is not None:
+        ax.axvline(float(rho_cut), color="k", ls="--", lw=1, label=f"ρ cut = {float(rho_cut):.3g}")
+    if nh_cut is not None:
+        ax.axhline(float(nh_cut), color="0.2", ls="--", lw=1, label=f"$n_h$ cut = {float(nh_cut):.3g}")
+    if log_scale:
+        finite = r[np.isfinite(r)]
+        if finite.size and np.all(finite > 0):
+            ax.set_xscale("log")
+        else:
+            pos = finite[finite > 0]
+            ax.set_xscale("symlog", linthresh=float(pos.min()) if pos.size else 1.0)
+        ax.set_yscale("symlog", linthresh=1.0)
+        finite_nh = nh[np.isfinite(nh)]
+        if finite_nh.size and finite_nh.min() >= 0:
+            ax.set_ylim(bottom=-0.3)  # n_h >= 0: no empty negative half
+    ax.set_xlabel("density ρ")
+    ax.set_ylabel("$n_h$ (units with higher ⟨x⟩)")
+    ax.set_title("Decision diagram (Method 2)")
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Figure 7
+# --------------------------------------------------------------------------
+
+
+def figure7_negative_weight_fraction(
+    fractions: Mapping[str, np.ndarray],
+    layer: int,
+    bins: int = 20,
+    title: str | None = None,
+) -> Figure:
+    """Figure 7: distribution of the per-unit fraction of negative weights.
+
+    Parameters
+    ----------
+    fractions : dict[str, (n,) array]
+        For each model, the fraction in [0, 1] of each unit's incoming
+        weights that are negative (NaNs are ignored).
+    layer : int
+        Layer number (1-based), used in the title.
+    bins : int
+        Equal-width bins over [0, 1] (a fraction of exactly 1 falls in the
+        last bin).
+    title : str or None
+        Defaults to ``"Layer {layer}: negative incoming weights"``.
+
+    Returns
+    -------
+    Figure
+        One axes; one step line (unit counts per bin) per model in its
+        fixed colour (FF blue, BP/FF red, BP green).
+    """
+    if not fractions:
+        raise ValueError("fractions: expected at least one model")
+    edges = np.linspace(0.0, 1.0, int(bins) + 1)
+    fig = _new_figure(6.5, 4.2)
+    ax = fig.subplots()
+    for i, (model, arr) in enumerate(fractions.items()):
+        f = _as_1d(f"fractions[{model!r}]", arr).astype(float)
+        f = f[np.isfinite(f)]
+        if f.size and (f.min() < 0 or f.max() > 1):
+            raise ValueError(f"fractions[{model!r}]: values must lie in [0, 1]")
+        counts, _ = np.histogram(f, bins=edges)
+        ax.stairs(counts, edges, color=model_color(model, i), lw=1.8,
+                  label=f"{model_display_name(model)} ({f.size} units)")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of negative incoming weights")
+    ax.set_ylabel("number of units")
+    ax.set_title(title if title is not None else f"Layer {layer}: negative incoming weights")
+    ax.legend(title="model")
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Figure 8
+# --------------------------------------------------------------------------
+
+
+def figure8a_method_comparison(
+    mean_activity: np.ndarray,
+    method1_units: np.ndarray,
+    method2_units: np.ndarray,
+    class_name: str,
+) -> Figure:
+    """Figure 8A: ensembles of one class found by Method 1 and Method 2.
+
+    Parameters
+    ----------
+    mean_activity : (n,) array
+        Mean activation <x> of each unit over the class's images.
+    method1_units, method2_units : int arrays (or boolean masks of length n)
+    class_name : str
+
+    Returns
+    -------
+    Figure
+        One axes: light-blue <x> curve, Method 1 units as red stars, Method 2
+        units as hollow blue circles (so a unit found by both shows a star
+        inside a circle).
+    """
+    m = _as_1d("mean_activity", mean_activity).astype(float)
+    u1 = _units("method1_units", method1_units, m.size)
+    u2 = _units("method2_units", method2_units, m.size)
+    fig = _new_figure(7.0, 3.8)
+    ax = fig.subplots()
+    ax.plot(np.arange(m.size), m, color="lightskyblue", lw=1.2, label="⟨x⟩")
+    ax.scatter(u1, m[u1], marker="*", s=130, color="red", zorder=3, label=f"Method 1 ({u1.size})")
+    ax.scatter(u2, m[u2], marker="o", s=160, facecolors="none", edgecolors="blue",
+               linewidths=1.5, zorder=4, label=f"Method 2 ({u2.size})")
+    ax.set_xlabel("unit index")
+    ax.set_ylabel("mean activation ⟨x⟩")
+    ax.set_title(f"{class_name}: Method 1 vs Method 2")
+    ax.legend(loc="upper right")
+    return fig
+
+
+def figure8b_method_sizes(
+    sizes_method1: np.ndarray,
+    sizes_method2: np.ndarray,
+    slope: float,
+    intercept: float,
+) -> Figure:
+    """Figure 8B: ensemble sizes from Method 1 (x) vs Method 2 (y).
+
+    Parameters
+    ----------
+    sizes_method1, sizes_method2 : (k,) arrays
+        Paired ensemble sizes (one per model/data set/class/layer combination).
+    slope, intercept : float
+        Linear regression of Method 2 size on Method 1 size.
+
+    Returns
+    -------
+    Figure
+        One axes, linear scales with equal limits on x and y: scatter, fitted
+        line (red dashed; slope and intercept in the legend), bisector y = x
+        (thick grey).
+    """
+    s1 = _as_1d("sizes_method1", sizes_method1).astype(float)
+    s2 = _as_1d("sizes_method2", sizes_method2, s1.size).astype(float)
+    both = np.concatenate([s1, s2])
+    both = both[np.isfinite(both)]
+    lo = min(0.0, float(both.min())) if both.size else 0.0
+    hi = float(both.max()) if both.size else 1.0
+    if hi <= lo:
+        hi = lo + 1.0
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    xs = np.array([lo, hi])
+
+    fig = _new_figure(5.2, 5.0)
+    ax = fig.subplots()
+    ax.plot(xs, xs, color="0.6", lw=4, alpha=0.7, label="bisector", zorder=1)
+    ax.plot(xs, slope * xs + intercept, "--", color="red", lw=1.5,
+            label=f"fit: slope={slope:.2f}, intercept={intercept:.2f}", zorder=2)
+    ax.scatter(s1, s2, s=18, color="tab:blue", alpha=0.8, zorder=3, label=f"ensembles ({s1.size})")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("ensemble size, Method 1")
+    ax.set_ylabel("ensemble size, Method 2")
+    ax.set_title("Method 1 vs Method 2 sizes")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig

@@ -1,0 +1,86 @@
+"""BP: the same hidden layers with a linear 10-way head, trained on cross-entropy
+by backpropagation (paper section 3.3). No label embedding, no normalisation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fflab.data import N_CLASSES
+from fflab.models.common import (
+    Cancelled,
+    ProgressCallback,
+    StopCheck,
+    TrainingProgress,
+    activation_fn,
+    minibatches,
+)
+from fflab.spec import NetworkSpec, TrainingSpec
+
+
+class BPClassifier(nn.Module):
+    def __init__(self, spec: NetworkSpec, in_features: int = 784):
+        super().__init__()
+        self.spec = spec
+        widths = [in_features] + [spec.width] * spec.layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = nn.Linear(spec.width, N_CLASSES)
+        self.activation = activation_fn(spec.activation)
+
+    def hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each hidden layer's output after the activation."""
+        outputs = []
+        for layer in self.layers:
+            x = self.activation(layer(x))
+            outputs.append(x)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 784) -> (N, 10) logits."""
+        return self.head(self.hidden(x)[-1])
+
+
+@torch.no_grad()
+def bp_predict_and_represent(
+    net: BPClassifier, images: torch.Tensor, chunk: int = 2000
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(N,) predictions and the per-layer (N, width) hidden outputs."""
+    device = next(net.parameters()).device
+    predictions, per_chunk = [], []
+    for start in range(0, images.shape[0], chunk):
+        hidden = net.hidden(images[start : start + chunk].to(device))
+        predictions.append(net.head(hidden[-1]).argmax(dim=1).cpu())
+        per_chunk.append([h.cpu() for h in hidden])
+    return torch.cat(predictions), [torch.cat(layer) for layer in zip(*per_chunk)]
+
+
+def train_bp(
+    net: BPClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    training: TrainingSpec,
+    generator: torch.Generator,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> list[float]:
+    """Train ``net`` in place; returns the mean loss of each epoch."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
+    losses: list[float] = []
+    for epoch in range(training.epochs):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        epoch_loss = 0.0
+        batches = minibatches(images.shape[0], training.batch_size, generator)
+        for batch in batches:
+            x = images if batch is None else images[batch]
+            y = labels if batch is None else labels[batch]
+            loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.item()
+        losses.append(epoch_loss / len(batches))
+        if progress is not None:
+            progress(TrainingProgress("bp", epoch + 1, training.epochs, losses[-1]))
+    return losses

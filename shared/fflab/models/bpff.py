@@ -1,0 +1,74 @@
+"""BP/FF: the FF network and goodness loss, trained end to end by backpropagation
+(paper section 3.2).
+
+The goodness that is pushed up for positive data and down for negative data is
+the total over layers, so gradients flow through every layer. The threshold is
+the per-layer threshold times the number of layers, so that it means the same
+per layer as in FF.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fflab.models.common import (
+    Cancelled,
+    GoodnessNetwork,
+    ProgressCallback,
+    StopCheck,
+    TrainingProgress,
+    embed_labels,
+    goodness_loss,
+    minibatches,
+    wrong_labels,
+)
+from fflab.spec import TrainingSpec
+
+
+def train_bpff(
+    net: GoodnessNetwork,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    training: TrainingSpec,
+    generator: torch.Generator,
+    negative_labels: str = "fixed",
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> list[float]:
+    """Train ``net`` in place. images: (N, 784) on the net's device; labels: (N,).
+
+    Returns the loss of each epoch.
+    """
+    spec = net.spec
+    classes = labels.unique().sort().values.cpu()
+    positive = embed_labels(images, labels, spec.label_value)
+
+    def draw_negative() -> torch.Tensor:
+        wrong = wrong_labels(labels.cpu(), classes, generator).to(labels.device)
+        return embed_labels(images, wrong, spec.label_value)
+
+    negative = draw_negative()
+    threshold = spec.threshold * spec.layers
+    optimizer = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
+    losses: list[float] = []
+    for epoch in range(training.epochs):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        if negative_labels == "per_epoch" and epoch > 0:
+            negative = draw_negative()
+        epoch_loss = 0.0
+        batches = minibatches(images.shape[0], training.batch_size, generator)
+        for batch in batches:
+            x_pos = positive if batch is None else positive[batch]
+            x_neg = negative if batch is None else negative[batch]
+            g_pos = net.layer_goodness(x_pos).sum(dim=1)
+            g_neg = net.layer_goodness(x_neg).sum(dim=1)
+            loss = goodness_loss(g_pos, g_neg, threshold)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.item()
+        losses.append(epoch_loss / len(batches))
+        if progress is not None:
+            progress(TrainingProgress("bpff", epoch + 1, training.epochs, losses[-1]))
+    return losses

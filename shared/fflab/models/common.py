@@ -1,0 +1,190 @@
+"""What the three models share: label embedding, normalisation, goodness, the
+goodness network of FF and BP/FF, prediction by goodness, progress reporting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fflab.data import N_CLASSES
+from fflab.spec import NetworkSpec
+
+LABEL_PIXELS = N_CLASSES  # the first row's first 10 pixels carry the label
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Reported once per epoch. ``layer`` is None for end-to-end training."""
+
+    model: str
+    epoch: int
+    epochs: int
+    loss: float
+    layer: int | None = None
+    layers: int | None = None
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+StopCheck = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """Training was asked to stop (checked between epochs)."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (weight init) and return a generator for data draws."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def embed_labels(images: torch.Tensor, labels: torch.Tensor, label_value: str) -> torch.Tensor:
+    """Write one-hot labels into the first 10 pixels.
+
+    images: (N, 784) standardised; labels: (N,) ints. The label pixel gets the
+    image's maximum (``image_max``, paper) or the batch's (``batch_max``, code);
+    the other nine get 0.
+    """
+    embedded = images.clone()
+    if label_value == "image_max":
+        peak = images.amax(dim=1)
+    else:
+        peak = images.amax().expand(images.shape[0])
+    embedded[:, :LABEL_PIXELS] = 0.0
+    embedded[torch.arange(images.shape[0]), labels] = peak
+    return embedded
+
+
+def wrong_labels(labels: torch.Tensor, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random label from ``classes`` other than the true one, per image.
+
+    Drawing from the training classes only keeps a left-out class's label pixel
+    unseen in training too.
+    """
+    n_classes = classes.numel()
+    position = torch.searchsorted(classes, labels)
+    shift = torch.randint(1, n_classes, labels.shape, generator=generator)
+    return classes[(position + shift) % n_classes]
+
+
+def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Scale each row to unit l_inf or l2 norm. x: (N, d)."""
+    if kind == "none":
+        return x
+    if kind == "l_inf":
+        norm = x.abs().amax(dim=1, keepdim=True)
+    else:
+        norm = x.norm(dim=1, keepdim=True)
+    return x / (norm + 1e-8)
+
+
+def goodness(h: torch.Tensor, kind: str) -> torch.Tensor:
+    """Goodness of each row of a layer's output. h: (N, n) -> (N,)."""
+    if kind == "l_inf":
+        return h.amax(dim=1)
+    if kind == "l2":
+        return h.norm(dim=1)
+    if kind == "l1":
+        return h.abs().sum(dim=1)
+    return h.pow(2).mean(dim=1)
+
+
+def goodness_loss(positive: torch.Tensor, negative: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Mean over the concatenated batch of softplus(theta - g+) and softplus(g- - theta)."""
+    return torch.cat([F.softplus(threshold - positive), F.softplus(negative - threshold)]).mean()
+
+
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    return torch.sigmoid if name == "sigmoid" else torch.relu
+
+
+class GoodnessNetwork(nn.Module):
+    """The FF architecture: [normalise] -> linear -> activation, per hidden layer."""
+
+    def __init__(self, spec: NetworkSpec, in_features: int = 784):
+        super().__init__()
+        self.spec = spec
+        widths = [in_features] + [spec.width] * spec.layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.activation = activation_fn(spec.activation)
+
+    def layer_input(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        if index == 0 and not self.spec.normalize_first_layer:
+            return x
+        return normalize(x, self.spec.normalization)
+
+    def layer_forward(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        return self.activation(self.layers[index](self.layer_input(x, index)))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's output (after the activation, before the next normalisation)."""
+        outputs = []
+        for index in range(len(self.layers)):
+            x = self.layer_forward(x, index)
+            outputs.append(x)
+        return outputs
+
+    def layer_goodness(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 784) embedded images -> (N, layers) goodness."""
+        return torch.stack([goodness(h, self.spec.goodness) for h in self.forward(x)], dim=1)
+
+
+@torch.no_grad()
+def label_goodness(net: GoodnessNetwork, images: torch.Tensor, chunk: int = 2000) -> torch.Tensor:
+    """Goodness of every image with every label embedded: (N, 784) -> (N, 10, layers)."""
+    device = next(net.parameters()).device
+    scores = []
+    for start in range(0, images.shape[0], chunk):
+        batch = images[start : start + chunk].to(device)
+        per_label = [
+            net.layer_goodness(
+                embed_labels(batch, torch.full((batch.shape[0],), c, device=device), net.spec.label_value)
+            )
+            for c in range(N_CLASSES)
+        ]
+        scores.append(torch.stack(per_label, dim=1).cpu())
+    return torch.cat(scores)
+
+
+def predict_from_goodness(scores: torch.Tensor, rule: str) -> torch.Tensor:
+    """(N, 10, layers) goodness -> (N,) predicted labels.
+
+    ``sum``: argmax of the goodness summed over layers. ``softmax_sum``: softmax
+    over labels within each layer, summed over layers, then argmax.
+    """
+    if rule == "softmax_sum":
+        return scores.softmax(dim=1).sum(dim=2).argmax(dim=1)
+    return scores.sum(dim=2).argmax(dim=1)
+
+
+@torch.no_grad()
+def goodness_representations(
+    net: GoodnessNetwork, images: torch.Tensor, labels: torch.Tensor, chunk: int = 2000
+) -> list[torch.Tensor]:
+    """Per layer (N, width) outputs with the true label embedded."""
+    device = next(net.parameters()).device
+    per_chunk = []
+    for start in range(0, images.shape[0], chunk):
+        batch = images[start : start + chunk].to(device)
+        batch_labels = labels[start : start + chunk].to(device)
+        per_chunk.append([h.cpu() for h in net(embed_labels(batch, batch_labels, net.spec.label_value))])
+    return [torch.cat(layer) for layer in zip(*per_chunk)]
+
+
+def minibatches(n: int, batch_size: int | None, generator: torch.Generator) -> list[torch.Tensor | None]:
+    """Index batches for one epoch; ``[None]`` means the full batch, in order."""
+    if batch_size is None or batch_size >= n:
+        return [None]
+    return list(torch.randperm(n, generator=generator).split(batch_size))

@@ -1,0 +1,236 @@
+"""The experiment spec: every setting of an experiment, validated, with presets.
+
+The ``paper`` preset follows the paper (Tosato et al.) where it states a
+setting, and the authors' code where the paper is silent; each field's
+description says which. ``quick`` runs on two CPU cores in minutes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fflab.data import N_CLASSES
+
+ModelName = Literal["ff", "bpff", "bp"]
+DatasetName = Literal["mnist", "fashion_mnist"]
+MODEL_NAMES: tuple[str, ...] = ("ff", "bpff", "bp")
+DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion_mnist")
+MODEL_DISPLAY_NAMES = {"ff": "FF", "bpff": "BP/FF", "bp": "BP"}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NetworkSpec(StrictModel):
+    layers: int = Field(3, ge=1, le=8, description="Hidden layers (paper: 3).")
+    width: int = Field(784, ge=4, le=8192, description="Units per hidden layer (paper: 784).")
+    activation: Literal["sigmoid", "relu"] = Field("sigmoid", description="Paper: sigmoid.")
+    goodness: Literal["l_inf", "l2", "l1", "mean_squares"] = Field(
+        "l_inf", description="Norm of a layer's output over its units (paper: l_inf, the max)."
+    )
+    normalization: Literal["l_inf", "l2", "none"] = Field(
+        "l_inf", description="Normalisation of each layer's input (paper: l_inf)."
+    )
+    normalize_first_layer: bool = Field(
+        False,
+        description="Also normalise the image before layer 1. Paper: only between hidden "
+        "layers (False); the authors' code normalises before every layer (True).",
+    )
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        le=100,
+        description="Goodness threshold theta. The paper gives none; with sigmoid and l_inf "
+        "goodness lies in (0, 1), so the code's 3 saturates; 0.5 trains well.",
+    )
+    label_value: Literal["image_max", "batch_max"] = Field(
+        "image_max",
+        description="Value written in the label pixel: the image's maximum (paper) or the "
+        "batch's maximum (code).",
+    )
+
+
+class TrainingSpec(StrictModel):
+    epochs: int = Field(ge=1, le=100_000)
+    learning_rate: float = Field(gt=0, le=1)
+    batch_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="Images per Adam step; null = full batch."
+    )
+
+
+class DataSpec(StrictModel):
+    train_subset: int | None = Field(
+        None, ge=20, le=60_000, description="Train on a stratified subset of this many images."
+    )
+    test_subset: int | None = Field(
+        None, ge=20, le=10_000, description="Evaluate on a stratified subset of the test set."
+    )
+
+
+class AnalysisSpec(StrictModel):
+    quantiles: list[float] = Field(
+        [0.9, 0.95, 0.99], min_length=1, max_length=10, description="Method 1 quantiles."
+    )
+    table_quantile: float = Field(0.95, description="Method 1 quantile of Table 2 and Figure 2.")
+    figure_quantile: float = Field(0.9, description="Method 1 quantile of Figures 1B and 3.")
+    epsilon: float = Field(0.2, gt=0, le=1, description="Method 2 density radius.")
+    rho_cut: float | None = Field(None, gt=0, description="Method 2 density cut; null = auto.")
+    nh_cut: int | None = Field(None, ge=1, description="Method 2 n_h cut; null = auto.")
+    correct_only: bool = Field(
+        True, description="Analyse only correctly classified test images (paper)."
+    )
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles_in_range(cls, value: list[float]) -> list[float]:
+        for q in value:
+            if not 0 < q < 1:
+                raise ValueError(f"each quantile must be strictly between 0 and 1; got {q}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _named_quantiles_are_computed(self) -> AnalysisSpec:
+        for name in ("table_quantile", "figure_quantile"):
+            if getattr(self, name) not in self.quantiles:
+                raise ValueError(f"{name} must be one of quantiles {self.quantiles}")
+        return self
+
+
+class ExperimentSpec(StrictModel):
+    name: str = Field(
+        "experiment", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )
+    models: list[ModelName] = Field(["ff", "bpff", "bp"], min_length=1, max_length=3)
+    datasets: list[DatasetName] = Field(["mnist", "fashion_mnist"], min_length=1, max_length=2)
+    seeds: list[int] = Field(list(range(15)), min_length=1, max_length=100)
+    network: NetworkSpec = NetworkSpec()
+    ff: TrainingSpec = Field(
+        TrainingSpec(epochs=1000, learning_rate=1e-2),
+        description="FF: each layer trained by full-batch Adam, 1000 epochs, lr 1e-2 (paper).",
+    )
+    bpff: TrainingSpec = Field(
+        TrainingSpec(epochs=1000, learning_rate=1e-2),
+        description="BP/FF: same configuration as FF, end to end (paper).",
+    )
+    bp: TrainingSpec = Field(
+        TrainingSpec(epochs=20, learning_rate=1e-2, batch_size=2048),
+        description="BP: Adam, 20 epochs, lr 1e-2 (paper); minibatch 2048 (code).",
+    )
+    negative_labels: Literal["fixed", "per_epoch"] = Field(
+        "fixed",
+        description="One random wrong label per image, drawn once before training (code), "
+        "or drawn again each epoch.",
+    )
+    prediction: Literal["sum", "softmax_sum"] = Field(
+        "sum",
+        description="Goodness prediction: argmax over labels of the goodness summed over "
+        "layers (paper), or of per-layer softmaxes over labels summed (code).",
+    )
+    unseen_class: int | None = Field(
+        0,
+        ge=0,
+        le=N_CLASSES - 1,
+        description="Also train FF without this class, per data set and seed, for the "
+        "unseen-class analysis (paper: class 0 of Fashion-MNIST); null = no such runs. "
+        "Only when models include ff.",
+    )
+    data: DataSpec = DataSpec()
+    analysis: AnalysisSpec = AnalysisSpec()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("models", "datasets", "seeds")
+    @classmethod
+    def _unique(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError("entries must be unique")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, value: list[int]) -> list[int]:
+        for seed in value:
+            if not 0 <= seed < 2**31:
+                raise ValueError(f"each seed must be in 0..2147483647; got {seed}")
+        return value
+
+    def training(self, model: str) -> TrainingSpec:
+        return getattr(self, model)
+
+    def runs(self) -> list[RunKey]:
+        """One run per (data set, model, seed), then the unseen-class FF runs."""
+        keys = [
+            RunKey(model, dataset, seed)
+            for dataset in self.datasets
+            for model in self.models
+            for seed in self.seeds
+        ]
+        if self.unseen_class is not None and "ff" in self.models:
+            keys += [
+                RunKey("ff", dataset, seed, self.unseen_class)
+                for dataset in self.datasets
+                for seed in self.seeds
+            ]
+        return keys
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """One training run of an experiment."""
+
+    model: str
+    dataset: str
+    seed: int
+    unseen_class: int | None = None
+
+    @property
+    def run_id(self) -> str:
+        suffix = "" if self.unseen_class is None else f"-without{self.unseen_class}"
+        return f"{self.model}-{self.dataset}-seed{self.seed}{suffix}"
+
+    @classmethod
+    def parse(cls, run_id: str) -> RunKey:
+        model, dataset_and_rest = run_id.split("-", 1)
+        dataset, rest = dataset_and_rest.split("-seed", 1)
+        seed, _, unseen = rest.partition("-without")
+        return cls(model, dataset, int(seed), int(unseen) if unseen else None)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"name": "paper"},
+    # Minutes on two CPU cores: MNIST only, one seed, a training subset and minibatches
+    # so that FF learns in a few epochs instead of 1000 full-batch steps.
+    "quick": {
+        "name": "quick",
+        "datasets": ["mnist"],
+        "seeds": [0],
+        "ff": {"epochs": 8, "learning_rate": 1e-2, "batch_size": 500},
+        "bpff": {"epochs": 8, "learning_rate": 1e-2, "batch_size": 500},
+        "bp": {"epochs": 5, "learning_rate": 1e-2, "batch_size": 256},
+        "data": {"train_subset": 10_000},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def build_spec(preset: str | None = None, overrides: dict[str, Any] | None = None) -> ExperimentSpec:
+    """A spec from a preset name (or the defaults) with nested overrides applied."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+    base = ExperimentSpec().model_dump()
+    if preset is not None:
+        base = _deep_merge(base, PRESETS[preset])
+    return ExperimentSpec.model_validate(_deep_merge(base, overrides or {}))

@@ -1,0 +1,432 @@
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fflab.analysis import (
+    Table,
+    accuracy_table,
+    class_ensembles,
+    class_sparseness,
+    ensemble_size_table,
+    ensemble_sizes,
+    fraction_negative_incoming,
+    fraction_positive_weights,
+    linear_fit,
+    mean_and_standard_error,
+    method1_ensemble,
+    method2_decision_diagram,
+    method2_ensemble,
+    method_size_regression,
+    shared_units_matrix,
+    sparseness_index,
+    unseen_class_activity,
+    weight_sign_table,
+)
+
+HAND_X = np.array(
+    [
+        [0.0, 0.9, 0.1, 0.5, 0.2],
+        [0.1, 0.8, 0.2, 0.6, 0.1],
+        [0.0, 1.0, 0.1, 0.7, 0.9],
+        [0.2, 0.7, 0.0, 0.4, 0.0],
+    ]
+)
+
+
+# Method 1
+
+
+def test_method1_hand_computed_threshold_and_units():
+    # 20 sorted values: 4x0.0, 4x0.1, 3x0.2, 0.4, 0.5, 0.6, 0.7, 0.7, 0.8, 0.9, 0.9, 1.0.
+    # q=0.75 -> position 14.25 between two 0.7s; medians 0.05, 0.85, 0.1, 0.55, 0.15.
+    result = method1_ensemble(HAND_X, quantile=0.75)
+    assert result.threshold == pytest.approx(0.7)
+    assert result.medians == pytest.approx([0.05, 0.85, 0.1, 0.55, 0.15])
+    assert result.units.tolist() == [1]
+    assert result.units.dtype == np.int64
+
+    # q=0.5 -> position 9.5 between two 0.2s.
+    result = method1_ensemble(HAND_X, quantile=0.5)
+    assert result.threshold == pytest.approx(0.2)
+    assert result.units.tolist() == [1, 3]
+
+
+def test_method1_saturated_units_count_with_greater_or_equal():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.0, 0.5, size=(10, 6)).astype(np.float32)
+    X[:, [0, 2, 5]] = np.float32(1.0)
+    result = method1_ensemble(X, quantile=0.95)
+    assert result.threshold == 1.0
+    assert not np.any(result.medians > result.threshold)  # a strict '>' would find nothing
+    assert result.units.tolist() == [0, 2, 5]
+
+
+def test_method1_empty_class_gives_empty_ensemble():
+    result = method1_ensemble(np.empty((0, 4)))
+    assert result.units.size == 0
+    assert math.isnan(result.threshold)
+    assert result.medians.shape == (4,)
+
+
+@pytest.mark.parametrize("quantile", [0, 1, 1.5, -0.1, "0.9"])
+def test_method1_rejects_quantile_outside_open_unit_interval(quantile):
+    with pytest.raises(ValueError, match="quantile"):
+        method1_ensemble(HAND_X, quantile=quantile)
+
+
+def test_method1_rejects_non_matrix_and_nan():
+    with pytest.raises(ValueError, match="X must be a 2-D"):
+        method1_ensemble(np.zeros(5))
+    with pytest.raises(ValueError, match="finite"):
+        method1_ensemble(np.array([[0.1, np.nan]]))
+
+
+# Method 2
+
+
+def test_decision_diagram_hand_computed_with_ties_and_bound_correction():
+    mean = np.array([0.1, 0.2, 0.45, 0.45, 0.9])
+    rho, n_higher = method2_decision_diagram(mean, epsilon=0.2)
+    # 0.1 and 0.2: 2 units in the window / 0.4; 0.45 (twice): 2 / 0.4;
+    # 0.9: alone, window cut by the bound: 1 / (0.2 + 0.1).
+    assert rho == pytest.approx([5.0, 5.0, 5.0, 5.0, 1 / 0.3])
+    assert n_higher.tolist() == [4, 3, 1, 1, 0]
+    assert n_higher.dtype == np.int64
+
+    rho_plain, _ = method2_decision_diagram(mean, epsilon=0.2, upper_bound=None)
+    assert rho_plain[-1] == pytest.approx(2.5)
+
+
+def test_decision_diagram_unit_at_the_bound_divides_by_epsilon():
+    rho, n_higher = method2_decision_diagram([1.0, 0.0], epsilon=0.2)
+    assert rho == pytest.approx([5.0, 2.5])
+    assert n_higher.tolist() == [0, 1]
+
+
+def test_decision_diagram_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="epsilon"):
+        method2_decision_diagram([0.1, 0.2], epsilon=0)
+    with pytest.raises(ValueError, match="upper_bound"):
+        method2_decision_diagram([0.1, 0.2], upper_bound=float("inf"))
+    with pytest.raises(ValueError, match="mean_activity"):
+        method2_decision_diagram([[0.1, 0.2]])
+
+
+def test_method2_automatic_cut_three_prominent_units_above_a_bulk():
+    means = np.linspace(0.0, 0.05, 203)
+    prominent = [17, 42, 150]
+    means[prominent] = [0.95, 0.9, 0.85]
+    X = np.tile(means, (2, 1))
+    result = method2_ensemble(X)
+    assert result.units.tolist() == prominent
+    # Bulk: 200 units in every window -> 200 / 0.4 = 500 = median density.
+    assert result.rho_cut == pytest.approx(math.sqrt(2.5 * 500))
+    assert result.nh_cut == 3
+    assert result.rho[prominent] == pytest.approx([3 / 0.25, 3 / 0.3, 3 / 0.35])
+    assert result.mean_activity == pytest.approx(means)
+
+
+def test_method2_automatic_cut_one_prominent_unit_as_in_figure_4():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0.0, 0.1, size=(50, 784))
+    X[:, 300] = rng.uniform(0.3, 0.38, size=50)
+    result = method2_ensemble(X)
+    assert result.units.tolist() == [300]
+    assert result.nh_cut == 1
+
+
+def test_method2_given_cuts_and_no_dense_unit():
+    X = np.array([[0.1, 0.2, 0.45, 0.45, 0.9]])
+    assert method2_ensemble(X, rho_cut=5.0, nh_cut=2).units.tolist() == [4]
+    assert method2_ensemble(X, rho_cut=5.5, nh_cut=2).units.tolist() == [2, 3, 4]
+    result = method2_ensemble(X, rho_cut=1e9)
+    assert result.nh_cut == 5
+    assert result.units.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_method2_empty_class_and_bad_cuts():
+    result = method2_ensemble(np.empty((0, 3)))
+    assert result.units.size == 0
+    assert np.all(np.isnan(result.mean_activity))
+    with pytest.raises(ValueError, match="rho_cut"):
+        method2_ensemble(HAND_X, rho_cut=-1.0)
+    with pytest.raises(ValueError, match="nh_cut"):
+        method2_ensemble(HAND_X, nh_cut=1.5)
+
+
+# Ensembles per class
+
+
+def _three_class_toy():
+    active = {0: [0, 1], 1: [1, 2], 2: [4]}
+    rows, labels = [], []
+    for c, units in active.items():
+        for _ in range(4):
+            row = np.full(6, 0.1)
+            row[units] = 0.9
+            rows.append(row)
+            labels.append(c)
+    return np.array(rows), np.array(labels)
+
+
+def test_class_ensembles_and_shared_units_on_three_classes():
+    representations, labels = _three_class_toy()
+    ensembles = class_ensembles(representations, labels, method="method1", quantile=0.9)
+    assert list(ensembles) == [0, 1, 2]
+    assert {c: u.tolist() for c, u in ensembles.items()} == {0: [0, 1], 1: [1, 2], 2: [4]}
+    assert ensemble_sizes(ensembles).tolist() == [2, 2, 1]
+    assert ensemble_sizes(ensembles, classes=[2, 0]).tolist() == [1, 2]
+    shared = shared_units_matrix(ensembles, [0, 1, 2])
+    assert shared.tolist() == [[2, 1, 0], [1, 2, 0], [0, 0, 1]]
+    assert shared_units_matrix(ensembles, [2, 1]).tolist() == [[1, 0], [0, 2]]
+
+
+def test_class_ensembles_method2_matches_direct_call_and_missing_class_is_empty():
+    means = np.linspace(0.0, 0.05, 203)
+    means[[5, 6, 7]] = [0.95, 0.9, 0.85]
+    representations = np.tile(means, (3, 1))
+    labels = np.array([4, 4, 4])
+    ensembles = class_ensembles(representations, labels, method="method2", classes=[4, 9], epsilon=0.2)
+    assert ensembles[4].tolist() == method2_ensemble(representations).units.tolist() == [5, 6, 7]
+    assert ensembles[9].size == 0
+
+
+def test_class_ensembles_rejects_unknown_method_and_params():
+    representations, labels = _three_class_toy()
+    with pytest.raises(ValueError, match="method must be one of 'method1', 'method2'"):
+        class_ensembles(representations, labels, method="method3")
+    with pytest.raises(ValueError, match="epsilon"):
+        class_ensembles(representations, labels, method="method1", epsilon=0.2)
+    with pytest.raises(ValueError, match="labels"):
+        class_ensembles(representations, labels[:-1])
+
+
+def test_shared_units_matrix_rejects_missing_class():
+    with pytest.raises(ValueError, match="classes"):
+        shared_units_matrix({0: np.array([1])}, [0, 1])
+
+
+def test_unseen_class_activity_on_known_means():
+    representations = np.array(
+        [
+            [0.4, 0.9, 0.9, 0.9],  # class 0, ensemble {0}
+            [0.6, 0.9, 0.9, 0.9],
+            [0.9, 0.2, 0.3, 0.9],  # class 1, ensemble {1, 2}
+            [0.9, 0.4, 0.1, 0.9],
+            [0.9, 0.9, 0.9, 0.30],  # class 2 (unseen), ensemble {3}
+            [0.9, 0.9, 0.9, 0.35],
+            [0.9, 0.9, 0.9, 0.37],
+        ]
+    )
+    labels = np.array([0, 0, 1, 1, 2, 2, 2])
+    ensembles = {0: np.array([0]), 1: np.array([1, 2]), 2: np.array([3])}
+    result = unseen_class_activity(representations, labels, 2, ensembles)
+    assert result.unseen_units.tolist() == [3]
+    assert result.unseen_mean_activity == pytest.approx(0.34)
+    # Pooled over the 2 + 4 (image, unit) pairs: (0.4 + 0.6 + 0.2 + 0.3 + 0.4 + 0.1) / 6.
+    assert result.seen_mean_activity == pytest.approx(2.0 / 6)
+    assert result.seen_classes == (0, 1)
+
+
+def test_unseen_class_activity_empty_ensemble_and_missing_class():
+    representations = np.ones((2, 3))
+    labels = np.array([0, 1])
+    result = unseen_class_activity(representations, labels, 1, {0: np.array([0]), 1: np.array([])})
+    assert math.isnan(result.unseen_mean_activity)
+    assert result.seen_mean_activity == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unseen_class"):
+        unseen_class_activity(representations, labels, 5, {0: np.array([0])})
+
+
+# Sparseness
+
+
+def test_sparseness_uniform_one_hot_and_intermediate():
+    assert sparseness_index(np.full(10, 0.3)) == pytest.approx(0.0, abs=1e-12)
+    assert sparseness_index(np.eye(5)[2]) == pytest.approx(1.0)
+    # [1, 1, 0, 0]: (1 - 0.25 / 0.5) / (1 - 1/4) = 2/3.
+    rows = sparseness_index(np.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert rows[0] == pytest.approx(2 / 3)
+    assert math.isnan(rows[1])
+
+
+def test_sparseness_rejects_negative_and_single_unit():
+    with pytest.raises(ValueError, match="non-negative"):
+        sparseness_index([0.5, -0.1])
+    with pytest.raises(ValueError, match="at least 2 units"):
+        sparseness_index([0.5])
+
+
+def test_class_sparseness_of_mean_vectors():
+    representations = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.2, 0.2, 0.2]])
+    labels = np.array([3, 3, 7])
+    result = class_sparseness(representations, labels, classes=[3, 7, 8])
+    assert result[3] == pytest.approx(1.0)
+    assert result[7] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(result[8])
+
+
+# Weights
+
+
+def test_weight_sign_fractions():
+    weight = np.array([[1.0, -2.0, 0.0], [-1.0, -1.0, 3.0]])
+    assert fraction_positive_weights(weight) == pytest.approx(2 / 6)
+    assert fraction_negative_incoming(weight) == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_weight_functions_reject_non_matrix():
+    with pytest.raises(ValueError, match="weight"):
+        fraction_positive_weights(np.ones(3))
+    with pytest.raises(ValueError, match="weight"):
+        fraction_negative_incoming(np.ones((0, 3)))
+
+
+# Method comparison
+
+
+def test_method_size_regression_recovers_line_with_method1_as_y():
+    sizes_method2 = [1, 2, 3, 4]
+    sizes_method1 = [3, 5, 7, 9]
+    fit = method_size_regression(sizes_method1, sizes_method2)
+    assert fit.slope == pytest.approx(2.0)
+    assert fit.intercept == pytest.approx(1.0)
+    assert fit.r2 == pytest.approx(1.0)
+    assert fit.n_points == 4
+
+
+def test_linear_fit_r2_of_noisy_points():
+    fit = linear_fit([0, 1, 2], [0, 2, 1])
+    # slope 0.5, intercept 0.5, residuals -0.5, 1, -0.5 -> 1 - 1.5 / 2.
+    assert (fit.slope, fit.intercept, fit.r2) == pytest.approx((0.5, 0.5, 0.25))
+
+
+def test_method_size_regression_rejects_degenerate_input():
+    with pytest.raises(ValueError, match="at least 2 points"):
+        method_size_regression([3], [1])
+    with pytest.raises(ValueError, match="sizes_method2.*zero variance"):
+        method_size_regression([1, 2, 3], [2, 2, 2])
+    with pytest.raises(ValueError, match="same length"):
+        method_size_regression([1, 2, 3], [1, 2])
+
+
+# Aggregation and tables
+
+
+def test_mean_and_standard_error_by_hand():
+    mean, sem = mean_and_standard_error([1.0, 2.0, 3.0, 4.0])
+    assert mean == pytest.approx(2.5)
+    assert sem == pytest.approx(math.sqrt(5 / 3) / 2)
+    means, sems = mean_and_standard_error(np.array([[1.0, 10.0], [3.0, 10.0]]), axis=0)
+    assert means == pytest.approx([2.0, 10.0])
+    assert sems == pytest.approx([1.0, 0.0])
+    single_mean, single_sem = mean_and_standard_error([0.7])
+    assert single_mean == pytest.approx(0.7)
+    assert math.isnan(single_sem)
+    with pytest.raises(ValueError, match="values"):
+        mean_and_standard_error([])
+
+
+def _records():
+    return [
+        {
+            "model": "bp", "dataset": "mnist", "seed": 0, "accuracy": 0.80,
+            "ensemble_sizes_method1": [[300, 280], [130, 140]],
+            "fraction_positive_weights": [0.44, 0.32],
+        },
+        {
+            "model": "ff", "dataset": "mnist", "seed": 0, "accuracy": 0.92,
+            "ensemble_sizes_method1": [[2, 4], [6, 6]],
+            "fraction_positive_weights": [0.62, 0.002],
+        },
+        {
+            "model": "ff", "dataset": "mnist", "seed": 1, "accuracy": 0.94,
+            "ensemble_sizes_method1": [[2, 2], [4, 4]],
+            "fraction_positive_weights": [0.64, 0.004],
+        },
+        {
+            "model": "ff", "dataset": "fashion_mnist", "seed": 0, "accuracy": 0.78,
+            "ensemble_sizes_method1": [[2, 3], [18, 18]],
+            "fraction_positive_weights": [0.44, 0.012],
+        },
+    ]
+
+
+def test_accuracy_table_cells_order_and_renderings():
+    table = accuracy_table(_records())
+    assert table.name == "table1"
+    assert [row[0] for row in table.rows] == ["FF", "BP"]
+    assert table.columns == [
+        "Model", "MNIST mean", "MNIST se", "MNIST runs",
+        "FASHIONMNIST mean", "FASHIONMNIST se", "FASHIONMNIST runs",
+    ]
+    ff, bp = table.rows
+    assert ff[1] == pytest.approx(0.93)
+    assert ff[2] == pytest.approx(0.01)
+    assert ff[3] == 2
+    assert bp[1:4] == [pytest.approx(0.8), None, 1]
+    assert bp[4:7] == [None, None, 0]
+
+    markdown = table.to_markdown()
+    assert "| Model | MNIST | MNIST runs | FASHIONMNIST | FASHIONMNIST runs |" in markdown
+    assert "| FF | 0.93 ± 1.0e-02 | 2 | 0.78 ± n/a | 1 |" in markdown
+    assert "| BP | 0.80 ± n/a | 1 | - | 0 |" in markdown
+
+    parsed = list(csv.reader(io.StringIO(table.to_csv())))
+    assert parsed[0] == table.columns
+    assert float(parsed[1][1]) == pytest.approx(0.93)
+    assert float(parsed[1][2]) == pytest.approx(0.01)
+    assert parsed[2][2] == ""
+
+    as_dict = json.loads(json.dumps(table.to_dict()))
+    assert as_dict["rows"][1][2] is None
+
+
+def test_ensemble_size_table_mean_over_classes_then_seeds():
+    table = ensemble_size_table(_records(), quantile=0.95)
+    assert "threshold of 0.95" in table.title
+    assert [row[0] for row in table.rows] == ["FF", "BP"]
+    column = table.columns.index("MNIST Layer 1 mean")
+    ff = table.rows[0]
+    # Seed 0: mean(2, 4) = 3; seed 1: mean(2, 2) = 2 -> 2.5 ± 0.5.
+    assert ff[column] == pytest.approx(2.5)
+    assert ff[column + 1] == pytest.approx(0.5)
+    layer2 = table.columns.index("MNIST Layer 2 mean")
+    assert ff[layer2:layer2 + 2] == [pytest.approx(5.0), pytest.approx(1.0)]
+    markdown = table.to_markdown()
+    assert "| Model | MNIST Layer 1 | MNIST Layer 2 | MNIST runs | FASHIONMNIST Layer 1 |" in markdown
+    assert "| FF | 2.5 ± 0.50 | 5.0 ± 1.00 | 2 | 2.5 ± n/a | 18.0 ± n/a | 1 |" in markdown
+    assert "| BP | 290.0 ± n/a | 135.0 ± n/a | 1 | - | - | 0 |" in markdown
+
+
+def test_weight_sign_table_cell_and_csv():
+    table = weight_sign_table(_records())
+    assert table.name == "table3"
+    column = table.columns.index("MNIST Layer 2 mean")
+    assert table.rows[0][column] == pytest.approx(0.003)
+    assert table.rows[0][column + 1] == pytest.approx(0.001)
+    assert "| FF | 0.63 ± 0.01 | 0.003 ± 0.001 | 2 |" in table.to_markdown()
+    header = table.to_csv().splitlines()[0]
+    assert header.startswith("Model,MNIST Layer 1 mean,MNIST Layer 1 se,MNIST Layer 2 mean")
+
+
+def test_table_builders_reject_bad_records():
+    with pytest.raises(ValueError, match="model"):
+        accuracy_table([{"model": "cnn", "dataset": "mnist", "seed": 0, "accuracy": 0.9}])
+    with pytest.raises(ValueError, match="more than once"):
+        accuracy_table([{"model": "ff", "dataset": "mnist", "seed": 0, "accuracy": 0.9}] * 2)
+    with pytest.raises(ValueError, match="accuracy"):
+        accuracy_table([{"model": "ff", "dataset": "mnist", "seed": 0}])
+    with pytest.raises(ValueError, match="ensemble_sizes_method1"):
+        ensemble_size_table(
+            [{"model": "ff", "dataset": "mnist", "seed": 0, "ensemble_sizes_method1": [[]]}]
+        )
+
+
+def test_table_markdown_keeps_unpaired_columns():
+    table = Table(name="t", title="T", columns=["a", "b mean", "b se"], rows=[["x", 1.25, 0.5]])
+    assert table.to_markdown(include_title=False) == "| a | b |\n|---|---|\n| x | 1.25 ± 0.50 |\n"
