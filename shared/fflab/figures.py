@@ -872,14 +872,15 @@ def figure8b_method_sizes(
     slope: float,
     intercept: float,
 ) -> Figure:
-    """Figure 8B: ensemble sizes from Method 1 (x) vs Method 2 (y).
+    """Figure 8B: ensemble sizes from Method 2 (x) vs Method 1 (y).
 
     Parameters
     ----------
     sizes_method1, sizes_method2 : (k,) arrays
         Paired ensemble sizes (one per model/data set/class/layer combination).
     slope, intercept : float
-        Linear regression of Method 2 size on Method 1 size.
+        Linear regression of Method 1 size on Method 2 size
+        (``fflab.analysis.method_size_regression``).
 
     Returns
     -------
@@ -905,12 +906,12 @@ def figure8b_method_sizes(
     ax.plot(xs, xs, color="0.6", lw=4, alpha=0.7, label="bisector", zorder=1)
     ax.plot(xs, slope * xs + intercept, "--", color="red", lw=1.5,
             label=f"fit: slope={slope:.2f}, intercept={intercept:.2f}", zorder=2)
-    ax.scatter(s1, s2, s=18, color="tab:blue", alpha=0.8, zorder=3, label=f"ensembles ({s1.size})")
+    ax.scatter(s2, s1, s=18, color="tab:blue", alpha=0.8, zorder=3, label=f"ensembles ({s1.size})")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("ensemble size, Method 1")
-    ax.set_ylabel("ensemble size, Method 2")
+    ax.set_xlabel("ensemble size, Method 2")
+    ax.set_ylabel("ensemble size, Method 1")
     ax.set_title("Method 1 vs Method 2 sizes")
     ax.legend(loc="upper left", fontsize=8)
     return fig

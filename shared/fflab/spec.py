@@ -216,11 +216,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -232,5 +232,5 @@ def build_spec(preset: str | None = None, overrides: dict[str, Any] | None = Non
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
     base = ExperimentSpec().model_dump()
     if preset is not None:
-        base = _deep_merge(base, PRESETS[preset])
-    return ExperimentSpec.model_validate(_deep_merge(base, overrides or {}))
+        base = deep_merge(base, PRESETS[preset])
+    return ExperimentSpec.model_validate(deep_merge(base, overrides or {}))

@@ -1,0 +1,3 @@
+from fflab.cli import main
+
+main()

@@ -1,0 +1,216 @@
+"""The ``fflab`` command line: run experiments, re-analyse them, print tables.
+
+The service's verbs (serve, worker, admin, submit, ...) are added by
+``fflab.service_cli``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from fflab import data, results, runner
+from fflab.models.common import TrainingProgress
+from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey, build_spec, deep_merge
+
+
+def validation_message(error: ValidationError) -> str:
+    """One line per problem: the field's dotted path and what is allowed."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "spec"
+        lines.append(f"  {where}: {problem['msg']}")
+    return "invalid settings:\n" + "\n".join(lines)
+
+
+def parse_overrides(assignments: tuple[str, ...]) -> dict[str, Any]:
+    """``("ff.epochs=3", 'models=["ff"]')`` -> ``{"ff": {"epochs": 3}, "models": ["ff"]}``.
+
+    Values are read as JSON when they parse, else as strings.
+    """
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path:
+            raise click.BadParameter(f"expected KEY=VALUE, got {assignment!r}", param_hint="--set")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = overrides
+        *parents, leaf = path.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return overrides
+
+
+def load_spec(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...]) -> ExperimentSpec:
+    overrides: dict[str, Any] = {}
+    if spec_file is not None:
+        try:
+            overrides = json.loads(spec_file.read_text())
+        except json.JSONDecodeError as error:
+            raise click.BadParameter(f"{spec_file} is not valid JSON: {error}", param_hint="--spec")
+    overrides = deep_merge(overrides, parse_overrides(assignments))
+    try:
+        return build_spec(preset, overrides)
+    except ValidationError as error:
+        raise click.UsageError(validation_message(error)) from None
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def epochs_of(spec: ExperimentSpec, key: RunKey) -> int:
+    """Progress steps of a run: one per epoch, per layer for FF."""
+    epochs = spec.training(key.model).epochs
+    return epochs * spec.network.layers if key.model == "ff" else epochs
+
+
+def print_tables(experiment_dir: Path, fmt: str = "md") -> None:
+    for name in ("table1", "table2", "table3"):
+        path = experiment_dir / "tables" / f"{name}.{fmt}"
+        if not path.is_file():
+            raise click.ClickException(f"{path} is missing: run or analyse the experiment first")
+        click.echo(path.read_text())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """fflab: Forward-Forward networks and the ensembles that emerge in them."""
+
+
+@main.command("fetch-data")
+@click.option("--dataset", "datasets", multiple=True, type=click.Choice(data.DATASETS),
+              help="Data set to fetch (repeatable); default both.")
+def fetch_data_command(datasets: tuple[str, ...]) -> None:
+    """Put MNIST and Fashion-MNIST into the data root ($FFLAB_DATA_ROOT, default ./data)."""
+    try:
+        sources = data.fetch_data(datasets or data.DATASETS)
+    except data.DataError as error:
+        raise click.ClickException(str(error)) from None
+    for dataset, source in sources.items():
+        click.echo(f"{dataset}: {source} ({data.raw_dir(dataset)})")
+
+
+@main.command("spec")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None)
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE")
+def spec_command(preset: str | None, assignments: tuple[str, ...]) -> None:
+    """Print the full, validated spec of a preset with overrides, as JSON."""
+    click.echo(load_spec(preset, None, assignments).model_dump_json(indent=2))
+
+
+@main.command("run")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Start from a preset (paper, quick).")
+@click.option("--spec", "spec_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="JSON spec (or partial spec over the preset).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override one setting, e.g. --set ff.epochs=3 --set 'models=[\"ff\"]'.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Results folder (default results/<name>).")
+def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...], out_dir: Path | None) -> None:
+    """Train and analyse every run of an experiment, then write tables and figures."""
+    spec = load_spec(preset, spec_file, assignments)
+    out_dir = out_dir or Path("results") / spec.name
+    keys = spec.runs()
+    bar = tqdm(total=sum(epochs_of(spec, key) for key in keys), unit="epoch", file=sys.stderr)
+
+    def on_run(key: RunKey, index: int, total: int) -> None:
+        bar.set_description(f"run {index + 1}/{total} {key.run_id}")
+
+    def on_epoch(event: TrainingProgress) -> None:
+        layer = "" if event.layer is None else f"layer {event.layer + 1}/{event.layers} "
+        bar.set_postfix_str(f"{layer}epoch {event.epoch}/{event.epochs} loss {event.loss:.4f}")
+        bar.update(1)
+
+    try:
+        runner.run_experiment(spec, out_dir, on_epoch, on_run)
+    except data.DataError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        bar.close()
+    print_tables(out_dir)
+    click.echo(f"results: {out_dir.resolve()}")
+    click.echo(f"tables:  {(out_dir / 'tables').resolve()}")
+    click.echo(f"figures: {(out_dir / 'figures').resolve()}")
+
+
+@main.command("analyse")
+@click.argument("experiment_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--quantile", "quantiles", multiple=True, type=float,
+              help="Method 1 quantile (repeatable); default: the folder's.")
+@click.option("--table-quantile", type=float, default=None)
+@click.option("--figure-quantile", type=float, default=None)
+@click.option("--epsilon", type=float, default=None, help="Method 2 density radius.")
+@click.option("--rho-cut", type=float, default=None, help="Method 2 density cut (default auto).")
+@click.option("--nh-cut", type=int, default=None, help="Method 2 n_h cut (default auto).")
+@click.option("--all-images/--correct-only", default=None,
+              help="Analyse all test images, or only correctly classified ones.")
+def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_quantile: float | None,
+                    figure_quantile: float | None, epsilon: float | None, rho_cut: float | None,
+                    nh_cut: int | None, all_images: bool | None) -> None:
+    """Recompute ensembles, tables and figures with other settings, without retraining."""
+    try:
+        current = runner.read_spec(experiment_dir).analysis.model_dump()
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    changes = {
+        "quantiles": list(quantiles) or None,
+        "table_quantile": table_quantile,
+        "figure_quantile": figure_quantile,
+        "epsilon": epsilon,
+        "rho_cut": rho_cut,
+        "nh_cut": nh_cut,
+        "correct_only": None if all_images is None else not all_images,
+    }
+    current.update({k: v for k, v in changes.items() if v is not None})
+    if quantiles and table_quantile is None and current["table_quantile"] not in current["quantiles"]:
+        current["table_quantile"] = current["quantiles"][0]
+    if quantiles and figure_quantile is None and current["figure_quantile"] not in current["quantiles"]:
+        current["figure_quantile"] = current["quantiles"][0]
+    try:
+        settings = AnalysisSpec.model_validate(current)
+    except ValidationError as error:
+        raise click.UsageError(validation_message(error)) from None
+    runner.reanalyse(experiment_dir, settings)
+    print_tables(experiment_dir)
+    click.echo(f"re-analysed: {experiment_dir.resolve()}")
+
+
+@main.command("tables")
+@click.argument("experiment_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md")
+def tables_command(experiment_dir: Path, fmt: str) -> None:
+    """Print Tables 1-3 of a results folder."""
+    print_tables(experiment_dir, fmt)
+
+
+@main.command("schemas")
+@click.option("--write", "write", is_flag=True, help="Regenerate the committed schema files.")
+def schemas_command(write: bool) -> None:
+    """Print (or --write) the JSON Schemas of the result documents."""
+    if write:
+        for path in results.write_schemas():
+            click.echo(path)
+    else:
+        click.echo(json.dumps({name: results.json_schema(name) for name in results.DOCUMENTS}, indent=2))
+
+
+try:  # the service's verbs, when its modules are installed alongside
+    from fflab.service_cli import register
+except ImportError:  # pragma: no cover - the science core works without the service
+    pass
+else:
+    register(main)
+
+
+if __name__ == "__main__":
+    main()

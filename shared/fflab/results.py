@@ -1,0 +1,207 @@
+"""The JSON documents an experiment writes, as versioned pydantic models.
+
+These documents are what other tools fetch (from a results folder or the
+service), so their shape is a contract: each carries ``schema_version``, and
+the JSON Schemas generated from these models are committed under
+``shared/fflab/schemas/`` (``fflab schemas --write`` regenerates them; a test
+fails when they drift). Bump ``SCHEMA_VERSION`` on any incompatible change.
+
+Layout of a results folder::
+
+    <experiment>/spec.json                       the validated ExperimentSpec
+    <experiment>/runs/<run_id>/metrics.json      RunMetrics
+    <experiment>/runs/<run_id>/ensembles.json    RunEnsembles
+    <experiment>/runs/<run_id>/shared_units.json RunSharedUnits
+    <experiment>/runs/<run_id>/weight_stats.json RunWeightStats
+    <experiment>/runs/<run_id>/representations.npz  per-layer test representations
+    <experiment>/runs/<run_id>/weights.pt        the trained state dict
+    <experiment>/tables/table{1,2,3}.{json,md,csv}
+    <experiment>/figures/*.png
+    <experiment>/results.json                    ExperimentResults
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fflab.spec import AnalysisSpec
+
+SCHEMA_VERSION = "1.0"
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
+
+
+class RunIdentity(Document):
+    run_id: str
+    model: Literal["ff", "bpff", "bp"]
+    dataset: Literal["mnist", "fashion_mnist"]
+    seed: int
+    unseen_class: int | None = Field(None, description="Class left out of training, if any.")
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train_seconds: float
+    evaluate_seconds: float
+    analyse_seconds: float = 0.0
+
+
+class RunMetrics(RunIdentity):
+    """metrics.json: accuracy and training record of one run."""
+
+    accuracy: float = Field(description="Test accuracy over all evaluated images.")
+    per_class_accuracy: list[float | None] = Field(
+        description="Accuracy per class 0..9; null for a class with no test images."
+    )
+    n_train: int
+    n_test: int
+    loss_history: list[list[float]] = Field(
+        description="Loss per epoch; one list per layer for FF, a single list otherwise."
+    )
+    device: str
+    timings: Timings
+
+
+class EnsembleRecord(BaseModel):
+    """One class's ensemble in one layer by one method."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int = Field(description="Hidden layer, counted from 1.")
+    class_index: int
+    class_name: str
+    method: Literal["method1", "method2"]
+    quantile: float | None = Field(None, description="Method 1 quantile.")
+    threshold: float | None = Field(None, description="Method 1 activation threshold.")
+    epsilon: float | None = Field(None, description="Method 2 density radius.")
+    rho_cut: float | None = Field(None, description="Method 2 density cut used.")
+    nh_cut: float | None = Field(None, description="Method 2 n_h cut used.")
+    n_images: int = Field(description="Images of the class that were analysed.")
+    units: list[int] = Field(description="Indices of the ensemble's units.")
+    size: int
+
+
+class LayerSparseness(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int
+    per_class: list[float | None] = Field(
+        description="Treves-Rolls sparseness of each class's mean activation vector."
+    )
+
+
+class UnseenClassSummary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int
+    unseen_class: int
+    units: list[int] = Field(description="Method 2 ensemble of the unseen class.")
+    unseen_mean_activity: float | None
+    seen_mean_activity: float | None
+
+
+class RunEnsembles(RunIdentity):
+    """ensembles.json: every class's ensemble, per layer and method."""
+
+    analysis: AnalysisSpec
+    n_units: int
+    ensembles: list[EnsembleRecord]
+    sparseness: list[LayerSparseness]
+    unseen: list[UnseenClassSummary] = Field(
+        default_factory=list, description="Per layer, for runs trained without a class."
+    )
+
+
+class SharedUnitsMatrix(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int
+    method: Literal["method1", "method2"]
+    quantile: float | None = None
+    classes: list[int]
+    matrix: list[list[int]] = Field(description="[i][j] = units shared by classes i and j.")
+
+
+class RunSharedUnits(RunIdentity):
+    """shared_units.json: |E_c intersect E_c'| per layer and method."""
+
+    matrices: list[SharedUnitsMatrix]
+
+
+class LayerWeightStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int
+    fraction_positive: float = Field(description="Fraction of weights > 0 (Table 3).")
+    fraction_negative_incoming: list[float] = Field(
+        description="Per unit, the fraction of its incoming weights < 0 (Figure 7)."
+    )
+
+
+class RunWeightStats(RunIdentity):
+    """weight_stats.json: excitatory/inhibitory weight statistics per hidden layer."""
+
+    layers: list[LayerWeightStats]
+
+
+class MethodComparison(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quantile: float
+    epsilon: float
+    slope: float | None
+    intercept: float | None
+    r2: float | None
+    n_points: int
+
+
+class ExperimentResults(Document):
+    """results.json: the experiment's tables, figures and cross-run summaries."""
+
+    name: str
+    runs: list[dict] = Field(description="One summary record per run.")
+    tables: dict[str, dict] = Field(description="table1..table3 as Table.to_dict().")
+    figures: list[str]
+    method_comparison: MethodComparison | None = None
+
+
+DOCUMENTS: dict[str, type[Document]] = {
+    "metrics": RunMetrics,
+    "ensembles": RunEnsembles,
+    "shared_units": RunSharedUnits,
+    "weight_stats": RunWeightStats,
+    "results": ExperimentResults,
+}
+
+
+def json_schema(name: str) -> dict:
+    return DOCUMENTS[name].model_json_schema()
+
+
+def write_schemas(folder: Path = SCHEMA_DIR) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in DOCUMENTS:
+        path = folder / f"{name}.schema.json"
+        path.write_text(json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths
+
+
+def write_document(document: Document, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document.model_dump_json(indent=2) + "\n")
+
+
+def read_document(cls: type[Document], path: Path) -> Document:
+    return cls.model_validate_json(path.read_text())

@@ -1,0 +1,569 @@
+"""Runs, analyses and aggregates experiments into a results folder.
+
+The science modules (models, analysis, figures) are pure; this module is the
+edge where files are read and written. The CLI calls ``run_experiment`` for a
+whole experiment in one process; the service's workers call ``execute_run``
+per run and ``aggregate`` once the runs are done, on the same folder layout
+(see ``fflab.results``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fflab import analysis, figures
+from fflab.data import N_CLASSES, load_split
+from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
+from fflab.models.bpff import train_bpff
+from fflab.models.common import (
+    GoodnessNetwork,
+    ProgressCallback,
+    StopCheck,
+    goodness_representations,
+    label_goodness,
+    predict_from_goodness,
+    resolve_device,
+    seed_everything,
+)
+from fflab.models.ff import train_ff
+from fflab.results import (
+    EnsembleRecord,
+    ExperimentResults,
+    LayerSparseness,
+    LayerWeightStats,
+    MethodComparison,
+    RunEnsembles,
+    RunMetrics,
+    RunSharedUnits,
+    RunWeightStats,
+    SharedUnitsMatrix,
+    Timings,
+    UnseenClassSummary,
+    read_document,
+    write_document,
+)
+from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
+
+# The training subset is drawn with a fixed seed so that every model and seed of an
+# experiment sees the same images: seeds vary the initialisation and the negatives.
+DATA_SEED = 0
+RUN_FILES = (
+    "metrics.json",
+    "ensembles.json",
+    "shared_units.json",
+    "weight_stats.json",
+    "representations.npz",
+    "weights.pt",
+)
+
+
+def run_dir_of(experiment_dir: Path, key: RunKey) -> Path:
+    return experiment_dir / "runs" / key.run_id
+
+
+def _identity(key: RunKey) -> dict:
+    return {
+        "run_id": key.run_id,
+        "model": key.model,
+        "dataset": key.dataset,
+        "seed": key.seed,
+        "unseen_class": key.unseen_class,
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_and_evaluate(
+    spec: ExperimentSpec,
+    key: RunKey,
+    run_dir: Path,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> RunMetrics:
+    """Train one run, evaluate it on the test set, and write its metrics,
+    weights and representations into ``run_dir``."""
+    device = resolve_device(spec.device)
+    excluded = () if key.unseen_class is None else (key.unseen_class,)
+    train = load_split(key.dataset, True, spec.data.train_subset, excluded, seed=DATA_SEED)
+    test = load_split(key.dataset, False, spec.data.test_subset, seed=DATA_SEED)
+    generator = seed_everything(key.seed)
+    training = spec.training(key.model)
+    images, labels = train.images.to(device), train.labels.to(device)
+
+    started = time.perf_counter()
+    if key.model == "bp":
+        net = BPClassifier(spec.network).to(device)
+        history = [train_bp(net, images, labels, training, generator, progress, should_stop)]
+    else:
+        net = GoodnessNetwork(spec.network).to(device)
+        trainer = train_ff if key.model == "ff" else train_bpff
+        result = trainer(
+            net, images, labels, training, generator, spec.negative_labels, progress, should_stop
+        )
+        history = result if key.model == "ff" else [result]
+    train_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    net.eval()
+    arrays: dict[str, np.ndarray] = {}
+    if key.model == "bp":
+        predictions, layers = bp_predict_and_represent(net, test.images)
+    else:
+        scores = label_goodness(net, test.images)
+        predictions = predict_from_goodness(scores, spec.prediction)
+        layers = goodness_representations(net, test.images, test.labels)
+        arrays["label_goodness"] = scores.numpy()
+    correct = (predictions == test.labels).numpy()
+    for index, layer in enumerate(layers, start=1):
+        arrays[f"layer{index}"] = layer.numpy().astype(np.float32)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        run_dir / "representations.npz",
+        labels=test.labels.numpy(),
+        predictions=predictions.numpy(),
+        correct=correct,
+        **arrays,
+    )
+    torch.save({name: t.cpu() for name, t in net.state_dict().items()}, run_dir / "weights.pt")
+    evaluate_seconds = time.perf_counter() - started
+
+    test_labels = test.labels.numpy()
+    per_class = [
+        float(correct[test_labels == c].mean()) if (test_labels == c).any() else None
+        for c in range(N_CLASSES)
+    ]
+    metrics = RunMetrics(
+        **_identity(key),
+        accuracy=float(correct.mean()),
+        per_class_accuracy=per_class,
+        n_train=len(train),
+        n_test=len(test),
+        loss_history=history,
+        device=str(device),
+        timings=Timings(train_seconds=train_seconds, evaluate_seconds=evaluate_seconds),
+    )
+    write_document(metrics, run_dir / "metrics.json")
+    return metrics
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def load_representations(run_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(run_dir / "representations.npz") as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def layer_count(stored: dict[str, np.ndarray]) -> int:
+    return sum(1 for name in stored if name.startswith("layer"))
+
+
+def analysed_rows(stored: dict[str, np.ndarray], unseen_class: int | None, correct_only: bool) -> np.ndarray:
+    """Boolean mask of the test images the analyses use: the correctly classified
+    ones (paper), plus every image of a class left out of training, which can
+    never be classified correctly."""
+    if not correct_only:
+        return np.ones_like(stored["correct"], dtype=bool)
+    keep = stored["correct"].astype(bool)
+    if unseen_class is not None:
+        keep |= stored["labels"] == unseen_class
+    return keep
+
+
+def _weight_matrices(run_dir: Path) -> list[np.ndarray]:
+    state = torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True)
+    names = sorted(
+        (n for n in state if n.startswith("layers.") and n.endswith(".weight")),
+        key=lambda n: int(n.split(".")[1]),
+    )
+    return [state[n].numpy() for n in names]
+
+
+def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict:
+    """Compute ensembles, shared units and weight statistics of one trained run
+    from its stored representations and weights; write them; return the run's
+    summary record."""
+    started = time.perf_counter()
+    settings = spec.analysis
+    stored = load_representations(run_dir)
+    keep = analysed_rows(stored, key.unseen_class, settings.correct_only)
+    labels = stored["labels"][keep]
+    classes = list(range(N_CLASSES))
+    names = figures.class_names(key.dataset)
+    records: list[EnsembleRecord] = []
+    matrices: list[SharedUnitsMatrix] = []
+    sparseness: list[LayerSparseness] = []
+    unseen: list[UnseenClassSummary] = []
+    n_images = {c: int((labels == c).sum()) for c in classes}
+
+    for layer in range(1, layer_count(stored) + 1):
+        X = stored[f"layer{layer}"][keep]
+        for quantile in settings.quantiles:
+            ensembles: dict[int, np.ndarray] = {}
+            for c in classes:
+                result = analysis.method1_ensemble(X[labels == c], quantile)
+                ensembles[c] = result.units
+                records.append(
+                    EnsembleRecord(
+                        layer=layer, class_index=c, class_name=names[c], method="method1",
+                        quantile=quantile, threshold=_finite_or_none(result.threshold),
+                        n_images=n_images[c], units=result.units.tolist(), size=result.units.size,
+                    )
+                )
+            matrices.append(_shared(layer, "method1", quantile, ensembles, classes))
+        method2: dict[int, np.ndarray] = {}
+        for c in classes:
+            result = analysis.method2_ensemble(
+                X[labels == c], settings.epsilon, settings.rho_cut, settings.nh_cut
+            )
+            method2[c] = result.units
+            records.append(
+                EnsembleRecord(
+                    layer=layer, class_index=c, class_name=names[c], method="method2",
+                    epsilon=settings.epsilon, rho_cut=_finite_or_none(result.rho_cut),
+                    nh_cut=_finite_or_none(result.nh_cut), n_images=n_images[c],
+                    units=result.units.tolist(), size=result.units.size,
+                )
+            )
+        matrices.append(_shared(layer, "method2", None, method2, classes))
+        per_class = analysis.class_sparseness(X, labels, classes)
+        sparseness.append(
+            LayerSparseness(layer=layer, per_class=[_finite_or_none(per_class[c]) for c in classes])
+        )
+        if key.unseen_class is not None:
+            activity = analysis.unseen_class_activity(X, labels, key.unseen_class, method2)
+            unseen.append(
+                UnseenClassSummary(
+                    layer=layer, unseen_class=key.unseen_class,
+                    units=activity.unseen_units.tolist(),
+                    unseen_mean_activity=_finite_or_none(activity.unseen_mean_activity),
+                    seen_mean_activity=_finite_or_none(activity.seen_mean_activity),
+                )
+            )
+
+    weights = _weight_matrices(run_dir)
+    weight_stats = RunWeightStats(
+        **_identity(key),
+        layers=[
+            LayerWeightStats(
+                layer=index,
+                fraction_positive=analysis.fraction_positive_weights(w),
+                fraction_negative_incoming=analysis.fraction_negative_incoming(w).tolist(),
+            )
+            for index, w in enumerate(weights, start=1)
+        ],
+    )
+    write_document(
+        RunEnsembles(
+            **_identity(key), analysis=settings, n_units=spec.network.width,
+            ensembles=records, sparseness=sparseness, unseen=unseen,
+        ),
+        run_dir / "ensembles.json",
+    )
+    write_document(RunSharedUnits(**_identity(key), matrices=matrices), run_dir / "shared_units.json")
+    write_document(weight_stats, run_dir / "weight_stats.json")
+
+    metrics = read_document(RunMetrics, run_dir / "metrics.json")
+    metrics.timings.analyse_seconds = time.perf_counter() - started
+    write_document(metrics, run_dir / "metrics.json")
+    return run_record(run_dir)
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _shared(layer: int, method: str, quantile: float | None, ensembles: dict, classes: list[int]) -> SharedUnitsMatrix:
+    matrix = analysis.shared_units_matrix(ensembles, classes)
+    return SharedUnitsMatrix(
+        layer=layer, method=method, quantile=quantile, classes=classes, matrix=matrix.tolist()
+    )
+
+
+def run_record(run_dir: Path, table_quantile: float | None = None) -> dict:
+    """The run's summary record (the input of the tables), from its JSON files."""
+    metrics = read_document(RunMetrics, run_dir / "metrics.json")
+    ensembles = read_document(RunEnsembles, run_dir / "ensembles.json")
+    weights = read_document(RunWeightStats, run_dir / "weight_stats.json")
+    quantile = table_quantile or ensembles.analysis.table_quantile
+    n_layers = len(weights.layers)
+    sizes = {
+        method: [[0] * N_CLASSES for _ in range(n_layers)] for method in ("method1", "method2")
+    }
+    for record in ensembles.ensembles:
+        if record.method == "method2" or record.quantile == quantile:
+            sizes[record.method][record.layer - 1][record.class_index] = record.size
+    return {
+        "run_id": metrics.run_id,
+        "model": metrics.model,
+        "dataset": metrics.dataset,
+        "seed": metrics.seed,
+        "unseen_class": metrics.unseen_class,
+        "accuracy": metrics.accuracy,
+        "per_class_accuracy": metrics.per_class_accuracy,
+        "ensemble_sizes_method1": sizes["method1"],
+        "ensemble_sizes_method2": sizes["method2"],
+        "fraction_positive_weights": [layer.fraction_positive for layer in weights.layers],
+        "train_seconds": metrics.timings.train_seconds,
+    }
+
+
+def execute_run(
+    spec: ExperimentSpec,
+    key: RunKey,
+    run_dir: Path,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> dict:
+    """Train, evaluate and analyse one run; return its summary record."""
+    train_and_evaluate(spec, key, run_dir, progress, should_stop)
+    return analyse_run(spec, key, run_dir)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def figure_runs(spec: ExperimentSpec) -> list[RunKey]:
+    """The runs whose representations the figures read: the first seed of each
+    (model, data set), and the first seed's unseen-class runs."""
+    seed = spec.seeds[0]
+    return [key for key in spec.runs() if key.seed == seed]
+
+
+def _pick_dataset(spec: ExperimentSpec, preferred: str) -> str:
+    return preferred if preferred in spec.datasets else spec.datasets[0]
+
+
+def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict]) -> list[str]:
+    """Draw Figures 1-8 from the stored results; return the PNG file names."""
+    settings = spec.analysis
+    out = experiment_dir / "figures"
+    written: list[str] = []
+
+    def save(fig, name: str) -> None:
+        figures.save_png(fig, out / f"{name}.png")
+        written.append(f"{name}.png")
+
+    def layer_view(key: RunKey, layer: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        stored = load_representations(run_dir_of(experiment_dir, key))
+        keep = analysed_rows(stored, key.unseen_class, settings.correct_only)
+        return stored[f"layer{layer}"][keep], stored["labels"][keep], stored
+
+    seed = spec.seeds[0]
+    main_model = "ff" if "ff" in spec.models else spec.models[0]
+    main_dataset = _pick_dataset(spec, "mnist")
+    main_key = RunKey(main_model, main_dataset, seed)
+    names = figures.class_names(main_dataset)
+    n_layers = spec.network.layers
+
+    # Figure 1: activation patterns (A), class means with ensembles (B), layer-1 map (C).
+    X1, labels1, stored = layer_view(main_key, 1)
+    first = int(np.flatnonzero(stored["correct"])[0]) if stored["correct"].any() else 0
+    patterns = [stored[f"layer{layer}"][first] for layer in range(1, n_layers + 1)]
+    save(figures.figure1a_activation_patterns(patterns), "figure1a")
+    ensembles = analysis.class_ensembles(
+        X1, labels1, "method1", classes=range(N_CLASSES), quantile=settings.figure_quantile
+    )
+    save(figures.figure1b_class_mean_activations(X1, labels1, ensembles, names), "figure1b")
+    save(figures.activation_map(X1, labels1, names, layer=1), "figure1c")
+    # Figures 5 and 6: the same map for layers 2 and 3.
+    for layer, name in ((2, "figure5"), (3, "figure6")):
+        if layer <= n_layers:
+            X, labels, _ = layer_view(main_key, layer)
+            save(figures.activation_map(X, labels, names, layer=layer), name)
+
+    # Figure 2: layer-1 ensemble sizes per class and model, over seeds.
+    sizes = {
+        model: np.array(
+            [r["ensemble_sizes_method1"][0] for r in records
+             if r["model"] == model and r["dataset"] == main_dataset and r["unseen_class"] is None]
+        )
+        for model in spec.models
+    }
+    save(figures.figure2_ensemble_sizes(sizes, names), "figure2")
+
+    # Figure 3: shared units between classes, on Fashion-MNIST where available.
+    shared_dataset = _pick_dataset(spec, "fashion_mnist")
+    shared_names = figures.class_names(shared_dataset)
+    X, labels, _ = layer_view(RunKey(main_model, shared_dataset, seed), 1)
+    ensembles = analysis.class_ensembles(
+        X, labels, "method1", classes=range(N_CLASSES), quantile=settings.figure_quantile
+    )
+    matrix = analysis.shared_units_matrix(ensembles, range(N_CLASSES))
+    off_diagonal = matrix - np.diag(np.diag(matrix))
+    a, b = np.unravel_index(np.argmax(off_diagonal), matrix.shape)
+    save(
+        figures.figure3a_shared_units(
+            ensembles[a], ensembles[b], spec.network.width, shared_names[a], shared_names[b]
+        ),
+        "figure3a",
+    )
+    save(figures.figure3b_shared_units_matrix(matrix, shared_names), "figure3b")
+
+    # Figure 4: the unseen class, Method 2, on Fashion-MNIST where available.
+    if spec.unseen_class is not None and "ff" in spec.models:
+        unseen_key = RunKey("ff", shared_dataset, seed, spec.unseen_class)
+        X, labels, _ = layer_view(unseen_key, 1)
+        unseen_rows = X[labels == spec.unseen_class]
+        result = analysis.method2_ensemble(
+            unseen_rows, settings.epsilon, settings.rho_cut, settings.nh_cut
+        )
+        class_name = shared_names[spec.unseen_class]
+        save(figures.figure4a_unseen_activations(unseen_rows, class_name), "figure4a")
+        save(figures.figure4b_mean_activity(result.mean_activity, result.units, class_name), "figure4b")
+        save(
+            figures.figure4c_decision_diagram(
+                result.rho, result.n_higher, result.units, result.rho_cut, result.nh_cut
+            ),
+            "figure4c",
+        )
+
+    # Figure 7: per-unit fraction of negative incoming weights in layer 2.
+    weight_layer = min(2, n_layers)
+    fractions = {}
+    for model in spec.models:
+        stats = read_document(
+            RunWeightStats, run_dir_of(experiment_dir, RunKey(model, main_dataset, seed)) / "weight_stats.json"
+        )
+        fractions[model] = np.array(stats.layers[weight_layer - 1].fraction_negative_incoming)
+    save(figures.figure7_negative_weight_fraction(fractions, layer=weight_layer), "figure7")
+
+    # Figure 8A: a class where the two methods disagree (the first found), layer 1.
+    X, labels, _ = layer_view(main_key, 1)
+    chosen = 0
+    for c in range(N_CLASSES):
+        rows = X[labels == c]
+        m1 = analysis.method1_ensemble(rows, _comparison_quantile(settings)).units
+        m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut).units
+        if not np.array_equal(m1, m2):
+            chosen = c
+            break
+    rows = X[labels == chosen]
+    m1 = analysis.method1_ensemble(rows, _comparison_quantile(settings)).units
+    m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut)
+    save(figures.figure8a_method_comparison(m2.mean_activity, m1, m2.units, names[chosen]), "figure8a")
+    return written
+
+
+def _comparison_quantile(settings: AnalysisSpec) -> float:
+    """Figure 8 uses quantile 0.99 in the paper; the largest computed one otherwise."""
+    return 0.99 if 0.99 in settings.quantiles else max(settings.quantiles)
+
+
+def method_comparison(
+    spec: ExperimentSpec, experiment_dir: Path, records: list[dict]
+) -> tuple[MethodComparison, np.ndarray, np.ndarray]:
+    """Method 1 vs Method 2 sizes over every (run, layer, class) of the trained-on-all-classes runs."""
+    quantile = _comparison_quantile(spec.analysis)
+    sizes1, sizes2 = [], []
+    for record in records:
+        if record["unseen_class"] is not None:
+            continue
+        stored = read_document(
+            RunEnsembles, experiment_dir / "runs" / record["run_id"] / "ensembles.json"
+        )
+        by_place = {}
+        for e in stored.ensembles:
+            if e.method == "method2" or e.quantile == quantile:
+                by_place[(e.method, e.layer, e.class_index)] = e.size
+        for (method, layer, c), size in by_place.items():
+            if method == "method1":
+                sizes1.append(size)
+                sizes2.append(by_place[("method2", layer, c)])
+    sizes1_arr, sizes2_arr = np.array(sizes1), np.array(sizes2)
+    try:
+        fit = analysis.method_size_regression(sizes1_arr, sizes2_arr)
+        slope, intercept, r2 = fit.slope, fit.intercept, _finite_or_none(fit.r2)
+    except ValueError:  # fewer than two points, or all Method 2 sizes equal
+        slope = intercept = r2 = None
+    comparison = MethodComparison(
+        quantile=quantile, epsilon=spec.analysis.epsilon, slope=slope,
+        intercept=intercept, r2=r2, n_points=len(sizes1),
+    )
+    return comparison, sizes1_arr, sizes2_arr
+
+
+def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
+    """Tables 1-3, Figures 1-8 and results.json from the runs' stored results."""
+    records = [run_record(run_dir_of(experiment_dir, key)) for key in spec.runs()]
+    trained_on_all = [r for r in records if r["unseen_class"] is None]
+    tables = {
+        "table1": analysis.accuracy_table(trained_on_all),
+        "table2": analysis.ensemble_size_table(trained_on_all, spec.analysis.table_quantile),
+        "table3": analysis.weight_sign_table(trained_on_all),
+    }
+    tables_dir = experiment_dir / "tables"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        (tables_dir / f"{name}.json").write_text(json.dumps(table.to_dict(), indent=2) + "\n")
+        (tables_dir / f"{name}.md").write_text(table.to_markdown() + "\n")
+        (tables_dir / f"{name}.csv").write_text(table.to_csv())
+
+    written = write_figures(spec, experiment_dir, records)
+    comparison, sizes1, sizes2 = method_comparison(spec, experiment_dir, records)
+    if comparison.slope is not None:
+        figures.save_png(
+            figures.figure8b_method_sizes(sizes1, sizes2, comparison.slope, comparison.intercept),
+            experiment_dir / "figures" / "figure8b.png",
+        )
+        written.append("figure8b.png")
+    results = ExperimentResults(
+        name=spec.name,
+        runs=records,
+        tables={name: table.to_dict() for name, table in tables.items()},
+        figures=sorted(written),
+        method_comparison=comparison,
+    )
+    write_document(results, experiment_dir / "results.json")
+    return results.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- experiments
+
+RunProgress = Callable[[RunKey, int, int], None]
+
+
+def write_spec(spec: ExperimentSpec, experiment_dir: Path) -> None:
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    (experiment_dir / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
+
+
+def read_spec(experiment_dir: Path) -> ExperimentSpec:
+    path = experiment_dir / "spec.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{experiment_dir} is not a results folder: it has no spec.json")
+    return ExperimentSpec.model_validate_json(path.read_text())
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    experiment_dir: Path,
+    progress: ProgressCallback | None = None,
+    on_run: RunProgress | None = None,
+) -> dict:
+    """Every run of the experiment in this process, then the aggregation."""
+    write_spec(spec, experiment_dir)
+    keys = spec.runs()
+    for index, key in enumerate(keys):
+        if on_run is not None:
+            on_run(key, index, len(keys))
+        execute_run(spec, key, run_dir_of(experiment_dir, key), progress)
+    return aggregate(spec, experiment_dir)
+
+
+def reanalyse(experiment_dir: Path, settings: AnalysisSpec) -> dict:
+    """Recompute ensembles, tables and figures with other analysis settings,
+    from the stored representations, without retraining."""
+    spec = read_spec(experiment_dir).model_copy(update={"analysis": settings})
+    write_spec(spec, experiment_dir)
+    for key in spec.runs():
+        analyse_run(spec, key, run_dir_of(experiment_dir, key))
+    return aggregate(spec, experiment_dir)
