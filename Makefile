@@ -1,0 +1,45 @@
+# fflab: the public face is `make run`, `make test`, `make serve`, `make bench`.
+# Each target sets up what is missing (virtual environment, packages, data) by itself.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FFLAB_DATA_ROOT ?= $(CURDIR)/data
+N ?= 60000
+
+.PHONY: run test serve bench data setup clean help
+
+help:
+	@echo "make run    - run the quick preset (FF, BP/FF, BP on MNIST) and print where the results are"
+	@echo "make test   - run the test suite"
+	@echo "make serve  - start the embedded service (API + worker, no servers needed)"
+	@echo "make bench  - benchmark FF training (N=$(N) images; make bench N=20000 for a quick one)"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+data: $(FFLAB_DATA_ROOT)/.fetched
+
+$(FFLAB_DATA_ROOT)/.fetched: $(VENV)/.installed
+	$(BIN)/fflab fetch-data
+	touch $@
+
+run: setup data
+	$(BIN)/fflab run --preset quick
+
+test: setup data
+	$(BIN)/python -m pytest
+
+serve: setup data
+	$(BIN)/fflab serve
+
+bench: setup data
+	$(BIN)/python -m benchmarks.ff_bench --n $(N)
+
+clean:
+	rm -rf results var .pytest_cache

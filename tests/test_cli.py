@@ -1,0 +1,119 @@
+"""The CLI end to end on a small subset, through real subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from fflab import results
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = [
+    "--set", "data.train_subset=400", "--set", "data.test_subset=400",
+    "--set", "network.width=64", "--set", "network.normalize_first_layer=true",
+    "--set", "ff.epochs=2", "--set", "ff.batch_size=50", "--set", "ff.learning_rate=0.003",
+    "--set", "bpff.epochs=2", "--set", "bpff.batch_size=50", "--set", "bpff.learning_rate=0.003",
+    "--set", "bp.epochs=2", "--set", 'datasets=["mnist","fashion_mnist"]',
+]
+
+
+def fflab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "fflab", *args], capture_output=True, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"fflab {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, data_root) -> Path:
+    out = tmp_path_factory.mktemp("results") / "tiny"
+    done = fflab("run", "--preset", "quick", *TINY, "--out", str(out))
+    assert f"figures: {out.resolve() / 'figures'}" in done.stdout
+    assert "Table 1" in done.stdout
+    assert "epoch" in done.stderr  # the progress bar
+    return out
+
+
+def schema(name: str) -> dict:
+    return json.loads((results.SCHEMA_DIR / f"{name}.schema.json").read_text())
+
+
+@pytest.mark.slow
+def test_every_json_file_matches_its_schema(experiment):
+    run_dirs = sorted((experiment / "runs").iterdir())
+    # 3 models x 2 data sets + FF without class 0 on each data set
+    assert len(run_dirs) == 8
+    for run_dir in run_dirs:
+        for name in ("metrics", "ensembles", "shared_units", "weight_stats"):
+            document = json.loads((run_dir / f"{name}.json").read_text())
+            jsonschema.validate(document, schema(name))
+            assert document["schema_version"] == results.SCHEMA_VERSION
+    jsonschema.validate(json.loads((experiment / "results.json").read_text()), schema("results"))
+
+
+@pytest.mark.slow
+def test_every_figure_is_a_real_png(experiment):
+    names = sorted(p.name for p in (experiment / "figures").glob("*.png"))
+    expected = {"figure1a", "figure1b", "figure1c", "figure2", "figure3a", "figure3b",
+                "figure4a", "figure4b", "figure4c", "figure5", "figure6", "figure7", "figure8a"}
+    assert expected <= {n.removesuffix(".png") for n in names}
+    for name in names:
+        content = (experiment / "figures" / name).read_bytes()
+        assert content.startswith(PNG_SIGNATURE)
+        width = int.from_bytes(content[16:20], "big")
+        assert width > 200
+
+
+@pytest.mark.slow
+def test_tables_in_every_format(experiment):
+    md = fflab("tables", str(experiment)).stdout
+    assert "| FF |" in md and "MNIST" in md and "FASHIONMNIST" in md
+    csv = fflab("tables", str(experiment), "--format", "csv").stdout
+    assert csv.splitlines()[0].startswith("Model,MNIST mean,MNIST se")
+    for name in ("table1", "table2", "table3"):
+        assert json.loads((experiment / "tables" / f"{name}.json").read_text())["rows"]
+
+
+@pytest.mark.slow
+def test_reanalysis_with_another_quantile_changes_ensembles_without_retraining(experiment):
+    weights_before = (experiment / "runs" / "bp-mnist-seed0" / "weights.pt").read_bytes()
+    sizes_before = json.loads((experiment / "results.json").read_text())["tables"]["table2"]
+    fflab("analyse", str(experiment), "--quantile", "0.5", "--quantile", "0.99")
+    spec = json.loads((experiment / "spec.json").read_text())
+    assert spec["analysis"]["quantiles"] == [0.5, 0.99]
+    sizes_after = json.loads((experiment / "results.json").read_text())["tables"]["table2"]
+    assert sizes_after != sizes_before
+    ensembles = json.loads((experiment / "runs" / "bp-mnist-seed0" / "ensembles.json").read_text())
+    m1 = {e["quantile"] for e in ensembles["ensembles"] if e["method"] == "method1"}
+    assert m1 == {0.5, 0.99}
+    loose = sum(e["size"] for e in ensembles["ensembles"] if e["quantile"] == 0.5)
+    strict = sum(e["size"] for e in ensembles["ensembles"] if e["quantile"] == 0.99)
+    assert loose > strict
+    assert (experiment / "runs" / "bp-mnist-seed0" / "weights.pt").read_bytes() == weights_before
+
+
+def test_bad_settings_are_named_without_a_traceback(tmp_path):
+    done = fflab("run", "--preset", "quick", "--set", "ff.epochs=-3", "--out", str(tmp_path), check=False)
+    assert done.returncode == 2
+    assert "ff.epochs" in done.stderr and "greater than or equal to 1" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = fflab("run", "--preset", "quick", "--set", "network.goodness=l3", check=False)
+    assert "network.goodness" in done.stderr and "'l_inf'" in done.stderr
+
+
+def test_analyse_refuses_a_folder_that_is_not_a_results_folder(tmp_path):
+    done = fflab("analyse", str(tmp_path), check=False)
+    assert done.returncode == 1 and "no spec.json" in done.stderr
+
+
+def test_committed_schemas_match_the_documents():
+    for name in results.DOCUMENTS:
+        committed = json.loads((results.SCHEMA_DIR / f"{name}.schema.json").read_text())
+        assert committed == results.json_schema(name), f"run `fflab schemas --write` ({name})"

@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+import torch
+
+from fflab import analysis, data
+from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
+from fflab.models.bpff import train_bpff
+from fflab.models.common import (
+    Cancelled,
+    GoodnessNetwork,
+    embed_labels,
+    goodness,
+    goodness_loss,
+    goodness_representations,
+    label_goodness,
+    normalize,
+    predict_from_goodness,
+    seed_everything,
+    wrong_labels,
+)
+from fflab.models.ff import train_ff
+from fflab.spec import NetworkSpec, TrainingSpec, build_spec
+
+
+def test_embed_labels_writes_the_image_max_into_the_label_pixel():
+    images = torch.tensor([[5.0, 1.0, 1.0] + [0.0] * 8 + [2.0], [0.0] * 11 + [7.0]])
+    embedded = embed_labels(images, torch.tensor([3, 0]), "image_max")
+    expected_first = [0.0] * 10 + [0.0, 2.0]
+    expected_first[3] = 5.0
+    assert embedded[0].tolist() == expected_first
+    assert embedded[1, 0].item() == 7.0 and embedded[1, 1:10].abs().sum().item() == 0.0
+    assert images[0, 0].item() == 5.0  # input untouched
+    batch = embed_labels(images, torch.tensor([3, 0]), "batch_max")
+    assert batch[0, 3].item() == 7.0 and batch[1, 0].item() == 7.0
+
+
+def test_wrong_labels_are_never_the_true_label_and_stay_in_the_classes():
+    labels = torch.tensor([1, 2, 3, 9] * 500)
+    classes = torch.tensor([1, 2, 3, 9])
+    wrong = wrong_labels(labels, classes, torch.Generator().manual_seed(0))
+    assert (wrong != labels).all()
+    assert torch.isin(wrong, classes).all()
+    # uniform over the three wrong classes
+    counts = torch.bincount(wrong[labels == 1], minlength=10)[[2, 3, 9]]
+    assert counts.min().item() > 120
+
+
+def test_goodness_kinds_on_a_known_vector():
+    h = torch.tensor([[0.5, -2.0, 1.0]])
+    assert goodness(h, "l_inf").item() == 1.0
+    assert goodness(h, "l2").item() == pytest.approx(np.sqrt(0.25 + 4 + 1))
+    assert goodness(h, "l1").item() == 3.5
+    assert goodness(h, "mean_squares").item() == pytest.approx(5.25 / 3)
+
+
+def test_normalize_and_loss():
+    x = torch.tensor([[2.0, -4.0], [3.0, 4.0]])
+    assert normalize(x, "l_inf").abs().amax(dim=1).tolist() == pytest.approx([1.0, 1.0])
+    assert normalize(x, "l2").norm(dim=1).tolist() == pytest.approx([1.0, 1.0])
+    loss = goodness_loss(torch.tensor([1.0]), torch.tensor([0.0]), 0.5)
+    assert loss.item() == pytest.approx(np.log1p(np.exp(-0.5)))
+
+
+def test_prediction_rules_on_hand_built_goodness():
+    # label 2 wins layer 1 (11 vs 0), label 1 wins layers 2 and 3 (5 vs 0 each):
+    # summed goodness 11 > 10 picks 2; softmaxes 1.01 < 1.89 pick 1
+    scores = torch.zeros(1, 10, 3)
+    scores[0, 2, 0] = 11.0
+    scores[0, 1, 1:] = 5.0
+    assert predict_from_goodness(scores, "sum").item() == 2
+    assert predict_from_goodness(scores, "softmax_sum").item() == 1
+
+
+def test_first_layer_normalisation_follows_the_spec():
+    x = torch.full((1, 784), 3.0)
+    for flag in (False, True):
+        net = GoodnessNetwork(NetworkSpec(normalize_first_layer=flag))
+        assert torch.equal(net.layer_input(x, 0), x / 3.0 if flag else x) or (
+            flag and torch.allclose(net.layer_input(x, 0), torch.ones_like(x), atol=1e-6)
+        )
+        assert net.layer_input(x, 1).max().item() == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def small_mnist(data_root):
+    train = data.load_split("mnist", True, subset=2000, seed=0)
+    test = data.load_split("mnist", False, subset=1000, seed=0)
+    return train, test
+
+
+QUICK_NET = build_spec("quick").network
+
+
+def trained_ff(train, epochs=4, seed=0):
+    generator = seed_everything(seed)
+    net = GoodnessNetwork(QUICK_NET)
+    history = train_ff(net, train.images, train.labels,
+                       TrainingSpec(epochs=epochs, learning_rate=3e-3, batch_size=100), generator)
+    return net, history
+
+
+@pytest.mark.slow
+def test_ff_learns_and_forms_small_ensembles_while_bp_does_not(small_mnist):
+    """The paper's central contrast, on the same data and seed: FF (and BP/FF)
+    far above chance with ensembles an order of magnitude smaller than BP's."""
+    train, test = small_mnist
+    ff, history = trained_ff(train)
+    assert len(history) == 3 and all(len(h) == 4 for h in history)
+    ff_pred = predict_from_goodness(label_goodness(ff, test.images), "sum")
+    ff_accuracy = (ff_pred == test.labels).float().mean().item()
+    assert ff_accuracy > 0.6  # chance is 0.1
+
+    generator = seed_everything(0)
+    bp = BPClassifier(QUICK_NET)
+    losses = train_bp(bp, train.images, train.labels,
+                      TrainingSpec(epochs=3, learning_rate=1e-2, batch_size=256), generator)
+    assert losses[-1] < losses[0]
+    bp_pred, bp_layers = bp_predict_and_represent(bp, test.images)
+    assert (bp_pred == test.labels).float().mean().item() > 0.8
+
+    ff_layers = goodness_representations(ff, test.images, test.labels)
+    ff_correct = (ff_pred == test.labels).numpy()
+    bp_correct = (bp_pred == test.labels).numpy()
+    labels = test.labels.numpy()
+    ff_sizes = analysis.ensemble_sizes(analysis.class_ensembles(
+        ff_layers[0].numpy()[ff_correct], labels[ff_correct], quantile=0.95))
+    bp_sizes = analysis.ensemble_sizes(analysis.class_ensembles(
+        bp_layers[0].numpy()[bp_correct], labels[bp_correct], quantile=0.95))
+    assert ff_sizes.mean() * 10 < bp_sizes.mean(), (ff_sizes, bp_sizes)
+
+
+@pytest.mark.slow
+def test_bpff_learns(small_mnist):
+    train, test = small_mnist
+    generator = seed_everything(0)
+    net = GoodnessNetwork(QUICK_NET)
+    losses = train_bpff(net, train.images, train.labels,
+                        TrainingSpec(epochs=4, learning_rate=3e-3, batch_size=100), generator)
+    assert losses[-1] < losses[0]
+    accuracy = (predict_from_goodness(label_goodness(net, test.images), "sum") == test.labels)
+    assert accuracy.float().mean().item() > 0.6
+
+
+def test_training_is_reproducible_for_a_seed(small_mnist):
+    train, _ = small_mnist
+    subset = data.Split(train.images[:300], train.labels[:300])
+    a, _ = trained_ff(subset, epochs=1, seed=5)
+    b, _ = trained_ff(subset, epochs=1, seed=5)
+    c, _ = trained_ff(subset, epochs=1, seed=6)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.layers[0].weight, c.layers[0].weight)
+
+
+def test_training_stops_when_asked(small_mnist):
+    train, _ = small_mnist
+    epochs_seen = []
+    net = GoodnessNetwork(QUICK_NET)
+    with pytest.raises(Cancelled):
+        train_ff(net, train.images[:200], train.labels[:200],
+                 TrainingSpec(epochs=10, learning_rate=1e-3), seed_everything(0),
+                 progress=lambda event: epochs_seen.append(event.epoch),
+                 should_stop=lambda: len(epochs_seen) >= 2)
+    assert epochs_seen == [1, 2]

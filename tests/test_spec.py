@@ -1,0 +1,63 @@
+import pytest
+from pydantic import ValidationError
+
+from fflab.spec import PRESETS, ExperimentSpec, RunKey, build_spec
+
+
+def test_paper_preset_has_the_papers_settings():
+    spec = build_spec("paper")
+    assert (spec.network.layers, spec.network.width) == (3, 784)
+    assert (spec.network.activation, spec.network.goodness) == ("sigmoid", "l_inf")
+    assert (spec.ff.epochs, spec.ff.learning_rate, spec.ff.batch_size) == (1000, 1e-2, None)
+    assert (spec.bp.epochs, spec.bp.learning_rate) == (20, 1e-2)
+    assert spec.seeds == list(range(15))
+    assert 0 < spec.network.threshold < 1
+    # 3 models x 2 data sets x 15 seeds, plus FF without class 0 per data set and seed
+    assert len(spec.runs()) == 90 + 30
+
+
+def test_every_preset_validates():
+    for name in PRESETS:
+        assert build_spec(name).name == name
+
+
+def test_overrides_merge_into_nested_settings():
+    spec = build_spec("quick", {"ff": {"epochs": 3}, "models": ["ff", "bp"], "unseen_class": None})
+    assert spec.ff.epochs == 3
+    assert spec.ff.batch_size == PRESETS["quick"]["ff"]["batch_size"]
+    assert [key.run_id for key in spec.runs()] == ["ff-mnist-seed0", "bp-mnist-seed0"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"ff": {"epochs": 0}}, "ff.epochs"),
+        ({"network": {"activation": "tanh"}}, "network.activation"),
+        ({"models": ["ff", "ff"]}, "models"),
+        ({"seeds": [-1]}, "seeds"),
+        ({"data": {"train_subset": 10**9}}, "data.train_subset"),
+        ({"unknown": 1}, "unknown"),
+        ({"analysis": {"quantiles": [0.9], "table_quantile": 0.95}}, "analysis"),
+        ({"unseen_class": 10}, "unseen_class"),
+    ],
+)
+def test_bad_settings_name_the_field(overrides, field):
+    with pytest.raises(ValidationError) as raised:
+        build_spec("quick", overrides)
+    locations = [".".join(str(p) for p in e["loc"]) for e in raised.value.errors()]
+    assert any(loc.startswith(field) for loc in locations), locations
+
+
+def test_unknown_preset_is_named():
+    with pytest.raises(ValueError, match="preset must be one of"):
+        build_spec("fast")
+
+
+def test_run_ids_round_trip():
+    for key in build_spec("paper").runs():
+        assert RunKey.parse(key.run_id) == key
+
+
+def test_spec_json_round_trip():
+    spec = build_spec("quick")
+    assert ExperimentSpec.model_validate_json(spec.model_dump_json()) == spec
