@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from fflab import data, results, runner
 from fflab.models.common import TrainingProgress
+from fflab.service_cli import register as register_service_verbs
 from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey, build_spec, deep_merge
 
 
@@ -204,12 +205,7 @@ def schemas_command(write: bool) -> None:
         click.echo(json.dumps({name: results.json_schema(name) for name in results.DOCUMENTS}, indent=2))
 
 
-try:  # the service's verbs, when its modules are installed alongside
-    from fflab.service_cli import register
-except ImportError:  # pragma: no cover - the science core works without the service
-    pass
-else:
-    register(main)
+register_service_verbs(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""User and key management (admin role)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import select
+
+from api import schemas
+from api.deps import AdminUser, SessionDep
+from fflab import accounts
+from fflab.db import User
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+@router.get("/users", response_model=list[schemas.UserOut])
+def list_users(_admin: AdminUser, session: SessionDep) -> list[schemas.UserOut]:
+    return [schemas.UserOut.model_validate(u) for u in session.scalars(select(User).order_by(User.id))]
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=schemas.NewKey)
+def create_user(body: schemas.UserCreate, _admin: AdminUser, session: SessionDep) -> schemas.NewKey:
+    """Create a user and its first API key (shown once)."""
+    try:
+        user = accounts.create_user(session, body.name, body.role)
+    except ValueError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    key = accounts.issue_key(session, user)
+    session.commit()
+    return schemas.NewKey(user=schemas.UserOut.model_validate(user), api_key=key)
+
+
+@router.post("/users/{name}/keys", status_code=status.HTTP_201_CREATED, response_model=schemas.NewKey)
+def issue_key(name: str, _admin: AdminUser, session: SessionDep) -> schemas.NewKey:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {name}")
+    key = accounts.issue_key(session, user)
+    session.commit()
+    return schemas.NewKey(user=schemas.UserOut.model_validate(user), api_key=key)
+
+
+@router.delete("/keys/{prefix}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_key(prefix: str, _admin: AdminUser, session: SessionDep) -> None:
+    """Revoke a key by its first 14 characters (or the whole key)."""
+    if not accounts.revoke_keys(session, key_or_prefix=prefix):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active key starting with {prefix[:14]}")
+    session.commit()

@@ -1,0 +1,139 @@
+"""Submit, list, inspect, cancel and delete experiments."""
+
+from __future__ import annotations
+
+import logging
+
+from collections import Counter, defaultdict
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api import schemas, views
+from api.deps import CurrentUser, DispatcherDep, OwnedExperiment, ReadableExperiment, SessionDep, SettingsDep, StorageDep
+from fflab import jobs
+from fflab.db import Experiment, Run
+from fflab.settings import Settings
+from fflab.spec import ExperimentSpec, build_spec
+from fflab.storage import experiment_prefix
+
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+log = logging.getLogger(__name__)
+
+
+def dispatch(session: Session, settings: Settings, dispatcher: jobs.Dispatcher) -> None:
+    """Hand waiting runs to the broker now; if it is unreachable, the workers'
+    periodic sweep does it (FFLAB_SWEEP_INTERVAL_S)."""
+    try:
+        jobs.dispatch(session, settings, dispatcher)
+    except Exception:
+        session.rollback()
+        log.warning("could not dispatch runs now; the workers' sweep will", exc_info=True)
+
+
+def spec_from_body(body: schemas.ExperimentSubmit) -> ExperimentSpec:
+    """build_spec's errors as 422s naming the field in the body."""
+    overrides = dict(body.model_extra or {})
+    try:
+        return build_spec(body.preset, overrides)
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_context=False)
+        raise RequestValidationError(
+            [{**problem, "loc": ("body", *problem["loc"])} for problem in problems]
+        ) from None
+    except ValueError as error:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "preset"), "msg": str(error), "input": body.preset}]
+        ) from None
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.ExperimentCreated,
+             responses={429: {"description": "The user's cap on queued plus running runs is reached."}})
+def submit_experiment(body: schemas.ExperimentSubmit, request: Request, response: Response,
+                      session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
+                      user: CurrentUser) -> schemas.ExperimentCreated:
+    """Queue an experiment: one run per spec.runs() key, then an aggregation step."""
+    spec = spec_from_body(body)
+    try:
+        experiment = jobs.create_experiment(session, settings, user, spec, body.visibility)
+    except jobs.CapacityError as error:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(error)) from None
+    session.commit()
+    dispatch(session, settings, dispatcher)
+    url = views.experiment_url(request, experiment.id)
+    response.headers["Location"] = url
+    return schemas.ExperimentCreated(id=experiment.id, url=url, status=experiment.status,
+                                     runs_total=experiment.runs_total)
+
+
+@router.get("", response_model=schemas.ExperimentPage)
+def list_experiments(
+    request: Request, session: SessionDep, user: CurrentUser,
+    status_filter: Annotated[schemas.Status | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> schemas.ExperimentPage:
+    """Your experiments, newest first."""
+    where = [Experiment.owner_id == user.id]
+    if status_filter is not None:
+        where.append(Experiment.status == status_filter)
+    total = session.scalar(select(func.count(Experiment.id)).where(*where)) or 0
+    page = list(session.scalars(
+        select(Experiment).where(*where).order_by(Experiment.created_at.desc(), Experiment.id)
+        .limit(limit).offset(offset)
+    ))
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    running: dict[str, list[Run]] = defaultdict(list)
+    ids = [experiment.id for experiment in page]
+    for experiment_id, run_status, count in session.execute(
+        select(Run.experiment_id, Run.status, func.count(Run.id))
+        .where(Run.experiment_id.in_(ids)).group_by(Run.experiment_id, Run.status)
+    ):
+        counts[experiment_id][run_status] = count
+    for run in session.scalars(select(Run).where(Run.experiment_id.in_(ids), Run.status == "running")):
+        running[run.experiment_id].append(run)
+    items = [
+        schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id]))
+        for e in page
+    ]
+    return schemas.ExperimentPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{experiment_id}", response_model=schemas.Experiment)
+def get_experiment(experiment: ReadableExperiment, request: Request) -> schemas.Experiment:
+    """Status, progress (runs done of total; model, layer, epoch and ETA of running
+    runs), timings, the error if it failed, and the spec."""
+    return views.experiment_detail(request, experiment)
+
+
+@router.post("/{experiment_id}/cancel", response_model=schemas.Experiment)
+def cancel_experiment(experiment: OwnedExperiment, request: Request, session: SessionDep,
+                      settings: SettingsDep, dispatcher: DispatcherDep) -> schemas.Experiment:
+    """Queued runs are dropped; running runs stop at their next epoch."""
+    try:
+        task_ids = jobs.cancel_experiment(session, experiment)
+    except jobs.ConflictError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    session.commit()
+    dispatcher.revoke(task_ids)
+    dispatch(session, settings, dispatcher)
+    return views.experiment_detail(request, experiment)
+
+
+@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_experiment(experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep,
+                      dispatcher: DispatcherDep, storage: StorageDep) -> None:
+    """Cancel it if needed, then delete it, its runs, results and artifacts."""
+    task_ids: list[str] = []
+    if experiment.status in ("queued", "running"):
+        task_ids = jobs.cancel_experiment(session, experiment)
+    session.commit()
+    dispatcher.revoke(task_ids)
+    storage.delete_prefix(experiment_prefix(experiment.id))
+    session.delete(experiment)
+    session.commit()
+    dispatch(session, settings, dispatcher)

@@ -1,0 +1,52 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from api import schemas
+from api.deps import SettingsDep, StorageDep
+from fflab.db import get_engine
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+def _check(what) -> str:
+    try:
+        what()
+    except Exception as error:
+        return f"unreachable: {type(error).__name__}: {error}"
+    return "ok"
+
+
+@router.get("/readyz", response_model=schemas.Readiness, responses={503: {"model": schemas.Readiness}})
+def readyz(request: Request, response: Response, settings: SettingsDep, storage: StorageDep) -> schemas.Readiness:
+    """Database, broker and artifact storage reachable (503 otherwise)."""
+
+    def database() -> None:
+        with get_engine(settings.resolved_database_url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def broker() -> None:
+        with request.app.state.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+
+    checks = {"database": _check(database), "broker": _check(broker), "storage": _check(storage.check)}
+    ready = all(result == "ok" for result in checks.values())
+    if not ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return schemas.Readiness(status="ready" if ready else "unavailable", checks=checks)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

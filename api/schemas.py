@@ -1,0 +1,186 @@
+"""Request and response bodies of the API (the database models are in fflab.db)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fflab.results import RunEnsembles, RunMetrics, RunSharedUnits, RunWeightStats
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Visibility = Literal["private", "lab"]
+
+
+class ExperimentSubmit(BaseModel):
+    """A full ExperimentSpec, or ``preset`` plus any spec fields as overrides
+    (merged by fflab.spec.build_spec). ``visibility`` is not part of the spec."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"preset": "quick"},
+                {"preset": "quick", "models": ["ff"], "ff": {"epochs": 3}, "visibility": "lab"},
+            ]
+        },
+    )
+
+    preset: str | None = Field(None, description="A preset name: quick or paper.")
+    visibility: Visibility = Field("private", description="lab: every user may read it.")
+
+
+class Link(BaseModel):
+    id: str
+    url: str
+    status: Status
+
+
+class ExperimentCreated(Link):
+    runs_total: int
+
+
+class RunningRun(BaseModel):
+    run_id: str
+    model: str
+    layer: int | None = Field(description="Layer being trained (from 1); null when trained end to end.")
+    layers: int | None
+    epoch: int
+    epochs: int
+    eta_seconds: float | None
+
+
+class Progress(BaseModel):
+    runs_total: int
+    runs_done: int = Field(description="Runs that ended: succeeded, failed or cancelled.")
+    runs_by_status: dict[str, int]
+    running: list[RunningRun] = []
+
+
+class Timings(BaseModel):
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queued_seconds: float | None = Field(description="From submission to the first run's start.")
+    elapsed_seconds: float | None = Field(description="From the first run's start to the end (or now).")
+
+
+class ExperimentSummary(BaseModel):
+    id: str
+    url: str
+    name: str
+    owner: str
+    visibility: Visibility
+    status: Status
+    error: str | None
+    progress: Progress
+    timings: Timings
+
+
+class Experiment(ExperimentSummary):
+    spec: dict[str, Any]
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Run(BaseModel):
+    run_id: str
+    model: str
+    dataset: str
+    seed: int
+    unseen_class: int | None
+    status: Status
+    queue: str
+    attempts: int
+    progress: dict[str, Any] | None = Field(description="model, layer, epoch, ETA while running.")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    accuracy: float | None
+
+
+class RunDetail(Run):
+    record: dict[str, Any] | None = Field(description="The run's summary record (input of the tables).")
+    metrics: RunMetrics | None
+
+
+class RunList(BaseModel):
+    items: list[Run]
+
+
+class EnsemblesOut(BaseModel):
+    """Per run, its ensembles.json document restricted to the filters."""
+
+    experiment_id: str
+    runs: list[RunEnsembles]
+
+
+class SharedUnitsOut(BaseModel):
+    experiment_id: str
+    runs: list[RunSharedUnits]
+
+
+class WeightsOut(BaseModel):
+    experiment_id: str
+    runs: list[RunWeightStats]
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    url: str
+    size: int
+    sha256: str
+    content_type: str
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactOut]
+
+
+class AnalysisOut(BaseModel):
+    id: str
+    experiment_id: str
+    url: str
+    status: Status
+    spec: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class AnalysisList(BaseModel):
+    items: list[AnalysisOut]
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    role: Literal["admin", "member"]
+    created_at: datetime
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    role: Literal["admin", "member"] = "member"
+
+
+class NewKey(BaseModel):
+    user: UserOut
+    api_key: str = Field(description="Shown once; only its hash is stored.")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]

@@ -1,0 +1,95 @@
+"""Database rows -> response bodies."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from fastapi import Request
+
+from api import schemas
+from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, Run, utcnow
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None:
+        return None
+    return round(((end or utcnow()) - start).total_seconds(), 3)
+
+
+def experiment_url(request: Request, experiment_id: str) -> str:
+    return str(request.url_for("get_experiment", experiment_id=experiment_id))
+
+
+def progress(experiment: Experiment, counts: Counter[str], running: list[Run]) -> schemas.Progress:
+    return schemas.Progress(
+        runs_total=experiment.runs_total,
+        runs_done=sum(counts[s] for s in FINAL_STATUSES),
+        runs_by_status=dict(counts),
+        running=[
+            schemas.RunningRun(
+                run_id=run.run_id, model=run.model, layer=run.progress.get("layer"),
+                layers=run.progress.get("layers"), epoch=run.progress["epoch"],
+                epochs=run.progress["epochs"], eta_seconds=run.progress.get("eta_seconds"),
+            )
+            for run in running
+            if run.progress
+        ],
+    )
+
+
+def experiment_summary(request: Request, experiment: Experiment, counts: Counter[str],
+                       running: list[Run]) -> dict:
+    return dict(
+        id=experiment.id,
+        url=experiment_url(request, experiment.id),
+        name=experiment.name,
+        owner=experiment.owner.name,
+        visibility=experiment.visibility,
+        status=experiment.status,
+        error=experiment.error,
+        progress=progress(experiment, counts, running),
+        timings=schemas.Timings(
+            created_at=experiment.created_at,
+            started_at=experiment.started_at,
+            finished_at=experiment.finished_at,
+            queued_seconds=_seconds(experiment.created_at, experiment.started_at or experiment.finished_at),
+            elapsed_seconds=_seconds(experiment.started_at, experiment.finished_at),
+        ),
+    )
+
+
+def experiment_detail(request: Request, experiment: Experiment) -> schemas.Experiment:
+    runs = experiment.runs
+    counts = Counter(run.status for run in runs)
+    running = [run for run in runs if run.status == "running"]
+    return schemas.Experiment(**experiment_summary(request, experiment, counts, running), spec=experiment.spec)
+
+
+def run_out(run: Run) -> schemas.Run:
+    return schemas.Run(
+        run_id=run.run_id, model=run.model, dataset=run.dataset, seed=run.seed,
+        unseen_class=run.unseen_class, status=run.status, queue=run.queue, attempts=run.attempts,
+        progress=run.progress, error=run.error, created_at=run.created_at, started_at=run.started_at,
+        finished_at=run.finished_at, accuracy=(run.record or {}).get("accuracy"),
+    )
+
+
+def artifact_out(request: Request, artifact: Artifact) -> schemas.ArtifactOut:
+    route, params = "get_artifact", {"name": artifact.name}
+    if artifact.name.startswith("figures/"):
+        route, params = "get_figure", {"name": artifact.name.removeprefix("figures/")}
+    return schemas.ArtifactOut(
+        name=artifact.name,
+        url=str(request.url_for(route, experiment_id=artifact.experiment_id, **params)),
+        size=artifact.size, sha256=artifact.sha256, content_type=artifact.content_type,
+    )
+
+
+def analysis_out(request: Request, analysis: Analysis) -> schemas.AnalysisOut:
+    return schemas.AnalysisOut(
+        id=analysis.id, experiment_id=analysis.experiment_id,
+        url=str(request.url_for("get_analysis", experiment_id=analysis.experiment_id, analysis_id=analysis.id)),
+        status=analysis.status, spec=analysis.spec, error=analysis.error, created_at=analysis.created_at,
+        started_at=analysis.started_at, finished_at=analysis.finished_at,
+    )

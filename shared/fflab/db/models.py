@@ -1,0 +1,222 @@
+"""SQLAlchemy models of the service: users and keys, experiments and their runs,
+results, ensembles, analyses and stored artifacts.
+
+Statuses are plain strings (``STATUSES``); timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "running")
+ROLES = ("admin", "member")
+VISIBILITIES = ("private", "lab")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime, also on SQLite (which returns naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # The first characters of the token, shown in listings and accepted by revoke.
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship(back_populates="keys")
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (Index(None, "owner_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    visibility: Mapped[str] = mapped_column(String(16), default="private")
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    # The effective spec; a re-analysis replaces its "analysis" part.
+    spec: Mapped[dict[str, Any]]
+    runs_total: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    aggregation_queued_at: Mapped[datetime | None]
+
+    owner: Mapped[User] = relationship()
+    runs: Mapped[list[Run]] = relationship(
+        back_populates="experiment", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="Run.id",
+    )
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "run_id"),
+        Index(None, "status", "queue"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(32))
+    seed: Mapped[int]
+    unseen_class: Mapped[int | None]
+    queue: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    # Set when the run is handed to the broker; null while it waits for its turn.
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    dispatched_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    progress: Mapped[dict[str, Any] | None]
+    # The run's documents (fflab.results): its summary record, metrics.json,
+    # ensembles.json without the ensembles (rows of Ensemble), shared_units.json
+    # and weight_stats.json.
+    record: Mapped[dict[str, Any] | None]
+    metrics: Mapped[dict[str, Any] | None]
+    ensemble_summary: Mapped[dict[str, Any] | None]
+    shared_units: Mapped[dict[str, Any] | None]
+    weight_stats: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    experiment: Mapped[Experiment] = relationship(back_populates="runs")
+
+
+class Result(Base):
+    """The aggregated tables of an experiment (one row, replaced by re-analyses)."""
+
+    __tablename__ = "results"
+
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    analysis_id: Mapped[str | None] = mapped_column(String(32))
+    tables: Mapped[dict[str, Any]]
+    results: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Ensemble(Base):
+    """One ensemble: a run's units of one class in one layer found by one method
+    (an EnsembleRecord of the run's ensembles.json)."""
+
+    __tablename__ = "ensembles"
+    __table_args__ = (Index(None, "experiment_id", "model", "dataset", "layer"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    run_id: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(32))
+    seed: Mapped[int]
+    unseen_class: Mapped[int | None]
+    layer: Mapped[int]
+    class_index: Mapped[int] = mapped_column("class", Integer)
+    class_name: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(16))
+    quantile: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    epsilon: Mapped[float | None] = mapped_column(Float)
+    rho_cut: Mapped[float | None] = mapped_column(Float)
+    nh_cut: Mapped[float | None] = mapped_column(Float)
+    n_images: Mapped[int]
+    size: Mapped[int]
+    units: Mapped[list[int]] = mapped_column(JSON)
+
+
+class Analysis(Base):
+    """A re-analysis of stored representations with another AnalysisSpec."""
+
+    __tablename__ = "analyses"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    spec: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Artifact(Base):
+    """A file in artifact storage; ``name`` is relative to the experiment."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("experiment_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

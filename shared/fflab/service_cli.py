@@ -1,0 +1,350 @@
+"""The service's verbs of the ``fflab`` command: server side (serve, worker,
+admin) and client side (submit, status, wait, results, ensembles, figures,
+cancel, delete).
+
+Client verbs talk to $FFLAB_API_URL (default http://127.0.0.1:8000) with
+$FFLAB_API_KEY, or else the key that ``fflab serve`` wrote to var/admin.key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from tqdm import tqdm
+
+from fflab.client import ApiError, Client, format_detail
+from fflab.settings import Settings, get_settings
+from fflab.spec import PRESETS
+
+QUEUE_KINDS = ("cpu", "gpu")
+
+
+# --------------------------------------------------------------------------- server side
+
+
+def _start_database(settings: Settings) -> None:
+    from fflab.db.migrate import upgrade_database
+
+    upgrade_database(settings.resolved_database_url)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def serve(host: str | None, port: int | None, with_worker: bool) -> None:
+    """The API, and a worker consuming both queues, on this machine."""
+    import uvicorn
+
+    from api.main import create_app
+    from fflab import accounts
+    from fflab.db import session_scope
+
+    settings = get_settings()
+    _start_database(settings)
+    key_file = settings.resolved_admin_key_file
+    with session_scope(settings.resolved_database_url) as session:
+        created = accounts.bootstrap_admin(session, key_file)
+    if created:
+        click.echo(f"created user 'admin'; its API key is in {key_file} (mode 600)")
+    worker = None
+    if with_worker:
+        command = [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu", "--pool", "solo"]
+        worker = subprocess.Popen(command)
+        click.echo(f"worker started (pid {worker.pid}): {' '.join(command[1:])}")
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit
+    # so that the worker is stopped below instead of being orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str, name: str | None) -> None:
+    settings = get_settings()
+    if gpu is not None:
+        # Before anything initialises CUDA: this process and its children see one GPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        queues, concurrency = queues or ("gpu",), 1
+    else:
+        queues = queues or ("cpu",)
+        if "gpu" not in queues:
+            # device "auto" must mean the CPU on a CPU worker, even on a GPU machine.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from worker.celery_app import app
+
+    kind = f"gpu{gpu}" if gpu is not None else "-".join(queues)
+    app.worker_main([
+        "worker",
+        f"--queues={','.join(settings.queue_name(queue) for queue in queues)}",
+        f"--concurrency={concurrency}",
+        f"--pool={pool}",
+        f"--hostname={name or f'fflab-{kind}@%h'}",
+        "--loglevel=INFO",
+    ])
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def api_key(settings: Settings) -> str | None:
+    if settings.api_key:
+        return settings.api_key
+    key_file = settings.resolved_admin_key_file
+    return key_file.read_text().strip() if key_file.is_file() else None
+
+
+@contextmanager
+def client() -> Iterator[Client]:
+    settings = get_settings()
+    url = settings.resolved_api_url
+    try:
+        with Client(url, api_key(settings)) as api:
+            yield api
+    except ApiError as error:
+        raise click.ClickException(f"{error.status_code}: {format_detail(error.detail)}") from None
+    except httpx.TransportError as error:
+        raise click.ClickException(
+            f"cannot reach the fflab API at {url} ({error}); start it with `fflab serve` "
+            f"or set FFLAB_API_URL"
+        ) from None
+
+
+def echo_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2))
+
+
+def describe(experiment: dict[str, Any]) -> str:
+    progress = experiment["progress"]
+    lines = [
+        f"{experiment['id']}  {experiment['name']}  {experiment['status']}  "
+        f"runs {progress['runs_done']}/{progress['runs_total']}",
+    ]
+    for run in progress["running"]:
+        layer = f" layer {run['layer']}/{run['layers']}" if run["layer"] else ""
+        eta = f" ETA {run['eta_seconds']:.0f} s" if run["eta_seconds"] is not None else ""
+        lines.append(f"  {run['run_id']}:{layer} epoch {run['epoch']}/{run['epochs']}{eta}")
+    if experiment.get("error"):
+        lines.append(f"  error: {experiment['error']}")
+    return "\n".join(lines)
+
+
+def wait_with_bar(api: Client, experiment_id: str, timeout: float | None) -> dict[str, Any]:
+    first = api.experiment(experiment_id)
+    with tqdm(total=first["progress"]["runs_total"], unit="run", file=sys.stderr) as bar:
+        def update(experiment: dict[str, Any]) -> None:
+            progress = experiment["progress"]
+            bar.update(progress["runs_done"] - bar.n)
+            running = progress["running"]
+            detail = describe(experiment).splitlines()[1].strip() if running else experiment["status"]
+            bar.set_postfix_str(detail)
+
+        return api.wait(experiment_id, timeout=timeout, on_update=update)
+
+
+def register(cli: click.Group) -> None:
+    """Add the service verbs to the ``fflab`` command group."""
+
+    @cli.command("serve")
+    @click.option("--host", default=None, help="Default $FFLAB_API_HOST (127.0.0.1).")
+    @click.option("--port", type=int, default=None, help="Default $FFLAB_API_PORT (8000).")
+    @click.option("--worker/--no-worker", "with_worker", default=True,
+                  help="Also start a worker process (default).")
+    def serve_command(host: str | None, port: int | None, with_worker: bool) -> None:
+        """Run the API and a worker on this machine. With nothing configured:
+        SQLite, a SQLite-backed broker and local artifacts under var/; on first
+        start, creates user 'admin' and writes its key to var/admin.key."""
+        serve(host, port, with_worker)
+
+    @cli.command("worker")
+    @click.option("--gpu", type=int, default=None, metavar="N",
+                  help="Use GPU N only (CUDA_VISIBLE_DEVICES=N), consume the gpu queue, concurrency 1.")
+    @click.option("--queue", "queues", multiple=True, type=click.Choice(QUEUE_KINDS),
+                  help="Queue to consume (repeatable); default gpu with --gpu, else cpu.")
+    @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Runs at once (CPU workers only).")
+    @click.option("--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
+                  help="prefork trains in a child process, so the worker answers pings and a lost "
+                       "child's run is redelivered; solo trains in the worker process itself.")
+    @click.option("--name", default=None,
+                  help="Celery node name; default fflab-<gpuN|queues>@<host>.")
+    def worker_command(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str,
+                       name: str | None) -> None:
+        """Run a Celery worker that trains and analyses runs. One per GPU:
+        `fflab worker --gpu N`; CPU workers: `fflab worker` (queue cpu)."""
+        run_worker(gpu, queues, concurrency, pool, name)
+
+    @cli.group("admin")
+    def admin() -> None:
+        """Manage users and keys, directly in the database ($FFLAB_DATABASE_URL)."""
+
+    @admin.command("create-user")
+    @click.argument("name")
+    @click.option("--admin", "is_admin", is_flag=True, help="Give the admin role.")
+    def create_user_command(name: str, is_admin: bool) -> None:
+        """Create a user and print its new API key (shown only once)."""
+        from fflab import accounts
+        from fflab.db import session_scope
+
+        settings = get_settings()
+        _start_database(settings)
+        try:
+            with session_scope(settings.resolved_database_url) as session:
+                key = accounts.issue_key(session, accounts.create_user(session, name, "admin" if is_admin else "member"))
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+        click.echo(key)
+
+    @admin.command("revoke-key")
+    @click.argument("key_or_prefix", required=False)
+    @click.option("--user", "user_name", default=None, help="Revoke every key of this user instead.")
+    def revoke_key_command(key_or_prefix: str | None, user_name: str | None) -> None:
+        """Revoke a key, given whole or by its first 14 characters."""
+        from fflab import accounts
+        from fflab.db import session_scope
+
+        if (key_or_prefix is None) == (user_name is None):
+            raise click.UsageError("give either KEY_OR_PREFIX or --user NAME")
+        settings = get_settings()
+        _start_database(settings)
+        with session_scope(settings.resolved_database_url) as session:
+            count = accounts.revoke_keys(session, key_or_prefix, user_name)
+        if not count:
+            raise click.ClickException("no matching active key")
+        click.echo(f"revoked {count} key(s)")
+
+    @cli.command("submit")
+    @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None)
+    @click.option("--spec", "spec_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                  help="JSON spec (or partial spec over the preset).")
+    @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+                  help="Override one setting, e.g. --set ff.epochs=3.")
+    @click.option("--visibility", type=click.Choice(["private", "lab"]), default="private", show_default=True)
+    @click.option("--wait", "wait", is_flag=True, help="Then wait for the end with a progress bar.")
+    def submit_command(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...],
+                       visibility: str, wait: bool) -> None:
+        """Submit an experiment to the service; prints its id and URL."""
+        from fflab.cli import parse_overrides
+        from fflab.spec import deep_merge
+
+        body: dict[str, Any] = {}
+        if spec_file is not None:
+            try:
+                body = json.loads(spec_file.read_text())
+            except json.JSONDecodeError as error:
+                raise click.BadParameter(f"{spec_file} is not valid JSON: {error}", param_hint="--spec")
+        body = deep_merge(body, parse_overrides(assignments))
+        body["visibility"] = visibility
+        if preset is not None:
+            body["preset"] = preset
+        with client() as api:
+            created = api.submit(body)
+            click.echo(f"{created['id']} {created['url']}")
+            if wait:
+                final = wait_with_bar(api, created["id"], None)
+                click.echo(describe(final))
+                if final["status"] != "succeeded":
+                    sys.exit(1)
+
+    @cli.command("status")
+    @click.argument("experiment_id", required=False)
+    @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+    def status_command(experiment_id: str | None, as_json: bool) -> None:
+        """One experiment's status and progress, or a list of yours."""
+        with client() as api:
+            if experiment_id:
+                experiment = api.experiment(experiment_id)
+                click.echo(json.dumps(experiment, indent=2) if as_json else describe(experiment))
+                return
+            page = api.experiments()
+            if as_json:
+                echo_json(page)
+                return
+            for item in page["items"]:
+                click.echo(describe(item).splitlines()[0])
+
+    @cli.command("wait")
+    @click.argument("experiment_id")
+    @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+    def wait_command(experiment_id: str, timeout: float | None) -> None:
+        """Show a progress bar until the experiment ends; exit 1 unless it succeeded."""
+        with client() as api:
+            try:
+                final = wait_with_bar(api, experiment_id, timeout)
+            except TimeoutError as error:
+                raise click.ClickException(str(error)) from None
+        click.echo(describe(final))
+        if final["status"] != "succeeded":
+            sys.exit(1)
+
+    @cli.command("results")
+    @click.argument("experiment_id")
+    @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+    @click.option("--table", type=click.Choice(["table1", "table2", "table3"]), default=None,
+                  help="Only this table.")
+    def results_command(experiment_id: str, fmt: str, table: str | None) -> None:
+        """Tables 1-3 of a finished experiment."""
+        with client() as api:
+            document = api.results(experiment_id, fmt, table)
+        if fmt == "json":
+            echo_json(document["tables"][table] if table else document["tables"])
+        else:
+            click.echo(document)
+
+    @cli.command("ensembles")
+    @click.argument("experiment_id")
+    @click.option("--model", type=click.Choice(["ff", "bpff", "bp"]), default=None)
+    @click.option("--dataset", type=click.Choice(["mnist", "fashion_mnist"]), default=None)
+    @click.option("--layer", type=int, default=None)
+    @click.option("--class", "class_", type=click.IntRange(0, 9), default=None)
+    @click.option("--method", type=click.Choice(["method1", "method2"]), default=None)
+    @click.option("--quantile", type=float, default=None)
+    def ensembles_command(experiment_id: str, **filters: Any) -> None:
+        """Ensembles (JSON), filtered."""
+        with client() as api:
+            echo_json(api.ensembles(experiment_id, **filters))
+
+    @cli.command("figures")
+    @click.argument("experiment_id")
+    @click.option("--download", "folder", type=click.Path(path_type=Path, file_okay=False), default=None,
+                  help="Save every figure into this folder.")
+    def figures_command(experiment_id: str, folder: Path | None) -> None:
+        """List an experiment's figures, or download them."""
+        with client() as api:
+            for figure in api.figures(experiment_id):
+                if folder is None:
+                    click.echo(f"{figure['name'].removeprefix('figures/')}  {figure['size']} bytes  {figure['url']}")
+                else:
+                    path = api.download(experiment_id, figure["name"], folder / figure["name"].removeprefix("figures/"))
+                    click.echo(path)
+
+    @cli.command("cancel")
+    @click.argument("experiment_id")
+    def cancel_command(experiment_id: str) -> None:
+        """Cancel an experiment: queued runs are dropped, running ones stop at the next epoch."""
+        with client() as api:
+            click.echo(describe(api.cancel(experiment_id)))
+
+    @cli.command("delete")
+    @click.argument("experiment_id")
+    def delete_command(experiment_id: str) -> None:
+        """Delete an experiment and all its artifacts."""
+        with client() as api:
+            api.delete(experiment_id)
+        click.echo(f"deleted {experiment_id}")

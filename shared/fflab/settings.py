@@ -1,0 +1,100 @@
+"""Every setting of the service, read from ``FFLAB_*`` environment variables.
+
+With nothing set, everything lives under ``var/`` on one machine: SQLite for
+the database, kombu's SQLAlchemy transport as the Celery broker, the database
+result backend and a local artifact folder. Setting ``FFLAB_DATABASE_URL``,
+``FFLAB_BROKER_URL`` and ``FFLAB_S3_BUCKET`` (with endpoint and keys) switches to
+PostgreSQL, Redis and S3 without a code change.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FFLAB_", extra="ignore")
+
+    var_dir: Path = Field(Path("var"), description="Home of the embedded defaults below.")
+    database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/fflab.db.")
+    broker_url: str | None = Field(None, description="Default: sqla+sqlite:///<var_dir>/broker.db.")
+    result_backend: str | None = Field(
+        None, description="Default: db+sqlite:///<var_dir>/celery-results.db."
+    )
+    artifacts_dir: Path | None = Field(None, description="Default: <var_dir>/artifacts.")
+    s3_bucket: str | None = Field(None, description="Store artifacts in this S3 bucket.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO).")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_region: str = "us-east-1"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_url: str | None = Field(None, description="Client verbs: default http://<api_host>:<api_port>.")
+    api_key: str | None = Field(None, description="Client verbs: default the key in admin_key_file.")
+    admin_key_file: Path | None = Field(None, description="Default: <var_dir>/admin.key.")
+
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    max_active_runs_per_user: int = Field(
+        200, ge=1, description="Cap on a user's queued plus running runs (429 above it)."
+    )
+    gpus_available: bool = Field(
+        False, description="The deployment runs GPU workers: device 'auto' goes to the gpu queue."
+    )
+    queue_prefix: str = Field("", description="Prefix of the cpu/gpu queue names.")
+    dispatch_window: int = Field(
+        4, ge=1, description="Run tasks handed to the broker per queue and not yet started."
+    )
+    sweep_interval_s: float = Field(
+        30.0, gt=0, description="How often workers dispatch runs and aggregations a failed send left."
+    )
+    task_max_attempts: int = Field(3, ge=1, description="Deliveries of a run task before it fails.")
+    broker_visibility_timeout_s: int = Field(
+        12 * 3600, ge=60, description="Redis: an unacknowledged run is redelivered after this."
+    )
+    progress_interval_s: float = Field(1.0, ge=0, description="Least time between progress writes.")
+    stop_check_interval_s: float = Field(1.0, ge=0, description="Least time between cancel checks.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir.resolve() / 'fflab.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.var_dir.resolve() / 'broker.db'}"
+
+    @property
+    def resolved_result_backend(self) -> str:
+        return self.result_backend or f"db+sqlite:///{self.var_dir.resolve() / 'celery-results.db'}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.var_dir / "artifacts").resolve()
+
+    @property
+    def resolved_admin_key_file(self) -> Path:
+        return (self.admin_key_file or self.var_dir / "admin.key").resolve()
+
+    @property
+    def resolved_api_url(self) -> str:
+        return (self.api_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    def queue_name(self, kind: str) -> str:
+        """``cpu`` or ``gpu`` with the deployment's prefix."""
+        return f"{self.queue_prefix}{kind}"
+
+    def queue_for_device(self, device: str) -> str:
+        """Where a run with this spec.device goes: cuda -> gpu, cpu -> cpu, auto -> gpu
+        when the deployment runs GPU workers (FFLAB_GPUS_AVAILABLE), else cpu."""
+        if device == "cuda" or (device == "auto" and self.gpus_available):
+            return self.queue_name("gpu")
+        return self.queue_name("cpu")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

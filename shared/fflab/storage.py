@@ -1,0 +1,170 @@
+"""Artifact storage: a local folder by default, an S3 bucket when configured.
+
+Keys are relative POSIX paths such as ``experiments/<id>/runs/<run_id>/weights.pt``.
+The database keeps each artifact's key, size and sha256 (fflab.db.Artifact);
+this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from fflab.settings import Settings
+
+CHUNK = 1 << 20
+
+
+class StorageError(RuntimeError):
+    """The storage backend is unreachable or refused an operation."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could leave the storage root: absolute, ``..``, backslashes, empty parts."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}: must be a relative path without '..'")
+    return key
+
+
+def file_digest(path: Path) -> StoredObject:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return StoredObject("", size, digest.hexdigest())
+
+
+class LocalStorage:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / PurePosixPath(check_key(key))
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"artifact folder {self.root} is not usable: {error}") from error
+
+    def put_file(self, key: str, source: Path) -> StoredObject:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(source, partial)
+        partial.replace(target)
+        stored = file_digest(target)
+        return StoredObject(key, stored.size, stored.sha256)
+
+    def download(self, key: str, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._path(key), target)
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        with self._path(key).open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
+
+
+class S3Storage:
+    def __init__(self, settings: Settings):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = str(settings.s3_bucket)
+        self.endpoint = settings.s3_endpoint_url
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key,
+            region_name=settings.s3_region,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5),
+        )
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
+
+    def _call(self, what: str, function, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return function(Bucket=self.bucket, **kwargs)
+        except (BotoCoreError, ClientError) as error:
+            raise StorageError(f"{what} on {self.describe()} failed: {error}") from error
+
+    def check(self) -> None:
+        self._call("head_bucket", self.client.head_bucket)
+
+    def put_file(self, key: str, source: Path) -> StoredObject:
+        stored = file_digest(source)
+        with source.open("rb") as body:
+            self._call("put_object", self.client.put_object, Key=check_key(key), Body=body,
+                       Metadata={"sha256": stored.sha256})
+        return StoredObject(key, stored.size, stored.sha256)
+
+    def download(self, key: str, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as handle:
+            for chunk in self.iter_bytes(key):
+                handle.write(chunk)
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        response = self._call("get_object", self.client.get_object, Key=check_key(key))
+        yield from response["Body"].iter_chunks(CHUNK)
+
+    def list(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            page = self._call("list_objects_v2", self.client.list_objects_v2,
+                              Prefix=prefix, **token)
+            keys += [item["Key"] for item in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return sorted(keys)
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = self.list(prefix.rstrip("/") + "/")
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            self._call("delete_objects", self.client.delete_objects,
+                       Delete={"Objects": batch, "Quiet": True})
+
+
+Storage = LocalStorage | S3Storage
+
+
+def get_storage(settings: Settings) -> Storage:
+    if settings.s3_bucket:
+        return S3Storage(settings)
+    return LocalStorage(settings.resolved_artifacts_dir)
+
+
+def experiment_prefix(experiment_id: str) -> str:
+    return f"experiments/{experiment_id}"

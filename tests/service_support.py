@@ -1,0 +1,134 @@
+"""Fixtures of the service tests (loaded with ``pytest_plugins = ["service_support"]``).
+
+``stack`` is the production shape on loopback: a fresh PostgreSQL database, a Redis
+db number and queue names of this session's own, artifact storage on a moto S3
+server, a worker (``fflab worker``) and the API (uvicorn) in subprocesses.
+Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from fflab import accounts
+from fflab.db import session_scope
+from fflab.db.migrate import upgrade_database
+from fflab.settings import Settings
+from service_helpers import (
+    REDIS_HOST,
+    REDIS_PORT,
+    ROOT,
+    Process,
+    Stack,
+    base_env,
+    create_database,
+    drop_database,
+    free_port,
+    http_ready,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty PostgreSQL databases (fflab_test_<random>); drops them at the end."""
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(f"fflab_test_{secrets.token_hex(6)}")
+        return create_database(names[-1])
+
+    yield make
+    for name in names:  # WITH (FORCE) also ends this process's pooled connections
+        drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log_dir = tmp_path_factory.mktemp("moto")
+    process = Process("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                      base_env(), log_dir, log_dir)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(http_ready(f"{endpoint}/moto-api/"), 30, "the moto S3 server")
+        yield endpoint
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(data_root: Path, pg_database, moto_s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    import boto3
+
+    database_url = pg_database()
+    redis_db = random.randint(1, 15)
+    prefix = f"t{secrets.token_hex(4)}-"
+    broker_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
+    var_dir = tmp_path_factory.mktemp("stack-var")
+    bucket = f"fflab-{secrets.token_hex(4)}"
+    port = free_port()
+    values = dict(
+        var_dir=str(var_dir), database_url=database_url, broker_url=broker_url, result_backend=broker_url,
+        s3_bucket=bucket, s3_endpoint_url=moto_s3, s3_access_key_id="testing", s3_secret_access_key="testing",
+        queue_prefix=prefix, max_active_runs_per_user="6", max_body_bytes="20000", progress_interval_s="0.2",
+        stop_check_interval_s="0.2", api_port=str(port),
+    )
+    env = base_env(**values)
+    settings = Settings(**values)
+    boto3.client("s3", endpoint_url=moto_s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket=bucket)
+
+    upgrade_database(database_url)
+    with session_scope(database_url) as session:
+        admin_key = accounts.issue_key(session, accounts.create_user(session, "root", "admin"))
+        member_key = accounts.issue_key(session, accounts.create_user(session, "alice"))
+        other_key = accounts.issue_key(session, accounts.create_user(session, "bob"))
+
+    processes = [
+        Process("worker", [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu"],
+                env, ROOT, var_dir),
+        Process("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+                        "--host", "127.0.0.1", "--port", str(port)], env, ROOT, var_dir),
+    ]
+    result = Stack(f"http://127.0.0.1:{port}", env, settings, admin_key, member_key, other_key, moto_s3, processes)
+    try:
+        def up() -> bool:
+            result.check_alive()
+            return http_ready(f"{result.api_url}/readyz")()
+
+        wait_for(up, 60, "the API")
+        wait_for(lambda: result.check_alive() or "ready." in processes[0].log.read_text(), 60, "the worker")
+        yield result
+    finally:
+        for process in processes:
+            process.stop()
+        client = redis.Redis(REDIS_HOST, REDIS_PORT, db=redis_db)
+        for key in client.scan_iter(f"*{prefix}*"):
+            client.delete(key)
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _show_service_logs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On failure, print the tail of the stack's logs (pytest shows captured output)."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "stack" in request.fixturenames:
+        for process in request.getfixturevalue("stack").processes:
+            print(f"----- {process.name} log -----\n{process.tail()}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

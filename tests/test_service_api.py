@@ -1,0 +1,160 @@
+"""Access control and input validation of the API, against the real stack."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from fflab.spec import build_spec
+from service_helpers import TINY, Stack, poll_experiment
+
+pytest_plugins = ["service_support"]
+
+
+@pytest.fixture(scope="module")
+def clients(stack: Stack) -> dict[str, httpx.Client]:
+    clients = {
+        "admin": stack.client(stack.admin_key),
+        "alice": stack.client(stack.member_key),
+        "bob": stack.client(stack.other_key),
+        "anonymous": stack.client(None),
+        "wrong": stack.client("fflab_not-a-real-key-000000000000000000000000000"),
+    }
+    yield clients
+    for client in clients.values():
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def alices_experiment(clients: dict[str, httpx.Client]) -> dict:
+    created = clients["alice"].post("/v1/experiments", json={**TINY, "models": ["bp"]}).json()
+    return poll_experiment(clients["alice"], created["id"], ("succeeded", "failed"))
+
+
+def test_missing_or_wrong_key_is_401(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:
+    for name in ("anonymous", "wrong"):
+        for path in ("/v1/experiments", f"/v1/experiments/{alices_experiment['id']}", "/v1/users/me"):
+            response = clients[name].get(path)
+            assert response.status_code == 401, (name, path)
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert clients["anonymous"].post("/v1/experiments", json={"preset": "quick"}).status_code == 401
+
+
+def test_another_member_gets_404_on_private_experiments(clients: dict[str, httpx.Client],
+                                                        alices_experiment: dict) -> None:
+    bob, base = clients["bob"], f"/v1/experiments/{alices_experiment['id']}"
+    for path in ("", "/runs", "/runs/bp-mnist-seed0", "/results", "/ensembles", "/figures",
+                 "/figures/figure2", "/artifacts", "/artifacts/runs/bp-mnist-seed0/weights.pt"):
+        assert bob.get(base + path).status_code == 404, path
+    assert bob.post(f"{base}/cancel").status_code == 404
+    assert bob.delete(base).status_code == 404
+    assert alices_experiment["id"] not in [e["id"] for e in bob.get("/v1/experiments").json()["items"]]
+    assert clients["admin"].get(base).status_code == 200
+
+
+def test_lab_visibility_gives_read_access_only(clients: dict[str, httpx.Client]) -> None:
+    alice, bob = clients["alice"], clients["bob"]
+    created = alice.post("/v1/experiments", json={**TINY, "models": ["bp"], "visibility": "lab"}).json()
+    experiment = bob.get(created["url"])
+    assert experiment.status_code == 200 and experiment.json()["visibility"] == "lab"
+    assert experiment.json()["owner"] == "alice"
+    assert bob.post(f"{created['url']}/cancel").status_code == 403
+    assert bob.delete(created["url"]).status_code == 403
+    assert alice.delete(created["url"]).status_code == 204
+
+
+def test_admin_operations_need_the_admin_role(clients: dict[str, httpx.Client]) -> None:
+    assert clients["alice"].get("/v1/admin/users").status_code == 403
+    assert clients["alice"].post("/v1/admin/users", json={"name": "mallory"}).status_code == 403
+    created = clients["admin"].post("/v1/admin/users", json={"name": "carol"})
+    assert created.status_code == 201
+    key = created.json()["api_key"]
+    with httpx.Client(base_url=str(clients["admin"].base_url), headers={"Authorization": f"Bearer {key}"}) as carol:
+        assert carol.get("/v1/users/me").json()["name"] == "carol"
+        assert clients["admin"].delete(f"/v1/admin/keys/{key[:14]}").status_code == 204
+        assert carol.get("/v1/users/me").status_code == 401
+    assert clients["admin"].post("/v1/admin/users", json={"name": "carol"}).status_code == 409
+
+
+def test_a_preset_alone_is_a_valid_submission(clients: dict[str, httpx.Client]) -> None:
+    response = clients["bob"].post("/v1/experiments", json={"preset": "quick"})
+    assert response.status_code == 202, response.text
+    created = response.json()
+    assert created["runs_total"] == len(build_spec("quick").runs())
+    spec = clients["bob"].get(created["url"]).json()["spec"]
+    assert spec["name"] == "quick" and spec["data"]["train_subset"] == 10_000
+    assert clients["bob"].delete(created["url"]).status_code == 204  # not worth minutes of training
+
+
+def _problem(response: httpx.Response, field: str) -> dict:
+    assert response.status_code == 422, response.text
+    problems = response.json()["detail"]
+    matching = [p for p in problems if p["loc"][-1] == field or field in map(str, p["loc"])]
+    assert matching, problems
+    return matching[0]
+
+
+def test_bad_input_is_422_naming_the_field(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:
+    alice, base = clients["alice"], f"/v1/experiments/{alices_experiment['id']}"
+    unknown = _problem(alice.post("/v1/experiments", json={"preset": "quick", "epochz": 3}), "epochz")
+    assert unknown["loc"] == ["body", "epochz"] and "not permitted" in unknown["msg"]
+    wrong_type = _problem(alice.post("/v1/experiments", json={"preset": "quick", "ff": {"epochs": "many"}}),
+                          "epochs")
+    assert wrong_type["loc"] == ["body", "ff", "epochs"] and "integer" in wrong_type["msg"]
+    out_of_range = _problem(alice.post("/v1/experiments", json={"preset": "quick", "network": {"width": 1}}),
+                            "width")
+    assert "greater than or equal to 4" in out_of_range["msg"]
+    choice = _problem(alice.post("/v1/experiments", json={"preset": "quick", "models": ["ff", "cnn"]}), "1")
+    assert "'ff', 'bpff' or 'bp'" in choice["msg"]
+    preset = _problem(alice.post("/v1/experiments", json={"preset": "huge"}), "preset")
+    assert "quick" in preset["msg"] and "paper" in preset["msg"]
+    visibility = _problem(alice.post("/v1/experiments", json={"preset": "quick", "visibility": "public"}),
+                          "visibility")
+    assert "'private' or 'lab'" in visibility["msg"]
+    analysis = _problem(alice.post(f"{base}/analyses", json={"quantiles": [1.5]}), "quantiles")
+    assert "between 0 and 1" in analysis["msg"]
+    filters = _problem(alice.get(f"{base}/ensembles", params={"method": "method3"}), "method")
+    assert "'method1' or 'method2'" in filters["msg"]
+
+
+def test_oversize_bodies_are_413(stack: Stack, clients: dict[str, httpx.Client]) -> None:
+    limit = stack.settings.max_body_bytes
+    padding = {"preset": "quick", "name": "x" * (limit + 10)}
+    response = clients["alice"].post("/v1/experiments", json=padding)
+    assert response.status_code == 413 and str(limit) in response.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        yield b'{"preset": "quick", "name": "'
+        for _ in range(limit // 1000 + 2):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = clients["alice"].post("/v1/experiments", content=chunks(),
+                                     headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_unknown_ids_are_404(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:
+    alice, base = clients["alice"], f"/v1/experiments/{alices_experiment['id']}"
+    assert alice.get("/v1/experiments/0123456789abcdef").status_code == 404
+    assert alice.get(f"{base}/runs/ff-mnist-seed9").status_code == 404
+    assert alice.get(f"{base}/analyses/nope").status_code == 404
+    assert alice.get(f"{base}/figures/figure99").status_code == 404
+    assert alice.get(f"{base}/artifacts/runs/bp-mnist-seed0/nothing.pt").status_code == 404
+
+
+def test_artifact_names_cannot_escape(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:
+    alice, base = clients["alice"], f"/v1/experiments/{alices_experiment['id']}"
+    for name in ("runs/%2E%2E/%2E%2E/secret", "runs%2Fbp-mnist-seed0%2Fweights.pt", "%2Fetc/passwd",
+                 "runs/bp-mnist-seed0/.%2E/weights.pt", "runs\\bp-mnist-seed0"):
+        response = alice.get(f"{base}/artifacts/{name}")
+        assert response.status_code == 422, (name, response.text)
+        assert response.json()["detail"][0]["loc"] == ["path", "name"]
+    assert alice.get(f"{base}/artifacts/runs/bp-mnist-seed0/weights.pt").status_code == 200
+
+
+def test_per_user_cap_on_active_runs(stack: Stack, clients: dict[str, httpx.Client]) -> None:
+    cap = stack.settings.max_active_runs_per_user
+    response = clients["alice"].post("/v1/experiments", json={**TINY, "seeds": list(range(cap + 1))})
+    assert response.status_code == 429
+    assert f"the limit is {cap}" in response.json()["detail"]

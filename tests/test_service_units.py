@@ -1,0 +1,220 @@
+"""Parts of the service without servers: fair dispatch order, the run life cycle
+in the database, accounts, settings, storage keys and the API's error handler."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from fflab import accounts, jobs
+from fflab.db import Experiment, Run, get_sessionmaker
+from fflab.db.migrate import upgrade_database
+from fflab.settings import Settings
+from fflab.spec import build_spec
+from fflab.storage import LocalStorage, check_key
+from service_helpers import free_port, http_ready, wait_for
+
+SPEC = {"models": ["bp"], "datasets": ["mnist"], "unseen_class": None}
+
+
+class RecordingDispatcher:
+    """Records what would go to the broker (the selection rule is under test, not Celery)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, str, str]] = []
+        self.aggregations: list[str] = []
+
+    def send_run(self, run_pk: int, queue: str, task_id: str) -> None:
+        self.runs.append((run_pk, queue, task_id))
+
+    def send_aggregate(self, experiment_id: str, queue: str) -> None:
+        self.aggregations.append(experiment_id)
+
+    def send_analysis(self, analysis_id: str, queue: str) -> None:
+        raise AssertionError("not expected")
+
+    def revoke(self, task_ids: list[str]) -> None:
+        pass
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    settings = Settings(var_dir=tmp_path, dispatch_window=2, max_active_runs_per_user=100)
+    upgrade_database(settings.resolved_database_url)
+    return settings
+
+
+@pytest.fixture()
+def session(settings: Settings):
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        yield session
+
+
+def submit(session, settings, user, seeds: int) -> Experiment:
+    spec = build_spec(None, {**SPEC, "seeds": list(range(seeds))})
+    experiment = jobs.create_experiment(session, settings, user, spec, "private")
+    session.commit()
+    return experiment
+
+
+def owners(session, dispatcher: RecordingDispatcher) -> list[str]:
+    return [session.get(Run, pk).experiment.owner.name for pk, _, _ in dispatcher.runs]
+
+
+def start(session, settings, dispatcher: RecordingDispatcher, index: int) -> Run:
+    run_pk, _, task_id = dispatcher.runs[index]
+    run = jobs.claim_run(session, settings, run_pk, task_id)
+    session.commit()
+    jobs.dispatch(session, settings, dispatcher)
+    return run
+
+
+def test_dispatch_is_fair_between_users(session, settings: Settings) -> None:
+    dispatcher = RecordingDispatcher()
+    alice = accounts.create_user(session, "alice")
+    bob = accounts.create_user(session, "bob")
+    submit(session, settings, alice, 6)
+    assert jobs.dispatch(session, settings, dispatcher) == 2  # the window
+    submit(session, settings, bob, 2)
+    assert jobs.dispatch(session, settings, dispatcher) == 0  # window full
+    start(session, settings, dispatcher, 0)  # alice: 1 running + 1 in the broker; bob: 0
+    start(session, settings, dispatcher, 1)  # alice: 2 running; bob: 1 in the broker
+    assert owners(session, dispatcher) == ["alice", "alice", "bob", "bob"]
+    assert all(queue == "cpu" for _, queue, _ in dispatcher.runs)
+
+
+def test_last_run_to_end_triggers_aggregation_once(session, settings: Settings) -> None:
+    dispatcher = RecordingDispatcher()
+    experiment = submit(session, settings, accounts.create_user(session, "alice"), 2)
+    jobs.dispatch(session, settings, dispatcher)
+    first, second = (start(session, settings, dispatcher, i) for i in range(2))
+    assert session.get(Experiment, experiment.id).status == "running"
+    assert jobs.finish_run(session, first, "succeeded") is None
+    assert jobs.finish_run(session, second, "succeeded") == experiment.id
+    session.commit()
+    assert jobs.finish_run(session, second, "succeeded") is None  # aggregation already queued
+    # A stale redelivery of a finished run's task does nothing.
+    assert jobs.claim_run(session, settings, second.id, dispatcher.runs[1][2]) is None
+
+
+def test_a_failed_run_fails_the_experiment_and_stops_the_rest(session, settings: Settings) -> None:
+    dispatcher = RecordingDispatcher()
+    experiment = submit(session, settings, accounts.create_user(session, "alice"), 3)
+    jobs.dispatch(session, settings, dispatcher)
+    running = start(session, settings, dispatcher, 0)
+    assert jobs.finish_run(session, running, "failed", "ValueError: boom") is None
+    session.commit()
+    experiment = session.get(Experiment, experiment.id)
+    assert experiment.status == "failed" and "boom" in experiment.error
+    statuses = sorted(session.scalars(select(Run.status).where(Run.experiment_id == experiment.id)))
+    assert statuses == ["cancelled", "cancelled", "failed"]
+
+
+def test_redelivered_runs_fail_after_the_attempt_limit(session, settings: Settings) -> None:
+    dispatcher = RecordingDispatcher()
+    submit(session, settings, accounts.create_user(session, "alice"), 1)
+    jobs.dispatch(session, settings, dispatcher)
+    run_pk, _, task_id = dispatcher.runs[0]
+    for _ in range(settings.task_max_attempts):  # each delivery's worker died
+        assert jobs.claim_run(session, settings, run_pk, task_id) is not None
+        session.commit()
+    assert jobs.claim_run(session, settings, run_pk, task_id) is None
+    run = session.get(Run, run_pk)
+    assert run.status == "failed" and "FFLAB_TASK_MAX_ATTEMPTS" in run.error
+
+
+def test_cap_on_active_runs(session, settings: Settings) -> None:
+    user = accounts.create_user(session, "alice")
+    capped = settings.model_copy(update={"max_active_runs_per_user": 3})
+    submit(session, capped, user, 2)
+    with pytest.raises(jobs.CapacityError, match="limit is 3"):
+        submit(session, capped, user, 2)
+
+
+def test_keys_are_stored_hashed_and_revocable(session) -> None:
+    user = accounts.create_user(session, "alice")
+    key = accounts.issue_key(session, user)
+    stored = user.keys[0]
+    assert key not in (stored.key_hash, stored.prefix) and stored.key_hash == accounts.hash_key(key)
+    assert accounts.authenticate(session, key) is user
+    assert accounts.authenticate(session, key[:-1] + "x") is None
+    assert accounts.revoke_keys(session, key[:14]) == 1
+    assert accounts.authenticate(session, key) is None
+    with pytest.raises(ValueError, match="already exists"):
+        accounts.create_user(session, "alice")
+    with pytest.raises(ValueError, match="role must be one of admin, member"):
+        accounts.create_user(session, "eve", "root")
+
+
+def test_settings_defaults_and_queue_routing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("FFLAB_DATABASE_URL", "FFLAB_BROKER_URL", "FFLAB_S3_BUCKET", "FFLAB_GPUS_AVAILABLE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'var' / 'fflab.db'}"
+    assert settings.resolved_broker_url == f"sqla+sqlite:///{tmp_path / 'var' / 'broker.db'}"
+    assert settings.resolved_result_backend == f"db+sqlite:///{tmp_path / 'var' / 'celery-results.db'}"
+    assert settings.resolved_artifacts_dir == tmp_path / "var" / "artifacts"
+    assert settings.resolved_api_url == "http://127.0.0.1:8000"
+    assert [settings.queue_for_device(d) for d in ("auto", "cpu", "cuda")] == ["cpu", "cpu", "gpu"]
+    monkeypatch.setenv("FFLAB_GPUS_AVAILABLE", "true")
+    monkeypatch.setenv("FFLAB_QUEUE_PREFIX", "lab-")
+    assert [Settings().queue_for_device(d) for d in ("auto", "cpu")] == ["lab-gpu", "lab-cpu"]
+
+
+def test_local_storage_and_key_checks(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "artifacts")
+    source = tmp_path / "file.bin"
+    source.write_bytes(b"abc")
+    stored = storage.put_file("experiments/e1/runs/r1/file.bin", source)
+    assert (stored.size, stored.sha256[:8]) == (3, "ba7816bf")
+    assert storage.list("experiments/e1") == ["experiments/e1/runs/r1/file.bin"]
+    assert b"".join(storage.iter_bytes(stored.key)) == b"abc"
+    storage.delete_prefix("experiments/e1")
+    assert storage.list("experiments/e1") == []
+    for bad in ("../x", "/etc/passwd", "a/../b", "a//b", "a\\b", ""):
+        with pytest.raises(ValueError, match="relative path"):
+            check_key(bad)
+
+
+def test_unexpected_errors_are_500_with_a_request_id_and_no_trace(settings: Settings) -> None:
+    from api.main import create_app
+
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(http_ready(f"http://127.0.0.1:{port}/healthz"), 30, "the API")
+        response = httpx.get(f"http://127.0.0.1:{port}/boom", headers={"x-request-id": "req-42"})
+        assert response.status_code == 500
+        assert response.json()["request_id"] == "req-42" == response.headers["x-request-id"]
+        assert "secret" not in response.text and "Traceback" not in response.text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_sweep_finds_aggregations_whose_sending_failed(session, settings: Settings) -> None:
+    dispatcher = RecordingDispatcher()
+    experiment = submit(session, settings, accounts.create_user(session, "alice"), 1)
+    jobs.dispatch(session, settings, dispatcher)
+    run = start(session, settings, dispatcher, 0)
+    assert jobs.unsent_aggregations(session) == []  # a run is active
+    assert jobs.finish_run(session, run, "succeeded") == experiment.id
+    session.get(Experiment, experiment.id).aggregation_queued_at = None  # as after a failed send
+    session.commit()
+    assert jobs.unsent_aggregations(session) == [experiment.id]
+    session.commit()
+    assert jobs.unsent_aggregations(session) == []

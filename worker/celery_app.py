@@ -1,0 +1,113 @@
+"""The Celery application and the dispatcher that sends its tasks.
+
+Broker and result backend come from the settings: kombu's SQLAlchemy transport
+on SQLite and the database backend by default, Redis in production. Run tasks
+need no result backend (the database tracks every run); it is configured so that
+Celery's own tooling works.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from celery import Celery, signals
+
+from fflab.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+RUN_TASK = "fflab.run"
+AGGREGATE_TASK = "fflab.aggregate"
+ANALYSIS_TASK = "fflab.analysis"
+
+
+def ensure_sqlite_folders(settings: Settings) -> None:
+    """kombu's SQLAlchemy transport and the database result backend create their
+    SQLite files, but not the folders."""
+    for url in (settings.resolved_broker_url, settings.resolved_result_backend):
+        if "sqlite:///" in url:
+            Path(url.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def create_celery(settings: Settings) -> Celery:
+    broker = settings.resolved_broker_url
+    app = Celery("fflab", broker=broker, backend=settings.resolved_result_backend, include=["worker.tasks"])
+    transport_options = {}
+    if broker.startswith(("redis://", "rediss://")):
+        # acks_late: a run is redelivered if unacknowledged this long, so it must
+        # outlast the longest run.
+        transport_options["visibility_timeout"] = settings.broker_visibility_timeout_s
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=settings.queue_name("cpu"),
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+app = create_celery(get_settings())
+
+
+class CeleryDispatcher:
+    """fflab.jobs.Dispatcher over the Celery app."""
+
+    def __init__(self, celery: Celery):
+        self.celery = celery
+
+    def send_run(self, run_pk: int, queue: str, task_id: str) -> None:
+        self.celery.send_task(RUN_TASK, args=[run_pk], queue=queue, task_id=task_id)
+
+    def send_aggregate(self, experiment_id: str, queue: str) -> None:
+        self.celery.send_task(AGGREGATE_TASK, args=[experiment_id], queue=queue)
+
+    def send_analysis(self, analysis_id: str, queue: str) -> None:
+        self.celery.send_task(ANALYSIS_TASK, args=[analysis_id], queue=queue)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        """Best effort: a revoked or not, a cancelled run's task ends at once when a
+        worker sees the run's status. Remote control needs a fanout exchange, which
+        the SQLAlchemy transport lacks."""
+        if not task_ids:
+            return
+        try:
+            with self.celery.connection_for_write() as connection:
+                if "fanout" not in connection.transport.implements.exchange_type:
+                    return
+            self.celery.control.revoke(task_ids)
+        except Exception:
+            log.warning("could not revoke %d tasks", len(task_ids), exc_info=True)
+
+
+dispatcher = CeleryDispatcher(app)
+
+
+@signals.worker_init.connect
+def _migrate_on_worker_start(**_kwargs) -> None:
+    from fflab.db.migrate import upgrade_database
+
+    ensure_sqlite_folders(get_settings())
+    upgrade_database(get_settings().resolved_database_url)
+
+
+@signals.worker_process_init.connect
+def _fresh_connections_in_child(**_kwargs) -> None:
+    from fflab.db.session import forget_inherited_connections
+
+    forget_inherited_connections()
+
+
+@signals.worker_ready.connect
+def _sweep_in_the_background(**_kwargs) -> None:
+    """Dispatch waiting runs now, and every sweep_interval_s in case a send failed."""
+    from worker.tasks import sweep_forever
+
+    threading.Thread(target=sweep_forever, name="fflab-sweep", daemon=True).start()

@@ -1,0 +1,417 @@
+"""Celery tasks: one per run, one aggregation per experiment, one per re-analysis.
+
+Each task trains or analyses in a temporary folder laid out like a results folder
+(fflab.results), then copies the files to artifact storage and their documents to
+the database. The database is the source of truth: a task whose run or experiment
+was cancelled or deleted meanwhile ends without effect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Task
+from sqlalchemy import delete, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from fflab import jobs, runner
+from fflab.db import (
+    ACTIVE_STATUSES,
+    Analysis,
+    Artifact,
+    Ensemble,
+    Experiment,
+    Result,
+    Run,
+    get_sessionmaker,
+    session_scope,
+    utcnow,
+)
+from fflab.models.common import Cancelled, TrainingProgress
+from fflab.settings import get_settings
+from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
+from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix, get_storage
+from worker.celery_app import AGGREGATE_TASK, ANALYSIS_TASK, RUN_TASK, app, dispatcher
+
+log = logging.getLogger(__name__)
+
+# Infrastructure errors worth another delivery; anything else fails the run at once.
+TRANSIENT = (OperationalError, StorageError, ConnectionError)
+DOCUMENT_COLUMNS = {
+    "metrics.json": "metrics",
+    "shared_units.json": "shared_units",
+    "weight_stats.json": "weight_stats",
+}
+RUN_JSON_FILES = tuple(name for name in runner.RUN_FILES if name.endswith(".json"))
+CONTENT_TYPES = {".md": "text/markdown", ".csv": "text/csv", ".json": "application/json"}
+
+
+def database_url() -> str:
+    return get_settings().resolved_database_url
+
+
+def dispatch_waiting() -> None:
+    with get_sessionmaker(database_url())() as session:  # dispatch commits on its own
+        jobs.dispatch(session, get_settings(), dispatcher)
+
+
+def send_aggregation(experiment_id: str) -> None:
+    try:
+        dispatcher.send_aggregate(experiment_id, get_settings().queue_name("cpu"))
+    except Exception:
+        with session_scope(database_url()) as session:  # the sweep sends it again
+            experiment = session.get(Experiment, experiment_id)
+            if experiment is not None:
+                experiment.aggregation_queued_at = None
+        raise
+
+
+def sweep() -> None:
+    """What a failed send may have left behind: waiting runs, unsent aggregations."""
+    dispatch_waiting()
+    with session_scope(database_url()) as session:
+        experiment_ids = jobs.unsent_aggregations(session)
+    for experiment_id in experiment_ids:
+        send_aggregation(experiment_id)
+
+
+def sweep_forever() -> None:
+    while True:
+        try:
+            sweep()
+        except Exception:
+            log.warning("sweep failed; retrying in %s s", get_settings().sweep_interval_s, exc_info=True)
+        time.sleep(get_settings().sweep_interval_s)
+
+
+class ProgressWriter:
+    """TrainingProgress -> the run's progress column, at most every
+    ``interval`` seconds, with an ETA from the elapsed time and the fraction done."""
+
+    def __init__(self, run_pk: int, interval: float):
+        self.run_pk, self.interval = run_pk, interval
+        self.started = time.monotonic()
+        self.last_write = float("-inf")
+
+    def __call__(self, event: TrainingProgress) -> None:
+        now = time.monotonic()
+        if now - self.last_write < self.interval:
+            return
+        self.last_write = now
+        if event.layer is None:
+            done = event.epoch / event.epochs
+        else:
+            done = (event.layer * event.epochs + event.epoch) / ((event.layers or 1) * event.epochs)
+        elapsed = now - self.started
+        progress = {
+            "model": event.model,
+            "layer": None if event.layer is None else event.layer + 1,
+            "layers": event.layers,
+            "epoch": event.epoch,
+            "epochs": event.epochs,
+            "loss": event.loss,
+            "fraction_done": round(done, 4),
+            "eta_seconds": round(elapsed * (1 - done) / done, 1) if done > 0 else None,
+        }
+        with session_scope(database_url()) as session:
+            run = session.get(Run, self.run_pk)
+            if run is not None and run.status == "running":
+                run.progress = progress
+
+
+class StopCheck:
+    """should_stop for the runner: reads the run's status, at most every ``interval`` s."""
+
+    def __init__(self, run_pk: int, interval: float):
+        self.run_pk, self.interval = run_pk, interval
+        self.last_check = float("-inf")
+        self.stop = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.stop and now - self.last_check >= self.interval:
+            self.last_check = now
+            with session_scope(database_url()) as session:
+                self.stop = jobs.should_stop(session, self.run_pk)
+        return self.stop
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    name: str
+    stored: StoredObject
+    content_type: str
+
+
+def content_type(path: Path) -> str:
+    return CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def put_files(storage: Storage, experiment_id: str, base: Path, names: list[str]) -> list[StoredFile]:
+    """Copy ``base/<name>`` to storage (before any database transaction: uploads can be slow)."""
+    prefix = experiment_prefix(experiment_id)
+    return [
+        StoredFile(name, storage.put_file(f"{prefix}/{name}", base / name), content_type(base / name))
+        for name in names
+    ]
+
+
+def record_artifacts(session: Session, experiment_id: str, files: list[StoredFile]) -> None:
+    for file in files:
+        artifact = session.scalar(
+            select(Artifact).where(Artifact.experiment_id == experiment_id, Artifact.name == file.name)
+        )
+        if artifact is None:
+            artifact = Artifact(experiment_id=experiment_id, name=file.name)
+            session.add(artifact)
+        artifact.key, artifact.size, artifact.sha256 = file.stored.key, file.stored.size, file.stored.sha256
+        artifact.content_type, artifact.created_at = file.content_type, utcnow()
+
+
+def files_under(folder: Path, base: Path) -> list[str]:
+    return sorted(p.relative_to(base).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def store_run_documents(session: Session, run: Run, run_dir: Path, record: dict[str, Any]) -> None:
+    """The run's JSON documents into its row, its ensembles into Ensemble rows."""
+    run.record = record
+    for file_name, column in DOCUMENT_COLUMNS.items():
+        setattr(run, column, json.loads((run_dir / file_name).read_text()))
+    ensembles = json.loads((run_dir / "ensembles.json").read_text())
+    records = ensembles.pop("ensembles")
+    run.ensemble_summary = ensembles
+    session.execute(delete(Ensemble).where(Ensemble.experiment_id == run.experiment_id, Ensemble.run_id == run.run_id))
+    session.add_all(
+        Ensemble(
+            experiment_id=run.experiment_id, run_id=run.run_id, model=run.model, dataset=run.dataset,
+            seed=run.seed, unseen_class=run.unseen_class, **item,
+        )
+        for item in records
+    )
+
+
+def end_run(run_pk: int, status: str, error: str | None = None) -> None:
+    """finish_run, then the aggregation if it was the last, then refill the queue."""
+    with session_scope(database_url()) as session:
+        run = session.get(Run, run_pk)
+        aggregate_id = jobs.finish_run(session, run, status, error) if run is not None else None
+    if aggregate_id is not None:
+        send_aggregation(aggregate_id)
+    dispatch_waiting()
+
+
+def run_key(run: Run) -> RunKey:
+    return RunKey(run.model, run.dataset, run.seed, run.unseen_class)
+
+
+class RetryingTask(Task):
+    """Retries on infrastructure errors; ``give_up`` records the final failure."""
+
+    autoretry_for = TRANSIENT
+    retry_backoff = True
+    max_retries = get_settings().task_max_attempts - 1
+
+    def give_up(self, argument: Any, error: str) -> None:
+        raise NotImplementedError
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        try:
+            self.give_up(args[0], f"gave up after {self.max_retries} retries: {type(exc).__name__}: {exc}")
+        except Exception:
+            log.exception("could not record the failure of task %s", task_id)
+
+
+class RunTask(RetryingTask):
+    def give_up(self, run_pk: int, error: str) -> None:
+        end_run(run_pk, "failed", error)
+
+
+class AggregateTask(RetryingTask):
+    def give_up(self, experiment_id: str, error: str) -> None:
+        fail_experiment(experiment_id, error)
+
+
+class AnalysisTask(RetryingTask):
+    def give_up(self, analysis_id: str, error: str) -> None:
+        fail_analysis(analysis_id, error)
+
+
+@app.task(name=RUN_TASK, bind=True, base=RunTask)
+def run_task(self, run_pk: int) -> None:
+    settings = get_settings()
+    with session_scope(database_url()) as session:
+        run = jobs.claim_run(session, settings, run_pk, self.request.id)
+        if run is not None:
+            spec = ExperimentSpec.model_validate(run.experiment.spec)
+            key, experiment_id = run_key(run), run.experiment_id
+    dispatch_waiting()  # this run left the broker: a slot is free
+    if run is None:
+        return
+    log.info("run %s of experiment %s started", key.run_id, experiment_id)
+    with tempfile.TemporaryDirectory(prefix="fflab-run-") as tmp:
+        base = Path(tmp)
+        run_dir = base / "runs" / key.run_id
+        try:
+            record = runner.execute_run(
+                spec, key, run_dir,
+                progress=ProgressWriter(run_pk, settings.progress_interval_s),
+                should_stop=StopCheck(run_pk, settings.stop_check_interval_s),
+            )
+        except Cancelled:
+            end_run(run_pk, "cancelled")
+            return
+        except TRANSIENT:
+            raise
+        except Exception as error:
+            log.exception("run %s of experiment %s failed", key.run_id, experiment_id)
+            end_run(run_pk, "failed", f"{type(error).__name__}: {error}")
+            return
+        storage = get_storage(settings)
+        files = put_files(storage, experiment_id, base, files_under(run_dir, base))
+        with session_scope(database_url()) as session:
+            run = session.get(Run, run_pk)
+            if run is None:
+                outcome = "deleted"
+            elif jobs.should_stop(session, run_pk):
+                outcome = "cancelled"
+            else:
+                outcome = "succeeded"
+                record_artifacts(session, experiment_id, files)
+                store_run_documents(session, run, run_dir, record)
+    if outcome == "deleted":  # while training: leave nothing behind
+        storage.delete_prefix(f"{experiment_prefix(experiment_id)}/runs/{key.run_id}")
+        return
+    end_run(run_pk, outcome)
+
+
+def fetch_runs(storage: Storage, experiment_id: str, runs: list[Run], base: Path,
+               all_files: bool, representations_of: set[str]) -> None:
+    """Download the runs' JSON documents, their representations for the runs in
+    ``representations_of``, and everything they have if ``all_files``."""
+    prefix = experiment_prefix(experiment_id)
+    for run in runs:
+        wanted = set(runner.RUN_FILES if all_files else RUN_JSON_FILES)
+        if run.run_id in representations_of:
+            wanted.add("representations.npz")
+        for file_name in sorted(wanted):
+            name = f"runs/{run.run_id}/{file_name}"
+            storage.download(f"{prefix}/{name}", base / name)
+
+
+def put_aggregate(storage: Storage, experiment_id: str, base: Path) -> list[StoredFile]:
+    """Upload tables, figures and results.json; figures of an earlier analysis go first."""
+    storage.delete_prefix(f"{experiment_prefix(experiment_id)}/figures")
+    names = files_under(base / "tables", base) + files_under(base / "figures", base) + ["results.json"]
+    return put_files(storage, experiment_id, base, names)
+
+
+def record_aggregate(session: Session, experiment: Experiment, base: Path, files: list[StoredFile],
+                     results: dict[str, Any], analysis_id: str | None) -> None:
+    """Artifacts and the Result row of an aggregation."""
+    session.execute(
+        delete(Artifact).where(Artifact.experiment_id == experiment.id, Artifact.name.like("figures/%"))
+    )
+    record_artifacts(session, experiment.id, files)
+    tables = {
+        name: {fmt: (base / "tables" / f"{name}.{fmt}").read_text() for fmt in ("md", "csv")}
+        for name in results["tables"]
+    }
+    result = session.get(Result, experiment.id) or Result(experiment_id=experiment.id)
+    result.analysis_id, result.tables, result.results, result.updated_at = analysis_id, tables, results, utcnow()
+    session.add(result)
+
+
+@app.task(name=AGGREGATE_TASK, bind=True, base=AggregateTask)
+def aggregate_task(self, experiment_id: str) -> None:
+    settings = get_settings()
+    storage = get_storage(settings)
+    with session_scope(database_url()) as session:
+        experiment = session.get(Experiment, experiment_id)
+        if experiment is None or experiment.status not in ACTIVE_STATUSES:
+            return
+        spec = ExperimentSpec.model_validate(experiment.spec)
+        runs = list(experiment.runs)
+    with tempfile.TemporaryDirectory(prefix="fflab-aggregate-") as tmp:
+        base = Path(tmp)
+        try:
+            fetch_runs(storage, experiment_id, runs, base, False, {k.run_id for k in runner.figure_runs(spec)})
+            results = runner.aggregate(spec, base)
+        except TRANSIENT:
+            raise
+        except Exception as error:
+            log.exception("aggregation of experiment %s failed", experiment_id)
+            fail_experiment(experiment_id, f"aggregation failed: {type(error).__name__}: {error}")
+            return
+        files = put_aggregate(storage, experiment_id, base)
+        with session_scope(database_url()) as session:
+            experiment = session.get(Experiment, experiment_id, with_for_update=True)
+            if experiment is not None and experiment.status in ACTIVE_STATUSES:
+                record_aggregate(session, experiment, base, files, results, None)
+                experiment.status, experiment.finished_at = "succeeded", utcnow()
+    if experiment is None:  # deleted meanwhile: leave nothing behind
+        storage.delete_prefix(experiment_prefix(experiment_id))
+
+
+def fail_experiment(experiment_id: str, error: str) -> None:
+    with session_scope(database_url()) as session:
+        experiment = session.get(Experiment, experiment_id)
+        if experiment is not None and experiment.status in ACTIVE_STATUSES:
+            experiment.status, experiment.finished_at, experiment.error = "failed", utcnow(), error
+
+
+@app.task(name=ANALYSIS_TASK, bind=True, base=AnalysisTask)
+def analysis_task(self, analysis_id: str) -> None:
+    settings = get_settings()
+    storage = get_storage(settings)
+    with session_scope(database_url()) as session:
+        analysis = session.get(Analysis, analysis_id)
+        if analysis is None or analysis.status not in ACTIVE_STATUSES:
+            return
+        analysis.status, analysis.started_at = "running", utcnow()
+        experiment = session.get(Experiment, analysis.experiment_id)
+        spec = ExperimentSpec.model_validate(experiment.spec).model_copy(
+            update={"analysis": AnalysisSpec.model_validate(analysis.spec)}
+        )
+        experiment_id, runs = experiment.id, list(experiment.runs)
+    with tempfile.TemporaryDirectory(prefix="fflab-analysis-") as tmp:
+        base = Path(tmp)
+        try:
+            fetch_runs(storage, experiment_id, runs, base, True, set())
+            records = {run.run_id: runner.analyse_run(spec, run_key(run), base / "runs" / run.run_id)
+                       for run in runs}
+            results = runner.aggregate(spec, base)
+            files = put_files(storage, experiment_id, base, [
+                f"runs/{run.run_id}/{name}" for run in runs for name in RUN_JSON_FILES
+            ]) + put_aggregate(storage, experiment_id, base)
+        except TRANSIENT:
+            raise
+        except Exception as error:
+            log.exception("analysis %s failed", analysis_id)
+            fail_analysis(analysis_id, f"{type(error).__name__}: {error}")
+            return
+        with session_scope(database_url()) as session:
+            experiment = session.get(Experiment, experiment_id, with_for_update=True)
+            analysis = session.get(Analysis, analysis_id)
+            if experiment is not None and analysis is not None and analysis.status == "running":
+                for run in experiment.runs:
+                    store_run_documents(session, run, base / "runs" / run.run_id, records[run.run_id])
+                record_aggregate(session, experiment, base, files, results, analysis_id)
+                experiment.spec = spec.model_dump(mode="json")
+                analysis.status, analysis.finished_at = "succeeded", utcnow()
+    if experiment is None:  # deleted meanwhile: leave nothing behind
+        storage.delete_prefix(experiment_prefix(experiment_id))
+
+
+def fail_analysis(analysis_id: str, error: str) -> None:
+    with session_scope(database_url()) as session:
+        analysis = session.get(Analysis, analysis_id)
+        if analysis is not None and analysis.status in ACTIVE_STATUSES:
+            analysis.status, analysis.finished_at, analysis.error = "failed", utcnow(), error
