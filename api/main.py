@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api.metrics import Metrics
 from api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -21,6 +22,7 @@ from fflab.storage import get_storage
 from worker.celery_app import CeleryDispatcher, create_celery, ensure_sqlite_folders
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5
 
 
 def _start(settings: Settings, app: FastAPI) -> None:
@@ -40,6 +42,18 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(
         {"detail": "internal server error; quote the request id when reporting it", "request_id": request_id},
         status_code=500, headers={"x-request-id": request_id},
+    )
+
+
+async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """The database is unreachable (restarting, failing over): 503 with a retry hint
+    instead of a 500; the pool's pre-ping reconnects once it is back."""
+    request_id = request.scope.get("state", {}).get("request_id", "")
+    log.warning("database unavailable in %s %s (request %s): %s", request.method, request.url.path,
+                request_id, str(getattr(error, "orig", error))[:300])
+    return JSONResponse(
+        {"detail": "the database is unavailable; retry shortly", "request_id": request_id},
+        status_code=503, headers={"retry-after": str(RETRY_AFTER_S), "x-request-id": request_id},
     )
 
 
@@ -65,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, users, admin, experiments, runs, results, analyses):
         app.include_router(module.router)
     app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(InterfaceError, database_unavailable)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app

@@ -102,7 +102,7 @@ def test_last_run_to_end_triggers_aggregation_once(session, settings: Settings) 
     assert jobs.claim_run(session, settings, second.id, dispatcher.runs[1][2]) is None
 
 
-def test_a_failed_run_fails_the_experiment_and_stops_the_rest(session, settings: Settings) -> None:
+def test_a_failed_run_fails_alone_and_the_experiment_once_all_are_final(session, settings: Settings) -> None:
     dispatcher = RecordingDispatcher()
     experiment = submit(session, settings, accounts.create_user(session, "alice"), 3)
     jobs.dispatch(session, settings, dispatcher)
@@ -110,9 +110,16 @@ def test_a_failed_run_fails_the_experiment_and_stops_the_rest(session, settings:
     assert jobs.finish_run(session, running, "failed", "ValueError: boom") is None
     session.commit()
     experiment = session.get(Experiment, experiment.id)
-    assert experiment.status == "failed" and "boom" in experiment.error
+    assert experiment.status == "running" and experiment.error is None  # the others go on
     statuses = sorted(session.scalars(select(Run.status).where(Run.experiment_id == experiment.id)))
-    assert statuses == ["cancelled", "cancelled", "failed"]
+    assert statuses == ["failed", "queued", "queued"]
+    for index in (1, 2):
+        run = start(session, settings, dispatcher, index)
+        assert jobs.finish_run(session, run, "succeeded") is None  # no aggregation of a failed experiment
+        session.commit()
+    experiment = session.get(Experiment, experiment.id, populate_existing=True)
+    assert experiment.status == "failed" and experiment.finished_at is not None
+    assert experiment.error == "1 of 3 runs failed: run bp-mnist-seed0: ValueError: boom"
 
 
 def test_redelivered_runs_fail_after_the_attempt_limit(session, settings: Settings) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import mimetypes
 import tempfile
 import time
@@ -92,6 +93,19 @@ def sweep_forever() -> None:
         time.sleep(get_settings().sweep_interval_s)
 
 
+class NonFiniteLoss(ArithmeticError):
+    """Training diverged: the loss is NaN or infinite. Fails the run (not retried)."""
+
+
+def check_loss(event: TrainingProgress) -> None:
+    loss = event.loss
+    if loss is None or math.isfinite(loss):
+        return
+    what = "NaN" if math.isnan(loss) else "infinite"
+    where = f"layer {event.layer + 1} epoch {event.epoch}" if event.layer is not None else f"epoch {event.epoch}"
+    raise NonFiniteLoss(f"{event.model}: loss became {what} at {where}; lower the learning rate or check the data")
+
+
 class ProgressWriter:
     """TrainingProgress -> the run's progress column, at most every
     ``interval`` seconds, with an ETA from the elapsed time and the fraction done."""
@@ -102,6 +116,7 @@ class ProgressWriter:
         self.last_write = float("-inf")
 
     def __call__(self, event: TrainingProgress) -> None:
+        check_loss(event)
         now = time.monotonic()
         if now - self.last_write < self.interval:
             return

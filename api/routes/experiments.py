@@ -51,6 +51,37 @@ def spec_from_body(body: schemas.ExperimentSubmit) -> ExperimentSpec:
         ) from None
 
 
+FULL_SET_SIZES = {"train_subset": 60_000, "test_subset": 10_000}
+
+
+def check_limits(spec: ExperimentSpec, settings: Settings) -> None:
+    """The deployment's limits (Settings.max_*): 422 naming each field above its limit."""
+    checks: list[tuple[tuple[str, ...], int, int, str]] = []
+    for model in spec.models:
+        checks.append(((model, "epochs"), getattr(spec, model).epochs, settings.max_epochs, "MAX_EPOCHS"))
+    checks += [
+        (("network", "width"), spec.network.width, settings.max_width, "MAX_WIDTH"),
+        (("network", "layers"), spec.network.layers, settings.max_layers, "MAX_LAYERS"),
+        (("seeds",), len(spec.seeds), settings.max_seeds, "MAX_SEEDS"),
+    ]
+    for field in ("train_subset", "test_subset"):
+        value = getattr(spec.data, field)
+        checks.append((("data", field), FULL_SET_SIZES[field] if value is None else value,
+                        getattr(settings, f"max_{field}"), f"MAX_{field.upper()}"))
+    problems = [
+        {"type": "less_than_equal", "loc": ("body", *loc), "input": value,
+         "msg": f"Input should be less than or equal to {limit} (this server's FFLAB_{variable})"}
+        for loc, value, limit, variable in checks if value > limit
+    ]
+    runs = len(spec.runs())
+    if runs > settings.max_runs_per_experiment:
+        problems.append({"type": "less_than_equal", "loc": ("body", "seeds"), "input": runs,
+                         "msg": f"the spec makes {runs} runs; this server allows at most "
+                                f"{settings.max_runs_per_experiment} per experiment (FFLAB_MAX_RUNS_PER_EXPERIMENT)"})
+    if problems:
+        raise RequestValidationError(problems)
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.ExperimentCreated,
              responses={429: {"description": "The user's cap on queued plus running runs is reached."}})
 def submit_experiment(body: schemas.ExperimentSubmit, request: Request, response: Response,
@@ -58,6 +89,7 @@ def submit_experiment(body: schemas.ExperimentSubmit, request: Request, response
                       user: CurrentUser) -> schemas.ExperimentCreated:
     """Queue an experiment: one run per spec.runs() key, then an aggregation step."""
     spec = spec_from_body(body)
+    check_limits(spec, settings)
     try:
         experiment = jobs.create_experiment(session, settings, user, spec, body.visibility)
     except jobs.CapacityError as error:

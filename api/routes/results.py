@@ -166,10 +166,11 @@ def list_figures(experiment: ReadableExperiment, request: Request, session: Sess
 
 @router.get("/figures/{name}", response_class=StreamingResponse,
             responses={200: {"content": {"image/png": {}}}})
-def get_figure(name: str, experiment: ReadableExperiment, session: SessionDep, storage: StorageDep):
+def get_figure(name: str, request: Request, experiment: ReadableExperiment, session: SessionDep, storage: StorageDep):
     """A figure as PNG; ``name`` with or without ``.png`` (figure1a, figure2.png, ...)."""
     file_name = name if name.endswith(".png") else f"{name}.png"
-    check_artifact_name(file_name, "name", "/" in name)
+    raw_path = request.scope.get("raw_path", b"").lower()
+    check_artifact_name(file_name, "name", "/" in name or b"%2f" in raw_path or b"%5c" in raw_path)
     return _stream(storage, _one_artifact(session, experiment, f"figures/{file_name}"))
 
 
@@ -184,11 +185,14 @@ def check_artifact_name(name: str, field: str, encoded_slash: bool) -> None:
     """Names are relative paths inside the experiment: no '..', no absolute path, no
     backslash, no percent-encoded slash."""
     parts = name.split("/")
-    if encoded_slash or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+    control = any(ord(c) < 32 or ord(c) == 127 for c in name)
+    if (encoded_slash or control or name.startswith("/") or "\\" in name or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
         raise RequestValidationError([{
             "type": "value_error", "loc": ("path", field), "input": name,
             "msg": "must be a relative artifact name such as runs/<run_id>/weights.pt or "
-                   "figures/figure1a.png: no '..' or '.' segments, leading '/', backslash or encoded '/'",
+                   "figures/figure1a.png: no '..' or '.' segments, leading '/', drive letter, backslash, "
+                   "control character (NUL) or encoded '/'",
         }])
 
 

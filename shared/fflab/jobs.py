@@ -4,8 +4,10 @@ in worker/celery_app.py).
 
 Statuses. A run: queued -> running -> succeeded | failed | cancelled. An
 experiment: queued until its first run starts, running until the aggregation
-step ends (succeeded), a run fails for good (failed: the other runs are stopped)
-or it is cancelled. The last run to end triggers the aggregation, counted in the
+step ends (succeeded) or it is cancelled. A run that fails for good keeps its
+reason (e.g. "loss became NaN at layer 2 epoch 3") and does not stop the others:
+once every run is final, an experiment with a failed run ends ``failed`` without
+aggregation, its error naming each failed run and its reason. The last run to end triggers the aggregation, counted in the
 database under a lock on the experiment row, so no chord (and no result backend)
 is needed.
 
@@ -68,6 +70,9 @@ def create_experiment(
     session: Session, settings: Settings, owner: User, spec: ExperimentSpec, visibility: str
 ) -> Experiment:
     keys = spec.runs()
+    # Lock the owner's row until commit, so that concurrent submissions of one user
+    # count active runs one after the other (the cap holds); other users are not held up.
+    session.execute(select(User.id).where(User.id == owner.id).with_for_update())
     active = active_runs(session, owner.id)
     cap = settings.max_active_runs_per_user
     if active + len(keys) > cap:
@@ -158,6 +163,11 @@ def claim_run(session: Session, settings: Settings, run_pk: int, task_id: str) -
     """Mark a run running for the task delivering it; None when the run was
     cancelled, finished or handed to another task meanwhile. A redelivered task
     (its worker died) claims again; after ``task_max_attempts`` the run fails."""
+    # Lock the experiment before the run, the order of finish_run and of deleting an
+    # experiment (its runs go by cascade): the other order deadlocks with a DELETE.
+    experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_pk))
+    if experiment_id is not None:
+        session.get(Experiment, experiment_id, with_for_update=True)
     run = session.get(Run, run_pk, with_for_update=True)
     if run is None or run.task_id != task_id or run.status not in ACTIVE_STATUSES:
         return None
@@ -190,14 +200,20 @@ def finish_run(
     session.flush()
     if experiment is None:
         return None
-    if status == "failed" and experiment.status in ACTIVE_STATUSES:
-        experiment.status, experiment.finished_at = "failed", utcnow()
-        experiment.error = f"run {run.run_id} failed: {error}"
-        _cancel_waiting_runs(session, experiment)
     remaining = session.scalar(
         select(func.count(Run.id)).where(Run.experiment_id == experiment.id, Run.status.in_(ACTIVE_STATUSES))
     )
     if remaining or experiment.status not in ACTIVE_STATUSES or experiment.aggregation_queued_at:
+        return None
+    failed = list(session.execute(
+        select(Run.run_id, Run.error).where(Run.experiment_id == experiment.id, Run.status == "failed")
+        .order_by(Run.id)
+    ))
+    if failed:  # every run is final: the experiment fails, naming each failed run's reason
+        experiment.status, experiment.finished_at = "failed", utcnow()
+        reasons = "; ".join(f"run {run_id}: {reason}" for run_id, reason in failed[:10])
+        more = f"; and {len(failed) - 10} more (GET .../runs)" if len(failed) > 10 else ""
+        experiment.error = f"{len(failed)} of {experiment.runs_total} runs failed: {reasons}{more}"
         return None
     experiment.aggregation_queued_at = utcnow()
     return experiment.id

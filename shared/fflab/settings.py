@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     admin_key_file: Path | None = Field(None, description="Default: <var_dir>/admin.key.")
 
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    # Server-side limits on submitted specs (422 naming the field above them); the
+    # spec's own bounds (fflab.spec) still apply below these.
+    max_epochs: int = Field(100_000, ge=1, description="Most epochs of any model (ff, bpff, bp).")
+    max_width: int = Field(8192, ge=4, description="Most units per hidden layer.")
+    max_layers: int = Field(8, ge=1, description="Most hidden layers.")
+    max_seeds: int = Field(100, ge=1, description="Most seeds per experiment.")
+    max_train_subset: int = Field(60_000, ge=20, description="Largest train subset (null = whole set, 60000).")
+    max_test_subset: int = Field(10_000, ge=20, description="Largest test subset (null = whole set, 10000).")
+    max_runs_per_experiment: int = Field(1000, ge=1, description="Most runs one experiment may have.")
     max_active_runs_per_user: int = Field(
         200, ge=1, description="Cap on a user's queued plus running runs (429 above it)."
     )

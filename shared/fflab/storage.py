@@ -32,7 +32,9 @@ class StoredObject:
 def check_key(key: str) -> str:
     """Reject keys that could leave the storage root: absolute, ``..``, backslashes, empty parts."""
     parts = key.split("/")
-    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+    control = any(ord(c) < 32 or ord(c) == 127 for c in key)
+    if (not key or control or key.startswith("/") or "\\" in key or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
         raise ValueError(f"invalid storage key {key!r}: must be a relative path without '..'")
     return key
 
@@ -52,7 +54,12 @@ class LocalStorage:
         self.root = root
 
     def _path(self, key: str) -> Path:
-        return self.root / PurePosixPath(check_key(key))
+        path = self.root / PurePosixPath(check_key(key))
+        # Defence in depth: a symlink inside the folder must not lead out of it either.
+        root = self.root.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise ValueError(f"invalid storage key {key!r}: leaves the storage root")
+        return path
 
     def describe(self) -> str:
         return f"folder {self.root}"
