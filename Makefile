@@ -30,7 +30,7 @@ $(FFLAB_DATA_ROOT)/.fetched: $(VENV)/.installed
 	touch $@
 
 run: setup data
-	$(BIN)/fflab run --preset quick
+	$(BIN)/fflab quickstart --preset quick
 
 test: setup data
 	$(BIN)/python -m pytest

@@ -52,14 +52,19 @@ def parse_overrides(assignments: tuple[str, ...]) -> dict[str, Any]:
     return overrides
 
 
-def load_spec(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...]) -> ExperimentSpec:
+def read_overrides(spec_file: Path | None, assignments: tuple[str, ...]) -> dict[str, Any]:
+    """A (partial) JSON spec file with ``--set`` assignments merged over it."""
     overrides: dict[str, Any] = {}
     if spec_file is not None:
         try:
             overrides = json.loads(spec_file.read_text())
         except json.JSONDecodeError as error:
             raise click.BadParameter(f"{spec_file} is not valid JSON: {error}", param_hint="--spec")
-    overrides = deep_merge(overrides, parse_overrides(assignments))
+    return deep_merge(overrides, parse_overrides(assignments))
+
+
+def load_spec(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...]) -> ExperimentSpec:
+    overrides = read_overrides(spec_file, assignments)
     try:
         return build_spec(preset, overrides)
     except ValidationError as error:

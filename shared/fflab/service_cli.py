@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,6 +159,51 @@ def wait_with_bar(api: Client, experiment_id: str, timeout: float | None) -> dic
         return api.wait(experiment_id, timeout=timeout, on_update=update)
 
 
+@contextmanager
+def embedded_service(settings: Settings, log_path: Path) -> Iterator[bool]:
+    """Use the API at settings' URL if it answers, else start ``fflab serve`` for
+    the duration; yields whether it was started here."""
+    url = settings.resolved_api_url
+    if _answers(url):
+        yield False
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "fflab", "serve"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while not _answers(url, "/readyz"):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException(f"the embedded service did not start; see {log_path}")
+            time.sleep(0.5)
+        click.echo(f"started the embedded service at {url} (log: {log_path})")
+        yield True
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _answers(url: str, path: str = "/healthz") -> bool:
+    try:
+        return httpx.get(f"{url}{path}", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def fetch_results(api: Client, experiment_id: str, folder: Path) -> None:
+    """Tables (md, csv, json) and figures of a finished experiment into ``folder``."""
+    tables = folder / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    for fmt in ("md", "csv"):
+        (tables / f"tables.{fmt}").write_text(api.results(experiment_id, fmt))
+    (folder / "results.json").write_text(json.dumps(api.results(experiment_id, "json"), indent=2))
+    for figure in api.figures(experiment_id):
+        api.download(experiment_id, figure["name"], folder / figure["name"])
+
+
 def register(cli: click.Group) -> None:
     """Add the service verbs to the ``fflab`` command group."""
 
@@ -240,16 +286,9 @@ def register(cli: click.Group) -> None:
     def submit_command(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...],
                        visibility: str, wait: bool) -> None:
         """Submit an experiment to the service; prints its id and URL."""
-        from fflab.cli import parse_overrides
-        from fflab.spec import deep_merge
+        from fflab.cli import read_overrides
 
-        body: dict[str, Any] = {}
-        if spec_file is not None:
-            try:
-                body = json.loads(spec_file.read_text())
-            except json.JSONDecodeError as error:
-                raise click.BadParameter(f"{spec_file} is not valid JSON: {error}", param_hint="--spec")
-        body = deep_merge(body, parse_overrides(assignments))
+        body = read_overrides(spec_file, assignments)
         body["visibility"] = visibility
         if preset is not None:
             body["preset"] = preset
@@ -333,6 +372,30 @@ def register(cli: click.Group) -> None:
                 else:
                     path = api.download(experiment_id, figure["name"], folder / figure["name"].removeprefix("figures/"))
                     click.echo(path)
+
+    @cli.command("quickstart")
+    @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="quick", show_default=True)
+    @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("results"),
+                  show_default=True, help="Tables and figures go into OUT/<experiment id>/.")
+    def quickstart_command(preset: str, out_dir: Path) -> None:
+        """Start the embedded service (unless one answers), submit a preset through
+        the client, show it finishing, and fetch its tables and figures."""
+        settings = get_settings()
+        with embedded_service(settings, settings.var_dir / "serve.log") as started, client() as api:
+            created = api.submit({"preset": preset})
+            click.echo(f"submitted {created['id']}: {created['url']}")
+            final = wait_with_bar(api, created["id"], None)
+            click.echo(describe(final))
+            if final["status"] != "succeeded":
+                raise click.ClickException(f"experiment {final['status']}")
+            folder = out_dir / created["id"]
+            fetch_results(api, created["id"], folder)
+            click.echo(api.results(created["id"], "md"))
+            click.echo(f"results URL: {created['url']}/results")
+            click.echo(f"tables:      {(folder / 'tables').resolve()}")
+            click.echo(f"figures:     {(folder / 'figures').resolve()}")
+            if started:
+                click.echo("the service stops now; `make serve` starts it again with these results")
 
     @cli.command("cancel")
     @click.argument("experiment_id")
