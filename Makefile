@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 export FFLAB_DATA_ROOT ?= $(CURDIR)/data
 N ?= 60000
 
-.PHONY: run test serve bench data setup clean help
+.PHONY: run test serve bench load-bench data setup clean help
 
 help:
 	@echo "make run    - run the quick preset (FF, BP/FF, BP on MNIST) and print where the results are"
 	@echo "make test   - run the test suite"
 	@echo "make serve  - start the embedded service (API + worker, no servers needed)"
 	@echo "make bench  - benchmark FF training (N=$(N) images; make bench N=20000 for a quick one)"
+	@echo "make load-bench - 200 concurrent clients polling the service on loopback"
 
 setup: $(VENV)/.installed
 
@@ -40,6 +41,9 @@ serve: setup data
 
 bench: setup data
 	$(BIN)/python -m benchmarks.ff_bench --n $(N)
+
+load-bench: setup data
+	$(BIN)/python -m benchmarks.load_bench --clients 200 --seconds 20
 
 clean:
 	rm -rf results var .pytest_cache

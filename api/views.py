@@ -6,6 +6,8 @@ from collections import Counter
 from datetime import datetime
 
 from fastapi import Request
+from sqlalchemy import func, select
+from sqlalchemy.orm import load_only, object_session
 
 from api import schemas
 from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, Run, utcnow
@@ -60,9 +62,16 @@ def experiment_summary(request: Request, experiment: Experiment, counts: Counter
 
 
 def experiment_detail(request: Request, experiment: Experiment) -> schemas.Experiment:
-    runs = experiment.runs
-    counts = Counter(run.status for run in runs)
-    running = [run for run in runs if run.status == "running"]
+    # Status counts in SQL and only the columns progress needs: the runs' JSON
+    # documents (metrics, shared units, ...) are not loaded for a status poll.
+    session = object_session(experiment)
+    counts = Counter(dict(session.execute(  # type: ignore[union-attr]
+        select(Run.status, func.count(Run.id)).where(Run.experiment_id == experiment.id).group_by(Run.status)
+    ).all()))
+    running = list(session.scalars(  # type: ignore[union-attr]
+        select(Run).options(load_only(Run.run_id, Run.model, Run.progress, Run.status))
+        .where(Run.experiment_id == experiment.id, Run.status == "running").order_by(Run.id)
+    ))
     return schemas.Experiment(**experiment_summary(request, experiment, counts, running), spec=experiment.spec)
 
 

@@ -179,6 +179,30 @@ def put_files(storage: Storage, experiment_id: str, base: Path, names: list[str]
     ]
 
 
+class ArtifactsNotStored(RuntimeError):
+    """Every try to upload a run's artifacts failed (storage unreachable)."""
+
+
+def put_files_retrying(storage: Storage, experiment_id: str, base: Path, names: list[str],
+                       attempts: int, backoff_s: float) -> list[StoredFile]:
+    """put_files, tried ``attempts`` times with exponential backoff (backoff_s, 2x, 4x, ...).
+    Each try uploads every file again (a put is idempotent), so a success stores them all."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return put_files(storage, experiment_id, base, names)
+        except (StorageError, ConnectionError, OSError) as error:
+            if attempt == attempts:
+                raise ArtifactsNotStored(
+                    f"could not store artifacts: {attempts} tries failed on {storage.describe()}; "
+                    f"last error: {error}"
+                ) from error
+            wait = backoff_s * 2 ** (attempt - 1)
+            log.warning("upload of %d artifacts of experiment %s failed (try %d of %d); retrying in %.1f s: %s",
+                        len(names), experiment_id, attempt, attempts, wait, error)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def record_artifacts(session: Session, experiment_id: str, files: list[StoredFile]) -> None:
     for file in files:
         artifact = session.scalar(
@@ -290,7 +314,13 @@ def run_task(self, run_pk: int) -> None:
             end_run(run_pk, "failed", f"{type(error).__name__}: {error}")
             return
         storage = get_storage(settings)
-        files = put_files(storage, experiment_id, base, files_under(run_dir, base))
+        try:  # the run stays "running" until every artifact is stored
+            files = put_files_retrying(storage, experiment_id, base, files_under(run_dir, base),
+                                       settings.upload_attempts, settings.upload_backoff_s)
+        except ArtifactsNotStored as error:
+            log.error("run %s of experiment %s: %s", key.run_id, experiment_id, error)
+            end_run(run_pk, "failed", str(error))
+            return
         with session_scope(database_url()) as session:
             run = session.get(Run, run_pk)
             if run is None:

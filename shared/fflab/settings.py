@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: int = Field(
         12 * 3600, ge=60, description="Redis: an unacknowledged run is redelivered after this."
     )
+    upload_attempts: int = Field(
+        5, ge=1, description="Tries to store a run's artifacts before the run fails."
+    )
+    upload_backoff_s: float = Field(
+        1.0, ge=0, description="Wait before the second upload try; doubles after each failed try."
+    )
     progress_interval_s: float = Field(1.0, ge=0, description="Least time between progress writes.")
     stop_check_interval_s: float = Field(1.0, ge=0, description="Least time between cancel checks.")
 

@@ -1,0 +1,1 @@
+"""Benchmarks of fflab's training engine (run with ``make bench``); not part of the package."""

@@ -1,0 +1,275 @@
+"""Load benchmark of the service API: N concurrent pollers against a service of its own.
+
+    python -m benchmarks.load_bench --clients 200 --seconds 20
+    python -m benchmarks.load_bench --database-url postgresql+psycopg://postgres@127.0.0.1:5432/fflab_load
+
+Starts the API (uvicorn, ``--api-workers`` processes) and a worker on a free loopback
+port, with an embedded SQLite database in a temporary var dir (or ``--database-url``,
+which must be an empty or fflab database), creates a user, runs one tiny experiment
+to the end (for ``/ensembles``), submits a second one so that runs train during the
+load, then runs the clients (asyncio + httpx.AsyncClient). Each client mostly polls
+``GET /v1/experiments/{id}`` of the training experiment, and sometimes lists
+``GET /v1/experiments`` or reads ``/ensembles`` of the finished one. Bounded by
+``--seconds`` and ``--max-requests``. Prints requests/second, latency percentiles per
+kind and the error count; exits non-zero only when the setup fails. Stops what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "preset": "quick", "name": "load-tiny", "models": ["ff", "bp"], "seeds": [0],
+    "data": {"train_subset": 200, "test_subset": 200},
+    "ff": {"epochs": 1, "batch_size": 100, "learning_rate": 0.003},
+    "bp": {"epochs": 1, "batch_size": 100, "learning_rate": 0.003},
+    "unseen_class": None, "network": {"width": 64},
+}
+# Trains for a while during the load: more seeds, data and epochs.
+TRAINING = {**TINY, "name": "load-training", "seeds": [0, 1, 2, 3],
+            "data": {"train_subset": 2000, "test_subset": 500},
+            "ff": {**TINY["ff"], "epochs": 3}, "bp": {**TINY["bp"], "epochs": 3}}
+
+
+class SetupError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, processes=(), interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, process in processes:
+            if process.poll() is not None:
+                raise SetupError(f"{name} exited with {process.returncode} while waiting for {what}")
+        try:
+            result = condition()
+        except httpx.TransportError:
+            result = None
+        if result:
+            return result
+        time.sleep(interval)
+    raise SetupError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+class Service:
+    """The API and a worker in subprocesses, logs under the var dir."""
+
+    def __init__(self, var_dir: Path, database_url: str | None, api_workers: int):
+        self.var_dir, self.port = var_dir, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FFLAB_")}
+        env.update(FFLAB_VAR_DIR=str(var_dir), FFLAB_API_PORT=str(self.port), PYTHONUNBUFFERED="1",
+                   FFLAB_DATA_ROOT=os.environ.get("FFLAB_DATA_ROOT", str(ROOT / "data")),
+                   FFLAB_PROGRESS_INTERVAL_S="0.5", FFLAB_STOP_CHECK_INTERVAL_S="1.0")
+        if database_url:
+            env["FFLAB_DATABASE_URL"] = database_url
+        self.env, self.api_workers = env, api_workers
+        self.processes: list[tuple[str, subprocess.Popen]] = []
+        self.logs: list = []
+
+    def settings(self):
+        from fflab.settings import Settings
+
+        return Settings(**{k[len("FFLAB_"):].lower(): v for k, v in self.env.items()
+                           if k.startswith("FFLAB_") and k != "FFLAB_DATA_ROOT"})
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        log = (self.var_dir / f"{name}.log").open("w")
+        self.logs.append(log)
+        process = subprocess.Popen(command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes.append((name, process))
+
+    def start(self) -> str:
+        """Migrates the database, creates a user; returns the user's key once the API is ready."""
+        from fflab import accounts
+        from fflab.db import session_scope
+        from fflab.db.migrate import upgrade_database
+
+        settings = self.settings()
+        upgrade_database(settings.resolved_database_url)
+        with session_scope(settings.resolved_database_url) as session:
+            name = f"load-{random.randrange(16**6):06x}"
+            key = accounts.issue_key(session, accounts.create_user(session, name))
+        self._spawn("worker", [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu",
+                               "--pool", "solo"])
+        # The worker declares the broker's queues as it starts: let it finish first
+        # (the SQLite broker's queue table does not take concurrent first declarations).
+        worker_log = self.var_dir / "worker.log"
+        wait_until(lambda: "ready." in worker_log.read_text(errors="replace"), 90, "the worker", self.processes)
+        self._spawn("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+                            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.api_workers),
+                            "--log-level", "warning", "--no-access-log"])
+        wait_until(lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200, 90, "the API",
+                   self.processes)
+        return key
+
+    def stop(self) -> None:
+        for _name, process in self.processes:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)  # its own session: uvicorn workers too
+                except ProcessLookupError:
+                    pass
+        for _name, process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                process.wait(timeout=10)
+        for log in self.logs:
+            log.close()
+
+
+def submit(client: httpx.Client, spec: dict) -> str:
+    response = client.post("/v1/experiments", json=spec)
+    if response.status_code != 202:
+        raise SetupError(f"submission failed: {response.status_code} {response.text[:300]}")
+    return response.json()["id"]
+
+
+async def load(url: str, key: str, clients: int, seconds: float, max_requests: int,
+               training_id: str, finished_id: str | None, interval: float) -> tuple[dict, int, list[str], float, int]:
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: list[str] = []
+    budget = [max_requests]
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                                 timeout=30, limits=limits) as client:
+        async def one_client(number: int) -> None:
+            rng = random.Random(number)
+            await asyncio.sleep(rng.random() * interval)  # spread the first requests
+            while time.monotonic() < deadline and budget[0] > 0:
+                budget[0] -= 1
+                draw = rng.random()
+                if draw < 0.1:
+                    kind, path = "list", "/v1/experiments"
+                elif draw < 0.2 and finished_id:
+                    kind, path = "ensembles", f"/v1/experiments/{finished_id}/ensembles"
+                else:
+                    kind, path = "status", f"/v1/experiments/{training_id}"
+                started = time.perf_counter()
+                try:
+                    response = await client.get(path)
+                    if response.status_code != 200:
+                        errors.append(f"{kind}: HTTP {response.status_code}")
+                    else:
+                        latencies[kind].append(time.perf_counter() - started)
+                except httpx.HTTPError as error:
+                    errors.append(f"{kind}: {type(error).__name__}: {error}")
+                await asyncio.sleep(rng.uniform(0.5, 1.5) * interval)  # a poller's wait between polls
+
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(one_client(i) for i in range(clients))), seconds + 60)
+        elapsed = time.monotonic() - started
+    return latencies, max_requests - budget[0], errors, elapsed, clients
+
+
+def report(latencies: dict, sent: int, errors: list[str], elapsed: float, clients: int) -> None:
+    done = sum(len(v) for v in latencies.values())
+    print(f"clients {clients}, {elapsed:.1f} s, {sent} requests sent, {done} ok, {len(errors)} errors, "
+          f"{done / elapsed:.1f} requests/s")
+    print(f"{'kind':<10} {'count':>6} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for kind in ("status", "list", "ensembles"):
+        values = [v * 1000 for v in latencies.get(kind, [])]
+        if values:
+            print(f"{kind:<10} {len(values):>6} {statistics.mean(values):>8.1f} {percentile(values, 50):>8.1f} "
+                  f"{percentile(values, 95):>8.1f} {percentile(values, 99):>8.1f} {max(values):>8.1f}")
+    if errors:
+        counts: dict[str, int] = defaultdict(int)
+        for error in errors:
+            counts[error[:120]] += 1
+        for error, count in sorted(counts.items(), key=lambda item: -item[1])[:5]:
+            print(f"  error x{count}: {error}")
+    status = [v * 1000 for v in latencies.get("status", [])]
+    met = bool(status) and not errors and percentile(status, 99) < 250
+    print(f"target (zero errors, status p99 < 250 ms): {'met' if met else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--max-requests", type=int, default=200_000, help="Stop after this many requests.")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: SQLite in a temporary var dir).")
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="Mean seconds a client waits between its polls (uniform 0.5x-1.5x).")
+    parser.add_argument("--api-workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="uvicorn worker processes (default: the cores, at most 4).")
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary var dir (logs).")
+    args = parser.parse_args(argv)
+
+    var_dir = Path(tempfile.mkdtemp(prefix="fflab-load-"))
+    service = Service(var_dir, args.database_url, args.api_workers)
+    try:
+        key = service.start()
+        with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            finished_id = submit(client, TINY)
+            body = wait_until(lambda: (b := client.get(f"/v1/experiments/{finished_id}").json())["status"]
+                              in ("succeeded", "failed", "cancelled") and b, 180,
+                              "the first experiment to finish", service.processes, 0.5)
+            if body["status"] != "succeeded":
+                raise SetupError(f"the first experiment ended {body['status']}: {body.get('error')}")
+            training_id = submit(client, TRAINING)
+            wait_until(lambda: client.get(f"/v1/experiments/{training_id}").json()["status"] == "running", 60,
+                       "the second experiment to start training", service.processes)
+        print(f"service at {service.url} ({'PostgreSQL' if args.database_url else 'SQLite'}, "
+              f"{args.api_workers} API worker(s)); {args.clients} clients polling every ~{args.interval:g} s; experiment {training_id} training during the load")
+        results = asyncio.run(load(service.url, key, args.clients, args.seconds, args.max_requests,
+                                   training_id, finished_id, args.interval))
+        try:
+            with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"},
+                              timeout=60) as client:
+                after = client.get(f"/v1/experiments/{training_id}").json()["progress"]
+            print(f"training experiment after the load: {after['runs_done']} of {after['runs_total']} runs done")
+        except (httpx.HTTPError, KeyError, ValueError) as error:
+            print(f"training experiment after the load: unknown ({type(error).__name__}: {error})")
+        report(*results)
+        return 0
+    except SetupError as error:
+        print(f"setup failed: {error}", file=sys.stderr)
+        for name, _process in service.processes:
+            log = var_dir / f"{name}.log"
+            if log.is_file():
+                print(f"----- {name} log -----\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]),
+                      file=sys.stderr)
+        return 1
+    finally:
+        service.stop()
+        if not args.keep:
+            shutil.rmtree(var_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
