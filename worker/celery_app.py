@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from pathlib import Path
 
 from celery import Celery, signals
@@ -21,6 +22,19 @@ log = logging.getLogger(__name__)
 RUN_TASK = "fflab.run"
 AGGREGATE_TASK = "fflab.aggregate"
 ANALYSIS_TASK = "fflab.analysis"
+# Aggregation task ids name their experiment, so that the sweep can tell which
+# aggregations a broker still holds (fflab.jobs.requeue_lost_aggregations).
+AGGREGATE_ID_PREFIX = "aggregate-"
+
+
+def aggregate_task_id(experiment_id: str) -> str:
+    return f"{AGGREGATE_ID_PREFIX}{experiment_id}-{uuid.uuid4().hex[:8]}"
+
+
+def experiment_of_aggregate_task(task_id: str) -> str | None:
+    if not task_id.startswith(AGGREGATE_ID_PREFIX):
+        return None
+    return task_id[len(AGGREGATE_ID_PREFIX):].rsplit("-", 1)[0]
 
 
 def ensure_sqlite_folders(settings: Settings) -> None:
@@ -37,7 +51,8 @@ def create_celery(settings: Settings) -> Celery:
     transport_options = {}
     if broker.startswith(("redis://", "rediss://")):
         # acks_late: a run is redelivered if unacknowledged this long, so it must
-        # outlast the longest run.
+        # outlast the longest run (a shorter one would run a healthy run twice). A
+        # killed worker's run is requeued sooner by the sweep (run heartbeats).
         transport_options["visibility_timeout"] = settings.broker_visibility_timeout_s
     app.conf.update(
         task_acks_late=True,
@@ -67,7 +82,8 @@ class CeleryDispatcher:
         self.celery.send_task(RUN_TASK, args=[run_pk], queue=queue, task_id=task_id)
 
     def send_aggregate(self, experiment_id: str, queue: str) -> None:
-        self.celery.send_task(AGGREGATE_TASK, args=[experiment_id], queue=queue)
+        self.celery.send_task(AGGREGATE_TASK, args=[experiment_id], queue=queue,
+                              task_id=aggregate_task_id(experiment_id))
 
     def send_analysis(self, analysis_id: str, queue: str) -> None:
         self.celery.send_task(ANALYSIS_TASK, args=[analysis_id], queue=queue)
@@ -88,6 +104,65 @@ class CeleryDispatcher:
 
 
 dispatcher = CeleryDispatcher(app)
+
+
+def declare_queues(broker_url: str, names: list[str], attempts: int = 5, backoff_s: float = 0.2) -> None:
+    """Declare the run queues (as Celery declares them: a direct exchange of the same
+    name) once, before a worker or the API publishes. kombu's SQLAlchemy transport
+    creates a queue's row on first use, and two processes doing so at the same moment
+    hit its UNIQUE constraint (the loser's channel is left unusable): each try here
+    uses a fresh connection, and a lost race finds the row on the next try."""
+    import time
+
+    from kombu import Connection, Exchange, Queue
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with Connection(broker_url, connect_timeout=10) as connection:
+                channel = connection.channel()
+                try:
+                    for name in names:
+                        Queue(name, Exchange(name, type="direct"), routing_key=name)(channel).declare()
+                finally:
+                    channel.close()
+            return
+        except Exception as error:  # IntegrityError (the race), or the broker not up yet
+            if attempt == attempts:
+                raise
+            log.warning("declaring queues %s failed (try %d of %d): %s", names, attempt, attempts, error)
+            time.sleep(backoff_s * attempt)
+
+# kombu's Redis transport: a queue's messages are a list under the queue's name (one
+# per priority step above 0, after a separator) and unacknowledged ones a hash.
+REDIS_PRIORITY_SEPARATOR, REDIS_PRIORITY_STEPS, REDIS_UNACKED_KEY = "\x06\x16", (3, 6, 9), "unacked"
+
+
+def redis_task_ids(broker_url: str, queues: list[str]) -> set[str] | None:
+    """Every task id in these queues and among the unacknowledged messages of a Redis
+    broker; None for another broker (kombu's SQLAlchemy transport keeps its messages
+    in its database: a restart loses nothing)."""
+    if not broker_url.startswith(("redis://", "rediss://")):
+        return None
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        with client.pipeline(transaction=True) as pipe:  # one snapshot of queues and unacked
+            for queue in queues:
+                for key in [queue] + [f"{queue}{REDIS_PRIORITY_SEPARATOR}{step}" for step in REDIS_PRIORITY_STEPS]:
+                    pipe.lrange(key, 0, -1)
+            pipe.hvals(REDIS_UNACKED_KEY)
+            *lists, unacked = pipe.execute()
+    finally:
+        client.close()
+    ids: set[str] = set()
+    for raw in [item for items in lists for item in items]:
+        ids.add(str(json.loads(raw).get("headers", {}).get("id")))
+    for raw in unacked:
+        ids.add(str(json.loads(raw)[0].get("headers", {}).get("id")))
+    return ids
 
 
 @signals.worker_init.connect

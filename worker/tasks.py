@@ -13,13 +13,14 @@ import logging
 import math
 import mimetypes
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from celery import Task
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -37,10 +38,18 @@ from fflab.db import (
     utcnow,
 )
 from fflab.models.common import Cancelled, TrainingProgress
-from fflab.settings import get_settings
+from fflab.settings import Settings, get_settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix, get_storage
-from worker.celery_app import AGGREGATE_TASK, ANALYSIS_TASK, RUN_TASK, app, dispatcher
+from worker.celery_app import (
+    AGGREGATE_TASK,
+    ANALYSIS_TASK,
+    RUN_TASK,
+    app,
+    dispatcher,
+    experiment_of_aggregate_task,
+    redis_task_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +84,30 @@ def send_aggregation(experiment_id: str) -> None:
         raise
 
 
+def requeue_lost() -> None:
+    """Runs whose worker vanished (stale heartbeat) and, on Redis, runs and
+    aggregations whose messages the broker lost, back to waiting for a send."""
+    settings = get_settings()
+    with get_sessionmaker(database_url())() as session:  # these commit on their own
+        requeued, failed = jobs.reap_lost_runs(session, settings)
+    if requeued or failed:
+        log.warning("sweep: %d runs lost their worker and were requeued, %d failed for good", requeued, failed)
+    in_broker = redis_task_ids(settings.resolved_broker_url,
+                               [settings.queue_name(kind) for kind in ("cpu", "gpu")])
+    if in_broker is None:
+        return
+    with get_sessionmaker(database_url())() as session:
+        runs = jobs.requeue_lost_messages(session, settings, in_broker)
+        aggregations = jobs.requeue_lost_aggregations(
+            session, settings, {experiment_of_aggregate_task(task_id) for task_id in in_broker} - {None})
+    if runs or aggregations:
+        log.warning("sweep: the broker lost %d runs and %d aggregations; sending them again", runs, aggregations)
+
+
 def sweep() -> None:
-    """What a failed send may have left behind: waiting runs, unsent aggregations."""
+    """What a lost worker, a lost broker message or a failed send left behind:
+    running runs without a heartbeat, waiting runs, unsent aggregations."""
+    requeue_lost()
     dispatch_waiting()
     with session_scope(database_url()) as session:
         experiment_ids = jobs.unsent_aggregations(session)
@@ -139,7 +170,36 @@ class ProgressWriter:
         with session_scope(database_url()) as session:
             run = session.get(Run, self.run_pk)
             if run is not None and run.status == "running":
-                run.progress = progress
+                run.progress, run.heartbeat_at = progress, utcnow()
+
+
+class Heartbeat:
+    """Refreshes the run's heartbeat_at every ``interval`` s while the task holds the
+    run (training, evaluation, uploads), from a thread: a stale heartbeat tells the
+    sweep that the worker is gone. Bounded: stops with the task."""
+
+    def __init__(self, run_pk: int, task_id: str, interval: float):
+        self.run_pk, self.task_id, self.interval = run_pk, task_id, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"fflab-heartbeat-{run_pk}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                with session_scope(database_url()) as session:
+                    session.execute(update(Run).where(Run.id == self.run_pk, Run.status == "running",
+                                                     Run.task_id == self.task_id)
+                                    .values(heartbeat_at=utcnow()))
+            except Exception:  # the database is down: the next beat tries again
+                log.warning("heartbeat of run %s failed", self.run_pk, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
 
 
 class StopCheck:
@@ -237,14 +297,32 @@ def store_run_documents(session: Session, run: Run, run_dir: Path, record: dict[
     )
 
 
-def end_run(run_pk: int, status: str, error: str | None = None) -> None:
-    """finish_run, then the aggregation if it was the last, then refill the queue."""
+def end_run(run_pk: int, status: str, error: str | None = None, task_id: str | None = None) -> None:
+    """finish_run, then the aggregation if it was the last, then refill the queue.
+    A run already final is left as it is (a task giving up after its run ended), and
+    so is a run now held by another task than ``task_id`` (the sweep requeued it while
+    this task was thought lost: the newer delivery ends it). Once
+    the run's end is committed, a broker that cannot be reached does not fail the
+    task: the sweep sends the aggregation and the waiting runs later."""
     with session_scope(database_url()) as session:
-        run = session.get(Run, run_pk)
-        aggregate_id = jobs.finish_run(session, run, status, error) if run is not None else None
+        run = session.get(Run, run_pk)  # finish_run locks the experiment first, then writes the run
+        aggregate_id = None
+        if run is not None and run.status in ACTIVE_STATUSES and (task_id is None or run.task_id == task_id):
+            aggregate_id = jobs.finish_run(session, run, status, error)
     if aggregate_id is not None:
-        send_aggregation(aggregate_id)
-    dispatch_waiting()
+        try:
+            send_aggregation(aggregate_id)
+        except Exception:
+            log.warning("could not send the aggregation of experiment %s; the sweep will", aggregate_id,
+                        exc_info=True)
+    dispatch_or_leave_to_sweep()
+
+
+def dispatch_or_leave_to_sweep() -> None:
+    try:
+        dispatch_waiting()
+    except Exception:
+        log.warning("could not dispatch waiting runs; the sweep will", exc_info=True)
 
 
 def run_key(run: Run) -> RunKey:
@@ -258,28 +336,29 @@ class RetryingTask(Task):
     retry_backoff = True
     max_retries = get_settings().task_max_attempts - 1
 
-    def give_up(self, argument: Any, error: str) -> None:
+    def give_up(self, argument: Any, error: str, task_id: str) -> None:
         raise NotImplementedError
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         try:
-            self.give_up(args[0], f"gave up after {self.max_retries} retries: {type(exc).__name__}: {exc}")
+            self.give_up(args[0], f"gave up after {self.max_retries} retries: {type(exc).__name__}: {exc}",
+                         task_id)
         except Exception:
             log.exception("could not record the failure of task %s", task_id)
 
 
 class RunTask(RetryingTask):
-    def give_up(self, run_pk: int, error: str) -> None:
-        end_run(run_pk, "failed", error)
+    def give_up(self, run_pk: int, error: str, task_id: str) -> None:
+        end_run(run_pk, "failed", error, task_id)
 
 
 class AggregateTask(RetryingTask):
-    def give_up(self, experiment_id: str, error: str) -> None:
+    def give_up(self, experiment_id: str, error: str, task_id: str) -> None:
         fail_experiment(experiment_id, error)
 
 
 class AnalysisTask(RetryingTask):
-    def give_up(self, analysis_id: str, error: str) -> None:
+    def give_up(self, analysis_id: str, error: str, task_id: str) -> None:
         fail_analysis(analysis_id, error)
 
 
@@ -291,10 +370,24 @@ def run_task(self, run_pk: int) -> None:
         if run is not None:
             spec = ExperimentSpec.model_validate(run.experiment.spec)
             key, experiment_id = run_key(run), run.experiment_id
-    dispatch_waiting()  # this run left the broker: a slot is free
+    dispatch_or_leave_to_sweep()  # this run left the broker: a slot is free
     if run is None:
         return
     log.info("run %s of experiment %s started", key.run_id, experiment_id)
+    with Heartbeat(run_pk, self.request.id, heartbeat_interval(settings.run_heartbeat_timeout_s)):
+        outcome = train_and_store(settings, run_pk, self.request.id, spec, key, experiment_id)
+    if outcome is not None:
+        end_run(run_pk, outcome, task_id=self.request.id)
+
+
+def heartbeat_interval(timeout_s: float) -> float:
+    """Four beats per timeout, so that one slow write does not look like a lost worker."""
+    return max(0.05, min(30.0, timeout_s / 4))
+
+
+def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: ExperimentSpec, key: RunKey, experiment_id: str) -> str | None:
+    """Train, upload and record a claimed run; returns the status to end it with,
+    None when it was already ended (or deleted) here."""
     with tempfile.TemporaryDirectory(prefix="fflab-run-") as tmp:
         base = Path(tmp)
         run_dir = base / "runs" / key.run_id
@@ -305,26 +398,28 @@ def run_task(self, run_pk: int) -> None:
                 should_stop=StopCheck(run_pk, settings.stop_check_interval_s),
             )
         except Cancelled:
-            end_run(run_pk, "cancelled")
-            return
+            end_run(run_pk, "cancelled", task_id=task_id)
+            return None
         except TRANSIENT:
             raise
         except Exception as error:
             log.exception("run %s of experiment %s failed", key.run_id, experiment_id)
-            end_run(run_pk, "failed", f"{type(error).__name__}: {error}")
-            return
+            end_run(run_pk, "failed", f"{type(error).__name__}: {error}", task_id)
+            return None
         storage = get_storage(settings)
         try:  # the run stays "running" until every artifact is stored
             files = put_files_retrying(storage, experiment_id, base, files_under(run_dir, base),
                                        settings.upload_attempts, settings.upload_backoff_s)
         except ArtifactsNotStored as error:
             log.error("run %s of experiment %s: %s", key.run_id, experiment_id, error)
-            end_run(run_pk, "failed", str(error))
-            return
+            end_run(run_pk, "failed", str(error), task_id)
+            return None
         with session_scope(database_url()) as session:
             run = session.get(Run, run_pk)
             if run is None:
                 outcome = "deleted"
+            elif run.task_id != task_id:  # requeued as lost meanwhile: the newer delivery records it
+                return None
             elif jobs.should_stop(session, run_pk):
                 outcome = "cancelled"
             else:
@@ -333,8 +428,8 @@ def run_task(self, run_pk: int) -> None:
                 store_run_documents(session, run, run_dir, record)
     if outcome == "deleted":  # while training: leave nothing behind
         storage.delete_prefix(f"{experiment_prefix(experiment_id)}/runs/{key.run_id}")
-        return
-    end_run(run_pk, outcome)
+        return None
+    return outcome
 
 
 def fetch_runs(storage: Storage, experiment_id: str, runs: list[Run], base: Path,

@@ -18,6 +18,13 @@ comes from the user with the fewest runs started or in the broker, ties going to
 the user whose waiting run is oldest; a user's runs go in submission order. A user
 with one long experiment therefore does not hold back a user who submits later.
 
+Lost workers. A worker refreshes ``Run.heartbeat_at`` while it runs a run (a
+thread, and every progress write). ``reap_lost_runs`` (the workers' periodic
+sweep) requeues a running run whose heartbeat is older than
+``run_heartbeat_timeout_s`` under a new task id, so that a late redelivery of the
+old message is ignored; after ``task_max_attempts`` deliveries the run fails with
+"worker lost N times". The requeued run starts over (no checkpoint).
+
 Queues. Runs go to the queue of their spec.device (Settings.queue_for_device);
 aggregations and re-analyses, which need no GPU, go to the cpu queue.
 """
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import exists, func, select, text, update
@@ -182,6 +191,7 @@ def claim_run(session: Session, settings: Settings, run_pk: int, task_id: str) -
         return None
     now = utcnow()
     run.status, run.started_at, run.attempts, run.error = "running", now, run.attempts + 1, None
+    run.heartbeat_at, run.progress = now, None
     if experiment.status == "queued":
         experiment.status, experiment.started_at = "running", now
     session.flush()
@@ -255,6 +265,93 @@ def unsent_aggregations(session: Session) -> list[str]:
     for experiment in experiments:
         experiment.aggregation_queued_at = utcnow()
     return [experiment.id for experiment in experiments]
+
+
+def reap_lost_runs(session: Session, settings: Settings, now: datetime | None = None) -> tuple[int, int]:
+    """Runs marked running whose heartbeat (or start) is older than
+    ``run_heartbeat_timeout_s``: their worker vanished (killed, machine lost). Each is
+    requeued (status queued, no task: the next dispatch sends it under a new task id)
+    or, after ``task_max_attempts`` deliveries, failed with "worker lost N times".
+    Commits after each run. Returns (requeued, failed)."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.run_heartbeat_timeout_s)
+    stale = [
+        row.id for row in session.execute(
+            select(Run.id, Run.heartbeat_at, Run.started_at).where(Run.status == "running")
+        )
+        if (row.heartbeat_at or row.started_at or now) < cutoff
+    ]
+    session.commit()
+    requeued = failed = 0
+    for run_pk in stale:
+        # Experiment before run, the lock order of claim_run and finish_run.
+        experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_pk))
+        if experiment_id is not None:
+            session.get(Experiment, experiment_id, with_for_update=True, populate_existing=True)
+        run = session.get(Run, run_pk, with_for_update=True, populate_existing=True)
+        if run is None or run.status != "running" or (run.heartbeat_at or run.started_at or now) >= cutoff:
+            session.commit()  # finished or heard from meanwhile
+            continue
+        if run.experiment.status not in ACTIVE_STATUSES:
+            finish_run(session, run, "cancelled")
+        elif run.attempts >= settings.task_max_attempts:
+            finish_run(session, run, "failed", error=(
+                f"worker lost {run.attempts} times: no heartbeat for "
+                f"{settings.run_heartbeat_timeout_s:g} s (FFLAB_RUN_HEARTBEAT_TIMEOUT_S) on each of its "
+                f"{run.attempts} deliveries; the limit is FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}"))
+            failed += 1
+        else:
+            run.status, run.task_id, run.dispatched_at = "queued", None, None
+            run.heartbeat_at, run.progress, run.started_at = None, None, None
+            requeued += 1
+        session.commit()
+    return requeued, failed
+
+
+def requeue_lost_messages(session: Session, settings: Settings, in_broker: Collection[str],
+                          now: datetime | None = None) -> int:
+    """Runs handed to the broker more than ``lost_message_grace_s`` ago whose task id
+    is not among ``in_broker`` (every task id in the broker's queues and unacknowledged
+    set): the broker lost them (e.g. Redis restarted without persistence). They go
+    back to waiting for dispatch, under a new task id. Commits; returns how many."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.lost_message_grace_s)
+    lost = [
+        (row.id, row.task_id) for row in session.execute(
+            select(Run.id, Run.task_id, Run.dispatched_at)
+            .where(Run.status == "queued", Run.task_id.is_not(None))
+        )
+        if row.task_id not in in_broker and (row.dispatched_at or now) < cutoff
+    ]
+    count = 0
+    for run_pk, task_id in lost:  # a run started meanwhile is no longer queued: left alone
+        count += session.execute(
+            update(Run).where(Run.id == run_pk, Run.status == "queued", Run.task_id == task_id)
+            .values(task_id=None, dispatched_at=None)
+        ).rowcount
+    session.commit()
+    return count
+
+
+def requeue_lost_aggregations(session: Session, settings: Settings, in_broker: Collection[str],
+                              now: datetime | None = None) -> int:
+    """Active experiments whose aggregation was queued more than ``lost_message_grace_s``
+    ago and is not in the broker (``in_broker``: experiment ids of the aggregation
+    tasks there): marked unsent, for ``unsent_aggregations`` to send again. An
+    aggregation sent twice is harmless (the second finds the experiment final)."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.lost_message_grace_s)
+    lost = [
+        row.id for row in session.execute(
+            select(Experiment.id, Experiment.aggregation_queued_at)
+            .where(Experiment.status.in_(ACTIVE_STATUSES), Experiment.aggregation_queued_at.is_not(None))
+        )
+        if row.id not in in_broker and row.aggregation_queued_at < cutoff
+    ]
+    if lost:
+        session.execute(update(Experiment).where(Experiment.id.in_(lost)).values(aggregation_queued_at=None))
+    session.commit()
+    return len(lost)
 
 
 def should_stop(session: Session, run_pk: int) -> bool:

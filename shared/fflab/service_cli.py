@@ -39,6 +39,13 @@ def _start_database(settings: Settings) -> None:
     upgrade_database(settings.resolved_database_url)
 
 
+def _declare_queues(settings: Settings) -> None:
+    from worker.celery_app import declare_queues, ensure_sqlite_folders
+
+    ensure_sqlite_folders(settings)
+    declare_queues(settings.resolved_broker_url, [settings.queue_name(kind) for kind in QUEUE_KINDS])
+
+
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -58,6 +65,9 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
         created = accounts.bootstrap_admin(session, key_file)
     if created:
         click.echo(f"created user 'admin'; its API key is in {key_file} (mode 600)")
+    # Before the worker and the API start: both would otherwise create the queues on
+    # first use, at the same moment (a UNIQUE constraint race on the SQLite broker).
+    _declare_queues(settings)
     worker = None
     if with_worker:
         command = [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu", "--pool", "solo"]
@@ -90,6 +100,7 @@ def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from worker.celery_app import app
 
+    _declare_queues(settings)  # a lost race with the API is retried here, not in the consumer
     kind = f"gpu{gpu}" if gpu is not None else "-".join(queues)
     app.worker_main([
         "worker",

@@ -63,7 +63,15 @@ class Settings(BaseSettings):
     )
     task_max_attempts: int = Field(3, ge=1, description="Deliveries of a run task before it fails.")
     broker_visibility_timeout_s: int = Field(
-        12 * 3600, ge=60, description="Redis: an unacknowledged run is redelivered after this."
+        12 * 3600, ge=1, description="Redis: an unacknowledged run is redelivered after this."
+    )
+    run_heartbeat_timeout_s: float = Field(
+        300.0, gt=0, description="A running run whose heartbeat is older than this lost its worker: "
+                                 "the sweep requeues it (or fails it after task_max_attempts)."
+    )
+    lost_message_grace_s: float = Field(
+        10.0, ge=0, description="Redis broker: a run sent this long ago whose message is in no queue "
+                                "(the broker restarted without persistence) is sent again."
     )
     upload_attempts: int = Field(
         5, ge=1, description="Tries to store a run's artifacts before the run fails."

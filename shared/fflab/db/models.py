@@ -130,6 +130,9 @@ class Run(Base):
     task_id: Mapped[str | None] = mapped_column(String(64))
     dispatched_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Refreshed by the worker while the run is running; a stale one means its worker
+    # is gone (the sweep requeues the run).
+    heartbeat_at: Mapped[datetime | None]
     progress: Mapped[dict[str, Any] | None]
     # The run's documents (fflab.results): its summary record, metrics.json,
     # ensembles.json without the ensembles (rows of Ensemble), shared_units.json
