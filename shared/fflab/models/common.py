@@ -143,17 +143,35 @@ class GoodnessNetwork(nn.Module):
 
 @torch.no_grad()
 def label_goodness(net: GoodnessNetwork, images: torch.Tensor, chunk: int = 2000) -> torch.Tensor:
-    """Goodness of every image with every label embedded: (N, 784) -> (N, 10, layers)."""
+    """Goodness of every image with every label embedded: (N, 784) -> (N, 10, layers).
+
+    The ten embedded copies of an image differ only in the label pixels, and
+    layer 1's input normalisation (if any) does not depend on which label pixel
+    is set, so layer 1's product is shared by the ten labels:
+    z_c = (base @ W^T + b) + value * W[:, c], with ``base`` the layer input with
+    the label pixels zeroed and ``value`` the label pixel's value.
+    """
     device = next(net.parameters()).device
+    spec = net.spec
+    first = net.layers[0]
     scores = []
     for start in range(0, images.shape[0], chunk):
         batch = images[start : start + chunk].to(device)
-        per_label = [
-            net.layer_goodness(
-                embed_labels(batch, torch.full((batch.shape[0],), c, device=device), net.spec.label_value)
-            )
-            for c in range(N_CLASSES)
-        ]
+        n = batch.shape[0]
+        # Layer 1's input with label 0 embedded, split as base + value * e_label.
+        x = net.layer_input(embed_labels(batch, torch.zeros(n, dtype=torch.long, device=device), spec.label_value), 0)
+        value = x[:, 0].clone()
+        x[:, :LABEL_PIXELS] = 0.0  # x is new: embed_labels copies
+        shared = F.linear(x, first.weight, first.bias)
+        w_labels = first.weight[:, :LABEL_PIXELS].t()
+        per_label = []
+        for c in range(N_CLASSES):  # one label at a time: the chunk's activations stay in cache
+            h = net.activation(torch.addr(shared, value, w_labels[c]))
+            per_layer = [goodness(h, spec.goodness)]
+            for index in range(1, len(net.layers)):
+                h = net.layer_forward(h, index)
+                per_layer.append(goodness(h, spec.goodness))
+            per_label.append(torch.stack(per_layer, dim=1))
         scores.append(torch.stack(per_label, dim=1).cpu())
     return torch.cat(scores)
 
