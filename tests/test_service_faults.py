@@ -80,14 +80,14 @@ def test_a_run_that_raises_fails_alone_with_its_reason(worker_env, monkeypatch: 
     tasks, settings, dispatcher = worker_env
     real_execute = runner.execute_run
 
-    def faulty_execute(spec, key, run_dir, progress=None, should_stop=None):
+    def faulty_execute(spec, key, run_dir, progress=None, should_stop=None, **checkpointing):
         if key.seed == 0:
             raise ValueError("bad data: label 11 out of range")
         if key.seed == 1:
             progress(TrainingProgress("bp", 2, 5, 0.5))
             progress(TrainingProgress("bp", 3, 5, math.nan))
             raise AssertionError("not reached: the progress callback raises")
-        return real_execute(spec, key, run_dir, progress=progress, should_stop=should_stop)
+        return real_execute(spec, key, run_dir, progress=progress, should_stop=should_stop, **checkpointing)
 
     monkeypatch.setattr(runner, "execute_run", faulty_execute)
     spec = build_spec(TINY["preset"], {**{k: v for k, v in TINY.items() if k != "preset"},

@@ -10,6 +10,7 @@ older than 3 s has lost its worker, a run message missing from Redis for 2 s is 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -34,6 +35,7 @@ pytest_plugins = ["service_support"]
 # One FF run of a few seconds: long enough to be killed mid-training.
 LONG = {**TINY, "name": "long", "models": ["ff"],
         "ff": {"epochs": 60, "batch_size": 100, "learning_rate": 0.003}}
+LONG_LAYERS = 3  # the default network
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -190,7 +192,7 @@ def test_worker_killed_mid_run_the_run_is_delivered_again_and_results_match(serv
     """SIGKILL the worker (and its pool child) while a run trains: nothing acks the
     message and the run stays ``running`` with a heartbeat that stops. The sweep of a
     new worker sees the stale heartbeat, requeues the run (new task id) and it trains
-    again from the start (no checkpoint); the experiment succeeds with the accuracy
+    again from the start (killed within layer 1: no checkpoint yet); the experiment succeeds with the accuracy
     and ensemble sizes of an uninterrupted experiment with the same spec and seed."""
     service.start_api()
     worker = service.start_worker()
@@ -218,6 +220,61 @@ def test_worker_killed_mid_run_the_run_is_delivered_again_and_results_match(serv
         uninterrupted = api.post("/v1/experiments", json=LONG).json()["id"]
         assert poll_experiment(api, uninterrupted, FINAL, timeout=90)["status"] == "succeeded"
         assert run_rows(api, uninterrupted)[0]["attempts"] == 1
+        expected, got = outcome(api, uninterrupted), outcome(api, interrupted)
+        assert expected[1], "no ensembles to compare"
+        assert got == expected
+
+
+def test_worker_killed_after_a_layer_the_run_resumes_from_its_checkpoint(service: Service) -> None:
+    """SIGKILL the worker once the FF run's first layer is checkpointed in artifact
+    storage (the run's progress shows layer 2 or later): the redelivered run
+    fetches the checkpoint and resumes after the last finished layer (its progress
+    never shows layer 1 again, says where it resumed from, and the worker logs it);
+    the checkpoint is deleted when the run ends; accuracy and ensembles equal those
+    of an uninterrupted experiment with the same spec and seed."""
+    service.start_api()
+    worker = service.start_worker()
+    with service.client() as api:
+        interrupted = api.post("/v1/experiments", json=LONG).json()["id"]
+        run_id = run_rows(api, interrupted)[0]["run_id"]
+        stored = service.settings.resolved_artifacts_dir / "experiments" / interrupted / "runs" / run_id / "checkpoint.pt"
+
+        def layer_checkpointed() -> dict | None:
+            # Killed as soon as the first layer's checkpoint is stored: two layers left.
+            run = run_rows(api, interrupted)[0]
+            return run if run["status"] == "running" and stored.is_file() else None
+
+        before = wait_for(layer_checkpointed, 60, "the first layer's checkpoint in storage", 0.05)
+        sigkill_tree(worker)  # the fault
+        assert before["attempts"] == 1 and before["status"] == "running"
+
+        second = service.start_worker()
+        seen: list[dict] = []  # progress of the second delivery
+
+        def finished() -> dict | None:
+            run = run_rows(api, interrupted)[0]
+            if run["attempts"] == 2 and run["status"] == "running" and run["progress"]:
+                seen.append(run["progress"])
+            body = api.get(f"/v1/experiments/{interrupted}").json()
+            return body if body["status"] in FINAL else None
+
+        body = wait_for(finished, 90, "the interrupted experiment to end", 0.05)
+        assert body["status"] == "succeeded", body
+        run = run_rows(api, interrupted)[0]
+        assert run["status"] == "succeeded" and run["attempts"] == 2
+        log = second.log.read_text()
+        assert "1 runs lost their worker and were requeued" in log
+        resumed = re.search(rf"resumed run {run_id} of experiment {interrupted} from (layer (\d+) .*)", log)
+        assert resumed, log[-3000:]
+        resumed_layer = int(resumed.group(2))
+        assert resumed_layer >= 2  # layer 1 was not trained again
+        if resumed_layer <= LONG_LAYERS:  # else killed after training, while evaluating
+            assert seen, "no progress seen from the second delivery"
+        assert all(p["resumed_from"] == resumed.group(1).strip() and p["layer"] >= resumed_layer for p in seen)
+        assert not stored.exists()  # deleted when the run ended
+
+        uninterrupted = api.post("/v1/experiments", json=LONG).json()["id"]
+        assert poll_experiment(api, uninterrupted, FINAL, timeout=90)["status"] == "succeeded"
         expected, got = outcome(api, uninterrupted), outcome(api, interrupted)
         assert expected[1], "no ensembles to compare"
         assert got == expected
@@ -283,7 +340,9 @@ def test_redis_restarted_with_one_experiment_running_and_one_queued(service: Ser
     service.start_api()
     service.start_worker()
     with service.client() as api:
-        running = api.post("/v1/experiments", json=LONG).json()["id"]
+        # Longer than LONG: the run must still be under half done after the second
+        # experiment is queued (LONG's run can end within 2 s on a warm machine).
+        running = api.post("/v1/experiments", json={**LONG, "ff": {**LONG["ff"], "epochs": 150}}).json()["id"]
         wait_for(lambda: run_rows(api, running)[0]["progress"], 60, "the first run to train", 0.1)
         queued = api.post("/v1/experiments", json={**TINY, "models": ["bp"]}).json()["id"]
         probe = redis.Redis("127.0.0.1", redis_server.port)

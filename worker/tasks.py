@@ -37,7 +37,7 @@ from fflab.db import (
     session_scope,
     utcnow,
 )
-from fflab.models.common import Cancelled, TrainingProgress
+from fflab.models.common import Cancelled, FileCheckpoint, TrainingProgress, describe_resume_point
 from fflab.settings import Settings, get_settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix, get_storage
@@ -145,6 +145,7 @@ class ProgressWriter:
         self.run_pk, self.interval = run_pk, interval
         self.started = time.monotonic()
         self.last_write = float("-inf")
+        self.resumed_from: str | None = None  # set when training resumed from a checkpoint
 
     def __call__(self, event: TrainingProgress) -> None:
         check_loss(event)
@@ -167,6 +168,8 @@ class ProgressWriter:
             "fraction_done": round(done, 4),
             "eta_seconds": round(elapsed * (1 - done) / done, 1) if done > 0 else None,
         }
+        if self.resumed_from is not None:
+            progress["resumed_from"] = self.resumed_from
         with session_scope(database_url()) as session:
             run = session.get(Run, self.run_pk)
             if run is not None and run.status == "running":
@@ -217,6 +220,66 @@ class StopCheck:
             with session_scope(database_url()) as session:
                 self.stop = jobs.should_stop(session, self.run_pk)
         return self.stop
+
+
+def checkpoint_key(experiment_id: str, run_id: str) -> str:
+    return f"{experiment_prefix(experiment_id)}/runs/{run_id}/checkpoint.pt"
+
+
+class StoredCheckpoint:
+    """The run's training checkpoint (fflab.models.common.Checkpoint): a file in the
+    task's temporary folder, copied to artifact storage at every save so that any
+    worker that gets the run again resumes from it. Best effort: a checkpoint that
+    cannot be fetched, read or stored costs retraining, never the run."""
+
+    def __init__(self, storage: Storage, experiment_id: str, key: RunKey, path: Path,
+                 progress: ProgressWriter | None = None):
+        self.storage, self.experiment_id, self.run_key = storage, experiment_id, key
+        self.key = checkpoint_key(experiment_id, key.run_id)
+        self.file, self.progress = FileCheckpoint(path), progress
+
+    def fetch(self) -> bool:
+        """Download the stored checkpoint, if any (at the start of a delivery)."""
+        try:
+            if not self.storage.exists(self.key):
+                return False
+            self.storage.download(self.key, self.file.path)
+            return True
+        except Exception:
+            log.warning("run %s of experiment %s: could not fetch its checkpoint; training from the start",
+                        self.run_key.run_id, self.experiment_id, exc_info=True)
+            self.file.path.unlink(missing_ok=True)
+            return False
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            state = self.file.load()
+        except Exception:
+            log.warning("run %s of experiment %s: its checkpoint is unreadable; training from the start",
+                        self.run_key.run_id, self.experiment_id, exc_info=True)
+            return None
+        if state is not None and state.get("trainer") == self.run_key.model:
+            where = describe_resume_point(state)
+            log.info("resumed run %s of experiment %s from %s", self.run_key.run_id, self.experiment_id, where)
+            if self.progress is not None:
+                self.progress.resumed_from = where
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.file.save(state)
+        try:
+            self.storage.put_file(self.key, self.file.path)
+        except Exception:
+            log.warning("run %s of experiment %s: could not store its checkpoint", self.run_key.run_id,
+                        self.experiment_id, exc_info=True)
+
+
+def delete_checkpoint(experiment_id: str, run_id: str) -> None:
+    try:
+        get_storage(get_settings()).delete(checkpoint_key(experiment_id, run_id))
+    except Exception:  # deleted with the experiment at the latest
+        log.warning("could not delete the checkpoint of run %s of experiment %s", run_id, experiment_id,
+                    exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -306,9 +369,13 @@ def end_run(run_pk: int, status: str, error: str | None = None, task_id: str | N
     task: the sweep sends the aggregation and the waiting runs later."""
     with session_scope(database_url()) as session:
         run = session.get(Run, run_pk)  # finish_run locks the experiment first, then writes the run
-        aggregate_id = None
-        if run is not None and run.status in ACTIVE_STATUSES and (task_id is None or run.task_id == task_id):
-            aggregate_id = jobs.finish_run(session, run, status, error)
+        aggregate_id, ended = None, None
+        if run is not None and (task_id is None or run.task_id == task_id):
+            if run.status in ACTIVE_STATUSES:
+                aggregate_id = jobs.finish_run(session, run, status, error)
+            ended = (run.experiment_id, run.run_id)
+    if ended is not None:  # the run is over: its checkpoint is of no more use
+        delete_checkpoint(*ended)
     if aggregate_id is not None:
         try:
             send_aggregation(aggregate_id)
@@ -391,11 +458,17 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
     with tempfile.TemporaryDirectory(prefix="fflab-run-") as tmp:
         base = Path(tmp)
         run_dir = base / "runs" / key.run_id
+        progress = ProgressWriter(run_pk, settings.progress_interval_s)
+        # Outside run_dir: the checkpoint is not one of the run's artifacts.
+        checkpoint = StoredCheckpoint(get_storage(settings), experiment_id, key, base / "checkpoint.pt", progress)
+        checkpoint.fetch()
         try:
             record = runner.execute_run(
                 spec, key, run_dir,
-                progress=ProgressWriter(run_pk, settings.progress_interval_s),
+                progress=progress,
                 should_stop=StopCheck(run_pk, settings.stop_check_interval_s),
+                checkpoint=checkpoint,
+                checkpoint_every=settings.checkpoint_every_epochs,
             )
         except Cancelled:
             end_run(run_pk, "cancelled", task_id=task_id)

@@ -22,6 +22,8 @@ from fflab.data import N_CLASSES, load_split
 from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
 from fflab.models.bpff import train_bpff
 from fflab.models.common import (
+    CHECKPOINT_EVERY,
+    Checkpoint,
     GoodnessNetwork,
     ProgressCallback,
     StopCheck,
@@ -86,9 +88,15 @@ def train_and_evaluate(
     run_dir: Path,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> RunMetrics:
     """Train one run, evaluate it on the test set, and write its metrics,
-    weights and representations into ``run_dir``."""
+    weights and representations into ``run_dir``.
+
+    With a ``checkpoint``, training saves its state there (FF after every layer,
+    BP/FF and BP every ``checkpoint_every`` epochs) and resumes from it if it
+    holds one: the results equal those of an uninterrupted run."""
     device = resolve_device(spec.device)
     excluded = () if key.unseen_class is None else (key.unseen_class,)
     train = load_split(key.dataset, True, spec.data.train_subset, excluded, seed=DATA_SEED)
@@ -100,14 +108,16 @@ def train_and_evaluate(
     started = time.perf_counter()
     if key.model == "bp":
         net = BPClassifier(spec.network).to(device)
-        history = [train_bp(net, images, labels, training, generator, progress, should_stop)]
+        history = [train_bp(net, images, labels, training, generator, progress, should_stop,
+                            checkpoint=checkpoint, checkpoint_every=checkpoint_every)]
+    elif key.model == "ff":
+        net = GoodnessNetwork(spec.network).to(device)
+        history = train_ff(net, images, labels, training, generator, spec.negative_labels, progress,
+                           should_stop, checkpoint=checkpoint)
     else:
         net = GoodnessNetwork(spec.network).to(device)
-        trainer = train_ff if key.model == "ff" else train_bpff
-        result = trainer(
-            net, images, labels, training, generator, spec.negative_labels, progress, should_stop
-        )
-        history = result if key.model == "ff" else [result]
+        history = [train_bpff(net, images, labels, training, generator, spec.negative_labels, progress,
+                              should_stop, checkpoint=checkpoint, checkpoint_every=checkpoint_every)]
     train_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -322,9 +332,12 @@ def execute_run(
     run_dir: Path,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> dict:
-    """Train, evaluate and analyse one run; return its summary record."""
-    train_and_evaluate(spec, key, run_dir, progress, should_stop)
+    """Train, evaluate and analyse one run; return its summary record. See
+    ``train_and_evaluate`` for ``checkpoint``."""
+    train_and_evaluate(spec, key, run_dir, progress, should_stop, checkpoint, checkpoint_every)
     return analyse_run(spec, key, run_dir)
 
 

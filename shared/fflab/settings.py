@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     upload_backoff_s: float = Field(
         1.0, ge=0, description="Wait before the second upload try; doubles after each failed try."
     )
+    checkpoint_every_epochs: int = Field(
+        25, ge=1, description="BP/FF and BP runs checkpoint every this many epochs (FF: after every "
+                              "layer), so that a redelivered run resumes instead of starting over."
+    )
     progress_interval_s: float = Field(1.0, ge=0, description="Least time between progress writes.")
     stop_check_interval_s: float = Field(1.0, ge=0, description="Least time between cancel checks.")
 

@@ -94,6 +94,12 @@ class LocalStorage:
             return []
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
 
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix.rstrip("/")), ignore_errors=True)
 
@@ -155,6 +161,12 @@ class S3Storage:
             if not page.get("IsTruncated"):
                 return sorted(keys)
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def exists(self, key: str) -> bool:
+        return key in self.list(check_key(key))
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", self.client.delete_object, Key=check_key(key))
 
     def delete_prefix(self, prefix: str) -> None:
         keys = self.list(prefix.rstrip("/") + "/")

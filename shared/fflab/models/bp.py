@@ -9,12 +9,16 @@ from torch import nn
 
 from fflab.data import N_CLASSES
 from fflab.models.common import (
+    CHECKPOINT_EVERY,
     Cancelled,
+    Checkpoint,
     ProgressCallback,
     StopCheck,
     TrainingProgress,
     activation_fn,
+    cpu_state,
     minibatches,
+    resume_state,
 )
 from fflab.spec import NetworkSpec, TrainingSpec
 
@@ -63,11 +67,21 @@ def train_bp(
     generator: torch.Generator,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> list[float]:
-    """Train ``net`` in place; returns the mean loss of each epoch."""
+    """Train ``net`` in place; returns the mean loss of each epoch. With a
+    ``checkpoint``, the state is saved to it every ``checkpoint_every`` epochs (not
+    after the last), and a run that finds one resumes from it."""
     optimizer = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
     losses: list[float] = []
-    for epoch in range(training.epochs):
+    state = resume_state(checkpoint, "bp")
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        losses = list(state["losses"])
+    for epoch in range(len(losses), training.epochs):
         if should_stop is not None and should_stop():
             raise Cancelled()
         epoch_loss = 0.0
@@ -83,4 +97,10 @@ def train_bp(
         losses.append(epoch_loss / len(batches))
         if progress is not None:
             progress(TrainingProgress("bp", epoch + 1, training.epochs, losses[-1]))
+        if checkpoint is not None and len(losses) % checkpoint_every == 0 and len(losses) < training.epochs:
+            checkpoint.save({
+                "trainer": "bp", "epoch": len(losses), "net": cpu_state(net),
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "losses": list(losses),
+            })
     return losses

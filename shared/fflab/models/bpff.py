@@ -12,14 +12,18 @@ from __future__ import annotations
 import torch
 
 from fflab.models.common import (
+    CHECKPOINT_EVERY,
     Cancelled,
+    Checkpoint,
     GoodnessNetwork,
     ProgressCallback,
     StopCheck,
     TrainingProgress,
+    cpu_state,
     embed_labels,
     goodness_loss,
     minibatches,
+    resume_state,
     wrong_labels,
 )
 from fflab.spec import TrainingSpec
@@ -34,28 +38,40 @@ def train_bpff(
     negative_labels: str = "fixed",
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> list[float]:
     """Train ``net`` in place. images: (N, 784) on the net's device; labels: (N,).
 
-    Returns the loss of each epoch.
+    Returns the loss of each epoch. With a ``checkpoint``, the state is saved to
+    it every ``checkpoint_every`` epochs (not after the last), and a run that
+    finds one resumes from it, with the same result as an uninterrupted run.
     """
     spec = net.spec
     classes = labels.unique().sort().values.cpu()
     positive = embed_labels(images, labels, spec.label_value)
 
-    def draw_negative() -> torch.Tensor:
-        wrong = wrong_labels(labels.cpu(), classes, generator).to(labels.device)
-        return embed_labels(images, wrong, spec.label_value)
+    def draw_wrong() -> torch.Tensor:
+        return wrong_labels(labels.cpu(), classes, generator).to(labels.device)
 
-    negative = draw_negative()
+    wrong = draw_wrong()
     threshold = spec.threshold * spec.layers
     optimizer = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
     losses: list[float] = []
-    for epoch in range(training.epochs):
+    state = resume_state(checkpoint, "bpff")
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        wrong = state["wrong_labels"].to(labels.device)
+        losses = list(state["losses"])
+    negative = embed_labels(images, wrong, spec.label_value)
+    for epoch in range(len(losses), training.epochs):
         if should_stop is not None and should_stop():
             raise Cancelled()
         if negative_labels == "per_epoch" and epoch > 0:
-            negative = draw_negative()
+            wrong = draw_wrong()
+            negative = embed_labels(images, wrong, spec.label_value)
         epoch_loss = 0.0
         batches = minibatches(images.shape[0], training.batch_size, generator)
         for batch in batches:
@@ -71,4 +87,10 @@ def train_bpff(
         losses.append(epoch_loss / len(batches))
         if progress is not None:
             progress(TrainingProgress("bpff", epoch + 1, training.epochs, losses[-1]))
+        if checkpoint is not None and len(losses) % checkpoint_every == 0 and len(losses) < training.epochs:
+            checkpoint.save({
+                "trainer": "bpff", "epoch": len(losses), "net": cpu_state(net),
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "wrong_labels": wrong.cpu(), "losses": list(losses),
+            })
     return losses

@@ -3,8 +3,11 @@ goodness network of FF and BP/FF, prediction by goodness, progress reporting."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +37,67 @@ StopCheck = Callable[[], bool]
 
 class Cancelled(Exception):
     """Training was asked to stop (checked between epochs)."""
+
+
+# ----------------------------------------------------------------- checkpoints
+
+CHECKPOINT_EVERY = 25  # epochs between checkpoints of BP/FF and BP (FF: after every layer)
+
+
+@runtime_checkable
+class Checkpoint(Protocol):
+    """Where a trainer keeps the state it needs to resume a run.
+
+    ``load`` returns the last saved state (None when there is none); ``save``
+    replaces it. A state is a dict of tensors, numbers, strings and lists that
+    ``torch.save`` writes and ``torch.load(weights_only=True)`` reads back.
+    """
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+class FileCheckpoint:
+    """A checkpoint in one file, replaced atomically (a temporary file, then
+    ``os.replace``): a process killed while saving leaves the previous one."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
+        torch.save(state, partial)
+        os.replace(partial, self.path)
+
+
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the module's state on the CPU (what a checkpoint stores)."""
+    return {name: t.detach().to("cpu", copy=True) for name, t in module.state_dict().items()}
+
+
+def resume_state(checkpoint: Checkpoint | None, kind: str) -> dict[str, Any] | None:
+    """The checkpoint's state if it was saved by trainer ``kind``; None otherwise
+    (no checkpoint, nothing saved yet, or another trainer's: start over)."""
+    if checkpoint is None:
+        return None
+    state = checkpoint.load()
+    if state is None or state.get("trainer") != kind:
+        return None
+    return state
+
+
+def describe_resume_point(state: dict[str, Any]) -> str:
+    """Where a run resumes from a checkpoint state, in words (for logs)."""
+    if state.get("trainer") == "ff":
+        return f"layer {state['layers_done'] + 1} ({state['layers_done']} layers done)"
+    return f"epoch {state['epoch'] + 1} ({state['epoch']} epochs done)"
 
 
 def resolve_device(device: str) -> torch.device:

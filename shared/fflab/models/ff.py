@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fflab.models.common import GoodnessNetwork, ProgressCallback, StopCheck
+from fflab.models.common import Checkpoint, GoodnessNetwork, ProgressCallback, StopCheck
 from fflab.models.ff_engine import FFEngine
 from fflab.spec import TrainingSpec
 
@@ -30,6 +30,7 @@ def train_ff(
     negative_labels: str = "fixed",
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> list[list[float]]:
     """Train ``net`` in place, one layer after the other.
 
@@ -39,6 +40,10 @@ def train_ff(
     once (``fixed``) or again every epoch (``per_epoch``). ``progress`` is called
     after every epoch; ``should_stop`` is checked before every epoch and raises
     ``Cancelled``. Returns the loss of each epoch, per layer.
+
+    With a ``checkpoint`` (``fflab.models.common.Checkpoint``), the state after
+    every finished layer is saved to it, and a run that finds one resumes after
+    its last finished layer, with the same result as an uninterrupted run.
     """
     engine = FFEngine(net, images, labels, training, generator, negative_labels)
-    return engine.train(progress, should_stop)
+    return engine.train(progress, should_stop, checkpoint)

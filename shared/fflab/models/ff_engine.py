@@ -50,14 +50,17 @@ import torch.nn.functional as F
 from fflab.models.common import (
     LABEL_PIXELS,
     Cancelled,
+    Checkpoint,
     GoodnessNetwork,
     ProgressCallback,
     StopCheck,
     TrainingProgress,
+    cpu_state,
     embed_labels,
     goodness,
     goodness_loss,
     minibatches,
+    resume_state,
     wrong_labels,
 )
 from fflab.spec import TrainingSpec
@@ -189,6 +192,12 @@ class FFEngine:
         self.neg_embed = self._label_matrix(self.neg_labels)
         if self.index == 0:
             return
+        self._negative_inputs()
+
+    @torch.no_grad()
+    def _negative_inputs(self) -> None:
+        """The current layer's negative inputs from the current negative labels,
+        through the frozen layers below (per_epoch negatives)."""
         net = self.net
         first = net.layers[0]
         h = net.activation(torch.addmm(self._frozen_shared, self.neg_embed, first.weight[:, :LABEL_PIXELS].t()))
@@ -243,12 +252,53 @@ class FFEngine:
             x = net.layer_input(h, index + 1).contiguous()
             self.x = x.clone() if x.data_ptr() == self._z.data_ptr() else x  # never the step buffer itself
 
+    # ------------------------------------------------------------ checkpoints
+
+    def state(self, history: list[list[float]]) -> dict:
+        """What ``resume`` needs to continue after the layers in ``history``."""
+        return {
+            "trainer": "ff",
+            "layers_done": len(history),
+            "net": cpu_state(self.net),
+            "history": [list(losses) for losses in history],
+            "generator": self.generator.get_state(),
+            "neg_labels": self.neg_labels.cpu(),
+        }
+
+    @torch.no_grad()
+    def resume(self, state: dict) -> list[list[float]]:
+        """Restore the finished layers, the negative labels and the generator of a
+        checkpoint ``state``, and recompute the next layer's frozen inputs exactly
+        as the interrupted run computed them. Returns the finished layers' history."""
+        done = int(state["layers_done"])
+        self.net.load_state_dict(state["net"])
+        self.neg_labels = state["neg_labels"].to(self.device)
+        self.neg_embed = self._label_matrix(self.neg_labels)
+        for index in range(done):
+            self.index = index
+            # With per_epoch negatives redrawn within a layer >= 2, that layer's negative
+            # inputs came from _redraw_negatives (labels drawn during the layer), not from
+            # end_layer of the layer below: recompute them the same way.
+            if index > 0 and index == done - 1 and self.negative_labels == "per_epoch" and self.training.epochs > 1:
+                self._negative_inputs()
+            self.end_layer()
+        self.generator.set_state(state["generator"])
+        return [list(losses) for losses in state["history"]]
+
     def train(
-        self, progress: ProgressCallback | None = None, should_stop: StopCheck | None = None
+        self,
+        progress: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> list[list[float]]:
+        """Every layer not done yet. With a ``checkpoint``, its state (if any) is
+        restored first and a new one is saved after every layer."""
         history: list[list[float]] = []
         layers = len(self.net.layers)
-        for index in range(layers):
+        state = resume_state(checkpoint, "ff")
+        if state is not None:
+            history = self.resume(state)
+        for index in range(len(history), layers):
             self.begin_layer(index)
             losses: list[float] = []
             for epoch in range(self.training.epochs):
@@ -259,6 +309,8 @@ class FFEngine:
                     progress(TrainingProgress("ff", epoch + 1, self.training.epochs, losses[-1], index, layers))
             history.append(losses)
             self.end_layer()
+            if checkpoint is not None:
+                checkpoint.save(self.state(history))
         return history
 
     # ------------------------------------------------------------------ steps
