@@ -401,7 +401,13 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
         )
         for model in spec.models
     }
-    save(figures.figure2_ensemble_sizes(sizes, names), "figure2")
+    save(
+        figures.figure2_ensemble_sizes(
+            sizes, names,
+            title=f"Layer-1 ensemble size per class (Method 1, quantile {settings.table_quantile})",
+        ),
+        "figure2",
+    )
 
     # Figure 3: shared units between classes, on Fashion-MNIST where available.
     shared_dataset = _pick_dataset(spec, "fashion_mnist")

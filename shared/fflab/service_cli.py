@@ -100,6 +100,8 @@ def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from worker.celery_app import app
 
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
     _declare_queues(settings)  # a lost race with the API is retried here, not in the consumer
     kind = f"gpu{gpu}" if gpu is not None else "-".join(queues)
     app.worker_main([

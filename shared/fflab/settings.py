@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         25, ge=1, description="BP/FF and BP runs checkpoint every this many epochs (FF: after every "
                               "layer), so that a redelivered run resumes instead of starting over."
     )
+    worker_nice: int = Field(
+        10, ge=0, le=19, description="Niceness of worker processes: training yields the CPU to the "
+                                     "API where both share a machine (0 = no change)."
+    )
     progress_interval_s: float = Field(1.0, ge=0, description="Least time between progress writes.")
     stop_check_interval_s: float = Field(1.0, ge=0, description="Least time between cancel checks.")
 
