@@ -23,7 +23,8 @@ thread, and every progress write). ``reap_lost_runs`` (the workers' periodic
 sweep) requeues a running run whose heartbeat is older than
 ``run_heartbeat_timeout_s`` under a new task id, so that a late redelivery of the
 old message is ignored; after ``task_max_attempts`` deliveries the run fails with
-"worker lost N times". The requeued run starts over (no checkpoint).
+"worker lost N times". The requeued run resumes from its last checkpoint in the
+artifact storage (after each FF layer, every FFLAB_CHECKPOINT_EVERY_EPOCHS otherwise).
 
 Queues. Runs go to the queue of their spec.device (Settings.queue_for_device);
 aggregations and re-analyses, which need no GPU, go to the cpu queue.
