@@ -225,3 +225,26 @@ def test_sweep_finds_aggregations_whose_sending_failed(session, settings: Settin
     assert jobs.unsent_aggregations(session) == [experiment.id]
     session.commit()
     assert jobs.unsent_aggregations(session) == []
+
+
+def test_lost_analyses_are_the_queued_ones_the_broker_no_longer_holds(session, settings):
+    from datetime import timedelta
+
+    from fflab.db import Analysis, utcnow
+    from worker.celery_app import ANALYSIS_ID_PREFIX, named_task_id, subject_of_task
+
+    user = accounts.create_user(session, "alice")
+    experiment = submit(session, settings, user, seeds=1)
+    old = utcnow() - timedelta(seconds=settings.lost_message_grace_s + 5)
+    rows = {
+        "lost": Analysis(id="lost", experiment_id=experiment.id, spec={}, status="queued", created_at=old),
+        "held": Analysis(id="held", experiment_id=experiment.id, spec={}, status="queued", created_at=old),
+        "young": Analysis(id="young", experiment_id=experiment.id, spec={}, status="queued"),
+        "running": Analysis(id="running", experiment_id=experiment.id, spec={}, status="running", created_at=old),
+    }
+    session.add_all(rows.values())
+    session.commit()
+    held_task = named_task_id(ANALYSIS_ID_PREFIX, "held")
+    in_broker = {subject_of_task(ANALYSIS_ID_PREFIX, held_task), subject_of_task(ANALYSIS_ID_PREFIX, "a-run-task")}
+    assert subject_of_task(ANALYSIS_ID_PREFIX, held_task) == "held"
+    assert jobs.lost_analyses(session, settings, in_broker - {None}) == ["lost"]

@@ -22,19 +22,30 @@ log = logging.getLogger(__name__)
 RUN_TASK = "fflab.run"
 AGGREGATE_TASK = "fflab.aggregate"
 ANALYSIS_TASK = "fflab.analysis"
-# Aggregation task ids name their experiment, so that the sweep can tell which
-# aggregations a broker still holds (fflab.jobs.requeue_lost_aggregations).
+# Aggregation and analysis task ids name their experiment or analysis, so that the
+# sweep can tell which of them a broker still holds (fflab.jobs.requeue_lost_aggregations,
+# fflab.jobs.lost_analyses).
 AGGREGATE_ID_PREFIX = "aggregate-"
+ANALYSIS_ID_PREFIX = "analysis-"
+
+
+def named_task_id(prefix: str, subject: str) -> str:
+    return f"{prefix}{subject}-{uuid.uuid4().hex[:8]}"
+
+
+def subject_of_task(prefix: str, task_id: str) -> str | None:
+    """The experiment or analysis id a task id names, None for another kind of task."""
+    if not task_id.startswith(prefix):
+        return None
+    return task_id[len(prefix):].rsplit("-", 1)[0]
 
 
 def aggregate_task_id(experiment_id: str) -> str:
-    return f"{AGGREGATE_ID_PREFIX}{experiment_id}-{uuid.uuid4().hex[:8]}"
+    return named_task_id(AGGREGATE_ID_PREFIX, experiment_id)
 
 
 def experiment_of_aggregate_task(task_id: str) -> str | None:
-    if not task_id.startswith(AGGREGATE_ID_PREFIX):
-        return None
-    return task_id[len(AGGREGATE_ID_PREFIX):].rsplit("-", 1)[0]
+    return subject_of_task(AGGREGATE_ID_PREFIX, task_id)
 
 
 def ensure_sqlite_folders(settings: Settings) -> None:
@@ -86,7 +97,8 @@ class CeleryDispatcher:
                               task_id=aggregate_task_id(experiment_id))
 
     def send_analysis(self, analysis_id: str, queue: str) -> None:
-        self.celery.send_task(ANALYSIS_TASK, args=[analysis_id], queue=queue)
+        self.celery.send_task(ANALYSIS_TASK, args=[analysis_id], queue=queue,
+                              task_id=named_task_id(ANALYSIS_ID_PREFIX, analysis_id))
 
     def revoke(self, task_ids: list[str]) -> None:
         """Best effort: a revoked or not, a cancelled run's task ends at once when a

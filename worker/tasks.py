@@ -43,12 +43,14 @@ from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix, get_storage
 from worker.celery_app import (
     AGGREGATE_TASK,
+    ANALYSIS_ID_PREFIX,
     ANALYSIS_TASK,
     RUN_TASK,
     app,
     dispatcher,
     experiment_of_aggregate_task,
     redis_task_ids,
+    subject_of_task,
 )
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,13 @@ def requeue_lost() -> None:
         runs = jobs.requeue_lost_messages(session, settings, in_broker)
         aggregations = jobs.requeue_lost_aggregations(
             session, settings, {experiment_of_aggregate_task(task_id) for task_id in in_broker} - {None})
-    if runs or aggregations:
-        log.warning("sweep: the broker lost %d runs and %d aggregations; sending them again", runs, aggregations)
+        analyses = jobs.lost_analyses(
+            session, settings, {subject_of_task(ANALYSIS_ID_PREFIX, task_id) for task_id in in_broker} - {None})
+    for analysis_id in analyses:
+        dispatcher.send_analysis(analysis_id, settings.queue_name("cpu"))
+    if runs or aggregations or analyses:
+        log.warning("sweep: the broker lost %d runs, %d aggregations and %d analyses; sending them again",
+                    runs, aggregations, len(analyses))
 
 
 def sweep() -> None:

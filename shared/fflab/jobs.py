@@ -355,6 +355,21 @@ def requeue_lost_aggregations(session: Session, settings: Settings, in_broker: C
     return len(lost)
 
 
+def lost_analyses(session: Session, settings: Settings, in_broker: Collection[str],
+                  now: datetime | None = None) -> list[str]:
+    """Re-analyses still queued more than ``lost_message_grace_s`` after they were
+    created whose message is not in the broker (``in_broker``: analysis ids of the
+    analysis tasks there): the broker lost them; the caller sends them again. A
+    running one is not resent, so no analysis runs twice."""
+    cutoff = (now or utcnow()) - timedelta(seconds=settings.lost_message_grace_s)
+    return [
+        row.id for row in session.execute(
+            select(Analysis.id, Analysis.created_at).where(Analysis.status == "queued")
+        )
+        if row.id not in in_broker and row.created_at < cutoff
+    ]
+
+
 def should_stop(session: Session, run_pk: int) -> bool:
     row = session.execute(
         select(Run.status, Experiment.status).join(Experiment).where(Run.id == run_pk)
