@@ -298,12 +298,12 @@ def _shared(layer: int, method: str, quantile: float | None, ensembles: dict, cl
     )
 
 
-def run_record(run_dir: Path, table_quantile: float | None = None) -> dict:
+def run_record(run_dir: Path) -> dict:
     """The run's summary record (the input of the tables), from its JSON files."""
     metrics = read_document(RunMetrics, run_dir / "metrics.json")
     ensembles = read_document(RunEnsembles, run_dir / "ensembles.json")
     weights = read_document(RunWeightStats, run_dir / "weight_stats.json")
-    quantile = table_quantile or ensembles.analysis.table_quantile
+    quantile = ensembles.analysis.table_quantile
     n_layers = len(weights.layers)
     sizes = {
         method: [[0] * N_CLASSES for _ in range(n_layers)] for method in ("method1", "method2")
@@ -455,19 +455,19 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
         fractions[model] = np.array(stats.layers[weight_layer - 1].fraction_negative_incoming)
     save(figures.figure7_negative_weight_fraction(fractions, layer=weight_layer), "figure7")
 
-    # Figure 8A: a class where the two methods disagree (the first found), layer 1.
-    X, labels, _ = layer_view(main_key, 1)
-    chosen = 0
+    # Figure 8A: the first class where the two methods disagree (else class 0), layer 1.
+    quantile = _comparison_quantile(settings)
+    comparison = None
     for c in range(N_CLASSES):
-        rows = X[labels == c]
-        m1 = analysis.method1_ensemble(rows, _comparison_quantile(settings)).units
-        m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut).units
-        if not np.array_equal(m1, m2):
-            chosen = c
+        rows = X1[labels1 == c]
+        m1 = analysis.method1_ensemble(rows, quantile).units
+        m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut)
+        differs = not np.array_equal(m1, m2.units)
+        if comparison is None or differs:
+            comparison = (c, m1, m2)
+        if differs:
             break
-    rows = X[labels == chosen]
-    m1 = analysis.method1_ensemble(rows, _comparison_quantile(settings)).units
-    m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut)
+    chosen, m1, m2 = comparison
     save(figures.figure8a_method_comparison(m2.mean_activity, m1, m2.units, names[chosen]), "figure8a")
     return written
 
