@@ -170,3 +170,108 @@ def test_training_stops_when_asked(small_mnist):
                  progress=lambda event: epochs_seen.append(event.epoch),
                  should_stop=lambda: len(epochs_seen) >= 2)
     assert epochs_seen == [1, 2]
+
+
+# ------------------------------------------------------------ unseen class and option registries
+
+
+def _train_without_class_zero(negative_classes):
+    train = data.load_split("mnist", True, 600, exclude_classes=(0,), seed=0)
+    generator = seed_everything(0)
+    net = GoodnessNetwork(NetworkSpec(layers=1, width=32))
+    initial = net.layers[0].weight.detach().clone()
+    train_ff(net, train.images, train.labels, TrainingSpec(epochs=5, learning_rate=1e-2),
+             generator, negative_classes=negative_classes)
+    return initial, net.layers[0].weight.detach()
+
+
+def test_unseen_class_label_pixel_is_trained_as_negative_only_by_default(data_root):
+    spec = build_spec("paper")
+    assert spec.unseen_class_negatives == "all_labels"
+    from fflab.runner import negative_classes_for
+    from fflab.spec import RunKey
+
+    train_labels = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    default = negative_classes_for(spec, RunKey("ff", "fashion_mnist", 0, 0), train_labels)
+    assert default.tolist() == list(range(10))
+    initial, trained = _train_without_class_zero(default)
+    # the left-out class's label pixel (input 0) is set in some negatives: its weights move
+    assert not torch.equal(initial[:, 0], trained[:, 0])
+    assert not torch.equal(initial[:, 1], trained[:, 1])
+
+
+def test_unseen_class_label_pixel_stays_untrained_when_drawn_from_training_classes(data_root):
+    spec = build_spec("paper", {"unseen_class_negatives": "training_classes"})
+    from fflab.runner import negative_classes_for
+    from fflab.spec import RunKey
+
+    train_labels = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    pool = negative_classes_for(spec, RunKey("ff", "fashion_mnist", 0, 0), train_labels)
+    assert pool.tolist() == list(range(1, 10))
+    initial, trained = _train_without_class_zero(pool)
+    assert torch.equal(initial[:, 0], trained[:, 0])  # no gradient ever reached it
+    assert not torch.equal(initial[:, 1], trained[:, 1])
+
+
+def test_runs_that_train_on_every_class_draw_the_same_negatives_either_way():
+    from fflab.runner import negative_classes_for
+    from fflab.spec import RunKey
+
+    labels = torch.arange(10).repeat(3)
+    for pool in ("all_labels", "training_classes"):
+        spec = build_spec("paper", {"unseen_class_negatives": pool})
+        assert negative_classes_for(spec, RunKey("ff", "mnist", 0), labels).tolist() == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: goodness(torch.ones(2, 3), "l_3"),
+        lambda: normalize(torch.ones(2, 3), "max"),
+        lambda: predict_from_goodness(torch.ones(2, 10, 3), "vote"),
+        lambda: embed_labels(torch.ones(2, 784), torch.tensor([0, 1]), "pixel_max"),
+        lambda: GoodnessNetwork(NetworkSpec.model_construct(**{**NetworkSpec().model_dump(),
+                                                               "activation": "tanh"})),
+    ],
+    ids=["goodness", "normalization", "prediction", "label_value", "activation"],
+)
+def test_unknown_option_strings_raise_naming_what_is_allowed(call):
+    with pytest.raises(ValueError, match="must be one of"):
+        call()
+
+
+def test_unknown_negative_label_draw_raises():
+    net = GoodnessNetwork(NetworkSpec(layers=1, width=8))
+    with pytest.raises(ValueError, match="negative_labels must be one of"):
+        train_ff(net, torch.rand(20, 784), torch.arange(10).repeat(2),
+                 TrainingSpec(epochs=1, learning_rate=1e-2), torch.Generator(), "sometimes")
+
+
+def test_option_registries_and_the_spec_name_the_same_options():
+    import typing
+
+    from fflab.models import common
+    from fflab.spec import ExperimentSpec, NetworkSpec
+
+    def allowed(model, field):
+        return set(typing.get_args(model.model_fields[field].annotation))
+
+    assert allowed(NetworkSpec, "goodness") == set(common.GOODNESS)
+    assert allowed(NetworkSpec, "normalization") == set(common.NORMALIZATIONS)
+    assert allowed(NetworkSpec, "activation") == set(common.ACTIVATIONS) == set(common.ACTIVATION_UPPER_BOUNDS)
+    assert allowed(NetworkSpec, "label_value") == set(common.LABEL_VALUES)
+    assert allowed(ExperimentSpec, "prediction") == set(common.PREDICTION_RULES)
+    assert allowed(ExperimentSpec, "negative_labels") == set(common.NEGATIVE_LABEL_DRAWS)
+
+
+def test_paper_preset_trains_the_unseen_class_on_fashion_mnist_only():
+    runs = build_spec("paper").runs()
+    unseen = [key for key in runs if key.unseen_class is not None]
+    assert {key.dataset for key in unseen} == {"fashion_mnist"}
+    assert len(unseen) == 15 and len(runs) == 90 + 15
+
+
+def test_unseen_class_datasets_must_be_trained():
+    with pytest.raises(ValueError, match="unseen_class_datasets"):
+        build_spec("paper", {"datasets": ["mnist"]})
+    assert build_spec("paper", {"datasets": ["mnist"], "unseen_class": None}).runs()

@@ -82,6 +82,15 @@ def _identity(key: RunKey) -> dict:
 # --------------------------------------------------------------------------- training
 
 
+def negative_classes_for(spec: ExperimentSpec, key: RunKey, train_labels: torch.Tensor) -> torch.Tensor:
+    """The labels a run's wrong labels are drawn from: all ten for an unseen-class
+    run under ``unseen_class_negatives="all_labels"`` (the authors' code), else the
+    classes it trains on."""
+    if key.unseen_class is not None and spec.unseen_class_negatives == "all_labels":
+        return torch.arange(N_CLASSES)
+    return train_labels.unique().sort().values.cpu()
+
+
 def train_and_evaluate(
     spec: ExperimentSpec,
     key: RunKey,
@@ -104,6 +113,7 @@ def train_and_evaluate(
     generator = seed_everything(key.seed)
     training = spec.training(key.model)
     images, labels = train.images.to(device), train.labels.to(device)
+    negative_classes = negative_classes_for(spec, key, train.labels)
 
     started = time.perf_counter()
     if key.model == "bp":
@@ -113,11 +123,12 @@ def train_and_evaluate(
     elif key.model == "ff":
         net = GoodnessNetwork(spec.network).to(device)
         history = train_ff(net, images, labels, training, generator, spec.negative_labels, progress,
-                           should_stop, checkpoint=checkpoint)
+                           should_stop, checkpoint=checkpoint, negative_classes=negative_classes)
     else:
         net = GoodnessNetwork(spec.network).to(device)
         history = [train_bpff(net, images, labels, training, generator, spec.negative_labels, progress,
-                              should_stop, checkpoint=checkpoint, checkpoint_every=checkpoint_every)]
+                              should_stop, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                              negative_classes=negative_classes)]
     train_seconds = time.perf_counter() - started
 
     started = time.perf_counter()

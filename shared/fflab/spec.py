@@ -139,6 +139,21 @@ class ExperimentSpec(StrictModel):
         "unseen-class analysis (paper: class 0 of Fashion-MNIST); null = no such runs. "
         "Only when models include ff.",
     )
+    unseen_class_datasets: list[DatasetName] = Field(
+        ["fashion_mnist"],
+        min_length=1,
+        max_length=2,
+        description="The data sets on which the unseen-class FF runs are trained (paper: "
+        "Fashion-MNIST only). Each must be among ``datasets`` when ``unseen_class`` is set.",
+    )
+    unseen_class_negatives: Literal["all_labels", "training_classes"] = Field(
+        "all_labels",
+        description="Where the wrong labels of the unseen-class runs are drawn from. "
+        "``all_labels`` (the authors' code): among all ten labels, so the left-out class's "
+        "label pixel is trained as a negative-only label. ``training_classes``: among the "
+        "classes trained on, so that label pixel never receives a gradient and keeps its "
+        "initial weights. Runs that train on every class are the same either way.",
+    )
     data: DataSpec = DataSpec()
     analysis: AnalysisSpec = AnalysisSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -149,6 +164,17 @@ class ExperimentSpec(StrictModel):
         if len(set(value)) != len(value):
             raise ValueError("entries must be unique")
         return value
+
+    @model_validator(mode="after")
+    def _unseen_class_datasets_are_trained(self) -> ExperimentSpec:
+        if self.unseen_class is not None and "ff" in self.models:
+            missing = [d for d in self.unseen_class_datasets if d not in self.datasets]
+            if missing:
+                raise ValueError(
+                    f"unseen_class_datasets {missing} must be among datasets {self.datasets}; "
+                    "set unseen_class_datasets to a subset of datasets, or unseen_class to null"
+                )
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -162,7 +188,8 @@ class ExperimentSpec(StrictModel):
         return getattr(self, model)
 
     def runs(self) -> list[RunKey]:
-        """One run per (data set, model, seed), then the unseen-class FF runs."""
+        """One run per (data set, model, seed), then the unseen-class FF runs (one per
+        seed on each of ``unseen_class_datasets``)."""
         keys = [
             RunKey(model, dataset, seed)
             for dataset in self.datasets
@@ -173,6 +200,7 @@ class ExperimentSpec(StrictModel):
             keys += [
                 RunKey("ff", dataset, seed, self.unseen_class)
                 for dataset in self.datasets
+                if dataset in self.unseen_class_datasets
                 for seed in self.seeds
             ]
         return keys
@@ -216,6 +244,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bpff": {"epochs": 20, "learning_rate": 3e-3, "batch_size": 1000},
         "bp": {"epochs": 20, "learning_rate": 1e-2, "batch_size": 512},
         "data": {"train_subset": 10_000},
+        "unseen_class_datasets": ["mnist"],
     },
 }
 

@@ -15,6 +15,7 @@ from fflab.models.common import (
     CHECKPOINT_EVERY,
     Cancelled,
     Checkpoint,
+    check_negative_labels,
     GoodnessNetwork,
     ProgressCallback,
     StopCheck,
@@ -23,6 +24,7 @@ from fflab.models.common import (
     embed_labels,
     goodness_loss,
     minibatches,
+    negative_classes_of,
     resume_state,
     wrong_labels,
 )
@@ -40,15 +42,19 @@ def train_bpff(
     should_stop: StopCheck | None = None,
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    negative_classes: torch.Tensor | None = None,
 ) -> list[float]:
     """Train ``net`` in place. images: (N, 784) on the net's device; labels: (N,).
 
     Returns the loss of each epoch. With a ``checkpoint``, the state is saved to
     it every ``checkpoint_every`` epochs (not after the last), and a run that
     finds one resumes from it, with the same result as an uninterrupted run.
+    Wrong labels are drawn from ``negative_classes`` (sorted; default: the
+    classes present in ``labels``).
     """
     spec = net.spec
-    classes = labels.unique().sort().values.cpu()
+    check_negative_labels(negative_labels)
+    classes = negative_classes_of(labels, negative_classes)
     positive = embed_labels(images, labels, spec.label_value)
 
     def draw_wrong() -> torch.Tensor:

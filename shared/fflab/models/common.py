@@ -122,20 +122,35 @@ def embed_labels(images: torch.Tensor, labels: torch.Tensor, label_value: str) -
     the other nine get 0.
     """
     embedded = images.clone()
-    if label_value == "image_max":
-        peak = images.amax(dim=1)
-    else:
-        peak = images.amax().expand(images.shape[0])
+    peak = lookup(LABEL_VALUES, label_value, "label_value")(images)
     embedded[:, :LABEL_PIXELS] = 0.0
     embedded[torch.arange(images.shape[0]), labels] = peak
     return embedded
 
 
+LABEL_VALUES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "image_max": lambda images: images.amax(dim=1),
+    "batch_max": lambda images: images.amax().expand(images.shape[0]),
+}
+
+NEGATIVE_LABEL_DRAWS = ("fixed", "per_epoch")
+
+
+def check_negative_labels(negative_labels: str) -> str:
+    if negative_labels not in NEGATIVE_LABEL_DRAWS:
+        raise ValueError(
+            f"negative_labels must be one of {', '.join(NEGATIVE_LABEL_DRAWS)}; got {negative_labels!r}"
+        )
+    return negative_labels
+
+
 def wrong_labels(labels: torch.Tensor, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A uniformly random label from ``classes`` other than the true one, per image.
 
-    Drawing from the training classes only keeps a left-out class's label pixel
-    unseen in training too.
+    labels: (N,) ints, each in ``classes``; classes: (k,) sorted ints. With a
+    class left out of training, drawing from all ten labels trains its label
+    pixel as a negative-only label (the authors' code); drawing from the
+    training classes only leaves that pixel's weights untrained.
     """
     n_classes = classes.numel()
     position = torch.searchsorted(classes, labels)
@@ -143,26 +158,62 @@ def wrong_labels(labels: torch.Tensor, classes: torch.Tensor, generator: torch.G
     return classes[(position + shift) % n_classes]
 
 
+def negative_classes_of(labels: torch.Tensor, negative_classes: torch.Tensor | None) -> torch.Tensor:
+    """The sorted CPU tensor of classes wrong labels are drawn from: ``negative_classes``
+    if given (it must hold every class of ``labels``), else the classes in ``labels``."""
+    present = labels.unique().sort().values.cpu()
+    if negative_classes is None:
+        return present
+    classes = torch.as_tensor(negative_classes).unique().sort().values.cpu()
+    if not bool(torch.isin(present, classes).all()):
+        raise ValueError(
+            f"negative_classes {classes.tolist()} must hold every training class {present.tolist()}"
+        )
+    return classes
+
+
+def lookup(registry: dict[str, Any], kind: str, what: str) -> Any:
+    """``registry[kind]``; an unknown kind raises ValueError naming what is allowed."""
+    try:
+        return registry[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"{what} must be one of {', '.join(registry)}; got {kind!r}") from None
+
+
+# Each registry below is the one list of its options; fflab.spec's Literal types
+# must name the same keys (a test checks).
+NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor | None]] = {
+    "l_inf": lambda x: x.abs().amax(dim=1, keepdim=True),
+    "l2": lambda x: x.norm(dim=1, keepdim=True),
+    "none": lambda x: None,
+}
+
+GOODNESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "l_inf": lambda h: h.amax(dim=1),
+    "l2": lambda h: h.norm(dim=1),
+    "l1": lambda h: h.abs().sum(dim=1),
+    "mean_squares": lambda h: h.pow(2).mean(dim=1),
+}
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+}
+
+# The largest value each activation can take: Method 2's density correction
+# bound (None: unbounded).
+ACTIVATION_UPPER_BOUNDS: dict[str, float | None] = {"sigmoid": 1.0, "relu": None}
+
+
 def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Scale each row to unit l_inf or l2 norm. x: (N, d)."""
-    if kind == "none":
-        return x
-    if kind == "l_inf":
-        norm = x.abs().amax(dim=1, keepdim=True)
-    else:
-        norm = x.norm(dim=1, keepdim=True)
-    return x / (norm + 1e-8)
+    """Scale each row to unit l_inf or l2 norm (``none``: unchanged). x: (N, d)."""
+    norm = lookup(NORMALIZATIONS, kind, "normalization")(x)
+    return x if norm is None else x / (norm + 1e-8)
 
 
 def goodness(h: torch.Tensor, kind: str) -> torch.Tensor:
     """Goodness of each row of a layer's output. h: (N, n) -> (N,)."""
-    if kind == "l_inf":
-        return h.amax(dim=1)
-    if kind == "l2":
-        return h.norm(dim=1)
-    if kind == "l1":
-        return h.abs().sum(dim=1)
-    return h.pow(2).mean(dim=1)
+    return lookup(GOODNESS, kind, "goodness")(h)
 
 
 def goodness_loss(positive: torch.Tensor, negative: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -171,7 +222,7 @@ def goodness_loss(positive: torch.Tensor, negative: torch.Tensor, threshold: flo
 
 
 def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    return torch.sigmoid if name == "sigmoid" else torch.relu
+    return lookup(ACTIVATIONS, name, "activation")
 
 
 class GoodnessNetwork(nn.Module):
@@ -246,9 +297,13 @@ def predict_from_goodness(scores: torch.Tensor, rule: str) -> torch.Tensor:
     ``sum``: argmax of the goodness summed over layers. ``softmax_sum``: softmax
     over labels within each layer, summed over layers, then argmax.
     """
-    if rule == "softmax_sum":
-        return scores.softmax(dim=1).sum(dim=2).argmax(dim=1)
-    return scores.sum(dim=2).argmax(dim=1)
+    return lookup(PREDICTION_RULES, rule, "prediction")(scores).argmax(dim=1)
+
+
+PREDICTION_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sum": lambda scores: scores.sum(dim=2),
+    "softmax_sum": lambda scores: scores.softmax(dim=1).sum(dim=2),
+}
 
 
 @torch.no_grad()

@@ -31,13 +31,15 @@ def train_ff(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     checkpoint: Checkpoint | None = None,
+    negative_classes: torch.Tensor | None = None,
 ) -> list[list[float]]:
     """Train ``net`` in place, one layer after the other.
 
     images: (N, 784) on the net's device; labels: (N,). Each layer gets its own
     Adam with ``training.learning_rate`` and ``training.epochs`` epochs of
     ``minibatches(N, training.batch_size, generator)``; negative labels are drawn
-    once (``fixed``) or again every epoch (``per_epoch``). ``progress`` is called
+    once (``fixed``) or again every epoch (``per_epoch``), from ``negative_classes``
+    (sorted; default: the classes present in ``labels``). ``progress`` is called
     after every epoch; ``should_stop`` is checked before every epoch and raises
     ``Cancelled``. Returns the loss of each epoch, per layer.
 
@@ -45,5 +47,6 @@ def train_ff(
     every finished layer is saved to it, and a run that finds one resumes after
     its last finished layer, with the same result as an uninterrupted run.
     """
-    engine = FFEngine(net, images, labels, training, generator, negative_labels)
+    engine = FFEngine(net, images, labels, training, generator, negative_labels,
+                      negative_classes=negative_classes)
     return engine.train(progress, should_stop, checkpoint)

@@ -55,11 +55,13 @@ from fflab.models.common import (
     ProgressCallback,
     StopCheck,
     TrainingProgress,
+    check_negative_labels,
     cpu_state,
     embed_labels,
     goodness,
     goodness_loss,
     minibatches,
+    negative_classes_of,
     resume_state,
     wrong_labels,
 )
@@ -133,16 +135,17 @@ class FFEngine:
         generator: torch.Generator,
         negative_labels: str = "fixed",
         tf32: bool | None = None,
+        negative_classes: torch.Tensor | None = None,
     ):
         spec = net.spec
         self.net, self.training, self.generator = net, training, generator
-        self.negative_labels = negative_labels
+        self.negative_labels = check_negative_labels(negative_labels)
         self.device = images.device
         self.tf32 = tf32_default() if tf32 is None else tf32
         self.n = images.shape[0]
         self.labels = labels
         self.labels_cpu = labels.cpu()
-        self.classes = self.labels_cpu.unique().sort().values
+        self.classes = negative_classes_of(self.labels_cpu, negative_classes)
         self.fast = spec.goodness == "l_inf" and spec.activation in MONOTONE_ACTIVATIONS
 
         full = training.batch_size is None or training.batch_size >= self.n
