@@ -273,5 +273,9 @@ def test_paper_preset_trains_the_unseen_class_on_fashion_mnist_only():
 
 def test_unseen_class_datasets_must_be_trained():
     with pytest.raises(ValueError, match="unseen_class_datasets"):
-        build_spec("paper", {"datasets": ["mnist"]})
-    assert build_spec("paper", {"datasets": ["mnist"], "unseen_class": None}).runs()
+        build_spec("paper", {"datasets": ["mnist"], "unseen_class_datasets": ["fashion_mnist"]})
+    # by default, the paper's Fashion-MNIST where it is trained, else every data set
+    mnist_only = build_spec("paper", {"datasets": ["mnist"], "seeds": [0]}).runs()
+    assert [key.run_id for key in mnist_only if key.unseen_class is not None] == ["ff-mnist-seed0-without0"]
+    both = build_spec("paper", {"unseen_class_datasets": ["mnist", "fashion_mnist"], "seeds": [0]})
+    assert sum(key.unseen_class is not None for key in both.runs()) == 2

@@ -139,12 +139,13 @@ class ExperimentSpec(StrictModel):
         "unseen-class analysis (paper: class 0 of Fashion-MNIST); null = no such runs. "
         "Only when models include ff.",
     )
-    unseen_class_datasets: list[DatasetName] = Field(
-        ["fashion_mnist"],
+    unseen_class_datasets: list[DatasetName] | None = Field(
+        None,
         min_length=1,
         max_length=2,
-        description="The data sets on which the unseen-class FF runs are trained (paper: "
-        "Fashion-MNIST only). Each must be among ``datasets`` when ``unseen_class`` is set.",
+        description="The data sets on which the unseen-class FF runs are trained; each must "
+        "be among ``datasets``. null = as in the paper: Fashion-MNIST when it is among "
+        "``datasets``, else every data set.",
     )
     unseen_class_negatives: Literal["all_labels", "training_classes"] = Field(
         "all_labels",
@@ -167,7 +168,7 @@ class ExperimentSpec(StrictModel):
 
     @model_validator(mode="after")
     def _unseen_class_datasets_are_trained(self) -> ExperimentSpec:
-        if self.unseen_class is not None and "ff" in self.models:
+        if self.unseen_class is not None and "ff" in self.models and self.unseen_class_datasets:
             missing = [d for d in self.unseen_class_datasets if d not in self.datasets]
             if missing:
                 raise ValueError(
@@ -183,6 +184,12 @@ class ExperimentSpec(StrictModel):
             if not 0 <= seed < 2**31:
                 raise ValueError(f"each seed must be in 0..2147483647; got {seed}")
         return value
+
+    def unseen_class_runs_on(self) -> list[str]:
+        """The data sets of the unseen-class runs (see ``unseen_class_datasets``)."""
+        if self.unseen_class_datasets is not None:
+            return list(self.unseen_class_datasets)
+        return ["fashion_mnist"] if "fashion_mnist" in self.datasets else list(self.datasets)
 
     def training(self, model: str) -> TrainingSpec:
         return getattr(self, model)
@@ -200,7 +207,7 @@ class ExperimentSpec(StrictModel):
             keys += [
                 RunKey("ff", dataset, seed, self.unseen_class)
                 for dataset in self.datasets
-                if dataset in self.unseen_class_datasets
+                if dataset in self.unseen_class_runs_on()
                 for seed in self.seeds
             ]
         return keys
@@ -244,7 +251,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bpff": {"epochs": 20, "learning_rate": 3e-3, "batch_size": 1000},
         "bp": {"epochs": 20, "learning_rate": 1e-2, "batch_size": 512},
         "data": {"train_subset": 10_000},
-        "unseen_class_datasets": ["mnist"],
     },
 }
 
