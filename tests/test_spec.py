@@ -61,3 +61,29 @@ def test_run_ids_round_trip():
 def test_spec_json_round_trip():
     spec = build_spec("quick")
     assert ExperimentSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "kind"),
+    [
+        ({"ff": {"epochs": True}}, "ff.epochs", "int_type"),
+        ({"ff": {"epochs": "3"}}, "ff.epochs", "int_type"),
+        ({"ff": {"epochs": 3.0}}, "ff.epochs", "int_type"),
+        ({"ff": {"learning_rate": "0.1"}}, "ff.learning_rate", "float_type"),
+        ({"ff": {"learning_rate": float("nan")}}, "ff.learning_rate", "finite_number"),
+        ({"analysis": {"rho_cut": float("inf")}}, "analysis.rho_cut", "finite_number"),
+        ({"network": {"threshold": float("-inf")}}, "network.threshold", "finite_number"),
+        ({"analysis": {"correct_only": 1}}, "analysis.correct_only", "bool_type"),
+        ({"seeds": [True]}, "seeds.0", "int_type"),
+    ],
+)
+def test_values_of_the_wrong_type_or_not_finite_are_refused(overrides, field, kind):
+    with pytest.raises(ValidationError) as raised:
+        build_spec("quick", overrides)
+    problems = {(".".join(str(p) for p in e["loc"]), e["type"]) for e in raised.value.errors()}
+    assert (field, kind) in problems, problems
+
+
+def test_an_integer_is_a_valid_float():
+    spec = build_spec("quick", {"ff": {"learning_rate": 1}, "network": {"threshold": 2}})
+    assert (spec.ff.learning_rate, spec.network.threshold) == (1.0, 2.0)

@@ -23,7 +23,11 @@ MODEL_DISPLAY_NAMES = {"ff": "FF", "bpff": "BP/FF", "bp": "BP"}
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown fields are errors, and so are values of the wrong JSON type: no
+    coercion (``true`` or ``"3"`` is not an integer; an integer is a valid float) and
+    no NaN or infinite numbers."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class NetworkSpec(StrictModel):
