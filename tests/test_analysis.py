@@ -398,9 +398,10 @@ def test_ensemble_size_table_mean_over_classes_then_seeds():
     layer2 = table.columns.index("MNIST Layer 2 mean")
     assert ff[layer2:layer2 + 2] == [pytest.approx(5.0), pytest.approx(1.0)]
     markdown = table.to_markdown()
-    assert "| Model | MNIST Layer 1 | MNIST Layer 2 | MNIST runs | FASHIONMNIST Layer 1 |" in markdown
-    assert "| FF | 2.5 ± 0.50 | 5.0 ± 1.00 | 2 | 2.5 ± n/a | 18.0 ± n/a | 1 |" in markdown
-    assert "| BP | 290.0 ± n/a | 135.0 ± n/a | 1 | - | - | 0 |" in markdown
+    assert ("| Model | MNIST Layer 1 | MNIST Layer 2 | MNIST runs | MNIST classes "
+            "| FASHIONMNIST Layer 1 |") in markdown
+    assert "| FF | 2.5 ± 0.50 | 5.0 ± 1.00 | 2 | 4 | 2.5 ± n/a | 18.0 ± n/a | 1 | 2 |" in markdown
+    assert "| BP | 290.0 ± n/a | 135.0 ± n/a | 1 | 2 | - | - | 0 | 0 |" in markdown
 
 
 def test_weight_sign_table_cell_and_csv():
@@ -430,3 +431,177 @@ def test_table_builders_reject_bad_records():
 def test_table_markdown_keeps_unpaired_columns():
     table = Table(name="t", title="T", columns=["a", "b mean", "b se"], rows=[["x", 1.25, 0.5]])
     assert table.to_markdown(include_title=False) == "| a | b |\n|---|---|\n| x | 1.25 ± 0.50 |\n"
+
+
+# ------------------------------------------------------------------ defects with known answers
+
+
+def test_method1_never_counts_units_at_the_floor_of_the_layer():
+    # ReLU-like layer: 97% of the values are exactly 0, so the 0.95 quantile is 0.
+    X = np.zeros((10, 100))
+    X[:, 7] = 0.9  # one unit always on
+    X[:5, 8] = 0.5  # one unit on for half of the images: median 0.25
+    X[0, 20:30] = 0.1  # noise on one image
+    result = method1_ensemble(X, 0.95)
+    assert result.threshold == 0.0
+    assert result.units.tolist() == [7, 8]  # not the 98 units whose median is 0
+    # sigmoid outputs that underflow to exactly 0.0: same rule, floor 0
+    assert method1_ensemble(np.where(X > 0, X, 0.0).astype(np.float32), 0.95).units.tolist() == [7, 8]
+    # a layer whose floor is not 0 (shifted): still never the floor
+    assert method1_ensemble(X + 0.25, 0.95).units.tolist() == [7, 8]
+    # every value equal: no unit stands out
+    assert method1_ensemble(np.full((4, 6), 0.3), 0.9).units.size == 0
+
+
+def test_method1_keeps_saturated_units_at_the_top():
+    X = np.full((6, 50), 0.02, dtype=np.float32)
+    X[:, [3, 4, 5]] = 1.0  # saturated sigmoid units: the 0.95 quantile is 1.0 itself
+    result = method1_ensemble(X, 0.95)
+    assert result.threshold == 1.0
+    assert result.units.tolist() == [3, 4, 5]
+
+
+def test_ensemble_size_table_counts_a_class_without_images_as_missing_not_zero():
+    records = [
+        {"model": "bp", "dataset": "mnist", "seed": 0,
+         "ensemble_sizes_method1": [[300, None, 280], [130, None, 140]]},
+        {"model": "bp", "dataset": "mnist", "seed": 1,  # a collapsed run: no class analysed
+         "ensemble_sizes_method1": [[None, None, None], [None, None, None]]},
+        {"model": "bp", "dataset": "mnist", "seed": 2,
+         "ensemble_sizes_method1": [[100, 100, 100], [50, 50, 50]]},
+    ]
+    table = ensemble_size_table(records)
+    row = table.rows[0]
+    column = table.columns.index("MNIST Layer 1 mean")
+    # seed 0: mean(300, 280) = 290 (not mean(300, 0, 280)); seed 1 left out; seed 2: 100
+    assert row[column] == pytest.approx(195.0)
+    assert row[column + 1] == pytest.approx(95.0)
+    assert row[table.columns.index("MNIST runs")] == 2
+    assert row[table.columns.index("MNIST classes")] == 5
+
+
+def test_method2_upper_bound_follows_the_activation():
+    from fflab.models.common import ACTIVATION_UPPER_BOUNDS
+
+    assert ACTIVATION_UPPER_BOUNDS == {"sigmoid": 1.0, "relu": None}
+    # ReLU activities above 1: with a bound of 1 the density of the top unit would be
+    # divided by a window cut at 1 (floored at epsilon); without a bound it is not.
+    mean = np.array([0.1, 0.1, 0.12, 0.11, 1.9, 2.0])
+    rho_bounded, _ = method2_decision_diagram(mean, 0.2, 1.0)
+    rho_free, _ = method2_decision_diagram(mean, 0.2, None)
+    assert rho_free[5] == pytest.approx(2 / 0.4)
+    assert rho_bounded[5] == pytest.approx(2 / 0.2)
+
+
+def test_method_size_fits_per_model_and_where_both_methods_find_an_ensemble():
+    from fflab.analysis import method_size_fits
+
+    # FF: Method 1 = Method 2 + 1 exactly; BP: saturated, Method 2 finds nothing (x = 0)
+    m2 = np.array([1, 2, 3, 4, 0, 0, 0])
+    m1 = np.array([2, 3, 4, 5, 300, 280, 310])
+    groups = np.array(["ff"] * 4 + ["bp"] * 3, dtype=object)
+    fits = method_size_fits(m1, m2, groups)
+    assert fits.both_found.slope == pytest.approx(1.0)
+    assert fits.both_found.intercept == pytest.approx(1.0)
+    assert fits.both_found.n_points == 4
+    assert fits.left_out == 3
+    assert fits.per_group["ff"].slope == pytest.approx(1.0)
+    assert fits.per_group["bp"] is None  # x constant: undefined
+    assert fits.all_points.slope < 0  # the pooled line is pulled by the BP points
+
+
+def test_hoyer_and_treves_rolls_sparseness_known_values():
+    from fflab.analysis import hoyer_sparseness
+
+    assert hoyer_sparseness(np.array([0.0, 0.0, 1.0, 0.0])) == pytest.approx(1.0)
+    assert hoyer_sparseness(np.ones(9)) == pytest.approx(0.0)
+    # two equal active units of n = 4: (2 - 2/sqrt(2)) / (2 - 1)
+    assert hoyer_sparseness(np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(2 - math.sqrt(2))
+    assert math.isnan(hoyer_sparseness(np.zeros(3)))
+    X = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    per_class = class_sparseness(X, np.array([0, 0, 1]), measure="hoyer")
+    assert per_class[0] == pytest.approx(1.0) and per_class[1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="measure must be one of"):
+        class_sparseness(X, np.array([0, 0, 1]), measure="gini")
+
+
+def test_mean_shared_units_over_pairs_of_classes():
+    from fflab.analysis import mean_shared_units
+
+    ensembles = {0: [1, 2, 3], 1: [3, 4], 2: [5]}
+    matrix = shared_units_matrix(ensembles, [0, 1, 2])
+    assert mean_shared_units(matrix) == pytest.approx((1 + 0 + 0) / 3)
+    with pytest.raises(ValueError, match="square"):
+        mean_shared_units(np.ones((1, 1)))
+
+
+def test_sparseness_shared_units_and_unseen_tables():
+    from fflab.analysis import shared_units_table, sparseness_table, unseen_activity_table
+
+    records = [
+        {"model": "ff", "dataset": "mnist", "seed": s, "sparseness_treves_rolls": [0.9 + s / 100, None],
+         "sparseness_hoyer": [0.8, 0.7], "mean_shared_units": [1.0 + s, 2.0]}
+        for s in range(2)
+    ]
+    table = sparseness_table(records, "treves_rolls")
+    row = table.rows[0]
+    assert row[table.columns.index("MNIST Layer 1 mean")] == pytest.approx(0.905)
+    assert row[table.columns.index("MNIST Layer 2 mean")] is None  # missing in every run
+    assert sparseness_table(records, "hoyer").rows[0][1] == pytest.approx(0.8)
+    shared = shared_units_table(records, 0.9)
+    assert shared.rows[0][1:3] == [pytest.approx(1.5), pytest.approx(0.5)]
+    unseen = unseen_activity_table([
+        {"model": "ff", "dataset": "fashion_mnist", "seed": s,
+         "unseen_activity": [{"unseen": 0.3 + s / 10, "seen": 0.4}]} for s in range(2)
+    ])
+    assert [row[0] for row in unseen.rows] == ["unseen class", "seen classes"]
+    assert unseen.rows[0][1:3] == [pytest.approx(0.35), pytest.approx(0.05)]
+    assert unseen.rows[1][1] == pytest.approx(0.4)
+
+
+def test_compare_estimates_known_verdicts():
+    from fflab.analysis import compare_estimates
+
+    # 0.93 ± 0.001 vs 0.925 ± 0.002: z = -0.005 / sqrt(1e-6 + 4e-6) = -2.236 -> differs
+    v = compare_estimates(0.93, 0.001, 15, 0.925, 0.002, 3)
+    assert v.verdict == "differs" and v.z == pytest.approx(-0.005 / math.sqrt(5e-6))
+    assert compare_estimates(0.93, 0.001, 15, 0.928, 0.002, 3).verdict == "consistent"
+    # one run: its SE is the paper's SD, 0.001 * sqrt(15)
+    one = compare_estimates(0.93, 0.001, 15, 0.925, None, 1)
+    assert one.combined_se == pytest.approx(math.sqrt(1e-6 + 15e-6)) and one.verdict == "consistent"
+    assert "run-to-run" in one.note
+    # the paper gives no SE: ours alone
+    t3 = compare_estimates(0.002, None, 15, 0.0094, 0.001, 3)
+    assert t3.combined_se == pytest.approx(0.001) and t3.verdict == "differs" and "no error" in t3.note
+    # neither side has an error, or no value: not comparable
+    assert compare_estimates(0.98, None, None, 1.1, None, 1).verdict == "not comparable"
+    assert compare_estimates(0.34, None, None, None, None, 0).verdict == "not comparable"
+    assert compare_estimates(0.34, None, None, float("nan"), None, 1).verdict == "not comparable"
+    with pytest.raises(ValueError, match="paper_mean"):
+        compare_estimates(float("inf"), None, None, 1.0, 0.1, 2)
+
+
+def test_published_values_hold_every_table_cell_with_standard_errors():
+    from fflab import paper
+
+    cells = {cell["id"]: cell for cell in paper.published_cells()}
+    assert len([c for c in cells if c.startswith("table1/")]) == 6
+    assert len([c for c in cells if c.startswith("table2/")]) == 18
+    assert len([c for c in cells if c.startswith("table3/")]) == 18
+    assert cells["table1/bp/mnist"]["mean"] == 0.77 and cells["table1/bp/mnist"]["se"] == 0.076
+    assert cells["table2/bp/mnist/layer1"]["mean"] == 287.7 and cells["table2/bp/mnist/layer1"]["se"] == 7.82
+    assert cells["table3/ff/mnist/layer2"]["mean"] == 0.002 and cells["table3/ff/mnist/layer2"]["se"] is None
+    assert cells["text/shared_units/ff/fashion_mnist/layer1"]["mean"] == 1.73
+    assert cells["figure8b/slope"]["mean"] == 0.98
+
+
+def test_protocol_differences_name_every_departure_from_the_paper():
+    from fflab import paper
+    from fflab.spec import build_spec
+
+    assert paper.protocol_differences(build_spec("paper")) == []
+    quick = {d.field: (d.paper, d.experiment) for d in paper.protocol_differences(build_spec("quick"))}
+    assert quick["data.train_subset"] == (None, 10000)
+    assert quick["ff.epochs"] == (1000, 20)
+    assert quick["seeds (runs per configuration)"] == (15, 1)
+    assert "name" not in quick and "device" not in quick

@@ -48,21 +48,25 @@ def schema(name: str) -> dict:
 @pytest.mark.slow
 def test_every_json_file_matches_its_schema(experiment):
     run_dirs = sorted((experiment / "runs").iterdir())
-    # 3 models x 2 data sets + FF without class 0 on each data set
-    assert len(run_dirs) == 8
+    # 3 models x 2 data sets + FF without class 0 on Fashion-MNIST (the paper's)
+    assert len(run_dirs) == 7
     for run_dir in run_dirs:
         for name in ("metrics", "ensembles", "shared_units", "weight_stats"):
             document = json.loads((run_dir / f"{name}.json").read_text())
             jsonschema.validate(document, schema(name))
             assert document["schema_version"] == results.SCHEMA_VERSION
     jsonschema.validate(json.loads((experiment / "results.json").read_text()), schema("results"))
+    jsonschema.validate(
+        json.loads((experiment / "tables" / "paper_comparison.json").read_text()), schema("paper_comparison")
+    )
 
 
 @pytest.mark.slow
 def test_every_figure_is_a_real_png(experiment):
     names = sorted(p.name for p in (experiment / "figures").glob("*.png"))
     expected = {"figure1a", "figure1b", "figure1c", "figure2", "figure3a", "figure3b",
-                "figure4a", "figure4b", "figure4c", "figure5", "figure6", "figure7", "figure8a"}
+                "figure4a", "figure4b", "figure4c", "figure5", "figure6", "figure7", "figure8a",
+                "figure2_layer2", "figure2_layer3", "paper_comparison"}
     assert expected <= {n.removesuffix(".png") for n in names}
     for name in names:
         content = (experiment / "figures" / name).read_bytes()
@@ -97,6 +101,33 @@ def test_reanalysis_with_another_quantile_changes_ensembles_without_retraining(e
     strict = sum(e["size"] for e in ensembles["ensembles"] if e["quantile"] == 0.99)
     assert loose > strict
     assert (experiment / "runs" / "bp-mnist-seed0" / "weights.pt").read_bytes() == weights_before
+
+
+@pytest.mark.slow
+def test_compare_labels_a_quick_run_as_not_a_reproduction_and_covers_every_cell(experiment, tmp_path):
+    md = fflab("compare", str(experiment)).stdout
+    assert "**Not a reproduction**" in md
+    assert "| data.train_subset | null | 400 |" in md
+    assert "| network.threshold | 0.5 | 0.3 |" in md
+    assert "| seeds (runs per configuration) | 15 | 1 |" in md
+    document = json.loads(fflab("compare", str(experiment), "--format", "json").stdout)
+    ids = {cell["id"] for cell in document["cells"]}
+    assert {"table1/ff/mnist", "table2/bp/fashion_mnist/layer3", "table3/bpff/mnist/layer2",
+            "text/shared_units/ff/fashion_mnist/layer1", "text/unseen_activity/unseen/fashion_mnist/layer1",
+            "figure8b/slope"} <= ids
+    cell = next(c for c in document["cells"] if c["id"] == "table1/ff/mnist")
+    assert cell["paper_mean"] == 0.93 and cell["paper_se"] == 0.001 and cell["n"] == 1
+    assert cell["verdict"] in {"consistent", "differs"} and cell["z"] is not None
+    unseen = next(c for c in document["cells"] if c["id"] == "text/unseen_activity/unseen/fashion_mnist/layer1")
+    assert unseen["paper_mean"] == 0.34
+    assert (unseen["mean"] is None) == (unseen["verdict"] == "not comparable")
+    csv_lines = fflab("compare", str(experiment), "--format", "csv").stdout.splitlines()
+    assert csv_lines[0].startswith("id,source,quantity") and len(csv_lines) == 1 + len(document["cells"])
+    # two folders are pooled; the same run twice is refused
+    fflab("compare", str(experiment), "--out", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "figures" / "paper_comparison.png").read_bytes().startswith(PNG_SIGNATURE)
+    done = fflab("compare", str(experiment), str(experiment), check=False)
+    assert done.returncode == 1 and "is in both" in done.stderr
 
 
 def test_bad_settings_are_named_without_a_traceback(tmp_path):

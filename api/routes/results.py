@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from api import schemas, views
 from api.deps import ReadableExperiment, SessionDep, StorageDep
 from fflab.db import Artifact, Ensemble, Experiment, Result, Run
-from fflab.results import ExperimentResults
-from fflab.spec import DatasetName, ModelName
+from fflab import paper
+from fflab.results import ExperimentResults, PaperComparison
+from fflab.spec import DatasetName, ExperimentSpec, ModelName
 from fflab.storage import Storage, StorageError
 
 router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=["results"])
@@ -25,7 +26,8 @@ TABLES = ("table1", "table2", "table3")
 Method = Literal["method1", "method2"]
 ModelFilter = Annotated[ModelName | None, Query(description="ff, bpff or bp.")]
 DatasetFilter = Annotated[DatasetName | None, Query(description="mnist or fashion_mnist.")]
-LayerFilter = Annotated[int | None, Query(ge=1, description="Hidden layer, from 1.")]
+MAX_LAYER = 1024  # far above any network's depth (NetworkSpec.layers); fits any integer column
+LayerFilter = Annotated[int | None, Query(ge=1, le=MAX_LAYER, description="Hidden layer, from 1.")]
 MethodFilter = Annotated[Method | None, Query()]
 
 
@@ -204,3 +206,26 @@ def get_artifact(name: str, request: Request, experiment: ReadableExperiment, se
     raw_path = request.scope.get("raw_path", b"").lower()
     check_artifact_name(name, "name", b"%2f" in raw_path or b"%5c" in raw_path)
     return _stream(storage, _one_artifact(session, experiment, name))
+
+
+@router.get("/paper-comparison", response_model=PaperComparison,
+            responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}})
+def get_paper_comparison(
+    experiment: ReadableExperiment, session: SessionDep,
+    format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
+):
+    """Every number of the paper against this experiment's, cell by cell: the
+    paper's mean ± SE, this experiment's mean ± SE and n, the difference in combined
+    standard errors and a verdict (consistent within 2, differs, not comparable),
+    and the protocol settings where the experiment departs from the paper's.
+    409 until the experiment's results are ready."""
+    result = _result(session, experiment)
+    comparison = paper.paper_comparison(
+        ExperimentSpec.model_validate(experiment.spec), result.results["runs"],
+        result.results.get("method_comparison"), experiment=experiment.id,
+    )
+    if format == "json":
+        return comparison
+    text = paper.to_markdown(comparison) if format == "md" else paper.to_csv(comparison)
+    media = "text/csv" if format == "csv" else "text/markdown"
+    return PlainTextResponse(text, media_type=f"{media}; charset=utf-8")

@@ -15,8 +15,9 @@ import click
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from fflab import data, results, runner
+from fflab import data, paper, results, runner
 from fflab.models.common import TrainingProgress
+from fflab.service_cli import client as service_client
 from fflab.service_cli import register as register_service_verbs
 from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey, build_spec, deep_merge
 
@@ -197,6 +198,40 @@ def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_qu
 def tables_command(experiment_dir: Path, fmt: str) -> None:
     """Print Tables 1-3 of a results folder."""
     print_tables(experiment_dir, fmt)
+
+
+@main.command("compare")
+@click.argument("experiment_dirs", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--experiment", "experiment_id", default=None, metavar="ID",
+              help="Compare an experiment of the service instead of results folders.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write paper_comparison.{json,md,csv} and the figure here.")
+def compare_command(experiment_dirs: tuple[Path, ...], experiment_id: str | None, fmt: str,
+                    out_dir: Path | None) -> None:
+    """Compare results with the paper, cell by cell: the paper's mean ± SE, this
+    experiment's, the difference in combined standard errors and a verdict, and
+    every setting where the experiment departs from the paper's protocol.
+
+    Several results folders are pooled (e.g. FF and BP run separately)."""
+    if bool(experiment_dirs) == bool(experiment_id):
+        raise click.UsageError("give results folders or --experiment ID (not both)")
+    if experiment_id:
+        with service_client() as api:
+            document = api.paper_comparison(experiment_id, "json")
+        comparison = results.PaperComparison.model_validate(document)
+    else:
+        try:
+            comparison = runner.compare_folders(list(experiment_dirs))
+        except (FileNotFoundError, ValueError) as error:
+            raise click.ClickException(str(error)) from None
+    if out_dir is not None:
+        (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+        runner.write_paper_comparison(comparison, out_dir)
+    if fmt == "json":
+        click.echo(comparison.model_dump_json(indent=2))
+    else:
+        click.echo(paper.to_markdown(comparison) if fmt == "md" else paper.to_csv(comparison), nl=False)
 
 
 @main.command("schemas")

@@ -117,6 +117,12 @@ class Client:
                                 params=self._params(format=format, table=table))
         return response.json() if format == "json" else response.text
 
+    def paper_comparison(self, experiment_id: str, format: str = "json") -> Any:
+        """The comparison with the paper: a dict (json), or markdown or CSV text."""
+        response = self.request("GET", f"/v1/experiments/{experiment_id}/paper-comparison",
+                                params=self._params(format=format))
+        return response.json() if format == "json" else response.text
+
     def ensembles(self, experiment_id: str, *, model: str | None = None, dataset: str | None = None,
                   layer: int | None = None, class_: int | None = None, method: str | None = None,
                   quantile: float | None = None, run_id: str | None = None) -> dict[str, Any]:

@@ -461,7 +461,8 @@ def figure2_ensemble_sizes(
     ----------
     sizes : dict[str, (S, C) array]
         ``sizes[model][s, c]`` is the ensemble size of class ``c`` in seed
-        ``s``; a ``(C,)`` array is read as one seed.  Models keep dict order.
+        ``s``; nan where the class had no analysed image (missing, not 0); a
+        ``(C,)`` array is read as one seed.  Models keep dict order.
     class_names : sequence of C str
     zero_floor : float
         Zeros on the log axis: the y axis starts at ``zero_floor`` (0.5,
@@ -474,8 +475,10 @@ def figure2_ensemble_sizes(
     Returns
     -------
     Figure
-        One axes: grouped bars per class, one bar per model (mean over seeds,
-        error bar = standard error over seeds, ddof=1, when S > 1).
+        One axes: grouped bars per class, one bar per model (mean over the
+        seeds where the class has a size, error bar = standard error over
+        them, ddof=1, when there are 2 or more); a class with no size in any
+        seed has no bar and is marked "n/a".
     """
     if not sizes:
         raise ValueError("sizes: expected at least one model")
@@ -492,8 +495,8 @@ def figure2_ensemble_sizes(
             raise ValueError(f"sizes[{model!r}]: expected shape (S, {C}), got {np.asarray(arr).shape}")
         if a.shape[0] == 0:
             raise ValueError(f"sizes[{model!r}]: no seeds")
-        if np.any(a < 0):
-            raise ValueError(f"sizes[{model!r}]: sizes must be >= 0")
+        if np.any(a[np.isfinite(a)] < 0) or np.any(np.isinf(a)):
+            raise ValueError(f"sizes[{model!r}]: sizes must be finite and >= 0 (nan = missing)")
         data[model] = a
 
     n_models = len(data)
@@ -504,20 +507,27 @@ def figure2_ensemble_sizes(
     ax.set_yscale("log")
     top = zero_floor
     for i, (model, a) in enumerate(data.items()):
-        mean = a.mean(axis=0)
-        se = a.std(axis=0, ddof=1) / math.sqrt(a.shape[0]) if a.shape[0] > 1 else None
-        shown = np.maximum(mean, zero_floor)
+        present = np.isfinite(a)
+        count = present.sum(axis=0)
+        filled = np.where(present, a, 0.0)
+        mean = np.where(count > 0, filled.sum(axis=0) / np.maximum(count, 1), np.nan)
+        deviation = np.where(present, a - mean, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            se = np.where(count > 1, np.sqrt((deviation**2).sum(axis=0) / (count - 1) / count), 0.0)
+        shown = np.where(count > 0, np.maximum(np.nan_to_num(mean), zero_floor), zero_floor)
         pos = x + (i - (n_models - 1) / 2) * width
         yerr = None
-        if se is not None:
-            lower = shown - np.maximum(mean - se, zero_floor)
+        if np.any(count > 1):
+            lower = shown - np.maximum(np.nan_to_num(mean) - se, zero_floor)
             yerr = np.vstack([np.clip(lower, 0, None), se])
             top = max(top, float(np.max(shown + se)))
         top = max(top, float(shown.max()))
         ax.bar(pos, shown - zero_floor, width=width, bottom=zero_floor, yerr=yerr, capsize=2,
                color=model_color(model, i), label=model_display_name(model), error_kw={"lw": 0.8})
-        for p, m in zip(pos, mean):
-            if m <= zero_floor:
+        for p, m, n in zip(pos, mean, count):
+            if n == 0:
+                ax.text(p, zero_floor * 1.05, "n/a", ha="center", va="bottom", fontsize=7)
+            elif m <= zero_floor:
                 ax.text(p, zero_floor * 1.05, f"{m:.2g}", ha="center", va="bottom", fontsize=7)
     ax.set_ylim(zero_floor, top * 1.6)
     rot, ha = _xtick_rotation(names)
@@ -871,6 +881,7 @@ def figure8b_method_sizes(
     sizes_method2: np.ndarray,
     slope: float,
     intercept: float,
+    both_found: tuple[float, float] | None = None,
 ) -> Figure:
     """Figure 8B: ensemble sizes from Method 2 (x) vs Method 1 (y).
 
@@ -880,7 +891,10 @@ def figure8b_method_sizes(
         Paired ensemble sizes (one per model/data set/class/layer combination).
     slope, intercept : float
         Linear regression of Method 1 size on Method 2 size
-        (``fflab.analysis.method_size_regression``).
+        (``fflab.analysis.method_size_regression``), over every point.
+    both_found : (slope, intercept) or None
+        The same fit over the points where both methods find an ensemble
+        (``fflab.analysis.method_size_fits``), drawn dotted.
 
     Returns
     -------
@@ -905,7 +919,10 @@ def figure8b_method_sizes(
     ax = fig.subplots()
     ax.plot(xs, xs, color="0.6", lw=4, alpha=0.7, label="bisector", zorder=1)
     ax.plot(xs, slope * xs + intercept, "--", color="red", lw=1.5,
-            label=f"fit: slope={slope:.2f}, intercept={intercept:.2f}", zorder=2)
+            label=f"fit, all points: slope={slope:.2f}, intercept={intercept:.2f}", zorder=2)
+    if both_found is not None:
+        ax.plot(xs, both_found[0] * xs + both_found[1], ":", color="black", lw=1.5, zorder=2,
+                label=f"fit, both found: slope={both_found[0]:.2f}, intercept={both_found[1]:.2f}")
     ax.scatter(s2, s1, s=18, color="tab:blue", alpha=0.8, zorder=3, label=f"ensembles ({s1.size})")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
@@ -914,4 +931,77 @@ def figure8b_method_sizes(
     ax.set_ylabel("ensemble size, Method 1")
     ax.set_title("Method 1 vs Method 2 sizes")
     ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# The comparison with the paper
+# --------------------------------------------------------------------------
+
+COMPARISON_PANELS = {
+    "accuracy": "accuracy",
+    "ensemble_size": "ensemble size (units, log)",
+    "fraction_positive_weights": "fraction of positive weights",
+    "mean_shared_units": "units shared by a pair of classes",
+    "unseen_activity": "ensemble activity (unseen class)",
+}
+VERDICT_COLORS = {"consistent": "tab:green", "differs": "tab:red", "not comparable": "0.5"}
+
+
+def paper_comparison_figure(
+    labels: Sequence[str],
+    quantities: Sequence[str],
+    paper: Sequence[tuple[float, float | None]],
+    ours: Sequence[tuple[float, float | None]],
+    verdicts: Sequence[str],
+    title: str | None = None,
+) -> Figure:
+    """The paper's cells and this experiment's, side by side with error bars.
+
+    Parameters
+    ----------
+    labels, quantities, verdicts : sequences of k str
+        Cell id, quantity (a key of ``COMPARISON_PANELS``; others are not
+        drawn) and verdict of each cell.
+    paper, ours : sequences of k (mean, se or None)
+    title : str or None
+
+    Returns
+    -------
+    Figure
+        One panel per quantity present: per cell, the paper's mean ± SE (grey
+        square) and this experiment's (circle coloured by verdict: green
+        consistent, red differs, grey not comparable).
+    """
+    k = len(labels)
+    if not (len(quantities) == len(paper) == len(ours) == len(verdicts) == k):
+        raise ValueError("labels, quantities, paper, ours and verdicts must have the same length")
+    panels = [q for q in COMPARISON_PANELS if q in set(quantities)]
+    fig = _new_figure(11.0, 2.6 + 2.4 * max(len(panels), 1))
+    if not panels:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no comparable cell", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, quantity in zip(axes, panels):
+        index = [i for i in range(k) if quantities[i] == quantity]
+        x = np.arange(len(index))
+        for offset, values, kind in ((-0.15, paper, "paper"), (0.15, ours, "this experiment")):
+            means = np.array([values[i][0] for i in index], dtype=float)
+            errors = np.array([np.nan if values[i][1] is None else values[i][1] for i in index], dtype=float)
+            colors = ["0.35" if kind == "paper" else VERDICT_COLORS.get(verdicts[i], "0.5") for i in index]
+            ax.errorbar(x + offset, means, yerr=np.nan_to_num(errors), fmt="none", ecolor="0.3",
+                        elinewidth=1, capsize=2)
+            ax.scatter(x + offset, means, c=colors, marker="s" if kind == "paper" else "o", s=22,
+                       zorder=3, label=kind)
+        if quantity == "ensemble_size":
+            ax.set_yscale("log")
+        ax.set_ylabel(COMPARISON_PANELS[quantity], fontsize=8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([labels[i].split("/", 1)[-1] for i in index], rotation=60, ha="right", fontsize=6)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    if title:
+        axes[0].set_title(title, fontsize=9)
     return fig

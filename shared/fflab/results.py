@@ -18,13 +18,14 @@ Layout of a results folder::
     <experiment>/tables/table{1,2,3}.{json,md,csv}
     <experiment>/figures/*.png
     <experiment>/results.json                    ExperimentResults
+    <experiment>/tables/paper_comparison.{json,md,csv}  PaperComparison
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,6 +99,11 @@ class LayerSparseness(BaseModel):
     per_class: list[float | None] = Field(
         description="Treves-Rolls sparseness of each class's mean activation vector."
     )
+    hoyer_per_class: list[float | None] = Field(
+        default_factory=list,
+        description="Hoyer's sparseness of each class's mean activation vector (the "
+        "authors' measure); empty in documents written before it was added.",
+    )
 
 
 class UnseenClassSummary(BaseModel):
@@ -154,7 +160,21 @@ class RunWeightStats(RunIdentity):
     layers: list[LayerWeightStats]
 
 
+class SizeFit(BaseModel):
+    """A least-squares line of Method 1 size (y) on Method 2 size (x)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slope: float
+    intercept: float
+    r2: float | None
+    n_points: int
+
+
 class MethodComparison(BaseModel):
+    """Figure 8B's regression. ``slope``, ``intercept``, ``r2`` and ``n_points``
+    are the fit over every point, as in the paper (null where undefined)."""
+
     model_config = ConfigDict(extra="forbid")
 
     quantile: float
@@ -163,6 +183,15 @@ class MethodComparison(BaseModel):
     intercept: float | None
     r2: float | None
     n_points: int
+    both_found: SizeFit | None = Field(
+        None, description="The fit over the points where both methods find an ensemble."
+    )
+    left_out: int | None = Field(
+        None, description="Points left out of both_found: one method or both found none."
+    )
+    per_model: dict[str, SizeFit | None] = Field(
+        default_factory=dict, description="The fit over each model's points (null: undefined)."
+    )
 
 
 class ExperimentResults(Document):
@@ -170,9 +199,60 @@ class ExperimentResults(Document):
 
     name: str
     runs: list[dict] = Field(description="One summary record per run.")
-    tables: dict[str, dict] = Field(description="table1..table3 as Table.to_dict().")
+    tables: dict[str, dict] = Field(
+        description="Tables 1-3 (table1..table3) and the other aggregates over runs, as Table.to_dict()."
+    )
     figures: list[str]
     method_comparison: MethodComparison | None = None
+
+
+class ProtocolDifference(BaseModel):
+    """One setting where an experiment differs from the paper's protocol."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(description="Dotted spec field, e.g. data.train_subset.")
+    paper: Any = Field(description="The paper preset's value.")
+    experiment: Any = Field(description="This experiment's value.")
+    source: str = Field("", description="Which results folder, where several are compared.")
+
+
+class CellComparison(BaseModel):
+    """One published number against this experiment's estimate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="e.g. table2/ff/mnist/layer1.")
+    source: str = Field(description="Where the paper reports it.")
+    quantity: str
+    model: str | None
+    dataset: str | None
+    layer: int | None
+    paper_mean: float
+    paper_se: float | None = Field(description="Null where the paper gives none.")
+    paper_n: int | None = Field(description="Runs behind the published value; null: not stated.")
+    mean: float | None = Field(description="This experiment's mean over runs; null: no value.")
+    se: float | None = Field(description="Its standard error; null with one run.")
+    n: int = Field(description="Runs behind it.")
+    z: float | None = Field(description="(mean - paper_mean) / combined_se.")
+    combined_se: float | None
+    verdict: Literal["consistent", "differs", "not comparable"] = Field(
+        description="consistent: |z| <= 2."
+    )
+    note: str
+
+
+class PaperComparison(Document):
+    """paper_comparison.json: every number of the paper against this experiment's."""
+
+    experiment: str
+    reproduction: bool = Field(description="True when no protocol setting differs from the paper's.")
+    protocol: list[ProtocolDifference]
+    open_choices: dict[str, Any] = Field(
+        description="The experiment's value of each setting the paper does not give."
+    )
+    cells: list[CellComparison]
+    summary: dict[str, int] = Field(description="Cells per verdict.")
 
 
 DOCUMENTS: dict[str, type[Document]] = {
@@ -181,6 +261,7 @@ DOCUMENTS: dict[str, type[Document]] = {
     "shared_units": RunSharedUnits,
     "weight_stats": RunWeightStats,
     "results": ExperimentResults,
+    "paper_comparison": PaperComparison,
 }
 
 

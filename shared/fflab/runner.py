@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fflab import analysis, figures
+from fflab import analysis, figures, paper
 from fflab.data import N_CLASSES, load_split
 from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
 from fflab.models.bpff import train_bpff
 from fflab.models.common import (
+    ACTIVATION_UPPER_BOUNDS,
     CHECKPOINT_EVERY,
     Checkpoint,
     GoodnessNetwork,
@@ -40,11 +41,13 @@ from fflab.results import (
     LayerSparseness,
     LayerWeightStats,
     MethodComparison,
+    PaperComparison,
     RunEnsembles,
     RunMetrics,
     RunSharedUnits,
     RunWeightStats,
     SharedUnitsMatrix,
+    SizeFit,
     Timings,
     UnseenClassSummary,
     read_document,
@@ -223,6 +226,7 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict:
     sparseness: list[LayerSparseness] = []
     unseen: list[UnseenClassSummary] = []
     n_images = {c: int((labels == c).sum()) for c in classes}
+    upper_bound = ACTIVATION_UPPER_BOUNDS[spec.network.activation]
 
     for layer in range(1, layer_count(stored) + 1):
         X = stored[f"layer{layer}"][keep]
@@ -242,7 +246,7 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict:
         method2: dict[int, np.ndarray] = {}
         for c in classes:
             result = analysis.method2_ensemble(
-                X[labels == c], settings.epsilon, settings.rho_cut, settings.nh_cut
+                X[labels == c], settings.epsilon, settings.rho_cut, settings.nh_cut, upper_bound
             )
             method2[c] = result.units
             records.append(
@@ -255,8 +259,13 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict:
             )
         matrices.append(_shared(layer, "method2", None, method2, classes))
         per_class = analysis.class_sparseness(X, labels, classes)
+        hoyer = analysis.class_sparseness(X, labels, classes, measure="hoyer")
         sparseness.append(
-            LayerSparseness(layer=layer, per_class=[_finite_or_none(per_class[c]) for c in classes])
+            LayerSparseness(
+                layer=layer,
+                per_class=[_finite_or_none(per_class[c]) for c in classes],
+                hoyer_per_class=[_finite_or_none(hoyer[c]) for c in classes],
+            )
         )
         if key.unseen_class is not None:
             activity = analysis.unseen_class_activity(X, labels, key.unseen_class, method2)
@@ -310,18 +319,42 @@ def _shared(layer: int, method: str, quantile: float | None, ensembles: dict, cl
 
 
 def run_record(run_dir: Path) -> dict:
-    """The run's summary record (the input of the tables), from its JSON files."""
+    """The run's summary record (the input of the tables), from its JSON files.
+
+    Per layer: ensemble sizes per class (Method 1 at the table quantile, Method
+    2), None for a class with no analysed image (missing, not 0); the mean number
+    of units shared by a pair of classes (Method 1 at the figure quantile, pairs
+    of classes that both have images); the mean over classes of each sparseness
+    measure; the fraction of positive weights; for a run trained without a class,
+    that class's ensemble activity against the seen classes' (Method 2).
+    """
     metrics = read_document(RunMetrics, run_dir / "metrics.json")
     ensembles = read_document(RunEnsembles, run_dir / "ensembles.json")
     weights = read_document(RunWeightStats, run_dir / "weight_stats.json")
-    quantile = ensembles.analysis.table_quantile
+    shared = read_document(RunSharedUnits, run_dir / "shared_units.json")
+    settings = ensembles.analysis
     n_layers = len(weights.layers)
-    sizes = {
-        method: [[0] * N_CLASSES for _ in range(n_layers)] for method in ("method1", "method2")
+    sizes: dict[str, list[list[int | None]]] = {
+        method: [[None] * N_CLASSES for _ in range(n_layers)] for method in ("method1", "method2")
     }
+    analysed = [False] * N_CLASSES
     for record in ensembles.ensembles:
-        if record.method == "method2" or record.quantile == quantile:
-            sizes[record.method][record.layer - 1][record.class_index] = record.size
+        if record.method == "method2" or record.quantile == settings.table_quantile:
+            if record.n_images > 0:
+                sizes[record.method][record.layer - 1][record.class_index] = record.size
+                analysed[record.class_index] = True
+    pair_means: list[float | None] = [None] * n_layers
+    for matrix in shared.matrices:
+        if matrix.method == "method1" and matrix.quantile == settings.figure_quantile:
+            present = [i for i, c in enumerate(matrix.classes) if analysed[c]]
+            pair_means[matrix.layer - 1] = analysis.mean_shared_units(
+                np.asarray(matrix.matrix)[np.ix_(present, present)]
+            ) if len(present) >= 2 else None
+
+    def mean_over_classes(values: list[float | None]) -> float | None:
+        finite = [v for v in values if v is not None]
+        return float(np.mean(finite)) if finite else None
+
     return {
         "run_id": metrics.run_id,
         "model": metrics.model,
@@ -332,6 +365,12 @@ def run_record(run_dir: Path) -> dict:
         "per_class_accuracy": metrics.per_class_accuracy,
         "ensemble_sizes_method1": sizes["method1"],
         "ensemble_sizes_method2": sizes["method2"],
+        "mean_shared_units": pair_means,
+        "sparseness_treves_rolls": [mean_over_classes(layer.per_class) for layer in ensembles.sparseness],
+        "sparseness_hoyer": [mean_over_classes(layer.hoyer_per_class) for layer in ensembles.sparseness],
+        "unseen_activity": [
+            {"unseen": u.unseen_mean_activity, "seen": u.seen_mean_activity} for u in ensembles.unseen
+        ],
         "fraction_positive_weights": [layer.fraction_positive for layer in weights.layers],
         "train_seconds": metrics.timings.train_seconds,
     }
@@ -382,6 +421,7 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
         return stored[f"layer{layer}"][keep], stored["labels"][keep], stored
 
     seed = spec.seeds[0]
+    upper_bound = ACTIVATION_UPPER_BOUNDS[spec.network.activation]
     main_model = "ff" if "ff" in spec.models else spec.models[0]
     main_dataset = _pick_dataset(spec, "mnist")
     main_key = RunKey(main_model, main_dataset, seed)
@@ -404,21 +444,26 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
             X, labels, _ = layer_view(main_key, layer)
             save(figures.activation_map(X, labels, names, layer=layer), name)
 
-    # Figure 2: layer-1 ensemble sizes per class and model, over seeds.
-    sizes = {
-        model: np.array(
-            [r["ensemble_sizes_method1"][0] for r in records
-             if r["model"] == model and r["dataset"] == main_dataset and r["unseen_class"] is None]
+    # Figure 2: ensemble sizes per class and model, over seeds; layer 1 (the paper's),
+    # then the deeper layers. A class with no analysed image is missing (nan).
+    for layer in range(1, n_layers + 1):
+        sizes = {
+            model: np.array(
+                [[np.nan if v is None else v for v in r["ensemble_sizes_method1"][layer - 1]]
+                 for r in records
+                 if r["model"] == model and r["dataset"] == main_dataset and r["unseen_class"] is None],
+                dtype=float,
+            )
+            for model in spec.models
+        }
+        save(
+            figures.figure2_ensemble_sizes(
+                sizes, names,
+                title=f"Layer-{layer} ensemble size per class "
+                f"(Method 1, quantile {settings.table_quantile})",
+            ),
+            "figure2" if layer == 1 else f"figure2_layer{layer}",
         )
-        for model in spec.models
-    }
-    save(
-        figures.figure2_ensemble_sizes(
-            sizes, names,
-            title=f"Layer-1 ensemble size per class (Method 1, quantile {settings.table_quantile})",
-        ),
-        "figure2",
-    )
 
     # Figure 3: shared units between classes, on Fashion-MNIST where available.
     shared_dataset = _pick_dataset(spec, "fashion_mnist")
@@ -444,7 +489,7 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
         X, labels, _ = layer_view(unseen_key, 1)
         unseen_rows = X[labels == spec.unseen_class]
         result = analysis.method2_ensemble(
-            unseen_rows, settings.epsilon, settings.rho_cut, settings.nh_cut
+            unseen_rows, settings.epsilon, settings.rho_cut, settings.nh_cut, upper_bound
         )
         class_name = shared_names[spec.unseen_class]
         save(figures.figure4a_unseen_activations(unseen_rows, class_name), "figure4a")
@@ -472,7 +517,9 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
     for c in range(N_CLASSES):
         rows = X1[labels1 == c]
         m1 = analysis.method1_ensemble(rows, quantile).units
-        m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut)
+        m2 = analysis.method2_ensemble(
+            rows, settings.epsilon, settings.rho_cut, settings.nh_cut, upper_bound
+        )
         differs = not np.array_equal(m1, m2.units)
         if comparison is None or differs:
             comparison = (c, m1, m2)
@@ -489,47 +536,72 @@ def _comparison_quantile(settings: AnalysisSpec) -> float:
 
 
 def method_comparison(
-    spec: ExperimentSpec, experiment_dir: Path, records: list[dict]
+    spec: ExperimentSpec, run_dirs: dict[str, Path], records: list[dict]
 ) -> tuple[MethodComparison, np.ndarray, np.ndarray]:
-    """Method 1 vs Method 2 sizes over every (run, layer, class) of the trained-on-all-classes runs."""
+    """Method 1 vs Method 2 sizes over every (run, layer, class) of the
+    trained-on-all-classes runs where the class was analysed: the paper's pooled
+    fit, the fit where both methods find an ensemble, and one per model.
+    ``run_dirs`` maps each record's run_id to its folder."""
     quantile = _comparison_quantile(spec.analysis)
-    sizes1, sizes2 = [], []
+    sizes1, sizes2, models = [], [], []
     for record in records:
         if record["unseen_class"] is not None:
             continue
-        stored = read_document(
-            RunEnsembles, experiment_dir / "runs" / record["run_id"] / "ensembles.json"
-        )
+        stored = read_document(RunEnsembles, run_dirs[record["run_id"]] / "ensembles.json")
         by_place = {}
         for e in stored.ensembles:
-            if e.method == "method2" or e.quantile == quantile:
+            if e.n_images > 0 and (e.method == "method2" or e.quantile == quantile):
                 by_place[(e.method, e.layer, e.class_index)] = e.size
         for (method, layer, c), size in by_place.items():
             if method == "method1":
                 sizes1.append(size)
                 sizes2.append(by_place[("method2", layer, c)])
+                models.append(record["model"])
     sizes1_arr, sizes2_arr = np.array(sizes1), np.array(sizes2)
-    try:
-        fit = analysis.method_size_regression(sizes1_arr, sizes2_arr)
-        slope, intercept, r2 = fit.slope, fit.intercept, _finite_or_none(fit.r2)
-    except ValueError:  # fewer than two points, or all Method 2 sizes equal
-        slope = intercept = r2 = None
+    fits = analysis.method_size_fits(sizes1_arr, sizes2_arr, np.array(models, dtype=object))
+
+    def document(fit) -> SizeFit | None:
+        if fit is None:
+            return None
+        return SizeFit(slope=fit.slope, intercept=fit.intercept, r2=_finite_or_none(fit.r2),
+                       n_points=fit.n_points)
+
+    pooled = fits.all_points
     comparison = MethodComparison(
-        quantile=quantile, epsilon=spec.analysis.epsilon, slope=slope,
-        intercept=intercept, r2=r2, n_points=len(sizes1),
+        quantile=quantile, epsilon=spec.analysis.epsilon,
+        slope=None if pooled is None else pooled.slope,
+        intercept=None if pooled is None else pooled.intercept,
+        r2=None if pooled is None else _finite_or_none(pooled.r2),
+        n_points=len(sizes1),
+        both_found=document(fits.both_found), left_out=fits.left_out,
+        per_model={model: document(fit) for model, fit in fits.per_group.items()},
     )
     return comparison, sizes1_arr, sizes2_arr
 
 
-def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
-    """Tables 1-3, Figures 1-8 and results.json from the runs' stored results."""
-    records = [run_record(run_dir_of(experiment_dir, key)) for key in spec.runs()]
+def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, analysis.Table]:
+    """The paper's Tables 1-3, then the other aggregates over runs: sparseness
+    (both measures), units shared by a pair of classes and, with unseen-class runs,
+    the unseen class's activity."""
     trained_on_all = [r for r in records if r["unseen_class"] is None]
     tables = {
         "table1": analysis.accuracy_table(trained_on_all),
         "table2": analysis.ensemble_size_table(trained_on_all, spec.analysis.table_quantile),
         "table3": analysis.weight_sign_table(trained_on_all),
+        "sparseness_treves_rolls": analysis.sparseness_table(trained_on_all, "treves_rolls"),
+        "sparseness_hoyer": analysis.sparseness_table(trained_on_all, "hoyer"),
+        "shared_units": analysis.shared_units_table(trained_on_all, spec.analysis.figure_quantile),
     }
+    unseen = [r for r in records if r["unseen_class"] is not None]
+    if unseen:
+        tables["unseen_class"] = analysis.unseen_activity_table(unseen)
+    return tables
+
+
+def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
+    """Tables 1-3, Figures 1-8 and results.json from the runs' stored results."""
+    records = [run_record(run_dir_of(experiment_dir, key)) for key in spec.runs()]
+    tables = experiment_tables(spec, records)
     tables_dir = experiment_dir / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
@@ -538,13 +610,23 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
         (tables_dir / f"{name}.csv").write_text(table.to_csv())
 
     written = write_figures(spec, experiment_dir, records)
-    comparison, sizes1, sizes2 = method_comparison(spec, experiment_dir, records)
+    run_dirs = {key.run_id: run_dir_of(experiment_dir, key) for key in spec.runs()}
+    comparison, sizes1, sizes2 = method_comparison(spec, run_dirs, records)
     if comparison.slope is not None:
+        both = comparison.both_found
         figures.save_png(
-            figures.figure8b_method_sizes(sizes1, sizes2, comparison.slope, comparison.intercept),
+            figures.figure8b_method_sizes(
+                sizes1, sizes2, comparison.slope, comparison.intercept,
+                None if both is None else (both.slope, both.intercept),
+            ),
             experiment_dir / "figures" / "figure8b.png",
         )
         written.append("figure8b.png")
+    comparison_with_paper = paper.paper_comparison(
+        spec, records, comparison.model_dump(mode="json"), experiment=spec.name
+    )
+    write_paper_comparison(comparison_with_paper, experiment_dir)
+    written.append("paper_comparison.png")
     results = ExperimentResults(
         name=spec.name,
         runs=records,
@@ -554,6 +636,46 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
     )
     write_document(results, experiment_dir / "results.json")
     return results.model_dump(mode="json")
+
+
+def write_paper_comparison(comparison: PaperComparison, experiment_dir: Path) -> None:
+    """tables/paper_comparison.{json,md,csv} and figures/paper_comparison.png."""
+    write_document(comparison, experiment_dir / "tables" / "paper_comparison.json")
+    (experiment_dir / "tables" / "paper_comparison.md").write_text(paper.to_markdown(comparison))
+    (experiment_dir / "tables" / "paper_comparison.csv").write_text(paper.to_csv(comparison))
+    figures.save_png(paper.comparison_figure(comparison), experiment_dir / "figures" / "paper_comparison.png")
+
+
+def compare_folders(experiment_dirs: list[Path]) -> PaperComparison:
+    """The comparison with the paper of one or several results folders, their
+    runs pooled (each (model, data set, seed, left-out class) at most once). The
+    analysis settings of the first folder decide what is comparable; the protocol
+    lists each folder's differences from the paper."""
+    if not experiment_dirs:
+        raise ValueError("give at least one results folder")
+    records: list[dict] = []
+    protocol = []
+    seen: dict[tuple, Path] = {}
+    specs = []
+    run_dirs: dict[str, Path] = {}
+    for folder in experiment_dirs:
+        spec = read_spec(folder)
+        specs.append(spec)
+        results_path = folder / "results.json"
+        if not results_path.is_file():
+            raise FileNotFoundError(f"{folder} has no results.json: its experiment has not finished")
+        results = read_document(ExperimentResults, results_path)
+        for record in results.runs:
+            key = (record["model"], record["dataset"], record["seed"], record["unseen_class"])
+            if key in seen:
+                raise ValueError(f"run {record['run_id']} is in both {seen[key]} and {folder}")
+            seen[key] = folder
+            records.append(record)
+            run_dirs[record["run_id"]] = folder / "runs" / record["run_id"]
+        protocol += paper.protocol_differences(spec, source=folder.name if len(experiment_dirs) > 1 else "")
+    fits = method_comparison(specs[0], run_dirs, records)[0].model_dump(mode="json")
+    name = " + ".join(str(folder) for folder in experiment_dirs)
+    return paper.paper_comparison(specs[0], records, fits, experiment=name, protocol=protocol)
 
 
 # --------------------------------------------------------------------------- experiments

@@ -213,6 +213,10 @@ def fetch_results(api: Client, experiment_id: str, folder: Path) -> None:
     for fmt in ("md", "csv"):
         (tables / f"tables.{fmt}").write_text(api.results(experiment_id, fmt))
     (folder / "results.json").write_text(json.dumps(api.results(experiment_id, "json"), indent=2))
+    for fmt in ("md", "csv", "json"):
+        comparison = api.paper_comparison(experiment_id, fmt)
+        text = json.dumps(comparison, indent=2) + "\n" if fmt == "json" else comparison
+        (tables / f"paper_comparison.{fmt}").write_text(text)
     for figure in api.figures(experiment_id):
         api.download(experiment_id, figure["name"], folder / figure["name"])
 
@@ -404,7 +408,9 @@ def register(cli: click.Group) -> None:
             folder = out_dir / created["id"]
             fetch_results(api, created["id"], folder)
             click.echo(api.results(created["id"], "md"))
+            click.echo(api.paper_comparison(created["id"], "md"))
             click.echo(f"results URL: {created['url']}/results")
+            click.echo(f"comparison:  {created['url']}/paper-comparison?format=md")
             click.echo(f"tables:      {(folder / 'tables').resolve()}")
             click.echo(f"figures:     {(folder / 'figures').resolve()}")
             if started:

@@ -7,9 +7,18 @@ from fflab.analysis.aggregate import (
     accuracy_table,
     ensemble_size_table,
     mean_and_standard_error,
+    shared_units_table,
+    sparseness_table,
+    unseen_activity_table,
     weight_sign_table,
 )
-from fflab.analysis.compare import LinearFit, linear_fit, method_size_regression
+from fflab.analysis.compare import (
+    LinearFit,
+    MethodFits,
+    linear_fit,
+    method_size_fits,
+    method_size_regression,
+)
 from fflab.analysis.ensembles import (
     Method1Result,
     Method2Result,
@@ -17,6 +26,8 @@ from fflab.analysis.ensembles import (
     class_ensembles,
     class_sparseness,
     ensemble_sizes,
+    hoyer_sparseness,
+    mean_shared_units,
     method1_ensemble,
     method2_decision_diagram,
     method2_ensemble,
@@ -24,12 +35,17 @@ from fflab.analysis.ensembles import (
     sparseness_index,
     unseen_class_activity,
 )
+from fflab.analysis.paper_comparison import CONSISTENT_WITHIN, Verdict, compare_estimates
 from fflab.analysis.weights import fraction_negative_incoming, fraction_positive_weights
 
 __all__ = [
+    "CONSISTENT_WITHIN",
+    "Verdict",
+    "compare_estimates",
     "DATASET_NAMES",
     "MODEL_NAMES",
     "LinearFit",
+    "MethodFits",
     "Method1Result",
     "Method2Result",
     "Table",
@@ -41,14 +57,20 @@ __all__ = [
     "ensemble_sizes",
     "fraction_negative_incoming",
     "fraction_positive_weights",
+    "hoyer_sparseness",
     "linear_fit",
     "mean_and_standard_error",
+    "mean_shared_units",
     "method1_ensemble",
     "method2_decision_diagram",
     "method2_ensemble",
+    "method_size_fits",
     "method_size_regression",
     "shared_units_matrix",
+    "shared_units_table",
+    "sparseness_table",
     "sparseness_index",
+    "unseen_activity_table",
     "unseen_class_activity",
     "weight_sign_table",
 ]

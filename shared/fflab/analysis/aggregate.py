@@ -40,6 +40,9 @@ __all__ = [
     "accuracy_table",
     "ensemble_size_table",
     "weight_sign_table",
+    "sparseness_table",
+    "shared_units_table",
+    "unseen_activity_table",
     "MODEL_NAMES",
     "DATASET_NAMES",
 ]
@@ -256,12 +259,17 @@ def _estimate_cells(values: list[float]) -> list[Cell]:
 def _layered_table(
     records: Sequence[dict[str, Any]],
     key: str,
-    per_layer_value: Callable[[Any, str], float],
+    per_layer_value: Callable[[Any, str], tuple[float | None, int]],
     name: str,
     title: str,
     mean_format: str,
     se_format: str,
+    count_label: str | None = None,
 ) -> Table:
+    """Rows: models; per data set and layer the mean ± SE over the runs where the
+    layer's value is not missing; then ``"<DATASET> runs"`` (runs with a value in
+    some layer) and, with ``count_label``, ``"<DATASET> <count_label>"``: the
+    items averaged within runs (e.g. classes), summed over runs, in layer 1."""
     _check_records(records, key)
     layered = [_per_layer_values(r, key, i) for i, r in enumerate(records)]
     values = [
@@ -276,6 +284,8 @@ def _layered_table(
             label = f"{DATASET_NAMES[dataset]} Layer {layer + 1}"
             columns += [label + MEAN_SUFFIX, label + SE_SUFFIX]
         columns.append(f"{DATASET_NAMES[dataset]} runs")
+        if count_label is not None:
+            columns.append(f"{DATASET_NAMES[dataset]} {count_label}")
     rows = []
     for model in models:
         row: list[Cell] = [MODEL_NAMES[model]]
@@ -286,10 +296,20 @@ def _layered_table(
                 if r["model"] == model and r["dataset"] == dataset
             ]
             for layer in range(n_layers):
-                row += _estimate_cells([v[layer] for v in group if len(v) > layer])
-            row.append(len(group))
+                row += _estimate_cells(
+                    [v[layer][0] for v in group if len(v) > layer and v[layer][0] is not None]
+                )
+            row.append(sum(1 for v in group if any(value is not None for value, _ in v)))
+            if count_label is not None:
+                row.append(sum(v[0][1] for v in group if v))
         rows.append(row)
     return Table(name, title, columns, rows, mean_format, se_format)
+
+
+def _value_or_missing(value: Any, where: str) -> tuple[float | None, int]:
+    if value is None:
+        return None, 0
+    return _check_number(value, where), 1
 
 
 def accuracy_table(records: Sequence[dict[str, Any]]) -> Table:
@@ -336,10 +356,14 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> Table:
     )
 
 
-def _mean_ensemble_size(sizes_per_class: Any, where: str) -> float:
+def _mean_ensemble_size(sizes_per_class: Any, where: str) -> tuple[float | None, int]:
+    """Mean over the classes that have an ensemble (None = no analysed image: missing)."""
     if not isinstance(sizes_per_class, (list, tuple)) or not sizes_per_class:
         raise ValueError(f"{where} must be a non-empty list of sizes, one per class.")
-    return float(np.mean([_check_number(s, where) for s in sizes_per_class]))
+    present = [_check_number(s, where) for s in sizes_per_class if s is not None]
+    if not present:
+        return None, 0
+    return float(np.mean(present)), len(present)
 
 
 def ensemble_size_table(
@@ -347,7 +371,11 @@ def ensemble_size_table(
 ) -> Table:
     """Table 2: size of the Method 1 ensembles, mean ± standard error over seeds.
 
-    Each run contributes its mean ensemble size over classes, per layer.
+    Each run contributes its mean ensemble size over classes, per layer. A
+    class without any analysed image (None) is missing, not an ensemble of size
+    0: it is left out of its run's mean, and a run without any is left out of
+    the layer's estimate. The ``"<DATASET> classes"`` column counts the class
+    ensembles averaged (over runs).
 
     Parameters
     ----------
@@ -362,7 +390,7 @@ def ensemble_size_table(
     Table
         Rows: models; columns per data set and layer:
         ``"<DATASET> Layer <l> mean"`` and ``"... se"``, then
-        ``"<DATASET> runs"``.
+        ``"<DATASET> runs"`` and ``"<DATASET> classes"``.
     """
     at_quantile = "" if quantile is None else f" and a threshold of {quantile:g}"
     return _layered_table(
@@ -374,6 +402,7 @@ def ensemble_size_table(
         f"detected with Method 1{at_quantile}.",
         mean_format=".1f",
         se_format=".2f",
+        count_label="classes",
     )
 
 
@@ -394,9 +423,119 @@ def weight_sign_table(records: Sequence[dict[str, Any]]) -> Table:
     return _layered_table(
         records,
         "fraction_positive_weights",
-        _check_number,
+        _value_or_missing,
         name="table3",
         title="Table 3: Fraction of positive weights. Mean ± standard error over runs (seeds).",
         mean_format=".2g",
+        se_format=".1g",
+    )
+
+
+def sparseness_table(records: Sequence[dict[str, Any]], measure: str = "treves_rolls") -> Table:
+    """Sparseness of the class-mean representations per layer, mean ± SE over runs.
+
+    Parameters
+    ----------
+    records : list of dict
+        Run records; uses ``sparseness_<measure>``: per layer, the mean over
+        classes of the sparseness of each class's mean activation vector
+        (None: missing).
+    measure : {"treves_rolls", "hoyer"}, default="treves_rolls"
+
+    Returns
+    -------
+    Table
+        Same layout as :func:`weight_sign_table`.
+    """
+    if measure not in SPARSENESS_TITLES:
+        raise ValueError(f"measure must be one of {', '.join(map(repr, SPARSENESS_TITLES))}; got {measure!r}.")
+    return _layered_table(
+        records,
+        f"sparseness_{measure}",
+        _value_or_missing,
+        name=f"sparseness_{measure}",
+        title=f"{SPARSENESS_TITLES[measure]} sparseness of each class's mean representation, "
+        "averaged over classes. Mean ± standard error over runs (seeds).",
+        mean_format=".3f",
+        se_format=".1g",
+    )
+
+
+SPARSENESS_TITLES = {"treves_rolls": "Treves-Rolls", "hoyer": "Hoyer's"}
+
+
+def shared_units_table(records: Sequence[dict[str, Any]], quantile: float | None = None) -> Table:
+    """Units shared by a pair of classes, mean ± SE over runs (paper, section 4.3: 1.73).
+
+    Parameters
+    ----------
+    records : list of dict
+        Run records; uses ``mean_shared_units``: per layer, the mean over the
+        pairs of distinct classes of ``|E_c ∩ E_c'|`` (None: missing).
+    quantile : float or None
+        The Method 1 quantile of the ensembles, for the title only.
+
+    Returns
+    -------
+    Table
+        Same layout as :func:`weight_sign_table`.
+    """
+    at = "" if quantile is None else f" (Method 1, quantile {quantile:g})"
+    return _layered_table(
+        records,
+        "mean_shared_units",
+        _value_or_missing,
+        name="shared_units",
+        title=f"Units shared by a pair of classes{at}. Mean ± standard error over runs (seeds).",
+        mean_format=".2f",
+        se_format=".2f",
+    )
+
+
+def unseen_activity_table(records: Sequence[dict[str, Any]]) -> Table:
+    """Activity of an unseen class's ensemble against the seen classes' (paper, 4.4).
+
+    Parameters
+    ----------
+    records : list of dict
+        Run records of runs trained without a class; uses ``unseen_activity``:
+        per layer ``{"unseen": float | None, "seen": float | None}`` (Method 2).
+
+    Returns
+    -------
+    Table
+        Rows: ``"unseen"`` and ``"seen"``; columns per data set and layer, mean
+        ± SE over runs, then ``"<DATASET> runs"``.
+    """
+    _check_records(records, "unseen_activity")
+    models, datasets = _present(records)
+    n_layers = max((len(r["unseen_activity"]) for r in records), default=0)
+    columns = ["Ensemble"]
+    for dataset in datasets:
+        for layer in range(n_layers):
+            label = f"{DATASET_NAMES[dataset]} Layer {layer + 1}"
+            columns += [label + MEAN_SUFFIX, label + SE_SUFFIX]
+        columns.append(f"{DATASET_NAMES[dataset]} runs")
+    rows = []
+    for which in ("unseen", "seen"):
+        row: list[Cell] = [f"{which} class{'es' if which == 'seen' else ''}"]
+        for dataset in datasets:
+            group = [r["unseen_activity"] for r in records if r["dataset"] == dataset]
+            for layer in range(n_layers):
+                values = [
+                    _check_number(layers[layer][which], f"unseen_activity[{layer}][{which!r}]")
+                    for layers in group
+                    if len(layers) > layer and layers[layer].get(which) is not None
+                ]
+                row += _estimate_cells(values)
+            row.append(len(group))
+        rows.append(row)
+    return Table(
+        name="unseen_class",
+        title="Mean activity of the unseen class's ensemble and of the seen classes' ensembles "
+        "(Method 2). Mean ± standard error over runs (seeds).",
+        columns=columns,
+        rows=rows,
+        mean_format=".3f",
         se_format=".1g",
     )

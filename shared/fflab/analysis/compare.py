@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LinearFit", "linear_fit", "method_size_regression"]
+__all__ = ["LinearFit", "MethodFits", "linear_fit", "method_size_regression", "method_size_fits"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +100,69 @@ def method_size_regression(sizes_method1: Any, sizes_method2: Any) -> LinearFit:
             "sizes_method2 (x) has zero variance (all sizes equal): the slope is undefined."
         )
     return linear_fit(sizes_method2, sizes_method1)
+
+
+@dataclass(frozen=True)
+class MethodFits:
+    """Figure 8B's regression, split so that it can be compared with the paper.
+
+    Attributes
+    ----------
+    all_points : LinearFit or None
+        Over every point (the paper's pooled fit); None where undefined.
+    both_found : LinearFit or None
+        Over the points where both methods find an ensemble (both sizes > 0).
+    per_group : dict of str to (LinearFit or None)
+        Over the points of each group (e.g. model), all points.
+    left_out : int
+        Points left out of ``both_found``: one method or both found nothing.
+    """
+
+    all_points: LinearFit | None
+    both_found: LinearFit | None
+    per_group: dict[str, LinearFit | None]
+    left_out: int
+
+
+def _fit_or_none(sizes_method1: np.ndarray, sizes_method2: np.ndarray) -> LinearFit | None:
+    try:
+        return method_size_regression(sizes_method1, sizes_method2)
+    except ValueError:  # fewer than two points, or constant Method 2 sizes
+        return None
+
+
+def method_size_fits(sizes_method1: Any, sizes_method2: Any, groups: Any) -> MethodFits:
+    """Figure 8B's fit over all points, over the points where both methods find
+    an ensemble, and per group.
+
+    Where Method 2 finds nothing (x = 0) while Method 1 finds hundreds of
+    saturated units (BP), the pooled line is pulled by points that say nothing
+    of how the two methods agree; ``both_found`` leaves them out.
+
+    Parameters
+    ----------
+    sizes_method1, sizes_method2 : array-like of shape (k,)
+        Ensemble sizes by Method 1 (y) and Method 2 (x).
+    groups : array-like of shape (k,)
+        Group of each point (e.g. the model), str.
+
+    Returns
+    -------
+    MethodFits
+        A fit is None where it is undefined (fewer than 2 points or constant x).
+    """
+    y = np.asarray(sizes_method1, dtype=np.float64)
+    x = np.asarray(sizes_method2, dtype=np.float64)
+    groups = np.asarray(groups, dtype=object)
+    if not (y.ndim == x.ndim == groups.ndim == 1 and y.shape == x.shape == groups.shape):
+        raise ValueError(
+            "sizes_method1, sizes_method2 and groups must be 1-D of the same length; got shapes "
+            f"{y.shape}, {x.shape} and {groups.shape}."
+        )
+    both = (y > 0) & (x > 0)
+    return MethodFits(
+        all_points=_fit_or_none(y, x),
+        both_found=_fit_or_none(y[both], x[both]),
+        per_group={str(g): _fit_or_none(y[groups == g], x[groups == g]) for g in dict.fromkeys(groups)},
+        left_out=int((~both).sum()),
+    )

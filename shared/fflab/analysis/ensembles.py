@@ -23,8 +23,11 @@ __all__ = [
     "class_ensembles",
     "ensemble_sizes",
     "shared_units_matrix",
+    "mean_shared_units",
     "unseen_class_activity",
     "sparseness_index",
+    "hoyer_sparseness",
+    "SPARSENESS_MEASURES",
     "class_sparseness",
 ]
 
@@ -167,9 +170,13 @@ def method1_ensemble(X: Any, quantile: float = 0.95) -> Method1Result:
     """Ensemble of one class in one layer by Method 1 (quantile of X).
 
     The threshold is ``np.quantile`` (linear interpolation) of all values of
-    X. Unit j is active if its median over the images is ``>=`` the threshold:
-    sigmoid outputs saturate at exactly 1.0 in float32, so the quantile can
-    equal the maximum, and saturated units then count as active.
+    X. Unit j is active if its median over the images is ``>=`` the threshold
+    and ``>`` the smallest value of X. The ``>=`` keeps the saturation case at
+    the top: sigmoid outputs saturate at exactly 1.0 in float32, so the
+    quantile can equal the maximum, and saturated units then count as active.
+    The strict ``>`` above the minimum removes the opposite case: where the
+    quantile is the floor of the layer (0 for ReLU, or sigmoid outputs that
+    underflow to 0.0), a unit whose median is that floor is silent, not active.
 
     Parameters
     ----------
@@ -196,7 +203,7 @@ def method1_ensemble(X: Any, quantile: float = 0.95) -> Method1Result:
         )
     threshold = np.quantile(X, quantile)
     medians = np.median(X, axis=0)
-    units = np.flatnonzero(medians >= threshold).astype(np.int64)
+    units = np.flatnonzero((medians >= threshold) & (medians > X.min())).astype(np.int64)
     return Method1Result(units=units, threshold=float(threshold), medians=medians)
 
 
@@ -432,6 +439,25 @@ def shared_units_matrix(ensembles: dict[int, np.ndarray], classes: Iterable[int]
     return membership @ membership.T
 
 
+def mean_shared_units(matrix: Any) -> float:
+    """Mean number of units shared by a pair of distinct classes.
+
+    Parameters
+    ----------
+    matrix : array-like of shape (C, C)
+        A :func:`shared_units_matrix` (symmetric), C >= 2.
+
+    Returns
+    -------
+    float
+        Mean of the C(C-1)/2 entries above the diagonal.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
+        raise ValueError(f"matrix must be a square (C, C) array with C >= 2; got shape {matrix.shape}.")
+    return float(matrix[np.triu_indices(matrix.shape[0], k=1)].mean())
+
+
 def unseen_class_activity(
     representations: Any, labels: Any, unseen_class: int, ensembles: dict[int, np.ndarray]
 ) -> UnseenClassActivity:
@@ -492,6 +518,20 @@ def unseen_class_activity(
     )
 
 
+def _check_patterns(X: Any) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim not in (1, 2):
+        raise ValueError(f"X must be a 1-D or 2-D array; got shape {X.shape}.")
+    n = X.shape[-1]
+    if n < 2:
+        raise ValueError(f"X must have at least 2 units (last axis); got {n}.")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X must contain only finite values (no nan or inf).")
+    if np.any(X < 0):
+        raise ValueError("X must be non-negative (activations such as sigmoid outputs).")
+    return X
+
+
 def sparseness_index(X: Any) -> np.ndarray | float:
     """Population sparseness (Treves-Rolls, as normalised by Vinje & Gallant).
 
@@ -508,16 +548,8 @@ def sparseness_index(X: Any) -> np.ndarray | float:
     -------
     ndarray of shape (k,), or float for a 1-D input
     """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim not in (1, 2):
-        raise ValueError(f"X must be a 1-D or 2-D array; got shape {X.shape}.")
+    X = _check_patterns(X)
     n = X.shape[-1]
-    if n < 2:
-        raise ValueError(f"X must have at least 2 units (last axis); got {n}.")
-    if not np.all(np.isfinite(X)):
-        raise ValueError("X must contain only finite values (no nan or inf).")
-    if np.any(X < 0):
-        raise ValueError("X must be non-negative (activations such as sigmoid outputs).")
     mean = X.mean(axis=-1)
     mean_square = np.mean(X * X, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -526,8 +558,40 @@ def sparseness_index(X: Any) -> np.ndarray | float:
     return float(sparseness) if X.ndim == 1 else sparseness
 
 
+def hoyer_sparseness(X: Any) -> np.ndarray | float:
+    """Hoyer's sparseness, the measure of the authors' code.
+
+    ``S = (sqrt(n) - ||r||_1 / ||r||_2) / (sqrt(n) - 1)`` for each row r: 0
+    for a uniform vector, 1 for a one-hot vector. An all-zero row gives nan.
+
+    Parameters
+    ----------
+    X : array-like of shape (k, n) or (n,)
+        Non-negative activations, one pattern per row; n >= 2.
+
+    Returns
+    -------
+    ndarray of shape (k,), or float for a 1-D input
+    """
+    X = _check_patterns(X)
+    n = X.shape[-1]
+    l1 = np.abs(X).sum(axis=-1)
+    l2 = np.sqrt(np.sum(X * X, axis=-1))
+    root = math.sqrt(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sparseness = (root - l1 / l2) / (root - 1.0)
+    sparseness = np.where(l2 > 0, sparseness, np.nan)
+    return float(sparseness) if X.ndim == 1 else sparseness
+
+
+SPARSENESS_MEASURES = {"treves_rolls": sparseness_index, "hoyer": hoyer_sparseness}
+
+
 def class_sparseness(
-    representations: Any, labels: Any, classes: Iterable[int] | None = None
+    representations: Any,
+    labels: Any,
+    classes: Iterable[int] | None = None,
+    measure: str = "treves_rolls",
 ) -> dict[int, float]:
     """Sparseness of the mean activation vector of each class.
 
@@ -540,15 +604,22 @@ def class_sparseness(
     classes : iterable of int or None, default=None
         Classes, in this order; None for the sorted unique labels. A class
         with no image gets nan.
+    measure : {"treves_rolls", "hoyer"}, default="treves_rolls"
+        :func:`sparseness_index` (Treves-Rolls) or :func:`hoyer_sparseness`.
 
     Returns
     -------
     dict of int to float
-        Class to :func:`sparseness_index` of its mean activation vector.
+        Class to the sparseness of its mean activation vector.
     """
+    if measure not in SPARSENESS_MEASURES:
+        raise ValueError(
+            f"measure must be one of {', '.join(map(repr, SPARSENESS_MEASURES))}; got {measure!r}."
+        )
+    of = SPARSENESS_MEASURES[measure]
     representations, labels = _check_representations(representations, labels)
     result = {}
     for c in _resolve_classes(labels, classes):
         rows = representations[labels == c]
-        result[c] = sparseness_index(rows.mean(axis=0)) if rows.shape[0] else float("nan")
+        result[c] = of(rows.mean(axis=0)) if rows.shape[0] else float("nan")
     return result

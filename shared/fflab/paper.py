@@ -1,0 +1,251 @@
+"""The comparison of an experiment with the paper, cell by cell.
+
+The published values (Tables 1-3 and every number the paper quotes about its
+own experiments, with their standard errors) are package data in
+``reference/paper_values.json``. ``paper_comparison`` sets an experiment's
+run records against them with ``fflab.analysis.compare_estimates`` and lists
+every setting where the experiment departs from the paper's protocol, so that
+a quick run is never read as a reproduction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from fflab import analysis
+from fflab.results import CellComparison, PaperComparison, ProtocolDifference
+from fflab.spec import ExperimentSpec, build_spec
+
+# Settings the paper does not give: always listed with the experiment's value.
+OPEN_CHOICES = {
+    "network.threshold": "the goodness threshold theta; the paper gives none",
+    "network.normalize_first_layer": "the image normalised before layer 1 (authors' code) or not (paper)",
+    "network.normalization": "which norm between layers (the authors' NetFF uses l2 whatever its config)",
+    "network.label_value": "the label pixel's value: the image's maximum (paper) or the batch's (code)",
+    "negative_labels": "wrong labels drawn once (code) or every epoch",
+    "prediction": "goodness summed over layers (paper) or per-layer softmax then summed (code)",
+    "unseen_class_negatives": "where the unseen-class runs draw wrong labels from",
+}
+# Fields that describe the run, not the protocol.
+NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class_datasets"}
+
+
+@lru_cache(maxsize=1)
+def published_cells() -> tuple[dict[str, Any], ...]:
+    """Every published cell (see reference/paper_values.json)."""
+    text = resources.files("fflab").joinpath("reference/paper_values.json").read_text()
+    return tuple(json.loads(text)["cells"])
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, inner in value.items():
+            flat.update(_flatten(inner, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def protocol_differences(spec: ExperimentSpec, source: str = "") -> list[ProtocolDifference]:
+    """Every setting where ``spec`` differs from the ``paper`` preset, and the
+    number of seeds where it differs from the paper's 15."""
+    paper = build_spec("paper")
+    ours_flat, paper_flat = _flatten(spec.model_dump(mode="json")), _flatten(paper.model_dump(mode="json"))
+    differences = [
+        ProtocolDifference(field=field, paper=paper_flat.get(field), experiment=value, source=source)
+        for field, value in ours_flat.items()
+        if field.split(".")[0] not in NOT_PROTOCOL and paper_flat.get(field) != value
+    ]
+    if len(spec.seeds) != len(paper.seeds):
+        differences.append(ProtocolDifference(
+            field="seeds (runs per configuration)", paper=len(paper.seeds),
+            experiment=len(spec.seeds), source=source))
+    return differences
+
+
+def _estimate(values: list[float]) -> tuple[float | None, float | None, int]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None, 0
+    mean, se = analysis.mean_and_standard_error(values)
+    return mean, (None if math.isnan(se) else se), len(values)
+
+
+def _mean_size(sizes: list[int | None]) -> float | None:
+    present = [s for s in sizes if s is not None]
+    return float(np.mean(present)) if present else None
+
+
+def _our_estimate(
+    cell: dict[str, Any], spec: ExperimentSpec, records: list[dict], method_comparison: dict | None
+) -> tuple[float | None, float | None, int, str]:
+    """This experiment's (mean, se, n, note) for a published cell."""
+    quantity, layer = cell["quantity"], cell.get("layer")
+    if quantity.startswith("method_fit"):
+        if not method_comparison or method_comparison.get("slope") is None:
+            return None, None, 0, "no Method 1 vs Method 2 fit"
+        if (method_comparison["quantile"], method_comparison["epsilon"]) != (cell["quantile"], cell["epsilon"]):
+            return None, None, 0, f"the fit uses quantile {method_comparison['quantile']}, epsilon " \
+                f"{method_comparison['epsilon']}; the paper's {cell['quantile']}, {cell['epsilon']}"
+        key = "slope" if quantity == "method_fit_slope" else "intercept"
+        both = method_comparison.get("both_found") or {}
+        note = (f"pooled fit over {method_comparison['n_points']} ensembles; where both methods find "
+                f"one ({both.get('n_points', 0)}): {both[key]:.2f}" if both else "pooled fit")
+        return method_comparison[key], None, 1, note
+    unseen = quantity == "unseen_activity"
+    group = [
+        r for r in records
+        if r["dataset"] == cell["dataset"] and r["model"] == cell["model"]
+        and ((r["unseen_class"] == 0) if unseen else (r["unseen_class"] is None))
+    ]
+    note = ""
+    if quantity == "accuracy":
+        values = [r["accuracy"] for r in group]
+    elif quantity == "ensemble_size":
+        if spec.analysis.table_quantile != cell["quantile"]:
+            return None, None, 0, f"table quantile {spec.analysis.table_quantile}, the paper's {cell['quantile']}"
+        values = [_mean_size(r["ensemble_sizes_method1"][layer - 1]) for r in group
+                  if len(r["ensemble_sizes_method1"]) >= layer]
+    elif quantity == "fraction_positive_weights":
+        values = [r["fraction_positive_weights"][layer - 1] for r in group
+                  if len(r["fraction_positive_weights"]) >= layer]
+    elif quantity == "mean_shared_units":
+        if spec.analysis.figure_quantile != cell["quantile"]:
+            return None, None, 0, f"figure quantile {spec.analysis.figure_quantile}, the paper's {cell['quantile']}"
+        values = [r.get("mean_shared_units", [None] * layer)[layer - 1] for r in group
+                  if len(r.get("mean_shared_units", [])) >= layer]
+        note = "mean over every pair of classes"
+    elif unseen:
+        values = [r["unseen_activity"][layer - 1][cell["which"]] for r in group
+                  if len(r.get("unseen_activity", [])) >= layer]
+        if not group:
+            note = "no run trained without class 0 on this data set"
+    else:
+        raise ValueError(f"unknown published quantity {quantity!r}")
+    mean, se, n = _estimate(values)
+    return mean, se, n, note
+
+
+def paper_comparison(
+    spec: ExperimentSpec,
+    records: list[dict],
+    method_comparison: dict | None,
+    experiment: str,
+    protocol: list[ProtocolDifference] | None = None,
+) -> PaperComparison:
+    """Every published cell against this experiment's estimate.
+
+    Parameters
+    ----------
+    spec : the experiment's spec (its analysis settings decide what is comparable)
+    records : the run records (``results.json``'s ``runs``)
+    method_comparison : ``results.json``'s ``method_comparison`` (or None)
+    experiment : a name for the experiment (folder or id)
+    protocol : the differences from the paper's protocol; default: from ``spec``
+    """
+    cells = []
+    for cell in published_cells():
+        mean, se, n, note = _our_estimate(cell, spec, records, method_comparison)
+        verdict = analysis.compare_estimates(cell["mean"], cell["se"], cell["n"], mean, se, n)
+        notes = "; ".join(part for part in (note, verdict.note, cell.get("note", "")) if part)
+        cells.append(CellComparison(
+            id=cell["id"], source=cell["source"], quantity=cell["quantity"], model=cell["model"],
+            dataset=cell["dataset"], layer=cell["layer"], paper_mean=cell["mean"],
+            paper_se=cell["se"], paper_n=cell["n"], mean=mean, se=se, n=n, z=verdict.z,
+            combined_se=verdict.combined_se, verdict=verdict.verdict, note=notes,
+        ))
+    protocol = protocol_differences(spec) if protocol is None else protocol
+    flat = _flatten(spec.model_dump(mode="json"))
+    counts = {v: sum(c.verdict == v for c in cells) for v in ("consistent", "differs", "not comparable")}
+    return PaperComparison(
+        experiment=experiment,
+        reproduction=not protocol,
+        protocol=protocol,
+        open_choices={field: flat[field] for field in OPEN_CHOICES},
+        cells=cells,
+        summary=counts,
+    )
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def to_markdown(comparison: PaperComparison) -> str:
+    """The comparison as a markdown report: what it is, protocol, then every cell."""
+    lines = [f"# Comparison with the paper: {comparison.experiment}", ""]
+    summary = comparison.summary
+    if comparison.reproduction:
+        lines.append("This experiment follows the paper's protocol (the `paper` preset).")
+    else:
+        lines.append(
+            f"**Not a reproduction**: this experiment departs from the paper's protocol in "
+            f"{len(comparison.protocol)} settings (below), so a difference may come from them."
+        )
+    lines += [
+        "",
+        f"Cells: {summary['consistent']} consistent (within 2 combined standard errors), "
+        f"{summary['differs']} differ, {summary['not comparable']} not comparable.",
+        "",
+        "## Protocol: where this experiment differs from the paper",
+        "",
+    ]
+    if comparison.protocol:
+        lines += ["| setting | paper | this experiment | source |", "|---|---|---|---|"]
+        lines += [f"| {d.field} | {json.dumps(d.paper)} | {json.dumps(d.experiment)} | {d.source or '-'} |"
+                  for d in comparison.protocol]
+    else:
+        lines.append("None.")
+    lines += ["", "## Choices the paper leaves open, as set here", "",
+              "| setting | value | what it is |", "|---|---|---|"]
+    lines += [f"| {field} | {json.dumps(value)} | {OPEN_CHOICES[field]} |"
+              for field, value in comparison.open_choices.items()]
+    lines += ["", "## Cells", "",
+              "| cell | source | paper | this experiment | n | z | verdict | note |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in comparison.cells:
+        paper = _number(c.paper_mean) + ("" if c.paper_se is None else f" ± {_number(c.paper_se, 2)}")
+        ours = _number(c.mean) + ("" if c.se is None else f" ± {_number(c.se, 2)}")
+        z = "-" if c.z is None else f"{c.z:+.1f}"
+        lines.append(f"| {c.id} | {c.source} | {paper} | {ours} | {c.n} | {z} | {c.verdict} | {c.note} |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = ("id", "source", "quantity", "model", "dataset", "layer", "paper_mean", "paper_se",
+               "paper_n", "mean", "se", "n", "z", "combined_se", "verdict", "note")
+
+
+def to_csv(comparison: PaperComparison) -> str:
+    """One line per cell (``CSV_COLUMNS``); missing values are empty fields."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for cell in comparison.cells:
+        row = cell.model_dump()
+        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def comparison_figure(comparison: PaperComparison):
+    """Figure ``paper_comparison.png``: each comparable cell, the paper's and this experiment's."""
+    from fflab import figures
+
+    cells = [c for c in comparison.cells if c.mean is not None]
+    return figures.paper_comparison_figure(
+        labels=[c.id for c in cells],
+        quantities=[c.quantity for c in cells],
+        paper=[(c.paper_mean, c.paper_se) for c in cells],
+        ours=[(c.mean, c.se) for c in cells],
+        verdicts=[c.verdict for c in cells],
+        title=comparison.experiment + ("" if comparison.reproduction else " (not the paper's protocol)"),
+    )
