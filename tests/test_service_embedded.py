@@ -65,6 +65,12 @@ def test_serve_with_nothing_configured(embedded: Process, tmp_path: Path) -> Non
 
     assert fflab("results", experiment_id, "--format", "csv", "--table", "table1").startswith("Model")
     assert "| FF |" in fflab("results", experiment_id)
+    comparison = fflab("compare", "--experiment", experiment_id)  # GET .../paper-comparison
+    assert "**Not a reproduction**" in comparison and "| table1/ff/mnist | Table 1 | 0.93 ± 0.001 |" in comparison
+    cells = json.loads(fflab("compare", "--experiment", experiment_id, "--format", "json"))["cells"]
+    assert next(c for c in cells if c["id"] == "table1/ff/mnist")["n"] == 1
+    jsonschema.validate(cells and json.loads(fflab("compare", "--experiment", experiment_id, "--format", "json")),
+                        json.loads((SCHEMAS / "paper_comparison.schema.json").read_text()))
     ensembles = json.loads(fflab("ensembles", experiment_id, "--model", "ff", "--layer", "1", "--class", "0",
                                  "--method", "method2"))
     schema = json.loads((SCHEMAS / "ensembles.schema.json").read_text())
