@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,14 @@ def test_compare_labels_a_quick_run_as_not_a_reproduction_and_covers_every_cell(
     assert (tmp_path / "out" / "figures" / "paper_comparison.png").read_bytes().startswith(PNG_SIGNATURE)
     done = fflab("compare", str(experiment), str(experiment), check=False)
     assert done.returncode == 1 and "is in both" in done.stderr
+    # an unfinished experiment contributes the runs analysed so far, and says so
+    partial = tmp_path / "partial"
+    shutil.copytree(experiment, partial, ignore=shutil.ignore_patterns("*.npz", "*.pt", "*.png"))
+    (partial / "runs" / "bp-mnist-seed0" / "ensembles.json").unlink()
+    (partial / "results.json").unlink()
+    document = json.loads(fflab("compare", str(partial), "--format", "json").stdout)
+    assert document["experiment"].endswith("(6 of 7 runs)")
+    assert next(c for c in document["cells"] if c["id"] == "table1/bp/mnist")["verdict"] == "not comparable"
 
 
 def test_bad_settings_are_named_without_a_traceback(tmp_path):

@@ -58,14 +58,9 @@ from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 # The training subset is drawn with a fixed seed so that every model and seed of an
 # experiment sees the same images: seeds vary the initialisation and the negatives.
 DATA_SEED = 0
-RUN_FILES = (
-    "metrics.json",
-    "ensembles.json",
-    "shared_units.json",
-    "weight_stats.json",
-    "representations.npz",
-    "weights.pt",
-)
+# A run's JSON documents, written once it is analysed; then everything it writes.
+ANALYSED_RUN_FILES = ("metrics.json", "ensembles.json", "shared_units.json", "weight_stats.json")
+RUN_FILES = ANALYSED_RUN_FILES + ("representations.npz", "weights.pt")
 
 
 def run_dir_of(experiment_dir: Path, key: RunKey) -> Path:
@@ -648,7 +643,10 @@ def write_paper_comparison(comparison: PaperComparison, experiment_dir: Path) ->
 
 def compare_folders(experiment_dirs: list[Path]) -> PaperComparison:
     """The comparison with the paper of one or several results folders, their
-    runs pooled (each (model, data set, seed, left-out class) at most once). The
+    runs pooled (each (model, data set, seed, left-out class) at most once).
+
+    A folder whose experiment has not finished contributes the runs that have
+    been analysed, and the comparison's name says how many of how many. The
     analysis settings of the first folder decide what is comparable; the protocol
     lists each folder's differences from the paper."""
     if not experiment_dirs:
@@ -658,25 +656,27 @@ def compare_folders(experiment_dirs: list[Path]) -> PaperComparison:
     seen: dict[tuple, Path] = {}
     specs = []
     run_dirs: dict[str, Path] = {}
+    names = []
     for folder in experiment_dirs:
         spec = read_spec(folder)
         specs.append(spec)
-        results_path = folder / "results.json"
-        if not results_path.is_file():
-            raise FileNotFoundError(f"{folder} has no results.json: its experiment has not finished")
-        results = read_document(ExperimentResults, results_path)
-        for record in results.runs:
-            key = (record["model"], record["dataset"], record["seed"], record["unseen_class"])
-            if key in seen:
-                raise ValueError(f"run {record['run_id']} is in both {seen[key]} and {folder}")
-            seen[key] = folder
+        keys = spec.runs()
+        done = [key for key in keys
+                if all((run_dir_of(folder, key) / name).is_file() for name in ANALYSED_RUN_FILES)]
+        if not done:
+            raise FileNotFoundError(f"{folder} has no analysed run yet")
+        for key in done:
+            record = run_record(run_dir_of(folder, key))
+            identity = (key.model, key.dataset, key.seed, key.unseen_class)
+            if identity in seen:
+                raise ValueError(f"run {key.run_id} is in both {seen[identity]} and {folder}")
+            seen[identity] = folder
             records.append(record)
-            run_dirs[record["run_id"]] = folder / "runs" / record["run_id"]
+            run_dirs[key.run_id] = run_dir_of(folder, key)
         protocol += paper.protocol_differences(spec, source=folder.name if len(experiment_dirs) > 1 else "")
+        names.append(str(folder) + ("" if len(done) == len(keys) else f" ({len(done)} of {len(keys)} runs)"))
     fits = method_comparison(specs[0], run_dirs, records)[0].model_dump(mode="json")
-    name = " + ".join(str(folder) for folder in experiment_dirs)
-    return paper.paper_comparison(specs[0], records, fits, experiment=name, protocol=protocol)
-
+    return paper.paper_comparison(specs[0], records, fits, experiment=" + ".join(names), protocol=protocol)
 
 # --------------------------------------------------------------------------- experiments
 
