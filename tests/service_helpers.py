@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from fflab.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_SERVE_DB = 14  # tests that run ``fflab serve`` on Redis; queue names of their own
+WORKER_STARTED = re.compile(r"worker started \(pid (\d+)\)")
 
 # A run takes about a second: MNIST subsets, one epoch, narrow layers.
 TINY = {
@@ -139,3 +143,43 @@ def poll_experiment(client: httpx.Client, experiment_id: str, statuses: tuple[st
         return body if body["status"] in statuses else None
 
     return wait_for(reached, timeout, f"experiment {experiment_id} to be {' or '.join(statuses)}", 0.2)
+
+
+class Serve:
+    """``fflab serve`` in its own folder (var/ under it), with extra settings."""
+
+    def __init__(self, folder: Path, name: str, *args: str, **settings: str):
+        self.folder, self.port = folder, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = base_env(api_port=str(self.port), **settings)
+        self.process = Process(name, [sys.executable, "-m", "fflab", "serve", *args], self.env, folder, folder)
+
+    def wait_up(self, path: str = "/readyz", timeout: float = 90) -> None:
+        wait_for(lambda: self.process.check_alive() or http_ready(f"{self.url}{path}")(), timeout,
+                 f"{self.url}{path}")
+
+    def key(self) -> str:
+        return (self.folder / "var" / "admin.key").read_text().strip()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key()}"}, timeout=30)
+
+    def log(self) -> str:
+        return self.process.log.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """Every worker process serve started, in order."""
+        return [int(pid) for pid in WORKER_STARTED.findall(self.log())]
+
+
+def backend_settings(backend: str, pg_database: Callable[[], str], queue_prefix: str) -> dict[str, str]:
+    """Settings of ``fflab serve`` on the embedded default ("sqlite") or on a fresh
+    PostgreSQL database and Redis ("postgresql")."""
+    if backend == "sqlite":
+        return {}
+    broker = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_SERVE_DB}"
+    return dict(database_url=pg_database(), broker_url=broker, result_backend=broker, queue_prefix=queue_prefix)
+
+
+def readyz(url: str) -> httpx.Response:
+    return httpx.get(f"{url}/readyz", timeout=5)

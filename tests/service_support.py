@@ -12,6 +12,8 @@ import random
 import secrets
 import shutil
 import sys
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,11 +24,14 @@ from fflab import accounts
 from fflab.db import session_scope
 from fflab.db.migrate import upgrade_database
 from fflab.settings import Settings
+from fflab.processes import process_alive
 from service_helpers import (
     REDIS_HOST,
     REDIS_PORT,
+    REDIS_SERVE_DB,
     ROOT,
     Process,
+    Serve,
     Stack,
     base_env,
     create_database,
@@ -115,6 +120,32 @@ def stack(data_root: Path, pg_database, moto_s3: str, tmp_path_factory: pytest.T
         for key in client.scan_iter(f"*{prefix}*"):
             client.delete(key)
         shutil.rmtree(var_dir, ignore_errors=True)
+
+
+@pytest.fixture()
+def serves(data_root: Path, request: pytest.FixtureRequest) -> Iterator[list[Serve]]:
+    """The ``fflab serve`` processes a test appends here: their logs are printed if it
+    fails; they and any worker of theirs are stopped at the end."""
+    started: list[Serve] = []
+    yield started
+    report = getattr(request.node, "rep_call", None)
+    for serve in started:
+        if report is not None and report.failed:
+            print(f"----- {serve.process.name} -----\n{serve.process.tail(80)}")
+        serve.process.stop()
+        for pid in serve.worker_pids():  # a worker left behind is reported by the test itself
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture()
+def redis_prefix() -> Iterator[str]:
+    """Queue names of this test's own on Redis (REDIS_SERVE_DB), deleted at the end."""
+    prefix = f"s{secrets.token_hex(4)}-"
+    yield prefix
+    client = redis.Redis(REDIS_HOST, REDIS_PORT, db=REDIS_SERVE_DB)
+    for key in client.scan_iter(f"*{prefix}*"):
+        client.delete(key)
 
 
 @pytest.fixture(autouse=True)

@@ -93,7 +93,8 @@ def submit_experiment(body: schemas.ExperimentSubmit, request: Request, response
     try:
         experiment = jobs.create_experiment(session, settings, user, spec, body.visibility)
     except jobs.CapacityError as error:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(error)) from None
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(error),
+                            headers={"Retry-After": str(error.retry_after_s)}) from None
     session.commit()
     dispatch(session, settings, dispatcher)
     url = views.experiment_url(request, experiment.id)

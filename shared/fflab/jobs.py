@@ -59,6 +59,10 @@ class Dispatcher(Protocol):
 class CapacityError(Exception):
     """The user's cap on queued plus running runs would be exceeded."""
 
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
 
 class ConflictError(Exception):
     """The operation does not apply in the object's current status."""
@@ -81,7 +85,8 @@ def create_experiment(
 ) -> Experiment:
     keys = spec.runs()
     # Lock the owner's row until commit, so that concurrent submissions of one user
-    # count active runs one after the other (the cap holds); other users are not held up.
+    # count active runs one after the other (the cap holds); other users are not held
+    # up. On SQLite the lock is the database's write lock (fflab.db.session).
     session.execute(select(User.id).where(User.id == owner.id).with_for_update())
     active = active_runs(session, owner.id)
     cap = settings.max_active_runs_per_user
@@ -89,7 +94,8 @@ def create_experiment(
         raise CapacityError(
             f"this experiment has {len(keys)} runs and you have {active} queued or running; "
             f"the limit is {cap} per user (FFLAB_MAX_ACTIVE_RUNS_PER_USER). Wait for runs to "
-            f"finish or cancel some."
+            f"finish or cancel some.",
+            settings.capacity_retry_after_s,
         )
     queue = settings.queue_for_device(spec.device)
     experiment = Experiment(

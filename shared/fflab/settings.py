@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_active_runs_per_user: int = Field(
         200, ge=1, description="Cap on a user's queued plus running runs (429 above it)."
     )
+    capacity_retry_after_s: int = Field(
+        30, ge=1, description="Retry-After (seconds) of the 429 that refuses a submission over the cap."
+    )
     gpus_available: bool = Field(
         False, description="The deployment runs GPU workers: device 'auto' goes to the gpu queue."
     )

@@ -1,4 +1,14 @@
-"""Engines and sessions: one engine per database URL and process."""
+"""Engines and sessions: one engine per database URL and process.
+
+SQLite has no row locks: SQLAlchemy leaves ``FOR UPDATE`` out of its SQL, and
+pysqlite starts a transaction only before the first data-changing statement, so a
+transaction that reads, decides and writes (a user's cap on active runs, a run's
+end deciding its experiment's) could act on what another process changed
+meanwhile. On SQLite sessions here, a statement with ``with_for_update()`` first
+takes the database's write lock (``BEGIN IMMEDIATE``, waiting up to the busy
+timeout) when no transaction is open, so such transactions run one after the other
+as they do under PostgreSQL's row locks. (An open pysqlite transaction has written
+already, so it holds the write lock.)"""
 
 from __future__ import annotations
 
@@ -9,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
 _sessionmakers: dict[str, sessionmaker[Session]] = {}
@@ -42,11 +52,23 @@ def get_engine(url: str) -> Engine:
         return _engines[url]
 
 
+def _sqlite_write_lock_for_update(state: ORMExecuteState) -> None:
+    """SELECT ... FOR UPDATE on SQLite: take the database's write lock first."""
+    if getattr(state.statement, "_for_update_arg", None) is None:
+        return
+    connection = state.session.connection()
+    if not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
     engine = get_engine(url)
     with _lock:
         if url not in _sessionmakers:
-            _sessionmakers[url] = sessionmaker(engine, expire_on_commit=False)
+            factory = sessionmaker(engine, expire_on_commit=False)
+            if engine.dialect.name == "sqlite":
+                event.listen(factory, "do_orm_execute", _sqlite_write_lock_for_update)
+            _sessionmakers[url] = factory
         return _sessionmakers[url]
 
 
