@@ -16,13 +16,12 @@ from api import schemas, views
 from api.deps import ReadableExperiment, SessionDep, StorageDep
 from fflab.db import Artifact, Ensemble, Experiment, Result, Run
 from fflab import paper
-from fflab.results import ExperimentResults, PaperComparison
+from fflab.results import PAPER_TABLES, TABLES, ExperimentResults, PaperComparison
 from fflab.spec import DatasetName, ExperimentSpec, ModelName
 from fflab.storage import Storage, StorageError
 
 router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=["results"])
 
-TABLES = ("table1", "table2", "table3")
 Method = Literal["method1", "method2"]
 ModelFilter = Annotated[ModelName | None, Query(description="ff, bpff or bp.")]
 DatasetFilter = Annotated[DatasetName | None, Query(description="mnist or fashion_mnist.")]
@@ -44,19 +43,26 @@ def _result(session: Session, experiment: Experiment) -> Result:
 def get_results(
     experiment: ReadableExperiment, session: SessionDep,
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
-    table: Annotated[Literal[TABLES] | None, Query(description="Only this table (csv, md).")] = None,
+    table: Annotated[Literal[TABLES] | None, Query(
+        description="Only this table (csv, md): table1-3, or one of the other aggregates "
+        "(sparseness_treves_rolls, sparseness_hoyer, shared_units, unseen_class).")] = None,
 ):
-    """Tables 1-3 (accuracy, ensemble sizes, fraction of positive weights) with the
-    run records and figure list (JSON), or the tables as CSV or markdown, each
-    preceded by a '# tableN' line when all three are asked for."""
+    """Tables 1-3 (accuracy, ensemble sizes, fraction of positive weights) and the
+    other aggregates with the run records and figure list (JSON), or the tables as
+    CSV or markdown: one table with ``table``, else Tables 1-3, each preceded by a
+    '# tableN' line."""
     result = _result(session, experiment)
     if format == "json":
         return result.results
     if table:
+        if table not in result.tables:
+            raise HTTPException(status.HTTP_404_NOT_FOUND,
+                                f"experiment {experiment.id} has no table {table}; it has: "
+                                f"{', '.join(result.tables)}")
         text = result.tables[table][format]
     else:
         separator = "\n\n" if format == "md" else "\n"
-        text = "\n".join(f"# {name}{separator}{result.tables[name][format]}" for name in TABLES)
+        text = "\n".join(f"# {name}{separator}{result.tables[name][format]}" for name in PAPER_TABLES)
     media = "text/csv" if format == "csv" else "text/markdown"
     return PlainTextResponse(text, media_type=f"{media}; charset=utf-8")
 

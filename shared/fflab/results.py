@@ -255,6 +255,12 @@ class PaperComparison(Document):
     summary: dict[str, int] = Field(description="Cells per verdict.")
 
 
+# The tables an experiment's aggregation writes (tables/<name>.{json,md,csv}):
+# the paper's Tables 1-3, then the other aggregates over runs; "unseen_class" only
+# where the experiment has unseen-class runs.
+PAPER_TABLES = ("table1", "table2", "table3")
+TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "shared_units", "unseen_class")
+
 DOCUMENTS: dict[str, type[Document]] = {
     "metrics": RunMetrics,
     "ensembles": RunEnsembles,

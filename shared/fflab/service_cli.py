@@ -24,6 +24,7 @@ import httpx
 from tqdm import tqdm
 
 from fflab.client import ApiError, Client, format_detail
+from fflab.results import TABLES
 from fflab.settings import Settings, get_settings
 from fflab.spec import PRESETS
 
@@ -352,7 +353,7 @@ def register(cli: click.Group) -> None:
     @cli.command("results")
     @click.argument("experiment_id")
     @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
-    @click.option("--table", type=click.Choice(["table1", "table2", "table3"]), default=None,
+    @click.option("--table", type=click.Choice(TABLES), default=None,
                   help="Only this table.")
     def results_command(experiment_id: str, fmt: str, table: str | None) -> None:
         """Tables 1-3 of a finished experiment."""
