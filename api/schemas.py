@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fflab.results import RunEnsembles, RunMetrics, RunSharedUnits, RunWeightStats
 
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# "cancelling": experiments only, from their cancellation until their last running run stops.
+Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 Visibility = Literal["private", "lab"]
 
 
@@ -48,7 +49,10 @@ class RunningRun(BaseModel):
     layers: int | None
     epoch: int
     epochs: int
-    eta_seconds: float | None
+    eta_seconds: float | None = Field(description="Estimated when the progress was reported.")
+    heartbeat_age_seconds: float | None = Field(
+        None, description="Seconds since the run's worker last reported on it; past "
+                          "FFLAB_WORKER_HEARTBEAT_TIMEOUT_S its worker is taken for gone and the run is requeued.")
 
 
 class Progress(BaseModel):
@@ -103,6 +107,8 @@ class Run(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None = Field(None, description="While running: its worker's last report on it.")
+    heartbeat_age_seconds: float | None = Field(None, description="While running: seconds since heartbeat_at.")
     accuracy: float | None
 
 

@@ -33,6 +33,7 @@ def progress(experiment: Experiment, counts: Counter[str], running: list[Run]) -
                 run_id=run.run_id, model=run.model, layer=run.progress.get("layer"),
                 layers=run.progress.get("layers"), epoch=run.progress["epoch"],
                 epochs=run.progress["epochs"], eta_seconds=run.progress.get("eta_seconds"),
+                heartbeat_age_seconds=_seconds(run.heartbeat_at, None),
             )
             for run in running
             if run.progress
@@ -69,7 +70,7 @@ def experiment_detail(request: Request, experiment: Experiment) -> schemas.Exper
         select(Run.status, func.count(Run.id)).where(Run.experiment_id == experiment.id).group_by(Run.status)
     ).all()))
     running = list(session.scalars(  # type: ignore[union-attr]
-        select(Run).options(load_only(Run.run_id, Run.model, Run.progress, Run.status))
+        select(Run).options(load_only(Run.run_id, Run.model, Run.progress, Run.status, Run.heartbeat_at))
         .where(Run.experiment_id == experiment.id, Run.status == "running").order_by(Run.id)
     ))
     return schemas.Experiment(**experiment_summary(request, experiment, counts, running), spec=experiment.spec)
@@ -81,6 +82,8 @@ def run_out(run: Run) -> schemas.Run:
         unseen_class=run.unseen_class, status=run.status, queue=run.queue, attempts=run.attempts,
         progress=run.progress, error=run.error, created_at=run.created_at, started_at=run.started_at,
         finished_at=run.finished_at, accuracy=(run.record or {}).get("accuracy"),
+        heartbeat_at=run.heartbeat_at if run.status == "running" else None,
+        heartbeat_age_seconds=_seconds(run.heartbeat_at, None) if run.status == "running" else None,
     )
 
 

@@ -17,7 +17,7 @@ from fflab.db.migrate import alembic_config, upgrade_database
 
 pytest_plugins = ["service_support"]
 
-TABLES = {"users", "api_keys", "experiments", "runs", "results", "ensembles", "analyses", "artifacts"}
+TABLES = {"users", "api_keys", "experiments", "runs", "results", "ensembles", "analyses", "artifacts", "workers"}
 
 
 def differences(url: str) -> list:

@@ -159,8 +159,8 @@ def test_cancel_stops_a_running_experiment(stack: Stack, member: httpx.Client) -
     assert progress["model"] == "ff" and progress["layer"] == 1 and progress["epochs"] == 5000
     assert progress["eta_seconds"] is not None
 
-    response = member.post(f"{url}/cancel")
-    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    response = member.post(f"{url}/cancel")  # the FF run trains: final once it has stopped
+    assert response.status_code == 200 and response.json()["status"] == "cancelling"
 
     def stopped() -> list | None:
         runs = member.get(f"{url}/runs").json()["items"]
@@ -191,7 +191,8 @@ def test_readiness_and_metrics(stack: Stack) -> None:
     with stack.client(None) as anonymous:
         ready = anonymous.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
+        assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok",
+                                                              "workers": "ok"}}
         assert anonymous.get("/healthz").json() == {"status": "ok"}
         metrics = anonymous.get("/metrics").text
         assert 'fflab_runs{queue="' in metrics and "fflab_http_requests_total" in metrics

@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from fflab import accounts, jobs
-from fflab.db import Experiment, Run, get_sessionmaker
+from fflab.db import Experiment, Run, Worker, get_sessionmaker
 from fflab.db.migrate import upgrade_database
 from fflab.settings import Settings
 from fflab.spec import build_spec
@@ -120,6 +120,74 @@ def test_a_failed_run_fails_alone_and_the_experiment_once_all_are_final(session,
     experiment = session.get(Experiment, experiment.id, populate_existing=True)
     assert experiment.status == "failed" and experiment.finished_at is not None
     assert experiment.error == "1 of 3 runs failed: run bp-mnist-seed0: ValueError: boom"
+
+
+def test_a_cancelled_experiment_is_final_only_once_its_runs_are(session, settings: Settings) -> None:
+    """State machine: queued -> running -> cancelling (a run still trains) -> cancelled
+    when that run ends; a cancel of a cancelling experiment changes nothing, of a
+    final one is a conflict."""
+    dispatcher = RecordingDispatcher()
+    experiment = submit(session, settings, accounts.create_user(session, "alice"), 3)
+    jobs.dispatch(session, settings, dispatcher)
+    running = start(session, settings, dispatcher, 0)
+    revoked = jobs.cancel_experiment(session, experiment)
+    session.commit()
+    assert sorted(revoked) == sorted(task_id for _, _, task_id in dispatcher.runs[1:])  # the waiting ones
+    assert experiment.status == "cancelling" and experiment.finished_at is None
+    assert jobs.should_stop(session, running.id)
+    assert jobs.cancel_experiment(session, experiment) == [] and experiment.status == "cancelling"
+    assert jobs.finish_run(session, running, "cancelled") is None
+    session.commit()
+    experiment = session.get(Experiment, experiment.id, populate_existing=True)
+    assert experiment.status == "cancelled" and experiment.finished_at >= running.finished_at
+    with pytest.raises(jobs.ConflictError, match=r"already ended \(cancelled\); only a queued or running"):
+        jobs.cancel_experiment(session, experiment)
+    queued_only = submit(session, settings, experiment.owner, 1)
+    jobs.cancel_experiment(session, queued_only)  # nothing runs: final at once
+    assert queued_only.status == "cancelled" and queued_only.finished_at is not None
+
+
+def test_a_run_requeued_for_another_task_stops_its_old_delivery(session, settings: Settings) -> None:
+    dispatcher = RecordingDispatcher()
+    submit(session, settings, accounts.create_user(session, "alice"), 1)
+    jobs.dispatch(session, settings, dispatcher)
+    run = start(session, settings, dispatcher, 0)
+    old_task = dispatcher.runs[0][2]
+    assert not jobs.should_stop(session, run.id, old_task)
+    session.execute(update(Run).where(Run.id == run.id).values(task_id="a-newer-delivery"))
+    session.commit()
+    assert jobs.should_stop(session, run.id, old_task) and not jobs.should_stop(session, run.id)
+
+
+def test_runs_of_a_silent_or_forgotten_worker_are_requeued(session, settings: Settings) -> None:
+    """A worker's heartbeat, not the run's, decides: the run of a worker silent for
+    FFLAB_WORKER_HEARTBEAT_TIMEOUT_S is requeued while its own heartbeat is fresh;
+    forget_worker requeues at once."""
+    from datetime import timedelta
+
+    dispatcher = RecordingDispatcher()
+    submit(session, settings, accounts.create_user(session, "alice"), 2)
+    jobs.dispatch(session, settings, dispatcher)
+    for worker_id in ("w1", "w2"):
+        jobs.register_worker(session, worker_id, f"{worker_id}@host", "host", 1, ["cpu"])
+    session.commit()
+    for index, worker_id in enumerate(("w1", "w2")):
+        run_pk, _, task_id = dispatcher.runs[index]
+        assert jobs.claim_run(session, settings, run_pk, task_id, worker_id).worker_id == worker_id
+        session.commit()
+    assert jobs.reap_lost_runs(session, settings) == (0, 0)
+    assert [w.id for w in jobs.live_workers(session, settings)] == ["w1", "w2"]
+    later = jobs.utcnow() + timedelta(seconds=settings.worker_heartbeat_timeout_s + 1)
+    assert jobs.beat_worker(session, "w2")
+    session.commit()
+    session.execute(update(Worker).where(Worker.id == "w2").values(heartbeat_at=later))
+    session.commit()
+    assert jobs.reap_lost_runs(session, settings, now=later) == (1, 0)  # w1's run; w2 beats
+    assert session.get(Worker, "w1") is None and not jobs.beat_worker(session, "w1")
+    statuses = dict(session.execute(select(Run.id, Run.status)).all())
+    assert statuses == {dispatcher.runs[0][0]: "queued", dispatcher.runs[1][0]: "running"}
+    assert jobs.forget_worker(session, settings, "w2", "its worker died") == (1, 0)
+    assert set(session.scalars(select(Run.status))) == {"queued"}
 
 
 def test_redelivered_runs_fail_after_the_attempt_limit(session, settings: Settings) -> None:

@@ -178,11 +178,23 @@ def redis_task_ids(broker_url: str, queues: list[str]) -> set[str] | None:
 
 
 @signals.worker_init.connect
-def _migrate_on_worker_start(**_kwargs) -> None:
+def _migrate_on_worker_start(sender, **_kwargs) -> None:
+    """Migrate, then register this worker (before it consumes: the runs it claims
+    name it); run tasks log their run's outcome instead of Celery's "succeeded"."""
     from fflab.db.migrate import upgrade_database
+    from worker.tasks import RunOutcomeLogFilter, start_presence
 
     ensure_sqlite_folders(get_settings())
     upgrade_database(get_settings().resolved_database_url)
+    logging.getLogger("celery.app.trace").addFilter(RunOutcomeLogFilter())
+    start_presence(sender.hostname, sorted(sender.app.amqp.queues.consume_from))
+
+
+@signals.worker_shutdown.connect
+def _unregister_on_worker_stop(**_kwargs) -> None:
+    from worker.tasks import stop_presence
+
+    stop_presence()
 
 
 @signals.worker_process_init.connect

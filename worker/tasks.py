@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import mimetypes
+import os
+import socket
 import tempfile
 import threading
 import time
@@ -38,6 +40,7 @@ from fflab.db import (
     utcnow,
 )
 from fflab.models.common import Cancelled, FileCheckpoint, TrainingProgress, describe_resume_point
+from fflab.processes import process_alive
 from fflab.settings import Settings, get_settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix, get_storage
@@ -131,6 +134,80 @@ def sweep_forever() -> None:
         time.sleep(get_settings().sweep_interval_s)
 
 
+class WorkerPresence:
+    """This worker process in the ``workers`` table: registered as it starts, its
+    heartbeat refreshed by a thread (four beats per FFLAB_WORKER_HEARTBEAT_TIMEOUT_S),
+    deleted as it stops. /readyz counts the workers heard from; the sweep requeues
+    the running runs of a worker gone silent. Registering first forgets earlier
+    workers of the same node name on this host whose process is gone (a worker
+    killed and started again): their running runs are requeued at once."""
+
+    def __init__(self, settings: Settings, name: str, queues: list[str]):
+        self.settings, self.name, self.queues = settings, name, queues
+        self.id, self.hostname, self.pid = jobs.new_id(), socket.gethostname(), os.getpid()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="fflab-worker-heartbeat", daemon=True)
+
+    def _register(self) -> None:
+        with session_scope(database_url()) as session:
+            jobs.register_worker(session, self.id, self.name, self.hostname, self.pid, self.queues)
+
+    def start(self) -> None:
+        with get_sessionmaker(database_url())() as session:  # forget_worker commits
+            for earlier in jobs.workers_named(session, self.name, self.hostname):
+                if earlier.pid == self.pid or not process_alive(earlier.pid):
+                    requeued, failed = jobs.forget_worker(
+                        session, self.settings, earlier.id, f"its worker {self.name} (pid {earlier.pid}) ended")
+                    log.warning("worker %s (pid %d) had ended: %d runs it held were requeued, %d failed for good",
+                                self.name, earlier.pid, requeued, failed)
+        self._register()
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(heartbeat_interval(self.settings.worker_heartbeat_timeout_s)):
+            try:
+                with session_scope(database_url()) as session:
+                    found = jobs.beat_worker(session, self.id)
+                if not found:  # taken for dead while silent (its runs were requeued)
+                    log.warning("worker %s was taken for gone; registering again", self.name)
+                    self._register()
+            except Exception:  # the database is down: the next beat tries again
+                log.warning("heartbeat of worker %s failed", self.name, exc_info=True)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+        with get_sessionmaker(database_url())() as session:
+            jobs.forget_worker(session, self.settings, self.id, f"its worker {self.name} stopped")
+
+
+presence: WorkerPresence | None = None  # this worker process's (its pool children inherit it)
+
+
+def start_presence(name: str, queues: list[str]) -> None:
+    global presence
+    presence = WorkerPresence(get_settings(), name, queues)
+    presence.start()
+
+
+def stop_presence() -> None:
+    if presence is not None:
+        try:
+            presence.stop()
+        except Exception:  # the sweep forgets it once its heartbeat is stale
+            log.warning("could not unregister worker %s", presence.name, exc_info=True)
+
+
+class RunOutcomeLogFilter(logging.Filter):
+    """Drops Celery's "Task fflab.run[...] succeeded" line: it means the task
+    returned, whatever the run's outcome (cancelled runs included); run_task logs
+    the run's outcome itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, dict) else {}
+        return not (args.get("name") == RUN_TASK and "succeeded in" in str(record.msg))
+
+
 class NonFiniteLoss(ArithmeticError):
     """Training diverged: the loss is NaN or infinite. Fails the run (not retried)."""
 
@@ -213,10 +290,11 @@ class Heartbeat:
 
 
 class StopCheck:
-    """should_stop for the runner: reads the run's status, at most every ``interval`` s."""
+    """should_stop for the runner: reads the run's status, at most every ``interval`` s.
+    True once the run is cancelled, or requeued (as lost) for another task."""
 
-    def __init__(self, run_pk: int, interval: float):
-        self.run_pk, self.interval = run_pk, interval
+    def __init__(self, run_pk: int, task_id: str, interval: float):
+        self.run_pk, self.task_id, self.interval = run_pk, task_id, interval
         self.last_check = float("-inf")
         self.stop = False
 
@@ -225,7 +303,7 @@ class StopCheck:
         if not self.stop and now - self.last_check >= self.interval:
             self.last_check = now
             with session_scope(database_url()) as session:
-                self.stop = jobs.should_stop(session, self.run_pk)
+                self.stop = jobs.should_stop(session, self.run_pk, self.task_id)
         return self.stop
 
 
@@ -437,21 +515,38 @@ class AnalysisTask(RetryingTask):
 
 
 @app.task(name=RUN_TASK, bind=True, base=RunTask)
-def run_task(self, run_pk: int) -> None:
+def run_task(self, run_pk: int) -> str | None:
+    """Returns how the run ended, as it was recorded (None when this delivery did
+    not hold the run to its end)."""
     settings = get_settings()
     with session_scope(database_url()) as session:
-        run = jobs.claim_run(session, settings, run_pk, self.request.id)
+        run = jobs.claim_run(session, settings, run_pk, self.request.id, presence.id if presence else None)
         if run is not None:
             spec = ExperimentSpec.model_validate(run.experiment.spec)
             key, experiment_id = run_key(run), run.experiment_id
     dispatch_or_leave_to_sweep()  # this run left the broker: a slot is free
     if run is None:
-        return
+        log.info("task %s: its run is no longer waiting for it (cancelled, ended or requeued)", self.request.id)
+        return None
     log.info("run %s of experiment %s started", key.run_id, experiment_id)
+    started = time.monotonic()
     with Heartbeat(run_pk, self.request.id, heartbeat_interval(settings.run_heartbeat_timeout_s)):
         outcome = train_and_store(settings, run_pk, self.request.id, spec, key, experiment_id)
     if outcome is not None:
         end_run(run_pk, outcome, task_id=self.request.id)
+    recorded = recorded_outcome(run_pk, self.request.id)
+    log.info("run %s of experiment %s ended %s after %.1f s", key.run_id, experiment_id,
+             recorded or "elsewhere (requeued or deleted meanwhile)", time.monotonic() - started)
+    return recorded
+
+
+def recorded_outcome(run_pk: int, task_id: str) -> str | None:
+    """The run's final status if this task's delivery ended it, else None."""
+    with session_scope(database_url()) as session:
+        row = session.execute(select(Run.status, Run.task_id).where(Run.id == run_pk)).first()
+    if row is None or row.task_id != task_id or row.status in ACTIVE_STATUSES:
+        return None
+    return row.status
 
 
 def heartbeat_interval(timeout_s: float) -> float:
@@ -460,8 +555,9 @@ def heartbeat_interval(timeout_s: float) -> float:
 
 
 def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: ExperimentSpec, key: RunKey, experiment_id: str) -> str | None:
-    """Train, upload and record a claimed run; returns the status to end it with,
-    None when it was already ended (or deleted) here."""
+    """Train, upload and record a claimed run; returns the status to end it with
+    ("succeeded" or "cancelled"), or None when it was ended here already (failed,
+    cancelled while training), deleted, or requeued for another task meanwhile."""
     with tempfile.TemporaryDirectory(prefix="fflab-run-") as tmp:
         base = Path(tmp)
         run_dir = base / "runs" / key.run_id
@@ -473,7 +569,7 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
             record = runner.execute_run(
                 spec, key, run_dir,
                 progress=progress,
-                should_stop=StopCheck(run_pk, settings.stop_check_interval_s),
+                should_stop=StopCheck(run_pk, task_id, settings.stop_check_interval_s),
                 checkpoint=checkpoint,
                 checkpoint_every=settings.checkpoint_every_epochs,
             )
@@ -500,7 +596,7 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
                 outcome = "deleted"
             elif run.task_id != task_id:  # requeued as lost meanwhile: the newer delivery records it
                 return None
-            elif jobs.should_stop(session, run_pk):
+            elif jobs.should_stop(session, run_pk, task_id):
                 outcome = "cancelled"
             else:
                 outcome = "succeeded"

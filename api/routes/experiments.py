@@ -146,7 +146,9 @@ def get_experiment(experiment: ReadableExperiment, request: Request) -> schemas.
 @router.post("/{experiment_id}/cancel", response_model=schemas.Experiment)
 def cancel_experiment(experiment: OwnedExperiment, request: Request, session: SessionDep,
                       settings: SettingsDep, dispatcher: DispatcherDep) -> schemas.Experiment:
-    """Queued runs are dropped; running runs stop at their next epoch."""
+    """Queued runs are dropped; running runs stop at their next epoch. The experiment
+    is ``cancelling`` until they have, then ``cancelled``; cancelling it again
+    changes nothing (200); a finished one gets 409."""
     try:
         task_ids = jobs.cancel_experiment(session, experiment)
     except jobs.ConflictError as error:

@@ -8,7 +8,9 @@ from sqlalchemy import text
 
 from api import schemas
 from api.deps import SettingsDep, StorageDep
-from fflab.db import get_engine
+from fflab import jobs
+from fflab.db import get_engine, get_sessionmaker
+from fflab.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -27,9 +29,20 @@ def _check(what) -> str:
     return "ok"
 
 
+def missing_consumers(settings: Settings) -> list[str]:
+    """The queues that must have a live worker (heard from within
+    FFLAB_WORKER_HEARTBEAT_TIMEOUT_S) and have none: cpu (aggregations and
+    re-analyses go there), and gpu when the deployment runs GPU workers."""
+    needed = [settings.queue_name("cpu")] + ([settings.queue_name("gpu")] if settings.gpus_available else [])
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        consumed = {queue for worker in jobs.live_workers(session, settings) for queue in worker.queues.split(",")}
+    return [queue for queue in needed if queue not in consumed]
+
+
 @router.get("/readyz", response_model=schemas.Readiness, responses={503: {"model": schemas.Readiness}})
 def readyz(request: Request, response: Response, settings: SettingsDep, storage: StorageDep) -> schemas.Readiness:
-    """Database, broker and artifact storage reachable (503 otherwise)."""
+    """Database, broker and artifact storage reachable, and a live worker consuming
+    each queue work goes to (503 otherwise)."""
 
     def database() -> None:
         with get_engine(settings.resolved_database_url).connect() as connection:
@@ -39,7 +52,18 @@ def readyz(request: Request, response: Response, settings: SettingsDep, storage:
         with request.app.state.celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=3)
 
-    checks = {"database": _check(database), "broker": _check(broker), "storage": _check(storage.check)}
+    def workers() -> str:
+        try:
+            missing = missing_consumers(settings)
+        except Exception as error:
+            return f"unknown: {type(error).__name__}: {error}"
+        if missing:
+            return (f"none: no worker consuming {', '.join(missing)} was heard from in the last "
+                    f"{settings.worker_heartbeat_timeout_s:g} s")
+        return "ok"
+
+    checks = {"database": _check(database), "broker": _check(broker), "storage": _check(storage.check),
+              "workers": workers()}
     ready = all(result == "ok" for result in checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -4,7 +4,10 @@ in worker/celery_app.py).
 
 Statuses. A run: queued -> running -> succeeded | failed | cancelled. An
 experiment: queued until its first run starts, running until the aggregation
-step ends (succeeded) or it is cancelled. A run that fails for good keeps its
+step ends (succeeded). Cancelling ends its waiting runs at once; while runs still
+train (they stop at their next epoch) the experiment is ``cancelling``, and it is
+``cancelled`` (with its ``finished_at``) when the last of them has ended: an
+experiment is final only once all its runs are. A run that fails for good keeps its
 reason (e.g. "loss became NaN at layer 2 epoch 3") and does not stop the others:
 once every run is final, an experiment with a failed run ends ``failed`` without
 aggregation, its error naming each failed run and its reason. The last run to end triggers the aggregation, counted in the
@@ -18,13 +21,18 @@ comes from the user with the fewest runs started or in the broker, ties going to
 the user whose waiting run is oldest; a user's runs go in submission order. A user
 with one long experiment therefore does not hold back a user who submits later.
 
-Lost workers. A worker refreshes ``Run.heartbeat_at`` while it runs a run (a
-thread, and every progress write). ``reap_lost_runs`` (the workers' periodic
-sweep) requeues a running run whose heartbeat is older than
-``run_heartbeat_timeout_s`` under a new task id, so that a late redelivery of the
-old message is ignored; after ``task_max_attempts`` deliveries the run fails with
-"worker lost N times". The requeued run resumes from its last checkpoint in the
-artifact storage (after each FF layer, every FFLAB_CHECKPOINT_EVERY_EPOCHS otherwise).
+Lost workers. Every worker process has a ``Worker`` row whose heartbeat a thread
+refreshes (``beat_worker``), and a run it claims records it (``Run.worker_id``);
+the run's own ``Run.heartbeat_at`` is refreshed while it runs (a thread, and every
+progress write). ``reap_lost_runs`` (the workers' periodic sweep) requeues a
+running run whose worker is gone (not heard from for ``worker_heartbeat_timeout_s``,
+or its row deleted) or whose own heartbeat is older than ``run_heartbeat_timeout_s``,
+under a new task id, so that a late redelivery of the old message is ignored;
+``forget_worker`` does the same at once for a worker known to be dead (``fflab
+serve`` saw its process end; a worker starting under the name of a dead one on the
+same host). After ``task_max_attempts`` deliveries the run fails with "worker lost
+N times". The requeued run resumes from its last checkpoint in the artifact
+storage (after each FF layer, every FFLAB_CHECKPOINT_EVERY_EPOCHS otherwise).
 
 Queues. Runs go to the queue of their spec.device (Settings.queue_for_device);
 aggregations and re-analyses, which need no GPU, go to the cpu queue.
@@ -38,10 +46,10 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import exists, func, select, text, update
+from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
-from fflab.db import ACTIVE_STATUSES, FINAL_STATUSES, Analysis, Experiment, Run, User, utcnow
+from fflab.db import ACTIVE_STATUSES, FINAL_STATUSES, Analysis, Experiment, Run, User, Worker, utcnow
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec
 
@@ -175,10 +183,12 @@ def dispatch(session: Session, settings: Settings, dispatcher: Dispatcher) -> in
     return len(chosen)
 
 
-def claim_run(session: Session, settings: Settings, run_pk: int, task_id: str) -> Run | None:
-    """Mark a run running for the task delivering it; None when the run was
-    cancelled, finished or handed to another task meanwhile. A redelivered task
-    (its worker died) claims again; after ``task_max_attempts`` the run fails."""
+def claim_run(session: Session, settings: Settings, run_pk: int, task_id: str,
+              worker_id: str | None = None) -> Run | None:
+    """Mark a run running for the task delivering it, held by worker ``worker_id``
+    (its Worker row); None when the run was cancelled, finished or handed to another
+    task meanwhile. A redelivered task (its worker died) claims again; after
+    ``task_max_attempts`` the run fails."""
     # Lock the experiment before the run, the order of finish_run and of deleting an
     # experiment (its runs go by cascade): the other order deadlocks with a DELETE.
     experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_pk))
@@ -198,7 +208,7 @@ def claim_run(session: Session, settings: Settings, run_pk: int, task_id: str) -
         return None
     now = utcnow()
     run.status, run.started_at, run.attempts, run.error = "running", now, run.attempts + 1, None
-    run.heartbeat_at, run.progress = now, None
+    run.heartbeat_at, run.progress, run.worker_id = now, None, worker_id
     if experiment.status == "queued":
         experiment.status, experiment.started_at = "running", now
     session.flush()
@@ -220,7 +230,12 @@ def finish_run(
     remaining = session.scalar(
         select(func.count(Run.id)).where(Run.experiment_id == experiment.id, Run.status.in_(ACTIVE_STATUSES))
     )
-    if remaining or experiment.status not in ACTIVE_STATUSES or experiment.aggregation_queued_at:
+    if remaining:
+        return None
+    if experiment.status == "cancelling":  # its last running run has stopped
+        experiment.status, experiment.finished_at = "cancelled", utcnow()
+        return None
+    if experiment.status not in ACTIVE_STATUSES or experiment.aggregation_queued_at:
         return None
     failed = list(session.execute(
         select(Run.run_id, Run.error).where(Run.experiment_id == experiment.id, Run.status == "failed")
@@ -248,16 +263,31 @@ def _cancel_waiting_runs(session: Session, experiment: Experiment) -> list[str]:
 
 def cancel_experiment(session: Session, experiment: Experiment) -> list[str]:
     """Cancel: waiting runs end now, running ones at their next epoch (their
-    should_stop sees the experiment's status). Returns task ids to revoke."""
+    should_stop sees the experiment's status). The experiment is ``cancelled`` at
+    once if no run is running, else ``cancelling`` until its last running run ends
+    (finish_run). Cancelling a cancelling experiment changes nothing. Returns task
+    ids to revoke."""
+    # Lock the experiment's row, as finish_run does: a run ending meanwhile either
+    # ended before the count below or sees "cancelling" and ends the experiment.
+    session.get(Experiment, experiment.id, with_for_update=True, populate_existing=True)
     if experiment.status in FINAL_STATUSES:
-        raise ConflictError(f"experiment {experiment.id} has already {experiment.status}; "
-                            f"only queued or running experiments can be cancelled")
-    experiment.status, experiment.finished_at = "cancelled", utcnow()
+        raise ConflictError(f"experiment {experiment.id} already ended ({experiment.status}); "
+                            f"only a queued or running experiment can be cancelled")
+    if experiment.status == "cancelling":
+        return []
     for analysis in session.scalars(
         select(Analysis).where(Analysis.experiment_id == experiment.id, Analysis.status.in_(ACTIVE_STATUSES))
     ):
         analysis.status, analysis.finished_at = "cancelled", utcnow()
-    return _cancel_waiting_runs(session, experiment)
+    task_ids = _cancel_waiting_runs(session, experiment)
+    running = session.scalar(
+        select(func.count(Run.id)).where(Run.experiment_id == experiment.id, Run.status == "running")
+    )
+    if running:
+        experiment.status = "cancelling"
+    else:
+        experiment.status, experiment.finished_at = "cancelled", utcnow()
+    return task_ids
 
 
 def unsent_aggregations(session: Session) -> list[str]:
@@ -274,45 +304,130 @@ def unsent_aggregations(session: Session) -> list[str]:
     return [experiment.id for experiment in experiments]
 
 
+def _requeue_lost_run(session: Session, settings: Settings, run: Run, reason: str) -> str:
+    """A running run whose delivery was lost (the caller holds the experiment's and
+    the run's locks): cancelled if its experiment no longer wants it, failed after
+    ``task_max_attempts`` deliveries, else back to waiting for dispatch with no task
+    (the next dispatch sends it under a new task id). Returns what it did."""
+    if run.experiment.status not in ACTIVE_STATUSES:
+        finish_run(session, run, "cancelled")
+        return "cancelled"
+    if run.attempts >= settings.task_max_attempts:
+        finish_run(session, run, "failed", error=(
+            f"worker lost {run.attempts} times (last: {reason}); the limit is "
+            f"FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}"))
+        return "failed"
+    run.status, run.task_id, run.dispatched_at, run.worker_id = "queued", None, None, None
+    run.heartbeat_at, run.progress, run.started_at = None, None, None
+    return "requeued"
+
+
+def _lock_running_run(session: Session, run_pk: int) -> Run | None:
+    # Experiment before run, the lock order of claim_run and finish_run.
+    experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_pk))
+    if experiment_id is not None:
+        session.get(Experiment, experiment_id, with_for_update=True, populate_existing=True)
+    run = session.get(Run, run_pk, with_for_update=True, populate_existing=True)
+    return run if run is not None and run.status == "running" else None
+
+
+def _lost_because(run: Run, worker_beat: datetime | None, now: datetime, settings: Settings) -> str | None:
+    """Why a running run has lost its worker, or None while it has not."""
+    if run.worker_id is not None and (
+        worker_beat is None or worker_beat < now - timedelta(seconds=settings.worker_heartbeat_timeout_s)
+    ):
+        return (f"its worker was not heard from for {settings.worker_heartbeat_timeout_s:g} s "
+                f"(FFLAB_WORKER_HEARTBEAT_TIMEOUT_S)")
+    if (run.heartbeat_at or run.started_at or now) < now - timedelta(seconds=settings.run_heartbeat_timeout_s):
+        return f"no heartbeat for {settings.run_heartbeat_timeout_s:g} s (FFLAB_RUN_HEARTBEAT_TIMEOUT_S)"
+    return None
+
+
 def reap_lost_runs(session: Session, settings: Settings, now: datetime | None = None) -> tuple[int, int]:
-    """Runs marked running whose heartbeat (or start) is older than
-    ``run_heartbeat_timeout_s``: their worker vanished (killed, machine lost). Each is
-    requeued (status queued, no task: the next dispatch sends it under a new task id)
-    or, after ``task_max_attempts`` deliveries, failed with "worker lost N times".
-    Commits after each run. Returns (requeued, failed)."""
+    """Running runs whose worker is gone: its Worker row not refreshed for
+    ``worker_heartbeat_timeout_s`` (or deleted), or the run's own heartbeat (or
+    start) older than ``run_heartbeat_timeout_s``. Each is requeued (status queued,
+    no task: the next dispatch sends it under a new task id) or, after
+    ``task_max_attempts`` deliveries, failed with "worker lost N times". Then the
+    rows of gone workers are deleted. Commits after each run. Returns (requeued, failed)."""
     now = now or utcnow()
-    cutoff = now - timedelta(seconds=settings.run_heartbeat_timeout_s)
-    stale = [
-        row.id for row in session.execute(
-            select(Run.id, Run.heartbeat_at, Run.started_at).where(Run.status == "running")
-        )
-        if (row.heartbeat_at or row.started_at or now) < cutoff
-    ]
+
+    def beat_of(worker_id: str | None) -> datetime | None:
+        if worker_id is None:
+            return None
+        return session.scalar(select(Worker.heartbeat_at).where(Worker.id == worker_id))
+
+    running = list(session.execute(
+        select(Run.id, Run.worker_id, Run.heartbeat_at, Run.started_at, Worker.heartbeat_at.label("worker_beat"))
+        .outerjoin(Worker, Worker.id == Run.worker_id).where(Run.status == "running")
+    ))
+    stale = [row.id for row in running if _lost_because(row, row.worker_beat, now, settings)]
     session.commit()
     requeued = failed = 0
     for run_pk in stale:
-        # Experiment before run, the lock order of claim_run and finish_run.
-        experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_pk))
-        if experiment_id is not None:
-            session.get(Experiment, experiment_id, with_for_update=True, populate_existing=True)
-        run = session.get(Run, run_pk, with_for_update=True, populate_existing=True)
-        if run is None or run.status != "running" or (run.heartbeat_at or run.started_at or now) >= cutoff:
-            session.commit()  # finished or heard from meanwhile
-            continue
-        if run.experiment.status not in ACTIVE_STATUSES:
-            finish_run(session, run, "cancelled")
-        elif run.attempts >= settings.task_max_attempts:
-            finish_run(session, run, "failed", error=(
-                f"worker lost {run.attempts} times: no heartbeat for "
-                f"{settings.run_heartbeat_timeout_s:g} s (FFLAB_RUN_HEARTBEAT_TIMEOUT_S) on each of its "
-                f"{run.attempts} deliveries; the limit is FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}"))
-            failed += 1
-        else:
-            run.status, run.task_id, run.dispatched_at = "queued", None, None
-            run.heartbeat_at, run.progress, run.started_at = None, None, None
-            requeued += 1
+        run = _lock_running_run(session, run_pk)
+        # Checked again under the lock: finished, or heard from, meanwhile?
+        reason = run is not None and _lost_because(run, beat_of(run.worker_id), now, settings)
+        if reason:
+            outcome = _requeue_lost_run(session, settings, run, reason)
+            requeued += outcome == "requeued"
+            failed += outcome == "failed"
         session.commit()
+    gone = now - timedelta(seconds=settings.worker_heartbeat_timeout_s)
+    session.execute(delete(Worker).where(Worker.heartbeat_at < gone))
+    session.commit()
     return requeued, failed
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def register_worker(session: Session, worker_id: str, name: str, hostname: str, pid: int,
+                    queues: Collection[str]) -> None:
+    """A worker process announces itself (before it consumes); the caller commits."""
+    now = utcnow()
+    session.add(Worker(id=worker_id, name=name, hostname=hostname, pid=pid, queues=",".join(sorted(queues)),
+                       started_at=now, heartbeat_at=now))
+    session.flush()
+
+
+def beat_worker(session: Session, worker_id: str) -> bool:
+    """Refresh the worker's heartbeat; False when its row is gone (the sweep took it
+    for dead: the caller registers it again). The caller commits."""
+    return bool(session.execute(
+        update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow())
+    ).rowcount)
+
+
+def workers_named(session: Session, name: str, hostname: str) -> list[Worker]:
+    """The registered workers of this node name on this host (earlier incarnations
+    included, until forgotten)."""
+    return list(session.scalars(select(Worker).where(Worker.name == name, Worker.hostname == hostname)))
+
+
+def forget_worker(session: Session, settings: Settings, worker_id: str, reason: str) -> tuple[int, int]:
+    """A worker known to be gone (its process ended, or it stopped): its running
+    runs are requeued at once (or failed, see reap_lost_runs) and its row deleted.
+    Commits after each run. Returns (requeued, failed)."""
+    held = list(session.scalars(select(Run.id).where(Run.status == "running", Run.worker_id == worker_id)))
+    session.commit()
+    requeued = failed = 0
+    for run_pk in held:
+        run = _lock_running_run(session, run_pk)
+        if run is not None and run.worker_id == worker_id:
+            outcome = _requeue_lost_run(session, settings, run, reason)
+            requeued += outcome == "requeued"
+            failed += outcome == "failed"
+        session.commit()
+    session.execute(delete(Worker).where(Worker.id == worker_id))
+    session.commit()
+    return requeued, failed
+
+
+def live_workers(session: Session, settings: Settings, now: datetime | None = None) -> list[Worker]:
+    """Workers heard from within ``worker_heartbeat_timeout_s``."""
+    cutoff = (now or utcnow()) - timedelta(seconds=settings.worker_heartbeat_timeout_s)
+    return list(session.scalars(select(Worker).where(Worker.heartbeat_at >= cutoff).order_by(Worker.started_at)))
 
 
 def requeue_lost_messages(session: Session, settings: Settings, in_broker: Collection[str],
@@ -376,11 +491,15 @@ def lost_analyses(session: Session, settings: Settings, in_broker: Collection[st
     ]
 
 
-def should_stop(session: Session, run_pk: int) -> bool:
+def should_stop(session: Session, run_pk: int, task_id: str | None = None) -> bool:
+    """Whether the delivery of a run (by task ``task_id``) should stop: the run is no
+    longer running, its experiment is being cancelled or gone, or the run was
+    requeued meanwhile and belongs to another task now."""
     row = session.execute(
-        select(Run.status, Experiment.status).join(Experiment).where(Run.id == run_pk)
+        select(Run.status, Run.task_id, Experiment.status).join(Experiment).where(Run.id == run_pk)
     ).first()
-    return row is None or row[0] != "running" or row[1] not in ACTIVE_STATUSES
+    return (row is None or row.status != "running" or row[2] not in ACTIVE_STATUSES
+            or (task_id is not None and row.task_id != task_id))
 
 
 def create_analysis(session: Session, experiment: Experiment, analysis_spec: dict[str, Any]) -> Analysis:

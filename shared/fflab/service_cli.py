@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,8 +53,116 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+class WorkerSupervisor:
+    """``fflab serve``'s worker: a ``fflab worker`` process started, watched and,
+    when it dies, restarted by a thread of serve. When the process ends (reaped at
+    once: no defunct process is left), its Worker row is forgotten and the runs it
+    held are requeued (fflab.jobs.forget_worker), so that /readyz answers 503 until
+    the new worker has registered and the runs go to it. Restarts wait
+    FFLAB_WORKER_RESTART_BACKOFF_S, doubled while the worker keeps dying within a
+    minute of its start (at most 30 s). The worker dies with serve: it is told
+    serve's pid (``--parent-pid``, fflab.processes.die_with_parent), and this thread,
+    which starts it, lives as long as serve does. Before each start, a worker of the
+    same name still alive on this host (one orphaned by a serve killed before its
+    worker could notice) is waited for, so that two never run under one name."""
+
+    POLL_S, STABLE_S, MAX_BACKOFF_S = 0.2, 60.0, 30.0
+
+    def __init__(self, settings: Settings, name: str):
+        self.settings, self.name = settings, name
+        self.command = [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu",
+                        "--pool", "solo", "--name", name, "--parent-pid", str(os.getpid())]
+        self.process: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._supervise, name="fflab-worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _supervise(self) -> None:
+        backoff = self.settings.worker_restart_backoff_s
+        while not self.stopping.is_set():
+            try:
+                self._wait_for_namesakes()
+            except click.ClickException as error:
+                click.echo(f"not starting the worker: {error.message}", err=True)
+                return
+            started = time.monotonic()
+            self.process = subprocess.Popen(self.command)
+            click.echo(f"worker started (pid {self.process.pid}): {' '.join(self.command[1:])}")
+            while self.process.poll() is None and not self.stopping.wait(self.POLL_S):
+                pass
+            if self.process.poll() is None:  # serve stops
+                break
+            click.echo(f"worker (pid {self.process.pid}) died: {describe_exit(self.process.returncode)}", err=True)
+            self._forget(self.process.pid)
+            backoff = (self.settings.worker_restart_backoff_s if time.monotonic() - started > self.STABLE_S
+                       else backoff)
+            click.echo(f"restarting the worker in {backoff:g} s", err=True)
+            if self.stopping.wait(backoff):
+                return
+            backoff = min(self.MAX_BACKOFF_S, max(backoff, 0.5) * 2)
+        self._stop_process()
+
+    def _forget(self, pid: int) -> None:
+        from fflab import jobs
+        from fflab.db import get_sessionmaker
+
+        try:
+            with get_sessionmaker(self.settings.resolved_database_url)() as session:
+                for worker in jobs.workers_named(session, self.name, socket.gethostname()):
+                    if worker.pid == pid:
+                        requeued, failed = jobs.forget_worker(session, self.settings, worker.id,
+                                                              f"its worker {self.name} (pid {pid}) died")
+                        if requeued or failed:
+                            click.echo(f"{requeued} runs of the dead worker requeued, {failed} failed for good",
+                                       err=True)
+        except Exception as error:  # the sweep requeues them once the heartbeat is stale
+            click.echo(f"could not requeue the dead worker's runs now: {error}", err=True)
+
+    def _wait_for_namesakes(self, timeout_s: float = 15.0) -> None:
+        from fflab import jobs
+        from fflab.db import session_scope
+        from fflab.processes import process_alive
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with session_scope(self.settings.resolved_database_url) as session:
+                pids = [worker.pid for worker in jobs.live_workers(session, self.settings)
+                        if worker.name == self.name and worker.hostname == socket.gethostname()
+                        and process_alive(worker.pid)]
+            if not pids:
+                return
+            if time.monotonic() > deadline or self.stopping.is_set():
+                raise click.ClickException(
+                    f"a worker named {self.name} is still running on this machine (pid "
+                    f"{', '.join(map(str, pids))}); stop it first")
+            time.sleep(0.5)
+
+    def _stop_process(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """Stop the worker (SIGTERM: a warm shutdown, then SIGKILL after 30 s)."""
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
+
+
 def serve(host: str | None, port: int | None, with_worker: bool) -> None:
-    """The API, and a worker consuming both queues, on this machine."""
+    """The API, and a supervised worker consuming both queues, on this machine."""
     import uvicorn
 
     from api.main import create_app
@@ -69,27 +179,27 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     # Before the worker and the API start: both would otherwise create the queues on
     # first use, at the same moment (a UNIQUE constraint race on the SQLite broker).
     _declare_queues(settings)
-    worker = None
+    supervisor = None
     if with_worker:
-        command = [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu", "--pool", "solo"]
-        worker = subprocess.Popen(command)
-        click.echo(f"worker started (pid {worker.pid}): {' '.join(command[1:])}")
+        supervisor = WorkerSupervisor(settings, f"fflab-serve@{socket.gethostname()}")
+        supervisor.start()
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit
     # so that the worker is stopped below instead of being orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
     finally:
-        if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if supervisor is not None:
+            supervisor.stop()
 
 
-def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str, name: str | None) -> None:
+def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str, name: str | None,
+               parent_pid: int | None = None) -> None:
     settings = get_settings()
+    if parent_pid is not None:
+        from fflab.processes import die_with_parent
+
+        die_with_parent(parent_pid)
     if gpu is not None:
         # Before anything initialises CUDA: this process and its children see one GPU.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -154,7 +264,9 @@ def describe(experiment: dict[str, Any]) -> str:
     for run in progress["running"]:
         layer = f" layer {run['layer']}/{run['layers']}" if run["layer"] else ""
         eta = f" ETA {run['eta_seconds']:.0f} s" if run["eta_seconds"] is not None else ""
-        lines.append(f"  {run['run_id']}:{layer} epoch {run['epoch']}/{run['epochs']}{eta}")
+        age = run.get("heartbeat_age_seconds")
+        beat = f" (last heartbeat {age:.0f} s ago)" if age is not None else ""
+        lines.append(f"  {run['run_id']}:{layer} epoch {run['epoch']}/{run['epochs']}{eta}{beat}")
     if experiment.get("error"):
         lines.append(f"  error: {experiment['error']}")
     return "\n".join(lines)
@@ -248,11 +360,13 @@ def register(cli: click.Group) -> None:
                        "child's run is redelivered; solo trains in the worker process itself.")
     @click.option("--name", default=None,
                   help="Celery node name; default fflab-<gpuN|queues>@<host>.")
+    @click.option("--parent-pid", type=int, default=None, hidden=True,
+                  help="End when this process (the parent, fflab serve) ends.")
     def worker_command(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str,
-                       name: str | None) -> None:
+                       name: str | None, parent_pid: int | None) -> None:
         """Run a Celery worker that trains and analyses runs. One per GPU:
         `fflab worker --gpu N`; CPU workers: `fflab worker` (queue cpu)."""
-        run_worker(gpu, queues, concurrency, pool, name)
+        run_worker(gpu, queues, concurrency, pool, name, parent_pid)
 
     @cli.group("admin")
     def admin() -> None:

@@ -62,15 +62,26 @@ class Settings(BaseSettings):
         4, ge=1, description="Run tasks handed to the broker per queue and not yet started."
     )
     sweep_interval_s: float = Field(
-        30.0, gt=0, description="How often workers dispatch runs and aggregations a failed send left."
+        15.0, gt=0, description="How often workers sweep: requeue runs of lost workers, dispatch runs "
+                                "and aggregations a failed send left."
     )
     task_max_attempts: int = Field(3, ge=1, description="Deliveries of a run task before it fails.")
     broker_visibility_timeout_s: int = Field(
         12 * 3600, ge=1, description="Redis: an unacknowledged run is redelivered after this."
     )
     run_heartbeat_timeout_s: float = Field(
-        300.0, gt=0, description="A running run whose heartbeat is older than this lost its worker: "
-                                 "the sweep requeues it (or fails it after task_max_attempts)."
+        300.0, gt=0, description="A running run whose own heartbeat is older than this lost its worker "
+                                 "(even if the worker still beats): the sweep requeues it (or fails it "
+                                 "after task_max_attempts)."
+    )
+    worker_heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="A worker not heard from for this long is gone: /readyz counts only "
+                                "workers heard from within it, and the next sweep requeues its running "
+                                "runs (so within this plus sweep_interval_s)."
+    )
+    worker_restart_backoff_s: float = Field(
+        1.0, ge=0, description="fflab serve: wait before restarting its worker after it died; doubles "
+                               "while it keeps dying within a minute of its start (at most 30 s)."
     )
     lost_message_grace_s: float = Field(
         10.0, ge=0, description="Redis broker: a run sent this long ago whose message is in no queue "

@@ -15,6 +15,7 @@ from fflab.db.models import (
     Result,
     Run,
     User,
+    Worker,
     utcnow,
 )
 from fflab.db.session import get_engine, get_sessionmaker, session_scope
@@ -34,6 +35,7 @@ __all__ = [
     "Result",
     "Run",
     "User",
+    "Worker",
     "get_engine",
     "get_sessionmaker",
     "session_scope",

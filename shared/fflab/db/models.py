@@ -25,7 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+# An experiment is "cancelling" from its cancellation until its last running run has
+# stopped; runs and analyses never are (fflab.jobs).
+STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running")
 ROLES = ("admin", "member")
@@ -133,6 +135,8 @@ class Run(Base):
     # Refreshed by the worker while the run is running; a stale one means its worker
     # is gone (the sweep requeues the run).
     heartbeat_at: Mapped[datetime | None]
+    # The worker (Worker.id) whose delivery holds the run while it is running.
+    worker_id: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[dict[str, Any] | None]
     # The run's documents (fflab.results): its summary record, metrics.json,
     # ensembles.json without the ensembles (rows of Ensemble), shared_units.json
@@ -207,6 +211,21 @@ class Analysis(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class Worker(Base):
+    """A worker process while it lives: registered when it starts, its heartbeat
+    refreshed by a thread, deleted when it stops (or, once stale, by the sweep)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # one per process start
+    name: Mapped[str] = mapped_column(String(255), index=True)  # the Celery node name
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    queues: Mapped[str] = mapped_column(String(255))  # comma-separated queue names
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Artifact(Base):
