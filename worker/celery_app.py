@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from pathlib import Path
 
 from celery import Celery, signals
 
 from fflab.settings import Settings, get_settings
+from fflab.var_dir import private_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,9 @@ def experiment_of_aggregate_task(task_id: str) -> str | None:
 
 def ensure_sqlite_folders(settings: Settings) -> None:
     """kombu's SQLAlchemy transport and the database result backend create their
-    SQLite files, but not the folders."""
+    SQLite files, but not the folders: create both, readable by their owner only."""
     for url in (settings.resolved_broker_url, settings.resolved_result_backend):
-        if "sqlite:///" in url:
-            Path(url.split("sqlite:///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(url)
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from fflab.db.session import get_engine
+from fflab.var_dir import private_file, private_sqlite_file
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Any constant shared by every process of the deployment; "FFLAB" in ASCII.
@@ -45,11 +46,13 @@ def upgrade_database(url: str) -> None:
                 connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": ADVISORY_LOCK_ID})
                 connection.commit()
         return
-    get_engine(url)  # creates the database's folder
+    private_sqlite_file(url)  # owner only, before SQLite creates it
+    get_engine(url)
     lock_path = Path(f"{parsed.database}.migrate.lock") if parsed.database else None
     if lock_path is None or parsed.database == ":memory:":
         command.upgrade(config, "head")
         return
+    private_file(lock_path)
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         command.upgrade(config, "head")
