@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -10,6 +9,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import error_response
 from api.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -68,12 +68,8 @@ class BodySizeLimitMiddleware:
     def __init__(self, app: ASGIApp, limit: int):
         self.app, self.limit = app, limit
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": too_large_message(self.limit)}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await error_response(413, too_large_message(self.limit))(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,7 +77,7 @@ class BodySizeLimitMiddleware:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
             return
         received = 0
         started = False
@@ -105,4 +101,4 @@ class BodySizeLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await self._reject(send)
+            await self._reject(scope, receive, send)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fflab.results import RunEnsembles, RunMetrics, RunSharedUnits, RunWeightStats
+from fflab.spec import PRESETS, ExperimentSpec
 
 # "cancelling": experiments only, from their cancellation until their last running run stops.
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -30,6 +31,19 @@ class ExperimentSubmit(BaseModel):
 
     preset: str | None = Field(None, description="A preset name: quick or paper.")
     visibility: Visibility = Field("private", description="lab: every user may read it.")
+
+    @model_validator(mode="after")
+    def _preset_or_complete_spec(self) -> ExperimentSubmit:
+        """Without a preset, every field of the spec must be given: an empty or partial
+        body would otherwise train the defaults (the whole paper sweep)."""
+        if self.preset is None:
+            missing = [name for name in ExperimentSpec.model_fields if name not in (self.model_extra or {})]
+            if missing:
+                raise ValueError(
+                    f"name a preset ({' or '.join(PRESETS)}) to start from, or give a complete spec "
+                    f"(`fflab spec --preset paper` prints one); missing: {', '.join(missing)}"
+                )
+        return self
 
 
 class Link(BaseModel):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
 from api import schemas
+from api.errors import problem
 from api.deps import AdminUser, SessionDep
 from fflab import accounts
 from fflab.db import User
@@ -42,7 +44,14 @@ def issue_key(name: str, _admin: AdminUser, session: SessionDep) -> schemas.NewK
 
 @router.delete("/keys/{prefix}", status_code=status.HTTP_204_NO_CONTENT)
 def revoke_key(prefix: str, _admin: AdminUser, session: SessionDep) -> None:
-    """Revoke a key by its first 14 characters (or the whole key)."""
+    """Revoke a key by its public prefix, its first 14 characters. Never the whole key:
+    URLs are logged by servers and proxies (422)."""
+    if len(prefix) > accounts.PUBLIC_PREFIX_LENGTH and accounts.contains_key(prefix):
+        raise RequestValidationError([problem(
+            ("path", "prefix"),
+            f"pass the key's public prefix, its first {accounts.PUBLIC_PREFIX_LENGTH} characters, not the "
+            "whole key: a URL is no place for a secret (servers and proxies log it)",
+        )])
     if not accounts.revoke_keys(session, key_or_prefix=prefix):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active key starting with {prefix[:14]}")
     session.commit()

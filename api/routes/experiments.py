@@ -23,6 +23,7 @@ from fflab.storage import experiment_prefix
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 log = logging.getLogger(__name__)
+MAX_OFFSET = 2**31 - 1
 
 
 def dispatch(session: Session, settings: Settings, dispatcher: jobs.Dispatcher) -> None:
@@ -108,7 +109,7 @@ def list_experiments(
     request: Request, session: SessionDep, user: CurrentUser,
     status_filter: Annotated[schemas.Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> schemas.ExperimentPage:
     """Your experiments, newest first."""
     where = [Experiment.owner_id == user.id]

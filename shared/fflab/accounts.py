@@ -13,15 +13,43 @@ import os
 import re
 import secrets
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fflab.db import ROLES, ApiKey, User, utcnow
+from fflab.var_dir import private_dir
 
 KEY_PREFIX = "fflab_"
+KEY_TOKEN_BYTES = 32
 PUBLIC_PREFIX_LENGTH = 14
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+# A whole key: the prefix and 43 URL-safe characters (token_urlsafe of 32 bytes).
+KEY_PATTERN = re.compile(rf"{KEY_PREFIX}[A-Za-z0-9_-]{{43}}")
+# Anything that could hold a key, or part of its secret: the marker and more than the
+# public prefix's characters. What follows the public prefix is redacted.
+KEY_LIKE = re.compile(rf"({KEY_PREFIX}[A-Za-z0-9_-]{{{PUBLIC_PREFIX_LENGTH - len(KEY_PREFIX)}}})[A-Za-z0-9_-]+")
+REDACTED = "[redacted]"
+
+
+def is_key(text: str) -> bool:
+    """Whether ``text`` is shaped like a whole key."""
+    return KEY_PATTERN.fullmatch(text) is not None
+
+
+def contains_key(text: str) -> bool:
+    """Whether ``text`` holds more of a key than its public prefix, also
+    percent-encoded (as in a URL)."""
+    return KEY_LIKE.search(text) is not None or ("%" in text and KEY_LIKE.search(unquote_plus(text)) is not None)
+
+
+def redact_keys(text: str) -> str:
+    """``text`` with every key-like string cut to its public prefix and ``[redacted]``
+    (a percent-encoded one is decoded first)."""
+    if "%" in text and KEY_LIKE.search(unquote_plus(text)):
+        text = unquote_plus(text)
+    return KEY_LIKE.sub(rf"\1{REDACTED}", text)
 
 
 def hash_key(key: str) -> str:
@@ -46,13 +74,15 @@ def create_user(session: Session, name: str, role: str = "member") -> User:
 
 def issue_key(session: Session, user: User) -> str:
     """A new key for ``user``; the only time the key itself is seen."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = KEY_PREFIX + secrets.token_urlsafe(KEY_TOKEN_BYTES)
     session.add(ApiKey(user=user, prefix=key[:PUBLIC_PREFIX_LENGTH], key_hash=hash_key(key)))
     session.flush()
     return key
 
 
 def authenticate(session: Session, key: str) -> User | None:
+    if not is_key(key):  # any bytes a client put in the header: not worth a query
+        return None
     digest = hash_key(key)
     api_key = session.scalar(
         select(ApiKey).where(ApiKey.prefix == key[:PUBLIC_PREFIX_LENGTH], ApiKey.revoked_at.is_(None))
@@ -83,7 +113,7 @@ def bootstrap_admin(session: Session, key_file: Path) -> str | None:
     if session.scalar(select(func.count()).select_from(User)):
         return None
     key = issue_key(session, create_user(session, "admin", "admin"))
-    key_file.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(key_file.parent)
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(key + "\n")

@@ -166,6 +166,7 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     import uvicorn
 
     from api.main import create_app
+    from api.protocol import HttpProtocol
     from fflab import accounts
     from fflab.db import session_scope
 
@@ -187,7 +188,8 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     # so that the worker is stopped below instead of being orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+        uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
+                    http=HttpProtocol)
     finally:
         if supervisor is not None:
             supervisor.stop()
