@@ -169,7 +169,8 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     key = seed(settings)
     headers = {"Authorization": f"Bearer {key}"}
     if request.param == "in-process":
-        with TestClient(create_app(settings), headers=headers, raise_server_exceptions=False) as client:
+        with TestClient(create_app(settings), headers=headers, raise_server_exceptions=False,
+                        follow_redirects=False) as client:
             yield client, client.get("/openapi.json").json()
         return
     port = free_port()
@@ -250,6 +251,9 @@ def test_fuzz_operation(api, method: str, path: str) -> None:
         assert response.status_code < 500 or declared is not None, \
             (method, url, kwargs, response.status_code, response.text[:300])
         if response.status_code >= 500:
+            return
+        if 300 <= response.status_code < 400:  # a trailing slash, also an encoded one: %2F
+            assert "location" in response.headers
             return
         if declared is None or response.status_code >= 400:
             assert response.status_code in GENERIC_ERRORS or declared is not None, (method, url, response.status_code)
