@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export FFLAB_DATA_ROOT ?= $(CURDIR)/data
 N ?= 60000
 
-.PHONY: run test serve bench load-bench data setup clean help
+.PHONY: run test serve bench load-bench reproduce data setup clean help
 
 help:
 	@echo "make run    - run the quick preset (FF, BP/FF, BP on MNIST) and print where the results are"
@@ -15,6 +15,7 @@ help:
 	@echo "make serve  - start the embedded service (API + worker, no servers needed)"
 	@echo "make bench  - benchmark FF training (N=$(N) images; make bench N=20000 for a quick one)"
 	@echo "make load-bench - 200 concurrent clients polling the service on loopback"
+	@echo "make reproduce - the paper preset at this machine's scale, then fflab compare (hours; docs/reproduction.md)"
 
 setup: $(VENV)/.installed
 
@@ -44,6 +45,9 @@ bench: setup data
 
 load-bench: setup data
 	$(BIN)/python -m benchmarks.load_bench --clients 200 --seconds 20
+
+reproduce: setup data
+	benchmarks/reproduce_paper.sh results/reproduction
 
 clean:
 	rm -rf results var .pytest_cache
