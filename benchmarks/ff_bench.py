@@ -21,9 +21,14 @@ hidden layers, full batch of 2 x N images (positive and negative), Adam lr 1e-2
    O(N x 784) and are the engine's overhead above this.
 
 Epochs are interleaved (reference, engine, roofline, in rotating order) after
-one warm-up round, and the median of the rounds is taken, so that load from
-other processes hits the three alike; the best round and the median CPU time
-are reported too. It also times prediction on the test set (ten labels, three
+one warm-up round, so that load from other processes hits the three alike. Each
+time is the minimum over the rounds: contention from other processes only ever
+adds time, so the least disturbed round is the best estimate of the cost, and
+noise cannot push it below what the work needs. The spread (min, median, max) of
+every time is reported, and the ratios by the median wall time and the median CPU
+time beside the headline. A ratio to the roofline below 1 (a variant beating the
+lower bound of its own work) is a measurement error: it is reported as such and
+recorded as null, never as a result. It also times prediction on the test set (ten labels, three
 layers), peak memory (a child process per variant: peak RSS after the data is
 loaded, ``ru_maxrss``; CUDA: max allocated), and BP/FF and BP epochs against
 plain PyTorch loops. It prints a table and writes ``benchmarks/latest.json``.
@@ -95,18 +100,83 @@ def timed_wall_and_cpu(fn, device: torch.device) -> tuple[float, float]:
 
 
 ESTIMATORS = {
-    # The issue's measure: the median wall time of the interleaved rounds.
-    "median_wall": lambda wall, cpu: statistics.median(wall),
-    # Contention from other processes only ever adds time: the best round is the
-    # least disturbed one.
+    # The headline: contention from other processes only ever adds time, so the best
+    # round is the least disturbed one, and noise cannot push it below the true cost.
     "min_wall": lambda wall, cpu: min(wall),
-    # CPU time is not charged while the scheduler runs another process.
+    # For comparison: the median wall time of the rounds (what earlier versions
+    # reported; under load it can fall anywhere), and the median CPU time (not
+    # charged while the scheduler runs another process, but it counts the time
+    # threads spin waiting for each other).
+    "median_wall": lambda wall, cpu: statistics.median(wall),
     "median_cpu": lambda wall, cpu: statistics.median(cpu),
 }
+HEADLINE = "min_wall"
+VARIANTS = ("reference", "engine", "roofline")
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def layer_row(wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> dict:
+    """One layer's times (the headline estimator per variant), their spread, every
+    estimator, and the layer's ratios."""
+    row = {name: ESTIMATORS[HEADLINE](wall[name], cpu[name]) for name in VARIANTS}
+    row["wall_s"], row["cpu_s"] = wall, cpu
+    row["spread_s"] = {name: spread(wall[name]) for name in VARIANTS}
+    row["by_estimator"] = {
+        estimator: {name: fn(wall[name], cpu[name]) for name in VARIANTS} for estimator, fn in ESTIMATORS.items()
+    }
+    row["speedup_vs_reference"] = row["reference"] / row["engine"]
+    row["engine_over_roofline"] = row["engine"] / row["roofline"]
+    return row
+
+
+def bounded_ratio(name: str, value: float, errors: list[str]) -> float | None:
+    """A time over the roofline (its lower bound): below 1 it is a measurement error,
+    noted in ``errors`` and returned as None."""
+    if value < 1:
+        errors.append(f"{name} = {value:.2f} < 1: a variant cannot beat the roofline of its own work; "
+                      f"the timing is wrong (other processes, frequency changes), not the engine fast")
+        return None
+    return value
+
+
+def ff_totals(layers: list[dict]) -> dict:
+    """Whole-epoch times (sums of the layers') and ratios, by every estimator; the
+    headline ratios are None, and ``measurement_errors`` says why, where a ratio to
+    the roofline came out below 1 (for the whole epoch or any layer)."""
+    errors: list[str] = []
+    ratios = {}
+    for estimator in ESTIMATORS:
+        sums = {name: sum(row["by_estimator"][estimator][name] for row in layers) for name in VARIANTS}
+        ratios[estimator] = {
+            "epoch_s": sums,
+            "ff_speedup_vs_reference": sums["reference"] / sums["engine"],
+            "ff_engine_over_roofline": sums["engine"] / sums["roofline"],
+        }
+    headline = ratios[HEADLINE]
+    for index, row in enumerate(layers, start=1):
+        for name in ("reference", "engine"):
+            bounded_ratio(f"layer {index} {name}/roofline", row[name] / row["roofline"], errors)
+    bounded_ratio("ff_reference_over_roofline",
+                  headline["epoch_s"]["reference"] / headline["epoch_s"]["roofline"], errors)
+    over_roofline = bounded_ratio("ff_engine_over_roofline", headline["ff_engine_over_roofline"], errors)
+    return {
+        "estimator": HEADLINE,
+        "epoch": headline["epoch_s"],
+        "epoch_spread_s": {name: spread([sum(values) for values in zip(*(row["wall_s"][name] for row in layers))])
+                           for name in VARIANTS},
+        "ff_speedup_vs_reference": None if errors else headline["ff_speedup_vs_reference"],
+        "ff_engine_over_roofline": over_roofline if not errors else None,
+        "ratios_by_estimator": ratios,
+        "measurement_errors": errors,
+    }
+
+
+def best(values: list[float]) -> float:
+    """The least disturbed of repeated timings (see ESTIMATORS)."""
+    return min(values)
 
 
 def peak_rss_mb() -> float:
@@ -183,28 +253,13 @@ def bench_ff(images, labels, test_images, repeats: int, device: torch.device) ->
                     cpu[name].append(cpu_seconds)
         reference.end_layer()
         engine.end_layer()
-        row = {name: median(values) for name, values in wall.items()}
-        row["wall_s"], row["cpu_s"] = wall, cpu
-        row["by_estimator"] = {
-            estimator: {name: fn(wall[name], cpu[name]) for name in wall} for estimator, fn in ESTIMATORS.items()
-        }
-        row["speedup_vs_reference"] = row["reference"] / row["engine"]
-        row["engine_over_roofline"] = row["engine"] / row["roofline"]
+        row = layer_row(wall, cpu)
         layers.append(row)
         print(
-            f"  layer {index + 1}: reference {row['reference']:.3f}s  engine {row['engine']:.3f}s  "
-            f"roofline {row['roofline']:.3f}s",
+            f"  layer {index + 1} (best of {repeats}): reference {row['reference']:.3f}s  engine "
+            f"{row['engine']:.3f}s  roofline {row['roofline']:.3f}s",
             flush=True,
         )
-    total = {name: sum(row[name] for row in layers) for name in ("reference", "engine", "roofline")}
-    ratios = {}
-    for estimator in ESTIMATORS:
-        sums = {name: sum(row["by_estimator"][estimator][name] for row in layers) for name in total}
-        ratios[estimator] = {
-            "epoch_s": sums,
-            "ff_speedup_vs_reference": sums["reference"] / sums["engine"],
-            "ff_engine_over_roofline": sums["engine"] / sums["roofline"],
-        }
 
     # Prediction on the test set with the (briefly) trained net: ten labels, three layers.
     prediction = {"engine": [], "reference": []}
@@ -216,15 +271,12 @@ def bench_ff(images, labels, test_images, repeats: int, device: torch.device) ->
     agree = (label_goodness(net, test_images) - reference_label_goodness(net, test_images)).abs().max().item()
     return {
         "layers": layers,
-        "epoch": total,
-        "ff_speedup_vs_reference": total["reference"] / total["engine"],
-        "ff_engine_over_roofline": total["engine"] / total["roofline"],
-        "ratios_by_estimator": ratios,
+        **ff_totals(layers),
         "prediction": {
             "images": test_images.shape[0],
-            "engine_s": median(prediction["engine"]),
-            "reference_s": median(prediction["reference"]),
-            "speedup": median(prediction["reference"]) / median(prediction["engine"]),
+            "engine_s": best(prediction["engine"]),
+            "reference_s": best(prediction["reference"]),
+            "speedup": best(prediction["reference"]) / best(prediction["engine"]),
             "max_abs_difference": agree,
         },
     }
@@ -374,7 +426,7 @@ def bench_bp(images, labels, repeats: int, device: torch.device) -> dict:
         ]
         for name, run in runs[round_ % 2 :] + runs[: round_ % 2]:  # alternate which goes first
             times[name].append(second_epoch_seconds(run, device))
-    result["bpff"] = {"product_s_per_epoch": median(times["product"]), "plain_s_per_epoch": median(times["plain"])}
+    result["bpff"] = {"product_s_per_epoch": best(times["product"]), "plain_s_per_epoch": best(times["plain"])}
     result["bpff"]["product_over_plain"] = result["bpff"]["product_s_per_epoch"] / result["bpff"]["plain_s_per_epoch"]
     # BP, minibatch 2048.
     two_epochs = TrainingSpec(epochs=2, learning_rate=spec.bp.learning_rate, batch_size=spec.bp.batch_size)
@@ -393,7 +445,7 @@ def bench_bp(images, labels, repeats: int, device: torch.device) -> dict:
         ]
         for name, run in runs[round_ % 2 :] + runs[: round_ % 2]:  # alternate which goes first
             times[name].append(second_epoch_seconds(run, device))
-    result["bp"] = {"product_s_per_epoch": median(times["product"]), "plain_s_per_epoch": median(times["plain"])}
+    result["bp"] = {"product_s_per_epoch": best(times["product"]), "plain_s_per_epoch": best(times["plain"])}
     result["bp"]["product_over_plain"] = result["bp"]["product_s_per_epoch"] / result["bp"]["plain_s_per_epoch"]
     return result
 
@@ -401,32 +453,60 @@ def bench_bp(images, labels, repeats: int, device: torch.device) -> dict:
 # -------------------------------------------------------------------- main
 
 
-def report(result: dict) -> str:
-    ff = result["ff"]
+def ff_report_lines(ff: dict, repeats: int) -> list[str]:
+    """The FF table: per layer the best of the rounds, then the spread of every time,
+    the headline ratios (or the measurement errors that void them) and the ratios by
+    the other estimators."""
     lines = [
-        f"FF epoch, N={result['n']} (2 x N images, full batch), {result['device']}, median of {result['repeats']}",
         f"{'layer':<8}{'reference s':>13}{'engine s':>11}{'roofline s':>12}{'ref/engine':>12}{'engine/roof':>13}",
     ]
     for index, row in enumerate(ff["layers"], start=1):
+        over = row["engine_over_roofline"]
         lines.append(
             f"{index:<8}{row['reference']:>13.3f}{row['engine']:>11.3f}{row['roofline']:>12.3f}"
-            f"{row['speedup_vs_reference']:>12.2f}{row['engine_over_roofline']:>13.2f}"
+            f"{row['speedup_vs_reference']:>12.2f}{(f'{over:.2f}' if over >= 1 else 'error'):>13}"
         )
     epoch = ff["epoch"]
+
+    def shown(value: float | None) -> str:
+        return "error" if value is None else f"{value:.2f}"
+
     lines.append(
         f"{'all':<8}{epoch['reference']:>13.3f}{epoch['engine']:>11.3f}{epoch['roofline']:>12.3f}"
-        f"{ff['ff_speedup_vs_reference']:>12.2f}{ff['ff_engine_over_roofline']:>13.2f}"
+        f"{shown(ff['ff_speedup_vs_reference']):>12}{shown(ff['ff_engine_over_roofline']):>13}"
     )
+    lines.append(f"spread over the {repeats} rounds, seconds (min / median / max; epoch: the rounds' sums "
+                 f"over the layers):")
+    for label, spreads in [*((f"layer {i}", row["spread_s"]) for i, row in enumerate(ff["layers"], start=1)),
+                           ("epoch", ff["epoch_spread_s"])]:
+        lines.append(f"  {label:<8}" + "  ".join(
+            f"{name} {spreads[name]['min']:.3f} / {spreads[name]['median']:.3f} / {spreads[name]['max']:.3f}"
+            for name in VARIANTS))
+    for error in ff["measurement_errors"]:
+        lines.append(f"MEASUREMENT ERROR: {error}")
+    if ff["measurement_errors"]:
+        lines.append("no ratio is reported from this run: rerun it on a quieter machine")
+        return lines
+    other = ff["ratios_by_estimator"]
+    for key in ("ff_speedup_vs_reference", "ff_engine_over_roofline"):
+        lines.append(
+            f"{key} = {ff[key]:.2f}   (best round of each; by the median wall time: "
+            f"{other['median_wall'][key]:.2f}; by the median CPU time: {other['median_cpu'][key]:.2f})"
+        )
+    return lines
+
+
+def report(result: dict) -> str:
+    ff = result["ff"]
+    lines = [
+        f"FF epoch, N={result['n']} (2 x N images, full batch), {result['device']}, "
+        f"best of {result['repeats']} rounds",
+        *ff_report_lines(ff, result["repeats"]),
+    ]
     lines.append(
         "load average (1, 5, 15 min) before: %s, after FF: %s (other processes share the cores)"
         % tuple(", ".join(f"{x:.1f}" for x in result[key]) for key in ("load_average_before", "load_average_after_ff"))
     )
-    other = ff["ratios_by_estimator"]
-    for key in ("ff_speedup_vs_reference", "ff_engine_over_roofline"):
-        lines.append(
-            f"{key} = {ff[key]:.2f}   (median wall time; best round: {other['min_wall'][key]:.2f}; "
-            f"median CPU time: {other['median_cpu'][key]:.2f})"
-        )
     p = ff["prediction"]
     lines.append(
         f"prediction, {p['images']} test images x 10 labels: engine {p['engine_s']:.3f}s, "
@@ -463,7 +543,7 @@ def report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=60000, help="training images (default 60000)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per layer (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per layer (the best is taken)")
     parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--bp-n", type=int, default=10000, help="images for the BP/FF and BP check")
@@ -494,6 +574,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     result["load_average_after_ff"] = os.getloadavg()
     result["ff_speedup_vs_reference"] = result["ff"]["ff_speedup_vs_reference"]
     result["ff_engine_over_roofline"] = result["ff"]["ff_engine_over_roofline"]
+    result["measurement_errors"] = result["ff"]["measurement_errors"]
     if not args.skip_bp:
         n_bp = min(args.bp_n, args.n)
         result["bp"] = bench_bp(images[:n_bp], labels[:n_bp], args.repeats, device)
