@@ -603,5 +603,5 @@ def test_protocol_differences_name_every_departure_from_the_paper():
     quick = {d.field: (d.paper, d.experiment) for d in paper.protocol_differences(build_spec("quick"))}
     assert quick["data.train_subset"] == (None, 10000)
     assert quick["ff.epochs"] == (1000, 20)
-    assert quick["seeds (runs per configuration)"] == (15, 1)
+    assert quick["seeds (runs per configuration)"] == (15, 3)
     assert "name" not in quick and "device" not in quick
