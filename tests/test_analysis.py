@@ -605,3 +605,8 @@ def test_protocol_differences_name_every_departure_from_the_paper():
     assert quick["ff.epochs"] == (1000, 20)
     assert quick["seeds (runs per configuration)"] == (15, 3)
     assert "name" not in quick and "device" not in quick
+    # a BP-only experiment: FF's settings and the unseen class are not its protocol
+    bp_only = build_spec("paper", {"models": ["bp"], "unseen_class": None, "ff": {"epochs": 3}})
+    assert paper.protocol_differences(bp_only) == []
+    fields = {d.field for d in paper.protocol_differences(build_spec("paper", {"bp": {"epochs": 3}}))}
+    assert fields == {"bp.epochs"}

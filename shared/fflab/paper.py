@@ -34,8 +34,9 @@ OPEN_CHOICES = {
     "prediction": "goodness summed over layers (paper) or per-layer softmax then summed (code)",
     "unseen_class_negatives": "where the unseen-class runs draw wrong labels from",
 }
-# Fields that describe the run, not the protocol.
-NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class_datasets"}
+# Fields that say which runs there are, not how they are run.
+NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class", "unseen_class_datasets"}
+TRAINING_SECTIONS = ("ff", "bpff", "bp")
 
 
 @lru_cache(maxsize=1)
@@ -55,14 +56,23 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def protocol_differences(spec: ExperimentSpec, source: str = "") -> list[ProtocolDifference]:
-    """Every setting where ``spec`` differs from the ``paper`` preset, and the
-    number of seeds where it differs from the paper's 15."""
+    """Every setting where ``spec`` differs from the ``paper`` preset (the training
+    settings of the models it trains only), and the number of seeds where it
+    differs from the paper's 15. Which models, data sets and unseen-class runs it
+    has are not protocol: cells it has no run for are "not comparable"."""
     paper = build_spec("paper")
     ours_flat, paper_flat = _flatten(spec.model_dump(mode="json")), _flatten(paper.model_dump(mode="json"))
+
+    def applies(field: str) -> bool:
+        section = field.split(".")[0]
+        if section in NOT_PROTOCOL:
+            return False
+        return section not in TRAINING_SECTIONS or section in spec.models
+
     differences = [
         ProtocolDifference(field=field, paper=paper_flat.get(field), experiment=value, source=source)
         for field, value in ours_flat.items()
-        if field.split(".")[0] not in NOT_PROTOCOL and paper_flat.get(field) != value
+        if applies(field) and paper_flat.get(field) != value
     ]
     if len(spec.seeds) != len(paper.seeds):
         differences.append(ProtocolDifference(
