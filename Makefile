@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FFLAB_DATA_ROOT ?= $(CURDIR)/data
 N ?= 60000
+LOAD ?= embedded
 
 .PHONY: run test serve bench load-bench reproduce data setup clean help
 
@@ -14,7 +15,7 @@ help:
 	@echo "make test   - run the test suite"
 	@echo "make serve  - start the embedded service (API + worker, no servers needed)"
 	@echo "make bench  - benchmark FF training (N=$(N) images; make bench N=20000 for a quick one)"
-	@echo "make load-bench - 200 concurrent clients polling the service on loopback"
+	@echo "make load-bench - 50 clients polling fflab serve while it trains (LOAD=stack: 200 on PostgreSQL + Redis)"
 	@echo "make reproduce - the paper preset at this machine's scale, then fflab compare (hours; docs/reproduction.md)"
 
 setup: $(VENV)/.installed
@@ -44,7 +45,7 @@ bench: setup data
 	$(BIN)/python -m benchmarks.ff_bench --n $(N)
 
 load-bench: setup data
-	$(BIN)/python -m benchmarks.load_bench --clients 200 --seconds 20
+	$(BIN)/python -m benchmarks.load_bench --mode $(LOAD) --seconds 20
 
 reproduce: setup data
 	benchmarks/reproduce_paper.sh results/reproduction

@@ -1,12 +1,20 @@
 """Dependencies: settings, database session, storage, dispatcher, current user,
-and experiments as the current user may see them."""
+and experiments as the current user may see them.
+
+FastAPI runs each plain ``def`` dependency in a trip of its own to the threadpool:
+a thread to wake, then the event loop again, each waiting for a CPU where others'
+processes keep the cores busy, and for Python's GIL. The dependencies that do no
+I/O are ``async``; the session is opened on the event loop (no I/O until its first
+query). Routes that clients poll do all their database work in one trip
+(``in_one_trip``): authentication, the experiment and its rendering."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -16,29 +24,32 @@ from fflab.settings import Settings
 from fflab.storage import Storage
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_db(settings: SettingsDep) -> Iterator[Session]:
-    with get_sessionmaker(settings.resolved_database_url)() as session:
+async def get_db(settings: SettingsDep) -> AsyncIterator[Session]:
+    session = get_sessionmaker(settings.resolved_database_url)()
+    try:
         yield session
+    finally:
+        await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
-def get_dispatcher(request: Request) -> jobs.Dispatcher:
+async def get_dispatcher(request: Request) -> jobs.Dispatcher:
     return request.app.state.dispatcher
 
 
@@ -47,9 +58,12 @@ DispatcherDep = Annotated[jobs.Dispatcher, Depends(get_dispatcher)]
 bearer = HTTPBearer(auto_error=False, description="An API key from `fflab admin create-user`.")
 
 
-def get_current_user(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> User:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+T = TypeVar("T")
+
+
+def authenticated_user(session: Session, credentials: HTTPAuthorizationCredentials | None) -> User:
+    """The key's user; 401 without a valid key."""
     if credentials is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -60,10 +74,14 @@ def get_current_user(
     return user
 
 
+def get_current_user(session: SessionDep, credentials: Credentials) -> User:
+    return authenticated_user(session, credentials)
+
+
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def get_admin(user: CurrentUser) -> User:
+async def get_admin(user: CurrentUser) -> User:
     if user.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this operation needs the admin role")
     return user
@@ -73,7 +91,7 @@ AdminUser = Annotated[User, Depends(get_admin)]
 ExperimentId = Annotated[str, Path(description="The id returned by POST /v1/experiments.", max_length=64)]
 
 
-def get_readable_experiment(experiment_id: ExperimentId, session: SessionDep, user: CurrentUser) -> Experiment:
+def readable_experiment(session: Session, user: User, experiment_id: str) -> Experiment:
     """The experiment if the user owns it, it is visible to the lab, or the user is
     an admin; otherwise 404, so that others' ids are not disclosed."""
     experiment = session.get(Experiment, experiment_id)
@@ -84,10 +102,14 @@ def get_readable_experiment(experiment_id: ExperimentId, session: SessionDep, us
     return experiment
 
 
+def get_readable_experiment(experiment_id: ExperimentId, session: SessionDep, user: CurrentUser) -> Experiment:
+    return readable_experiment(session, user, experiment_id)
+
+
 ReadableExperiment = Annotated[Experiment, Depends(get_readable_experiment)]
 
 
-def get_owned_experiment(experiment: ReadableExperiment, user: CurrentUser) -> Experiment:
+async def get_owned_experiment(experiment: ReadableExperiment, user: CurrentUser) -> Experiment:
     """The experiment if the user may change it: its owner or an admin."""
     if experiment.owner_id != user.id and user.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN,
@@ -96,3 +118,14 @@ def get_owned_experiment(experiment: ReadableExperiment, user: CurrentUser) -> E
 
 
 OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]
+
+
+async def in_one_trip(settings: Settings, work: Callable[[Session], T]) -> T:
+    """``work(session)`` in one trip to the threadpool, with a session of its own
+    closed there too."""
+
+    def call() -> T:
+        with get_sessionmaker(settings.resolved_database_url)() as session:
+            return work(session)
+
+    return await run_in_threadpool(call)

@@ -11,12 +11,24 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from api import schemas, views
-from api.deps import CurrentUser, DispatcherDep, OwnedExperiment, ReadableExperiment, SessionDep, SettingsDep, StorageDep
+from api.deps import (
+    Credentials,
+    CurrentUser,
+    DispatcherDep,
+    ExperimentId,
+    OwnedExperiment,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    authenticated_user,
+    in_one_trip,
+    readable_experiment,
+)
 from fflab import jobs
-from fflab.db import Experiment, Run
+from fflab.db import Experiment, Run, User
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, build_spec
 from fflab.storage import experiment_prefix
@@ -105,13 +117,23 @@ def submit_experiment(body: schemas.ExperimentSubmit, request: Request, response
 
 
 @router.get("", response_model=schemas.ExperimentPage)
-def list_experiments(
-    request: Request, session: SessionDep, user: CurrentUser,
+async def list_experiments(
+    request: Request, settings: SettingsDep, credentials: Credentials,
     status_filter: Annotated[schemas.Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> schemas.ExperimentPage:
     """Your experiments, newest first."""
+
+    def page_of(session: Session) -> schemas.ExperimentPage:
+        user = authenticated_user(session, credentials)
+        return experiment_page(session, request, user, status_filter, limit, offset)
+
+    return await in_one_trip(settings, page_of)  # clients poll it
+
+
+def experiment_page(session: Session, request: Request, user: User, status_filter: str | None, limit: int,
+                    offset: int) -> schemas.ExperimentPage:
     where = [Experiment.owner_id == user.id]
     if status_filter is not None:
         where.append(Experiment.status == status_filter)
@@ -128,7 +150,11 @@ def list_experiments(
         .where(Run.experiment_id.in_(ids)).group_by(Run.experiment_id, Run.status)
     ):
         counts[experiment_id][run_status] = count
-    for run in session.scalars(select(Run).where(Run.experiment_id.in_(ids), Run.status == "running")):
+    for run in session.scalars(
+        select(Run).options(load_only(Run.experiment_id, Run.run_id, Run.model, Run.progress, Run.status,
+                                      Run.heartbeat_at))
+        .where(Run.experiment_id.in_(ids), Run.status == "running").order_by(Run.id)
+    ):
         running[run.experiment_id].append(run)
     items = [
         schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id]))
@@ -138,10 +164,16 @@ def list_experiments(
 
 
 @router.get("/{experiment_id}", response_model=schemas.Experiment)
-def get_experiment(experiment: ReadableExperiment, request: Request) -> schemas.Experiment:
-    """Status, progress (runs done of total; model, layer, epoch and ETA of running
-    runs), timings, the error if it failed, and the spec."""
-    return views.experiment_detail(request, experiment)
+async def get_experiment(experiment_id: ExperimentId, request: Request, settings: SettingsDep,
+                         credentials: Credentials) -> schemas.Experiment:
+    """Status, progress (runs done of total; model, layer, epoch, ETA and heartbeat
+    age of running runs), timings, the error if it failed, and the spec."""
+
+    def detail(session: Session) -> schemas.Experiment:
+        user = authenticated_user(session, credentials)
+        return views.experiment_detail(request, readable_experiment(session, user, experiment_id))
+
+    return await in_one_trip(settings, detail)  # what clients poll
 
 
 @router.post("/{experiment_id}/cancel", response_model=schemas.Experiment)

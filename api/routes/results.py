@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from api import schemas, views
 from api.deps import ReadableExperiment, SessionDep, StorageDep
@@ -68,8 +68,12 @@ def get_results(
 
 
 def _runs(session: Session, experiment: Experiment, model: str | None, dataset: str | None,
-          run_id: str | None = None) -> list[Run]:
+          run_id: str | None = None, columns: tuple = ()) -> list[Run]:
+    """The experiment's succeeded runs matching the filters; with ``columns``, only
+    those are loaded (each run carries several JSON documents)."""
     query = select(Run).where(Run.experiment_id == experiment.id, Run.status == "succeeded")
+    if columns:
+        query = query.options(load_only(*columns))
     for column, value in ((Run.model, model), (Run.dataset, dataset), (Run.run_id, run_id)):
         if value is not None:
             query = query.where(column == value)
@@ -87,21 +91,19 @@ def get_ensembles(
 ) -> schemas.EnsemblesOut:
     """Per finished run, its ensembles.json (schema: fflab/schemas/ensembles.schema.json)
     with only the ensembles matching the filters."""
-    runs = _runs(session, experiment, model, dataset, run_id)
-    query = select(Ensemble).where(Ensemble.experiment_id == experiment.id,
-                                   Ensemble.run_id.in_([run.run_id for run in runs]))
+    runs = _runs(session, experiment, model, dataset, run_id, columns=(Run.run_id, Run.ensemble_summary))
+    fields = ("layer", "class_index", "class_name", "method", "quantile", "threshold", "epsilon", "rho_cut",
+              "nh_cut", "n_images", "units", "size")
+    # Plain rows, not ORM objects: an experiment has hundreds of ensembles per run.
+    query = select(Ensemble.run_id, *(getattr(Ensemble, field) for field in fields)).where(
+        Ensemble.experiment_id == experiment.id, Ensemble.run_id.in_([run.run_id for run in runs]))
     for column, value in ((Ensemble.layer, layer), (Ensemble.class_index, class_index),
                           (Ensemble.method, method), (Ensemble.quantile, quantile)):
         if value is not None:
             query = query.where(column == value)
     rows = defaultdict(list)
-    for row in session.scalars(query.order_by(Ensemble.id)):
-        rows[row.run_id].append({
-            "layer": row.layer, "class_index": row.class_index, "class_name": row.class_name,
-            "method": row.method, "quantile": row.quantile, "threshold": row.threshold,
-            "epsilon": row.epsilon, "rho_cut": row.rho_cut, "nh_cut": row.nh_cut,
-            "n_images": row.n_images, "units": row.units, "size": row.size,
-        })
+    for run_id_, *values in session.execute(query.order_by(Ensemble.id)):
+        rows[run_id_].append(dict(zip(fields, values)))
     return schemas.EnsemblesOut(experiment_id=experiment.id, runs=[
         {**run.ensemble_summary, "ensembles": rows[run.run_id]} for run in runs if run.ensemble_summary
     ])

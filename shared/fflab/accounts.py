@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote_plus
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from fflab.db import ROLES, ApiKey, User, utcnow
 from fflab.var_dir import private_dir
@@ -84,8 +84,9 @@ def authenticate(session: Session, key: str) -> User | None:
     if not is_key(key):  # any bytes a client put in the header: not worth a query
         return None
     digest = hash_key(key)
-    api_key = session.scalar(
-        select(ApiKey).where(ApiKey.prefix == key[:PUBLIC_PREFIX_LENGTH], ApiKey.revoked_at.is_(None))
+    api_key = session.scalar(  # the key and its user in one query
+        select(ApiKey).options(joinedload(ApiKey.user))
+        .where(ApiKey.prefix == key[:PUBLIC_PREFIX_LENGTH], ApiKey.revoked_at.is_(None))
     )
     if api_key is None or not hmac.compare_digest(api_key.key_hash, digest):
         return None

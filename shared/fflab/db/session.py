@@ -33,7 +33,10 @@ def _create_engine(url: str) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # The API, the worker and the broker share the file: wait for locks instead of failing.
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    # A pool as large as the threads that may query at once (the API's threadpool has
+    # 40): beyond the pool, a connection is opened and closed for each session.
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                           pool_size=32, max_overflow=32)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record) -> None:
