@@ -998,6 +998,7 @@ def paper_comparison_figure(
         if quantity == "ensemble_size":
             ax.set_yscale("log")
         ax.set_ylabel(COMPARISON_PANELS[quantity], fontsize=8)
+        ax.set_xlim(-0.6, len(index) - 0.4)
         ax.set_xticks(x)
         ax.set_xticklabels([labels[i].split("/", 1)[-1] for i in index], rotation=60, ha="right", fontsize=6)
         ax.grid(axis="y", alpha=0.3)
