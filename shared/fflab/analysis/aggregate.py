@@ -7,9 +7,15 @@ A run record is a plain dict describing one trained network::
         "dataset": "mnist" | "fashion_mnist",
         "seed": int,
         "accuracy": float,                        # test accuracy, Table 1
-        "ensemble_sizes_method1": list[list[int]],# layer -> size per class,
-                                                  # Method 1 at the table's quantile
+        "ensemble_sizes_method1": list[list[int | None]],
+                                      # layer -> size per class, Method 1 at the
+                                      # table's quantile; None: no analysed image
         "fraction_positive_weights": list[float], # per layer, Table 3
+        "sparseness_treves_rolls": list[float | None],  # per layer, mean over classes
+        "sparseness_hoyer": list[float | None],         # per layer, mean over classes
+        "mean_shared_units": list[float | None],        # per layer, mean over class pairs
+        "unseen_activity": list[dict],    # per layer {"unseen": ..., "seen": ...},
+                                          # runs trained without a class
     }
 
 Each builder reads only the keys it needs (``model``, ``dataset``, ``seed``
@@ -20,7 +26,9 @@ largest found in the records.
 
 Each estimate is the mean over seeds with its standard error
 (``std(ddof=1) / sqrt(n)``); with a single seed the standard error is nan,
-rendered "n/a" in markdown and left empty in CSV.
+rendered "n/a" in markdown and left empty in CSV. A missing value (None) is
+left out of its estimate, never counted as 0, and each table says how many
+runs it averaged.
 """
 
 from __future__ import annotations
