@@ -18,7 +18,7 @@ TINY = [
     "--set", "network.width=64", "--set", "network.normalize_first_layer=true",
     "--set", "ff.epochs=2", "--set", "ff.batch_size=50", "--set", "ff.learning_rate=0.003",
     "--set", "bpff.epochs=2", "--set", "bpff.batch_size=50", "--set", "bpff.learning_rate=0.003",
-    "--set", "bp.epochs=2", "--set", 'datasets=["mnist","fashion_mnist"]',
+    "--set", "bp.epochs=2", "--set", 'datasets=["mnist","fashion_mnist"]', "--set", "seeds=[0]",
 ]
 
 

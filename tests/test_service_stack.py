@@ -76,7 +76,8 @@ def test_result_documents_follow_the_published_schemas(finished: dict, member: h
         jsonschema.validate(document, schema("weight_stats"))
     results = member.get(f"{base}/results").json()
     jsonschema.validate(results, schema("results"))
-    assert set(results["tables"]) == {"table1", "table2", "table3"}
+    assert list(results["tables"]) == ["table1", "table2", "table3", "sparseness_treves_rolls",
+                                       "sparseness_hoyer", "shared_units"]
 
     filtered = member.get(f"{base}/ensembles", params={"model": "ff", "layer": 2, "class": 3,
                                                         "method": "method1", "quantile": 0.9}).json()
@@ -88,6 +89,29 @@ def test_result_documents_follow_the_published_schemas(finished: dict, member: h
     assert csv.headers["content-type"].startswith("text/csv") and csv.text.startswith("Model")
     markdown = member.get(f"{base}/results", params={"format": "md"}).text
     assert "# table1" in markdown and "# table3" in markdown and "| FF |" in markdown
+    hoyer = member.get(f"{base}/results", params={"format": "csv", "table": "sparseness_hoyer"})
+    assert hoyer.status_code == 200 and hoyer.text.startswith("Model,MNIST Layer 1 mean")
+    missing = member.get(f"{base}/results", params={"format": "csv", "table": "unseen_class"})
+    assert missing.status_code == 404 and "has no table unseen_class" in missing.text
+
+
+def test_paper_comparison_in_every_format(finished: dict, member: httpx.Client) -> None:
+    base = f"/v1/experiments/{finished['id']}/paper-comparison"
+    document = member.get(base).json()
+    jsonschema.validate(document, schema("paper_comparison"))
+    assert document["reproduction"] is False
+    fields = {d["field"] for d in document["protocol"]}
+    assert {"data.train_subset", "ff.epochs", "seeds (runs per configuration)"} <= fields
+    cells = {c["id"]: c for c in document["cells"]}
+    assert cells["table1/ff/mnist"]["n"] == 1 and cells["table1/ff/mnist"]["paper_mean"] == 0.93
+    assert cells["table1/bpff/mnist"]["verdict"] == "not comparable"  # no BP/FF run here
+    markdown = member.get(base, params={"format": "md"})
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert "**Not a reproduction**" in markdown.text and "| table2/ff/mnist/layer1 |" in markdown.text
+    csv = member.get(base, params={"format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert csv.text.splitlines()[0].startswith("id,source,quantity") and len(csv.text.splitlines()) == 51
+    assert member.get(base, params={"format": "xml"}).status_code == 422
 
 
 def test_figures_and_artifacts_come_from_s3(stack: Stack, finished: dict, member: httpx.Client) -> None:

@@ -25,7 +25,9 @@ def test_overrides_merge_into_nested_settings():
     spec = build_spec("quick", {"ff": {"epochs": 3}, "models": ["ff", "bp"], "unseen_class": None})
     assert spec.ff.epochs == 3
     assert spec.ff.batch_size == PRESETS["quick"]["ff"]["batch_size"]
-    assert [key.run_id for key in spec.runs()] == ["ff-mnist-seed0", "bp-mnist-seed0"]
+    assert [key.run_id for key in spec.runs()] == [
+        f"{model}-mnist-seed{seed}" for model in ("ff", "bp") for seed in (0, 1, 2)
+    ]
 
 
 @pytest.mark.parametrize(
