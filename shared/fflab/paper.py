@@ -22,7 +22,7 @@ import numpy as np
 
 from fflab import analysis
 from fflab.results import CellComparison, PaperComparison, ProtocolDifference
-from fflab.spec import ExperimentSpec, build_spec
+from fflab.spec import MODEL_NAMES, ExperimentSpec, build_spec
 
 # Settings the paper does not give: always listed with the experiment's value.
 OPEN_CHOICES = {
@@ -36,7 +36,6 @@ OPEN_CHOICES = {
 }
 # Fields that say which runs there are, not how they are run.
 NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class", "unseen_class_datasets"}
-TRAINING_SECTIONS = ("ff", "bpff", "bp")
 
 
 @lru_cache(maxsize=1)
@@ -67,7 +66,7 @@ def protocol_differences(spec: ExperimentSpec, source: str = "") -> list[Protoco
         section = field.split(".")[0]
         if section in NOT_PROTOCOL:
             return False
-        return section not in TRAINING_SECTIONS or section in spec.models
+        return section not in MODEL_NAMES or section in spec.models  # a model's training section
 
     differences = [
         ProtocolDifference(field=field, paper=paper_flat.get(field), experiment=value, source=source)

@@ -30,6 +30,7 @@ from fflab.models.common import (
     StopCheck,
     goodness_representations,
     label_goodness,
+    negative_classes_of,
     predict_from_goodness,
     resolve_device,
     seed_everything,
@@ -86,7 +87,7 @@ def negative_classes_for(spec: ExperimentSpec, key: RunKey, train_labels: torch.
     classes it trains on."""
     if key.unseen_class is not None and spec.unseen_class_negatives == "all_labels":
         return torch.arange(N_CLASSES)
-    return train_labels.unique().sort().values.cpu()
+    return negative_classes_of(train_labels, None)
 
 
 def train_and_evaluate(
