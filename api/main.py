@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import errors
+from api import docs, errors
 from api.inputs import RequestLineMiddleware, checked_json_body
 from api.logs import install_key_redaction
 from api.metrics import Metrics
 from api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from api.routes import admin, analyses, experiments, health, results, runs, users
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from fflab.db import get_sessionmaker
 from fflab.db.migrate import upgrade_database
 from fflab.jobs import dispatch
@@ -50,7 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Train Forward-Forward networks and analyse their ensembles, as a service.",
         lifespan=lifespan,
         dependencies=[Depends(checked_json_body)],
+        docs_url=None,
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.settings = settings
     app.state.storage = get_storage(settings)
     app.state.celery = create_celery(settings)
@@ -62,4 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestLineMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    # Outermost: X-Forwarded-For/-Proto are believed from the configured proxies only.
+    app.add_middleware(ProxyHeadersMiddleware,
+                       trusted_hosts=[h.strip() for h in settings.trusted_proxies.split(",") if h.strip()])
     return app

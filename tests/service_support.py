@@ -102,7 +102,8 @@ def stack(data_root: Path, pg_database, moto_s3: str, tmp_path_factory: pytest.T
         Process("worker", [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu"],
                 env, ROOT, var_dir),
         Process("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
-                        "--http", "api.protocol:HttpProtocol", "--host", "127.0.0.1", "--port", str(port)],
+                        "--http", "api.protocol:HttpProtocol", "--host", "127.0.0.1", "--port", str(port),
+                        "--no-proxy-headers"],
                 env, ROOT, var_dir),
     ]
     result = Stack(f"http://127.0.0.1:{port}", env, settings, admin_key, member_key, other_key, moto_s3, processes)

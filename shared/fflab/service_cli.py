@@ -25,8 +25,8 @@ import click
 import httpx
 from tqdm import tqdm
 
-from fflab.client import ApiError, Client, format_detail
-from fflab.results import TABLES
+from fflab.client import ApiError, Client
+from fflab.results import PAPER_TABLES, TABLES
 from fflab.settings import Settings, get_settings
 from fflab.spec import PRESETS
 
@@ -189,7 +189,7 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                    http=HttpProtocol)
+                    http=HttpProtocol, proxy_headers=False)  # the app trusts FFLAB_TRUSTED_PROXIES only
     finally:
         if supervisor is not None:
             supervisor.stop()
@@ -245,7 +245,7 @@ def client() -> Iterator[Client]:
         with Client(url, api_key(settings)) as api:
             yield api
     except ApiError as error:
-        raise click.ClickException(f"{error.status_code}: {format_detail(error.detail)}") from None
+        raise click.ClickException(str(error)) from None
     except httpx.TransportError as error:
         raise click.ClickException(
             f"cannot reach the fflab API at {url} ({error}); start it with `fflab serve` "
@@ -325,15 +325,17 @@ def fetch_results(api: Client, experiment_id: str, folder: Path) -> None:
     """Tables (md, csv, json) and figures of a finished experiment into ``folder``."""
     tables = folder / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    for fmt in ("md", "csv"):
-        (tables / f"tables.{fmt}").write_text(api.results(experiment_id, fmt))
+    (tables / "tables.md").write_text(api.results(experiment_id, "md"))
+    for table in PAPER_TABLES:  # CSV: one table per document
+        (tables / f"{table}.csv").write_text(api.results(experiment_id, "csv", table))
     (folder / "results.json").write_text(json.dumps(api.results(experiment_id, "json"), indent=2))
     for fmt in ("md", "csv", "json"):
         comparison = api.paper_comparison(experiment_id, fmt)
         text = json.dumps(comparison, indent=2) + "\n" if fmt == "json" else comparison
         (tables / f"paper_comparison.{fmt}").write_text(text)
     for figure in api.figures(experiment_id):
-        api.download(experiment_id, figure["name"], folder / figure["name"])
+        (folder / "figures").mkdir(parents=True, exist_ok=True)
+        (folder / "figures" / figure["name"]).write_bytes(api.figure(experiment_id, figure["name"]))
 
 
 def register(cli: click.Group) -> None:
@@ -438,18 +440,25 @@ def register(cli: click.Group) -> None:
     @cli.command("status")
     @click.argument("experiment_id", required=False)
     @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-    def status_command(experiment_id: str | None, as_json: bool) -> None:
-        """One experiment's status and progress, or a list of yours."""
+    @click.option("--scope", type=click.Choice(["mine", "lab", "all"]), default="mine", show_default=True,
+                  help="List yours, the lab's (shared) or everyone's (admins).")
+    @click.option("--status", "statuses", multiple=True, help="Only this status (repeatable).")
+    @click.option("--name", default=None, help="Only names starting with this.")
+    @click.option("--tag", "tags", multiple=True, help="Only experiments with this tag (repeatable: all of them).")
+    def status_command(experiment_id: str | None, as_json: bool, scope: str, statuses: tuple[str, ...],
+                       name: str | None, tags: tuple[str, ...]) -> None:
+        """One experiment's status and progress, or a list (every page) of yours or the lab's."""
         with client() as api:
             if experiment_id:
                 experiment = api.experiment(experiment_id)
                 click.echo(json.dumps(experiment, indent=2) if as_json else describe(experiment))
                 return
-            page = api.experiments()
+            items = list(api.experiments(scope=scope, status=list(statuses) or None, name=name,
+                                         tag=list(tags) or None))
             if as_json:
-                echo_json(page)
+                echo_json(items)
                 return
-            for item in page["items"]:
+            for item in items:
                 click.echo(describe(item).splitlines()[0])
 
     @cli.command("wait")
@@ -473,6 +482,8 @@ def register(cli: click.Group) -> None:
                   help="Only this table.")
     def results_command(experiment_id: str, fmt: str, table: str | None) -> None:
         """Tables 1-3 of a finished experiment."""
+        if fmt == "csv" and table is None:
+            raise click.UsageError("--format csv prints one table: name it with --table")
         with client() as api:
             document = api.results(experiment_id, fmt, table)
         if fmt == "json":
@@ -485,7 +496,7 @@ def register(cli: click.Group) -> None:
     @click.option("--model", type=click.Choice(["ff", "bpff", "bp"]), default=None)
     @click.option("--dataset", type=click.Choice(["mnist", "fashion_mnist"]), default=None)
     @click.option("--layer", type=int, default=None)
-    @click.option("--class", "class_", type=click.IntRange(0, 9), default=None)
+    @click.option("--class", "class_index", type=click.IntRange(0, 9), default=None)
     @click.option("--method", type=click.Choice(["method1", "method2"]), default=None)
     @click.option("--quantile", type=float, default=None)
     def ensembles_command(experiment_id: str, **filters: Any) -> None:
@@ -502,9 +513,11 @@ def register(cli: click.Group) -> None:
         with client() as api:
             for figure in api.figures(experiment_id):
                 if folder is None:
-                    click.echo(f"{figure['name'].removeprefix('figures/')}  {figure['size']} bytes  {figure['url']}")
+                    click.echo(f"{figure['name']}  {figure['size']} bytes  {figure['url']}")
                 else:
-                    path = api.download(experiment_id, figure["name"], folder / figure["name"].removeprefix("figures/"))
+                    path = folder / figure["name"]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(api.figure(experiment_id, figure["name"]))
                     click.echo(path)
 
     @cli.command("quickstart")
@@ -547,3 +560,7 @@ def register(cli: click.Group) -> None:
         with client() as api:
             api.delete(experiment_id)
         click.echo(f"deleted {experiment_id}")
+
+    from fflab import api_verbs
+
+    api_verbs.register(cli)

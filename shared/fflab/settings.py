@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     api_url: str | None = Field(None, description="Client verbs: default http://<api_host>:<api_port>.")
     api_key: str | None = Field(None, description="Client verbs: default the key in admin_key_file.")
     admin_key_file: Path | None = Field(None, description="Default: <var_dir>/admin.key.")
+    public_url: str | None = Field(
+        None, description="The URL clients reach the API at (https://fflab.lab.example): absolute URLs in "
+                          "responses start with it. Unset: the URL each request came to (its Host header)."
+    )
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose "
+                        "X-Forwarded-For and X-Forwarded-Proto are believed; from anyone else they are ignored."
+    )
 
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
     # Server-side limits on submitted specs (422 naming the field above them); the

@@ -83,9 +83,14 @@ class LocalStorage:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self._path(key), target)
 
-    def iter_bytes(self, key: str) -> Iterator[bytes]:
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The object's bytes, or those from ``start`` to ``end`` inclusive."""
         with self._path(key).open("rb") as handle:
-            while chunk := handle.read(CHUNK):
+            handle.seek(start)
+            left = None if end is None else end - start + 1
+            while (left is None or left > 0) and (chunk := handle.read(CHUNK if left is None else min(CHUNK, left))):
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def list(self, prefix: str) -> list[str]:
@@ -147,8 +152,10 @@ class S3Storage:
             for chunk in self.iter_bytes(key):
                 handle.write(chunk)
 
-    def iter_bytes(self, key: str) -> Iterator[bytes]:
-        response = self._call("get_object", self.client.get_object, Key=check_key(key))
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The object's bytes, or those from ``start`` to ``end`` inclusive."""
+        ranged = {} if start == 0 and end is None else {"Range": f"bytes={start}-{'' if end is None else end}"}
+        response = self._call("get_object", self.client.get_object, Key=check_key(key), **ranged)
         yield from response["Body"].iter_chunks(CHUNK)
 
     def list(self, prefix: str) -> list[str]:

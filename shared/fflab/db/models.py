@@ -242,3 +242,14 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     content_type: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ExperimentTag(Base):
+    """A label its owner put on an experiment (to filter lists by); deleted with it."""
+
+    __tablename__ = "experiment_tags"
+
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
