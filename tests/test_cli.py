@@ -67,7 +67,7 @@ def test_every_figure_is_a_real_png(experiment):
     names = sorted(p.name for p in (experiment / "figures").glob("*.png"))
     expected = {"figure1a", "figure1b", "figure1c", "figure2", "figure3a", "figure3b",
                 "figure4a", "figure4b", "figure4c", "figure5", "figure6", "figure7", "figure8a",
-                "figure2_layer2", "figure2_layer3", "paper_comparison"}
+                "figure2_layer2", "figure2_layer3", "paper_comparison", "training_curves"}
     assert expected <= {n.removesuffix(".png") for n in names}
     for name in names:
         content = (experiment / "figures" / name).read_bytes()

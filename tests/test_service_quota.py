@@ -43,6 +43,7 @@ def test_cap_holds_under_parallel_submissions(backend: str, serves: list[Serve],
     for response in responses:
         if response.status_code == 429:
             assert int(response.headers["retry-after"]) > 0
-            assert "the limit is 20" in response.json()["detail"]
+            assert "the limit is 20" in response.json()["message"]
+            assert response.json()["code"] == "quota_exceeded"
     with serve.client() as api:
         assert api.get("/v1/experiments", params={"limit": 200}).json()["total"] == 20

@@ -309,6 +309,11 @@ def merged(**changes) -> dict:
     return body
 
 
+def field_of(loc: list) -> str:
+    """The problem document's field of a pydantic location: ["body", "bp", "epochs"] -> "bp.epochs"."""
+    return ".".join(str(part) for part in (loc[1:] if loc[0] == "body" else loc))
+
+
 @pytest.mark.parametrize("field, at, past, loc", [
     ("bp__epochs", 7, 8, ["body", "bp", "epochs"]),
     ("network__width", 96, 97, ["body", "network", "width"]),
@@ -328,8 +333,8 @@ def test_spec_limits_are_configurable_and_name_the_field(limited, field, at, pas
         body["bp"]["epochs"], loc = 1, ["body", "ff", "epochs"]
     refused = client.post("/v1/experiments", json=body)
     assert refused.status_code == 422, refused.text
-    problems = refused.json()["detail"]
-    assert loc in [p["loc"] for p in problems], problems
+    problems = refused.json()["details"]
+    assert field_of(loc) in [p["field"] for p in problems], problems
 
 
 def test_runs_per_experiment_body_size_types_and_unknown_fields(limited) -> None:
@@ -349,9 +354,9 @@ def test_runs_per_experiment_body_size_types_and_unknown_fields(limited) -> None
                       (merged(bp__epochs=10**30), ["body", "bp", "epochs"])):
         response = client.post("/v1/experiments", json=body)
         assert response.status_code == 422, (body, response.text)
-        assert loc in [p["loc"] for p in response.json()["detail"]], (loc, response.json())
+        assert field_of(loc) in [p["field"] for p in response.json()["details"]], (loc, response.json())
     huge = client.post("/v1/experiments", json=merged(name="x" * settings.max_body_bytes))
-    assert huge.status_code == 413 and "FFLAB_MAX_BODY_BYTES" in huge.json()["detail"]
+    assert huge.status_code == 413 and "FFLAB_MAX_BODY_BYTES" in huge.json()["message"]
     not_json = client.post("/v1/experiments", content=b"{not json", headers={"content-type": "application/json"})
     assert not_json.status_code == 422
 

@@ -506,6 +506,14 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
             break
     chosen, m1, m2 = comparison
     save(figures.figure8a_method_comparison(m2.mean_activity, m1, m2.units, names[chosen]), "figure8a")
+
+    # Training curves: the loss per epoch of every seed's run on the main data set.
+    histories = {
+        model: [read_document(RunMetrics, run_dir_of(experiment_dir, RunKey(model, main_dataset, s))
+                              / "metrics.json").loss_history for s in spec.seeds]
+        for model in spec.models
+    }
+    save(figures.training_curves(histories, title=f"Training loss per epoch ({main_dataset})"), "training_curves")
     return written
 
 
