@@ -114,7 +114,8 @@ import hmac  # noqa: E402
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 from fastapi.routing import APIRoute  # noqa: E402
-from starlette.routing import Route  # noqa: E402
+from starlette.routing import Mount, Route  # noqa: E402
+from starlette.staticfiles import StaticFiles  # noqa: E402
 
 from fflab.db import Analysis  # noqa: E402
 from service_helpers import TINY, Stack, poll_experiment  # noqa: E402
@@ -122,7 +123,8 @@ from service_helpers import TINY, Stack, poll_experiment  # noqa: E402
 pytest_plugins = ["service_support"]
 
 # Routes anyone may call; a new public route must be added here on purpose.
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+          "/static/{path}"}  # /static: the docs pages' vendored scripts and styles
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +176,8 @@ def flatten(routes, prefix: str = "") -> Iterator[tuple[str, str]]:
                 yield method, prefix + route.path
         elif hasattr(route, "original_router"):
             yield from flatten(route.original_router.routes, prefix + route.include_context.prefix)
+        elif isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+            yield "GET", prefix + route.path + "/{path}"
         else:
             raise AssertionError(f"unknown kind of route {route!r}: teach flatten() about it")
 
@@ -196,6 +200,8 @@ def fill(path: str, experiment_id: str, prefix: str) -> str:
 
 
 BODIES = {"/v1/experiments": {"preset": "quick", "epochz": 1}, "/v1/admin/users": {"name": "eve"},
+          "/v1/experiments/{experiment_id}": {"name": "taken", "visibility": "lab"},
+          "/v1/users/me/keys": {"revoke_current": False},
           "/v1/experiments/{experiment_id}/analyses": {"quantiles": [0.5], "table_quantile": 0.5,
                                                        "figure_quantile": 0.5}}
 
@@ -231,6 +237,11 @@ def test_every_route_refuses_other_users(stack: Stack, users, two_experiments) -
             assert bobs.status_code == 422
         elif template == "/v1/users/me":
             assert bobs.json()["name"] == "bob"
+        elif template == "/v1/users/me/keys" and method == "GET":  # bob's own keys only
+            assert bobs.status_code == 200 and stack.member_key[:14] not in bobs.text
+            assert [key["current"] for key in bobs.json()["items"]].count(True) == 1
+        elif template == "/v1/users/me/keys" and method == "POST":  # a new key of bob's own
+            assert bobs.status_code == 201 and bobs.json()["user"]["name"] == "bob"
         else:
             raise AssertionError(f"{method} {template}: say what another user gets")
     experiment = users["alice"].get(f"/v1/experiments/{alices['id']}")
