@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -220,6 +222,21 @@ def test_docs_load_everything_from_the_server(api: Server) -> None:
                 assert hashlib.sha256(response.content).hexdigest() == hashes[name], name
     for name, digest in hashes.items():
         assert hashlib.sha256((ROOT / "api" / "static" / name).read_bytes()).hexdigest() == digest, name
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_docs_render_in_a_browser_with_no_network(api: Server) -> None:
+    """Headless Chromium with every host but 127.0.0.1 unresolvable: Swagger UI and
+    ReDoc still draw the operations (a CDN asset would leave the pages blank)."""
+    for page, marker in (("docs", 'class="opblock'), ("redoc", "Submit Experiment")):
+        done = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
+             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--dump-dom", f"{api.url}/{page}"],
+            capture_output=True, text=True, timeout=120)
+        assert marker in done.stdout and "Submit Experiment" in done.stdout, (page, done.stdout[:2000])
 
 
 # --------------------------------------------------------------------------- errors
