@@ -10,7 +10,8 @@
   parts; ``If-Range`` with another ETag gets the whole file; a range past the end is
   416 with ``Content-Range: bytes */<size>``; several ranges at once get the whole
   file (RFC 9110 lets a server ignore Range);
-- ``Content-Type`` by the file's name (``content_type``), whatever was recorded.
+- ``Content-Type`` by the file's name (fflab.storage.content_type), whatever was
+  recorded when it was stored.
 """
 
 from __future__ import annotations
@@ -24,21 +25,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.errors import api_error
 from fflab.db import Artifact
-from fflab.storage import Storage, StorageError
+from fflab.storage import Storage, StorageError, content_type
 
-CONTENT_TYPES = {
-    ".png": "image/png", ".json": "application/json", ".csv": "text/csv; charset=utf-8",
-    ".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8",
-    ".pt": "application/octet-stream", ".npz": "application/octet-stream",
-}
 SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def content_type(name: str) -> str:
-    """The media type of a stored file by its name; application/octet-stream for
-    anything not listed (weights.pt, representations.npz)."""
-    suffix = name[name.rfind("."):].lower() if "." in name.rsplit("/", 1)[-1] else ""
-    return CONTENT_TYPES.get(suffix, "application/octet-stream")
 
 
 def etag_of(artifact: Artifact) -> str:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import docs, errors
 from api.inputs import RequestLineMiddleware, checked_json_body
@@ -15,7 +16,6 @@ from api.logs import install_key_redaction
 from api.metrics import Metrics
 from api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from api.routes import admin, analyses, experiments, health, results, runs, users
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from fflab.db import get_sessionmaker
 from fflab.db.migrate import upgrade_database
 from fflab.jobs import dispatch

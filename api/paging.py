@@ -8,7 +8,11 @@ token passed to another listing, or with other filters, is a 422 naming
 ``query.page_token`` instead of a silently wrong page. Offsets, not keysets: lists
 are ordered on stable keys (creation time and id, names), and an item inserted
 while a client pages shifts it by one at most, which the lists' users (researchers'
-scripts, the CLI) tolerate."""
+scripts, the CLI) tolerate.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the parameters of the
+dependency ``page_params`` builds at run time, and they name its closure's
+``max_limit``.)"""
 
 
 import base64

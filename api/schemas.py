@@ -295,8 +295,8 @@ class KeyRotation(BaseModel):
 
 
 class LossSeries(BaseModel):
-    layer: int | None = Field(description="FF: the hidden layer (from 1), each trained in turn; "
-                                          "null for a network trained end to end (BP/FF, BP).")
+    layer: int | None = Field(description="The hidden layer (from 1) of a model trained layer by layer (FF); "
+                                          "null for a network trained in one stage (BP/FF, BP, a one-layer FF).")
     epochs: list[int] = Field(description="1, 2, ...: the epoch of each loss.")
     loss: list[float] = Field(description="Training loss at the end of each epoch.")
 

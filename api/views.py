@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, load_only, object_session
 
 from api import schemas
-from api.files import content_type
 from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, ExperimentTag, Run, utcnow
+from fflab.storage import content_type
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -142,10 +142,12 @@ def analysis_out(request: Request, analysis: Analysis) -> schemas.AnalysisOut:
 
 
 def run_metrics(run: Run) -> schemas.RunMetricsOut:
-    """A run's metrics.json as loss series per layer (FF) or one series."""
+    """A run's metrics.json as loss series: ``loss_history`` has one list per trained
+    stage (fflab.models.common.ModelType.train), so several are the layers of a model
+    trained layer by layer (FF); a single one is the network (layer null)."""
     metrics = run.metrics or {}
     history = metrics.get("loss_history") or []
-    per_layer = run.model == "ff"
+    per_layer = len(history) > 1
     return schemas.RunMetricsOut(
         run_id=run.run_id, model=run.model, dataset=run.dataset, seed=run.seed, unseen_class=run.unseen_class,
         status=run.status,

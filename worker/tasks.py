@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import mimetypes
 import os
 import socket
 import tempfile
@@ -44,6 +43,7 @@ from fflab.processes import process_alive
 from fflab.settings import Settings, get_settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix, get_storage
+from fflab.storage import content_type as storage_content_type
 from worker.celery_app import (
     AGGREGATE_TASK,
     ANALYSIS_ID_PREFIX,
@@ -66,7 +66,6 @@ DOCUMENT_COLUMNS = {
     "weight_stats.json": "weight_stats",
 }
 RUN_JSON_FILES = tuple(name for name in runner.RUN_FILES if name.endswith(".json"))
-CONTENT_TYPES = {".md": "text/markdown", ".csv": "text/csv", ".json": "application/json"}
 
 
 def database_url() -> str:
@@ -375,7 +374,7 @@ class StoredFile:
 
 
 def content_type(path: Path) -> str:
-    return CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return storage_content_type(path.name)
 
 
 def put_files(storage: Storage, experiment_id: str, base: Path, names: list[str]) -> list[StoredFile]:

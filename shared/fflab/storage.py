@@ -192,5 +192,20 @@ def get_storage(settings: Settings) -> Storage:
     return LocalStorage(settings.resolved_artifacts_dir)
 
 
+CONTENT_TYPES = {
+    ".png": "image/png", ".json": "application/json", ".csv": "text/csv; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8",
+}
+
+
+def content_type(name: str) -> str:
+    """The media type of a stored file by its name; application/octet-stream for
+    anything else (weights.pt, representations.npz, checkpoint.pt: Python's
+    mimetypes would call .pt an SNES page table)."""
+    base = name.rsplit("/", 1)[-1]
+    suffix = base[base.rfind("."):].lower() if "." in base else ""
+    return CONTENT_TYPES.get(suffix, "application/octet-stream")
+
+
 def experiment_prefix(experiment_id: str) -> str:
     return f"experiments/{experiment_id}"
