@@ -337,6 +337,8 @@ def test_every_list_pages_and_the_admin_list_is_an_object(api: Server) -> None:
         (run,) = small["runs"]
         assert [(e["class_index"], e["layer"], e["quantile"]) for e in run["ensembles"]] == [(3, 2, 0.95)]
         assert len(json.dumps(small)) < 2000
+        body = assert_problem(alice.get(base + "/ensembles", params={"class": 3}), 422, "validation_error")
+        assert "class_index" in field_of(body, "query.class")["message"]
 
 
 def test_lab_listing_patch_and_scope_all(api: Server) -> None:
