@@ -176,3 +176,25 @@ def test_a_trained_run_has_metrics_and_the_experiment_training_curves(clients: d
     figures = {figure["name"]: figure for figure in alice.get(f"{base}/figures").json()["items"]}
     curves = alice.get(figures["training_curves.png"]["url"])
     assert curves.content.startswith(b"\x89PNG\r\n\x1a\n") and curves.headers["content-type"] == "image/png"
+
+
+def test_every_registered_run_document_is_served(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:
+    from fflab.pipeline.documents import DOCUMENTS, RUN_DOCUMENTS
+
+    import jsonschema
+
+    alice, bob = clients["alice"], clients["bob"]
+    base = f"/v1/experiments/{alices_experiment['id']}/runs/bp-mnist-seed0/documents"
+    listed = alice.get(base).json()["items"]
+    assert [item["name"] for item in listed] == list(RUN_DOCUMENTS)
+    assert all(item["available"] for item in listed)
+    for item in listed:
+        response = alice.get(item["url"])
+        assert response.status_code == 200, item
+        document = response.json()
+        jsonschema.validate(document, DOCUMENTS[item["name"]].model_json_schema())
+        assert document["run_id"] == "bp-mnist-seed0"
+    unknown = alice.get(f"{base}/no_such_document")
+    assert unknown.status_code == 422 and "metrics" in unknown.text  # names what is allowed
+    assert alice.get(f"/v1/experiments/{alices_experiment['id']}/runs/bp-mnist-seed9/documents/metrics").status_code == 404
+    assert bob.get(f"{base}/metrics").status_code == 404

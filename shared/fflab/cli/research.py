@@ -1,14 +1,14 @@
 """Client verbs of the ``fflab`` command for what researchers do with submitted
 experiments: rename, tag and share them (``fflab edit``), read a run's training
 curve (``fflab metrics``), and list or rotate their own API keys (``fflab keys``).
-They talk to the API like the other client verbs (fflab.service_cli.client): an
+They talk to the API like the other client verbs (fflab.cli.service.client): an
 error prints the API's message and exits non-zero."""
 
 from __future__ import annotations
 
 import click
 
-from fflab.service_cli import client, echo_json
+from fflab.cli.service import client, echo_json
 
 
 def register(cli: click.Group) -> None:
