@@ -152,6 +152,7 @@ class Person:
         for label, (width, height, mobile) in SIZES.items():
             self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
                 "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+            self.js("window.scrollTo(0, 0)")
             time.sleep(0.3)  # relayout
             path = self.shots / f"ui-{name}-{label}.png"
             self.driver.save_screenshot(str(path))
@@ -235,23 +236,32 @@ def walk_through(person: Person, keys: dict[str, str]) -> str:
 
     # Explore an ensemble and check it against the API and the stored representations.
     spec = alice.get(f"/v1/experiments/{experiment_id}").json()["spec"]
-    documents = alice.get(f"/v1/experiments/{experiment_id}/ensembles", params={
-        "run_id": "ff-mnist-seed0", "layer": 2, "method": "method2"}).json()["runs"]
-    units = {record["class_index"]: set(record["units"]) for record in documents[0]["ensembles"]}
-    chosen = max(sorted(units)[1:], key=lambda c: len(units[c]))  # not the default class 0
+    records = alice.get(f"/v1/experiments/{experiment_id}/ensembles",
+                        params={"run_id": "ff-mnist-seed0"}).json()["runs"][0]["ensembles"]
+    shown = [r for r in records if r["quantile"] in (None, spec["analysis"]["figure_quantile"])]
+    # The largest ensemble of a class other than 0 (the page's default), Method 2 first.
+    pick = max((r for r in shown if r["class_index"] != 0),
+               key=lambda r: (r["size"], r["method"] == "method2", -r["layer"]))
+    layer, chosen, method = pick["layer"], pick["class_index"], pick["method"]
+    units = {r["class_index"]: set(r["units"]) for r in shown if r["layer"] == layer and r["method"] == method}
+    assert units[chosen], "no class has an ensemble: the run learned nothing"
     person.open(f"/ui/experiments/{experiment_id}/ensembles")
-    person.choose("#layer", "2")
-    person.wait(lambda: "layer 2 · class 0" in person.text("#ensemble-summary"), "layer 2")
+    person.choose("#method", method)
+    person.wait(lambda: f"· {method}" in person.text("#ensemble-summary"), method)
+    person.choose("#layer", str(layer))
+    person.wait(lambda: f"layer {layer} · class 0" in person.text("#ensemble-summary"), f"layer {layer}")
     person.choose("#class", str(chosen))
-    person.wait(lambda: f"layer 2 · class {chosen}" in person.text("#ensemble-summary"), f"class {chosen}")
+    person.wait(lambda: f"layer {layer} · class {chosen}" in person.text("#ensemble-summary"), f"class {chosen}")
     other = int(person.find("#other").get_attribute("value"))
+    assert person.text("#ensemble-size") == str(len(units[chosen]))
     cells = person.js("return [...document.querySelectorAll('#unit-grid .u')].map("
                       "c => [c.classList.contains('e'), c.classList.contains('s'), c.dataset.mean])")
     assert len(cells) == 784 and person.find("#unit-grid").value_of_css_property("grid-template-columns").count(
         "px") == 28
     assert {unit for unit, (inside, _, _) in enumerate(cells) if inside} == units[chosen]
     assert {unit for unit, (_, shared, _) in enumerate(cells) if shared} == units[chosen] & units.get(other, set())
-    expected = mean_activity(alice, experiment_id, "ff-mnist-seed0", 2, chosen, spec["analysis"]["correct_only"])
+    expected = mean_activity(alice, experiment_id, "ff-mnist-seed0", layer, chosen,
+                             spec["analysis"]["correct_only"])
     np.testing.assert_allclose([float(mean) for _, _, mean in cells], expected, rtol=1e-4, atol=1e-6)
     person.screenshot("explorer")
     assert person.resources_off_the_app() == []

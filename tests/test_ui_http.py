@@ -101,6 +101,7 @@ def test_loss_chart_scales_every_layer_on_shared_axes() -> None:
     chart = loss_chart([[4.0, 2.0, 0.0], [2.0, float("nan"), 1.0]], width=104, height=44, pad=2)
     assert (chart.low, chart.high, chart.epochs) == (0.0, 4.0, 3)
     assert chart.lines == ["2,2 52,22 102,42", "2,22 102,32"]
+    assert loss_chart([[0.5]], width=10, height=10, pad=1).lines == ["1,1 9,1"]
     assert loss_chart([[float("inf")]]) is None and loss_chart([]) is None
 
 

@@ -25,7 +25,8 @@ def loss_chart(histories: Sequence[Sequence[float]], width: int = 240, height: i
     list otherwise) on shared axes: epoch ``i`` of ``E`` at x = pad + i (width -
     2 pad) / (E - 1), loss ``v`` at y = pad + (high - v) (height - 2 pad) / (high -
     low), where low and high are the least and largest finite loss. Non-finite
-    losses are left out. None when there is no finite loss.
+    losses are left out; a single loss is drawn as a level line across. None when
+    there is no finite loss.
 
     >>> loss_chart([[1.0, 0.0]], width=10, height=10, pad=0).lines
     ['0,0 10,10']
@@ -39,7 +40,9 @@ def loss_chart(histories: Sequence[Sequence[float]], width: int = 240, height: i
     step = (width - 2 * pad) / max(epochs - 1, 1)
     lines = []
     for history in histories:
-        points = [f"{pad + i * step:.4g},{pad + (high - v) * (height - 2 * pad) / span:.4g}"
+        points = [(pad + i * step, pad + (high - v) * (height - 2 * pad) / span)
                   for i, v in enumerate(history) if math.isfinite(v)]
-        lines.append(" ".join(points))
+        if len(points) == 1:  # one epoch: a level line across, so that it shows
+            points.append((width - pad, points[0][1]))
+        lines.append(" ".join(f"{x:.4g},{y:.4g}" for x, y in points))
     return LossChart(width, height, lines, low, high, epochs)
