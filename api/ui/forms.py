@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fflab.spec import MODEL_NAMES, PRESETS, build_spec
+from fflab.models import MODELS
+from fflab.spec import PRESETS, build_spec
 
 LOCATIONS = ("body", "query", "path", "header", "cookie")
 GENERAL = ""  # errors that name no field of the form: shown above it
@@ -100,7 +101,7 @@ SUBMIT_FIELDS = {
     "preset": "preset", "name": "name", "visibility": "visibility", "models": "models",
     "datasets": "datasets", "seeds": "seeds", "data.train_subset": "train_subset",
     "data.test_subset": "test_subset", "network.threshold": "threshold",
-    **{f"{model}.epochs": "epochs" for model in MODEL_NAMES},
+    **{f"{model}.epochs": "epochs" for model in MODELS},
 }
 
 
@@ -160,7 +161,7 @@ class SubmitForm:
             spec = build_spec(self.preset if self.preset in PRESETS else "quick")
         except ValueError:
             return {}
-        epochs = ", ".join(f"{model} {spec.training(model).epochs}" for model in MODEL_NAMES)
+        epochs = ", ".join(f"{model} {spec.training(model).epochs}" for model in MODELS)
         return {"epochs": f"preset: {epochs}", "train_subset": f"preset: {spec.data.train_subset or 60000}",
                 "test_subset": f"preset: {spec.data.test_subset or 10000}",
                 "threshold": f"preset: {spec.network.threshold:g}"}

@@ -44,7 +44,9 @@ from api.ui.security import CsrfChecked, UIUser
 from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
 from fflab.figures import class_names
 from fflab.results import PAPER_TABLES, TABLES
-from fflab.spec import DATASET_NAMES, MODEL_DISPLAY_NAMES, MODEL_NAMES, PRESETS, AnalysisSpec, ExperimentSpec
+from fflab.data import DATASETS
+from fflab.models import MODELS
+from fflab.spec import PRESETS, AnalysisSpec
 from fflab.storage import StorageError
 
 router = APIRouter(prefix="/ui", route_class=HTMLRoute, include_in_schema=False)
@@ -250,10 +252,14 @@ async def reanalyse(request: Request, experiment: UIOwnedExperiment, session: Se
 # ----------------------------------------------------------------------------- submit
 
 
+def model_names() -> dict[str, str]:
+    return {name: model.display_name for name, model in MODELS.items()}
+
+
 def submit_context(form: forms.SubmitForm, errors: dict[str, list[str]], preview: dict | None) -> dict[str, Any]:
     return {"form": form, "errors": errors, "preview": preview, "hints": form.preset_hints(),
-            "presets": list(PRESETS), "models": MODEL_NAMES, "datasets": DATASET_NAMES,
-            "model_names": MODEL_DISPLAY_NAMES}
+            "presets": list(PRESETS), "models": list(MODELS), "datasets": list(DATASETS),
+            "model_names": model_names()}
 
 
 def spec_preview(form: forms.SubmitForm, settings) -> dict[str, Any]:
@@ -337,9 +343,9 @@ def explorer(
         .where(Run.experiment_id == experiment.id, Run.status == "succeeded").order_by(Run.id)
     ))
     context: dict[str, Any] = {"experiment": experiment, "runs": [], "found": False}
-    models = [m for m in MODEL_NAMES if any(run.model == m for run in runs)]
+    models = [m for m in MODELS if any(run.model == m for run in runs)]
     model = _first(models, model)
-    datasets = [d for d in DATASET_NAMES if any(run.model == model and run.dataset == d for run in runs)]
+    datasets = [d for d in DATASETS if any(run.model == model and run.dataset == d for run in runs)]
     dataset = _first(datasets, dataset)
     choices = [run for run in runs if run.model == model and run.dataset == dataset]
     run = next((r for r in choices if r.run_id == run_id), choices[0] if choices else None)
@@ -352,7 +358,7 @@ def explorer(
                    run=run, layers=list(range(1, spec.get("network", {}).get("layers", 1) + 1)), layer=layer,
                    class_index=class_index, method=method, quantiles=quantiles, quantile=quantile,
                    names=class_names(dataset) if dataset else [str(c) for c in range(10)],
-                   model_names=MODEL_DISPLAY_NAMES)
+                   model_names=model_names())
     if run is None:
         return render(request, "explorer.html", context)
     documents = results_routes.get_ensembles(experiment=experiment, session=session, model=None, dataset=None,
