@@ -35,7 +35,7 @@ from fflab.spec import build_spec
 from fflab.storage import get_storage
 from service_helpers import free_port, http_ready, wait_for
 
-FINISHED, LAB, BOBS = "a" * 32, "b" * 32, "c" * 32
+FINISHED, LAB, BOBS, RUNNING = "a" * 32, "b" * 32, "c" * 32, "d" * 32
 HTMX_SHA256 = "d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717"
 # Layer 1 of 5 test images, 4 units; image 3 was misclassified (left out of the means).
 LABELS = np.array([0, 0, 1, 1, 2])
@@ -178,6 +178,10 @@ def _hand_built(settings: Settings, folder: Path) -> dict[str, str]:
                                runs=[Run(**identity, queue="cpu")]))
         session.add(Experiment(id=BOBS, owner=bob, name="bobs", spec=spec, runs_total=1,
                                runs=[Run(**identity, queue="cpu")]))
+        session.add(Experiment(id=RUNNING, owner=alice, name="training", spec=spec, runs_total=1, status="running",
+                               runs=[Run(**identity, queue="cpu", status="running", attempts=1, progress={
+                                   "model": "ff", "layer": 2, "layers": 3, "epoch": 5, "epochs": 20,
+                                   "eta_seconds": 75.0})]))
         session.flush()
         for class_index, units in ENSEMBLES.items():
             session.add(Ensemble(experiment_id=FINISHED, **identity, layer=1, class_index=class_index,
@@ -342,3 +346,28 @@ def test_forms_show_the_apis_validation_errors_next_to_their_fields(world: World
     assert field_error(page.text, "an-epsilon-error") == "Input should be less than or equal to 1"
     assert field_error(page.text, "an-nh_cut-error") == "Input should be a valid integer"
     assert 'value="many"' in page.text  # what was typed stays in the form
+
+
+def test_live_progress_then_cancel_delete_and_reanalyse_through_the_forms(world: World) -> None:
+    alice = world.client("alice")
+    listed = alice.get("/ui/?status=running").text
+    assert "ff-mnist-seed0 · layer 2/3 · epoch 5/20 · ETA 1 min 15 s" in listed
+    assert 'hx-get="/ui/fragments/experiments?status=running&amp;scope=visible" hx-trigger="every 3s"' in listed
+    progress = alice.get(f"/ui/experiments/{RUNNING}/progress").text
+    assert "<td>2/3</td>" in progress and "<td>5/20</td>" in progress and "1 min 15 s" in progress
+    token = csrf_of(listed)
+
+    cancelled = alice.post(f"/ui/experiments/{RUNNING}/cancel", data={"csrf_token": token})
+    assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/ui/experiments/{RUNNING}"
+    assert 'id="status">cancelling<' in alice.get(f"/ui/experiments/{RUNNING}").text  # its run stops at its next epoch
+    deleted = alice.post(f"/ui/experiments/{RUNNING}/delete", data={"csrf_token": token})
+    assert deleted.status_code == 303 and alice.get(f"/ui/experiments/{RUNNING}").status_code == 404
+
+    queued = alice.post(f"/ui/experiments/{FINISHED}/analyses", data={
+        "csrf_token": token, "quantiles": "0.8, 0.9", "table_quantile": "0.9", "figure_quantile": "0.8",
+        "epsilon": "0.3", "correct_only": "on"})
+    assert queued.status_code == 303
+    page = alice.get(f"/ui/experiments/{FINISHED}").text
+    assert re.search(r'id="analyses".*status-queued">queued<.*<td>0.8, 0.9</td><td>0.3</td>', page, re.S)
+    again = alice.post(f"/ui/experiments/{FINISHED}/analyses", data={"csrf_token": token, "correct_only": "on"})
+    assert again.status_code == 409 and "has an analysis queued or running" in again.text
