@@ -78,6 +78,11 @@ class Page:
     def next_token(self, fetched: int) -> str | None:
         return encode_token(self.offset + self.limit, self.listing) if fetched > self.limit else None
 
+    @classmethod
+    def first(cls, limit: int = MAX_LIMIT) -> "Page":
+        """The first page, for code that calls a list route in process (the web UI)."""
+        return cls(limit, 0, "")
+
     def cut(self, rows: list) -> tuple[list, str | None]:
         """``rows`` (fetched with ``limit + 1``) as this page's items and the next token."""
         return rows[: self.limit], self.next_token(len(rows))

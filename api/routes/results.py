@@ -99,7 +99,7 @@ def _runs(session: Session, experiment: Experiment, model: str | None, dataset: 
 
 @router.get("/ensembles", response_model=schemas.EnsemblesOut)
 def get_ensembles(
-    experiment: ReadableExperiment, session: SessionDep, request: Request,
+    experiment: ReadableExperiment, session: SessionDep,
     page: Annotated[Page, page_params(default=200)],
     model: ModelFilter = None, dataset: DatasetFilter = None, layer: LayerFilter = None,
     class_index: Annotated[int | None, Query(ge=0, le=9, description="Class 0-9.")] = None,
@@ -108,13 +108,13 @@ def get_ensembles(
         "Method 1 quantile: one of the experiment's analysis.quantiles (the response's quantiles); "
         "POST an analysis to compute another."))] = None,
     run_id: Annotated[str | None, Query(max_length=128)] = None,
+    old_class: Annotated[str | None, Query(alias="class", include_in_schema=False)] = None,
 ) -> schemas.EnsemblesOut:
     """Per finished run, its ensembles.json (schema: fflab/schemas/ensembles.schema.json)
     with only the ensembles matching the filters, a page of ensembles at a time
     (``limit`` ensembles, runs in order)."""
-    if "class" in request.query_params:  # the filter's old name: it must not be ignored silently
-        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", "class"),
-                                       "input": request.query_params["class"],
+    if old_class is not None:  # the filter's old name: it must not be ignored silently
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", "class"), "input": old_class,
                                        "msg": "the class filter is class_index (as in the ensembles' records)"}])
     quantiles = computed_quantiles(experiment)
     if quantile is not None and quantile not in quantiles:
