@@ -458,6 +458,8 @@ def test_run_metrics_give_the_loss_history_per_layer(api: Server) -> None:
         assert [(s["layer"], s["loss"]) for s in bp["loss"]] == [(None, [2.3, 1.1, 0.7, 0.5])]
         queued = submit(alice)
         assert_problem(alice.get(f"{queued['url']}/runs/ff-mnist-seed0/metrics"), 409, "conflict")
+        assert_problem(alice.get(f"{queued['url']}/runs/ff-mnist-seed0/documents/metrics"), 409, "conflict")
+        assert_problem(alice.get(f"{queued['url']}/runs/ff-mnist-seed7/documents/metrics"), 404, "not_found")
 
 
 # --------------------------------------------------------------------------- URLs

@@ -80,15 +80,19 @@ def list_documents(run_id: str, request: Request, experiment: ReadableExperiment
     ])
 
 
-@router.get("/{run_id}/documents/{name}", responses={200: {"content": {"application/json": {}}}})
+@router.get("/{run_id}/documents/{name}", responses={200: {"content": {"application/json": {}}},
+                                                     304: {"description": "If-None-Match matched the ETag."},
+                                                     **problem_responses(409, 416, 503)})
+@router.head("/{run_id}/documents/{name}", responses={200: {"description": "The headers of GET, no body."}})
 def get_document(run_id: str, name: DocumentName, request: Request, experiment: ReadableExperiment,
                  session: SessionDep, storage: StorageDep):
-    """The run's document ``name`` as stored (its JSON Schema: ``fflab schemas``);
-    404 until the run has been trained and analysed."""
+    """The run's document ``name`` as stored (its JSON Schema: ``fflab schemas``),
+    with HEAD, ETag and Range like every stored file; 409 until the run has been
+    trained and analysed."""
     run = _run(session, experiment, run_id)
     artifact = session.scalar(select(Artifact).where(
         Artifact.experiment_id == experiment.id, Artifact.name == _document_artifact(run_id, name)))
     if artifact is None:
-        raise api_error(status.HTTP_404_NOT_FOUND, f"run {run_id} of experiment {experiment.id} is {run.status} "
-                                                   f"and has no {name} document yet", "not_found")
+        raise api_error(status.HTTP_409_CONFLICT, f"run {run_id} of experiment {experiment.id} is {run.status} "
+                                                  f"and has no {name} document yet", "conflict")
     return file_response(request, storage, artifact)
