@@ -17,6 +17,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from fflab import jobs, runner
+from fflab import jobs, queueing, runner
 from fflab.db import (
     ACTIVE_STATUSES,
     Analysis,
@@ -142,15 +143,16 @@ class WorkerPresence:
     workers of the same node name on this host whose process is gone (a worker
     killed and started again): their running runs are requeued at once."""
 
-    def __init__(self, settings: Settings, name: str, queues: list[str]):
-        self.settings, self.name, self.queues = settings, name, queues
+    def __init__(self, settings: Settings, name: str, queues: list[str], concurrency: int = 1):
+        self.settings, self.name, self.queues, self.concurrency = settings, name, queues, concurrency
         self.id, self.hostname, self.pid = jobs.new_id(), socket.gethostname(), os.getpid()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="fflab-worker-heartbeat", daemon=True)
 
     def _register(self) -> None:
         with session_scope(database_url()) as session:
-            jobs.register_worker(session, self.id, self.name, self.hostname, self.pid, self.queues)
+            jobs.register_worker(session, self.id, self.name, self.hostname, self.pid, self.queues,
+                                 self.concurrency)
 
     def start(self) -> None:
         with get_sessionmaker(database_url())() as session:  # forget_worker commits
@@ -184,9 +186,9 @@ class WorkerPresence:
 presence: WorkerPresence | None = None  # this worker process's (its pool children inherit it)
 
 
-def start_presence(name: str, queues: list[str]) -> None:
+def start_presence(name: str, queues: list[str], concurrency: int = 1) -> None:
     global presence
-    presence = WorkerPresence(get_settings(), name, queues)
+    presence = WorkerPresence(get_settings(), name, queues, concurrency)
     presence.start()
 
 
@@ -315,13 +317,15 @@ class StoredCheckpoint:
     """The run's training checkpoint (fflab.models.common.Checkpoint): a file in the
     task's temporary folder, copied to artifact storage at every save so that any
     worker that gets the run again resumes from it. Best effort: a checkpoint that
-    cannot be fetched, read or stored costs retraining, never the run."""
+    cannot be fetched, read or stored costs retraining, never the run. Once one is
+    stored, ``stored`` is called (the preemption check: it may raise
+    fflab.queueing.Preempted)."""
 
     def __init__(self, storage: Storage, experiment_id: str, key: RunKey, path: Path,
-                 progress: ProgressWriter | None = None):
+                 progress: ProgressWriter | None = None, stored: Callable[[], None] | None = None):
         self.storage, self.experiment_id, self.run_key = storage, experiment_id, key
         self.key = checkpoint_key(experiment_id, key.run_id)
-        self.file, self.progress = FileCheckpoint(path), progress
+        self.file, self.progress, self.stored = FileCheckpoint(path), progress, stored
 
     def fetch(self) -> bool:
         """Download the stored checkpoint, if any (at the start of a delivery)."""
@@ -357,6 +361,29 @@ class StoredCheckpoint:
         except Exception:
             log.warning("run %s of experiment %s: could not store its checkpoint", self.run_key.run_id,
                         self.experiment_id, exc_info=True)
+            return
+        if self.stored is not None:
+            self.stored()
+
+
+def preemption_check(run_pk: int, task_id: str) -> Callable[[], None]:
+    """Raises Preempted when the dispatcher asked this delivery to stop (checked
+    after each stored checkpoint, so the run resumes from there)."""
+
+    def check() -> None:
+        with session_scope(database_url()) as session:
+            if jobs.preemption_requested(session, run_pk, task_id):
+                raise queueing.Preempted(f"run {run_pk} preempted at its checkpoint")
+
+    return check
+
+
+def requeue_preempted(run_pk: int, task_id: str) -> None:
+    with session_scope(database_url()) as session:
+        requeued = jobs.requeue_preempted(session, run_pk, task_id)
+    log.info("run %s was preempted at its checkpoint%s", run_pk,
+             ": back to waiting" if requeued else " (no longer held by this task)")
+    dispatch_or_leave_to_sweep()
 
 
 def delete_checkpoint(experiment_id: str, run_id: str) -> None:
@@ -563,7 +590,8 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
         run_dir = base / "runs" / key.run_id
         progress = ProgressWriter(run_pk, settings.progress_interval_s)
         # Outside run_dir: the checkpoint is not one of the run's artifacts.
-        checkpoint = StoredCheckpoint(get_storage(settings), experiment_id, key, base / "checkpoint.pt", progress)
+        checkpoint = StoredCheckpoint(get_storage(settings), experiment_id, key, base / "checkpoint.pt", progress,
+                                      preemption_check(run_pk, task_id))
         checkpoint.fetch()
         try:
             record = runner.execute_run(
@@ -575,6 +603,9 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
             )
         except Cancelled:
             end_run(run_pk, "cancelled", task_id=task_id)
+            return None
+        except queueing.Preempted:
+            requeue_preempted(run_pk, task_id)
             return None
         except TRANSIENT:
             raise
