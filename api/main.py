@@ -20,7 +20,7 @@ from fflab.db.migrate import upgrade_database
 from fflab.jobs import dispatch
 from fflab.settings import Settings, get_settings
 from fflab.storage import get_storage
-from worker.celery_app import CeleryDispatcher, create_celery, ensure_sqlite_folders
+from worker.dispatch import CeleryDispatcher, create_celery, ensure_sqlite_folders
 
 log = logging.getLogger(__name__)
 

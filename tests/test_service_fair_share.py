@@ -21,7 +21,7 @@ from sqlalchemy import select
 from fflab import accounts, jobs
 from fflab.db import Experiment, Run, User, get_sessionmaker, session_scope, utcnow
 from fflab.db.migrate import upgrade_database
-from fflab.service_cli import describe, describe_queues
+from fflab.cli.service import describe, describe_queues
 from fflab.settings import Settings, get_settings
 from fflab.spec import build_spec
 from fflab.storage import experiment_prefix, get_storage
@@ -199,7 +199,7 @@ def test_a_preempted_run_stops_at_its_checkpoint_is_requeued_and_resumes_bit_ide
         assert jobs.dispatch(session, settings, dispatcher) == 0  # no free slot ...
         assert session.get(Run, alice_pk, populate_existing=True).preempt_requested_at is not None  # ... so this
 
-    caplog.set_level(logging.INFO, logger="worker.tasks")
+    caplog.set_level(logging.INFO, logger="worker.run_support")  # where a resume is logged
     run_as_worker(tasks.run_task, alice_pk, alice_task)  # trains layer 1, stores it, stops
     with session_scope(url) as session:
         run = session.get(Run, alice_pk)
