@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from fflab.pipeline import paper_analyses
+from fflab.pipeline import dominance, paper_analyses
 from fflab.pipeline.folders import TRAINED_FILES, analysed_rows, load_representations, load_weight_matrices
 from fflab.pipeline.train import METRICS_FILE
 from fflab.registry import Registry
@@ -149,6 +149,9 @@ RUN_DOCUMENTS: Registry[RunDocument] = Registry("run document", {d.name: d for d
     RunDocument("weight_stats", RunWeightStats,
                 "Fraction of positive weights per layer and of negative incoming weights per unit.",
                 analyse=paper_analyses.weight_stats_document),
+    RunDocument("dominance", dominance.RunDominance,
+                "Per layer, the units that are the most active on an image, and how often.",
+                analyse=dominance.dominance_document, figure=dominance.dominance_figure),
 )})
 
 # Every document with a committed JSON Schema (fflab schemas --write): the run
