@@ -17,6 +17,7 @@ Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "canc
 Visibility = Literal["private", "lab"]
 MAX_TAGS, MAX_TAG_LENGTH = 16, 32
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+Priority = Literal["low", "normal", "high"]  # fflab.scheduling.PRIORITIES
 
 
 def _preset_values(path: tuple[str, ...]) -> str:
@@ -60,7 +61,7 @@ Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS, description=f"Labels to f
 class ExperimentSubmit(overrides_model(ExperimentSpec)):  # type: ignore[misc]
     """``preset`` plus any fields of the spec as overrides (merged by
     fflab.spec.build_spec), or a complete spec without a preset. ``visibility`` and
-    ``tags`` are not part of the spec. Without ``name``, the experiment is named after
+    ``tags`` and ``priority`` are not part of the spec. Without ``name``, the experiment is named after
     what it runs and when (quick-ff.bp-mnist-s3-20261128T061500)."""
 
     preset: Literal[tuple(PRESETS)] | None = Field(  # type: ignore[valid-type]
@@ -68,6 +69,9 @@ class ExperimentSubmit(overrides_model(ExperimentSpec)):  # type: ignore[misc]
                           "(the paper's settings; hours on a GPU).")
     visibility: Visibility = Field("private", description="lab: every user may read and list it.")
     tags: Tags = []
+    priority: Priority = Field(
+        "normal", description="Goes ahead within the fair-share order (high counts its owner's usage at "
+                              "half, low at double); at most the owner's max_priority (403 above).")
 
     @model_validator(mode="after")
     def _preset_or_complete_spec(self) -> ExperimentSubmit:
@@ -84,7 +88,7 @@ class ExperimentSubmit(overrides_model(ExperimentSpec)):  # type: ignore[misc]
 
     def overrides(self) -> dict[str, Any]:
         """The spec fields given, nested (what build_spec merges over the preset)."""
-        return self.model_dump(exclude_unset=True, exclude={"preset", "visibility", "tags"})
+        return self.model_dump(exclude_unset=True, exclude={"preset", "visibility", "tags", "priority"})
 
 
 SUBMIT_EXAMPLES = {
@@ -164,7 +168,18 @@ class ExperimentSummary(BaseModel):
     timings: ExperimentTimings
 
 
+class QueuePlace(BaseModel):
+    queue: str
+    position: int = Field(description="1: the next of the queue to start (or handed to a worker already).")
+    runs_ahead: int = Field(description="Waiting runs (of every user) that start before its next run.")
+    estimated_start: datetime | None = Field(
+        description="If nothing else is submitted: each busy slot frees after the queue's expected run "
+                    "length (median of recent runs). Null when no worker serves the queue.")
+
+
 class Experiment(ExperimentSummary):
+    priority: Priority
+    queue: QueuePlace | None = Field(None, description="While a run of it waits: where it stands.")
     spec: dict[str, Any]
 
 
@@ -275,6 +290,8 @@ class UserOut(BaseModel):
     id: int
     name: str
     role: Literal["admin", "member"]
+    share_weight: float = Field(description="Fair share: the user's usage counts divided by this.")
+    max_priority: Priority = Field(description="The highest priority the user's experiments may ask for.")
     created_at: datetime
 
 
@@ -327,6 +344,51 @@ class RunMetricsOut(BaseModel):
     n_train: int
     n_test: int
     train_seconds: float
+
+
+class UserShareUpdate(BaseModel):
+    """What an admin sets of a user's fair share; fields left out are unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share_weight: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False)
+    max_priority: Priority | None = None
+
+
+class QueueUser(BaseModel):
+    name: str
+    share_weight: float
+    max_priority: Priority
+    usage_seconds: float = Field(description="Run-time on the queue, decayed with FFLAB_FAIR_SHARE_HALF_LIFE_S.")
+    share: float = Field(description="Its fraction of all users' usage.")
+    target_share: float = Field(description="Its weight over the weights of users with usage or waiting runs.")
+    running: int
+    waiting: int
+    oldest_wait_seconds: float | None
+
+
+class QueuedExperiment(BaseModel):
+    id: str
+    name: str
+    owner: str
+    priority: Priority
+    position: int
+    runs_waiting: int
+    estimated_start: datetime | None
+
+
+class QueueOut(BaseModel):
+    queue: str
+    slots: int = Field(description="Runs the live workers of this queue take at once.")
+    free_slots: int
+    running_cap: int = Field(description="Most runs one user may have running (FFLAB_MAX_RUNNING_FRACTION).")
+    expected_run_seconds: float
+    users: list[QueueUser]
+    experiments: list[QueuedExperiment] = Field(description="Active experiments with waiting runs, in queue order.")
+
+
+class QueuesOut(BaseModel):
+    queues: list[QueueOut]
 
 
 class UserCreate(BaseModel):

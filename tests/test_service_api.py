@@ -159,8 +159,8 @@ def test_artifact_names_cannot_escape(clients: dict[str, httpx.Client], alices_e
     assert alice.get(f"{base}/artifacts/runs/bp-mnist-seed0/weights.pt").status_code == 200
 
 
-def test_per_user_cap_on_active_runs(stack: Stack, clients: dict[str, httpx.Client]) -> None:
-    cap = stack.settings.max_active_runs_per_user
+def test_per_user_cap_on_waiting_runs(stack: Stack, clients: dict[str, httpx.Client]) -> None:
+    cap = stack.settings.max_queued_runs_per_user
     response = clients["alice"].post("/v1/experiments", json={**TINY, "seeds": list(range(cap + 1))})
     assert response.status_code == 429
     assert f"the limit is {cap}" in response.json()["message"]

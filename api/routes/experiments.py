@@ -110,17 +110,20 @@ def check_limits(spec: ExperimentSpec, settings: Settings) -> None:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.ExperimentCreated,
-             responses=problem_responses(401, 413, 422, 429, 503))
+             responses=problem_responses(401, 403, 413, 422, 429, 503))
 def submit_experiment(body: Annotated[schemas.ExperimentSubmit, Body(openapi_examples=schemas.SUBMIT_EXAMPLES)],
                       request: Request, response: Response, session: SessionDep, settings: SettingsDep,
                       dispatcher: DispatcherDep, user: CurrentUser) -> schemas.ExperimentCreated:
     """Queue an experiment: one run per spec.runs() key, then an aggregation step.
     The body is a preset and any spec fields to override (each documented in the
-    schema, with the presets' values), or a complete spec."""
+    schema, with the presets' values), or a complete spec. 403 for a priority above
+    the user's max_priority; 429 when the user's cap on waiting runs is reached."""
     spec = spec_from_body(body)
     check_limits(spec, settings)
     try:
-        experiment = jobs.create_experiment(session, settings, user, spec, body.visibility)
+        experiment = jobs.create_experiment(session, settings, user, spec, body.visibility, body.priority)
+    except jobs.PriorityNotAllowed as error:
+        raise api_error(status.HTTP_403_FORBIDDEN, str(error), "forbidden") from None
     except jobs.CapacityError as error:
         raise api_error(status.HTTP_429_TOO_MANY_REQUESTS, str(error), "quota_exceeded",
                         headers={"Retry-After": str(error.retry_after_s)}) from None

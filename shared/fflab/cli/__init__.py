@@ -3,7 +3,7 @@
 - ``local``: verbs that work in this process on results folders (fetch-data,
   spec, run, analyse, tables, compare, schemas);
 - ``service``: verbs that talk to the service (submit, status, wait, results,
-  ensembles, figures, quickstart, cancel, delete) and ``admin`` (the database);
+  ensembles, figures, quickstart, cancel, delete, queue) and ``admin`` (the database);
 - ``research``: client verbs for what researchers do with submitted experiments
   (edit, metrics, keys);
 - ``options``: what the verbs share (specs from presets, files and ``--set``);
