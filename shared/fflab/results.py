@@ -292,3 +292,7 @@ def write_document(document: Document, path: Path) -> None:
 
 def read_document(cls: type[Document], path: Path) -> Document:
     return cls.model_validate_json(path.read_text())
+
+
+# The per-run analyses beyond the paper add their documents to DOCUMENTS (fflab.analysis_results).
+import fflab.analysis_results  # noqa: E402,F401

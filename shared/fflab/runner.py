@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fflab import analysis, figures, paper
+from fflab import analysis, figures, paper, run_analyses
 from fflab.data import N_CLASSES, load_split
 from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
 from fflab.models.bpff import train_bpff
@@ -113,6 +113,9 @@ def train_and_evaluate(
     training = spec.training(key.model)
     images, labels = train.images.to(device), train.labels.to(device)
     negative_classes = negative_classes_for(spec, key, train.labels)
+    # Captures a probe set at the snapshot epochs (ensemble dynamics); None: no snapshot.
+    snapshots = run_analyses.snapshot_recorder(spec, key, test.images, test.labels, lambda: net, progress)
+    progress = snapshots or progress
 
     started = time.perf_counter()
     if key.model == "bp":
@@ -129,6 +132,8 @@ def train_and_evaluate(
                               should_stop, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                               negative_classes=negative_classes)]
     train_seconds = time.perf_counter() - started
+    if snapshots is not None:
+        snapshots.save(run_dir)
 
     started = time.perf_counter()
     net.eval()
@@ -384,7 +389,9 @@ def execute_run(
     """Train, evaluate and analyse one run; return its summary record. See
     ``train_and_evaluate`` for ``checkpoint``."""
     train_and_evaluate(spec, key, run_dir, progress, should_stop, checkpoint, checkpoint_every)
-    return analyse_run(spec, key, run_dir)
+    record = analyse_run(spec, key, run_dir)
+    run_analyses.analyse_run(spec, key, run_dir)
+    return record
 
 
 # --------------------------------------------------------------------------- aggregation
