@@ -191,10 +191,11 @@ class SubEnsembleRecord(_Part):
 class RunSubEnsembles(RunIdentity):
     """subensembles.json: each class's images clustered by their sets of active units."""
 
-    quantile: float = Field(description="Active: above the class's quantile of activations.")
+    quantile: float = Field(description="Active: at or above the class's quantile of activations.")
     linkage: Literal["average"] = "average"
     max_clusters: int
     min_silhouette: float
+    min_group_fraction: float = Field(description="Smallest group allowed, as a fraction of the class's images.")
     max_images: int = Field(description="Images per class subsampled at most.")
     subsample_seed: int
     records: list[SubEnsembleRecord]

@@ -88,6 +88,7 @@ TWO_NN_MAX_POINTS = 1000
 SUBENSEMBLE_MAX_IMAGES = 300
 SUBENSEMBLE_MAX_CLUSTERS = 6
 SUBENSEMBLE_MIN_SILHOUETTE = 0.25
+SUBENSEMBLE_MIN_GROUP_FRACTION = 0.05
 
 SNAPSHOT_FILE = "snapshots.npz"
 DOCUMENT_FILES = tuple(f"{name}.json" for name in RUN_ANALYSIS_DOCUMENTS)
@@ -379,14 +380,16 @@ def subensembles(spec: ExperimentSpec, key: RunKey, stored: dict[str, np.ndarray
             if class_rows.size < 3:
                 continue
             result = sub_ensembles(X[class_rows], quantile=quantile, max_clusters=SUBENSEMBLE_MAX_CLUSTERS,
-                                   min_silhouette=SUBENSEMBLE_MIN_SILHOUETTE)
+                                   min_silhouette=SUBENSEMBLE_MIN_SILHOUETTE,
+                                   min_group_fraction=SUBENSEMBLE_MIN_GROUP_FRACTION)
             records.append(SubEnsembleRecord(
                 layer=layer, class_index=c, n_images=int(class_rows.size), n_subensembles=len(result.image_counts),
                 image_counts=result.image_counts, sizes=[int(u.size) for u in result.units],
                 units=[u.tolist() for u in result.units], silhouette=result.silhouette, threshold=result.threshold,
             ))
     return RunSubEnsembles(**_identity(key), quantile=quantile, max_clusters=SUBENSEMBLE_MAX_CLUSTERS,
-                           min_silhouette=SUBENSEMBLE_MIN_SILHOUETTE, max_images=SUBENSEMBLE_MAX_IMAGES,
+                           min_silhouette=SUBENSEMBLE_MIN_SILHOUETTE,
+                           min_group_fraction=SUBENSEMBLE_MIN_GROUP_FRACTION, max_images=SUBENSEMBLE_MAX_IMAGES,
                            subsample_seed=ANALYSIS_SEED, records=records)
 
 
