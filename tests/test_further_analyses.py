@@ -237,3 +237,71 @@ def test_per_class_rows_is_stratified_and_seeded():
     rows = per_class_rows(labels, 4, seed=0)
     assert np.bincount(labels[rows]).tolist() == [4, 4, 2]
     assert np.array_equal(rows, per_class_rows(labels, 4, seed=0))
+
+
+# ------------------------------------------------------------------ figures and the run pipeline
+
+
+def is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_figures_are_real_pngs(tmp_path):
+    from fflab import analysis_figures as af
+    from fflab.figures import save_png
+
+    names = [str(c) for c in range(10)]
+    rng = np.random.default_rng(0)
+    figures = {
+        "accuracy": af.layer_accuracy_figure({"ff": {"goodness": rng.random((3, 3)), "probe": rng.random((3, 3))},
+                                              "bp": {"probe": rng.random((1, 3))}}),
+        "dynamics": af.dynamics_figure({1: {q: (np.array([1, 2, 5]), rng.random(3))
+                                            for q, _ in af.DYNAMICS_QUANTITIES}}),
+        "lesions": af.lesion_figure({1: {k: rng.random(10) for k in ("ensemble", "random", "random_se", "most_active")}},
+                                    names),
+        "selectivity": af.selectivity_figure({1: rng.random((10, 10)), 2: np.full((10, 10), np.nan)}, names),
+        "dimension": af.intrinsic_dimension_figure({"ff": (rng.random(30) * 20, rng.random(30) * 10,
+                                                           np.repeat([1, 2, 3], 10))}),
+    }
+    for name, fig in figures.items():
+        assert is_png(save_png(fig, tmp_path / f"{name}.png")), name
+    with pytest.raises(ValueError, match="readout must be one of"):
+        af.layer_accuracy_figure({"ff": {"logits": rng.random((1, 3))}})
+
+
+@pytest.mark.slow
+def test_a_trained_run_gets_every_document_and_the_experiment_every_figure(tmp_path, data_root):
+    from fflab import run_analyses, runner
+    from fflab.analysis_results import RUN_ANALYSIS_DOCUMENTS
+    from fflab.spec import build_spec
+
+    spec = build_spec("quick", {
+        "models": ["ff", "bp"], "datasets": ["mnist"], "seeds": [0], "unseen_class": None,
+        "data": {"train_subset": 300, "test_subset": 200}, "network": {"width": 32, "layers": 2},
+        "ff": {"epochs": 3, "batch_size": 50}, "bp": {"epochs": 3, "batch_size": 50}, "snapshots": [1, 3, 50],
+    })
+    results = runner.run_experiment(spec, tmp_path)
+    for key in spec.runs():
+        run_dir = runner.run_dir_of(tmp_path, key)
+        for name, document in RUN_ANALYSIS_DOCUMENTS.items():
+            document.model_validate_json((run_dir / f"{name}.json").read_text())
+        dynamics = run_analyses.read_run_document(run_dir, "dynamics")
+        assert dynamics.epochs == [1, 3] and dynamics.n_probe_images == 200  # epoch 50 is past training
+        assert {(p.layer, p.epoch) for p in dynamics.points} == {(1, 1), (1, 3), (2, 1), (2, 3)}
+        final = [p for p in dynamics.points if p.epoch == 3]
+        assert all(p.mean_jaccard == 1.0 for p in final)  # the last snapshot is the trained network
+        accuracy = run_analyses.read_run_document(run_dir, "layer_accuracy")
+        assert len(accuracy.probes) == 2 and accuracy.probe.n_train == 300
+        if key.model == "ff":
+            metrics = runner.read_document(runner.RunMetrics, run_dir / "metrics.json")
+            assert accuracy.goodness[-1].cumulative_accuracy == pytest.approx(metrics.accuracy)
+        else:
+            assert accuracy.goodness == [] and not run_analyses.read_run_document(run_dir, "selectivity").applicable
+    for name in ("layer_accuracy", "intrinsic_dimension", "dynamics_ff", "dynamics_bp", "lesions_ff",
+                 "selectivity_ff"):
+        assert f"{name}.png" in results["figures"] and is_png(tmp_path / "figures" / f"{name}.png"), name
+    # No snapshot asked for: no capture, no file.
+    quiet = spec.model_copy(update={"snapshots": [], "models": ["bp"]})
+    key = quiet.runs()[0]
+    runner.train_and_evaluate(quiet, key, tmp_path / "quiet")
+    assert not (tmp_path / "quiet" / run_analyses.SNAPSHOT_FILE).exists()

@@ -267,7 +267,8 @@ def dynamics(key: RunKey, run_dir: Path, stored: dict[str, np.ndarray], quantile
             final_sizes.append([])
             continue
         entries = [m for m in meta if int(m[0]) == layer]
-        final = stored[f"layer{layer}"][rows]
+        # Snapshots are stored in float16: the final representations are compared at the same precision.
+        final = stored[f"layer{layer}"][rows].astype(np.float16).astype(np.float32)
         trajectory = ensemble_trajectory(
             [captured[f"layer{layer}_epoch{int(m[1])}"].astype(np.float32) for m in entries],
             final, labels_all[rows], quantile, classes,
@@ -421,3 +422,97 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict[str, f
     timed("intrinsic_dimension", lambda: intrinsic_dimension(spec, key, stored, quantile, ensembles))
     timed("subensembles", lambda: subensembles(spec, key, stored, quantile))
     return seconds
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def read_run_document(run_dir: Path, name: str):
+    """The run's ``name`` document, or None when it has none (a run trained before
+    these analyses existed)."""
+    path = run_dir / f"{name}.json"
+    if not path.is_file():
+        return None
+    return RUN_ANALYSIS_DOCUMENTS[name].model_validate_json(path.read_text())
+
+
+def write_figures(spec: ExperimentSpec, experiment_dir: Path) -> list[str]:
+    """The figures of these analyses, from the runs that have their documents:
+    per-layer accuracy over seeds, intrinsic dimension against ensemble size, and
+    for the first seed of each model on the first data set, dynamics, lesions and
+    selectivity. Returns the PNG names written under figures/."""
+    from fflab import analysis_figures, figures
+
+    out = experiment_dir / "figures"
+    dataset = spec.datasets[0]
+    names = figures.class_names(dataset)
+    keys = [key for key in spec.runs() if key.dataset == dataset and key.unseen_class is None]
+    written: list[str] = []
+
+    def save(fig, name: str) -> None:
+        figures.save_png(fig, out / f"{name}.png")
+        written.append(f"{name}.png")
+
+    accuracy: dict[str, dict[str, list]] = {}
+    dimension_points: dict[str, tuple[list, list, list]] = {}
+    for key in keys:
+        run_dir = runner.run_dir_of(experiment_dir, key)
+        document = read_run_document(run_dir, "layer_accuracy")
+        if document is not None:
+            readouts = accuracy.setdefault(key.model, {})
+            if document.goodness:
+                readouts.setdefault("goodness", []).append([g.accuracy for g in document.goodness])
+                readouts.setdefault("cumulative", []).append([g.cumulative_accuracy for g in document.goodness])
+            readouts.setdefault("probe", []).append([p.test_accuracy for p in document.probes])
+        document = read_run_document(run_dir, "intrinsic_dimension")
+        if document is not None:
+            sizes, dims, layers = dimension_points.setdefault(key.model, ([], [], []))
+            for layer in document.layers:
+                for size, dim in zip(layer.ensemble_sizes, layer.per_class):
+                    sizes.append(np.nan if size is None else size)
+                    dims.append(np.nan if dim is None else dim)
+                    layers.append(layer.layer)
+    if accuracy:
+        save(analysis_figures.layer_accuracy_figure(
+            {model: {r: np.array(v, dtype=float) for r, v in readouts.items()} for model, readouts in accuracy.items()}
+        ), "layer_accuracy")
+    if dimension_points:
+        save(analysis_figures.intrinsic_dimension_figure(
+            {model: tuple(np.array(a, dtype=float) for a in arrays) for model, arrays in dimension_points.items()}
+        ), "intrinsic_dimension")
+
+    for model in spec.models:
+        run_dir = runner.run_dir_of(experiment_dir, RunKey(model, dataset, spec.seeds[0]))
+        label = f"{figures.model_display_name(model)}, {dataset}, seed {spec.seeds[0]}"
+        document = read_run_document(run_dir, "dynamics")
+        if document is not None and document.points:
+            curves: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+            for layer in sorted({p.layer for p in document.points}):
+                points = sorted((p for p in document.points if p.layer == layer), key=lambda p: p.epoch)
+                curves[layer] = {q: (np.array([p.epoch for p in points]), np.array([getattr(p, q) for p in points]))
+                                 for q, _ in analysis_figures.DYNAMICS_QUANTITIES}
+            save(analysis_figures.dynamics_figure(curves, f"Ensemble dynamics ({label})"), f"dynamics_{model}")
+        document = read_run_document(run_dir, "lesions")
+        if document is not None and document.lesions:
+            per_layer: dict[int, dict[str, np.ndarray]] = {}
+            for record in document.lesions:
+                values = per_layer.setdefault(record.layer, {
+                    name: np.full(len(names), np.nan) for name in ("ensemble", "random", "random_se", "most_active")
+                })
+                values["ensemble"][record.class_index] = record.ensemble.target
+                if record.random is not None:
+                    values["random"][record.class_index] = record.random.target
+                    values["random_se"][record.class_index] = record.random.target_se or 0.0
+                if record.most_active is not None:
+                    values["most_active"][record.class_index] = record.most_active.target
+            for values in per_layer.values():
+                values["random_se"] = np.nan_to_num(values["random_se"])
+            save(analysis_figures.lesion_figure(per_layer, names, f"Lesions ({label})"), f"lesions_{model}")
+        document = read_run_document(run_dir, "selectivity")
+        if document is not None and document.applicable and document.layers:
+            save(analysis_figures.selectivity_figure(
+                {layer.layer: np.array([[np.nan if v is None else v for v in row] for row in layer.activity])
+                 for layer in document.layers},
+                names, f"Label selectivity of the ensembles ({label})",
+            ), f"selectivity_{model}")
+    return written

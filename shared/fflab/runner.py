@@ -613,6 +613,7 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
         (tables_dir / f"{name}.csv").write_text(table.to_csv())
 
     written = write_figures(spec, experiment_dir, records)
+    written += run_analyses.write_figures(spec, experiment_dir)
     run_dirs = {key.run_id: run_dir_of(experiment_dir, key) for key in spec.runs()}
     comparison, sizes1, sizes2 = method_comparison(spec, run_dirs, records)
     if comparison.slope is not None:
