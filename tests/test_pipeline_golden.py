@@ -50,8 +50,8 @@ def analysis_spec():
 
 
 def write_synthetic_run(spec, key, run_dir: Path) -> None:
-    """Representations with a planted ensemble per class (units 4c..4c+3 high for
-    class c, the rest low with noise), 80% of images correct, and weights
+    """Representations with a planted ensemble per class (2 to 6 units from 4c on high
+    for class c, the rest low with noise), 80% of images correct, and weights
     with a model-dependent share of positive entries."""
     salt = int.from_bytes(hashlib.sha256(key.run_id.encode()).digest()[:4], "little")
     rng = np.random.default_rng(salt)
@@ -64,8 +64,9 @@ def write_synthetic_run(spec, key, run_dir: Path) -> None:
         X = rng.random((N_TEST, WIDTH)) * 0.1 * layer
         for c in range(10):
             rows = labels == c
-            units = (4 * c + np.arange(4) + layer) % WIDTH
-            X[np.ix_(rows, units)] = 0.6 + 0.4 * rng.random((rows.sum(), 4))
+            size = 2 + (c + layer) % 5
+            units = (4 * c + np.arange(size) + layer) % WIDTH
+            X[np.ix_(rows, units)] = 0.6 + 0.4 * rng.random((rows.sum(), size))
         X[rng.random(X.shape) < 0.2] = 0.0
         arrays[f"layer{layer}"] = X.astype(np.float32)
     run_dir.mkdir(parents=True, exist_ok=True)

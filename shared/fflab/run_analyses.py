@@ -60,6 +60,7 @@ from fflab.analysis_results import (
     RUN_ANALYSIS_DOCUMENTS,
 )
 from fflab.data import N_CLASSES, load_split
+from fflab.models import MODELS
 from fflab.models.bp import BPClassifier, bp_predict_and_represent
 from fflab.models.common import (
     GoodnessNetwork,
@@ -121,14 +122,14 @@ def snapshot_epochs(spec: ExperimentSpec, model: str) -> list[int]:
 class SnapshotRecorder:
     """A progress callback that also captures the probe set at the snapshot epochs.
 
-    ``network`` returns the network being trained (read at each capture).
+    ``net`` is the network being trained, read at each capture.
     Captures are kept in memory (float16 representations of 500 images) and
     written by ``save``.
     """
 
     def __init__(self, spec: ExperimentSpec, key: RunKey, images: torch.Tensor, labels: torch.Tensor,
-                 network: Callable[[], torch.nn.Module], progress: ProgressCallback | None):
-        self.spec, self.key, self.network, self.progress = spec, key, network, progress
+                 net: torch.nn.Module, progress: ProgressCallback | None):
+        self.spec, self.key, self.net, self.progress = spec, key, net, progress
         self.epochs = set(snapshot_epochs(spec, key.model))
         self.rows = per_class_rows(labels.numpy(), SNAPSHOT_PROBE_PER_CLASS, ANALYSIS_SEED)
         self.images, self.labels = images[self.rows], labels[self.rows]
@@ -142,7 +143,7 @@ class SnapshotRecorder:
 
     @torch.no_grad()
     def capture(self, event: TrainingProgress) -> None:
-        net = self.network()
+        net = self.net
         labels = self.labels.numpy()
         if isinstance(net, BPClassifier):
             predictions, layers = bp_predict_and_represent(net, self.images)
@@ -169,12 +170,11 @@ class SnapshotRecorder:
 
 
 def snapshot_recorder(spec: ExperimentSpec, key: RunKey, images: torch.Tensor, labels: torch.Tensor,
-                      network: Callable[[], torch.nn.Module],
-                      progress: ProgressCallback | None) -> SnapshotRecorder | None:
+                      net: torch.nn.Module, progress: ProgressCallback | None) -> SnapshotRecorder | None:
     """A recorder for the run, or None when it takes no snapshot (no cost at all)."""
     if not snapshot_epochs(spec, key.model):
         return None
-    return SnapshotRecorder(spec, key, images, labels, network, progress)
+    return SnapshotRecorder(spec, key, images, labels, net, progress)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -182,7 +182,7 @@ def snapshot_recorder(spec: ExperimentSpec, key: RunKey, images: torch.Tensor, l
 
 def load_network(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> GoodnessNetwork | BPClassifier:
     """The trained network on the CPU, in eval mode."""
-    net = BPClassifier(spec.network) if key.model == "bp" else GoodnessNetwork(spec.network)
+    net = MODELS.lookup(key.model).build(spec.network)
     net.load_state_dict(torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True))
     return net.eval()
 

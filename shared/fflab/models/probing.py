@@ -22,14 +22,8 @@ import torch
 
 from fflab.data import N_CLASSES
 from fflab.models.bp import BPClassifier
-from fflab.models.common import (
-    LABEL_PIXELS,
-    GoodnessNetwork,
-    embed_labels,
-    goodness,
-    lookup,
-    PREDICTION_RULES,
-)
+from fflab.models.common import LABEL_PIXELS, GoodnessNetwork, embed_labels, goodness
+from fflab.models.components import PREDICTION_RULES
 
 __all__ = ["lesioned_predictions", "neutral_representations", "representations_with_label"]
 
@@ -85,7 +79,7 @@ def lesioned_predictions(net: GoodnessNetwork | BPClassifier, images: torch.Tens
     n_layers = len(net.layers)
     if not 1 <= layer <= n_layers:
         raise ValueError(f"layer must be in 1..{n_layers}; got {layer}")
-    combine = lookup(PREDICTION_RULES, rule, "rule")
+    combine = PREDICTION_RULES.lookup(rule)
     device = _device(net)
     images = images.to(device)
     index = layer - 1
