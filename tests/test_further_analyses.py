@@ -6,6 +6,8 @@ TwoNN and two planted sub-ensembles."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -300,6 +302,15 @@ def test_a_trained_run_gets_every_document_and_the_experiment_every_figure(tmp_p
     for name in ("layer_accuracy", "intrinsic_dimension", "dynamics_ff", "dynamics_bp", "lesions_ff",
                  "selectivity_ff"):
         assert f"{name}.png" in results["figures"] and is_png(tmp_path / "figures" / f"{name}.png"), name
+    # The CLI reads the same documents from the results folder.
+    from click.testing import CliRunner
+    from fflab.cli import main
+
+    output = CliRunner().invoke(main, ["run-analysis", str(tmp_path), "lesions", "--layer", "2", "--model", "ff"],
+                                catch_exceptions=False).output
+    served = json.loads(output)["runs"]
+    assert [run["run_id"] for run in served] == ["ff-mnist-seed0"]
+    assert {record["layer"] for record in served[0]["lesions"]} <= {2}
     # No snapshot asked for: no capture, no file.
     quiet = spec.model_copy(update={"snapshots": [], "models": ["bp"]})
     key = quiet.runs()[0]

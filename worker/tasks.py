@@ -26,7 +26,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from fflab import jobs, runner
+from fflab import jobs, run_analyses, runner
 from fflab.db import (
     ACTIVE_STATUSES,
     Analysis,
@@ -620,6 +620,10 @@ def fetch_runs(storage: Storage, experiment_id: str, runs: list[Run], base: Path
         for file_name in sorted(wanted):
             name = f"runs/{run.run_id}/{file_name}"
             storage.download(f"{prefix}/{name}", base / name)
+        for file_name in run_analyses.DOCUMENT_FILES:  # their figures; none for runs trained before them
+            name = f"runs/{run.run_id}/{file_name}"
+            if storage.exists(f"{prefix}/{name}"):
+                storage.download(f"{prefix}/{name}", base / name)
 
 
 def put_aggregate(storage: Storage, experiment_id: str, base: Path) -> list[StoredFile]:

@@ -17,26 +17,26 @@ from pydantic import BaseModel, create_model
 
 from api.deps import ReadableExperiment, SessionDep, StorageDep
 from api.routes.results import DatasetFilter, LayerFilter, ModelFilter, _runs
-from fflab.analysis_results import RUN_ANALYSIS_DOCUMENTS
+from fflab.analysis_results import RUN_ANALYSIS_DOCUMENTS, only_layer
 from fflab.db import Run
 from fflab.storage import StorageError, experiment_prefix
 
 router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=["analyses beyond the paper"])
 
-# Per document: its path, what it answers, and its per-layer lists.
+# Per document: what it answers (the path is its name with dashes).
 ENDPOINTS = {
-    "layer_accuracy": ("/layer-accuracy", "Accuracy per layer: from its goodness alone, from the layers up to "
-                       "it (FF, BP/FF), and a linear probe (every model).", ("goodness", "probes")),
-    "dynamics": ("/dynamics", "Ensemble size, overlap with the final ensemble, accuracy and fraction of positive "
-                 "weights at the training snapshots.", ("points",)),
-    "lesions": ("/lesions", "Accuracy lost on a class and on the others when its ensemble is silenced, against "
-                "as many random and most active non-ensemble units.", ("lesions",)),
-    "selectivity": ("/selectivity", "Activity of each class's ensemble with the true label vs each wrong label "
-                    "(FF, BP/FF; not applicable to BP).", ("layers",)),
-    "intrinsic_dimension": ("/intrinsic-dimension", "TwoNN intrinsic dimension per layer and class, with the "
-                            "ensemble sizes to set it against.", ("layers",)),
-    "subensembles": ("/subensembles", "Each class's images clustered by their sets of active units: the number "
-                     "of sub-ensembles and their sizes.", ("records",)),
+    "layer_accuracy": "Accuracy per layer: from its goodness alone, from the layers up to it (FF, BP/FF), "
+                      "and a linear probe (every model).",
+    "dynamics": "Ensemble size, overlap with the final ensemble, accuracy and fraction of positive weights at "
+                "the training snapshots.",
+    "lesions": "Accuracy lost on a class and on the others when its ensemble is silenced, against as many "
+               "random and most active non-ensemble units.",
+    "selectivity": "Activity of each class's ensemble with the true label vs each wrong label (FF, BP/FF; not "
+                   "applicable to BP).",
+    "intrinsic_dimension": "TwoNN intrinsic dimension per layer and class, with the ensemble sizes to set it "
+                           "against.",
+    "subensembles": "Each class's images clustered by their sets of active units: the number of sub-ensembles "
+                    "and their sizes.",
 }
 
 
@@ -55,13 +55,7 @@ def read_documents(storage, experiment_id: str, runs: list[Run], name: str) -> l
     return documents
 
 
-def only_layer(document: dict, fields: tuple[str, ...], layer: int | None) -> dict:
-    if layer is None:
-        return document
-    return {**document, **{field: [item for item in document[field] if item["layer"] == layer] for field in fields}}
-
-
-def _add_route(name: str, path: str, summary: str, fields: tuple[str, ...]) -> None:
+def _add_route(name: str, summary: str) -> None:
     out = create_model(f"{RUN_ANALYSIS_DOCUMENTS[name].__name__}Out", __base__=BaseModel,
                        experiment_id=(str, ...), runs=(list[RUN_ANALYSIS_DOCUMENTS[name]], ...))
 
@@ -70,12 +64,12 @@ def _add_route(name: str, path: str, summary: str, fields: tuple[str, ...]) -> N
                  run_id: Annotated[str | None, Query()] = None):
         runs = _runs(session, experiment, model, dataset, run_id, columns=(Run.run_id,))
         documents = read_documents(storage, experiment.id, runs, name)
-        return {"experiment_id": experiment.id, "runs": [only_layer(d, fields, layer) for d in documents]}
+        return {"experiment_id": experiment.id, "runs": [only_layer(d, name, layer) for d in documents]}
 
     endpoint.__name__ = f"get_{name}"
     endpoint.__doc__ = f"{summary} Per finished run (schema: fflab/schemas/{name}.schema.json)."
-    router.add_api_route(path, endpoint, methods=["GET"], response_model=out, name=f"get_{name}")
+    router.add_api_route("/" + name.replace("_", "-"), endpoint, methods=["GET"], response_model=out, name=f"get_{name}")
 
 
-for _name, (_path, _summary, _fields) in ENDPOINTS.items():
-    _add_route(_name, _path, _summary, _fields)
+for _name, _summary in ENDPOINTS.items():
+    _add_route(_name, _summary)

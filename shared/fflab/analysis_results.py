@@ -210,3 +210,21 @@ RUN_ANALYSIS_DOCUMENTS = {
     "subensembles": RunSubEnsembles,
 }
 DOCUMENTS.update(RUN_ANALYSIS_DOCUMENTS)
+
+# Each document's lists of per-layer entries (what a layer filter keeps).
+LAYER_FIELDS = {
+    "layer_accuracy": ("goodness", "probes"),
+    "dynamics": ("points",),
+    "lesions": ("lesions",),
+    "selectivity": ("layers",),
+    "intrinsic_dimension": ("layers",),
+    "subensembles": ("records",),
+}
+
+
+def only_layer(document: dict, name: str, layer: int | None) -> dict:
+    """A document (as JSON) with only the per-layer entries of ``layer`` (all: None)."""
+    if layer is None:
+        return document
+    return {**document, **{field: [item for item in document[field] if item["layer"] == layer]
+                           for field in LAYER_FIELDS[name]}}

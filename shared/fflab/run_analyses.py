@@ -58,6 +58,7 @@ from fflab.analysis_results import (
     RunSubEnsembles,
     SubEnsembleRecord,
     RUN_ANALYSIS_DOCUMENTS,
+    only_layer,
 )
 from fflab.data import N_CLASSES, load_split
 from fflab.models import MODELS
@@ -422,6 +423,25 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict[str, f
     timed("intrinsic_dimension", lambda: intrinsic_dimension(spec, key, stored, quantile, ensembles))
     timed("subensembles", lambda: subensembles(spec, key, stored, quantile))
     return seconds
+
+
+def folder_documents(experiment_dir: Path, name: str, model: str | None = None, dataset: str | None = None,
+                     layer: int | None = None, run_id: str | None = None) -> dict:
+    """What the service's endpoint of document ``name`` answers, from a local results
+    folder: {"experiment": folder, "runs": [document, ...]} for the runs that have it."""
+    if name not in RUN_ANALYSIS_DOCUMENTS:
+        raise ValueError(f"name must be one of {', '.join(RUN_ANALYSIS_DOCUMENTS)}; got {name!r}")
+    spec = runner.read_spec(experiment_dir)
+    documents = []
+    for key in spec.runs():
+        if (model or key.model) != key.model or (dataset or key.dataset) != key.dataset:
+            continue
+        if run_id is not None and run_id != key.run_id:
+            continue
+        document = read_run_document(runner.run_dir_of(experiment_dir, key), name)
+        if document is not None:
+            documents.append(only_layer(document.model_dump(mode="json"), name, layer))
+    return {"experiment": str(experiment_dir), "runs": documents}
 
 
 # --------------------------------------------------------------------------- figures
