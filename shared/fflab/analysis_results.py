@@ -33,6 +33,10 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RunAnalysis(RunIdentity):
+    seconds: float = Field(0.0, description="Wall-clock time the analysis took.")
+
+
 # ------------------------------------------------------------------ layer accuracy
 
 
@@ -67,7 +71,7 @@ class LayerProbe(_Part):
     converged: bool
 
 
-class RunLayerAccuracy(RunIdentity):
+class RunLayerAccuracy(RunAnalysis):
     """layer_accuracy.json: what each layer knows about the class."""
 
     prediction_rule: str | None = Field(description="How layers' goodness is combined; null for BP.")
@@ -91,7 +95,7 @@ class DynamicsPoint(_Part):
     mean_jaccard: float
 
 
-class RunDynamics(RunIdentity):
+class RunDynamics(RunAnalysis):
     """dynamics.json: the ensembles at the training snapshots, against the final ones."""
 
     epochs: list[int] = Field(description="Snapshot epochs captured (empty: snapshots were off).")
@@ -120,7 +124,7 @@ class LesionRecord(_Part):
     most_active: LesionEffect | None = Field(description="The class's most active units outside the ensemble.")
 
 
-class RunLesions(RunIdentity):
+class RunLesions(RunAnalysis):
     """lesions.json: accuracy lost when a class's ensemble is silenced, against controls."""
 
     quantile: float = Field(description="Ensembles: Method 1 at this quantile (as in ensembles.json).")
@@ -143,7 +147,7 @@ class LayerSelectivity(_Part):
     index: list[float | None] = Field(description="(true - wrong) / (true + wrong).")
 
 
-class RunSelectivity(RunIdentity):
+class RunSelectivity(RunAnalysis):
     """selectivity.json: ensemble activity with the true label vs each wrong label."""
 
     applicable: bool = Field(description="False for BP: its input carries no label.")
@@ -163,7 +167,7 @@ class LayerIntrinsicDimension(_Part):
     ensemble_sizes: list[int | None] = Field(description="Method 1 sizes (table quantile), to set against.")
 
 
-class RunIntrinsicDimension(RunIdentity):
+class RunIntrinsicDimension(RunAnalysis):
     """intrinsic_dimension.json: TwoNN estimates per layer and class."""
 
     discard: float = Field(description="Fraction of the largest r2/r1 ratios left out of the fit.")
@@ -188,7 +192,7 @@ class SubEnsembleRecord(_Part):
     threshold: float
 
 
-class RunSubEnsembles(RunIdentity):
+class RunSubEnsembles(RunAnalysis):
     """subensembles.json: each class's images clustered by their sets of active units."""
 
     quantile: float = Field(description="Active: at or above the class's quantile of activations.")

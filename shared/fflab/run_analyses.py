@@ -82,7 +82,7 @@ PROBE_TRAIN_IMAGES = 2000  # linear probe: fitted on this many training images
 PROBE_TEST_IMAGES = 2000  # and scored on this many test images
 PROBE_REGULARIZATION = 1.0
 PROBE_MAX_ITER = 200
-LESION_IMAGES_PER_CLASS = 30
+LESION_IMAGES_PER_CLASS = 20
 LESION_RANDOM_DRAWS = 3
 SELECTIVITY_IMAGES_PER_CLASS = 50
 TWO_NN_DISCARD = 0.1
@@ -409,8 +409,9 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict[str, f
 
     def timed(name: str, compute: Callable[[], object]) -> None:
         started = time.perf_counter()
-        write_document(compute(), run_dir / f"{name}.json")
-        seconds[name] = time.perf_counter() - started
+        document = compute()
+        document.seconds = seconds[name] = time.perf_counter() - started
+        write_document(document, run_dir / f"{name}.json")
 
     def per_layer_accuracy():
         train = load_split(key.dataset, True, spec.data.train_subset, excluded, seed=runner.DATA_SEED)
