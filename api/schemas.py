@@ -135,6 +135,17 @@ class RunList(BaseModel):
     items: list[Run]
 
 
+class DocumentOut(BaseModel):
+    name: str = Field(description="A run document of fflab.pipeline.documents.RUN_DOCUMENTS.")
+    description: str
+    available: bool = Field(description="Whether the run has it (an analysed run has them all).")
+    url: str
+
+
+class DocumentList(BaseModel):
+    items: list[DocumentOut]
+
+
 class EnsemblesOut(BaseModel):
     """Per run, its ensembles.json document restricted to the filters."""
 

@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 
 from fflab import results
+from fflab.pipeline import documents
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = [
@@ -158,6 +159,6 @@ def test_analyse_refuses_a_folder_that_is_not_a_results_folder(tmp_path):
 
 
 def test_committed_schemas_match_the_documents():
-    for name in results.DOCUMENTS:
+    for name in documents.DOCUMENTS:
         committed = json.loads((results.SCHEMA_DIR / f"{name}.schema.json").read_text())
-        assert committed == results.json_schema(name), f"run `fflab schemas --write` ({name})"
+        assert committed == documents.json_schema(name), f"run `fflab schemas --write` ({name})"

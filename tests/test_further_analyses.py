@@ -21,7 +21,7 @@ from fflab.analysis.subensembles import jaccard_distances, sub_ensembles
 from fflab.models.bp import BPClassifier
 from fflab.models.common import GoodnessNetwork, label_goodness, predict_from_goodness
 from fflab.models.probing import lesioned_predictions, neutral_representations, representations_with_label
-from fflab.run_analyses import per_class_rows
+from fflab.pipeline.further_analyses import per_class_rows
 from fflab.spec import NetworkSpec
 
 WIDTH = 40  # four planted units per class
@@ -254,14 +254,15 @@ def test_figures_are_real_pngs(tmp_path):
 
     names = [str(c) for c in range(10)]
     rng = np.random.default_rng(0)
+    curves = {1: {q: (np.array([1, 2, 5]), rng.random(3)) for q, _ in af.DYNAMICS_QUANTITIES}}
+    drops = {kind: {1: list(rng.random(10)), 2: list(rng.random(10))} for kind in ("ensemble", "random", "most_active")}
     figures = {
         "accuracy": af.layer_accuracy_figure({"ff": {"goodness": rng.random((3, 3)), "probe": rng.random((3, 3))},
                                               "bp": {"probe": rng.random((1, 3))}}),
-        "dynamics": af.dynamics_figure({1: {q: (np.array([1, 2, 5]), rng.random(3))
-                                            for q, _ in af.DYNAMICS_QUANTITIES}}),
-        "lesions": af.lesion_figure({1: {k: rng.random(10) for k in ("ensemble", "random", "random_se", "most_active")}},
-                                    names),
-        "selectivity": af.selectivity_figure({1: rng.random((10, 10)), 2: np.full((10, 10), np.nan)}, names),
+        "dynamics": af.dynamics_figure({"ff": curves, "bp": curves}, "mnist, seed 0"),
+        "lesions": af.lesion_figure({"ff": drops, "bp": drops}),
+        "selectivity": af.selectivity_figure({"ff": {1: rng.random((10, 10)), 2: np.full((10, 10), np.nan)},
+                                              "bpff": {1: rng.random((10, 10))}}, names),
         "dimension": af.intrinsic_dimension_figure({"ff": (rng.random(30) * 20, rng.random(30) * 10,
                                                            np.repeat([1, 2, 3], 10))}),
     }
@@ -273,8 +274,12 @@ def test_figures_are_real_pngs(tmp_path):
 
 @pytest.mark.slow
 def test_a_trained_run_gets_every_document_and_the_experiment_every_figure(tmp_path, data_root):
-    from fflab import run_analyses, runner
+    from click.testing import CliRunner
+
     from fflab.analysis_results import RUN_ANALYSIS_DOCUMENTS
+    from fflab.cli import main
+    from fflab.pipeline import experiment, folders, further_analyses, train
+    from fflab.results import RunMetrics, read_document
     from fflab.spec import build_spec
 
     spec = build_spec("quick", {
@@ -282,30 +287,28 @@ def test_a_trained_run_gets_every_document_and_the_experiment_every_figure(tmp_p
         "data": {"train_subset": 300, "test_subset": 200}, "network": {"width": 32, "layers": 2},
         "ff": {"epochs": 3, "batch_size": 50}, "bp": {"epochs": 3, "batch_size": 50}, "snapshots": [1, 3, 50],
     })
-    results = runner.run_experiment(spec, tmp_path)
+    results = experiment.run_experiment(spec, tmp_path)
+
+    def read(run_dir, name):
+        return RUN_ANALYSIS_DOCUMENTS[name].model_validate_json((run_dir / f"{name}.json").read_text())
+
     for key in spec.runs():
-        run_dir = runner.run_dir_of(tmp_path, key)
-        for name, document in RUN_ANALYSIS_DOCUMENTS.items():
-            document.model_validate_json((run_dir / f"{name}.json").read_text())
-        dynamics = run_analyses.read_run_document(run_dir, "dynamics")
+        run_dir = folders.run_dir_of(tmp_path, key)
+        documents = {name: read(run_dir, name) for name in RUN_ANALYSIS_DOCUMENTS}
+        dynamics = documents["dynamics"]
         assert dynamics.epochs == [1, 3] and dynamics.n_probe_images == 200  # epoch 50 is past training
         assert {(p.layer, p.epoch) for p in dynamics.points} == {(1, 1), (1, 3), (2, 1), (2, 3)}
-        final = [p for p in dynamics.points if p.epoch == 3]
-        assert all(p.mean_jaccard == 1.0 for p in final)  # the last snapshot is the trained network
-        accuracy = run_analyses.read_run_document(run_dir, "layer_accuracy")
-        assert len(accuracy.probes) == 2 and accuracy.probe.n_train == 300
+        assert all(p.mean_jaccard == 1.0 for p in dynamics.points if p.epoch == 3)  # the trained network
+        accuracy = documents["layer_accuracy"]
+        assert len(accuracy.probes) == 2 and accuracy.probe.n_train == 300 and accuracy.seconds > 0
         if key.model == "ff":
-            metrics = runner.read_document(runner.RunMetrics, run_dir / "metrics.json")
+            metrics = read_document(RunMetrics, run_dir / "metrics.json")
             assert accuracy.goodness[-1].cumulative_accuracy == pytest.approx(metrics.accuracy)
         else:
-            assert accuracy.goodness == [] and not run_analyses.read_run_document(run_dir, "selectivity").applicable
-    for name in ("layer_accuracy", "intrinsic_dimension", "dynamics_ff", "dynamics_bp", "lesions_ff",
-                 "selectivity_ff"):
+            assert accuracy.goodness == [] and not documents["selectivity"].applicable
+    for name in ("layer_accuracy", "dynamics", "lesions", "selectivity", "intrinsic_dimension"):
         assert f"{name}.png" in results["figures"] and is_png(tmp_path / "figures" / f"{name}.png"), name
     # The CLI reads the same documents from the results folder.
-    from click.testing import CliRunner
-    from fflab.cli import main
-
     output = CliRunner().invoke(main, ["run-analysis", str(tmp_path), "lesions", "--layer", "2", "--model", "ff"],
                                 catch_exceptions=False).output
     served = json.loads(output)["runs"]
@@ -313,6 +316,7 @@ def test_a_trained_run_gets_every_document_and_the_experiment_every_figure(tmp_p
     assert {record["layer"] for record in served[0]["lesions"]} <= {2}
     # No snapshot asked for: no capture, no file.
     quiet = spec.model_copy(update={"snapshots": [], "models": ["bp"]})
-    key = quiet.runs()[0]
-    runner.train_and_evaluate(quiet, key, tmp_path / "quiet")
-    assert not (tmp_path / "quiet" / run_analyses.SNAPSHOT_FILE).exists()
+    train.train_and_evaluate(quiet, quiet.runs()[0], tmp_path / "quiet")
+    assert not (tmp_path / "quiet" / further_analyses.SNAPSHOT_FILE).exists()
+
+

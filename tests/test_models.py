@@ -188,7 +188,7 @@ def _train_without_class_zero(negative_classes):
 def test_unseen_class_label_pixel_is_trained_as_negative_only_by_default(data_root):
     spec = build_spec("paper")
     assert spec.unseen_class_negatives == "all_labels"
-    from fflab.runner import negative_classes_for
+    from fflab.pipeline.train import negative_classes_for
     from fflab.spec import RunKey
 
     train_labels = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9])
@@ -202,7 +202,7 @@ def test_unseen_class_label_pixel_is_trained_as_negative_only_by_default(data_ro
 
 def test_unseen_class_label_pixel_stays_untrained_when_drawn_from_training_classes(data_root):
     spec = build_spec("paper", {"unseen_class_negatives": "training_classes"})
-    from fflab.runner import negative_classes_for
+    from fflab.pipeline.train import negative_classes_for
     from fflab.spec import RunKey
 
     train_labels = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9])
@@ -214,7 +214,7 @@ def test_unseen_class_label_pixel_stays_untrained_when_drawn_from_training_class
 
 
 def test_runs_that_train_on_every_class_draw_the_same_negatives_either_way():
-    from fflab.runner import negative_classes_for
+    from fflab.pipeline.train import negative_classes_for
     from fflab.spec import RunKey
 
     labels = torch.arange(10).repeat(3)

@@ -48,9 +48,12 @@ def test_every_analysis_is_served_per_run_and_valid(stack: Stack, experiment: di
         dynamics = client.get(f"/v1/experiments/{experiment['id']}/dynamics", params={"model": "bp"}).json()
         assert dynamics["runs"][0]["epochs"] == [1]
         figures = {item["name"] for item in client.get(f"/v1/experiments/{experiment['id']}/figures").json()["items"]}
-        for name in ("layer_accuracy", "intrinsic_dimension", "dynamics_ff", "lesions_ff", "selectivity_ff"):
+        for name in ("layer_accuracy", "dynamics", "lesions", "selectivity", "intrinsic_dimension"):
             assert f"figures/{name}.png" in figures, name
-        assert client.get(f"/v1/experiments/{experiment['id']}/figures/lesions_ff").content[:4] == b"\x89PNG"
+        assert client.get(f"/v1/experiments/{experiment['id']}/figures/lesions").content[:4] == b"\x89PNG"
+        # The generic run-document route serves them too.
+        generic = client.get(f"/v1/experiments/{experiment['id']}/runs/ff-mnist-seed0/documents/subensembles")
+        assert generic.status_code == 200 and generic.json()["run_id"] == "ff-mnist-seed0"
 
 
 def test_bad_filters_are_422_naming_the_field_and_others_cannot_read(stack: Stack, experiment: dict) -> None:

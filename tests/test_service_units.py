@@ -299,7 +299,7 @@ def test_lost_analyses_are_the_queued_ones_the_broker_no_longer_holds(session, s
     from datetime import timedelta
 
     from fflab.db import Analysis, utcnow
-    from worker.celery_app import ANALYSIS_ID_PREFIX, named_task_id, subject_of_task
+    from worker.dispatch import ANALYSIS_ID_PREFIX, named_task_id, subject_of_task
 
     user = accounts.create_user(session, "alice")
     experiment = submit(session, settings, user, seeds=1)

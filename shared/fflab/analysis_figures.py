@@ -66,67 +66,82 @@ DYNAMICS_QUANTITIES = (
 )
 
 
-def dynamics_figure(curves: Mapping[int, Mapping[str, tuple[np.ndarray, np.ndarray]]], title: str = "") -> Figure:
-    """One panel per quantity (ensemble size, overlap with the final ensemble,
-    accuracy, fraction of positive weights) over epochs, one line per layer:
-    ``curves[layer][quantity] = (epochs (S,), values (S,))``."""
-    fig = Figure(figsize=(9.0, 6.4))
-    axes = fig.subplots(2, 2).ravel()
-    for ax, (quantity, label) in zip(axes, DYNAMICS_QUANTITIES):
-        for layer, by_quantity in sorted(curves.items()):
-            epochs, values = by_quantity[quantity]
-            ax.plot(epochs, values, marker="o", label=f"layer {layer}")
-        ax.set_xscale("log")
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel(label)
-        if quantity in ("mean_jaccard", "accuracy", "fraction_positive"):
-            ax.set_ylim(0, 1.02)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title or "Ensemble dynamics during training")
+def dynamics_figure(per_model: Mapping[str, Mapping[int, Mapping[str, tuple[np.ndarray, np.ndarray]]]],
+                    subtitle: str = "") -> Figure:
+    """One row per model, one column per quantity (ensemble size, overlap with
+    the final ensemble, accuracy, fraction of positive weights) over epochs, one
+    line per layer: ``per_model[model][layer][quantity] = (epochs (S,), values (S,))``."""
+    models = list(per_model)
+    fig = Figure(figsize=(12.0, 2.8 * max(1, len(models))))
+    axes = np.atleast_2d(fig.subplots(max(1, len(models)), len(DYNAMICS_QUANTITIES)))
+    for row, model in enumerate(models):
+        for ax, (quantity, label) in zip(axes[row], DYNAMICS_QUANTITIES):
+            for layer, by_quantity in sorted(per_model[model].items()):
+                epochs, values = by_quantity[quantity]
+                ax.plot(epochs, values, marker="o", label=f"layer {layer}")
+            ax.set_xscale("log")
+            ax.set_xlabel("Epoch")
+            ax.set_ylabel(label, fontsize=8)
+            if quantity in ("mean_jaccard", "accuracy", "fraction_positive"):
+                ax.set_ylim(0, 1.02)
+        axes[row][0].set_title(model_display_name(model), loc="left", fontsize=10)
+        axes[row][0].legend(fontsize=7)
+    fig.suptitle("Ensemble dynamics during training" + (f" ({subtitle})" if subtitle else ""))
     fig.tight_layout()
     return fig
 
 
-def lesion_figure(per_layer: Mapping[int, Mapping[str, np.ndarray]], class_names: Sequence[str],
-                  title: str = "") -> Figure:
-    """Accuracy drop on the lesioned class, per class, one panel per layer:
-    ``per_layer[layer]`` holds (C,) arrays ``ensemble``, ``random``, ``random_se``
-    and ``most_active`` (nan: not measured)."""
-    layers = sorted(per_layer)
-    fig = Figure(figsize=(9.0, 2.8 * max(1, len(layers))))
-    axes = np.atleast_1d(fig.subplots(max(1, len(layers)), 1))
-    x = np.arange(len(class_names))
-    for ax, layer in zip(axes, layers):
-        values = per_layer[layer]
-        ax.bar(x - 0.27, values["ensemble"], 0.27, color="tab:blue", label="ensemble")
-        ax.bar(x, values["random"], 0.27, yerr=values["random_se"], capsize=2, color="tab:gray",
-               label="random units (mean ± SE)")
-        ax.bar(x + 0.27, values["most_active"], 0.27, color="tab:orange", label="most active non-ensemble")
+LESION_KINDS = (("ensemble", "ensemble", "tab:blue"), ("random", "random units", "tab:gray"),
+                ("most_active", "most active non-ensemble", "tab:orange"))
+
+
+def lesion_figure(per_model: Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]]) -> Figure:
+    """Accuracy lost on the lesioned class, per layer, mean ± SE over classes
+    (and runs): ``per_model[model][kind][layer]`` lists the drops, kind one of
+    ``ensemble``, ``random`` (each already a mean over draws), ``most_active``."""
+    models = list(per_model)
+    fig = Figure(figsize=(4.2 * max(1, len(models)), 3.8))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(models)), sharey=True))
+    for ax, model in zip(axes, models):
+        layers = sorted(per_model[model]["ensemble"])
+        x = np.arange(len(layers))
+        for offset, (kind, label, colour) in zip((-0.27, 0.0, 0.27), LESION_KINDS):
+            drops = [np.asarray(per_model[model].get(kind, {}).get(layer, []), dtype=float) for layer in layers]
+            mean = np.array([d.mean() if d.size else np.nan for d in drops])
+            se = np.array([d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else 0.0 for d in drops])
+            ax.bar(x + offset, mean, 0.27, yerr=se, capsize=3, color=colour, label=label)
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_xticks(x, class_names, fontsize=7)
-        ax.set_ylabel(f"Layer {layer}\naccuracy drop")
+        ax.set_xticks(x, [f"layer {layer}" for layer in layers])
+        ax.set_title(model_display_name(model), fontsize=10)
         ax.set_ylim(-0.2, 1.02)
-    axes[0].legend(fontsize=7, ncol=3)
-    axes[0].set_title(title or "Silencing a class's units: accuracy lost on that class")
+    axes[0].set_ylabel("Accuracy drop on the lesioned class")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Silencing a class's ensemble vs as many other units (mean ± SE over classes)")
     fig.tight_layout()
     return fig
 
 
-def selectivity_figure(per_layer: Mapping[int, np.ndarray], class_names: Sequence[str], title: str = "") -> Figure:
-    """Mean activity of class c's ensemble (rows) with label k embedded (columns),
-    one heat map per layer: ``per_layer[layer]`` is (C, K), nan where undefined."""
-    layers = sorted(per_layer)
-    fig = Figure(figsize=(4.0 * max(1, len(layers)), 4.0))
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(layers))))
-    for ax, layer in zip(axes, layers):
-        image = ax.imshow(np.asarray(per_layer[layer], dtype=float), cmap="viridis", vmin=0)
-        ax.set_title(f"Layer {layer}", fontsize=9)
-        ax.set_xlabel("Embedded label")
-        ax.set_ylabel("Class of image and ensemble")
-        ax.set_xticks(range(len(class_names)), class_names, fontsize=6, rotation=90)
-        ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(title or "Ensemble activity: true label (diagonal) vs wrong labels")
+def selectivity_figure(per_model: Mapping[str, Mapping[int, np.ndarray]], class_names: Sequence[str]) -> Figure:
+    """Mean activity of class c's ensemble (rows) with label k embedded (columns):
+    one row of heat maps per model, one per layer; ``per_model[model][layer]`` is
+    (C, K), nan where undefined."""
+    models = list(per_model)
+    n_layers = max((len(layers) for layers in per_model.values()), default=1)
+    fig = Figure(figsize=(3.6 * n_layers, 3.4 * max(1, len(models))))
+    axes = np.atleast_2d(fig.subplots(max(1, len(models)), n_layers))
+    for row, model in enumerate(models):
+        for ax in axes[row]:
+            ax.set_axis_off()
+        for ax, layer in zip(axes[row], sorted(per_model[model])):
+            ax.set_axis_on()
+            image = ax.imshow(np.asarray(per_model[model][layer], dtype=float), cmap="viridis", vmin=0)
+            ax.set_title(f"{model_display_name(model)}, layer {layer}", fontsize=9)
+            ax.set_xlabel("Embedded label", fontsize=8)
+            ax.set_ylabel("Class (images, ensemble)", fontsize=8)
+            ax.set_xticks(range(len(class_names)), class_names, fontsize=6, rotation=90)
+            ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("Ensemble activity: true label (diagonal) vs wrong labels")
     fig.tight_layout()
     return fig
 

@@ -13,11 +13,13 @@ the paper's (``fflab.results``) in ``runs/<run_id>/``:
     intrinsic_dimension.json  RunIntrinsicDimension  TwoNN per layer and class, with ensemble sizes
     subensembles.json         RunSubEnsembles        clusters of a class's images by active units
 
-Like the paper's documents they carry ``schema_version`` and their JSON
-Schemas are committed under ``shared/fflab/schemas/`` (``fflab schemas
---write``). Every document records the settings it was computed with
-(subsample sizes, seeds, regularisation, quantile). ``fflab.run_analyses``
-computes them; docs/science.md says what each measures.
+Like the paper's documents they carry ``schema_version``, are registered in
+``fflab.pipeline.documents.RUN_DOCUMENTS`` and their JSON Schemas are
+committed under ``shared/fflab/schemas/`` (``fflab schemas --write``). Every
+document records the settings it was computed with (subsample sizes, seeds,
+regularisation, quantile) and the seconds it took.
+``fflab.pipeline.further_analyses`` computes them; docs/science.md says what
+each measures.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fflab.results import DOCUMENTS, RunIdentity
+from fflab.results import RunIdentity
 
 
 class _Part(BaseModel):
@@ -213,8 +215,6 @@ RUN_ANALYSIS_DOCUMENTS = {
     "intrinsic_dimension": RunIntrinsicDimension,
     "subensembles": RunSubEnsembles,
 }
-DOCUMENTS.update(RUN_ANALYSIS_DOCUMENTS)
-
 # Each document's lists of per-layer entries (what a layer filter keeps).
 LAYER_FIELDS = {
     "layer_accuracy": ("goodness", "probes"),

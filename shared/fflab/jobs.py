@@ -1,6 +1,6 @@
 """The life of experiments, runs and analyses in the database, shared by the API
-and the workers. Sending tasks is left to a ``Dispatcher`` (the Celery one lives
-in worker/celery_app.py).
+and the workers: every state transition is a function here. Sending tasks is
+left to a ``Dispatcher`` (the Celery one lives in worker/dispatch.py).
 
 Statuses. A run: queued -> running -> succeeded | failed | cancelled. An
 experiment: queued until its first run starts, running until the aggregation
@@ -519,3 +519,31 @@ def create_analysis(session: Session, experiment: Experiment, analysis_spec: dic
     session.add(analysis)
     session.flush()
     return analysis
+
+
+def finish_experiment(experiment: Experiment) -> None:
+    """Its aggregation is recorded: the experiment succeeded."""
+    experiment.status, experiment.finished_at = "succeeded", utcnow()
+
+
+def fail_experiment(session: Session, experiment_id: str, error: str) -> None:
+    """An active experiment fails with ``error`` (its aggregation failed for good)."""
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is not None and experiment.status in ACTIVE_STATUSES:
+        experiment.status, experiment.finished_at, experiment.error = "failed", utcnow(), error
+
+
+def start_analysis(analysis: Analysis) -> None:
+    analysis.status, analysis.started_at = "running", utcnow()
+
+
+def finish_analysis(analysis: Analysis, experiment: Experiment, spec: ExperimentSpec) -> None:
+    """The re-analysis is recorded: its settings become the experiment's."""
+    experiment.spec = spec.model_dump(mode="json")
+    analysis.status, analysis.finished_at = "succeeded", utcnow()
+
+
+def fail_analysis(session: Session, analysis_id: str, error: str) -> None:
+    analysis = session.get(Analysis, analysis_id)
+    if analysis is not None and analysis.status in ACTIVE_STATUSES:
+        analysis.status, analysis.finished_at, analysis.error = "failed", utcnow(), error

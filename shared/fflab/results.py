@@ -23,7 +23,6 @@ Layout of a results folder::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -261,30 +260,6 @@ class PaperComparison(Document):
 PAPER_TABLES = ("table1", "table2", "table3")
 TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "shared_units", "unseen_class")
 
-DOCUMENTS: dict[str, type[Document]] = {
-    "metrics": RunMetrics,
-    "ensembles": RunEnsembles,
-    "shared_units": RunSharedUnits,
-    "weight_stats": RunWeightStats,
-    "results": ExperimentResults,
-    "paper_comparison": PaperComparison,
-}
-
-
-def json_schema(name: str) -> dict:
-    return DOCUMENTS[name].model_json_schema()
-
-
-def write_schemas(folder: Path = SCHEMA_DIR) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in DOCUMENTS:
-        path = folder / f"{name}.schema.json"
-        path.write_text(json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n")
-        paths.append(path)
-    return paths
-
-
 def write_document(document: Document, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document.model_dump_json(indent=2) + "\n")
@@ -292,7 +267,3 @@ def write_document(document: Document, path: Path) -> None:
 
 def read_document(cls: type[Document], path: Path) -> Document:
     return cls.model_validate_json(path.read_text())
-
-
-# The per-run analyses beyond the paper add their documents to DOCUMENTS (fflab.analysis_results).
-import fflab.analysis_results  # noqa: E402,F401
