@@ -23,7 +23,7 @@ LAYERS = {
                 "fflab.figures", "fflab.results", "fflab.paper", "fflab.reference"],
     "pipeline": ["fflab.pipeline"],
     "service": ["fflab.var_dir", "fflab.processes", "fflab.db", "fflab.storage",
-                "fflab.accounts", "fflab.jobs", "fflab.client"],
+                "fflab.accounts", "fflab.scheduling", "fflab.queueing", "fflab.jobs", "fflab.client"],
     "cli": ["fflab.cli", "fflab.__main__"],
 }
 LAYER_ORDER = list(LAYERS)

@@ -284,7 +284,7 @@ def test_keys_are_compared_in_constant_time(tmp_path: Path, monkeypatch: pytest.
 
 LIMITS = {"max_epochs": 7, "max_width": 96, "max_layers": 3, "max_seeds": 4, "max_train_subset": 500,
           "max_test_subset": 300, "max_runs_per_experiment": 6, "max_body_bytes": 4096,
-          "max_active_runs_per_user": 1000}
+          "max_queued_runs_per_user": 1000}
 BASE = {"preset": "quick", "models": ["bp"], "datasets": ["mnist"], "seeds": [0], "unseen_class": None,
         "data": {"train_subset": 200, "test_subset": 200}, "network": {"width": 64, "layers": 2},
         "bp": {"epochs": 1, "learning_rate": 0.003}, "bpff": {"epochs": 1, "learning_rate": 0.003}}
@@ -374,7 +374,7 @@ def test_per_user_cap_holds_under_concurrent_submissions(pg_database) -> None:
 
     url = pg_database()
     upgrade_database(url)
-    settings = Settings(database_url=url, max_active_runs_per_user=6)
+    settings = Settings(database_url=url, max_queued_runs_per_user=6)
     with session_scope(url) as session:
         alice_id = accounts.create_user(session, "alice").id
     spec = build_spec(None, {"models": ["bp"], "datasets": ["mnist"], "seeds": [0], "unseen_class": None})

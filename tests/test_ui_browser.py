@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 import pytest
 
-from fflab.runner import analysed_rows
+from fflab.pipeline.folders import analysed_rows
 from service_helpers import Serve, Stack
 
 pytest_plugins = ["service_support"]

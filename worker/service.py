@@ -24,7 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from fflab import jobs
+from fflab import jobs, queueing
 from fflab.db import (
     ACTIVE_STATUSES,
     Analysis,
@@ -61,6 +61,7 @@ from worker.run_support import (
     delete_checkpoint,
     files_under,
     heartbeat_interval,
+    preemption_check,
     put_files,
     put_files_retrying,
 )
@@ -114,7 +115,8 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
         run_dir = base / "runs" / key.run_id
         progress = ProgressWriter(settings.resolved_database_url, run_pk, settings.progress_interval_s)
         # Outside run_dir: the checkpoint is not one of the run's artifacts.
-        checkpoint = StoredCheckpoint(get_storage(settings), experiment_id, key, base / "checkpoint.pt", progress)
+        checkpoint = StoredCheckpoint(get_storage(settings), experiment_id, key, base / "checkpoint.pt", progress,
+                                      preemption_check(settings.resolved_database_url, run_pk, task_id))
         checkpoint.fetch()
         try:
             record = experiment_pipeline.execute_run(
@@ -127,6 +129,9 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
             )
         except Cancelled:
             end_run(settings, run_pk, "cancelled", task_id=task_id)
+            return None
+        except queueing.Preempted:
+            requeue_preempted(settings, run_pk, task_id)
             return None
         except TRANSIENT:
             raise
@@ -182,6 +187,16 @@ def end_run(settings: Settings, run_pk: int, status: str, error: str | None = No
         except Exception:
             log.warning("could not send the aggregation of experiment %s; the sweep will", aggregate_id,
                         exc_info=True)
+    dispatch_or_leave_to_sweep(settings)
+
+
+def requeue_preempted(settings: Settings, run_pk: int, task_id: str) -> None:
+    """A run stopped at its checkpoint for preemption goes back to waiting (the
+    checkpoint stays: its next delivery resumes from it); then refill the slots."""
+    with session_scope(settings.resolved_database_url) as session:
+        requeued = jobs.requeue_preempted(session, run_pk, task_id)
+    log.info("run %s was preempted at its checkpoint%s", run_pk,
+             ": back to waiting" if requeued else " (no longer held by this task)")
     dispatch_or_leave_to_sweep(settings)
 
 

@@ -76,8 +76,9 @@ class LayerProbe(_Part):
 class RunLayerAccuracy(RunAnalysis):
     """layer_accuracy.json: what each layer knows about the class."""
 
-    prediction_rule: str | None = Field(description="How layers' goodness is combined; null for BP.")
-    goodness: list[LayerGoodnessAccuracy] = Field(description="Per layer; empty for BP (no goodness).")
+    prediction_rule: str | None = Field(description="How layers' goodness is combined; null without goodness (BP).")
+    goodness: list[LayerGoodnessAccuracy] = Field(
+        description="Per layer; empty for a model that does not predict by goodness (BP).")
     probe: ProbeSettings
     probes: list[LayerProbe]
 
@@ -152,7 +153,7 @@ class LayerSelectivity(_Part):
 class RunSelectivity(RunAnalysis):
     """selectivity.json: ensemble activity with the true label vs each wrong label."""
 
-    applicable: bool = Field(description="False for BP: its input carries no label.")
+    applicable: bool = Field(description="False for a model whose input carries no label (BP).")
     quantile: float
     images_per_class: int
     layers: list[LayerSelectivity]

@@ -3,7 +3,7 @@
 - ``local``: verbs that work in this process on results folders (fetch-data,
   spec, run, analyse, tables, compare, schemas);
 - ``service``: verbs that talk to the service (submit, status, wait, results,
-  ensembles, figures, quickstart, cancel, delete) and ``admin`` (the database);
+  ensembles, figures, quickstart, cancel, delete, queue) and ``admin`` (the database);
 - ``options``: what the verbs share (specs from presets, files and ``--set``);
 - ``serve`` and ``worker`` start the API and a worker: they live in api/cli.py and
   worker/cli.py and are found through the ``fflab.commands`` entry points

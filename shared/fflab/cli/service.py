@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,52 @@ def describe(experiment: dict[str, Any]) -> str:
         age = run.get("heartbeat_age_seconds")
         beat = f" (last heartbeat {age:.0f} s ago)" if age is not None else ""
         lines.append(f"  {run['run_id']}:{layer} epoch {run['epoch']}/{run['epochs']}{eta}{beat}")
+    place = experiment.get("queue")
+    if place:
+        lines.append("  " + describe_place(place))
     if experiment.get("error"):
         lines.append(f"  error: {experiment['error']}")
+    return "\n".join(lines)
+
+
+def describe_place(place: dict[str, Any], now: datetime | None = None) -> str:
+    """'queue gpu: position 3 (2 runs ahead), estimated start in 12 min'."""
+    start = place.get("estimated_start")
+    if start is None:
+        when = "no worker serves this queue yet"
+    else:
+        seconds = (datetime.fromisoformat(start) - (now or datetime.now(UTC))).total_seconds()
+        when = "estimated start now" if seconds < 1 else f"estimated start in {format_duration(seconds)}"
+    return f"queue {place['queue']}: position {place['position']} ({place['runs_ahead']} runs ahead), {when}"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_queues(view: dict[str, Any]) -> str:
+    """The admin queue view as text: per queue, users' usage and share, then the
+    experiments in the order they would start."""
+    lines = []
+    for queue in view["queues"]:
+        lines.append(f"queue {queue['queue']}: {queue['slots']} slots, {queue['free_slots']} free, "
+                     f"at most {queue['running_cap']} running per user, expected run "
+                     f"{format_duration(queue['expected_run_seconds'])}")
+        lines.append(f"  {'user':<16} {'weight':>6} {'max prio':>8} {'usage':>9} {'share':>6} {'target':>6} "
+                     f"{'running':>7} {'waiting':>7}")
+        for user in queue["users"]:
+            lines.append(f"  {user['name']:<16} {user['share_weight']:>6g} {user['max_priority']:>8} "
+                         f"{format_duration(user['usage_seconds']):>9} {user['share']:>6.1%} "
+                         f"{user['target_share']:>6.1%} {user['running']:>7} {user['waiting']:>7}")
+        for experiment in queue["experiments"]:
+            start = experiment["estimated_start"] or "no worker"
+            lines.append(f"  {experiment['position']:>4}. {experiment['id']}  {experiment['name']}  "
+                         f"{experiment['owner']}  {experiment['priority']}  {experiment['runs_waiting']} runs "
+                         f"waiting  start {start}")
     return "\n".join(lines)
 
 
@@ -175,6 +220,30 @@ def register(cli: click.Group) -> None:
             raise click.ClickException(str(error)) from None
         click.echo(key)
 
+    @admin.command("set-share")
+    @click.argument("name")
+    @click.option("--weight", type=click.FloatRange(min=0, min_open=True, max=1000), default=None,
+                  help="Fair-share weight: the user's usage counts divided by it (default 1).")
+    @click.option("--max-priority", type=click.Choice(["low", "normal", "high"]), default=None,
+                  help="The highest priority the user's experiments may ask for (default normal).")
+    def set_share_command(name: str, weight: float | None, max_priority: str | None) -> None:
+        """Set a user's fair-share weight and highest allowed priority."""
+        from sqlalchemy import select
+
+        from fflab import accounts
+        from fflab.db import User, session_scope
+
+        if weight is None and max_priority is None:
+            raise click.UsageError("give --weight and/or --max-priority")
+        settings = get_settings()
+        start_database(settings)
+        with session_scope(settings.resolved_database_url) as session:
+            user = session.scalar(select(User).where(User.name == name).with_for_update())
+            if user is None:
+                raise click.ClickException(f"no user {name}")
+            accounts.set_share(user, weight, max_priority)
+            click.echo(f"{name}: weight {user.share_weight:g}, max priority {user.max_priority}")
+
     @admin.command("revoke-key")
     @click.argument("key_or_prefix", required=False)
     @click.option("--user", "user_name", default=None, help="Revoke every key of this user instead.")
@@ -200,12 +269,15 @@ def register(cli: click.Group) -> None:
     @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                   help="Override one setting, e.g. --set ff.epochs=3.")
     @click.option("--visibility", type=click.Choice(["private", "lab"]), default="private", show_default=True)
+    @click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal", show_default=True,
+                  help="Within the fair-share order; at most your max priority (an admin sets it).")
     @click.option("--wait", "wait", is_flag=True, help="Then wait for the end with a progress bar.")
     def submit_command(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...],
-                       visibility: str, wait: bool) -> None:
+                       visibility: str, priority: str, wait: bool) -> None:
         """Submit an experiment to the service; prints its id and URL."""
         body = read_overrides(spec_file, assignments)
         body["visibility"] = visibility
+        body["priority"] = priority
         if preset is not None:
             body["preset"] = preset
         with client() as api:
@@ -233,6 +305,15 @@ def register(cli: click.Group) -> None:
                 return
             for item in page["items"]:
                 click.echo(describe(item).splitlines()[0])
+
+    @cli.command("queue")
+    @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+    def queue_command(as_json: bool) -> None:
+        """The queues (admin): slots, each user's recent usage and share, and the
+        waiting experiments in the order they would start."""
+        with client() as api:
+            view = api.queue()
+        click.echo(json.dumps(view, indent=2) if as_json else describe_queues(view))
 
     @cli.command("wait")
     @click.argument("experiment_id")

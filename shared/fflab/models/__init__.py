@@ -10,8 +10,10 @@ its name, colour and default training) plus its line below.
 
 from __future__ import annotations
 
-from fflab.models import bp, bpff, ff
+from fflab.models import bp, bpff, ff, symba
 from fflab.models.common import ModelType
 from fflab.registry import Registry
 
-MODELS: Registry[ModelType] = Registry("model", {model.name: model for model in (ff.MODEL, bpff.MODEL, bp.MODEL)})
+MODELS: Registry[ModelType] = Registry("model", {model.name: model for model in (
+    ff.MODEL, bpff.MODEL, bp.MODEL, symba.MODEL,
+)})

@@ -38,7 +38,7 @@ from fflab.analysis_results import (
     RunSubEnsembles,
 )
 from fflab.data import Split, load_split
-from fflab.pipeline import further_analyses, paper_analyses
+from fflab.pipeline import dominance, further_analyses, paper_analyses
 from fflab.pipeline.folders import (
     TRAINED_FILES,
     analysed_rows,
@@ -206,6 +206,9 @@ RUN_DOCUMENTS: Registry[RunDocument] = Registry("run document", {d.name: d for d
     RunDocument("subensembles", RunSubEnsembles,
                 "Each class's images clustered by their sets of active units.",
                 analyse=further_analyses.subensembles_document),
+    RunDocument("dominance", dominance.RunDominance,
+                "Per layer, the units that are the most active on an image, and how often.",
+                analyse=dominance.dominance_document, figure=dominance.dominance_figure),
 )})
 
 # Every document with a committed JSON Schema (fflab schemas --write): the run

@@ -269,9 +269,9 @@ def layer_accuracy_document(inputs: RunAnalysisInput) -> RunLayerAccuracy:
                                  per_class=_finite_list(fit.test_per_class), iterations=fit.iterations,
                                  converged=fit.converged))
     return RunLayerAccuracy(
-        **run_identity(key), prediction_rule=None if key.model == "bp" else spec.prediction, goodness=goodness,
+        **run_identity(key), prediction_rule=spec.prediction if goodness else None, goodness=goodness,
         probe=ProbeSettings(regularization=PROBE_REGULARIZATION, max_iter=PROBE_MAX_ITER,
-                            input="hidden" if key.model == "bp" else "neutral_label",
+                            input="neutral_label" if goodness else "hidden",
                             n_train=int(train_rows.size), n_test=int(test_rows.size), subset_seed=ANALYSIS_SEED),
         probes=probes,
     )
@@ -355,7 +355,7 @@ def lesions_document(inputs: RunAnalysisInput) -> RunLesions:
 @timed_on_one_thread
 def selectivity_document(inputs: RunAnalysisInput) -> RunSelectivity:
     quantile, ensembles = table_ensembles(inputs.documents["ensembles"])
-    if inputs.key.model == "bp":
+    if "label_goodness" not in inputs.representations:  # a model without label input (BP)
         return RunSelectivity(**run_identity(inputs.key), applicable=False, quantile=quantile,
                               images_per_class=SELECTIVITY_IMAGES_PER_CLASS, layers=[])
     stored = inputs.representations
