@@ -158,7 +158,9 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path, names: Iterabl
 
 
 def document_figures(spec: ExperimentSpec, experiment_dir: Path) -> dict[str, Figure]:
-    """Each registered document's figure for the experiment, by document name."""
+    """Each registered document's figure for the experiment, by document name; none
+    for a document some run lacks (trained before the document was registered:
+    re-analysing the experiment computes it)."""
     drawn = {}
     for document in RUN_DOCUMENTS.values():
         if document.figure is None:
@@ -167,7 +169,10 @@ def document_figures(spec: ExperimentSpec, experiment_dir: Path) -> dict[str, Fi
         def read(key: RunKey, document: RunDocument = document) -> Document:
             return read_document(document.model, experiment_dir / "runs" / key.run_id / document.file)
 
-        figure = document.figure(spec, read)
+        try:
+            figure = document.figure(spec, read)
+        except FileNotFoundError:
+            continue
         if figure is not None:
             drawn[document.name] = figure
     return drawn
