@@ -1,5 +1,5 @@
-"""Prometheus metrics: HTTP traffic, and experiments and runs by status read from
-the database at each scrape."""
+"""Prometheus metrics: HTTP traffic; experiments and runs by status, and the
+registered workers' slots and GPUs, read from the database at each scrape."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from fflab.db import Experiment, Run, get_sessionmaker
+from fflab.db import Experiment, Run, Worker, get_sessionmaker
 
 
 class DatabaseCollector(Collector):
@@ -20,6 +20,10 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         experiments = GaugeMetricFamily("fflab_experiments", "Experiments by status.", labels=["status"])
         runs = GaugeMetricFamily("fflab_runs", "Runs by status and queue.", labels=["status", "queue"])
+        slots = GaugeMetricFamily("fflab_worker_slots", "Runs a registered worker trains at once.",
+                                  labels=["worker", "hostname"])
+        gpus = GaugeMetricFamily("fflab_worker_gpu_memory_bytes", "Memory of each GPU a registered worker holds.",
+                                 labels=["worker", "hostname", "gpu", "name"])
         with get_sessionmaker(self.database_url)() as session:
             for status, count in session.execute(
                 select(Experiment.status, func.count(Experiment.id)).group_by(Experiment.status)
@@ -29,8 +33,17 @@ class DatabaseCollector(Collector):
                 select(Run.status, Run.queue, func.count(Run.id)).group_by(Run.status, Run.queue)
             ):
                 runs.add_metric([status, queue], count)
+            for name, hostname, slot_count, devices in session.execute(
+                select(Worker.name, Worker.hostname, Worker.slots, Worker.devices)
+            ):
+                slots.add_metric([name, hostname], slot_count)
+                for device in devices or []:
+                    gpus.add_metric([name, hostname, str(device.get("index")), str(device.get("name"))],
+                                    device.get("total_memory_bytes", 0))
         yield experiments
         yield runs
+        yield slots
+        yield gpus
 
 
 class Metrics:

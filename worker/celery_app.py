@@ -186,7 +186,8 @@ def _migrate_on_worker_start(sender, **_kwargs) -> None:
     ensure_sqlite_folders(get_settings())
     upgrade_database(get_settings().resolved_database_url)
     logging.getLogger("celery.app.trace").addFilter(RunOutcomeLogFilter())
-    start_presence(sender.hostname, sorted(sender.app.amqp.queues.consume_from))
+    start_presence(sender.hostname, sorted(sender.app.amqp.queues.consume_from),
+                   getattr(sender, "concurrency", None) or 1)
 
 
 @signals.worker_shutdown.connect

@@ -44,6 +44,7 @@ from fflab.processes import process_alive
 from fflab.settings import Settings, get_settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix, get_storage
+from worker import gpu_runs
 from worker.celery_app import (
     AGGREGATE_TASK,
     ANALYSIS_ID_PREFIX,
@@ -142,15 +143,17 @@ class WorkerPresence:
     workers of the same node name on this host whose process is gone (a worker
     killed and started again): their running runs are requeued at once."""
 
-    def __init__(self, settings: Settings, name: str, queues: list[str]):
-        self.settings, self.name, self.queues = settings, name, queues
+    def __init__(self, settings: Settings, name: str, queues: list[str], slots: int = 1):
+        self.settings, self.name, self.queues, self.slots = settings, name, queues, slots
+        self.devices = gpu_runs.worker_devices(settings, queues)
         self.id, self.hostname, self.pid = jobs.new_id(), socket.gethostname(), os.getpid()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="fflab-worker-heartbeat", daemon=True)
 
     def _register(self) -> None:
         with session_scope(database_url()) as session:
-            jobs.register_worker(session, self.id, self.name, self.hostname, self.pid, self.queues)
+            jobs.register_worker(session, self.id, self.name, self.hostname, self.pid, self.queues,
+                                 self.slots, self.devices)
 
     def start(self) -> None:
         with get_sessionmaker(database_url())() as session:  # forget_worker commits
@@ -184,9 +187,9 @@ class WorkerPresence:
 presence: WorkerPresence | None = None  # this worker process's (its pool children inherit it)
 
 
-def start_presence(name: str, queues: list[str]) -> None:
+def start_presence(name: str, queues: list[str], slots: int = 1) -> None:
     global presence
-    presence = WorkerPresence(get_settings(), name, queues)
+    presence = WorkerPresence(get_settings(), name, queues, slots)
     presence.start()
 
 
@@ -517,7 +520,13 @@ class AnalysisTask(RetryingTask):
 @app.task(name=RUN_TASK, bind=True, base=RunTask)
 def run_task(self, run_pk: int) -> str | None:
     """Returns how the run ended, as it was recorded (None when this delivery did
-    not hold the run to its end)."""
+    not hold the run to its end). A GPU run starts once its memory is admitted
+    (worker.gpu_runs)."""
+    with gpu_runs.admitted_run(get_settings(), run_pk, self.request.id, end_run, dispatch_or_leave_to_sweep) as go:
+        return claim_and_train(self, run_pk) if go else None
+
+
+def claim_and_train(self, run_pk: int) -> str | None:
     settings = get_settings()
     with session_scope(database_url()) as session:
         run = jobs.claim_run(session, settings, run_pk, self.request.id, presence.id if presence else None)
@@ -579,6 +588,10 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
         except TRANSIENT:
             raise
         except Exception as error:
+            if gpu_runs.is_out_of_memory(error):  # requeued with its reason, or failed after the last try
+                gpu_runs.requeue_out_of_memory(settings, run_pk, task_id, error)
+                dispatch_or_leave_to_sweep()
+                return None
             log.exception("run %s of experiment %s failed", key.run_id, experiment_id)
             end_run(run_pk, "failed", f"{type(error).__name__}: {error}", task_id)
             return None

@@ -19,6 +19,7 @@ import torch
 
 from fflab import analysis, figures, paper
 from fflab.data import N_CLASSES, load_split
+from fflab.gpu import describe_device
 from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
 from fflab.models.bpff import train_bpff
 from fflab.models.common import (
@@ -44,6 +45,7 @@ from fflab.results import (
     MethodComparison,
     PaperComparison,
     RunEnsembles,
+    RunDevice,
     RunMetrics,
     RunSharedUnits,
     RunWeightStats,
@@ -167,6 +169,7 @@ def train_and_evaluate(
         n_test=len(test),
         loss_history=history,
         device=str(device),
+        device_info=RunDevice(**describe_device(device).as_dict()),
         timings=Timings(train_seconds=train_seconds, evaluate_seconds=evaluate_seconds),
     )
     write_document(metrics, run_dir / "metrics.json")

@@ -224,6 +224,10 @@ class Worker(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int]
     queues: Mapped[str] = mapped_column(String(255))  # comma-separated queue names
+    # Runs it trains at once (its Celery concurrency), and the GPUs it holds
+    # (fflab.gpu.DeviceInfo.as_dict() each; empty for a CPU worker).
+    slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
