@@ -333,15 +333,19 @@ def per_model_times(runs: list[dict]) -> dict:
     return out
 
 
-def stage_paper_sweep(workdir: Path, limit_s: float, scale: Scale, gpus: list[int], runs_per_gpu: int) -> dict:
-    """The paper preset (at ``scale``) through a service of this machine's own."""
+def stage_paper_sweep(workdir: Path, limit_s: float, scale: Scale, gpus: list[int], runs_per_gpu: int,
+                      overrides: dict | None = None) -> dict:
+    """The paper preset (at ``scale``, with ``overrides`` of its spec) through a
+    service of this machine's own. Without ``gpus`` the runs go to the CPU worker
+    (a dry run of the orchestration on a machine without a GPU)."""
     import httpx
 
     from fflab.client import Client
 
     var = workdir / "service"
     port = free_port()
-    env = {**os.environ, "FFLAB_VAR_DIR": str(var), "FFLAB_API_PORT": str(port), "FFLAB_GPUS_AVAILABLE": "true",
+    env = {**os.environ, "FFLAB_VAR_DIR": str(var), "FFLAB_API_PORT": str(port),
+           "FFLAB_GPUS_AVAILABLE": "true" if gpus else "false",
            "FFLAB_RUNS_PER_GPU": str(runs_per_gpu), "FFLAB_DISPATCH_WINDOW": str(len(gpus) * runs_per_gpu + 2),
            "FFLAB_SWEEP_INTERVAL_S": "2", "FFLAB_PROGRESS_INTERVAL_S": "5", "FFLAB_WORKER_NICE": "0"}
     for name in ("FFLAB_DATABASE_URL", "FFLAB_BROKER_URL", "FFLAB_RESULT_BACKEND", "FFLAB_S3_BUCKET",
@@ -369,7 +373,8 @@ def stage_paper_sweep(workdir: Path, limit_s: float, scale: Scale, gpus: list[in
         result["readyz"] = httpx.get(f"{url}/readyz", timeout=10).json()
         result["service_start_s"] = round(time.monotonic() - started, 1)
         body = {"preset": "paper", "name": "gpu-check", "seeds": list(range(scale.seeds)),
-                "ff": {"epochs": scale.epochs}, "bpff": {"epochs": scale.epochs}, "device": "cuda"}
+                "ff": {"epochs": scale.epochs}, "bpff": {"epochs": scale.epochs},
+                "device": "cuda" if gpus else "cpu", **(overrides or {})}
         with Client(url, (var / "admin.key").read_text().strip(), timeout=60) as api, \
                 UtilisationSampler() as sampler:
             submitted = time.monotonic()
@@ -399,7 +404,7 @@ def stage_paper_sweep(workdir: Path, limit_s: float, scale: Scale, gpus: list[in
     finally:
         for process in processes.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                process.terminate()  # a warm shutdown; its group is killed if it hangs
         for process in processes.values():
             try:
                 process.wait(timeout=30)
