@@ -481,9 +481,9 @@ def test_ensemble_size_table_counts_a_class_without_images_as_missing_not_zero()
 
 
 def test_method2_upper_bound_follows_the_activation():
-    from fflab.models.common import ACTIVATION_UPPER_BOUNDS
+    from fflab.models.components import ACTIVATIONS
 
-    assert ACTIVATION_UPPER_BOUNDS == {"sigmoid": 1.0, "relu": None}
+    assert {name: a.upper_bound for name, a in ACTIVATIONS.items()} == {"sigmoid": 1.0, "relu": None}
     # ReLU activities above 1: with a bound of 1 the density of the top unit would be
     # divided by a window cut at 1 (floored at epsilon); without a bound it is not.
     mean = np.array([0.1, 0.1, 0.12, 0.11, 1.9, 2.0])

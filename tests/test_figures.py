@@ -10,6 +10,10 @@ import pytest
 from matplotlib.figure import Figure
 
 from fflab import figures as ff
+from fflab.data import DATASETS
+
+MNIST_CLASS_NAMES = list(DATASETS["mnist"].class_names)
+FASHION_MNIST_CLASS_NAMES = list(DATASETS["fashion_mnist"].class_names)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -68,7 +72,7 @@ def test_class_names():
     assert ff.class_names("mnist") == [str(i) for i in range(10)]
     assert ff.class_names("fashion_mnist")[0] == "T-shirt/top"
     assert ff.class_names("fashion_mnist")[-1] == "Ankle boot"
-    assert len(ff.FASHION_MNIST_CLASS_NAMES) == 10
+    assert len(FASHION_MNIST_CLASS_NAMES) == 10
     with pytest.raises(ValueError):
         ff.class_names("cifar10")
 
@@ -125,9 +129,9 @@ def test_figure1a_without_image(rng, tmp_path):
 
 def test_figure1b(rng, tmp_path):
     X, labels, ens = sparse_representations(rng, 300, 64)
-    fig = ff.figure1b_class_mean_activations(X, labels, ens, ff.MNIST_CLASS_NAMES)
+    fig = ff.figure1b_class_mean_activations(X, labels, ens, MNIST_CLASS_NAMES)
     check_saved(fig, tmp_path, "fig1b", n_axes=10)
-    for ax, name in zip(fig.axes, ff.MNIST_CLASS_NAMES):
+    for ax, name in zip(fig.axes, MNIST_CLASS_NAMES):
         check_labels(ax)
         assert ax.get_title() == name
     # second line of each subplot holds the ensemble dots
@@ -137,11 +141,11 @@ def test_figure1b(rng, tmp_path):
 
 def test_activation_map_large(rng, tmp_path):
     X, labels, _ = sparse_representations(rng, 2000, 784)
-    fig = ff.activation_map(X, labels, ff.FASHION_MNIST_CLASS_NAMES, layer=1)
+    fig = ff.activation_map(X, labels, FASHION_MNIST_CLASS_NAMES, layer=1)
     check_saved(fig, tmp_path, "activation_map", n_axes=2)  # map + colourbar
     ax = fig.axes[0]
     check_labels(ax)
-    assert [t.get_text() for t in ax.get_yticklabels()] == ff.FASHION_MNIST_CLASS_NAMES
+    assert [t.get_text() for t in ax.get_yticklabels()] == FASHION_MNIST_CLASS_NAMES
     # rows sorted by class
     shown = ax.images[0].get_array()
     np.testing.assert_allclose(shown, X[np.argsort(labels, kind="stable")])
@@ -167,12 +171,12 @@ def test_figure2(rng, tmp_path):
         "bpff": rng.integers(2, 10, size=(15, 10)),
         "bp": rng.integers(30, 80, size=(15, 10)),
     }
-    fig = ff.figure2_ensemble_sizes(sizes, ff.MNIST_CLASS_NAMES)
+    fig = ff.figure2_ensemble_sizes(sizes, MNIST_CLASS_NAMES)
     check_saved(fig, tmp_path, "fig2", n_axes=1)
     ax = fig.axes[0]
     check_labels(ax)
     assert ax.get_yscale() == "log"
-    assert [t.get_text() for t in ax.get_xticklabels()] == ff.MNIST_CLASS_NAMES
+    assert [t.get_text() for t in ax.get_xticklabels()] == MNIST_CLASS_NAMES
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["FF", "BP/FF", "BP"]
     assert len(ax.patches) == 30
     # bar tops are the means over seeds
@@ -196,7 +200,7 @@ def test_figure2_zeros_on_log_axis(tmp_path):
 
 def test_figure2_shape_mismatch():
     with pytest.raises(ValueError, match="sizes"):
-        ff.figure2_ensemble_sizes({"ff": np.ones((3, 4))}, ff.MNIST_CLASS_NAMES)
+        ff.figure2_ensemble_sizes({"ff": np.ones((3, 4))}, MNIST_CLASS_NAMES)
 
 
 # --------------------------------------------------------------------------
@@ -224,12 +228,12 @@ def test_figure3a_rejects_bad_units():
 def test_figure3b(rng, tmp_path):
     m = rng.integers(0, 4, size=(10, 10))
     m = m + m.T
-    fig = ff.figure3b_shared_units_matrix(m, ff.FASHION_MNIST_CLASS_NAMES)
+    fig = ff.figure3b_shared_units_matrix(m, FASHION_MNIST_CLASS_NAMES)
     check_saved(fig, tmp_path, "fig3b", n_axes=2)
     ax = fig.axes[0]
     check_labels(ax)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ff.FASHION_MNIST_CLASS_NAMES
-    assert [t.get_text() for t in ax.get_yticklabels()] == ff.FASHION_MNIST_CLASS_NAMES
+    assert [t.get_text() for t in ax.get_xticklabels()] == FASHION_MNIST_CLASS_NAMES
+    assert [t.get_text() for t in ax.get_yticklabels()] == FASHION_MNIST_CLASS_NAMES
     assert ax.get_xticklabels()[0].get_rotation() != 0
     assert len(ax.texts) == 100
     assert ax.texts[1].get_text() == str(m[0, 1])
@@ -382,7 +386,7 @@ def test_figures_in_threads(rng, tmp_path):
 
     def work(i):
         try:
-            fig = ff.activation_map(X, labels, ff.MNIST_CLASS_NAMES, layer=1)
+            fig = ff.activation_map(X, labels, MNIST_CLASS_NAMES, layer=1)
             ff.save_png(fig, tmp_path / f"thread{i}.png")
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)

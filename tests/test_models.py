@@ -278,21 +278,40 @@ def test_unknown_negative_label_draw_raises():
                  TrainingSpec(epochs=1, learning_rate=1e-2), torch.Generator(), "sometimes")
 
 
-def test_option_registries_and_the_spec_name_the_same_options():
+def test_the_spec_allows_exactly_the_registered_options():
     import typing
 
-    from fflab.models import common
+    from fflab.data import DATASETS
+    from fflab.models import MODELS, components
     from fflab.spec import ExperimentSpec, NetworkSpec
 
     def allowed(model, field):
-        return set(typing.get_args(model.model_fields[field].annotation))
+        annotation = model.model_fields[field].annotation
+        if typing.get_origin(annotation) is list:
+            (annotation,) = typing.get_args(annotation)
+        return set(typing.get_args(annotation))
 
-    assert allowed(NetworkSpec, "goodness") == set(common.GOODNESS)
-    assert allowed(NetworkSpec, "normalization") == set(common.NORMALIZATIONS)
-    assert allowed(NetworkSpec, "activation") == set(common.ACTIVATIONS) == set(common.ACTIVATION_UPPER_BOUNDS)
-    assert allowed(NetworkSpec, "label_value") == set(common.LABEL_VALUES)
-    assert allowed(ExperimentSpec, "prediction") == set(common.PREDICTION_RULES)
-    assert allowed(ExperimentSpec, "negative_labels") == set(common.NEGATIVE_LABEL_DRAWS)
+    assert allowed(NetworkSpec, "goodness") == set(components.GOODNESS)
+    assert allowed(NetworkSpec, "normalization") == set(components.NORMALIZATIONS)
+    assert allowed(NetworkSpec, "activation") == set(components.ACTIVATIONS)
+    assert allowed(NetworkSpec, "label_value") == set(components.LABEL_VALUES)
+    assert allowed(ExperimentSpec, "prediction") == set(components.PREDICTION_RULES)
+    assert allowed(ExperimentSpec, "negative_labels") == set(components.NEGATIVE_LABEL_DRAWS)
+    assert allowed(ExperimentSpec, "models") == set(MODELS)
+    assert allowed(ExperimentSpec, "datasets") == set(DATASETS)
+    assert set(MODELS) <= set(ExperimentSpec.model_fields)  # one training section per model type
+
+
+@pytest.mark.parametrize("registry, name", [
+    ("GOODNESS", "l_half"), ("NORMALIZATIONS", "max"), ("ACTIVATIONS", "tanh"),
+    ("LABEL_VALUES", "one"), ("PREDICTION_RULES", "vote"), ("NEGATIVE_LABEL_DRAWS", "never"),
+])
+def test_an_unknown_option_raises_naming_the_allowed_ones(registry, name):
+    from fflab.models import components
+
+    entries = getattr(components, registry)
+    with pytest.raises(ValueError, match=f"must be one of {', '.join(entries)}; got '{name}'"):
+        entries.lookup(name)
 
 
 def test_paper_preset_trains_the_unseen_class_on_fashion_mnist_only():

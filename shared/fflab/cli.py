@@ -94,12 +94,12 @@ def main() -> None:
 
 
 @main.command("fetch-data")
-@click.option("--dataset", "datasets", multiple=True, type=click.Choice(data.DATASETS),
+@click.option("--dataset", "datasets", multiple=True, type=click.Choice(list(data.DATASETS)),
               help="Data set to fetch (repeatable); default both.")
 def fetch_data_command(datasets: tuple[str, ...]) -> None:
     """Put MNIST and Fashion-MNIST into the data root ($FFLAB_DATA_ROOT, default ./data)."""
     try:
-        sources = data.fetch_data(datasets or data.DATASETS)
+        sources = data.fetch_data(datasets or tuple(data.DATASETS))
     except data.DataError as error:
         raise click.ClickException(str(error)) from None
     for dataset, source in sources.items():

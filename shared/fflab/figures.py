@@ -13,9 +13,9 @@ Conventions used throughout
   layer, ``labels`` an ``(N,)`` integer array with values in ``[0, C)``.
 * Sets of units (ensembles, Method 1 / Method 2 results) are 1-D arrays of
   unit indices; a boolean mask of length ``n`` is accepted too.
-* Model keys are ``"ff"``, ``"bpff"``, ``"bp"`` (displayed as FF, BP/FF, BP in
-  blue, red and green, as in Figure 7 of the paper).  Unknown keys are shown
-  verbatim with a fallback colour.
+* Model keys are those of fflab.models.MODELS, shown with their display names
+  and colours (FF, BP/FF, BP in blue, red and green, as in Figure 7 of the
+  paper).  Unknown keys are shown verbatim with a fallback colour.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from fflab.data import DATASETS
+from fflab.models import MODELS
+
 __all__ = [
-    "MNIST_CLASS_NAMES",
-    "FASHION_MNIST_CLASS_NAMES",
-    "MODEL_DISPLAY_NAMES",
-    "MODEL_COLORS",
     "class_names",
     "model_display_name",
     "model_color",
@@ -58,22 +57,6 @@ __all__ = [
 # Names and colours
 # --------------------------------------------------------------------------
 
-MNIST_CLASS_NAMES: list[str] = [str(i) for i in range(10)]
-FASHION_MNIST_CLASS_NAMES: list[str] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
-
-MODEL_DISPLAY_NAMES: dict[str, str] = {"ff": "FF", "bpff": "BP/FF", "bp": "BP"}
-MODEL_COLORS: dict[str, str] = {"ff": "tab:blue", "bpff": "tab:red", "bp": "tab:green"}
 _FALLBACK_COLORS = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
 ENSEMBLE_COLOR = "tab:blue"  # blue dots marking ensemble units (Figures 1B, 4B)
@@ -81,43 +64,39 @@ _PAD_COLOR = "#e8eef4"  # NaN padding cells of square grids
 
 
 def class_names(dataset: str) -> list[str]:
-    """Class names of ``"mnist"`` or ``"fashion_mnist"`` (a copy of the list).
+    """Class names of a data set of fflab.data.DATASETS (a copy of the list).
 
     Case and ``-``/``_`` are ignored (``"Fashion-MNIST"`` works).
     Raises ``ValueError`` for any other data set.
     """
     key = dataset.strip().lower().replace("-", "_")
-    if key == "mnist":
-        return list(MNIST_CLASS_NAMES)
-    if key in ("fashion_mnist", "fashionmnist"):
-        return list(FASHION_MNIST_CLASS_NAMES)
-    raise ValueError(f"dataset: unknown data set {dataset!r}; expected 'mnist' or 'fashion_mnist'")
+    key = {"fashionmnist": "fashion_mnist"}.get(key, key)
+    return list(DATASETS.lookup(key).class_names)
 
 
 def _model_key(model: str) -> str | None:
-    """Internal key for a model given as key or display name, else None."""
-    low = model.lower()
-    if low in MODEL_DISPLAY_NAMES:
-        return low
-    for key, display in MODEL_DISPLAY_NAMES.items():
-        if model == display:
+    """Registry key for a model given as key or display name, else None."""
+    if model.lower() in MODELS:
+        return model.lower()
+    for key, entry in MODELS.items():
+        if model == entry.display_name:
             return key
     return None
 
 
 def model_display_name(model: str) -> str:
-    """``"ff" -> "FF"``, ``"bpff" -> "BP/FF"``, ``"bp" -> "BP"``; others unchanged."""
+    """A model type's display name (``"bpff" -> "BP/FF"``); others unchanged."""
     key = _model_key(model)
-    return MODEL_DISPLAY_NAMES[key] if key else model
+    return MODELS[key].display_name if key else model
 
 
 def model_color(model: str, index: int = 0) -> str:
-    """Fixed colour of a model (FF blue, BP/FF red, BP green).
+    """A model type's fixed colour (fflab.models.MODELS: FF blue, BP/FF red, BP green).
 
     Unknown models get a fallback colour chosen by ``index``.
     """
     key = _model_key(model)
-    return MODEL_COLORS[key] if key else _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)]
+    return MODELS[key].colour if key else _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)]
 
 
 # --------------------------------------------------------------------------

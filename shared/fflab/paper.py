@@ -22,7 +22,8 @@ import numpy as np
 
 from fflab import analysis
 from fflab.results import CellComparison, PaperComparison, ProtocolDifference
-from fflab.spec import MODEL_NAMES, ExperimentSpec, build_spec
+from fflab.models import MODELS
+from fflab.spec import ExperimentSpec, build_spec
 
 # Settings the paper does not give: always listed with the experiment's value.
 OPEN_CHOICES = {
@@ -66,7 +67,7 @@ def protocol_differences(spec: ExperimentSpec, source: str = "") -> list[Protoco
         section = field.split(".")[0]
         if section in NOT_PROTOCOL:
             return False
-        return section not in MODEL_NAMES or section in spec.models  # a model's training section
+        return section not in MODELS or section in spec.models  # a model's training section
 
     differences = [
         ProtocolDifference(field=field, paper=paper_flat.get(field), experiment=value, source=source)

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fflab.spec import AnalysisSpec
+from fflab.spec import AnalysisSpec, DatasetName, ModelName
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -45,8 +45,8 @@ class Document(BaseModel):
 
 class RunIdentity(Document):
     run_id: str
-    model: Literal["ff", "bpff", "bp"]
-    dataset: Literal["mnist", "fashion_mnist"]
+    model: ModelName
+    dataset: DatasetName
     seed: int
     unseen_class: int | None = Field(None, description="Class left out of training, if any.")
 

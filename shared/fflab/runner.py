@@ -20,23 +20,17 @@ import torch
 from fflab import analysis, figures, paper
 from fflab.data import N_CLASSES, load_split
 from fflab.gpu import describe_device
-from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
-from fflab.models.bpff import train_bpff
+from fflab.models import MODELS
 from fflab.models.common import (
-    ACTIVATION_UPPER_BOUNDS,
-    CHECKPOINT_EVERY,
     Checkpoint,
-    GoodnessNetwork,
     ProgressCallback,
     StopCheck,
-    goodness_representations,
-    label_goodness,
+    TrainingJob,
     negative_classes_of,
-    predict_from_goodness,
     resolve_device,
     seed_everything,
 )
-from fflab.models.ff import train_ff
+from fflab.models.components import ACTIVATIONS
 from fflab.results import (
     EnsembleRecord,
     ExperimentResults,
@@ -99,7 +93,7 @@ def train_and_evaluate(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     checkpoint: Checkpoint | None = None,
-    checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_every: int | None = None,
 ) -> RunMetrics:
     """Train one run, evaluate it on the test set, and write its metrics,
     weights and representations into ``run_dir``.
@@ -112,38 +106,26 @@ def train_and_evaluate(
     train = load_split(key.dataset, True, spec.data.train_subset, excluded, seed=DATA_SEED)
     test = load_split(key.dataset, False, spec.data.test_subset, seed=DATA_SEED)
     generator = seed_everything(key.seed)
-    training = spec.training(key.model)
-    images, labels = train.images.to(device), train.labels.to(device)
-    negative_classes = negative_classes_for(spec, key, train.labels)
+    model = MODELS.lookup(key.model)
+    net = model.build(spec.network).to(device)
+    job = TrainingJob(
+        net=net, images=train.images.to(device), labels=train.labels.to(device),
+        training=spec.training(key.model), generator=generator, negative_labels=spec.negative_labels,
+        negative_classes=negative_classes_for(spec, key, train.labels), progress=progress,
+        should_stop=should_stop, checkpoint=checkpoint, checkpoint_every=checkpoint_every, tf32=spec.tf32,
+    )
 
     started = time.perf_counter()
-    if key.model == "bp":
-        net = BPClassifier(spec.network).to(device)
-        history = [train_bp(net, images, labels, training, generator, progress, should_stop,
-                            checkpoint=checkpoint, checkpoint_every=checkpoint_every)]
-    elif key.model == "ff":
-        net = GoodnessNetwork(spec.network).to(device)
-        history = train_ff(net, images, labels, training, generator, spec.negative_labels, progress,
-                           should_stop, checkpoint=checkpoint, negative_classes=negative_classes)
-    else:
-        net = GoodnessNetwork(spec.network).to(device)
-        history = [train_bpff(net, images, labels, training, generator, spec.negative_labels, progress,
-                              should_stop, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                              negative_classes=negative_classes)]
+    history = model.train(job)
     train_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     net.eval()
-    arrays: dict[str, np.ndarray] = {}
-    if key.model == "bp":
-        predictions, layers = bp_predict_and_represent(net, test.images)
-    else:
-        scores = label_goodness(net, test.images)
-        predictions = predict_from_goodness(scores, spec.prediction)
-        layers = goodness_representations(net, test.images, test.labels)
-        arrays["label_goodness"] = scores.numpy()
+    evaluation = model.evaluate(net, test.images, test.labels, spec)
+    predictions = evaluation.predictions
+    arrays = {name: array.numpy() for name, array in evaluation.arrays.items()}
     correct = (predictions == test.labels).numpy()
-    for index, layer in enumerate(layers, start=1):
+    for index, layer in enumerate(evaluation.layers, start=1):
         arrays[f"layer{index}"] = layer.numpy().astype(np.float32)
     run_dir.mkdir(parents=True, exist_ok=True)
     np.savez(
@@ -225,7 +207,7 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict:
     sparseness: list[LayerSparseness] = []
     unseen: list[UnseenClassSummary] = []
     n_images = {c: int((labels == c).sum()) for c in classes}
-    upper_bound = ACTIVATION_UPPER_BOUNDS[spec.network.activation]
+    upper_bound = ACTIVATIONS.lookup(spec.network.activation).upper_bound
 
     for layer in range(1, layer_count(stored) + 1):
         X = stored[f"layer{layer}"][keep]
@@ -382,7 +364,7 @@ def execute_run(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     checkpoint: Checkpoint | None = None,
-    checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_every: int | None = None,
 ) -> dict:
     """Train, evaluate and analyse one run; return its summary record. See
     ``train_and_evaluate`` for ``checkpoint``."""
@@ -420,7 +402,7 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
         return stored[f"layer{layer}"][keep], stored["labels"][keep], stored
 
     seed = spec.seeds[0]
-    upper_bound = ACTIVATION_UPPER_BOUNDS[spec.network.activation]
+    upper_bound = ACTIVATIONS.lookup(spec.network.activation).upper_bound
     main_model = "ff" if "ff" in spec.models else spec.models[0]
     main_dataset = _pick_dataset(spec, "mnist")
     main_key = RunKey(main_model, main_dataset, seed)
@@ -483,8 +465,9 @@ def write_figures(spec: ExperimentSpec, experiment_dir: Path, records: list[dict
     save(figures.figure3b_shared_units_matrix(matrix, shared_names), "figure3b")
 
     # Figure 4: the unseen class, Method 2, on Fashion-MNIST where available.
-    if spec.unseen_class is not None and "ff" in spec.models:
-        unseen_key = RunKey("ff", shared_dataset, seed, spec.unseen_class)
+    without_a_class = spec.models_without_a_class()
+    if spec.unseen_class is not None and without_a_class:
+        unseen_key = RunKey(without_a_class[0], shared_dataset, seed, spec.unseen_class)
         X, labels, _ = layer_view(unseen_key, 1)
         unseen_rows = X[labels == spec.unseen_class]
         result = analysis.method2_ensemble(

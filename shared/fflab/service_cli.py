@@ -26,6 +26,8 @@ import httpx
 from tqdm import tqdm
 
 from fflab.client import ApiError, Client, format_detail
+from fflab.data import DATASETS
+from fflab.models import MODELS
 from fflab.results import TABLES
 from fflab.settings import Settings, get_settings
 from fflab.spec import PRESETS
@@ -486,8 +488,8 @@ def register(cli: click.Group) -> None:
 
     @cli.command("ensembles")
     @click.argument("experiment_id")
-    @click.option("--model", type=click.Choice(["ff", "bpff", "bp"]), default=None)
-    @click.option("--dataset", type=click.Choice(["mnist", "fashion_mnist"]), default=None)
+    @click.option("--model", type=click.Choice(list(MODELS)), default=None)
+    @click.option("--dataset", type=click.Choice(list(DATASETS)), default=None)
     @click.option("--layer", type=int, default=None)
     @click.option("--class", "class_", type=click.IntRange(0, 9), default=None)
     @click.option("--method", type=click.Choice(["method1", "method2"]), default=None)

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FFLAB_", extra="ignore")
 
     var_dir: Path = Field(Path("var"), description="Home of the embedded defaults below.")
+    data_root: Path = Field(Path("data"), description="Where MNIST and Fashion-MNIST are (fflab fetch-data).")
     database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/fflab.db.")
     broker_url: str | None = Field(None, description="Default: sqla+sqlite:///<var_dir>/broker.db.")
     result_backend: str | None = Field(

@@ -11,15 +11,21 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from fflab.data import N_CLASSES
+from fflab.data import DATASETS, N_CLASSES
+from fflab.models import MODELS
+from fflab.models.components import (
+    ACTIVATIONS,
+    GOODNESS,
+    LABEL_VALUES,
+    NEGATIVE_LABEL_DRAWS,
+    NORMALIZATIONS,
+    PREDICTION_RULES,
+)
 
-ModelName = Literal["ff", "bpff", "bp"]
-DatasetName = Literal["mnist", "fashion_mnist"]
-MODEL_NAMES: tuple[str, ...] = ("ff", "bpff", "bp")
-DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion_mnist")
-MODEL_DISPLAY_NAMES = {"ff": "FF", "bpff": "BP/FF", "bp": "BP"}
+ModelName = MODELS.literal()
+DatasetName = DATASETS.literal()
 
 
 class StrictModel(BaseModel):
@@ -33,11 +39,11 @@ class StrictModel(BaseModel):
 class NetworkSpec(StrictModel):
     layers: int = Field(3, ge=1, le=8, description="Hidden layers (paper: 3).")
     width: int = Field(784, ge=4, le=8192, description="Units per hidden layer (paper: 784).")
-    activation: Literal["sigmoid", "relu"] = Field("sigmoid", description="Paper: sigmoid.")
-    goodness: Literal["l_inf", "l2", "l1", "mean_squares"] = Field(
+    activation: ACTIVATIONS.literal() = Field("sigmoid", description="Paper: sigmoid.")
+    goodness: GOODNESS.literal() = Field(
         "l_inf", description="Norm of a layer's output over its units (paper: l_inf, the max)."
     )
-    normalization: Literal["l_inf", "l2", "none"] = Field(
+    normalization: NORMALIZATIONS.literal() = Field(
         "l_inf", description="Normalisation of each layer's input (paper: l_inf)."
     )
     normalize_first_layer: bool = Field(
@@ -52,7 +58,7 @@ class NetworkSpec(StrictModel):
         description="Goodness threshold theta. The paper gives none; with sigmoid and l_inf "
         "goodness lies in (0, 1), so the code's 3 saturates; 0.5 trains well.",
     )
-    label_value: Literal["image_max", "batch_max"] = Field(
+    label_value: LABEL_VALUES.literal() = Field(
         "image_max",
         description="Value written in the label pixel: the image's maximum (paper) or the "
         "batch's maximum (code).",
@@ -105,32 +111,37 @@ class AnalysisSpec(StrictModel):
         return self
 
 
-class ExperimentSpec(StrictModel):
+class _ExperimentScope(StrictModel):
     name: str = Field(
         "experiment", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
     )
-    models: list[ModelName] = Field(["ff", "bpff", "bp"], min_length=1, max_length=3)
-    datasets: list[DatasetName] = Field(["mnist", "fashion_mnist"], min_length=1, max_length=2)
+    models: list[ModelName] = Field(list(MODELS), min_length=1, max_length=len(MODELS))
+    datasets: list[DatasetName] = Field(list(DATASETS), min_length=1, max_length=len(DATASETS))
     seeds: list[int] = Field(list(range(15)), min_length=1, max_length=100)
     network: NetworkSpec = NetworkSpec()
-    ff: TrainingSpec = Field(
-        TrainingSpec(epochs=1000, learning_rate=1e-2),
-        description="FF: each layer trained by full-batch Adam, 1000 epochs, lr 1e-2 (paper).",
-    )
-    bpff: TrainingSpec = Field(
-        TrainingSpec(epochs=1000, learning_rate=1e-2),
-        description="BP/FF: same configuration as FF, end to end (paper).",
-    )
-    bp: TrainingSpec = Field(
-        TrainingSpec(epochs=20, learning_rate=1e-2, batch_size=2048),
-        description="BP: Adam, 20 epochs, lr 1e-2 (paper); minibatch 2048 (code).",
-    )
-    negative_labels: Literal["fixed", "per_epoch"] = Field(
+
+
+# One training section per model type (``ff``, ``bpff``, ``bp``, ...), from fflab.models.MODELS.
+_ExperimentScopeAndTraining = create_model(
+    "_ExperimentScopeAndTraining",
+    __base__=_ExperimentScope,
+    **{
+        name: (TrainingSpec, Field(TrainingSpec(**model.training_defaults), description=model.description))
+        for name, model in MODELS.items()
+    },
+)
+
+
+class ExperimentSpec(_ExperimentScopeAndTraining):
+    """Every setting of an experiment. Besides the fields below, one training
+    section (``TrainingSpec``) per model type of fflab.models.MODELS, named after it."""
+
+    negative_labels: NEGATIVE_LABEL_DRAWS.literal() = Field(
         "fixed",
         description="One random wrong label per image, drawn once before training (code), "
         "or drawn again each epoch.",
     )
-    prediction: Literal["sum", "softmax_sum"] = Field(
+    prediction: PREDICTION_RULES.literal() = Field(
         "sum",
         description="Goodness prediction: argmax over labels of the goodness summed over "
         "layers (paper), or of per-layer softmaxes over labels summed (code).",
@@ -141,12 +152,12 @@ class ExperimentSpec(StrictModel):
         le=N_CLASSES - 1,
         description="Also train FF without this class, per data set and seed, for the "
         "unseen-class analysis (paper: class 0 of Fashion-MNIST); null = no such runs. "
-        "Only when models include ff.",
+        "Only when models include ff (the model types that train without a class).",
     )
     unseen_class_datasets: list[DatasetName] | None = Field(
         None,
         min_length=1,
-        max_length=2,
+        max_length=len(DATASETS),
         description="The data sets on which the unseen-class FF runs are trained; each must "
         "be among ``datasets``. null = as in the paper: Fashion-MNIST when it is among "
         "``datasets``, else every data set.",
@@ -162,6 +173,11 @@ class ExperimentSpec(StrictModel):
     data: DataSpec = DataSpec()
     analysis: AnalysisSpec = AnalysisSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    tf32: bool = Field(
+        False,
+        description="Let CUDA matrix products of the FF engine use TF32 (faster, less precise); "
+        "off until measured on a GPU (docs/benchmarks.md). No effect on the CPU.",
+    )
 
     @field_validator("models", "datasets", "seeds")
     @classmethod
@@ -172,7 +188,7 @@ class ExperimentSpec(StrictModel):
 
     @model_validator(mode="after")
     def _unseen_class_datasets_are_trained(self) -> ExperimentSpec:
-        if self.unseen_class is not None and "ff" in self.models and self.unseen_class_datasets:
+        if self.unseen_class is not None and self.models_without_a_class() and self.unseen_class_datasets:
             missing = [d for d in self.unseen_class_datasets if d not in self.datasets]
             if missing:
                 raise ValueError(
@@ -196,7 +212,12 @@ class ExperimentSpec(StrictModel):
         return ["fashion_mnist"] if "fashion_mnist" in self.datasets else list(self.datasets)
 
     def training(self, model: str) -> TrainingSpec:
-        return getattr(self, model)
+        """The training section of model type ``model``."""
+        return getattr(self, MODELS.lookup(model).name)
+
+    def models_without_a_class(self) -> list[str]:
+        """The models of the unseen-class runs (FF, as in the paper)."""
+        return [model for model in self.models if MODELS[model].trains_without_a_class]
 
     def runs(self) -> list[RunKey]:
         """One run per (data set, model, seed), then the unseen-class FF runs (one per
@@ -207,9 +228,10 @@ class ExperimentSpec(StrictModel):
             for model in self.models
             for seed in self.seeds
         ]
-        if self.unseen_class is not None and "ff" in self.models:
+        if self.unseen_class is not None:
             keys += [
-                RunKey("ff", dataset, seed, self.unseen_class)
+                RunKey(model, dataset, seed, self.unseen_class)
+                for model in self.models_without_a_class()
                 for dataset in self.datasets
                 if dataset in self.unseen_class_runs_on()
                 for seed in self.seeds
@@ -239,7 +261,7 @@ class RunKey:
         return cls(model, dataset, int(seed), int(unseen) if unseen else None)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+_PRESET_SETTINGS: dict[str, dict[str, Any]] = {
     "paper": {"name": "paper"},
     # Minutes on two CPU cores: MNIST only, seeds 0-2 (so every cell has a standard
     # error), a 10000-image training subset, and minibatches so that FF learns in 20
@@ -253,11 +275,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "datasets": ["mnist"],
         "seeds": [0, 1, 2],
         "network": {"normalize_first_layer": True, "threshold": 0.3},
-        "ff": {"epochs": 20, "learning_rate": 3e-3, "batch_size": 250},
-        "bpff": {"epochs": 20, "learning_rate": 3e-3, "batch_size": 1000},
-        "bp": {"epochs": 20, "learning_rate": 1e-2, "batch_size": 512},
         "data": {"train_subset": 10_000},
     },
+}
+# Each model type's training section of a preset is in its registry entry (fflab.models).
+PRESETS: dict[str, dict[str, Any]] = {
+    preset: settings | {name: model.training_presets[preset]
+                        for name, model in MODELS.items() if preset in model.training_presets}
+    for preset, settings in _PRESET_SETTINGS.items()
 }
 
 

@@ -1,8 +1,6 @@
 """Pure analysis of representations and weights (numpy only)."""
 
 from fflab.analysis.aggregate import (
-    DATASET_NAMES,
-    MODEL_NAMES,
     Table,
     accuracy_table,
     ensemble_size_table,
@@ -42,8 +40,6 @@ __all__ = [
     "CONSISTENT_WITHIN",
     "Verdict",
     "compare_estimates",
-    "DATASET_NAMES",
-    "MODEL_NAMES",
     "LinearFit",
     "MethodFits",
     "Method1Result",

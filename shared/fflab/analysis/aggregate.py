@@ -42,6 +42,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fflab.data import DATASETS
+from fflab.models import MODELS
+
 __all__ = [
     "Table",
     "mean_and_standard_error",
@@ -51,12 +54,7 @@ __all__ = [
     "sparseness_table",
     "shared_units_table",
     "unseen_activity_table",
-    "MODEL_NAMES",
-    "DATASET_NAMES",
 ]
-
-MODEL_NAMES = {"ff": "FF", "bpff": "BP/FF", "bp": "BP"}
-DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "FASHIONMNIST"}
 MEAN_SUFFIX = " mean"
 SE_SUFFIX = " se"
 
@@ -220,14 +218,14 @@ def _check_records(records: Sequence[dict[str, Any]], quantity: str) -> None:
         missing = [key for key in ("model", "dataset", "seed", quantity) if key not in record]
         if missing:
             raise ValueError(f"records[{index}] lacks the keys {missing}.")
-        if record["model"] not in MODEL_NAMES:
+        if record["model"] not in MODELS:
             raise ValueError(
-                f"records[{index}]['model'] must be one of {list(MODEL_NAMES)}; "
+                f"records[{index}]['model'] must be one of {list(MODELS)}; "
                 f"got {record['model']!r}."
             )
-        if record["dataset"] not in DATASET_NAMES:
+        if record["dataset"] not in DATASETS:
             raise ValueError(
-                f"records[{index}]['dataset'] must be one of {list(DATASET_NAMES)}; "
+                f"records[{index}]['dataset'] must be one of {list(DATASETS)}; "
                 f"got {record['dataset']!r}."
             )
         key = (record["model"], record["dataset"], record["seed"])
@@ -252,8 +250,8 @@ def _per_layer_values(record: dict[str, Any], key: str, index: int) -> list[Any]
 
 
 def _present(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    models = [m for m in MODEL_NAMES if any(r["model"] == m for r in records)]
-    datasets = [d for d in DATASET_NAMES if any(r["dataset"] == d for r in records)]
+    models = [m for m in MODELS if any(r["model"] == m for r in records)]
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in records)]
     return models, datasets
 
 
@@ -289,14 +287,14 @@ def _layered_table(
     columns = ["Model"]
     for dataset in datasets:
         for layer in range(n_layers):
-            label = f"{DATASET_NAMES[dataset]} Layer {layer + 1}"
+            label = f"{DATASETS[dataset].display_name} Layer {layer + 1}"
             columns += [label + MEAN_SUFFIX, label + SE_SUFFIX]
-        columns.append(f"{DATASET_NAMES[dataset]} runs")
+        columns.append(f"{DATASETS[dataset].display_name} runs")
         if count_label is not None:
-            columns.append(f"{DATASET_NAMES[dataset]} {count_label}")
+            columns.append(f"{DATASETS[dataset].display_name} {count_label}")
     rows = []
     for model in models:
-        row: list[Cell] = [MODEL_NAMES[model]]
+        row: list[Cell] = [MODELS[model].display_name]
         for dataset in datasets:
             group = [
                 v
@@ -341,11 +339,11 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> Table:
     models, datasets = _present(records)
     columns = ["Model"]
     for dataset in datasets:
-        label = DATASET_NAMES[dataset]
+        label = DATASETS[dataset].display_name
         columns += [label + MEAN_SUFFIX, label + SE_SUFFIX, f"{label} runs"]
     rows = []
     for model in models:
-        row: list[Cell] = [MODEL_NAMES[model]]
+        row: list[Cell] = [MODELS[model].display_name]
         for dataset in datasets:
             group = [
                 a
@@ -521,9 +519,9 @@ def unseen_activity_table(records: Sequence[dict[str, Any]]) -> Table:
     columns = ["Ensemble"]
     for dataset in datasets:
         for layer in range(n_layers):
-            label = f"{DATASET_NAMES[dataset]} Layer {layer + 1}"
+            label = f"{DATASETS[dataset].display_name} Layer {layer + 1}"
             columns += [label + MEAN_SUFFIX, label + SE_SUFFIX]
-        columns.append(f"{DATASET_NAMES[dataset]} runs")
+        columns.append(f"{DATASETS[dataset].display_name} runs")
     rows = []
     for which in ("unseen", "seen"):
         row: list[Cell] = [f"{which} class{'es' if which == 'seen' else ''}"]

@@ -3,24 +3,31 @@ by backpropagation (paper section 3.3). No label embedding, no normalisation."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fflab.data import N_CLASSES
 from fflab.models.common import (
-    CHECKPOINT_EVERY,
     Cancelled,
     Checkpoint,
+    Evaluation,
+    ModelType,
     ProgressCallback,
     StopCheck,
+    TrainingJob,
     TrainingProgress,
     activation_fn,
+    check_checkpoint_every,
     cpu_state,
     minibatches,
     resume_state,
 )
-from fflab.spec import NetworkSpec, TrainingSpec
+
+if TYPE_CHECKING:
+    from fflab.spec import ExperimentSpec, NetworkSpec, TrainingSpec
 
 
 class BPClassifier(nn.Module):
@@ -68,11 +75,12 @@ def train_bp(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     checkpoint: Checkpoint | None = None,
-    checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_every: int | None = None,
 ) -> list[float]:
     """Train ``net`` in place; returns the mean loss of each epoch. With a
     ``checkpoint``, the state is saved to it every ``checkpoint_every`` epochs (not
     after the last), and a run that finds one resumes from it."""
+    check_checkpoint_every(checkpoint, checkpoint_every)
     optimizer = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
     losses: list[float] = []
     state = resume_state(checkpoint, "bp")
@@ -104,3 +112,26 @@ def train_bp(
                 "losses": list(losses),
             })
     return losses
+
+
+def train(job: TrainingJob) -> list[list[float]]:
+    return [train_bp(job.net, job.images, job.labels, job.training, job.generator, job.progress,
+                     job.should_stop, job.checkpoint, job.checkpoint_every)]
+
+
+def evaluate(net: BPClassifier, images: torch.Tensor, labels: torch.Tensor, spec: ExperimentSpec) -> Evaluation:
+    predictions, layers = bp_predict_and_represent(net, images)
+    return Evaluation(predictions=predictions, layers=layers, arrays={})
+
+
+MODEL = ModelType(
+    name="bp",
+    display_name="BP",
+    colour="tab:green",
+    description="BP: Adam, 20 epochs, lr 1e-2 (paper); minibatch 2048 (code).",
+    training_defaults={"epochs": 20, "learning_rate": 1e-2, "batch_size": 2048},
+    training_presets={"quick": {"epochs": 20, "learning_rate": 1e-2, "batch_size": 512}},
+    build=BPClassifier,
+    train=train,
+    evaluate=evaluate,
+)

@@ -9,26 +9,33 @@ per layer as in FF.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from fflab.models.common import (
-    CHECKPOINT_EVERY,
     Cancelled,
     Checkpoint,
-    check_negative_labels,
     GoodnessNetwork,
+    ModelType,
     ProgressCallback,
     StopCheck,
+    TrainingJob,
     TrainingProgress,
+    check_checkpoint_every,
+    check_negative_labels,
     cpu_state,
     embed_labels,
+    evaluate_goodness_network,
     goodness_loss,
     minibatches,
     negative_classes_of,
     resume_state,
     wrong_labels,
 )
-from fflab.spec import TrainingSpec
+
+if TYPE_CHECKING:
+    from fflab.spec import TrainingSpec
 
 
 def train_bpff(
@@ -41,7 +48,7 @@ def train_bpff(
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     checkpoint: Checkpoint | None = None,
-    checkpoint_every: int = CHECKPOINT_EVERY,
+    checkpoint_every: int | None = None,
     negative_classes: torch.Tensor | None = None,
 ) -> list[float]:
     """Train ``net`` in place. images: (N, 784) on the net's device; labels: (N,).
@@ -54,6 +61,7 @@ def train_bpff(
     """
     spec = net.spec
     check_negative_labels(negative_labels)
+    check_checkpoint_every(checkpoint, checkpoint_every)
     classes = negative_classes_of(labels, negative_classes)
     positive = embed_labels(images, labels, spec.label_value)
 
@@ -100,3 +108,21 @@ def train_bpff(
                 "wrong_labels": wrong.cpu(), "losses": list(losses),
             })
     return losses
+
+
+def train(job: TrainingJob) -> list[list[float]]:
+    return [train_bpff(job.net, job.images, job.labels, job.training, job.generator, job.negative_labels,
+                       job.progress, job.should_stop, job.checkpoint, job.checkpoint_every, job.negative_classes)]
+
+
+MODEL = ModelType(
+    name="bpff",
+    display_name="BP/FF",
+    colour="tab:red",
+    description="BP/FF: same configuration as FF, end to end (paper).",
+    training_defaults={"epochs": 1000, "learning_rate": 1e-2, "batch_size": None},
+    training_presets={"quick": {"epochs": 20, "learning_rate": 3e-3, "batch_size": 1000}},
+    build=GoodnessNetwork,
+    train=train,
+    evaluate=evaluate_goodness_network,
+)

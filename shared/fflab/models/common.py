@@ -1,5 +1,7 @@
-"""What the three models share: label embedding, normalisation, goodness, the
-goodness network of FF and BP/FF, prediction by goodness, progress reporting."""
+"""What the model types share: the ``ModelType`` a model module registers, the
+``TrainingJob`` it trains from, label embedding, normalisation, goodness, the
+goodness network of FF and BP/FF, prediction by goodness, progress reporting and
+checkpoints."""
 
 from __future__ import annotations
 
@@ -7,14 +9,24 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fflab.data import N_CLASSES
-from fflab.spec import NetworkSpec
+from fflab.models.components import (
+    ACTIVATIONS,
+    GOODNESS,
+    LABEL_VALUES,
+    NEGATIVE_LABEL_DRAWS,
+    NORMALIZATIONS,
+    PREDICTION_RULES,
+)
+
+if TYPE_CHECKING:
+    from fflab.spec import ExperimentSpec, NetworkSpec, TrainingSpec
 
 LABEL_PIXELS = N_CLASSES  # the first row's first 10 pixels carry the label
 
@@ -40,8 +52,6 @@ class Cancelled(Exception):
 
 
 # ----------------------------------------------------------------- checkpoints
-
-CHECKPOINT_EVERY = 25  # epochs between checkpoints of BP/FF and BP (FF: after every layer)
 
 
 @runtime_checkable
@@ -77,6 +87,12 @@ class FileCheckpoint:
         os.replace(partial, self.path)
 
 
+def check_checkpoint_every(checkpoint: Checkpoint | None, checkpoint_every: int | None) -> None:
+    """Epoch-wise trainers need to know how often to save when given a checkpoint."""
+    if checkpoint is not None and (checkpoint_every is None or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be a positive number of epochs with a checkpoint; got {checkpoint_every!r}")
+
+
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the module's state on the CPU (what a checkpoint stores)."""
     return {name: t.detach().to("cpu", copy=True) for name, t in module.state_dict().items()}
@@ -98,6 +114,71 @@ def describe_resume_point(state: dict[str, Any]) -> str:
     if state.get("trainer") == "ff":
         return f"layer {state['layers_done'] + 1} ({state['layers_done']} layers done)"
     return f"epoch {state['epoch'] + 1} ({state['epoch']} epochs done)"
+
+
+# ----------------------------------------------------------------- model types
+
+
+@dataclass
+class TrainingJob:
+    """What a model type's ``train`` gets: the network to train in place, the
+    training images (N, 784) and labels (N,) on its device, the model's training
+    section of the spec, the data generator, how wrong labels are drawn and from
+    which classes (goodness models), the run's progress, stop check and
+    checkpoint (saved every ``checkpoint_every`` epochs by epoch-wise trainers),
+    and whether CUDA matrix products may use TF32 (the FF engine)."""
+
+    net: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    training: TrainingSpec
+    generator: torch.Generator
+    negative_labels: str = "fixed"
+    negative_classes: torch.Tensor | None = None
+    progress: ProgressCallback | None = None
+    should_stop: StopCheck | None = None
+    checkpoint: Checkpoint | None = None
+    checkpoint_every: int | None = None
+    tf32: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A trained network on the test images: (N,) predictions, the per-layer
+    (N, width) representations the analyses read, and any other (N, ...) arrays
+    to store beside them (``label_goodness`` for goodness models)."""
+
+    predictions: torch.Tensor
+    layers: list[torch.Tensor]
+    arrays: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One kind of model fflab trains: its registry entry (fflab.models.MODELS).
+
+    ``name`` is its key in specs, run ids and documents; ``display_name`` and
+    ``colour`` are how tables and figures show it. ``training_defaults`` is its
+    training section in the ``paper`` preset (the spec's defaults), described by
+    ``description``; ``training_presets`` overrides it per other preset.
+    ``build(network_spec)`` makes an untrained network, ``train(job)`` trains it
+    in place and returns the loss history (one list per trained stage: per layer
+    for FF, one for end-to-end training), ``evaluate(net, images, labels, spec)``
+    gives its ``Evaluation`` (labels: the true labels, which goodness models
+    embed to read their representations). ``trains_without_a_class``: the
+    unseen-class runs of an experiment are of this model (FF, as in the paper).
+    """
+
+    name: str
+    display_name: str
+    colour: str
+    description: str
+    training_defaults: dict[str, Any]
+    training_presets: dict[str, dict[str, Any]]
+    build: Callable[[NetworkSpec], nn.Module]
+    train: Callable[[TrainingJob], list[list[float]]]
+    evaluate: Callable[[nn.Module, torch.Tensor, torch.Tensor, ExperimentSpec], Evaluation]
+    trains_without_a_class: bool = False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -122,25 +203,14 @@ def embed_labels(images: torch.Tensor, labels: torch.Tensor, label_value: str) -
     the other nine get 0.
     """
     embedded = images.clone()
-    peak = lookup(LABEL_VALUES, label_value, "label_value")(images)
+    peak = LABEL_VALUES.lookup(label_value)(images)
     embedded[:, :LABEL_PIXELS] = 0.0
     embedded[torch.arange(images.shape[0]), labels] = peak
     return embedded
 
 
-LABEL_VALUES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "image_max": lambda images: images.amax(dim=1),
-    "batch_max": lambda images: images.amax().expand(images.shape[0]),
-}
-
-NEGATIVE_LABEL_DRAWS = ("fixed", "per_epoch")
-
-
 def check_negative_labels(negative_labels: str) -> str:
-    if negative_labels not in NEGATIVE_LABEL_DRAWS:
-        raise ValueError(
-            f"negative_labels must be one of {', '.join(NEGATIVE_LABEL_DRAWS)}; got {negative_labels!r}"
-        )
+    NEGATIVE_LABEL_DRAWS.lookup(negative_labels)
     return negative_labels
 
 
@@ -172,48 +242,15 @@ def negative_classes_of(labels: torch.Tensor, negative_classes: torch.Tensor | N
     return classes
 
 
-def lookup(registry: dict[str, Any], kind: str, what: str) -> Any:
-    """``registry[kind]``; an unknown kind raises ValueError naming what is allowed."""
-    try:
-        return registry[kind]
-    except (KeyError, TypeError):
-        raise ValueError(f"{what} must be one of {', '.join(registry)}; got {kind!r}") from None
-
-
-# Each registry below is the one list of its options; fflab.spec's Literal types
-# must name the same keys (a test checks).
-NORMALIZATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor | None]] = {
-    "l_inf": lambda x: x.abs().amax(dim=1, keepdim=True),
-    "l2": lambda x: x.norm(dim=1, keepdim=True),
-    "none": lambda x: None,
-}
-
-GOODNESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "l_inf": lambda h: h.amax(dim=1),
-    "l2": lambda h: h.norm(dim=1),
-    "l1": lambda h: h.abs().sum(dim=1),
-    "mean_squares": lambda h: h.pow(2).mean(dim=1),
-}
-
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sigmoid": torch.sigmoid,
-    "relu": torch.relu,
-}
-
-# The largest value each activation can take: Method 2's density correction
-# bound (None: unbounded).
-ACTIVATION_UPPER_BOUNDS: dict[str, float | None] = {"sigmoid": 1.0, "relu": None}
-
-
 def normalize(x: torch.Tensor, kind: str) -> torch.Tensor:
     """Scale each row to unit l_inf or l2 norm (``none``: unchanged). x: (N, d)."""
-    norm = lookup(NORMALIZATIONS, kind, "normalization")(x)
+    norm = NORMALIZATIONS.lookup(kind)(x)
     return x if norm is None else x / (norm + 1e-8)
 
 
 def goodness(h: torch.Tensor, kind: str) -> torch.Tensor:
     """Goodness of each row of a layer's output. h: (N, n) -> (N,)."""
-    return lookup(GOODNESS, kind, "goodness")(h)
+    return GOODNESS.lookup(kind)(h)
 
 
 def goodness_loss(positive: torch.Tensor, negative: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -222,7 +259,7 @@ def goodness_loss(positive: torch.Tensor, negative: torch.Tensor, threshold: flo
 
 
 def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lookup(ACTIVATIONS, name, "activation")
+    return ACTIVATIONS.lookup(name).fn
 
 
 class GoodnessNetwork(nn.Module):
@@ -297,13 +334,7 @@ def predict_from_goodness(scores: torch.Tensor, rule: str) -> torch.Tensor:
     ``sum``: argmax of the goodness summed over layers. ``softmax_sum``: softmax
     over labels within each layer, summed over layers, then argmax.
     """
-    return lookup(PREDICTION_RULES, rule, "prediction")(scores).argmax(dim=1)
-
-
-PREDICTION_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "sum": lambda scores: scores.sum(dim=2),
-    "softmax_sum": lambda scores: scores.softmax(dim=1).sum(dim=2),
-}
+    return PREDICTION_RULES.lookup(rule)(scores).argmax(dim=1)
 
 
 @torch.no_grad()
@@ -325,3 +356,15 @@ def minibatches(n: int, batch_size: int | None, generator: torch.Generator) -> l
     if batch_size is None or batch_size >= n:
         return [None]
     return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+def evaluate_goodness_network(net: GoodnessNetwork, images: torch.Tensor, labels: torch.Tensor,
+                              spec: ExperimentSpec) -> Evaluation:
+    """FF and BP/FF on the test set: prediction by goodness (``spec.prediction``),
+    representations with the true label embedded, and every label's goodness."""
+    scores = label_goodness(net, images)
+    return Evaluation(
+        predictions=predict_from_goodness(scores, spec.prediction),
+        layers=goodness_representations(net, images, labels),
+        arrays={"label_goodness": scores},
+    )

@@ -14,11 +14,23 @@ buffers (docs/benchmarks.md).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from fflab.models.common import Checkpoint, GoodnessNetwork, ProgressCallback, StopCheck
+from fflab.models.common import (
+    Checkpoint,
+    GoodnessNetwork,
+    ModelType,
+    ProgressCallback,
+    StopCheck,
+    TrainingJob,
+    evaluate_goodness_network,
+)
 from fflab.models.ff_engine import FFEngine
-from fflab.spec import TrainingSpec
+
+if TYPE_CHECKING:
+    from fflab.spec import TrainingSpec
 
 
 def train_ff(
@@ -32,6 +44,7 @@ def train_ff(
     should_stop: StopCheck | None = None,
     checkpoint: Checkpoint | None = None,
     negative_classes: torch.Tensor | None = None,
+    tf32: bool = False,
 ) -> list[list[float]]:
     """Train ``net`` in place, one layer after the other.
 
@@ -48,5 +61,26 @@ def train_ff(
     its last finished layer, with the same result as an uninterrupted run.
     """
     engine = FFEngine(net, images, labels, training, generator, negative_labels,
-                      negative_classes=negative_classes)
+                      negative_classes=negative_classes, tf32=tf32)
     return engine.train(progress, should_stop, checkpoint)
+
+
+def train(job: TrainingJob) -> list[list[float]]:
+    return train_ff(job.net, job.images, job.labels, job.training, job.generator, job.negative_labels,
+                    job.progress, job.should_stop, job.checkpoint, job.negative_classes, job.tf32)
+
+
+MODEL = ModelType(
+    name="ff",
+    display_name="FF",
+    colour="tab:blue",
+    description="FF: each layer trained by full-batch Adam, 1000 epochs, lr 1e-2 (paper).",
+    training_defaults={"epochs": 1000, "learning_rate": 1e-2, "batch_size": None},
+    # 800 Adam steps per layer (batches of 250 from 10000 images), near the paper's 1000:
+    # FF's inhibitory layer 2 forms with the number of steps (docs/science.md).
+    training_presets={"quick": {"epochs": 20, "learning_rate": 3e-3, "batch_size": 250}},
+    build=GoodnessNetwork,
+    train=train,
+    evaluate=evaluate_goodness_network,
+    trains_without_a_class=True,
+)

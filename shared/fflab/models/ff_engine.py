@@ -35,13 +35,15 @@ exploits the structure of the problem:
 
 The straightforward implementation the engine is tested and benchmarked
 against is ``benchmarks/reference.py``; results are in docs/benchmarks.md. On
-CUDA the matrix products may use TF32 (``FFLAB_TF32``, see ``tf32_default``).
+CUDA the matrix products may use TF32 (the spec's ``tf32``: off by default
+until its accuracy has been checked on a GPU, docs/benchmarks.md; never used
+on the CPU).
 """
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -65,18 +67,10 @@ from fflab.models.common import (
     resume_state,
     wrong_labels,
 )
-from fflab.spec import TrainingSpec
+from fflab.models.components import ACTIVATIONS
 
-MONOTONE_ACTIVATIONS = ("sigmoid", "relu")
-
-
-def tf32_default() -> bool:
-    """Whether CUDA matrix products use TF32: ``FFLAB_TF32=1`` turns it on.
-
-    Off by default until its accuracy has been checked on a GPU
-    (docs/benchmarks.md); never used on CPU.
-    """
-    return os.environ.get("FFLAB_TF32", "0").lower() in ("1", "true", "yes", "on")
+if TYPE_CHECKING:
+    from fflab.spec import TrainingSpec
 
 
 @contextmanager
@@ -134,19 +128,19 @@ class FFEngine:
         training: TrainingSpec,
         generator: torch.Generator,
         negative_labels: str = "fixed",
-        tf32: bool | None = None,
+        tf32: bool = False,
         negative_classes: torch.Tensor | None = None,
     ):
         spec = net.spec
         self.net, self.training, self.generator = net, training, generator
         self.negative_labels = check_negative_labels(negative_labels)
         self.device = images.device
-        self.tf32 = tf32_default() if tf32 is None else tf32
+        self.tf32 = tf32
         self.n = images.shape[0]
         self.labels = labels
         self.labels_cpu = labels.cpu()
         self.classes = negative_classes_of(self.labels_cpu, negative_classes)
-        self.fast = spec.goodness == "l_inf" and spec.activation in MONOTONE_ACTIVATIONS
+        self.fast = spec.goodness == "l_inf" and ACTIVATIONS.lookup(spec.activation).monotone
 
         full = training.batch_size is None or training.batch_size >= self.n
         self.rows = self.n if full else training.batch_size  # most rows of one step (per sign)
