@@ -9,7 +9,7 @@ N ?= 60000
 LOAD ?= embedded
 BUDGET ?= 600
 
-.PHONY: run test serve bench gpu-check load-bench reproduce data setup clean help
+.PHONY: run test serve bench gpu-check load-bench reproduce screenshots data setup clean help
 
 help:
 	@echo "make run    - run the quick preset (FF, BP/FF, BP on MNIST) and print where the results are"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench  - benchmark FF training (N=$(N) images; make bench N=20000 for a quick one)"
 	@echo "make gpu-check - prove the GPU path: cuda tests, bench, TF32 vs FP32, the paper sweep (BUDGET=$(BUDGET) s; skips without CUDA)"
 	@echo "make load-bench - 50 clients polling fflab serve while it trains (LOAD=stack: 200 on PostgreSQL + Redis)"
+	@echo "make screenshots - the web UI's pages at laptop and phone widths, into docs/img/ui-*.png (a browser test)"
 	@echo "make reproduce - the paper preset at this machine's scale, then fflab compare (hours; docs/reproduction.md)"
 
 setup: $(VENV)/.installed
@@ -51,6 +52,9 @@ gpu-check: setup data
 
 load-bench: setup data
 	$(BIN)/python -m benchmarks.load_bench --mode $(LOAD) --seconds 20
+
+screenshots: setup data
+	FFLAB_UI_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/python -m pytest tests/test_ui_browser.py -k embedded_default -q
 
 reproduce: setup data
 	benchmarks/reproduce_paper.sh results/reproduction

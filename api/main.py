@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import errors
+from api import errors, ui
 from api.inputs import RequestLineMiddleware, checked_json_body
 from api.logs import install_key_redaction
 from api.metrics import Metrics
@@ -20,7 +20,7 @@ from fflab.db.migrate import upgrade_database
 from fflab.jobs import dispatch
 from fflab.settings import Settings, get_settings
 from fflab.storage import get_storage
-from worker.celery_app import CeleryDispatcher, create_celery, ensure_sqlite_folders
+from worker.dispatch import CeleryDispatcher, create_celery, ensure_sqlite_folders
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(settings.resolved_database_url)
     for module in (health, users, admin, experiments, runs, results, analyses):
         app.include_router(module.router)
+    ui.install(app)  # the web UI under /ui
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestLineMiddleware)

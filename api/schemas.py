@@ -13,6 +13,7 @@ from fflab.spec import PRESETS, ExperimentSpec
 # "cancelling": experiments only, from their cancellation until their last running run stops.
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 Visibility = Literal["private", "lab"]
+Priority = Literal["low", "normal", "high"]  # fflab.scheduling.PRIORITIES
 
 
 class ExperimentSubmit(BaseModel):
@@ -31,6 +32,9 @@ class ExperimentSubmit(BaseModel):
 
     preset: str | None = Field(None, description="A preset name: quick or paper.")
     visibility: Visibility = Field("private", description="lab: every user may read it.")
+    priority: Priority = Field(
+        "normal", description="Goes ahead within the fair-share order (high counts its owner's usage at "
+                              "half, low at double); at most the owner's max_priority (403 above).")
 
     @model_validator(mode="after")
     def _preset_or_complete_spec(self) -> ExperimentSubmit:
@@ -96,7 +100,18 @@ class ExperimentSummary(BaseModel):
     timings: Timings
 
 
+class QueuePlace(BaseModel):
+    queue: str
+    position: int = Field(description="1: the next of the queue to start (or handed to a worker already).")
+    runs_ahead: int = Field(description="Waiting runs (of every user) that start before its next run.")
+    estimated_start: datetime | None = Field(
+        description="If nothing else is submitted: each busy slot frees after the queue's expected run "
+                    "length (median of recent runs). Null when no worker serves the queue.")
+
+
 class Experiment(ExperimentSummary):
+    priority: Priority
+    queue: QueuePlace | None = Field(None, description="While a run of it waits: where it stands.")
     spec: dict[str, Any]
 
 
@@ -133,6 +148,17 @@ class RunDetail(Run):
 
 class RunList(BaseModel):
     items: list[Run]
+
+
+class DocumentOut(BaseModel):
+    name: str = Field(description="A run document of fflab.pipeline.documents.RUN_DOCUMENTS.")
+    description: str
+    available: bool = Field(description="Whether the run has it (an analysed run has them all).")
+    url: str
+
+
+class DocumentList(BaseModel):
+    items: list[DocumentOut]
 
 
 class EnsemblesOut(BaseModel):
@@ -186,7 +212,54 @@ class UserOut(BaseModel):
     id: int
     name: str
     role: Literal["admin", "member"]
+    share_weight: float = Field(description="Fair share: the user's usage counts divided by this.")
+    max_priority: Priority = Field(description="The highest priority the user's experiments may ask for.")
     created_at: datetime
+
+
+class UserShareUpdate(BaseModel):
+    """What an admin sets of a user's fair share; fields left out are unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share_weight: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False)
+    max_priority: Priority | None = None
+
+
+class QueueUser(BaseModel):
+    name: str
+    share_weight: float
+    max_priority: Priority
+    usage_seconds: float = Field(description="Run-time on the queue, decayed with FFLAB_FAIR_SHARE_HALF_LIFE_S.")
+    share: float = Field(description="Its fraction of all users' usage.")
+    target_share: float = Field(description="Its weight over the weights of users with usage or waiting runs.")
+    running: int
+    waiting: int
+    oldest_wait_seconds: float | None
+
+
+class QueuedExperiment(BaseModel):
+    id: str
+    name: str
+    owner: str
+    priority: Priority
+    position: int
+    runs_waiting: int
+    estimated_start: datetime | None
+
+
+class QueueOut(BaseModel):
+    queue: str
+    slots: int = Field(description="Runs the live workers of this queue take at once.")
+    free_slots: int
+    running_cap: int = Field(description="Most runs one user may have running (FFLAB_MAX_RUNNING_FRACTION).")
+    expected_run_seconds: float
+    users: list[QueueUser]
+    experiments: list[QueuedExperiment] = Field(description="Active experiments with waiting runs, in queue order.")
+
+
+class QueuesOut(BaseModel):
+    queues: list[QueueOut]
 
 
 class UserCreate(BaseModel):

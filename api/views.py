@@ -7,10 +7,12 @@ from datetime import datetime
 
 from fastapi import Request
 from sqlalchemy import func, select
-from sqlalchemy.orm import load_only, object_session
+from sqlalchemy.orm import Session, load_only, object_session
 
 from api import schemas
+from fflab import queueing
 from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, Run, utcnow
+from fflab.settings import Settings
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -73,7 +75,43 @@ def experiment_detail(request: Request, experiment: Experiment) -> schemas.Exper
         select(Run).options(load_only(Run.run_id, Run.model, Run.progress, Run.status, Run.heartbeat_at))
         .where(Run.experiment_id == experiment.id, Run.status == "running").order_by(Run.id)
     ))
-    return schemas.Experiment(**experiment_summary(request, experiment, counts, running), spec=experiment.spec)
+    place = None
+    if counts.get("queued"):  # where its next run stands in the fair-share order
+        snapshot = queueing.read_queues(session, request.app.state.settings)  # type: ignore[arg-type]
+        found = queueing.experiment_places(snapshot).get(experiment.id)
+        place = schemas.QueuePlace(**vars(found)) if found else None
+    return schemas.Experiment(**experiment_summary(request, experiment, counts, running),
+                              priority=experiment.priority, queue=place, spec=experiment.spec)
+
+
+def queues_out(session: Session, settings: Settings) -> schemas.QueuesOut:
+    """Every queue: its slots, each user's usage and share, and the active experiments
+    with waiting runs in the order they would start."""
+    snapshot = queueing.read_queues(session, settings)
+    places = queueing.experiment_places(snapshot)
+    waiting = Counter(experiment_id for experiment_id in snapshot.experiment_of.values())
+    experiments = {e.id: e for e in session.scalars(select(Experiment).where(Experiment.id.in_(list(places))))}
+    free = snapshot.free()
+    out = []
+    for name, state in snapshot.queues.items():
+        listed = sorted((place.position, experiment_id) for experiment_id, place in places.items()
+                        if place.queue == name and experiment_id in experiments)
+        out.append(schemas.QueueOut(
+            queue=name, slots=state.slots, free_slots=free.get(name, 0), running_cap=state.cap,
+            expected_run_seconds=round(state.charge_s, 3),
+            users=[schemas.QueueUser(name=share.name, share_weight=share.weight, max_priority=share.max_priority,
+                                     usage_seconds=share.usage_s, share=share.share, target_share=share.target,
+                                     running=share.running, waiting=share.waiting,
+                                     oldest_wait_seconds=share.oldest_wait_s)
+                   for share in queueing.user_shares(snapshot, name)],
+            experiments=[schemas.QueuedExperiment(
+                id=experiment_id, name=experiments[experiment_id].name,
+                owner=experiments[experiment_id].owner.name, priority=experiments[experiment_id].priority,
+                position=position, runs_waiting=waiting[experiment_id],
+                estimated_start=places[experiment_id].estimated_start)
+                for position, experiment_id in listed],
+        ))
+    return schemas.QueuesOut(queues=out)
 
 
 def run_out(run: Run) -> schemas.Run:

@@ -9,13 +9,13 @@ Stages, in order, each in a process of its own with a time limit:
 2. ``bench``: ``benchmarks.ff_bench --device cuda --n 60000``, the engine against
    the reference and the roofline (``make bench`` on the GPU).
 3. ``tf32``: one FF run of the paper's schedule (MNIST, N=60000, full batch)
-   with FP32 and with TF32 products, from the same seed, through the product's
-   runner: accuracy, ensemble sizes and the fraction of positive weights side by
+   with FP32 and with TF32 products (the spec's ``tf32``), from the same seed,
+   through the product's pipeline (fflab.pipeline.experiment.execute_run): accuracy, ensemble sizes and the fraction of positive weights side by
    side, and a verdict (``tf32_verdict``).
 4. ``paper_sweep``: the ``paper`` preset (90 runs and the unseen-class runs)
    through the service: ``fflab serve --no-worker``, one ``fflab worker --gpu N``
-   per visible GPU (FFLAB_RUNS_PER_GPU runs each) and a CPU worker for the
-   aggregation, on the embedded defaults in a temporary folder; timed from
+   per visible GPU (FFLAB_RUNS_PER_GPU runs each: its slots in fair-share
+   dispatch, which hands it no more) and a CPU worker for the aggregation, on the embedded defaults in a temporary folder; timed from
    submission to the end, with per-model times from the runs' metrics and GPU
    utilisation sampled with nvidia-smi.
 
@@ -147,7 +147,7 @@ def _layer_means(sizes: list[list[int | None]]) -> list[float | None]:
 
 def tf32_verdict(fp32: dict, tf32: dict, accuracy_tolerance: float = 0.005, fraction_tolerance: float = 0.01,
                  ensemble_tolerance: float = 0.15, min_speedup: float = 1.1) -> dict:
-    """Compare two runs' summary records (fflab.runner.run_record) from the same
+    """Compare two runs' summary records (fflab.pipeline.paper_analyses.run_record) from the same
     seed, FP32 and TF32 products. TF32 is recommended when the test accuracy moves
     by at most ``accuracy_tolerance``, every layer's fraction of positive weights
     by at most ``fraction_tolerance``, every layer's mean Method 1 ensemble size
@@ -239,18 +239,16 @@ def tf32_child(epochs: int, out: Path) -> None:
     """Stage 3's body, in its own process: the same FF run with FP32 and TF32."""
     import torch
 
-    from fflab.runner import execute_run
+    from fflab.pipeline.experiment import execute_run
     from fflab.spec import RunKey, build_spec
 
-    spec = build_spec("paper", {"seeds": [0], "ff": {"epochs": epochs}, "device": "cuda"})
     key = RunKey("ff", "mnist", 0)
     records = {}
     with tempfile.TemporaryDirectory(prefix="fflab-tf32-") as tmp:
-        for name, flag in (("fp32", "0"), ("tf32", "1")):
-            os.environ["FFLAB_TF32"] = flag  # read by the engine as it starts (fflab.models.ff_engine)
+        for name, tf32 in (("fp32", False), ("tf32", True)):
+            spec = build_spec("paper", {"seeds": [0], "ff": {"epochs": epochs}, "device": "cuda", "tf32": tf32})
             torch.cuda.synchronize()
             records[name] = execute_run(spec, key, Path(tmp) / name)
-    os.environ.pop("FFLAB_TF32", None)
     keep = ("accuracy", "fraction_positive_weights", "ensemble_sizes_method1", "ensemble_sizes_method2",
             "train_seconds", "mean_shared_units")
     out.write_text(json.dumps({
@@ -346,7 +344,7 @@ def stage_paper_sweep(workdir: Path, limit_s: float, scale: Scale, gpus: list[in
     port = free_port()
     env = {**os.environ, "FFLAB_VAR_DIR": str(var), "FFLAB_API_PORT": str(port),
            "FFLAB_GPUS_AVAILABLE": "true" if gpus else "false",
-           "FFLAB_RUNS_PER_GPU": str(runs_per_gpu), "FFLAB_DISPATCH_WINDOW": str(len(gpus) * runs_per_gpu + 2),
+           "FFLAB_RUNS_PER_GPU": str(runs_per_gpu),
            "FFLAB_SWEEP_INTERVAL_S": "2", "FFLAB_PROGRESS_INTERVAL_S": "5", "FFLAB_WORKER_NICE": "0"}
     for name in ("FFLAB_DATABASE_URL", "FFLAB_BROKER_URL", "FFLAB_RESULT_BACKEND", "FFLAB_S3_BUCKET",
                  "FFLAB_API_URL", "FFLAB_API_KEY", "CUDA_VISIBLE_DEVICES"):
@@ -451,7 +449,7 @@ def cuda_device() -> dict | None:
 
     if not torch.cuda.is_available():
         return None
-    from fflab.gpu import describe_device
+    from fflab.devices import describe_device
 
     return {**describe_device(torch.device("cuda", 0)).as_dict(), "count": torch.cuda.device_count(),
             "torch": torch.__version__, "cuda": torch.version.cuda}

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from fflab import analysis
-from fflab.cli import parse_overrides
+from fflab.cli.options import parse_overrides
 from fflab.data import load_split
 from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
 from fflab.models.common import (

@@ -84,7 +84,7 @@ def stack(data_root: Path, pg_database, moto_s3: str, tmp_path_factory: pytest.T
     values = dict(
         var_dir=str(var_dir), database_url=database_url, broker_url=broker_url, result_backend=broker_url,
         s3_bucket=bucket, s3_endpoint_url=moto_s3, s3_access_key_id="testing", s3_secret_access_key="testing",
-        queue_prefix=prefix, max_active_runs_per_user="16", max_body_bytes="20000", progress_interval_s="0.2",
+        queue_prefix=prefix, max_queued_runs_per_user="16", max_body_bytes="20000", progress_interval_s="0.2",
         stop_check_interval_s="0.2", api_port=str(port),
     )
     env = base_env(**values)

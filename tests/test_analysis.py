@@ -610,3 +610,19 @@ def test_protocol_differences_name_every_departure_from_the_paper():
     assert paper.protocol_differences(bp_only) == []
     fields = {d.field for d in paper.protocol_differences(build_spec("paper", {"bp": {"epochs": 3}}))}
     assert fields == {"bp.epochs"}
+
+
+def test_dominance_counts_the_winning_units():
+    """Hand-built: unit 2 wins images 0-2, unit 0 image 3, unit 4 nothing; ties go to the lowest unit."""
+    from fflab.pipeline.dominance import winner_counts
+
+    X = np.array([
+        [0.1, 0.2, 0.9, 0.0, 0.3],
+        [0.0, 0.0, 0.5, 0.1, 0.4],
+        [0.3, 0.3, 0.6, 0.6, 0.0],  # a tie between units 2 and 3
+        [0.8, 0.1, 0.2, 0.0, 0.7],
+    ])
+    assert winner_counts(X).tolist() == [1, 0, 3, 0, 0]
+    assert winner_counts(np.zeros((0, 3))).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="2-D"):
+        winner_counts(np.zeros(3))

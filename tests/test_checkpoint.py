@@ -179,12 +179,12 @@ def test_resumed_ff_general_path_equals_uninterrupted_run(mnist, tmp_path, negat
 
 
 def test_worker_checkpoint_is_kept_in_artifact_storage(tmp_path):
-    """worker.tasks.StoredCheckpoint: every save lands in storage under the run's key;
+    """worker.run_support.StoredCheckpoint: every save lands in storage under the run's key;
     a new delivery (another folder, another machine) fetches it and says it resumed;
     storage failures never fail training."""
     from fflab.spec import RunKey
     from fflab.storage import LocalStorage, StorageError
-    from worker.tasks import ProgressWriter, StoredCheckpoint, checkpoint_key
+    from worker.run_support import ProgressWriter, StoredCheckpoint, checkpoint_key
 
     storage = LocalStorage(tmp_path / "artifacts")
     key = RunKey("ff", "mnist", 0)
@@ -194,7 +194,7 @@ def test_worker_checkpoint_is_kept_in_artifact_storage(tmp_path):
     assert checkpoint_key("e1", key.run_id) == f"experiments/e1/runs/{key.run_id}/checkpoint.pt"
     assert storage.exists(checkpoint_key("e1", key.run_id))
 
-    progress = ProgressWriter(1, 1.0)
+    progress = ProgressWriter("sqlite://", 1, 1.0)
     second = StoredCheckpoint(storage, "e1", key, tmp_path / "two" / "checkpoint.pt", progress)
     assert second.fetch()
     assert second.load() == {"trainer": "ff", "layers_done": 1}

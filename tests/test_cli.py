@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 
 from fflab import results
+from fflab.pipeline import documents
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = [
@@ -55,7 +56,7 @@ def test_every_json_file_matches_its_schema(experiment):
         for name in ("metrics", "ensembles", "shared_units", "weight_stats"):
             document = json.loads((run_dir / f"{name}.json").read_text())
             jsonschema.validate(document, schema(name))
-            assert document["schema_version"] == results.DOCUMENTS[name].model_fields["schema_version"].default
+            assert document["schema_version"] == documents.DOCUMENTS[name].model_fields["schema_version"].default
     jsonschema.validate(json.loads((experiment / "results.json").read_text()), schema("results"))
     jsonschema.validate(
         json.loads((experiment / "tables" / "paper_comparison.json").read_text()), schema("paper_comparison")
@@ -158,6 +159,6 @@ def test_analyse_refuses_a_folder_that_is_not_a_results_folder(tmp_path):
 
 
 def test_committed_schemas_match_the_documents():
-    for name in results.DOCUMENTS:
+    for name in documents.DOCUMENTS:
         committed = json.loads((results.SCHEMA_DIR / f"{name}.schema.json").read_text())
-        assert committed == results.json_schema(name), f"run `fflab schemas --write` ({name})"
+        assert committed == documents.json_schema(name), f"run `fflab schemas --write` ({name})"

@@ -1,4 +1,4 @@
-"""GPUs (fflab.gpu, worker.gpu_runs): the per-run memory estimate against memory
+"""GPUs (fflab.devices, fflab.gpu, worker.gpu_runs): the per-run memory estimate against memory
 measured while training, the admission rule and the shared ledger on a simulated
 memory budget, admission and the out-of-memory requeue through a real worker
 task and database, the devices runs and workers report, and `make gpu-check`'s
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fflab import gpu, jobs
+from fflab import devices, gpu, jobs
 from fflab.db import Run, get_sessionmaker, session_scope
 from fflab.gpu import GIB, DeviceLedger, admission_decision
 from fflab.spec import RunKey, build_spec
@@ -45,10 +45,10 @@ def test_nvidia_smi_rows_parse_and_broken_rows_are_left_out():
 
 
 def test_gpu_indices_follow_cuda_visible_devices():
-    assert gpu.physical_gpu_index(0, "3") == 3
-    assert gpu.physical_gpu_index(1, "3,5") == 5
-    assert gpu.physical_gpu_index(0, "GPU-8f1c") == 0  # named by UUID: the logical index
-    assert gpu.physical_gpu_index(2, "") == 2
+    assert devices.physical_gpu_index(0, "3") == 3
+    assert devices.physical_gpu_index(1, "3,5") == 5
+    assert devices.physical_gpu_index(0, "GPU-8f1c") == 0  # named by UUID: the logical index
+    assert devices.physical_gpu_index(2, "") == 2
     assert gpu.visible_gpu_ids("") == [] and gpu.visible_gpu_ids("1, 2") == ["1", "2"]
 
 
@@ -59,7 +59,7 @@ def test_no_gpu_here_means_none_reported():
 
 
 def test_a_cpu_run_records_its_device():
-    info = gpu.describe_device(torch.device("cpu"))
+    info = devices.describe_device(torch.device("cpu"))
     assert info.kind == "cpu" and info.index is None and info.name
     assert info.total_memory_bytes > 2**30  # the machine's RAM
 
@@ -75,8 +75,18 @@ def test_memory_parts_of_a_hand_sized_ff_run():
     parts = gpu.run_memory_parts("ff", n_train=100, n_test=50, width=10, layers=2, batch_size=None)
     assert parts == {"data": 4 * 78_600, "parameters": 4 * 4 * 7_960, "training": 4 * 241_200,
                      "evaluation": 4 * 197_000}
-    with pytest.raises(ValueError, match="model must be one of"):
+    with pytest.raises(ValueError, match="model must be one of ff, bpff, bp, symba"):
         gpu.run_memory_parts("svm", 100, 50, 10, 2, None)
+
+
+def test_every_model_type_has_a_memory_estimate():
+    """Admission estimates every run a GPU worker may get: a model type added to
+    fflab.models.MODELS needs its line in run_memory_parts (this fails until then)."""
+    from fflab.models import MODELS
+
+    assert set(MODELS) == set(gpu.MEMORY_MODELS)
+    for model in MODELS:
+        assert gpu.estimate_run_memory(build_spec("paper", {"models": [model]}), RunKey(model, "mnist", 0)) > 0
 
 
 def test_the_estimate_follows_the_spec():
@@ -97,6 +107,7 @@ from fflab.models.bp import BPClassifier, train_bp
 from fflab.models.bpff import train_bpff
 from fflab.models.common import GoodnessNetwork
 from fflab.models.ff import train_ff
+from fflab.models.symba import train_symba
 from fflab.spec import NetworkSpec, TrainingSpec
 model, n, batch = sys.argv[1], int(sys.argv[2]), (None if sys.argv[3] == "none" else int(sys.argv[3]))
 torch.set_num_threads(1)
@@ -109,7 +120,7 @@ def train(n):
     images, labels = torch.rand(n, 784, generator=g), torch.arange(n) % 10
     net = (BPClassifier if model == "bp" else GoodnessNetwork)(NetworkSpec())
     training = TrainingSpec(epochs=1, learning_rate=1e-2, batch_size=batch if batch is None else min(batch, n))
-    trainer = {"ff": train_ff, "bpff": train_bpff, "bp": train_bp}[model]
+    trainer = {"ff": train_ff, "bpff": train_bpff, "bp": train_bp, "symba": train_symba}[model]
     open("/proc/self/clear_refs", "w").write("5")  # the peak restarts from here
     before = rss("VmRSS:")
     trainer(net, images, labels, training, g)
@@ -120,7 +131,7 @@ print(json.dumps({"peak_above_data": train(n)}))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "batch"), [("ff", None), ("bpff", None), ("bp", 512)])
+@pytest.mark.parametrize(("model", "batch"), [("ff", None), ("bpff", None), ("bp", 512), ("symba", None)])
 def test_the_estimate_covers_the_memory_training_takes(model, batch):
     """Train one epoch of the paper's network (784 x 3) on N=4000 images on the CPU,
     where the same tensors are allocated as on a GPU, in a fresh process, and
@@ -233,7 +244,8 @@ def test_processes_sharing_a_gpu_never_over_admit(tmp_path):
 
 @pytest.fixture()
 def queued_runs(worker_env):
-    """Three runs of a tiny BP experiment, each handed to the (recording) broker."""
+    """Three runs of a tiny BP experiment, each handed to the (recording) broker by
+    fair-share dispatch: a worker of three slots is registered."""
     from fflab import accounts
     from service_helpers import TINY
 
@@ -244,7 +256,9 @@ def queued_runs(worker_env):
         user = accounts.create_user(session, "alice")
         jobs.create_experiment(session, settings, user, spec, "private")
     with get_sessionmaker(settings.resolved_database_url)() as session:
-        jobs.dispatch(session, settings.model_copy(update={"dispatch_window": 10}), dispatcher)
+        jobs.register_worker(session, "pool", "pool@test", "test", 1, ["cpu"], concurrency=3)
+        jobs.dispatch(session, settings, dispatcher)
+    assert len(dispatcher.runs) == 3
     return tasks, settings, dispatcher, spec
 
 
@@ -305,10 +319,10 @@ def test_a_run_out_of_gpu_memory_is_requeued_then_succeeds(queued_runs, monkeypa
     to the queue with the reason, is sent again and succeeds on its next delivery
     (recording the device it trained on). A run out of memory on every try fails
     after FFLAB_TASK_MAX_ATTEMPTS, naming the reason."""
-    from fflab import runner
+    from fflab.pipeline import experiment as experiment_pipeline
 
     tasks, settings, dispatcher, _ = queued_runs
-    real_execute = runner.execute_run
+    real_execute = experiment_pipeline.execute_run
     tries: dict[int, int] = {}
 
     def execute(spec, key, run_dir, **kwargs):
@@ -318,7 +332,7 @@ def test_a_run_out_of_gpu_memory_is_requeued_then_succeeds(queued_runs, monkeypa
                                               "total capacity)")
         return real_execute(spec, key, run_dir, **kwargs)
 
-    monkeypatch.setattr(runner, "execute_run", execute)
+    monkeypatch.setattr(experiment_pipeline, "execute_run", execute)
     first, _, task_id = dispatcher.runs[0]
     run_as_worker(tasks.run_task, first, task_id)
     row = run_row(settings, first)
@@ -348,7 +362,7 @@ def test_readyz_and_metrics_show_the_gpus_workers_hold(worker_env):
     _, settings, _ = worker_env
     h100 = gpu.parse_nvidia_smi(SMI)[0].device_info().as_dict()
     with session_scope(settings.resolved_database_url) as session:
-        jobs.register_worker(session, "w1", "fflab-gpu0@lab", "lab", 4242, ["gpu"], slots=4, devices=[h100])
+        jobs.register_worker(session, "w1", "fflab-gpu0@lab", "lab", 4242, ["gpu"], concurrency=4, devices=[h100])
         jobs.register_worker(session, "w2", "fflab-cpu@lab", "lab", 4243, ["cpu"])
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz").json()
@@ -416,7 +430,7 @@ def test_gpu_check_without_cuda_skips_cleanly(tmp_path):
 
 @pytest.mark.cuda
 @skip_without_cuda
-@pytest.mark.parametrize("model", ["ff", "bpff", "bp"])
+@pytest.mark.parametrize("model", ["ff", "bpff", "bp", "symba"])
 def test_the_estimate_covers_what_a_paper_run_allocates_on_cuda(model):
     """One epoch of a paper-sized run (N=60000, 784 x 3) on the GPU: the most its
     tensors took (torch.cuda.max_memory_reserved) is within the estimate without
@@ -425,9 +439,10 @@ def test_the_estimate_covers_what_a_paper_run_allocates_on_cuda(model):
     from fflab.models.bpff import train_bpff
     from fflab.models.common import GoodnessNetwork
     from fflab.models.ff import train_ff
+    from fflab.models.symba import train_symba
     from fflab.spec import NetworkSpec, TrainingSpec
 
-    spec = build_spec("paper")
+    spec = build_spec("paper", {"models": [model]})
     n = 60_000
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(n, 784, generator=generator).cuda()
@@ -438,7 +453,8 @@ def test_the_estimate_covers_what_a_paper_run_allocates_on_cuda(model):
     training = spec.training(model).model_copy(update={"epochs": 1})
     {"ff": lambda: train_ff(net, images, labels, training, generator),
      "bpff": lambda: train_bpff(net, images, labels, training, generator),
-     "bp": lambda: train_bp(net, images, labels, training, generator)}[model]()
+     "bp": lambda: train_bp(net, images, labels, training, generator),
+     "symba": lambda: train_symba(net, images, labels, training, generator)}[model]()
     torch.cuda.synchronize()
     reserved = torch.cuda.max_memory_reserved()
     estimate = gpu.estimate_run_memory(spec, RunKey(model, "mnist", 0)) - gpu.CUDA_CONTEXT_BYTES

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from fflab import runner
+from fflab.pipeline import documents, experiment, folders
 from fflab.results import RunMetrics, Timings, write_document
 from fflab.spec import build_spec
 
@@ -108,11 +108,11 @@ def digest(path: Path) -> str:
 
 def analysis_digests(experiment_dir: Path) -> dict[str, str]:
     spec = analysis_spec()
-    runner.write_spec(spec, experiment_dir)
+    folders.write_spec(spec, experiment_dir)
     for key in spec.runs():
-        write_synthetic_run(spec, key, runner.run_dir_of(experiment_dir, key))
-        runner.analyse_run(spec, key, runner.run_dir_of(experiment_dir, key))
-    runner.aggregate(spec, experiment_dir)
+        write_synthetic_run(spec, key, folders.run_dir_of(experiment_dir, key))
+        documents.analyse_run(spec, key, folders.run_dir_of(experiment_dir, key))
+    experiment.aggregate(spec, experiment_dir)
     digests = {}
     for path in sorted(experiment_dir.rglob("*.json")):
         if path.name != "metrics.json" and path.name != "spec.json":
@@ -124,8 +124,8 @@ def training_numbers(experiment_dir: Path) -> dict[str, dict]:
     spec = build_spec("quick", TRAINING_OVERRIDES)
     numbers = {}
     for key in spec.runs():
-        record = runner.execute_run(spec, key, runner.run_dir_of(experiment_dir, key))
-        metrics = json.loads((runner.run_dir_of(experiment_dir, key) / "metrics.json").read_text())
+        record = experiment.execute_run(spec, key, folders.run_dir_of(experiment_dir, key))
+        metrics = json.loads((folders.run_dir_of(experiment_dir, key) / "metrics.json").read_text())
         numbers[key.model] = {
             "accuracy": record["accuracy"],
             "loss_history": metrics["loss_history"],

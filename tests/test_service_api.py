@@ -153,8 +153,30 @@ def test_artifact_names_cannot_escape(clients: dict[str, httpx.Client], alices_e
     assert alice.get(f"{base}/artifacts/runs/bp-mnist-seed0/weights.pt").status_code == 200
 
 
-def test_per_user_cap_on_active_runs(stack: Stack, clients: dict[str, httpx.Client]) -> None:
-    cap = stack.settings.max_active_runs_per_user
+def test_per_user_cap_on_waiting_runs(stack: Stack, clients: dict[str, httpx.Client]) -> None:
+    cap = stack.settings.max_queued_runs_per_user
     response = clients["alice"].post("/v1/experiments", json={**TINY, "seeds": list(range(cap + 1))})
     assert response.status_code == 429
     assert f"the limit is {cap}" in response.json()["detail"]
+
+
+def test_every_registered_run_document_is_served(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:
+    from fflab.pipeline.documents import DOCUMENTS, RUN_DOCUMENTS
+
+    import jsonschema
+
+    alice, bob = clients["alice"], clients["bob"]
+    base = f"/v1/experiments/{alices_experiment['id']}/runs/bp-mnist-seed0/documents"
+    listed = alice.get(base).json()["items"]
+    assert [item["name"] for item in listed] == list(RUN_DOCUMENTS)
+    assert all(item["available"] for item in listed)
+    for item in listed:
+        response = alice.get(item["url"])
+        assert response.status_code == 200, item
+        document = response.json()
+        jsonschema.validate(document, DOCUMENTS[item["name"]].model_json_schema())
+        assert document["run_id"] == "bp-mnist-seed0"
+    unknown = alice.get(f"{base}/no_such_document")
+    assert unknown.status_code == 422 and "metrics" in unknown.text  # names what is allowed
+    assert alice.get(f"/v1/experiments/{alices_experiment['id']}/runs/bp-mnist-seed9/documents/metrics").status_code == 404
+    assert bob.get(f"{base}/metrics").status_code == 404

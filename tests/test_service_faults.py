@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fflab import accounts, jobs, runner
+from fflab import accounts, jobs
+from fflab.pipeline import experiment as experiment_pipeline
 from fflab.db import Experiment, Run, get_sessionmaker, session_scope
 from fflab.db.migrate import upgrade_database
 from fflab.models.common import TrainingProgress
@@ -39,6 +40,7 @@ class RecordingDispatcher:
 @pytest.fixture()
 def worker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path):
     """worker.tasks configured for a SQLite database and artifact folder under tmp_path."""
+    import worker.service as service
     import worker.tasks as tasks
 
     for name in ("FFLAB_DATABASE_URL", "FFLAB_BROKER_URL", "FFLAB_S3_BUCKET", "FFLAB_RESULT_BACKEND"):
@@ -49,7 +51,7 @@ def worker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_root: Path)
     settings = get_settings()
     upgrade_database(settings.resolved_database_url)
     dispatcher = RecordingDispatcher()
-    monkeypatch.setattr(tasks, "dispatcher", dispatcher)
+    monkeypatch.setattr(service, "dispatcher_for", lambda settings: dispatcher)
     yield tasks, settings, dispatcher
     get_settings.cache_clear()
 
@@ -64,7 +66,7 @@ def run_as_worker(task, argument, task_id: str) -> None:
 
 
 def test_non_finite_loss_is_a_readable_error() -> None:
-    from worker.tasks import NonFiniteLoss, check_loss
+    from worker.run_support import NonFiniteLoss, check_loss
 
     check_loss(TrainingProgress("ff", 3, 5, 0.7, 1, 3))
     with pytest.raises(NonFiniteLoss, match="ff: loss became NaN at layer 2 epoch 3"):
@@ -78,7 +80,7 @@ def test_a_run_that_raises_fails_alone_with_its_reason(worker_env, monkeypatch: 
     The failures keep their reasons, the third run still succeeds, and the experiment
     ends failed once all three are final, naming both reasons; GET /runs shows them."""
     tasks, settings, dispatcher = worker_env
-    real_execute = runner.execute_run
+    real_execute = experiment_pipeline.execute_run
 
     def faulty_execute(spec, key, run_dir, progress=None, should_stop=None, **checkpointing):
         if key.seed == 0:
@@ -89,7 +91,7 @@ def test_a_run_that_raises_fails_alone_with_its_reason(worker_env, monkeypatch: 
             raise AssertionError("not reached: the progress callback raises")
         return real_execute(spec, key, run_dir, progress=progress, should_stop=should_stop, **checkpointing)
 
-    monkeypatch.setattr(runner, "execute_run", faulty_execute)
+    monkeypatch.setattr(experiment_pipeline, "execute_run", faulty_execute)
     spec = build_spec(TINY["preset"], {**{k: v for k, v in TINY.items() if k != "preset"},
                                        "models": ["bp"], "seeds": [0, 1, 2]})
     with session_scope(settings.resolved_database_url) as session:
@@ -97,7 +99,8 @@ def test_a_run_that_raises_fails_alone_with_its_reason(worker_env, monkeypatch: 
         key = accounts.issue_key(session, user)
         experiment_id = jobs.create_experiment(session, settings, user, spec, "private").id
     with get_sessionmaker(settings.resolved_database_url)() as session:
-        jobs.dispatch(session, settings.model_copy(update={"dispatch_window": 10}), dispatcher)
+        jobs.register_worker(session, "pool", "pool@test", "test", 1, ["cpu"], concurrency=3)  # 3 slots
+        jobs.dispatch(session, settings, dispatcher)
     assert len(dispatcher.runs) == 3
     for run_pk, _, task_id in dispatcher.runs:
         run_as_worker(tasks.run_task, run_pk, task_id)

@@ -156,7 +156,7 @@ def seed(settings: Settings) -> str:
     return key
 
 
-LIMITS = {"max_body_bytes": "200000", "max_active_runs_per_user": "50"}
+LIMITS = {"max_body_bytes": "200000", "max_queued_runs_per_user": "50"}
 
 
 @pytest.fixture(scope="module", params=["in-process", "served"])

@@ -298,6 +298,7 @@ def test_reaper_requeues_then_fails_a_run_whose_worker_keeps_vanishing(
         experiment_id = jobs.create_experiment(session, settings, owner, spec, "private").id
     with get_sessionmaker(settings.resolved_database_url)() as session:  # reap_lost_runs commits
         for attempt in (1, 2):
+            jobs.register_worker(session, f"pool{attempt}", "pool@test", "test", 1, ["cpu"])  # a slot to fill
             jobs.dispatch(session, settings, dispatcher)
             run_pk, _, task_id = dispatcher.runs[-1]
             run = jobs.claim_run(session, settings, run_pk, task_id)
@@ -314,10 +315,10 @@ def test_reaper_requeues_then_fails_a_run_whose_worker_keeps_vanishing(
                 # The old delivery, if only slow, ends without touching the requeued run.
                 monkeypatch.setenv("FFLAB_DATABASE_URL", settings.resolved_database_url)
                 get_settings.cache_clear()
-                import worker.tasks as tasks
+                import worker.service as service
 
-                monkeypatch.setattr(tasks, "dispatcher", dispatcher)
-                tasks.end_run(run_pk, "cancelled", task_id=task_id)
+                monkeypatch.setattr(service, "dispatcher_for", lambda settings: dispatcher)
+                service.end_run(get_settings(), run_pk, "cancelled", task_id=task_id)
                 assert session.get(Run, run_pk, populate_existing=True).status == "queued"
                 session.commit()
         assert jobs.reap_lost_runs(session, settings, now=later) == (0, 1)
@@ -397,7 +398,7 @@ def test_queue_declaration_race_on_the_sqlite_broker(tmp_path: Path) -> None:
 
     broker = f"sqla+sqlite:///{tmp_path / 'broker.db'}"
     start = time.time() + 3
-    script = ("import sys, time; from worker.celery_app import declare_queues; "
+    script = ("import sys, time; from worker.dispatch import declare_queues; "
               "time.sleep(max(0, float(sys.argv[2]) - time.time())); declare_queues(sys.argv[1], ['cpu', 'gpu'])")
     processes = [subprocess.Popen([sys.executable, "-c", script, broker, str(start)], cwd=ROOT,
                                   env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -414,7 +415,7 @@ def test_queue_declaration_retries_a_lost_race(tmp_path: Path, monkeypatch: pyte
     from kombu import Queue
     from sqlalchemy.exc import IntegrityError
 
-    from worker.celery_app import declare_queues
+    from worker.dispatch import declare_queues
 
     real, failures = Queue.declare, []
 

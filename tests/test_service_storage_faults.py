@@ -13,7 +13,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from fflab import accounts, jobs, runner
+from fflab import accounts, jobs
+from fflab.pipeline import experiment as experiment_pipeline
 from fflab.db import Artifact, Experiment, Run, get_sessionmaker, session_scope
 from fflab.db.migrate import upgrade_database
 from fflab.settings import get_settings
@@ -58,6 +59,7 @@ def moto(tmp_path: Path):
 
 
 def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto: Moto, attempts: int, backoff: float):
+    import worker.service as service
     import worker.tasks as tasks
 
     for name in ("FFLAB_DATABASE_URL", "FFLAB_BROKER_URL", "FFLAB_RESULT_BACKEND", "FFLAB_ARTIFACTS_DIR"):
@@ -74,7 +76,7 @@ def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto: Moto, attem
     assert settings.upload_attempts == attempts and settings.upload_backoff_s == backoff
     upgrade_database(settings.resolved_database_url)
     dispatcher = RecordingDispatcher()
-    monkeypatch.setattr(tasks, "dispatcher", dispatcher)
+    monkeypatch.setattr(service, "dispatcher_for", lambda settings: dispatcher)
     return tasks, settings, dispatcher
 
 
@@ -84,6 +86,7 @@ def submit_one_run(settings, dispatcher) -> tuple[str, int, str]:
         user = accounts.create_user(session, "alice")
         experiment_id = jobs.create_experiment(session, settings, user, spec, "private").id
     with get_sessionmaker(settings.resolved_database_url)() as session:
+        jobs.register_worker(session, "pool", "pool@test", "test", 1, ["cpu"])  # a slot for dispatch
         jobs.dispatch(session, settings, dispatcher)
     assert len(dispatcher.runs) == 1
     run_pk, _, task_id = dispatcher.runs[0]
@@ -93,19 +96,21 @@ def submit_one_run(settings, dispatcher) -> tuple[str, int, str]:
 def watch_uploads(tasks, monkeypatch: pytest.MonkeyPatch, settings, run_pk: int) -> list[tuple[float, str]]:
     """Records (time, the run's status) at each upload try: never 'succeeded' before the upload."""
     seen: list[tuple[float, str]] = []
-    real_put_files = tasks.put_files
+    import worker.run_support as run_support
+
+    real_put_files = run_support.put_files
 
     def put_files(*args, **kwargs):
         with session_scope(settings.resolved_database_url) as session:
             seen.append((time.monotonic(), session.get(Run, run_pk).status))
         return real_put_files(*args, **kwargs)
 
-    monkeypatch.setattr(tasks, "put_files", put_files)
+    monkeypatch.setattr(run_support, "put_files", put_files)
     return seen
 
 
 def stop_storage_after_training(monkeypatch: pytest.MonkeyPatch, moto: Moto, then=None) -> None:
-    real_execute = runner.execute_run
+    real_execute = experiment_pipeline.execute_run
 
     def execute(*args, **kwargs):
         record = real_execute(*args, **kwargs)
@@ -114,7 +119,7 @@ def stop_storage_after_training(monkeypatch: pytest.MonkeyPatch, moto: Moto, the
             then()
         return record
 
-    monkeypatch.setattr(runner, "execute_run", execute)
+    monkeypatch.setattr(experiment_pipeline, "execute_run", execute)
 
 
 def test_upload_is_retried_until_storage_comes_back(tmp_path, monkeypatch, moto: Moto, data_root) -> None:

@@ -1,179 +1,23 @@
-"""The Celery application and the dispatcher that sends its tasks.
-
-Broker and result backend come from the settings: kombu's SQLAlchemy transport
-on SQLite and the database backend by default, Redis in production. Run tasks
-need no result backend (the database tracks every run); it is configured so that
-Celery's own tooling works.
+"""The worker's Celery application, and nothing else: created from the settings
+with the task modules it runs (worker.tasks), and the worker's lifecycle hooks
+(migrate and register on start, unregister on stop, the periodic sweep). Only
+the worker process imports this module (``fflab worker``, ``celery -A
+worker.celery_app``); the API and the service layer send tasks through
+worker.dispatch.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
 
-from celery import Celery, signals
+from celery import signals
 
-from fflab.settings import Settings, get_settings
-from fflab.var_dir import private_sqlite_file
+from fflab.settings import get_settings
+from worker import run_support, service
+from worker.dispatch import create_celery, ensure_sqlite_folders
 
-log = logging.getLogger(__name__)
-
-RUN_TASK = "fflab.run"
-AGGREGATE_TASK = "fflab.aggregate"
-ANALYSIS_TASK = "fflab.analysis"
-# Aggregation and analysis task ids name their experiment or analysis, so that the
-# sweep can tell which of them a broker still holds (fflab.jobs.requeue_lost_aggregations,
-# fflab.jobs.lost_analyses).
-AGGREGATE_ID_PREFIX = "aggregate-"
-ANALYSIS_ID_PREFIX = "analysis-"
-
-
-def named_task_id(prefix: str, subject: str) -> str:
-    return f"{prefix}{subject}-{uuid.uuid4().hex[:8]}"
-
-
-def subject_of_task(prefix: str, task_id: str) -> str | None:
-    """The experiment or analysis id a task id names, None for another kind of task."""
-    if not task_id.startswith(prefix):
-        return None
-    return task_id[len(prefix):].rsplit("-", 1)[0]
-
-
-def aggregate_task_id(experiment_id: str) -> str:
-    return named_task_id(AGGREGATE_ID_PREFIX, experiment_id)
-
-
-def experiment_of_aggregate_task(task_id: str) -> str | None:
-    return subject_of_task(AGGREGATE_ID_PREFIX, task_id)
-
-
-def ensure_sqlite_folders(settings: Settings) -> None:
-    """kombu's SQLAlchemy transport and the database result backend create their
-    SQLite files, but not the folders: create both, readable by their owner only."""
-    for url in (settings.resolved_broker_url, settings.resolved_result_backend):
-        private_sqlite_file(url)
-
-
-def create_celery(settings: Settings) -> Celery:
-    broker = settings.resolved_broker_url
-    app = Celery("fflab", broker=broker, backend=settings.resolved_result_backend, include=["worker.tasks"])
-    transport_options = {}
-    if broker.startswith(("redis://", "rediss://")):
-        # acks_late: a run is redelivered if unacknowledged this long, so it must
-        # outlast the longest run (a shorter one would run a healthy run twice). A
-        # killed worker's run is requeued sooner by the sweep (run heartbeats).
-        transport_options["visibility_timeout"] = settings.broker_visibility_timeout_s
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_default_queue=settings.queue_name("cpu"),
-        broker_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_serializer="json",
-        accept_content=["json"],
-    )
-    return app
-
-
-app = create_celery(get_settings())
-
-
-class CeleryDispatcher:
-    """fflab.jobs.Dispatcher over the Celery app."""
-
-    def __init__(self, celery: Celery):
-        self.celery = celery
-
-    def send_run(self, run_pk: int, queue: str, task_id: str) -> None:
-        self.celery.send_task(RUN_TASK, args=[run_pk], queue=queue, task_id=task_id)
-
-    def send_aggregate(self, experiment_id: str, queue: str) -> None:
-        self.celery.send_task(AGGREGATE_TASK, args=[experiment_id], queue=queue,
-                              task_id=aggregate_task_id(experiment_id))
-
-    def send_analysis(self, analysis_id: str, queue: str) -> None:
-        self.celery.send_task(ANALYSIS_TASK, args=[analysis_id], queue=queue,
-                              task_id=named_task_id(ANALYSIS_ID_PREFIX, analysis_id))
-
-    def revoke(self, task_ids: list[str]) -> None:
-        """Best effort: a revoked or not, a cancelled run's task ends at once when a
-        worker sees the run's status. Remote control needs a fanout exchange, which
-        the SQLAlchemy transport lacks."""
-        if not task_ids:
-            return
-        try:
-            with self.celery.connection_for_write() as connection:
-                if "fanout" not in connection.transport.implements.exchange_type:
-                    return
-            self.celery.control.revoke(task_ids)
-        except Exception:
-            log.warning("could not revoke %d tasks", len(task_ids), exc_info=True)
-
-
-dispatcher = CeleryDispatcher(app)
-
-
-def declare_queues(broker_url: str, names: list[str], attempts: int = 5, backoff_s: float = 0.2) -> None:
-    """Declare the run queues (as Celery declares them: a direct exchange of the same
-    name) once, before a worker or the API publishes. kombu's SQLAlchemy transport
-    creates a queue's row on first use, and two processes doing so at the same moment
-    hit its UNIQUE constraint (the loser's channel is left unusable): each try here
-    uses a fresh connection, and a lost race finds the row on the next try."""
-    import time
-
-    from kombu import Connection, Exchange, Queue
-
-    for attempt in range(1, attempts + 1):
-        try:
-            with Connection(broker_url, connect_timeout=10) as connection:
-                channel = connection.channel()
-                try:
-                    for name in names:
-                        Queue(name, Exchange(name, type="direct"), routing_key=name)(channel).declare()
-                finally:
-                    channel.close()
-            return
-        except Exception as error:  # IntegrityError (the race), or the broker not up yet
-            if attempt == attempts:
-                raise
-            log.warning("declaring queues %s failed (try %d of %d): %s", names, attempt, attempts, error)
-            time.sleep(backoff_s * attempt)
-
-# kombu's Redis transport: a queue's messages are a list under the queue's name (one
-# per priority step above 0, after a separator) and unacknowledged ones a hash.
-REDIS_PRIORITY_SEPARATOR, REDIS_PRIORITY_STEPS, REDIS_UNACKED_KEY = "\x06\x16", (3, 6, 9), "unacked"
-
-
-def redis_task_ids(broker_url: str, queues: list[str]) -> set[str] | None:
-    """Every task id in these queues and among the unacknowledged messages of a Redis
-    broker; None for another broker (kombu's SQLAlchemy transport keeps its messages
-    in its database: a restart loses nothing)."""
-    if not broker_url.startswith(("redis://", "rediss://")):
-        return None
-    import json
-
-    import redis
-
-    client = redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
-    try:
-        with client.pipeline(transaction=True) as pipe:  # one snapshot of queues and unacked
-            for queue in queues:
-                for key in [queue] + [f"{queue}{REDIS_PRIORITY_SEPARATOR}{step}" for step in REDIS_PRIORITY_STEPS]:
-                    pipe.lrange(key, 0, -1)
-            pipe.hvals(REDIS_UNACKED_KEY)
-            *lists, unacked = pipe.execute()
-    finally:
-        client.close()
-    ids: set[str] = set()
-    for raw in [item for items in lists for item in items]:
-        ids.add(str(json.loads(raw).get("headers", {}).get("id")))
-    for raw in unacked:
-        ids.add(str(json.loads(raw)[0].get("headers", {}).get("id")))
-    return ids
+app = create_celery(get_settings(), include=("worker.tasks",))
 
 
 @signals.worker_init.connect
@@ -181,20 +25,18 @@ def _migrate_on_worker_start(sender, **_kwargs) -> None:
     """Migrate, then register this worker (before it consumes: the runs it claims
     name it); run tasks log their run's outcome instead of Celery's "succeeded"."""
     from fflab.db.migrate import upgrade_database
-    from worker.tasks import RunOutcomeLogFilter, start_presence
 
-    ensure_sqlite_folders(get_settings())
-    upgrade_database(get_settings().resolved_database_url)
-    logging.getLogger("celery.app.trace").addFilter(RunOutcomeLogFilter())
-    start_presence(sender.hostname, sorted(sender.app.amqp.queues.consume_from),
-                   getattr(sender, "concurrency", None) or 1)
+    settings = get_settings()
+    ensure_sqlite_folders(settings)
+    upgrade_database(settings.resolved_database_url)
+    logging.getLogger("celery.app.trace").addFilter(run_support.RunOutcomeLogFilter())
+    run_support.start_presence(settings, sender.hostname, sorted(sender.app.amqp.queues.consume_from),
+                               sender.concurrency or 1)
 
 
 @signals.worker_shutdown.connect
 def _unregister_on_worker_stop(**_kwargs) -> None:
-    from worker.tasks import stop_presence
-
-    stop_presence()
+    run_support.stop_presence()
 
 
 @signals.worker_process_init.connect
@@ -207,6 +49,4 @@ def _fresh_connections_in_child(**_kwargs) -> None:
 @signals.worker_ready.connect
 def _sweep_in_the_background(**_kwargs) -> None:
     """Dispatch waiting runs now, and every sweep_interval_s in case a send failed."""
-    from worker.tasks import sweep_forever
-
-    threading.Thread(target=sweep_forever, name="fflab-sweep", daemon=True).start()
+    threading.Thread(target=service.sweep_forever, args=(get_settings(),), name="fflab-sweep", daemon=True).start()

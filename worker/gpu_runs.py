@@ -1,9 +1,11 @@
 """GPU runs in a worker: memory admission before a run starts, a requeue when a
 run runs out of GPU memory anyway, and what a worker registers about its GPUs.
 
-A GPU worker trains up to FFLAB_RUNS_PER_GPU runs at once (one pool child each).
-Before a delivery claims its run, ``admitted_run`` reserves the run's estimated
-memory in the GPU's ledger (fflab.gpu: the rule, the estimate and the ledger):
+A GPU worker trains up to FFLAB_RUNS_PER_GPU runs at once (one pool child each):
+that is its registered concurrency, so fair-share dispatch hands it at most that
+many runs. Before a delivery claims its run, ``admitted_run`` (called by
+worker.service.execute_run_task) reserves the run's estimated memory in the
+GPU's ledger (fflab.gpu: the rule, the estimate and the ledger):
 
 * admitted: the run is claimed and trains; its reservation ends with the task;
 * it fits the GPU but not now (other runs hold the memory): the delivery waits,

@@ -6,9 +6,9 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
-from api import schemas
+from api import schemas, views
 from api.errors import problem
-from api.deps import AdminUser, SessionDep
+from api.deps import AdminUser, SessionDep, SettingsDep
 from fflab import accounts
 from fflab.db import User
 
@@ -30,6 +30,25 @@ def create_user(body: schemas.UserCreate, _admin: AdminUser, session: SessionDep
     key = accounts.issue_key(session, user)
     session.commit()
     return schemas.NewKey(user=schemas.UserOut.model_validate(user), api_key=key)
+
+
+@router.patch("/users/{name}", response_model=schemas.UserOut)
+def update_user_share(name: str, body: schemas.UserShareUpdate, _admin: AdminUser,
+                      session: SessionDep) -> schemas.UserOut:
+    """Set a user's fair-share weight and highest allowed priority."""
+    user = session.scalar(select(User).where(User.name == name).with_for_update())
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {name}")
+    accounts.set_share(user, body.share_weight, body.max_priority)
+    session.commit()
+    return schemas.UserOut.model_validate(user)
+
+
+@router.get("/queue", response_model=schemas.QueuesOut)
+def queue(_admin: AdminUser, session: SessionDep, settings: SettingsDep) -> schemas.QueuesOut:
+    """Each queue's slots, every user's recent usage against their share, and the
+    active experiments with waiting runs in the order they would start."""
+    return views.queues_out(session, settings)
 
 
 @router.post("/users/{name}/keys", status_code=status.HTTP_201_CREATED, response_model=schemas.NewKey)

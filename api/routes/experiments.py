@@ -96,7 +96,8 @@ def check_limits(spec: ExperimentSpec, settings: Settings) -> None:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.ExperimentCreated,
-             responses={429: {"description": "The user's cap on queued plus running runs is reached."}})
+             responses={429: {"description": "The user's cap on waiting runs is reached."},
+                        403: {"description": "The priority is above the user's max_priority."}})
 def submit_experiment(body: schemas.ExperimentSubmit, request: Request, response: Response,
                       session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
                       user: CurrentUser) -> schemas.ExperimentCreated:
@@ -104,7 +105,9 @@ def submit_experiment(body: schemas.ExperimentSubmit, request: Request, response
     spec = spec_from_body(body)
     check_limits(spec, settings)
     try:
-        experiment = jobs.create_experiment(session, settings, user, spec, body.visibility)
+        experiment = jobs.create_experiment(session, settings, user, spec, body.visibility, body.priority)
+    except jobs.PriorityNotAllowed as error:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(error)) from None
     except jobs.CapacityError as error:
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(error),
                             headers={"Retry-After": str(error.retry_after_s)}) from None

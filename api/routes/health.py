@@ -43,7 +43,7 @@ def held_gpus(settings: Settings) -> list[schemas.WorkerGpu]:
     """The GPUs of the workers heard from within FFLAB_WORKER_HEARTBEAT_TIMEOUT_S."""
     with get_sessionmaker(settings.resolved_database_url)() as session:
         return [
-            schemas.WorkerGpu(worker=worker.name, hostname=worker.hostname, slots=worker.slots,
+            schemas.WorkerGpu(worker=worker.name, hostname=worker.hostname, slots=worker.concurrency,
                               index=device.get("index"), name=device.get("name", "?"),
                               total_memory_bytes=device.get("total_memory_bytes", 0))
             for worker in jobs.live_workers(session, settings) for device in worker.devices or []

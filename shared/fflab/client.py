@@ -75,7 +75,8 @@ class Client:
 
     # experiments
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body``: a full spec, or {"preset": ...} plus overrides, plus "visibility"."""
+        """``body``: a full spec, or {"preset": ...} plus overrides, plus "visibility"
+        and "priority"."""
         return self._json("POST", "/v1/experiments", json=body)
 
     def experiments(self, status: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
@@ -178,3 +179,14 @@ class Client:
 
     def create_user(self, name: str, role: str = "member") -> dict[str, Any]:
         return self._json("POST", "/v1/admin/users", json={"name": name, "role": role})
+
+    def set_share(self, name: str, share_weight: float | None = None,
+                  max_priority: str | None = None) -> dict[str, Any]:
+        """An admin sets a user's fair-share weight and highest allowed priority."""
+        body = {k: v for k, v in {"share_weight": share_weight, "max_priority": max_priority}.items()
+                if v is not None}
+        return self._json("PATCH", f"/v1/admin/users/{name}", json=body)
+
+    def queue(self) -> dict[str, Any]:
+        """The admin view of the queues: slots, users' usage and shares, experiments in order."""
+        return self._json("GET", "/v1/admin/queue")

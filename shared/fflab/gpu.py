@@ -1,5 +1,5 @@
-"""GPUs: which device a run trains on, how much memory a run needs, and whether
-one more run fits on a GPU now.
+"""GPUs: how much memory a run needs, and whether one more run fits on a GPU
+now (the service's side; fflab.devices describes a device).
 
 Design. A GPU worker (``fflab worker --gpu N``) runs up to ``runs_per_gpu``
 runs at once (Celery's prefork pool: one child process per run, each with its
@@ -27,7 +27,8 @@ worker catches ``torch.cuda.OutOfMemoryError``; ``fflab.jobs.requeue_run``).
 
 Device facts for /readyz and /metrics come from ``nvidia-smi`` (``query_gpus``),
 not from torch: a worker's parent process must not initialise CUDA, or its
-forked children could not use it. Inside a run, ``describe_device`` asks torch.
+forked children could not use it. Inside a run, ``fflab.devices.describe_device``
+asks torch.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import platform
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from fflab.devices import DeviceInfo
 from fflab.processes import process_alive
 from fflab.spec import ExperimentSpec, RunKey
 
@@ -59,66 +60,10 @@ CUDA_CONTEXT_BYTES = 768 * 2**20
 # reserves exceeds the peak of live tensors.
 ALLOCATOR_FACTOR = 1.25
 GIB = 2**30
+MEMORY_MODELS = ("ff", "bpff", "bp", "symba")  # the model types run_memory_parts knows
 
 
-# --------------------------------------------------------------------------- devices
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """The device a run trained on or a worker holds. ``index``: the GPU's index
-    as nvidia-smi numbers it (None for the CPU); ``total_memory_bytes``: the GPU's
-    memory, or the machine's RAM for the CPU."""
-
-    kind: str  # "cuda" or "cpu"
-    name: str
-    index: int | None
-    total_memory_bytes: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def physical_gpu_index(logical: int, visible: str | None = None) -> int:
-    """The nvidia-smi index of CUDA device ``logical`` of this process, from
-    ``CUDA_VISIBLE_DEVICES`` (``fflab worker --gpu N`` sets it to N); the logical
-    index where it is unset or names devices by UUID."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
-    entries = [entry.strip() for entry in (visible or "").split(",") if entry.strip()]
-    if logical < len(entries) and entries[logical].isdigit():
-        return int(entries[logical])
-    return logical
-
-
-def describe_device(device) -> DeviceInfo:
-    """The device a run trains on (a ``torch.device``): for CUDA its name, physical
-    index and total memory (torch initialises CUDA in this process); for the CPU
-    its model name and the machine's RAM."""
-    import torch
-
-    if device.type == "cuda":
-        logical = device.index if device.index is not None else torch.cuda.current_device()
-        properties = torch.cuda.get_device_properties(logical)
-        return DeviceInfo("cuda", properties.name, physical_gpu_index(logical), int(properties.total_memory))
-    return DeviceInfo("cpu", cpu_model_name(), None, machine_memory_bytes())
-
-
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
+# --------------------------------------------------------------------------- nvidia-smi
 
 
 @dataclass(frozen=True)
@@ -206,6 +151,10 @@ def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: 
       and, per layer, what autograd keeps for the backward pass (normalised input,
       pre-activation, activation: 3 x 2 rows x width), twice for the gradients.
     * BP: per layer 3 x rows x width kept for the backward pass, twice.
+    * SymBa (``fflab.models.symba``, layer by layer with autograd): positive and
+      negative inputs (2 x N x 784), the frozen outputs below the layer it trains
+      (2 x N x width), and that one layer's autograd for both (3 x 2 rows x
+      width, twice); minibatches add gathered rows.
 
     ``evaluation``: a chunk of test images through the ten labels (chunk x width
     per label and layer, a few at a time). The test images stay on the CPU.
@@ -225,8 +174,12 @@ def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: 
         training = 2 * rows * d + 2 * layers * 3 * (2 * rows * width)
     elif model == "bp":
         training = rows * d + 2 * layers * 3 * (rows * width)
+    elif model == "symba":
+        training = 2 * n_train * d + 2 * n_train * widest + 2 * 3 * (2 * rows * widest)
+        if rows < n_train:
+            training += 2 * rows * widest
     else:
-        raise ValueError(f"model must be one of ff, bpff, bp; got {model!r}")
+        raise ValueError(f"model must be one of {', '.join(MEMORY_MODELS)}; got {model!r}")
     parts["training"] = training
     chunk = min(EVAL_CHUNK, n_test)
     parts["evaluation"] = chunk * d + 4 * chunk * widest + chunk * N_CLASSES * layers

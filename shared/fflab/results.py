@@ -25,7 +25,6 @@ Layout of a results folder::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,30 +280,6 @@ class PaperComparison(Document):
 # where the experiment has unseen-class runs.
 PAPER_TABLES = ("table1", "table2", "table3")
 TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "shared_units", "unseen_class")
-
-DOCUMENTS: dict[str, type[Document]] = {
-    "metrics": RunMetrics,
-    "ensembles": RunEnsembles,
-    "shared_units": RunSharedUnits,
-    "weight_stats": RunWeightStats,
-    "results": ExperimentResults,
-    "paper_comparison": PaperComparison,
-}
-
-
-def json_schema(name: str) -> dict:
-    return DOCUMENTS[name].model_json_schema()
-
-
-def write_schemas(folder: Path = SCHEMA_DIR) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in DOCUMENTS:
-        path = folder / f"{name}.schema.json"
-        path.write_text(json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n")
-        paths.append(path)
-    return paths
-
 
 def write_document(document: Document, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,8 +49,12 @@ class Settings(BaseSettings):
     max_train_subset: int = Field(60_000, ge=20, description="Largest train subset (null = whole set, 60000).")
     max_test_subset: int = Field(10_000, ge=20, description="Largest test subset (null = whole set, 10000).")
     max_runs_per_experiment: int = Field(1000, ge=1, description="Most runs one experiment may have.")
-    max_active_runs_per_user: int = Field(
-        200, ge=1, description="Cap on a user's queued plus running runs (429 above it)."
+    max_queued_runs_per_user: int = Field(
+        500, ge=1, description="Most runs a user may have waiting to start (429 above it); large "
+                               "enough for the paper sweep (120 runs): fair-share dispatch, not this "
+                               "cap, keeps one user from holding every worker.",
+        validation_alias=AliasChoices("max_queued_runs_per_user", "FFLAB_MAX_QUEUED_RUNS_PER_USER",
+                                      "max_active_runs_per_user", "FFLAB_MAX_ACTIVE_RUNS_PER_USER"),
     )
     capacity_retry_after_s: int = Field(
         30, ge=1, description="Retry-After (seconds) of the 429 that refuses a submission over the cap."
@@ -70,8 +74,25 @@ class Settings(BaseSettings):
         300.0, ge=0, description="How long a GPU run waits for memory to free before it goes back to "
                                  "the queue (its estimate fits the GPU, but not now)."
     )
-    dispatch_window: int = Field(
-        4, ge=1, description="Run tasks handed to the broker per queue and not yet started."
+    max_running_fraction: float = Field(
+        1.0, gt=0, le=1, description="Most runs one user may have running (or handed to a worker) on a "
+                                     "queue, as a fraction of its worker slots (rounded down, at least 1)."
+    )
+    fair_share_half_life_s: float = Field(
+        86_400.0, gt=0, description="Fair share: a user's run-time counts half after this long (the "
+                                    "window over which usage decays)."
+    )
+    expected_run_s: float = Field(
+        600.0, gt=0, description="Expected run length on a queue where no run has ended within the "
+                                 "half-life (afterwards: the median of those that did)."
+    )
+    preemption: bool = Field(
+        False, description="Stop the longest-running run of the most over-served user at its next "
+                           "checkpoint, and requeue it, when an under-served user has waited "
+                           "preempt_after_s and every slot is busy."
+    )
+    preempt_after_s: float = Field(
+        1800.0, gt=0, description="With preemption: how long an under-served user's run waits first."
     )
     sweep_interval_s: float = Field(
         15.0, gt=0, description="How often workers sweep: requeue runs of lost workers, dispatch runs "

@@ -115,7 +115,10 @@ class _ExperimentScope(StrictModel):
     name: str = Field(
         "experiment", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
     )
-    models: list[ModelName] = Field(list(MODELS), min_length=1, max_length=len(MODELS))
+    models: list[ModelName] = Field(
+        [name for name, model in MODELS.items() if model.in_paper], min_length=1, max_length=len(MODELS),
+        description="The model types to train (fflab.models.MODELS); default the paper's.",
+    )
     datasets: list[DatasetName] = Field(list(DATASETS), min_length=1, max_length=len(DATASETS))
     seeds: list[int] = Field(list(range(15)), min_length=1, max_length=100)
     network: NetworkSpec = NetworkSpec()

@@ -134,4 +134,5 @@ MODEL = ModelType(
     build=BPClassifier,
     train=train,
     evaluate=evaluate,
+    in_paper=True,
 )

@@ -125,4 +125,5 @@ MODEL = ModelType(
     build=GoodnessNetwork,
     train=train,
     evaluate=evaluate_goodness_network,
+    in_paper=True,
 )

@@ -111,7 +111,7 @@ def resume_state(checkpoint: Checkpoint | None, kind: str) -> dict[str, Any] | N
 
 def describe_resume_point(state: dict[str, Any]) -> str:
     """Where a run resumes from a checkpoint state, in words (for logs)."""
-    if state.get("trainer") == "ff":
+    if "layers_done" in state:  # a layer-by-layer trainer's
         return f"layer {state['layers_done'] + 1} ({state['layers_done']} layers done)"
     return f"epoch {state['epoch'] + 1} ({state['epoch']} epochs done)"
 
@@ -165,8 +165,11 @@ class ModelType:
     in place and returns the loss history (one list per trained stage: per layer
     for FF, one for end-to-end training), ``evaluate(net, images, labels, spec)``
     gives its ``Evaluation`` (labels: the true labels, which goodness models
-    embed to read their representations). ``trains_without_a_class``: the
-    unseen-class runs of an experiment are of this model (FF, as in the paper).
+    embed to read their representations). ``layer_by_layer``: ``train``
+    reports progress per layer, ``training.epochs`` per layer (FF).
+    ``trains_without_a_class``: the unseen-class runs of an experiment are of
+    this model (FF, as in the paper). ``in_paper``: one of the paper's models,
+    which an experiment trains unless its spec names others.
     """
 
     name: str
@@ -178,7 +181,9 @@ class ModelType:
     build: Callable[[NetworkSpec], nn.Module]
     train: Callable[[TrainingJob], list[list[float]]]
     evaluate: Callable[[nn.Module, torch.Tensor, torch.Tensor, ExperimentSpec], Evaluation]
+    layer_by_layer: bool = False
     trains_without_a_class: bool = False
+    in_paper: bool = False
 
 
 def resolve_device(device: str) -> torch.device:

@@ -30,6 +30,7 @@ GOODNESS: Registry[Rowwise] = Registry("goodness", {
     "l2": lambda h: h.norm(dim=1),
     "l1": lambda h: h.abs().sum(dim=1),
     "mean_squares": lambda h: h.pow(2).mean(dim=1),
+    "sum_squares": lambda h: h.pow(2).sum(dim=1),  # Hinton's FF paper (2022); theta scales with the width
 })
 
 

@@ -82,5 +82,7 @@ MODEL = ModelType(
     build=GoodnessNetwork,
     train=train,
     evaluate=evaluate_goodness_network,
+    layer_by_layer=True,
     trains_without_a_class=True,
+    in_paper=True,
 )

@@ -1,83 +1,30 @@
-"""The ``fflab`` command line: run experiments, re-analyse them, print tables.
-
-The service's verbs (serve, worker, admin, submit, ...) are added by
-``fflab.service_cli``.
-"""
+"""The local verbs of ``fflab``: fetch the data, run experiments in this
+process, re-analyse them, print their tables, compare them with the paper,
+write the documents' schemas."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from fflab import data, paper, results, runner
+from fflab import data, paper, results
+from fflab.cli.options import load_spec, validation_message
+from fflab.cli.service import client as service_client
+from fflab.models import MODELS
 from fflab.models.common import TrainingProgress
-from fflab.service_cli import client as service_client
-from fflab.service_cli import register as register_service_verbs
-from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey, build_spec, deep_merge
-
-
-def validation_message(error: ValidationError) -> str:
-    """One line per problem: the field's dotted path and what is allowed."""
-    lines = []
-    for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "spec"
-        lines.append(f"  {where}: {problem['msg']}")
-    return "invalid settings:\n" + "\n".join(lines)
-
-
-def parse_overrides(assignments: tuple[str, ...]) -> dict[str, Any]:
-    """``("ff.epochs=3", 'models=["ff"]')`` -> ``{"ff": {"epochs": 3}, "models": ["ff"]}``.
-
-    Values are read as JSON when they parse, else as strings.
-    """
-    overrides: dict[str, Any] = {}
-    for assignment in assignments:
-        path, sep, raw = assignment.partition("=")
-        if not sep or not path:
-            raise click.BadParameter(f"expected KEY=VALUE, got {assignment!r}", param_hint="--set")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        target = overrides
-        *parents, leaf = path.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = value
-    return overrides
-
-
-def read_overrides(spec_file: Path | None, assignments: tuple[str, ...]) -> dict[str, Any]:
-    """A (partial) JSON spec file with ``--set`` assignments merged over it."""
-    overrides: dict[str, Any] = {}
-    if spec_file is not None:
-        try:
-            overrides = json.loads(spec_file.read_text())
-        except json.JSONDecodeError as error:
-            raise click.BadParameter(f"{spec_file} is not valid JSON: {error}", param_hint="--spec")
-    return deep_merge(overrides, parse_overrides(assignments))
-
-
-def load_spec(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...]) -> ExperimentSpec:
-    overrides = read_overrides(spec_file, assignments)
-    try:
-        return build_spec(preset, overrides)
-    except ValidationError as error:
-        raise click.UsageError(validation_message(error)) from None
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
+from fflab.pipeline import documents, experiment, folders
+from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey
 
 
 def epochs_of(spec: ExperimentSpec, key: RunKey) -> int:
-    """Progress steps of a run: one per epoch, per layer for FF."""
+    """Progress steps of a run: one per epoch, per layer for layer-by-layer models (FF)."""
     epochs = spec.training(key.model).epochs
-    return epochs * spec.network.layers if key.model == "ff" else epochs
+    return epochs * spec.network.layers if MODELS[key.model].layer_by_layer else epochs
 
 
 def print_tables(experiment_dir: Path, fmt: str = "md") -> None:
@@ -88,12 +35,7 @@ def print_tables(experiment_dir: Path, fmt: str = "md") -> None:
         click.echo(path.read_text())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """fflab: Forward-Forward networks and the ensembles that emerge in them."""
-
-
-@main.command("fetch-data")
+@click.command("fetch-data")
 @click.option("--dataset", "datasets", multiple=True, type=click.Choice(list(data.DATASETS)),
               help="Data set to fetch (repeatable); default both.")
 def fetch_data_command(datasets: tuple[str, ...]) -> None:
@@ -106,7 +48,7 @@ def fetch_data_command(datasets: tuple[str, ...]) -> None:
         click.echo(f"{dataset}: {source} ({data.raw_dir(dataset)})")
 
 
-@main.command("spec")
+@click.command("spec")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None)
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE")
 def spec_command(preset: str | None, assignments: tuple[str, ...]) -> None:
@@ -114,7 +56,7 @@ def spec_command(preset: str | None, assignments: tuple[str, ...]) -> None:
     click.echo(load_spec(preset, None, assignments).model_dump_json(indent=2))
 
 
-@main.command("run")
+@click.command("run")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Start from a preset (paper, quick).")
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -139,7 +81,7 @@ def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[s
         bar.update(1)
 
     try:
-        runner.run_experiment(spec, out_dir, on_epoch, on_run)
+        experiment.run_experiment(spec, out_dir, on_epoch, on_run)
     except data.DataError as error:
         raise click.ClickException(str(error)) from None
     finally:
@@ -150,7 +92,7 @@ def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[s
     click.echo(f"figures: {(out_dir / 'figures').resolve()}")
 
 
-@main.command("analyse")
+@click.command("analyse")
 @click.argument("experiment_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--quantile", "quantiles", multiple=True, type=float,
               help="Method 1 quantile (repeatable); default: the folder's.")
@@ -166,7 +108,7 @@ def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_qu
                     nh_cut: int | None, all_images: bool | None) -> None:
     """Recompute ensembles, tables and figures with other settings, without retraining."""
     try:
-        current = runner.read_spec(experiment_dir).analysis.model_dump()
+        current = folders.read_spec(experiment_dir).analysis.model_dump()
     except FileNotFoundError as error:
         raise click.ClickException(str(error)) from None
     changes = {
@@ -187,12 +129,12 @@ def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_qu
         settings = AnalysisSpec.model_validate(current)
     except ValidationError as error:
         raise click.UsageError(validation_message(error)) from None
-    runner.reanalyse(experiment_dir, settings)
+    experiment.reanalyse(experiment_dir, settings)
     print_tables(experiment_dir)
     click.echo(f"re-analysed: {experiment_dir.resolve()}")
 
 
-@main.command("tables")
+@click.command("tables")
 @click.argument("experiment_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md")
 def tables_command(experiment_dir: Path, fmt: str) -> None:
@@ -200,7 +142,7 @@ def tables_command(experiment_dir: Path, fmt: str) -> None:
     print_tables(experiment_dir, fmt)
 
 
-@main.command("compare")
+@click.command("compare")
 @click.argument("experiment_dirs", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--experiment", "experiment_id", default=None, metavar="ID",
               help="Compare an experiment of the service instead of results folders.")
@@ -222,31 +164,28 @@ def compare_command(experiment_dirs: tuple[Path, ...], experiment_id: str | None
         comparison = results.PaperComparison.model_validate(document)
     else:
         try:
-            comparison = runner.compare_folders(list(experiment_dirs))
+            comparison = experiment.compare_folders(list(experiment_dirs))
         except (FileNotFoundError, ValueError) as error:
             raise click.ClickException(str(error)) from None
     if out_dir is not None:
         (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-        runner.write_paper_comparison(comparison, out_dir)
+        experiment.write_paper_comparison(comparison, out_dir)
     if fmt == "json":
         click.echo(comparison.model_dump_json(indent=2))
     else:
         click.echo(paper.to_markdown(comparison) if fmt == "md" else paper.to_csv(comparison), nl=False)
 
 
-@main.command("schemas")
+@click.command("schemas")
 @click.option("--write", "write", is_flag=True, help="Regenerate the committed schema files.")
 def schemas_command(write: bool) -> None:
     """Print (or --write) the JSON Schemas of the result documents."""
     if write:
-        for path in results.write_schemas():
+        for path in documents.write_schemas():
             click.echo(path)
     else:
-        click.echo(json.dumps({name: results.json_schema(name) for name in results.DOCUMENTS}, indent=2))
+        click.echo(json.dumps({name: documents.json_schema(name) for name in documents.DOCUMENTS}, indent=2))
 
 
-register_service_verbs(main)
-
-
-if __name__ == "__main__":
-    main()
+COMMANDS = [fetch_data_command, spec_command, run_command, analyse_command, tables_command, compare_command,
+            schemas_command]

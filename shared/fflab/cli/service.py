@@ -1,6 +1,8 @@
-"""The service's verbs of the ``fflab`` command: server side (serve, worker,
-admin) and client side (submit, status, wait, results, ensembles, figures,
-cancel, delete).
+"""The service's verbs of ``fflab``: the client side (submit, status, wait,
+results, ensembles, figures, quickstart, cancel, delete) and ``admin``, which
+works on the database directly. ``serve`` and ``worker``, which start the API
+and a worker, are registered by api/cli.py and worker/cli.py (entry points of
+the group ``fflab.commands``), so the library never imports them.
 
 Client verbs talk to $FFLAB_API_URL (default http://127.0.0.1:8000) with
 $FFLAB_API_KEY, or else the key that ``fflab serve`` wrote to var/admin.key.
@@ -9,15 +11,13 @@ $FFLAB_API_KEY, or else the key that ``fflab serve`` wrote to var/admin.key.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import click
 import httpx
 from tqdm import tqdm
 
+from fflab.cli.options import read_overrides
 from fflab.client import ApiError, Client, format_detail
 from fflab.data import DATASETS
 from fflab.models import MODELS
@@ -32,204 +33,14 @@ from fflab.results import TABLES
 from fflab.settings import Settings, get_settings
 from fflab.spec import PRESETS
 
-QUEUE_KINDS = ("cpu", "gpu")
+# --------------------------------------------------------------------------- the database
 
 
-# --------------------------------------------------------------------------- server side
-
-
-def _start_database(settings: Settings) -> None:
+def start_database(settings: Settings) -> None:
+    """Create or migrate the database to the latest revision."""
     from fflab.db.migrate import upgrade_database
 
     upgrade_database(settings.resolved_database_url)
-
-
-def _declare_queues(settings: Settings) -> None:
-    from worker.celery_app import declare_queues, ensure_sqlite_folders
-
-    ensure_sqlite_folders(settings)
-    declare_queues(settings.resolved_broker_url, [settings.queue_name(kind) for kind in QUEUE_KINDS])
-
-
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-class WorkerSupervisor:
-    """``fflab serve``'s worker: a ``fflab worker`` process started, watched and,
-    when it dies, restarted by a thread of serve. When the process ends (reaped at
-    once: no defunct process is left), its Worker row is forgotten and the runs it
-    held are requeued (fflab.jobs.forget_worker), so that /readyz answers 503 until
-    the new worker has registered and the runs go to it. Restarts wait
-    FFLAB_WORKER_RESTART_BACKOFF_S, doubled while the worker keeps dying within a
-    minute of its start (at most 30 s). The worker dies with serve: it is told
-    serve's pid (``--parent-pid``, fflab.processes.die_with_parent), and this thread,
-    which starts it, lives as long as serve does. Before each start, a worker of the
-    same name still alive on this host (one orphaned by a serve killed before its
-    worker could notice) is waited for, so that two never run under one name."""
-
-    POLL_S, STABLE_S, MAX_BACKOFF_S = 0.2, 60.0, 30.0
-
-    def __init__(self, settings: Settings, name: str):
-        self.settings, self.name = settings, name
-        self.command = [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu",
-                        "--pool", "solo", "--name", name, "--parent-pid", str(os.getpid())]
-        self.process: subprocess.Popen | None = None
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._supervise, name="fflab-worker-supervisor", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _supervise(self) -> None:
-        backoff = self.settings.worker_restart_backoff_s
-        while not self.stopping.is_set():
-            try:
-                self._wait_for_namesakes()
-            except click.ClickException as error:
-                click.echo(f"not starting the worker: {error.message}", err=True)
-                return
-            started = time.monotonic()
-            self.process = subprocess.Popen(self.command)
-            click.echo(f"worker started (pid {self.process.pid}): {' '.join(self.command[1:])}")
-            while self.process.poll() is None and not self.stopping.wait(self.POLL_S):
-                pass
-            if self.process.poll() is None:  # serve stops
-                break
-            click.echo(f"worker (pid {self.process.pid}) died: {describe_exit(self.process.returncode)}", err=True)
-            self._forget(self.process.pid)
-            backoff = (self.settings.worker_restart_backoff_s if time.monotonic() - started > self.STABLE_S
-                       else backoff)
-            click.echo(f"restarting the worker in {backoff:g} s", err=True)
-            if self.stopping.wait(backoff):
-                return
-            backoff = min(self.MAX_BACKOFF_S, max(backoff, 0.5) * 2)
-        self._stop_process()
-
-    def _forget(self, pid: int) -> None:
-        from fflab import jobs
-        from fflab.db import get_sessionmaker
-
-        try:
-            with get_sessionmaker(self.settings.resolved_database_url)() as session:
-                for worker in jobs.workers_named(session, self.name, socket.gethostname()):
-                    if worker.pid == pid:
-                        requeued, failed = jobs.forget_worker(session, self.settings, worker.id,
-                                                              f"its worker {self.name} (pid {pid}) died")
-                        if requeued or failed:
-                            click.echo(f"{requeued} runs of the dead worker requeued, {failed} failed for good",
-                                       err=True)
-        except Exception as error:  # the sweep requeues them once the heartbeat is stale
-            click.echo(f"could not requeue the dead worker's runs now: {error}", err=True)
-
-    def _wait_for_namesakes(self, timeout_s: float = 15.0) -> None:
-        from fflab import jobs
-        from fflab.db import session_scope
-        from fflab.processes import process_alive
-
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with session_scope(self.settings.resolved_database_url) as session:
-                pids = [worker.pid for worker in jobs.live_workers(session, self.settings)
-                        if worker.name == self.name and worker.hostname == socket.gethostname()
-                        and process_alive(worker.pid)]
-            if not pids:
-                return
-            if time.monotonic() > deadline or self.stopping.is_set():
-                raise click.ClickException(
-                    f"a worker named {self.name} is still running on this machine (pid "
-                    f"{', '.join(map(str, pids))}); stop it first")
-            time.sleep(0.5)
-
-    def _stop_process(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self) -> None:
-        """Stop the worker (SIGTERM: a warm shutdown, then SIGKILL after 30 s)."""
-        self.stopping.set()
-        self.thread.join(timeout=60)
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        return f"killed by {signal.Signals(-returncode).name}"
-    return f"exit code {returncode}"
-
-
-def serve(host: str | None, port: int | None, with_worker: bool) -> None:
-    """The API, and a supervised worker consuming both queues, on this machine."""
-    import uvicorn
-
-    from api.main import create_app
-    from api.protocol import HttpProtocol
-    from fflab import accounts
-    from fflab.db import session_scope
-
-    settings = get_settings()
-    _start_database(settings)
-    key_file = settings.resolved_admin_key_file
-    with session_scope(settings.resolved_database_url) as session:
-        created = accounts.bootstrap_admin(session, key_file)
-    if created:
-        click.echo(f"created user 'admin'; its API key is in {key_file} (mode 600)")
-    # Before the worker and the API start: both would otherwise create the queues on
-    # first use, at the same moment (a UNIQUE constraint race on the SQLite broker).
-    _declare_queues(settings)
-    supervisor = None
-    if with_worker:
-        supervisor = WorkerSupervisor(settings, f"fflab-serve@{socket.gethostname()}")
-        supervisor.start()
-    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit
-    # so that the worker is stopped below instead of being orphaned.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                    http=HttpProtocol)
-    finally:
-        if supervisor is not None:
-            supervisor.stop()
-
-
-def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str, name: str | None,
-               parent_pid: int | None = None) -> None:
-    settings = get_settings()
-    if parent_pid is not None:
-        from fflab.processes import die_with_parent
-
-        die_with_parent(parent_pid)
-    if gpu is not None:
-        # Before anything initialises CUDA: this process and its children see one GPU,
-        # N as nvidia-smi numbers it. Up to FFLAB_RUNS_PER_GPU runs share it, each
-        # admitted by its memory estimate (worker.gpu_runs).
-        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        queues, concurrency = queues or ("gpu",), settings.runs_per_gpu
-    else:
-        queues = queues or ("cpu",)
-        if "gpu" not in queues:
-            # device "auto" must mean the CPU on a CPU worker, even on a GPU machine.
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    from worker.celery_app import app
-
-    if settings.worker_nice:
-        os.nice(settings.worker_nice)
-    _declare_queues(settings)  # a lost race with the API is retried here, not in the consumer
-    kind = f"gpu{gpu}" if gpu is not None else "-".join(queues)
-    app.worker_main([
-        "worker",
-        f"--queues={','.join(settings.queue_name(queue) for queue in queues)}",
-        f"--concurrency={concurrency}",
-        f"--pool={pool}",
-        f"--hostname={name or f'fflab-{kind}@%h'}",
-        "--loglevel=INFO",
-    ])
 
 
 # --------------------------------------------------------------------------- client side
@@ -274,8 +85,52 @@ def describe(experiment: dict[str, Any]) -> str:
         age = run.get("heartbeat_age_seconds")
         beat = f" (last heartbeat {age:.0f} s ago)" if age is not None else ""
         lines.append(f"  {run['run_id']}:{layer} epoch {run['epoch']}/{run['epochs']}{eta}{beat}")
+    place = experiment.get("queue")
+    if place:
+        lines.append("  " + describe_place(place))
     if experiment.get("error"):
         lines.append(f"  error: {experiment['error']}")
+    return "\n".join(lines)
+
+
+def describe_place(place: dict[str, Any], now: datetime | None = None) -> str:
+    """'queue gpu: position 3 (2 runs ahead), estimated start in 12 min'."""
+    start = place.get("estimated_start")
+    if start is None:
+        when = "no worker serves this queue yet"
+    else:
+        seconds = (datetime.fromisoformat(start) - (now or datetime.now(UTC))).total_seconds()
+        when = "estimated start now" if seconds < 1 else f"estimated start in {format_duration(seconds)}"
+    return f"queue {place['queue']}: position {place['position']} ({place['runs_ahead']} runs ahead), {when}"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_queues(view: dict[str, Any]) -> str:
+    """The admin queue view as text: per queue, users' usage and share, then the
+    experiments in the order they would start."""
+    lines = []
+    for queue in view["queues"]:
+        lines.append(f"queue {queue['queue']}: {queue['slots']} slots, {queue['free_slots']} free, "
+                     f"at most {queue['running_cap']} running per user, expected run "
+                     f"{format_duration(queue['expected_run_seconds'])}")
+        lines.append(f"  {'user':<16} {'weight':>6} {'max prio':>8} {'usage':>9} {'share':>6} {'target':>6} "
+                     f"{'running':>7} {'waiting':>7}")
+        for user in queue["users"]:
+            lines.append(f"  {user['name']:<16} {user['share_weight']:>6g} {user['max_priority']:>8} "
+                         f"{format_duration(user['usage_seconds']):>9} {user['share']:>6.1%} "
+                         f"{user['target_share']:>6.1%} {user['running']:>7} {user['waiting']:>7}")
+        for experiment in queue["experiments"]:
+            start = experiment["estimated_start"] or "no worker"
+            lines.append(f"  {experiment['position']:>4}. {experiment['id']}  {experiment['name']}  "
+                         f"{experiment['owner']}  {experiment['priority']}  {experiment['runs_waiting']} runs "
+                         f"waiting  start {start}")
     return "\n".join(lines)
 
 
@@ -344,38 +199,6 @@ def fetch_results(api: Client, experiment_id: str, folder: Path) -> None:
 def register(cli: click.Group) -> None:
     """Add the service verbs to the ``fflab`` command group."""
 
-    @cli.command("serve")
-    @click.option("--host", default=None, help="Default $FFLAB_API_HOST (127.0.0.1).")
-    @click.option("--port", type=int, default=None, help="Default $FFLAB_API_PORT (8000).")
-    @click.option("--worker/--no-worker", "with_worker", default=True,
-                  help="Also start a worker process (default).")
-    def serve_command(host: str | None, port: int | None, with_worker: bool) -> None:
-        """Run the API and a worker on this machine. With nothing configured:
-        SQLite, a SQLite-backed broker and local artifacts under var/; on first
-        start, creates user 'admin' and writes its key to var/admin.key."""
-        serve(host, port, with_worker)
-
-    @cli.command("worker")
-    @click.option("--gpu", type=int, default=None, metavar="N",
-                  help="Use GPU N only (CUDA_VISIBLE_DEVICES=N), consume the gpu queue, train up to "
-                       "FFLAB_RUNS_PER_GPU runs at once, as their memory allows.")
-    @click.option("--queue", "queues", multiple=True, type=click.Choice(QUEUE_KINDS),
-                  help="Queue to consume (repeatable); default gpu with --gpu, else cpu.")
-    @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Runs at once (CPU workers only).")
-    @click.option("--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
-                  help="prefork trains in a child process, so the worker answers pings and a lost "
-                       "child's run is redelivered; solo trains in the worker process itself.")
-    @click.option("--name", default=None,
-                  help="Celery node name; default fflab-<gpuN|queues>@<host>.")
-    @click.option("--parent-pid", type=int, default=None, hidden=True,
-                  help="End when this process (the parent, fflab serve) ends.")
-    def worker_command(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str,
-                       name: str | None, parent_pid: int | None) -> None:
-        """Run a Celery worker that trains and analyses runs. One per GPU:
-        `fflab worker --gpu N`; CPU workers: `fflab worker` (queue cpu)."""
-        run_worker(gpu, queues, concurrency, pool, name, parent_pid)
-
     @cli.group("admin")
     def admin() -> None:
         """Manage users and keys, directly in the database ($FFLAB_DATABASE_URL)."""
@@ -389,13 +212,37 @@ def register(cli: click.Group) -> None:
         from fflab.db import session_scope
 
         settings = get_settings()
-        _start_database(settings)
+        start_database(settings)
         try:
             with session_scope(settings.resolved_database_url) as session:
                 key = accounts.issue_key(session, accounts.create_user(session, name, "admin" if is_admin else "member"))
         except ValueError as error:
             raise click.ClickException(str(error)) from None
         click.echo(key)
+
+    @admin.command("set-share")
+    @click.argument("name")
+    @click.option("--weight", type=click.FloatRange(min=0, min_open=True, max=1000), default=None,
+                  help="Fair-share weight: the user's usage counts divided by it (default 1).")
+    @click.option("--max-priority", type=click.Choice(["low", "normal", "high"]), default=None,
+                  help="The highest priority the user's experiments may ask for (default normal).")
+    def set_share_command(name: str, weight: float | None, max_priority: str | None) -> None:
+        """Set a user's fair-share weight and highest allowed priority."""
+        from sqlalchemy import select
+
+        from fflab import accounts
+        from fflab.db import User, session_scope
+
+        if weight is None and max_priority is None:
+            raise click.UsageError("give --weight and/or --max-priority")
+        settings = get_settings()
+        start_database(settings)
+        with session_scope(settings.resolved_database_url) as session:
+            user = session.scalar(select(User).where(User.name == name).with_for_update())
+            if user is None:
+                raise click.ClickException(f"no user {name}")
+            accounts.set_share(user, weight, max_priority)
+            click.echo(f"{name}: weight {user.share_weight:g}, max priority {user.max_priority}")
 
     @admin.command("revoke-key")
     @click.argument("key_or_prefix", required=False)
@@ -408,7 +255,7 @@ def register(cli: click.Group) -> None:
         if (key_or_prefix is None) == (user_name is None):
             raise click.UsageError("give either KEY_OR_PREFIX or --user NAME")
         settings = get_settings()
-        _start_database(settings)
+        start_database(settings)
         with session_scope(settings.resolved_database_url) as session:
             count = accounts.revoke_keys(session, key_or_prefix, user_name)
         if not count:
@@ -422,14 +269,15 @@ def register(cli: click.Group) -> None:
     @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                   help="Override one setting, e.g. --set ff.epochs=3.")
     @click.option("--visibility", type=click.Choice(["private", "lab"]), default="private", show_default=True)
+    @click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal", show_default=True,
+                  help="Within the fair-share order; at most your max priority (an admin sets it).")
     @click.option("--wait", "wait", is_flag=True, help="Then wait for the end with a progress bar.")
     def submit_command(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...],
-                       visibility: str, wait: bool) -> None:
+                       visibility: str, priority: str, wait: bool) -> None:
         """Submit an experiment to the service; prints its id and URL."""
-        from fflab.cli import read_overrides
-
         body = read_overrides(spec_file, assignments)
         body["visibility"] = visibility
+        body["priority"] = priority
         if preset is not None:
             body["preset"] = preset
         with client() as api:
@@ -457,6 +305,15 @@ def register(cli: click.Group) -> None:
                 return
             for item in page["items"]:
                 click.echo(describe(item).splitlines()[0])
+
+    @cli.command("queue")
+    @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+    def queue_command(as_json: bool) -> None:
+        """The queues (admin): slots, each user's recent usage and share, and the
+        waiting experiments in the order they would start."""
+        with client() as api:
+            view = api.queue()
+        click.echo(json.dumps(view, indent=2) if as_json else describe_queues(view))
 
     @cli.command("wait")
     @click.argument("experiment_id")

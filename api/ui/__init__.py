@@ -1,0 +1,60 @@
+"""The web UI: experiments, progress, tables, figures and ensembles in a browser,
+served by the API's own FastAPI app under ``/ui`` (``/`` redirects there).
+
+Design
+------
+Server-rendered Jinja2 pages with htmx (vendored under ``static/``, see
+``static/VENDORED.md``) for the parts that update in place: the progress of
+running experiments, the spec preview of the submit form and the ensemble
+explorer's selections. Every page works without JavaScript too (plain links and
+form posts); htmx only saves reloads. There is no build step and no CDN: the app
+serves every asset itself, so the UI works on an offline server.
+
+The pages call what the JSON API calls: the dependencies of ``api.deps``
+(``authenticated_user``, ``readable_experiment``, ``get_owned_experiment``), the
+route functions of ``api.routes`` themselves (submit, cancel, delete, re-analyse,
+results, figures, ensembles, paper comparison) and ``api.views``. A page never
+makes an HTTP request to the app. Authorisation is therefore the API's: another
+user's private experiment is a 404 page, changing an experiment needs its owner
+or an admin.
+
+Authentication (``security``): the sign-in form takes an API key and keeps it in
+an HttpOnly, SameSite=Strict cookie scoped to ``/ui`` (Secure over HTTPS); the key
+never appears in a URL. Only the UI's routes read that cookie: the JSON API keeps
+its ``Authorization: Bearer`` header and does not accept cookies, so it needs no
+CSRF protection. Every POST of the UI carries a CSRF token (double submit: a
+random token in a second SameSite=Strict cookie, repeated in the form or in the
+``X-CSRF-Token`` header htmx sends); a POST without it is a 403 page.
+
+Errors (``html``): the UI's routes use ``HTMLRoute``, which turns the API's
+exceptions into pages: 401 redirects to the sign-in page, other HTTP errors are an
+error page with the API's message, and a form's validation errors are shown next
+to its fields (``forms.field_errors`` reads the API's error bodies).
+
+Modules: ``security`` (cookies, CSRF, the current user), ``html`` (templates,
+the route class, ``render``), ``forms`` (form fields <-> API bodies and errors),
+``explorer`` and ``charts`` (pure functions behind the ensemble grid and the loss
+curves), ``queries`` (the lists the API does not serve), ``routes`` (the pages).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def install(app: FastAPI) -> None:
+    """Add the UI's pages, its static files and the redirect from ``/``."""
+    from api.ui.routes import router
+
+    app.include_router(router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)

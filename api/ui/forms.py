@@ -1,0 +1,217 @@
+"""Form fields <-> request bodies of the API, and the API's errors next to the
+fields they name.
+
+A form's values stay strings until ``number`` reads them: what is not a number
+is passed on as typed, so that the API's own validation names the field and says
+what it allows, exactly as a JSON client would be told. ``field_errors`` reads an
+API error body in either shape the API has had: FastAPI's ``detail`` list of
+``{loc, msg}`` or problem+json's ``details`` list of ``{field, message}``;
+``form_errors`` then files each message under the form field that holds it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fflab.models import MODELS
+from fflab.spec import PRESETS, build_spec
+
+LOCATIONS = ("body", "query", "path", "header", "cookie")
+GENERAL = ""  # errors that name no field of the form: shown above it
+
+
+def number(text: str) -> Any:
+    """``text`` as an int or a float when it is one, else unchanged.
+
+    >>> number("3"), number(" 0.5 "), number("1e-3"), number("three")
+    (3, 0.5, 0.001, 'three')
+    """
+    stripped = text.strip()
+    try:
+        return int(stripped)
+    except ValueError:
+        pass
+    try:
+        return float(stripped)
+    except ValueError:
+        return text
+
+
+def number_list(text: str) -> list[Any]:
+    """Comma- or space-separated numbers, each as ``number`` reads it."""
+    return [number(part) for part in re.split(r"[,\s]+", text.strip()) if part]
+
+
+def _dotted(parts: Iterable[Any]) -> str:
+    parts = list(parts)
+    if parts and parts[0] in LOCATIONS:
+        parts = parts[1:]
+    return ".".join(str(part) for part in parts)
+
+
+def field_errors(body: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{dotted field: [message, ...]}`` of an API error body.
+
+    Understands problem+json (``details``: ``[{"field": "ff.epochs", "message": ...}]``)
+    and FastAPI's validation body (``detail``: ``[{"loc": ["body", "ff", "epochs"],
+    "msg": ...}]``); the location (body, query, ...) is dropped. A message naming
+    no field (a string ``detail``, or ``message`` without ``details``) is filed
+    under ``GENERAL``.
+    """
+    errors: dict[str, list[str]] = {}
+    details = body.get("details")
+    detail = body.get("detail")
+    if isinstance(details, list) and details:
+        for entry in details:
+            name = str(entry.get("field") or "")
+            name = _dotted(name.split(".")) if name else GENERAL
+            errors.setdefault(name, []).append(str(entry.get("message", "")))
+    elif isinstance(detail, list):
+        for entry in detail:
+            errors.setdefault(_dotted(entry.get("loc", ())), []).append(str(entry.get("msg", "")))
+    else:
+        message = body.get("message") or detail or body.get("title") or "the request failed"
+        errors[GENERAL] = [str(message)]
+    return errors
+
+
+def form_errors(errors: Mapping[str, list[str]], fields: Mapping[str, str]) -> dict[str, list[str]]:
+    """``errors`` (by dotted API field) by form field: ``fields`` maps an API field
+    (and everything below it) to the form field holding it; the longest match
+    wins. Where one form field holds several API fields (the epochs of every
+    model), or a message names no form field, it starts with its API field
+    (``ff.epochs: ...``). Unmatched messages go under ``GENERAL``."""
+    holders = Counter(fields.values())
+    out: dict[str, list[str]] = {}
+    for name, messages in errors.items():
+        matches = [api for api in fields if name == api or name.startswith(api + ".")]
+        target = fields[max(matches, key=len)] if matches else GENERAL
+        prefix = f"{name}: " if name and (target == GENERAL or holders[target] > 1) else ""
+        out.setdefault(target, []).extend(prefix + message for message in messages)
+    return out
+
+
+# ----------------------------------------------------------------------------- submit
+
+SUBMIT_FIELDS = {
+    "preset": "preset", "name": "name", "visibility": "visibility", "models": "models",
+    "datasets": "datasets", "seeds": "seeds", "data.train_subset": "train_subset",
+    "data.test_subset": "test_subset", "network.threshold": "threshold",
+    **{f"{model}.epochs": "epochs" for model in MODELS},
+}
+
+
+@dataclass
+class SubmitForm:
+    """The submit form's values as typed: a preset and its common overrides."""
+
+    preset: str = "quick"
+    name: str = ""
+    visibility: str = "private"
+    models: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    seeds: str = ""
+    epochs: str = ""
+    train_subset: str = ""
+    test_subset: str = ""
+    threshold: str = ""
+
+    @classmethod
+    def for_preset(cls, preset: str = "quick") -> SubmitForm:
+        """The form as first shown: the preset's models, data sets and seeds; the
+        other fields blank (blank = the preset's value)."""
+        spec = build_spec(preset)
+        return cls(preset=preset, models=list(spec.models), datasets=list(spec.datasets),
+                   seeds=", ".join(str(seed) for seed in spec.seeds))
+
+    @classmethod
+    def from_form(cls, form: Any) -> SubmitForm:
+        """From a posted form (starlette's FormData: ``get`` and ``getlist``)."""
+        text = {name: str(form.get(name) or "") for name in
+                ("preset", "name", "visibility", "seeds", "epochs", "train_subset", "test_subset", "threshold")}
+        return cls(**text, models=[str(m) for m in form.getlist("models")],
+                   datasets=[str(d) for d in form.getlist("datasets")])
+
+    def body(self) -> dict[str, Any]:
+        """The body of POST /v1/experiments this form stands for."""
+        body: dict[str, Any] = {"preset": self.preset or None, "models": self.models,
+                                "datasets": self.datasets, "seeds": number_list(self.seeds)}
+        if self.visibility:
+            body["visibility"] = self.visibility
+        if self.name.strip():
+            body["name"] = self.name.strip()
+        if self.epochs.strip():
+            for model in self.models:
+                body[model] = {"epochs": number(self.epochs)}
+        data = {name: number(getattr(self, name)) for name in ("train_subset", "test_subset")
+                if getattr(self, name).strip()}
+        if data:
+            body["data"] = data
+        if self.threshold.strip():
+            body["network"] = {"threshold": number(self.threshold)}
+        return body
+
+    def preset_hints(self) -> dict[str, str]:
+        """What a blank field means, from the preset (for placeholders)."""
+        try:
+            spec = build_spec(self.preset if self.preset in PRESETS else "quick")
+        except ValueError:
+            return {}
+        epochs = ", ".join(f"{model} {spec.training(model).epochs}" for model in MODELS)
+        return {"epochs": f"preset: {epochs}", "train_subset": f"preset: {spec.data.train_subset or 60000}",
+                "test_subset": f"preset: {spec.data.test_subset or 10000}",
+                "threshold": f"preset: {spec.network.threshold:g}"}
+
+
+# ----------------------------------------------------------------------------- re-analysis
+
+ANALYSIS_FIELDS = {name: name for name in
+                   ("quantiles", "table_quantile", "figure_quantile", "epsilon", "rho_cut", "nh_cut",
+                    "correct_only")}
+
+
+@dataclass
+class AnalysisForm:
+    """The re-analysis form's values as typed (blank cuts: automatic)."""
+
+    quantiles: str = ""
+    table_quantile: str = ""
+    figure_quantile: str = ""
+    epsilon: str = ""
+    rho_cut: str = ""
+    nh_cut: str = ""
+    correct_only: bool = True
+
+    @classmethod
+    def from_spec(cls, analysis: Mapping[str, Any]) -> AnalysisForm:
+        def text(value: Any) -> str:
+            return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+        return cls(quantiles=", ".join(text(q) for q in analysis.get("quantiles", [])),
+                   **{name: text(analysis.get(name)) for name in
+                      ("table_quantile", "figure_quantile", "epsilon", "rho_cut", "nh_cut")},
+                   correct_only=bool(analysis.get("correct_only", True)))
+
+    @classmethod
+    def from_form(cls, form: Any) -> AnalysisForm:
+        text = {name: str(form.get(name) or "") for name in
+                ("quantiles", "table_quantile", "figure_quantile", "epsilon", "rho_cut", "nh_cut")}
+        return cls(**text, correct_only=form.get("correct_only") is not None)
+
+    def body(self) -> dict[str, Any]:
+        """The body of POST .../analyses (an AnalysisSpec); blank numbers are left
+        to the spec's defaults, blank cuts are null (automatic)."""
+        body: dict[str, Any] = {"correct_only": self.correct_only}
+        if self.quantiles.strip():
+            body["quantiles"] = number_list(self.quantiles)
+        for name in ("table_quantile", "figure_quantile", "epsilon"):
+            if getattr(self, name).strip():
+                body[name] = number(getattr(self, name))
+        for name in ("rho_cut", "nh_cut"):
+            value = getattr(self, name)
+            body[name] = number(value) if value.strip() else None
+        return body

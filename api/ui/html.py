@@ -1,0 +1,116 @@
+"""Templates, ``render`` and ``HTMLRoute``, the route class that turns the API's
+exceptions into pages.
+
+``render`` adds what every page needs (the signed-in user, the CSRF token) and
+the headers of every page: a Content-Security-Policy that allows only the app's
+own scripts, styles and images (nothing from the internet), no framing, no
+caching of pages that show a user's data, no referrer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException
+
+from api.ui import forms
+from api.ui.security import csrf_token, remember_csrf_token
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+SIGN_IN = "/ui/sign-in"
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """``75`` -> ``1 min 15 s``; ``4000`` -> ``1 h 6 min``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def cell(value: Any) -> str:
+    """A table cell: floats to 4 significant digits, missing as a dash."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+TEMPLATES.env.filters.update(duration=duration, cell=cell, when=when,
+                             pretty_json=lambda value: json.dumps(value, indent=2, sort_keys=False))
+
+
+def render(request: Request, template: str, context: dict[str, Any] | None = None, status_code: int = 200,
+           headers: dict[str, str] | None = None) -> Response:
+    context = {"current_user": getattr(request.state, "ui_user", None), "csrf_token": csrf_token(request),
+               **(context or {})}
+    response = TEMPLATES.TemplateResponse(request, template, context, status_code=status_code,
+                                          headers={**PAGE_HEADERS, **(headers or {})})
+    remember_csrf_token(request, response)
+    return response
+
+
+def sign_in_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    location = f"{SIGN_IN}?next={quote(target, safe='')}" if request.method == "GET" else SIGN_IN
+    if request.headers.get("hx-request"):  # htmx follows HX-Redirect with a full page load
+        return Response(status_code=200, headers={"HX-Redirect": location})
+    return RedirectResponse(location, status_code=303)
+
+
+def error_page(request: Request, status_code: int, message: str, problems: dict[str, list[str]] | None = None,
+               headers: dict[str, str] | None = None) -> Response:
+    return render(request, "error.html", {"status_code": status_code, "message": message,
+                                          "problems": problems or {}}, status_code, headers)
+
+
+class HTMLRoute(APIRoute):
+    """A route whose HTTP errors are pages: 401 -> the sign-in page, 422 -> the
+    fields and their problems, others -> the API's message."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def html_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException as error:
+                if error.status_code == 401:
+                    return sign_in_redirect(request)
+                detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
+                headers = {k: v for k, v in (error.headers or {}).items() if k.lower() == "retry-after"}
+                return error_page(request, error.status_code, detail, headers=headers)
+            except RequestValidationError as error:
+                problems = forms.field_errors({"detail": list(error.errors())})
+                return error_page(request, 422, "the request has invalid values", problems)
+
+        return html_handler

@@ -1,0 +1,82 @@
+"""What the pages list that the JSON API does not serve as such: the
+experiments a user may read (their own, the lab's, everyone's for an admin),
+how many waiting runs are ahead of a queued experiment, and the runs of an
+experiment with their loss histories. Each item is rendered by ``api.views``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Literal
+
+from fastapi import Request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, joinedload, load_only
+
+from api import schemas, views
+from fflab.db import Experiment, Run, User
+
+Scope = Literal["visible", "mine", "lab"]
+SCOPES: tuple[str, ...] = ("visible", "mine", "lab")
+
+
+def visible_experiments(session: Session, request: Request, user: User, scope: Scope = "visible",
+                        status: str | None = None, limit: int = 100) -> list[schemas.ExperimentSummary]:
+    """Newest first: ``mine``, the user's; ``lab``, other users' lab-visible ones
+    (an admin: every other user's); ``visible``, both."""
+    mine = Experiment.owner_id == user.id
+    others = Experiment.owner_id != user.id
+    if user.role != "admin":
+        others &= Experiment.visibility == "lab"
+    where = [{"mine": mine, "lab": others, "visible": mine | others}[scope]]
+    if status is not None:
+        where.append(Experiment.status == status)
+    page = list(session.scalars(
+        select(Experiment).options(joinedload(Experiment.owner)).where(*where)
+        .order_by(Experiment.created_at.desc(), Experiment.id).limit(limit)
+    ))
+    ids = [experiment.id for experiment in page]
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for experiment_id, run_status, count in session.execute(
+        select(Run.experiment_id, Run.status, func.count(Run.id))
+        .where(Run.experiment_id.in_(ids)).group_by(Run.experiment_id, Run.status)
+    ):
+        counts[experiment_id][run_status] = count
+    running: dict[str, list[Run]] = defaultdict(list)
+    for run in session.scalars(
+        select(Run).options(load_only(Run.experiment_id, Run.run_id, Run.model, Run.progress, Run.status,
+                                      Run.heartbeat_at))
+        .where(Run.experiment_id.in_(ids), Run.status == "running").order_by(Run.id)
+    ):
+        running[run.experiment_id].append(run)
+    return [schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id]))
+            for e in page]
+
+
+def runs_ahead(session: Session, experiment_ids: list[str]) -> dict[str, int]:
+    """For each experiment with waiting runs, the waiting runs of other experiments
+    submitted before its first waiting one: an upper bound on what runs first,
+    since dispatch interleaves users fairly (fflab.jobs)."""
+    firsts = dict(session.execute(
+        select(Run.experiment_id, func.min(Run.id))
+        .where(Run.experiment_id.in_(experiment_ids), Run.status == "queued").group_by(Run.experiment_id)
+    ).all())
+    return {
+        experiment_id: session.scalar(
+            select(func.count(Run.id)).where(Run.status == "queued", Run.id < first,
+                                             Run.experiment_id != experiment_id)
+        ) or 0
+        for experiment_id, first in firsts.items()
+    }
+
+
+def runs_with_metrics(session: Session, experiment: Experiment) -> list[Run]:
+    """The experiment's runs with what the runs table shows (not their large
+    ensemble, shared-unit and weight documents)."""
+    return list(session.scalars(
+        select(Run).options(load_only(
+            Run.run_id, Run.model, Run.dataset, Run.seed, Run.unseen_class, Run.status, Run.queue, Run.attempts,
+            Run.progress, Run.error, Run.created_at, Run.started_at, Run.finished_at, Run.heartbeat_at,
+            Run.record, Run.metrics,
+        )).where(Run.experiment_id == experiment.id).order_by(Run.id)
+    ))

@@ -1,0 +1,178 @@
+"""A run's documents: one registry entry each, ``RUN_DOCUMENTS``.
+
+A run document is a versioned JSON file in the run's folder
+(``runs/<run_id>/<name>.json``), with its pydantic model (whose JSON Schema is
+committed under fflab/schemas/), computed from what training stored:
+
+- ``metrics`` is written by training (fflab.pipeline.train); the others by
+  their ``analyse`` function, in registry order, each seeing the documents
+  computed before it (``RunAnalysisInput.documents``);
+- a document may have a ``figure`` recipe: drawn once per experiment into
+  ``figures/<name>.png`` by the aggregation;
+- the service stores every run document as an artifact and serves it at
+  ``GET /v1/experiments/{id}/runs/{run_id}/documents/{name}`` (no migration).
+
+Adding a per-run analysis is a module with its document model and its
+``analyse`` (and ``figure``) functions, plus its entry at the end of this file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from fflab.pipeline import dominance, paper_analyses
+from fflab.pipeline.folders import TRAINED_FILES, analysed_rows, load_representations, load_weight_matrices
+from fflab.pipeline.train import METRICS_FILE
+from fflab.registry import Registry
+from fflab.results import (
+    SCHEMA_DIR,
+    Document,
+    ExperimentResults,
+    PaperComparison,
+    RunEnsembles,
+    RunMetrics,
+    RunSharedUnits,
+    RunWeightStats,
+    read_document,
+    write_document,
+)
+from fflab.spec import ExperimentSpec, RunKey
+
+
+@dataclass
+class RunAnalysisInput:
+    """What an ``analyse`` function gets: the experiment's spec, the run's key and
+    folder, the documents computed so far, and the stored arrays, loaded on first use."""
+
+    spec: ExperimentSpec
+    key: RunKey
+    run_dir: Path
+    documents: dict[str, Document] = field(default_factory=dict)
+
+    @cached_property
+    def representations(self) -> dict[str, np.ndarray]:
+        """labels, predictions, correct, layer1..layerL (N, width), ... (folders.load_representations)."""
+        return load_representations(self.run_dir)
+
+    @cached_property
+    def analysed(self) -> np.ndarray:
+        """(N,) mask of the test images the analyses use (folders.analysed_rows)."""
+        return analysed_rows(self.representations, self.key.unseen_class, self.spec.analysis.correct_only)
+
+    @cached_property
+    def weights(self) -> list[np.ndarray]:
+        """The hidden layers' (out, in) weight matrices."""
+        return load_weight_matrices(self.run_dir)
+
+
+# A figure recipe: the experiment's spec and a reader of this document for any of its
+# runs -> one figure for the experiment (None: nothing to draw for this experiment).
+DocumentFigure = Callable[[ExperimentSpec, Callable[[RunKey], Document]], Figure | None]
+
+
+@dataclass(frozen=True)
+class RunDocument:
+    name: str
+    model: type[Document]
+    description: str
+    analyse: Callable[[RunAnalysisInput], Document] | None = None  # None: written by training
+    figure: DocumentFigure | None = None
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.json"
+
+
+def analysed_run_files() -> tuple[str, ...]:
+    """The JSON files of an analysed run, in registry order."""
+    return tuple(document.file for document in RUN_DOCUMENTS.values())
+
+
+def run_files() -> tuple[str, ...]:
+    """Everything a trained and analysed run's folder holds."""
+    return analysed_run_files() + TRAINED_FILES
+
+
+def is_analysed(run_dir: Path) -> bool:
+    return all((run_dir / name).is_file() for name in analysed_run_files())
+
+
+def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict:
+    """Compute and write every registered analysis document of one trained run,
+    then return the run's summary record (paper_analyses.run_record)."""
+    started = time.perf_counter()
+    inputs = RunAnalysisInput(spec, key, run_dir)
+    for document in RUN_DOCUMENTS.values():
+        if document.analyse is not None:
+            inputs.documents[document.name] = document.analyse(inputs)
+            write_document(inputs.documents[document.name], run_dir / document.file)
+    metrics = read_document(RunMetrics, run_dir / METRICS_FILE)
+    metrics.timings.analyse_seconds = time.perf_counter() - started
+    write_document(metrics, run_dir / METRICS_FILE)
+    return paper_analyses.run_record(run_dir)
+
+
+def document_figures(spec: ExperimentSpec, experiment_dir: Path) -> dict[str, Figure]:
+    """Each registered document's figure for the experiment, by document name."""
+    drawn = {}
+    for document in RUN_DOCUMENTS.values():
+        if document.figure is None:
+            continue
+
+        def read(key: RunKey, document: RunDocument = document) -> Document:
+            return read_document(document.model, experiment_dir / "runs" / key.run_id / document.file)
+
+        figure = document.figure(spec, read)
+        if figure is not None:
+            drawn[document.name] = figure
+    return drawn
+
+
+# --------------------------------------------------------------------------- the registry
+
+RUN_DOCUMENTS: Registry[RunDocument] = Registry("run document", {d.name: d for d in (
+    RunDocument("metrics", RunMetrics, "Accuracy, loss history, timings and device of the run."),
+    RunDocument("ensembles", RunEnsembles,
+                "Ensembles per layer and class (Methods 1 and 2), sparseness, the unseen class.",
+                analyse=paper_analyses.ensembles_document),
+    RunDocument("shared_units", RunSharedUnits,
+                "Units shared by each pair of classes' ensembles, per layer and method.",
+                analyse=paper_analyses.shared_units_document),
+    RunDocument("weight_stats", RunWeightStats,
+                "Fraction of positive weights per layer and of negative incoming weights per unit.",
+                analyse=paper_analyses.weight_stats_document),
+    RunDocument("dominance", dominance.RunDominance,
+                "Per layer, the units that are the most active on an image, and how often.",
+                analyse=dominance.dominance_document, figure=dominance.dominance_figure),
+)})
+
+# Every document with a committed JSON Schema (fflab schemas --write): the run
+# documents, then the experiment's.
+DOCUMENTS: dict[str, type[Document]] = {
+    **{name: document.model for name, document in RUN_DOCUMENTS.items()},
+    "results": ExperimentResults,
+    "paper_comparison": PaperComparison,
+}
+
+
+def json_schema(name: str) -> dict:
+    return DOCUMENTS[name].model_json_schema()
+
+
+def write_schemas(folder: Path = SCHEMA_DIR) -> list[Path]:
+    """Write ``<name>.schema.json`` of every document into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in DOCUMENTS:
+        path = folder / f"{name}.schema.json"
+        path.write_text(json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths

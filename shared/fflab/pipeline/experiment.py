@@ -1,0 +1,225 @@
+"""A whole experiment: its runs in this process, the aggregation of their
+documents into tables, figures and results.json, re-analysis with other
+settings, and the comparison of results folders with the paper."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fflab import analysis, figures, paper
+from fflab.models.common import Checkpoint, ProgressCallback, StopCheck
+from fflab.pipeline.documents import RUN_DOCUMENTS, analyse_run, document_figures, is_analysed
+from fflab.pipeline.folders import read_spec, run_dir_of, write_spec
+from fflab.pipeline.paper_analyses import finite_or_none, run_record
+from fflab.pipeline.paper_figures import FigureContext, comparison_quantile, write_paper_figures
+from fflab.pipeline.train import train_and_evaluate
+from fflab.results import (
+    ExperimentResults,
+    MethodComparison,
+    PaperComparison,
+    RunEnsembles,
+    SizeFit,
+    read_document,
+    write_document,
+)
+from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
+
+
+def execute_run(
+    spec: ExperimentSpec,
+    key: RunKey,
+    run_dir: Path,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int | None = None,
+    data_root: Path | None = None,
+) -> dict:
+    """Train, evaluate and analyse one run; return its summary record. See
+    ``train_and_evaluate`` for ``checkpoint`` and ``data_root``."""
+    train_and_evaluate(spec, key, run_dir, progress, should_stop, checkpoint, checkpoint_every, data_root)
+    return analyse_run(spec, key, run_dir)
+
+
+
+def figure_runs(spec: ExperimentSpec) -> list[RunKey]:
+    """The runs whose representations the figures read: the first seed of each
+    (model, data set), and the first seed's unseen-class runs."""
+    seed = spec.seeds[0]
+    return [key for key in spec.runs() if key.seed == seed]
+
+
+def method_comparison(
+    spec: ExperimentSpec, run_dirs: dict[str, Path], records: list[dict]
+) -> tuple[MethodComparison, np.ndarray, np.ndarray]:
+    """Method 1 vs Method 2 sizes over every (run, layer, class) of the
+    trained-on-all-classes runs where the class was analysed: the paper's pooled
+    fit, the fit where both methods find an ensemble, and one per model.
+    ``run_dirs`` maps each record's run_id to its folder."""
+    quantile = comparison_quantile(spec.analysis)
+    sizes1, sizes2, models = [], [], []
+    for record in records:
+        if record["unseen_class"] is not None:
+            continue
+        stored = read_document(RunEnsembles, run_dirs[record["run_id"]] / RUN_DOCUMENTS["ensembles"].file)
+        by_place = {}
+        for e in stored.ensembles:
+            if e.n_images > 0 and (e.method == "method2" or e.quantile == quantile):
+                by_place[(e.method, e.layer, e.class_index)] = e.size
+        for (method, layer, c), size in by_place.items():
+            if method == "method1":
+                sizes1.append(size)
+                sizes2.append(by_place[("method2", layer, c)])
+                models.append(record["model"])
+    sizes1_arr, sizes2_arr = np.array(sizes1), np.array(sizes2)
+    fits = analysis.method_size_fits(sizes1_arr, sizes2_arr, np.array(models, dtype=object))
+
+    def document(fit) -> SizeFit | None:
+        if fit is None:
+            return None
+        return SizeFit(slope=fit.slope, intercept=fit.intercept, r2=finite_or_none(fit.r2),
+                       n_points=fit.n_points)
+
+    pooled = fits.all_points
+    comparison = MethodComparison(
+        quantile=quantile, epsilon=spec.analysis.epsilon,
+        slope=None if pooled is None else pooled.slope,
+        intercept=None if pooled is None else pooled.intercept,
+        r2=None if pooled is None else finite_or_none(pooled.r2),
+        n_points=len(sizes1),
+        both_found=document(fits.both_found), left_out=fits.left_out,
+        per_model={model: document(fit) for model, fit in fits.per_group.items()},
+    )
+    return comparison, sizes1_arr, sizes2_arr
+
+
+def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, analysis.Table]:
+    """The paper's Tables 1-3, then the other aggregates over runs: sparseness
+    (both measures), units shared by a pair of classes and, with unseen-class runs,
+    the unseen class's activity."""
+    trained_on_all = [r for r in records if r["unseen_class"] is None]
+    tables = {
+        "table1": analysis.accuracy_table(trained_on_all),
+        "table2": analysis.ensemble_size_table(trained_on_all, spec.analysis.table_quantile),
+        "table3": analysis.weight_sign_table(trained_on_all),
+        "sparseness_treves_rolls": analysis.sparseness_table(trained_on_all, "treves_rolls"),
+        "sparseness_hoyer": analysis.sparseness_table(trained_on_all, "hoyer"),
+        "shared_units": analysis.shared_units_table(trained_on_all, spec.analysis.figure_quantile),
+    }
+    unseen = [r for r in records if r["unseen_class"] is not None]
+    if unseen:
+        tables["unseen_class"] = analysis.unseen_activity_table(unseen)
+    return tables
+
+
+def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
+    """Tables, the paper's figures, the run documents' figures, the comparison with
+    the paper and results.json, from the runs' stored results."""
+    records = [run_record(run_dir_of(experiment_dir, key)) for key in spec.runs()]
+    tables = experiment_tables(spec, records)
+    tables_dir = experiment_dir / "tables"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        (tables_dir / f"{name}.json").write_text(json.dumps(table.to_dict(), indent=2) + "\n")
+        (tables_dir / f"{name}.md").write_text(table.to_markdown() + "\n")
+        (tables_dir / f"{name}.csv").write_text(table.to_csv())
+
+    run_dirs = {key.run_id: run_dir_of(experiment_dir, key) for key in spec.runs()}
+    comparison, sizes1, sizes2 = method_comparison(spec, run_dirs, records)
+    written = write_paper_figures(FigureContext(spec, experiment_dir, records, comparison, (sizes1, sizes2)))
+    for name, figure in document_figures(spec, experiment_dir).items():
+        figures.save_png(figure, experiment_dir / "figures" / f"{name}.png")
+        written.append(f"{name}.png")
+    comparison_with_paper = paper.paper_comparison(
+        spec, records, comparison.model_dump(mode="json"), experiment=spec.name
+    )
+    write_paper_comparison(comparison_with_paper, experiment_dir)
+    written.append("paper_comparison.png")
+    results = ExperimentResults(
+        name=spec.name,
+        runs=records,
+        tables={name: table.to_dict() for name, table in tables.items()},
+        figures=sorted(written),
+        method_comparison=comparison,
+    )
+    write_document(results, experiment_dir / "results.json")
+    return results.model_dump(mode="json")
+
+
+def write_paper_comparison(comparison: PaperComparison, experiment_dir: Path) -> None:
+    """tables/paper_comparison.{json,md,csv} and figures/paper_comparison.png."""
+    write_document(comparison, experiment_dir / "tables" / "paper_comparison.json")
+    (experiment_dir / "tables" / "paper_comparison.md").write_text(paper.to_markdown(comparison))
+    (experiment_dir / "tables" / "paper_comparison.csv").write_text(paper.to_csv(comparison))
+    figures.save_png(paper.comparison_figure(comparison), experiment_dir / "figures" / "paper_comparison.png")
+
+
+def compare_folders(experiment_dirs: list[Path]) -> PaperComparison:
+    """The comparison with the paper of one or several results folders, their
+    runs pooled (each (model, data set, seed, left-out class) at most once).
+
+    A folder whose experiment has not finished contributes the runs that have
+    been analysed, and the comparison's name says how many of how many. The
+    analysis settings of the first folder decide what is comparable; the protocol
+    lists each folder's differences from the paper."""
+    if not experiment_dirs:
+        raise ValueError("give at least one results folder")
+    records: list[dict] = []
+    protocol = []
+    seen: dict[tuple, Path] = {}
+    specs = []
+    run_dirs: dict[str, Path] = {}
+    names = []
+    for folder in experiment_dirs:
+        spec = read_spec(folder)
+        specs.append(spec)
+        keys = spec.runs()
+        done = [key for key in keys if is_analysed(run_dir_of(folder, key))]
+        if not done:
+            raise FileNotFoundError(f"{folder} has no analysed run yet")
+        for key in done:
+            record = run_record(run_dir_of(folder, key))
+            identity = (key.model, key.dataset, key.seed, key.unseen_class)
+            if identity in seen:
+                raise ValueError(f"run {key.run_id} is in both {seen[identity]} and {folder}")
+            seen[identity] = folder
+            records.append(record)
+            run_dirs[key.run_id] = run_dir_of(folder, key)
+        protocol += paper.protocol_differences(spec, source=folder.name if len(experiment_dirs) > 1 else "")
+        names.append(str(folder) + ("" if len(done) == len(keys) else f" ({len(done)} of {len(keys)} runs)"))
+    fits = method_comparison(specs[0], run_dirs, records)[0].model_dump(mode="json")
+    return paper.paper_comparison(specs[0], records, fits, experiment=" + ".join(names), protocol=protocol)
+
+
+RunProgress = Callable[[RunKey, int, int], None]
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    experiment_dir: Path,
+    progress: ProgressCallback | None = None,
+    on_run: RunProgress | None = None,
+    data_root: Path | None = None,
+) -> dict:
+    """Every run of the experiment in this process, then the aggregation."""
+    write_spec(spec, experiment_dir)
+    keys = spec.runs()
+    for index, key in enumerate(keys):
+        if on_run is not None:
+            on_run(key, index, len(keys))
+        execute_run(spec, key, run_dir_of(experiment_dir, key), progress, data_root=data_root)
+    return aggregate(spec, experiment_dir)
+
+
+def reanalyse(experiment_dir: Path, settings: AnalysisSpec) -> dict:
+    """Recompute ensembles, tables and figures with other analysis settings,
+    from the stored representations, without retraining."""
+    spec = read_spec(experiment_dir).model_copy(update={"analysis": settings})
+    write_spec(spec, experiment_dir)
+    for key in spec.runs():
+        analyse_run(spec, key, run_dir_of(experiment_dir, key))
+    return aggregate(spec, experiment_dir)

@@ -1,0 +1,63 @@
+"""Where things are in a results folder (layout: fflab.results), and reading
+back what training stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fflab.spec import ExperimentSpec, RunKey
+
+# What training writes into a run's folder besides its metrics document.
+TRAINED_FILES = ("representations.npz", "weights.pt")
+
+
+def run_dir_of(experiment_dir: Path, key: RunKey) -> Path:
+    return experiment_dir / "runs" / key.run_id
+
+
+def write_spec(spec: ExperimentSpec, experiment_dir: Path) -> None:
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    (experiment_dir / "spec.json").write_text(spec.model_dump_json(indent=2) + "\n")
+
+
+def read_spec(experiment_dir: Path) -> ExperimentSpec:
+    path = experiment_dir / "spec.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{experiment_dir} is not a results folder: it has no spec.json")
+    return ExperimentSpec.model_validate_json(path.read_text())
+
+
+def load_representations(run_dir: Path) -> dict[str, np.ndarray]:
+    """The run's stored test-set arrays: labels, predictions, correct, layer1..layerL
+    (N, width) and any model-specific ones (label_goodness)."""
+    with np.load(run_dir / "representations.npz") as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def layer_count(stored: dict[str, np.ndarray]) -> int:
+    return sum(1 for name in stored if name.startswith("layer"))
+
+
+def analysed_rows(stored: dict[str, np.ndarray], unseen_class: int | None, correct_only: bool) -> np.ndarray:
+    """Boolean mask of the test images the analyses use: the correctly classified
+    ones (paper), plus every image of a class left out of training, which can
+    never be classified correctly."""
+    if not correct_only:
+        return np.ones_like(stored["correct"], dtype=bool)
+    keep = stored["correct"].astype(bool)
+    if unseen_class is not None:
+        keep |= stored["labels"] == unseen_class
+    return keep
+
+
+def load_weight_matrices(run_dir: Path) -> list[np.ndarray]:
+    """The hidden layers' (out, in) weight matrices, in order."""
+    state = torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True)
+    names = sorted(
+        (n for n in state if n.startswith("layers.") and n.endswith(".weight")),
+        key=lambda n: int(n.split(".")[1]),
+    )
+    return [state[n].numpy() for n in names]

@@ -1,0 +1,229 @@
+"""The paper's figures of an experiment: one recipe per figure, in ``RECIPES``.
+
+A recipe takes the ``FigureContext`` (the spec, the results folder, the runs'
+summary records and the Method 1 vs Method 2 comparison) and returns the
+figures it draws, by file name (without ``.png``); it returns nothing when the
+experiment lacks what the figure needs. Which run a figure shows follows the
+paper: FF on MNIST (first seed) where trained, Fashion-MNIST for Figures 3 and 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from fflab import analysis, figures
+from fflab.data import N_CLASSES
+from fflab.models.components import ACTIVATIONS
+from fflab.pipeline.folders import analysed_rows, load_representations, run_dir_of
+from fflab.results import MethodComparison, RunWeightStats, read_document
+from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
+
+
+def comparison_quantile(settings: AnalysisSpec) -> float:
+    """Figure 8 uses quantile 0.99 in the paper; the largest computed one otherwise."""
+    return 0.99 if 0.99 in settings.quantiles else max(settings.quantiles)
+
+
+def pick_dataset(spec: ExperimentSpec, preferred: str) -> str:
+    return preferred if preferred in spec.datasets else spec.datasets[0]
+
+
+@dataclass
+class FigureContext:
+    spec: ExperimentSpec
+    experiment_dir: Path
+    records: list[dict]
+    comparison: MethodComparison | None = None
+    sizes: tuple[np.ndarray, np.ndarray] | None = None  # Method 1, Method 2 sizes of Figure 8B
+    _stored: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seeds[0]
+
+    @property
+    def main_model(self) -> str:
+        return "ff" if "ff" in self.spec.models else self.spec.models[0]
+
+    @property
+    def main_dataset(self) -> str:
+        return pick_dataset(self.spec, "mnist")
+
+    @property
+    def main_key(self) -> RunKey:
+        return RunKey(self.main_model, self.main_dataset, self.seed)
+
+    @property
+    def shared_dataset(self) -> str:
+        """Figures 3 and 4: Fashion-MNIST where available (paper)."""
+        return pick_dataset(self.spec, "fashion_mnist")
+
+    @cached_property
+    def upper_bound(self) -> float | None:
+        return ACTIVATIONS.lookup(self.spec.network.activation).upper_bound
+
+    def stored(self, key: RunKey) -> dict[str, np.ndarray]:
+        if key.run_id not in self._stored:
+            self._stored[key.run_id] = load_representations(run_dir_of(self.experiment_dir, key))
+        return self._stored[key.run_id]
+
+    def layer_view(self, key: RunKey, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """The analysed images' (N, width) layer outputs and (N,) labels of a run."""
+        stored = self.stored(key)
+        keep = analysed_rows(stored, key.unseen_class, self.spec.analysis.correct_only)
+        return stored[f"layer{layer}"][keep], stored["labels"][keep]
+
+
+Recipe = Callable[[FigureContext], dict[str, Figure]]
+
+
+def figure1(ctx: FigureContext) -> dict[str, Figure]:
+    """Activation patterns of one image (A), class means with ensembles (B), layer-1 map (C)."""
+    settings, names = ctx.spec.analysis, figures.class_names(ctx.main_dataset)
+    stored = ctx.stored(ctx.main_key)
+    X1, labels1 = ctx.layer_view(ctx.main_key, 1)
+    first = int(np.flatnonzero(stored["correct"])[0]) if stored["correct"].any() else 0
+    patterns = [stored[f"layer{layer}"][first] for layer in range(1, ctx.spec.network.layers + 1)]
+    ensembles = analysis.class_ensembles(
+        X1, labels1, "method1", classes=range(N_CLASSES), quantile=settings.figure_quantile
+    )
+    return {
+        "figure1a": figures.figure1a_activation_patterns(patterns),
+        "figure1b": figures.figure1b_class_mean_activations(X1, labels1, ensembles, names),
+        "figure1c": figures.activation_map(X1, labels1, names, layer=1),
+    }
+
+
+def figures5_and_6(ctx: FigureContext) -> dict[str, Figure]:
+    """Figure 1C's map for layers 2 and 3."""
+    names = figures.class_names(ctx.main_dataset)
+    drawn = {}
+    for layer, name in ((2, "figure5"), (3, "figure6")):
+        if layer <= ctx.spec.network.layers:
+            X, labels = ctx.layer_view(ctx.main_key, layer)
+            drawn[name] = figures.activation_map(X, labels, names, layer=layer)
+    return drawn
+
+
+def figure2(ctx: FigureContext) -> dict[str, Figure]:
+    """Ensemble sizes per class and model, over seeds; layer 1 (the paper's), then
+    the deeper layers. A class with no analysed image is missing (nan)."""
+    settings, names = ctx.spec.analysis, figures.class_names(ctx.main_dataset)
+    drawn = {}
+    for layer in range(1, ctx.spec.network.layers + 1):
+        sizes = {
+            model: np.array(
+                [[np.nan if v is None else v for v in r["ensemble_sizes_method1"][layer - 1]]
+                 for r in ctx.records
+                 if r["model"] == model and r["dataset"] == ctx.main_dataset and r["unseen_class"] is None],
+                dtype=float,
+            )
+            for model in ctx.spec.models
+        }
+        drawn["figure2" if layer == 1 else f"figure2_layer{layer}"] = figures.figure2_ensemble_sizes(
+            sizes, names,
+            title=f"Layer-{layer} ensemble size per class (Method 1, quantile {settings.table_quantile})",
+        )
+    return drawn
+
+
+def figure3(ctx: FigureContext) -> dict[str, Figure]:
+    """Units shared between classes: the most overlapping pair (A), the matrix (B)."""
+    names = figures.class_names(ctx.shared_dataset)
+    X, labels = ctx.layer_view(RunKey(ctx.main_model, ctx.shared_dataset, ctx.seed), 1)
+    ensembles = analysis.class_ensembles(
+        X, labels, "method1", classes=range(N_CLASSES), quantile=ctx.spec.analysis.figure_quantile
+    )
+    matrix = analysis.shared_units_matrix(ensembles, range(N_CLASSES))
+    off_diagonal = matrix - np.diag(np.diag(matrix))
+    a, b = np.unravel_index(np.argmax(off_diagonal), matrix.shape)
+    return {
+        "figure3a": figures.figure3a_shared_units(
+            ensembles[a], ensembles[b], ctx.spec.network.width, names[a], names[b]
+        ),
+        "figure3b": figures.figure3b_shared_units_matrix(matrix, names),
+    }
+
+
+def figure4(ctx: FigureContext) -> dict[str, Figure]:
+    """The unseen class, Method 2: its activations (A), mean activity (B), decision diagram (C)."""
+    spec, settings = ctx.spec, ctx.spec.analysis
+    without_a_class = spec.models_without_a_class()
+    if spec.unseen_class is None or not without_a_class:
+        return {}
+    X, labels = ctx.layer_view(RunKey(without_a_class[0], ctx.shared_dataset, ctx.seed, spec.unseen_class), 1)
+    unseen_rows = X[labels == spec.unseen_class]
+    result = analysis.method2_ensemble(unseen_rows, settings.epsilon, settings.rho_cut, settings.nh_cut,
+                                       ctx.upper_bound)
+    class_name = figures.class_names(ctx.shared_dataset)[spec.unseen_class]
+    return {
+        "figure4a": figures.figure4a_unseen_activations(unseen_rows, class_name),
+        "figure4b": figures.figure4b_mean_activity(result.mean_activity, result.units, class_name),
+        "figure4c": figures.figure4c_decision_diagram(
+            result.rho, result.n_higher, result.units, result.rho_cut, result.nh_cut
+        ),
+    }
+
+
+def figure7(ctx: FigureContext) -> dict[str, Figure]:
+    """Per-unit fraction of negative incoming weights in layer 2, per model."""
+    weight_layer = min(2, ctx.spec.network.layers)
+    fractions = {}
+    for model in ctx.spec.models:
+        stats = read_document(
+            RunWeightStats,
+            run_dir_of(ctx.experiment_dir, RunKey(model, ctx.main_dataset, ctx.seed)) / "weight_stats.json",
+        )
+        fractions[model] = np.array(stats.layers[weight_layer - 1].fraction_negative_incoming)
+    return {"figure7": figures.figure7_negative_weight_fraction(fractions, layer=weight_layer)}
+
+
+def figure8a(ctx: FigureContext) -> dict[str, Figure]:
+    """Methods 1 and 2 on the first class where they disagree (else class 0), layer 1."""
+    settings = ctx.spec.analysis
+    X1, labels1 = ctx.layer_view(ctx.main_key, 1)
+    quantile = comparison_quantile(settings)
+    comparison = None
+    for c in range(N_CLASSES):
+        rows = X1[labels1 == c]
+        m1 = analysis.method1_ensemble(rows, quantile).units
+        m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut, ctx.upper_bound)
+        differs = not np.array_equal(m1, m2.units)
+        if comparison is None or differs:
+            comparison = (c, m1, m2)
+        if differs:
+            break
+    chosen, m1, m2 = comparison
+    names = figures.class_names(ctx.main_dataset)
+    return {"figure8a": figures.figure8a_method_comparison(m2.mean_activity, m1, m2.units, names[chosen])}
+
+
+def figure8b(ctx: FigureContext) -> dict[str, Figure]:
+    """Method 2 against Method 1 sizes over every run, layer and class, with the fits."""
+    comparison = ctx.comparison
+    if comparison is None or comparison.slope is None or ctx.sizes is None:
+        return {}
+    both = comparison.both_found
+    return {"figure8b": figures.figure8b_method_sizes(
+        ctx.sizes[0], ctx.sizes[1], comparison.slope, comparison.intercept,
+        None if both is None else (both.slope, both.intercept),
+    )}
+
+
+RECIPES: list[Recipe] = [figure1, figures5_and_6, figure2, figure3, figure4, figure7, figure8a, figure8b]
+
+
+def write_paper_figures(ctx: FigureContext) -> list[str]:
+    """Draw every recipe's figures into ``figures/``; return the PNG file names."""
+    written = []
+    for recipe in RECIPES:
+        for name, figure in recipe(ctx).items():
+            figures.save_png(figure, ctx.experiment_dir / "figures" / f"{name}.png")
+            written.append(f"{name}.png")
+    return written
