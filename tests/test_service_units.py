@@ -322,3 +322,25 @@ def test_lost_analyses_are_the_queued_ones_the_broker_no_longer_holds(session, s
     in_broker = {subject_of_task(ANALYSIS_ID_PREFIX, held_task), subject_of_task(ANALYSIS_ID_PREFIX, "a-run-task")}
     assert subject_of_task(ANALYSIS_ID_PREFIX, held_task) == "held"
     assert jobs.lost_analyses(session, settings, in_broker - {None}) == ["lost"]
+
+
+def test_fetching_runs_leaves_out_documents_registered_after_they_were_trained(tmp_path):
+    """A run stored before a document type existed: fetch_runs takes what it has
+    (the aggregation then draws no figure from the missing document)."""
+    from types import SimpleNamespace
+
+    from fflab.pipeline import documents
+    from fflab.storage import LocalStorage, experiment_prefix
+    from worker.service import fetch_runs
+
+    storage = LocalStorage(tmp_path / "artifacts")
+    old = [name for name in documents.run_files() if name != "dominance.json"]
+    for name in old:
+        source = tmp_path / "source" / name
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text("{}")
+        storage.put_file(f"{experiment_prefix('e1')}/runs/ff-mnist-seed0/{name}", source)
+    base = tmp_path / "fetched"
+    fetch_runs(storage, "e1", [SimpleNamespace(run_id="ff-mnist-seed0")], base, True, set())
+    fetched = sorted(p.name for p in (base / "runs" / "ff-mnist-seed0").iterdir())
+    assert fetched == sorted(old)

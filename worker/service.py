@@ -39,7 +39,7 @@ from fflab.db import (
     utcnow,
 )
 from fflab.models.common import Cancelled
-from fflab.pipeline import documents
+from fflab.pipeline import documents, further_analyses
 from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
@@ -412,15 +412,20 @@ def store_run_documents(session: Session, run: Run, run_dir: Path, record: dict[
 def fetch_runs(storage: Storage, experiment_id: str, runs: list[Run], base: Path,
                all_files: bool, representations_of: set[str]) -> None:
     """Download the runs' JSON documents, their representations for the runs in
-    ``representations_of``, and everything they have if ``all_files``."""
+    ``representations_of``, and everything they have if ``all_files``. A document
+    registered after a run was trained is not in storage: it is left out (a
+    re-analysis computes it; the aggregation draws no figure from it)."""
     prefix = experiment_prefix(experiment_id)
     for run in runs:
         wanted = set(documents.run_files() if all_files else documents.analysed_run_files())
         if run.run_id in representations_of:
             wanted.add("representations.npz")
-        for file_name in sorted(wanted):
-            name = f"runs/{run.run_id}/{file_name}"
-            storage.download(f"{prefix}/{name}", base / name)
+        if all_files:
+            wanted.add(further_analyses.SNAPSHOT_FILE)  # absent when training took none
+        run_prefix = f"runs/{run.run_id}/"
+        stored = {key.removeprefix(f"{prefix}/{run_prefix}") for key in storage.list(f"{prefix}/{run_prefix}")}
+        for file_name in sorted(wanted & stored):
+            storage.download(f"{prefix}/{run_prefix}{file_name}", base / run_prefix / file_name)
 
 
 def put_aggregate(storage: Storage, experiment_id: str, base: Path) -> list[StoredFile]:

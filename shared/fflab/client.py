@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+# The per-run analyses beyond the paper, as their endpoints name them (/v1/experiments/{id}/<name>).
+RUN_ANALYSES = ("layer-accuracy", "dynamics", "lesions", "selectivity", "intrinsic-dimension", "subensembles")
 
 
 class ApiError(RuntimeError):
@@ -136,6 +138,16 @@ class Client:
 
     def weights(self, experiment_id: str, **filters: Any) -> dict[str, Any]:
         return self._json("GET", f"/v1/experiments/{experiment_id}/weights", params=self._params(**filters))
+
+    def run_analysis(self, experiment_id: str, analysis: str, *, model: str | None = None,
+                     dataset: str | None = None, layer: int | None = None,
+                     run_id: str | None = None) -> dict[str, Any]:
+        """One per-run analysis beyond the paper (``RUN_ANALYSES``) of every finished
+        run matching the filters: {"experiment_id", "runs": [document, ...]}."""
+        if analysis not in RUN_ANALYSES:
+            raise ValueError(f"analysis must be one of {', '.join(RUN_ANALYSES)}; got {analysis!r}")
+        params = self._params(model=model, dataset=dataset, layer=layer, run_id=run_id)
+        return self._json("GET", f"/v1/experiments/{experiment_id}/{analysis}", params=params)
 
     def figures(self, experiment_id: str) -> list[dict[str, Any]]:
         return self._json("GET", f"/v1/experiments/{experiment_id}/figures")["items"]

@@ -26,7 +26,7 @@ import httpx
 from tqdm import tqdm
 
 from fflab.cli.options import read_overrides
-from fflab.client import ApiError, Client, format_detail
+from fflab.client import RUN_ANALYSES, ApiError, Client, format_detail
 from fflab.data import DATASETS
 from fflab.models import MODELS
 from fflab.results import TABLES
@@ -355,6 +355,25 @@ def register(cli: click.Group) -> None:
         """Ensembles (JSON), filtered."""
         with client() as api:
             echo_json(api.ensembles(experiment_id, **filters))
+
+    @cli.command("run-analysis")
+    @click.argument("experiment")
+    @click.argument("analysis", type=click.Choice(RUN_ANALYSES))
+    @click.option("--model", type=click.Choice(list(MODELS)), default=None)
+    @click.option("--dataset", type=click.Choice(list(DATASETS)), default=None)
+    @click.option("--layer", type=click.IntRange(1), default=None)
+    @click.option("--run-id", default=None)
+    def run_analysis_command(experiment: str, analysis: str, **filters: Any) -> None:
+        """One per-run analysis beyond the paper (JSON): of an experiment of the
+        service by id, or of a local results folder by path."""
+        folder = Path(experiment)
+        if folder.is_dir():
+            from fflab.pipeline.further_analyses import folder_documents
+
+            echo_json(folder_documents(folder, analysis.replace("-", "_"), **filters))
+            return
+        with client() as api:
+            echo_json(api.run_analysis(experiment, analysis, **filters))
 
     @cli.command("figures")
     @click.argument("experiment_id")

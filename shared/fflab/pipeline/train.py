@@ -21,6 +21,7 @@ from fflab.models.common import (
     resolve_device,
     seed_everything,
 )
+from fflab.pipeline.further_analyses import snapshot_recorder
 from fflab.results import RunDevice, RunMetrics, Timings, write_document
 from fflab.spec import ExperimentSpec, RunKey
 
@@ -74,6 +75,9 @@ def train_and_evaluate(
     generator = seed_everything(key.seed)
     model = MODELS.lookup(key.model)
     net = model.build(spec.network).to(device)
+    # Captures a probe set at the snapshot epochs (ensemble dynamics); None: no snapshot.
+    snapshots = snapshot_recorder(spec, key, test.images, test.labels, net, progress)
+    progress = snapshots or progress
     job = TrainingJob(
         net=net, images=train.images.to(device), labels=train.labels.to(device),
         training=spec.training(key.model), generator=generator, negative_labels=spec.negative_labels,
@@ -84,6 +88,8 @@ def train_and_evaluate(
     started = time.perf_counter()
     history = model.train(job)
     train_seconds = time.perf_counter() - started
+    if snapshots is not None:
+        snapshots.save(run_dir)
 
     started = time.perf_counter()
     net.eval()
