@@ -403,6 +403,18 @@ class NewKey(BaseModel):
     api_key: str = Field(description="Shown once; only its hash is stored.")
 
 
+class WorkerGpu(BaseModel):
+    """A GPU held by a live worker."""
+
+    worker: str = Field(description="The worker's Celery node name.")
+    hostname: str
+    slots: int = Field(description="Runs the worker trains at once (FFLAB_RUNS_PER_GPU for a GPU worker).")
+    index: int | None = Field(description="The GPU's index as nvidia-smi numbers it on its host.")
+    name: str
+    total_memory_bytes: int
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
+    gpus: list[WorkerGpu] = Field(default_factory=list, description="The GPUs the live workers hold.")

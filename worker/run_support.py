@@ -27,6 +27,7 @@ from fflab.settings import Settings
 from fflab.spec import RunKey
 from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix
 from fflab.storage import content_type as storage_content_type
+from worker import gpu_runs
 from worker.dispatch import RUN_TASK
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,13 @@ class WorkerPresence:
     deleted as it stops. /readyz counts the workers heard from; the sweep requeues
     the running runs of a worker gone silent. Registering first forgets earlier
     workers of the same node name on this host whose process is gone (a worker
-    killed and started again): their running runs are requeued at once."""
+    killed and started again): their running runs are requeued at once. It
+    registers its concurrency (its slots in dispatch; FFLAB_RUNS_PER_GPU for a GPU
+    worker) and the GPUs it holds (nvidia-smi), which /readyz and /metrics show."""
 
     def __init__(self, settings: Settings, name: str, queues: list[str], concurrency: int = 1):
         self.settings, self.name, self.queues, self.concurrency = settings, name, queues, concurrency
+        self.devices = gpu_runs.worker_devices(settings, queues)
         self.database_url = settings.resolved_database_url
         self.id, self.hostname, self.pid = jobs.new_id(), socket.gethostname(), os.getpid()
         self.stopped = threading.Event()
@@ -56,7 +60,7 @@ class WorkerPresence:
     def _register(self) -> None:
         with session_scope(self.database_url) as session:
             jobs.register_worker(session, self.id, self.name, self.hostname, self.pid, self.queues,
-                                 self.concurrency)
+                                 self.concurrency, self.devices)
 
     def start(self) -> None:
         with get_sessionmaker(self.database_url)() as session:  # forget_worker commits

@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import Storage, StorageError, experiment_prefix, get_storage
-from worker import run_support
+from worker import gpu_runs, run_support
 from worker.dispatch import (
     ANALYSIS_ID_PREFIX,
     dispatcher_for,
@@ -80,9 +81,18 @@ DOCUMENT_COLUMNS = {
 
 
 def execute_run_task(settings: Settings, run_pk: int, task_id: str) -> str | None:
-    """A run task's delivery: claim the run, train, store and record it, end it.
-    Returns how the run ended, as it was recorded (None when this delivery did
-    not hold the run to its end)."""
+    """A run task's delivery: a GPU run first waits for its memory to be admitted
+    (worker.gpu_runs: it may go back to the queue, or fail if it can never fit);
+    then claim the run, train, store and record it, end it. Returns how the run
+    ended, as it was recorded (None when this delivery did not hold the run to its end)."""
+    with gpu_runs.admitted_run(settings, run_pk, task_id, partial(end_run, settings),
+                               partial(dispatch_or_leave_to_sweep, settings)) as admitted:
+        return claim_and_train(settings, run_pk, task_id) if admitted else None
+
+
+def claim_and_train(settings: Settings, run_pk: int, task_id: str) -> str | None:
+    """Claim the run for this delivery, train, store and record it, end it (see
+    ``execute_run_task``)."""
     with session_scope(settings.resolved_database_url) as session:
         worker_id = run_support.presence.id if run_support.presence else None
         run = jobs.claim_run(session, settings, run_pk, task_id, worker_id)
@@ -136,6 +146,11 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
         except TRANSIENT:
             raise
         except Exception as error:
+            if gpu_runs.is_out_of_memory(error):  # requeued with its reason, or failed after the last try
+                if gpu_runs.requeue_out_of_memory(settings, run_pk, task_id, error) in ("failed", "cancelled"):
+                    delete_checkpoint(get_storage(settings), experiment_id, key.run_id)
+                dispatch_or_leave_to_sweep(settings)
+                return None
             log.exception("run %s of experiment %s failed", key.run_id, experiment_id)
             end_run(settings, run_pk, "failed", f"{type(error).__name__}: {error}", task_id)
             return None

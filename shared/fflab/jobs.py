@@ -325,6 +325,38 @@ def _requeue_lost_run(session: Session, settings: Settings, run: Run, reason: st
     return "requeued"
 
 
+def requeue_run(session: Session, settings: Settings, run_pk: int, task_id: str, reason: str) -> str | None:
+    """A running run that cannot go on where it is for a reason that another try
+    may not have (its GPU ran out of memory): back to waiting for dispatch, with
+    ``reason`` in its error until a worker claims it again, or failed after
+    ``task_max_attempts`` deliveries, or cancelled if its experiment no longer
+    wants it. Only the delivery holding it (``task_id``) may. Returns what it did,
+    None when the run was not this delivery's. The caller commits."""
+    run = _lock_running_run(session, run_pk)
+    if run is None or run.task_id != task_id:
+        return None
+    if run.experiment.status in ACTIVE_STATUSES and run.attempts >= settings.task_max_attempts:
+        finish_run(session, run, "failed", error=(
+            f"{reason}, on each of its {run.attempts} tries; the limit is "
+            f"FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}"))
+        return "failed"
+    outcome = _requeue_lost_run(session, settings, run, reason)
+    if outcome == "requeued":
+        run.error = f"requeued after try {run.attempts}: {reason}"
+    return outcome
+
+
+def release_run(session: Session, run_pk: int, task_id: str, reason: str) -> bool:
+    """A delivery that will not start its run (no GPU memory came free in time)
+    hands it back: the queued run waits for dispatch again, under a new task id,
+    with ``reason`` in its error until a worker claims it. False when the run is
+    no longer queued for this delivery. The caller commits."""
+    return bool(session.execute(
+        update(Run).where(Run.id == run_pk, Run.status == "queued", Run.task_id == task_id)
+        .values(task_id=None, dispatched_at=None, error=f"waiting: {reason}")
+    ).rowcount)
+
+
 def _lock_running_run(session: Session, run_pk: int) -> Run | None:
     # Experiment before run, the lock order of claim_run and finish_run.
     experiment_id = session.scalar(select(Run.experiment_id).where(Run.id == run_pk))
@@ -386,12 +418,13 @@ def reap_lost_runs(session: Session, settings: Settings, now: datetime | None = 
 
 
 def register_worker(session: Session, worker_id: str, name: str, hostname: str, pid: int,
-                    queues: Collection[str], concurrency: int = 1) -> None:
+                    queues: Collection[str], concurrency: int = 1,
+                    devices: list[dict[str, Any]] | None = None) -> None:
     """A worker process announces itself (before it consumes), with the runs it takes
-    at once (its slots in dispatch); the caller commits."""
+    at once (its slots in dispatch) and the GPUs it holds; the caller commits."""
     now = utcnow()
     session.add(Worker(id=worker_id, name=name, hostname=hostname, pid=pid, queues=",".join(sorted(queues)),
-                       concurrency=concurrency, started_at=now, heartbeat_at=now))
+                       concurrency=concurrency, devices=list(devices or []), started_at=now, heartbeat_at=now))
     session.flush()
 
 

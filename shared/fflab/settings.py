@@ -71,6 +71,17 @@ class Settings(BaseSettings):
         False, description="The deployment runs GPU workers: device 'auto' goes to the gpu queue."
     )
     queue_prefix: str = Field("", description="Prefix of the cpu/gpu queue names.")
+    runs_per_gpu: int = Field(
+        4, ge=1, le=64, description="Runs a GPU worker (fflab worker --gpu N) trains at once on its GPU, "
+                                    "each admitted only if its estimated memory fits (fflab.gpu)."
+    )
+    gpu_memory_margin: float = Field(
+        0.10, ge=0, lt=1, description="Fraction of a GPU's memory never handed to runs by admission."
+    )
+    gpu_admission_wait_s: float = Field(
+        300.0, ge=0, description="How long a GPU run waits for memory to free before it goes back to "
+                                 "the queue (its estimate fits the GPU, but not now)."
+    )
     max_running_fraction: float = Field(
         1.0, gt=0, le=1, description="Most runs one user may have running (or handed to a worker) on a "
                                      "queue, as a fraction of its worker slots (rounded down, at least 1)."

@@ -239,8 +239,11 @@ class Worker(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int]
     queues: Mapped[str] = mapped_column(String(255))  # comma-separated queue names
-    # Runs it takes at once (its pool's concurrency): its slots in fair-share dispatch.
+    # Runs it takes at once (its pool's concurrency; a GPU worker's FFLAB_RUNS_PER_GPU):
+    # its slots in fair-share dispatch.
     concurrency: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The GPUs it holds (fflab.gpu.DeviceInfo.as_dict() each; empty for a CPU worker).
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 

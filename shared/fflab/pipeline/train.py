@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fflab.data import N_CLASSES, load_split
+from fflab.devices import describe_device
 from fflab.models import MODELS
 from fflab.models.common import (
     Checkpoint,
@@ -21,7 +22,7 @@ from fflab.models.common import (
     seed_everything,
 )
 from fflab.pipeline.further_analyses import snapshot_recorder
-from fflab.results import RunMetrics, Timings, write_document
+from fflab.results import RunDevice, RunMetrics, Timings, write_document
 from fflab.spec import ExperimentSpec, RunKey
 
 # The training subset is drawn with a fixed seed so that every model and seed of an
@@ -122,6 +123,7 @@ def train_and_evaluate(
         n_test=len(test),
         loss_history=history,
         device=str(device),
+        device_info=RunDevice(**describe_device(device).as_dict()),
         timings=Timings(train_seconds=train_seconds, evaluate_seconds=evaluate_seconds),
     )
     write_document(metrics, run_dir / METRICS_FILE)
