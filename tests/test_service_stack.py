@@ -221,7 +221,7 @@ def test_readiness_and_metrics(stack: Stack) -> None:
         ready = anonymous.get("/readyz")
         assert ready.status_code == 200
         assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok",
-                                                              "workers": "ok"}}
+                                                              "workers": "ok"}, "gpus": []}  # CPU workers only
         assert anonymous.get("/healthz").json() == {"status": "ok"}
         metrics = anonymous.get("/metrics").text
         assert 'fflab_runs{queue="' in metrics and "fflab_http_requests_total" in metrics
