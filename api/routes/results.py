@@ -45,12 +45,12 @@ def get_results(
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
     table: Annotated[Literal[TABLES] | None, Query(
         description="Only this table (csv, md): table1-3, or one of the other aggregates "
-        "(sparseness_treves_rolls, sparseness_hoyer, shared_units, unseen_class).")] = None,
+        "(sparseness_treves_rolls, sparseness_hoyer, shared_units, unseen_class, sweep).")] = None,
 ):
     """Tables 1-3 (accuracy, ensemble sizes, fraction of positive weights) and the
     other aggregates with the run records and figure list (JSON), or the tables as
-    CSV or markdown: one table with ``table``, else Tables 1-3, each preceded by a
-    '# tableN' line."""
+    CSV or markdown: one table with ``table``, else Tables 1-3 (and the sweep's
+    table, with a sweep), each preceded by a '# <name>' line."""
     result = _result(session, experiment)
     if format == "json":
         return result.results
@@ -62,7 +62,8 @@ def get_results(
         text = result.tables[table][format]
     else:
         separator = "\n\n" if format == "md" else "\n"
-        text = "\n".join(f"# {name}{separator}{result.tables[name][format]}" for name in PAPER_TABLES)
+        names = PAPER_TABLES + (("sweep",) if "sweep" in result.tables else ())
+        text = "\n".join(f"# {name}{separator}{result.tables[name][format]}" for name in names)
     media = "text/csv" if format == "csv" else "text/markdown"
     return PlainTextResponse(text, media_type=f"{media}; charset=utf-8")
 
