@@ -7,7 +7,8 @@ under one experiment, aggregated per grid point.
   fractions of positive weights are known per grid point and seed: the sweep
   section's means and standard errors, the stacked tables, the figure.
 - The service's limits count the expanded grid.
-- End to end through ``fflab run`` (training on a tiny subset).
+- End to end through ``fflab run`` and through the service (the real stack:
+  API, worker, PostgreSQL, Redis, S3), training on a tiny subset.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from fflab.pipeline import documents, experiment, folders
 from fflab.results import RunMetrics, Timings, write_document
 from fflab.settings import Settings
 from fflab.spec import RunKey, build_spec, sweepable_fields
+from service_helpers import TINY as SERVICE_TINY
+from service_helpers import Stack, poll_experiment
 
+pytest_plugins = ["service_support"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -307,3 +311,42 @@ def test_a_tiny_sweep_through_fflab_run(tmp_path, data_root):
     losses = {p: json.loads((out / "runs" / f"ff-mnist-seed0-p{p}" / "metrics.json").read_text())["loss_history"]
               for p in (0, 1)}
     assert losses[0] != losses[1]
+
+
+@pytest.mark.slow
+def test_a_tiny_sweep_through_the_service(stack: Stack, monkeypatch):
+    from click.testing import CliRunner
+
+    from fflab.cli import main
+    from fflab.settings import get_settings
+
+    with stack.client(stack.member_key) as alice:
+        created = alice.post("/v1/experiments", json={**SERVICE_TINY, "models": ["bp"], "name": "swept",
+                                                      "sweep": {"bp.learning_rate": [0.01, 0.003]}})
+        assert created.status_code == 202, created.text
+        assert created.json()["runs_total"] == 2
+        base = created.json()["url"]
+        done = poll_experiment(alice, created.json()["id"], ("succeeded", "failed"), timeout=300)
+        assert done["status"] == "succeeded", done
+        document = alice.get(f"{base}/results").json()
+        assert document["schema_version"] == "1.1"
+        assert [(c["point"], c["model"], c["accuracy"]["n"]) for c in document["sweep"]["cells"]] == [
+            (0, "bp", 1), (1, "bp", 1)]
+        assert [r["run_id"] for r in document["runs"]] == ["bp-mnist-seed0-p0", "bp-mnist-seed0-p1"]
+        tables = alice.get(f"{base}/results", params={"format": "md"}).text
+        assert "# table1" in tables and "# sweep" in tables and "| bp.learning_rate | Model |" in tables
+        csv = alice.get(f"{base}/results", params={"format": "csv", "table": "sweep"}).text
+        assert csv.startswith("bp.learning_rate,Model,Data set,Accuracy mean")
+        assert alice.get(f"{base}/figures/sweep").content.startswith(PNG_SIGNATURE)
+        metrics = alice.get(f"{base}/runs/bp-mnist-seed0-p1/documents/metrics")
+        assert metrics.status_code == 200 and metrics.json()["run_id"] == "bp-mnist-seed0-p1"
+        comparison = alice.get(f"{base}/paper-comparison").json()
+        assert comparison["experiment"].endswith("(sweep point 0: bp.learning_rate=0.01)")
+    monkeypatch.setenv("FFLAB_API_URL", stack.api_url)
+    monkeypatch.setenv("FFLAB_API_KEY", stack.member_key)
+    get_settings.cache_clear()
+    try:
+        printed = CliRunner().invoke(main, ["results", created.json()["id"]], catch_exceptions=False)
+    finally:
+        get_settings.cache_clear()
+    assert printed.exit_code == 0 and "Sweep of bp.learning_rate" in printed.output

@@ -254,7 +254,7 @@ def register(cli: click.Group) -> None:
     @click.option("--table", type=click.Choice(TABLES), default=None,
                   help="Only this table.")
     def results_command(experiment_id: str, fmt: str, table: str | None) -> None:
-        """Tables 1-3 of a finished experiment."""
+        """Tables 1-3 of a finished experiment (and the sweep's table, with a sweep)."""
         with client() as api:
             document = api.results(experiment_id, fmt, table)
         if fmt == "json":
