@@ -29,4 +29,4 @@ USER fflab
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"
-CMD ["uvicorn", "--factory", "api.main:create_app", "--http", "api.protocol:HttpProtocol", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+CMD ["uvicorn", "--factory", "api.main:create_app", "--http", "api.protocol:HttpProtocol", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

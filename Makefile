@@ -7,14 +7,16 @@ BIN := $(VENV)/bin
 export FFLAB_DATA_ROOT ?= $(CURDIR)/data
 N ?= 60000
 LOAD ?= embedded
+BUDGET ?= 600
 
-.PHONY: run test serve bench load-bench reproduce screenshots data setup clean help
+.PHONY: run test serve bench gpu-check load-bench reproduce screenshots data setup clean help
 
 help:
 	@echo "make run    - run the quick preset (FF, BP/FF, BP on MNIST) and print where the results are"
 	@echo "make test   - run the test suite"
 	@echo "make serve  - start the embedded service (API + worker, no servers needed)"
 	@echo "make bench  - benchmark FF training (N=$(N) images; make bench N=20000 for a quick one)"
+	@echo "make gpu-check - prove the GPU path: cuda tests, bench, TF32 vs FP32, the paper sweep (BUDGET=$(BUDGET) s; skips without CUDA)"
 	@echo "make load-bench - 50 clients polling fflab serve while it trains (LOAD=stack: 200 on PostgreSQL + Redis)"
 	@echo "make screenshots - the web UI's pages at laptop and phone widths, into docs/img/ui-*.png (a browser test)"
 	@echo "make reproduce - the paper preset at this machine's scale, then fflab compare (hours; docs/reproduction.md)"
@@ -44,6 +46,9 @@ serve: setup data
 
 bench: setup data
 	$(BIN)/python -m benchmarks.ff_bench --n $(N)
+
+gpu-check: setup data
+	$(BIN)/python -m benchmarks.gpu_check --budget $(BUDGET)
 
 load-bench: setup data
 	$(BIN)/python -m benchmarks.load_bench --mode $(LOAD) --seconds 20

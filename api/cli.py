@@ -160,7 +160,7 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                    http=HttpProtocol)
+                    http=HttpProtocol, proxy_headers=False)  # the app trusts FFLAB_TRUSTED_PROXIES only
     finally:
         if supervisor is not None:
             supervisor.stop()

@@ -1,12 +1,31 @@
-"""Every error body of the API is built here: ``{"detail": ...}``, a message or, for
-422, FastAPI's list of problems, each naming the field (``loc``) and what is allowed
-(``msg``). Exception handlers, middleware and the HTTP protocol's own 400 all use
-``error_response`` or ``error_body``, so that the format can change in one place.
+"""Every error body of the API is built here, in one shape: RFC 9457 problem details
+(``Content-Type: application/problem+json``) with three members of our own::
 
-What a client sent is echoed back in a problem's ``input`` only in a form that JSON
-can carry: non-finite numbers become the strings "NaN", "Infinity" and "-Infinity",
-lone surrogates are escaped, integers beyond 64 bits become strings, and containers
-are cut at a few levels."""
+    {"type": "about:blank", "title": "Unprocessable Content", "status": 422,
+     "code": "validation_error",
+     "message": "ff.learning_rate: Input should be greater than 0",
+     "detail": "ff.learning_rate: Input should be greater than 0",
+     "details": [{"field": "ff.learning_rate", "given": -1, "allowed": "> 0",
+                  "message": "Input should be greater than 0", "type": "greater_than"}]}
+
+- ``code`` is stable and machine-readable (``CODES``): a client branches on it, never
+  on the wording of ``message``;
+- ``message`` is one human sentence, and ``detail`` (RFC 9457's name) repeats it;
+- ``details`` lists the problems with single fields (validation), ``[]`` otherwise.
+  ``field`` is the dotted path of a body field (``network.width``), or ``query.<name>``,
+  ``path.<name>`` or ``header.<name>``; ``given`` is what the client sent (absent
+  where it must not be echoed, such as an API key); ``allowed`` says what would be
+  accepted; ``type`` is pydantic's error type.
+
+Exception handlers, middleware and the HTTP protocol's own 400 all go through
+``problem_response`` or ``problem_body``. Routes raise ``api_error(status, message,
+code)`` (an ``HTTPException``), or a plain ``HTTPException`` whose status gives the
+code (``CODE_BY_STATUS``).
+
+What a client sent is echoed back in ``given`` only in a form that JSON can carry:
+non-finite numbers become the strings "NaN", "Infinity" and "-Infinity", lone
+surrogates are escaped, integers beyond 64 bits become strings, and containers are cut
+at a few levels."""
 
 from __future__ import annotations
 
@@ -14,15 +33,18 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_S = 5
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_ECHO_DEPTH = 4
@@ -30,27 +52,86 @@ MAX_ECHO_ITEMS = 50
 MAX_ECHO_CHARS = 1000
 NO_BODY_STATUSES = {204, 304}
 
+Code = Literal["validation_error", "not_found", "unauthorized", "forbidden", "conflict", "quota_exceeded",
+               "payload_too_large", "rate_limited", "unavailable", "internal_error", "method_not_allowed",
+               "not_acceptable", "range_not_satisfiable"]
+CODES: tuple[str, ...] = Code.__args__  # type: ignore[attr-defined]
+CODE_BY_STATUS = {
+    400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
+    414: "validation_error", 416: "range_not_satisfiable", 422: "validation_error", 429: "rate_limited",
+    503: "unavailable",
+}
 
-def error_content(detail: Any, **extra: Any) -> dict[str, Any]:
-    return {"detail": detail, **extra}
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="Dotted path of a body field (network.width), or query.<name>, "
+                                   "path.<name>, header.<name>; 'body' for the body as a whole.")
+    message: str = Field(description="What is wrong with it.")
+    allowed: str | None = Field(None, description="What would be accepted, where it can be said.")
+    given: Any = Field(None, description="What was sent (absent where it must not be echoed).")
+    type: str = Field(description="The kind of problem (pydantic's error types: missing, greater_than, ...).")
 
 
-def error_body(detail: Any) -> bytes:
-    """The JSON bytes of an error body (for code that writes bytes itself)."""
-    return json.dumps(error_content(detail), ensure_ascii=False, allow_nan=False).encode()
+class Problem(BaseModel):
+    """The body of every 4xx and 5xx (RFC 9457, application/problem+json)."""
+
+    type: str = Field("about:blank", description="RFC 9457: no further documentation URI.")
+    title: str = Field(description="The HTTP reason phrase of the status.")
+    status: int
+    code: Code = Field(description="Stable and machine-readable: branch on this.")
+    message: str = Field(description="One human sentence.")
+    detail: str = Field(description="RFC 9457's name for the same sentence as message.")
+    details: list[FieldProblem] = Field(description="Problems with single fields (validation); [] otherwise.")
+    request_id: str | None = Field(None, description="500 and 503: quote it when reporting the error.")
+    retry_after_seconds: int | None = Field(None, description="429 and 503: when to try again (also Retry-After).")
 
 
-def error_response(status_code: int, detail: Any, headers: Mapping[str, str] | None = None,
-                   **extra: Any) -> Response:
-    """The response of every error; ``extra`` adds top-level fields (``request_id``)."""
+def _title(status_code: int) -> str:
+    try:
+        return HTTPStatus(status_code).phrase
+    except ValueError:
+        return "Error"
+
+
+def problem_content(status_code: int, message: str, code: str | None = None,
+                    details: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+    """The problem document (a dict); ``extra`` adds members (``request_id``)."""
+    message = safe_text(str(message))
+    body = {"type": "about:blank", "title": _title(status_code), "status": status_code,
+            "code": code or CODE_BY_STATUS.get(status_code, "internal_error" if status_code >= 500
+                                                 else "validation_error"),
+            "message": message, "detail": message, "details": details or []}
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return body
+
+
+def problem_body(status_code: int, message: str, code: str | None = None) -> bytes:
+    """The JSON bytes of a problem (for code that writes bytes itself)."""
+    return json.dumps(problem_content(status_code, message, code), ensure_ascii=False, allow_nan=False).encode()
+
+
+def problem_response(status_code: int, message: str, headers: Mapping[str, str] | None = None,
+                     code: str | None = None, details: list[dict[str, Any]] | None = None,
+                     **extra: Any) -> Response:
+    """The response of every error."""
     if status_code < 200 or status_code in NO_BODY_STATUSES:
         return Response(status_code=status_code, headers=dict(headers or {}))
-    return JSONResponse(error_content(detail, **extra), status_code=status_code, headers=dict(headers or {}))
+    return JSONResponse(problem_content(status_code, message, code, details, **extra), status_code=status_code,
+                        headers=dict(headers or {}), media_type=PROBLEM_JSON)
+
+
+def api_error(status_code: int, message: str, code: str | None = None,
+              details: list[dict[str, Any]] | None = None,
+              headers: Mapping[str, str] | None = None) -> HTTPException:
+    """An exception a route raises; the handler answers it as a problem with this code."""
+    return HTTPException(status_code, {"message": message, "code": code, "details": details or []},
+                         headers=dict(headers) if headers else None)
 
 
 def problem(loc: Iterable[str | int], msg: str, kind: str = "value_error", **ctx: Any) -> dict[str, Any]:
-    """One entry of a 422's ``detail`` list; it carries no ``input`` (for values that
-    must not be echoed, such as a whole API key)."""
+    """One validation problem in pydantic's form (``loc``, ``msg``, ``type``, ``ctx``),
+    without ``input``: for values that must not be echoed, such as a whole API key."""
     entry: dict[str, Any] = {"type": kind, "loc": tuple(loc), "msg": msg}
     if ctx:
         entry["ctx"] = ctx
@@ -90,25 +171,59 @@ def safe_value(value: Any, depth: int = 0) -> Any:
     return safe_text(str(value))
 
 
-def safe_problems(problems: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Validation problems (pydantic's or ours) as JSON-safe dicts: type, loc, msg, and
-    input and ctx where present."""
+def field_path(loc: Iterable[Any]) -> str:
+    """pydantic's ``loc`` as a field path: ("body", "ff", "epochs") -> "ff.epochs",
+    ("query", "limit") -> "query.limit", ("body",) -> "body"."""
+    parts = [str(p) if isinstance(p, int) and not isinstance(p, bool) else safe_text(str(p), 100) for p in loc]
+    if parts and parts[0] == "body" and len(parts) > 1:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+ALLOWED_BY_CONTEXT = {"gt": "> {}", "ge": ">= {}", "lt": "< {}", "le": "<= {}", "multiple_of": "a multiple of {}",
+                      "pattern": "text matching {}", "expected": "{}", "min_length": "at least {} long",
+                      "max_length": "at most {} long"}
+ALLOWED_BY_TYPE = {"finite_number": "a finite number", "missing": "a value (the field is required)",
+                   "extra_forbidden": "no such field: see the schema for the fields there are",
+                   "int_type": "an integer", "float_type": "a number", "string_type": "a string",
+                   "bool_type": "true or false", "list_type": "a list", "dict_type": "an object",
+                   "model_type": "an object", "string_unicode": "valid Unicode text",
+                   "int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}
+
+
+def allowed_of(kind: str, ctx: Mapping[str, Any] | None) -> str | None:
+    """What would have been accepted, from pydantic's error type and context."""
+    parts = [template.format(safe_value(ctx[name])) for name, template in ALLOWED_BY_CONTEXT.items()
+             if ctx and name in ctx and not isinstance(ctx[name], (dict, list))]
+    if parts:
+        return ", ".join(parts)
+    return ALLOWED_BY_TYPE.get(kind)
+
+
+def field_problems(problems: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Validation problems (pydantic's or ours, with ``loc``, ``msg``, ``type`` and
+    maybe ``input`` and ``ctx``) as ``details`` entries."""
     out = []
     for entry in problems:
-        item: dict[str, Any] = {
-            "type": safe_text(str(entry.get("type", "value_error")), 100),
-            "loc": [p if isinstance(p, int) and not isinstance(p, bool) else safe_text(str(p), 100)
-                    for p in entry.get("loc", ())],
-            "msg": safe_text(str(entry.get("msg", ""))),
-        }
-        if "input" in entry:
-            item["input"] = safe_value(entry["input"])
-        if isinstance(entry.get("ctx"), Mapping):
-            item["ctx"] = {safe_text(str(k), 100): safe_value(v if isinstance(v, (int, float, str, type(None)))
-                                                               else str(v))
-                           for k, v in entry["ctx"].items()}
+        kind = safe_text(str(entry.get("type", "value_error")), 100)
+        ctx = entry.get("ctx") if isinstance(entry.get("ctx"), Mapping) else None
+        item: dict[str, Any] = {"field": field_path(entry.get("loc", ())),
+                                "message": safe_text(str(entry.get("msg", ""))), "type": kind}
+        allowed = allowed_of(kind, ctx)
+        if allowed is not None:
+            item["allowed"] = allowed
+        if "input" in entry and kind != "missing":
+            item["given"] = safe_value(entry["input"])
         out.append(item)
     return out
+
+
+def validation_message(details: list[dict[str, Any]]) -> str:
+    if not details:
+        return "the request is invalid"
+    first = details[0]
+    more = f" (and {len(details) - 1} more problem{'s' if len(details) > 2 else ''})" if len(details) > 1 else ""
+    return f"{first['field']}: {first['message']}{more}"
 
 
 def request_id(request: Request) -> str:
@@ -116,7 +231,14 @@ def request_id(request: Request) -> str:
 
 
 async def http_error(request: Request, error: HTTPException) -> Response:
-    return error_response(error.status_code, safe_value(_unparsable_body(error) or error.detail), error.headers)
+    detail = error.detail
+    if isinstance(detail, Mapping) and "message" in detail:
+        return problem_response(error.status_code, detail["message"], error.headers, detail.get("code"),
+                                list(detail.get("details") or []))
+    message = _unparsable_body(error) or detail
+    if not isinstance(message, str):
+        message = json.dumps(safe_value(message), ensure_ascii=False)
+    return problem_response(error.status_code, message, error.headers)
 
 
 def _unparsable_body(error: HTTPException) -> str | None:
@@ -132,14 +254,15 @@ def _unparsable_body(error: HTTPException) -> str | None:
 
 
 async def validation_error(request: Request, error: RequestValidationError) -> Response:
-    return error_response(422, safe_problems(error.errors()))
+    details = field_problems(error.errors())
+    return problem_response(422, validation_message(details), code="validation_error", details=details)
 
 
 async def internal_error(request: Request, error: Exception) -> Response:
     rid = request_id(request)
     log.error("unhandled error in %s %s (request %s)", request.method, request.url.path, rid, exc_info=error)
-    return error_response(500, "internal server error; quote the request id when reporting it",
-                          {"x-request-id": rid}, request_id=rid)
+    return problem_response(500, "internal server error; quote the request id when reporting it",
+                            {"x-request-id": rid}, "internal_error", request_id=rid)
 
 
 async def database_unavailable(request: Request, error: Exception) -> Response:
@@ -148,8 +271,9 @@ async def database_unavailable(request: Request, error: Exception) -> Response:
     rid = request_id(request)
     log.warning("database unavailable in %s %s (request %s): %s", request.method, request.url.path,
                 rid, str(getattr(error, "orig", error))[:300])
-    return error_response(503, "the database is unavailable; retry shortly",
-                          {"retry-after": str(RETRY_AFTER_S), "x-request-id": rid}, request_id=rid)
+    return problem_response(503, "the database is unavailable; retry shortly",
+                            {"retry-after": str(RETRY_AFTER_S), "x-request-id": rid}, "unavailable",
+                            request_id=rid, retry_after_seconds=RETRY_AFTER_S)
 
 
 def install(app: FastAPI) -> None:
@@ -158,3 +282,17 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(InterfaceError, database_unavailable)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` declaring these error statuses with the Problem body."""
+    descriptions = {
+        400: "The request is malformed.", 401: "No valid API key.", 403: "Not allowed to this user.",
+        404: "No such resource (or not visible to this user).", 409: "Conflicts with the resource's state.",
+        413: "The body is larger than FFLAB_MAX_BODY_BYTES.", 416: "The Range cannot be satisfied.",
+        422: "A field is invalid: details names each.", 429: "A cap or rate limit is reached (Retry-After).",
+        503: "A backend (database, storage) is unavailable (Retry-After).",
+    }
+    return {status: {"model": Problem, "description": descriptions.get(status, _title(status)),
+                     "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for status in statuses}

@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import INT64_MAX, INT64_MIN, error_response, problem
+from api.errors import INT64_MAX, INT64_MIN, problem, problem_response
 from fflab.accounts import contains_key
 
 MAX_JSON_DEPTH = 32
@@ -38,13 +38,13 @@ def _unrepresentable(document: Any) -> Iterator[dict[str, Any]]:
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            yield problem(loc, "Input should be a finite number", "finite_number")
+            yield {**problem(loc, "Input should be a finite number", "finite_number"), "input": value}
         elif isinstance(value, int) and value > INT64_MAX:
-            yield problem(loc, f"Input should be less than or equal to {INT64_MAX}", "less_than_equal",
-                          le=INT64_MAX)
+            yield {**problem(loc, f"Input should be less than or equal to {INT64_MAX}", "less_than_equal",
+                             le=INT64_MAX), "input": value}
         elif isinstance(value, int) and value < INT64_MIN:
-            yield problem(loc, f"Input should be greater than or equal to {INT64_MIN}", "greater_than_equal",
-                          ge=INT64_MIN)
+            yield {**problem(loc, f"Input should be greater than or equal to {INT64_MIN}", "greater_than_equal",
+                             ge=INT64_MIN), "input": value}
         elif isinstance(value, str) and not _is_unicode(value):
             yield problem(loc, "Input should be a valid string: lone surrogates (\\ud800-\\udfff) are not "
                                "Unicode characters", "string_unicode")
@@ -107,11 +107,11 @@ class RequestLineMiddleware:
         if scope["type"] == "http":
             query = scope.get("query_string", b"")
             if len(scope.get("raw_path") or scope["path"].encode()) + len(query) > MAX_URL_BYTES:
-                response = error_response(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
+                response = problem_response(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
                 await response(scope, receive, send)
                 return
             if query and key_in_query(query):
-                response = error_response(
+                response = problem_response(
                     400, "an API key may not be sent in the URL: send it in the header "
                          "'Authorization: Bearer <key>' (URLs are logged by servers and proxies)")
                 await response(scope, receive, send)

@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from api import errors, ui
+from api import docs, errors, ui
 from api.inputs import RequestLineMiddleware, checked_json_body
 from api.logs import install_key_redaction
 from api.metrics import Metrics
 from api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from api.routes import admin, analyses, experiments, health, results, runs, users
+from api.routes import admin, analyses, experiments, health, results, run_analyses, runs, users
 from fflab.db import get_sessionmaker
 from fflab.db.migrate import upgrade_database
 from fflab.jobs import dispatch
@@ -50,17 +51,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Train Forward-Forward networks and analyse their ensembles, as a service.",
         lifespan=lifespan,
         dependencies=[Depends(checked_json_body)],
+        docs_url=None,
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.settings = settings
     app.state.storage = get_storage(settings)
     app.state.celery = create_celery(settings)
     app.state.dispatcher = CeleryDispatcher(app.state.celery)
     app.state.metrics = Metrics(settings.resolved_database_url)
-    for module in (health, users, admin, experiments, runs, results, analyses):
+    for module in (health, users, admin, experiments, runs, results, run_analyses, analyses):
         app.include_router(module.router)
     ui.install(app)  # the web UI under /ui
     errors.install(app)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestLineMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    # Outermost: X-Forwarded-For/-Proto are believed from the configured proxies only.
+    app.add_middleware(ProxyHeadersMiddleware,
+                       trusted_hosts=[h.strip() for h in settings.trusted_proxies.split(",") if h.strip()])
     return app

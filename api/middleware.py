@@ -9,7 +9,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
+from api.errors import problem_response
 from api.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -69,7 +69,7 @@ class BodySizeLimitMiddleware:
         self.app, self.limit = app, limit
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await error_response(413, too_large_message(self.limit))(scope, receive, send)
+        await problem_response(413, too_large_message(self.limit))(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -2,48 +2,118 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from fflab.results import RunEnsembles, RunMetrics, RunSharedUnits, RunWeightStats
-from fflab.spec import PRESETS, ExperimentSpec
+from fflab.spec import PRESETS, ExperimentSpec, build_spec
 
 # "cancelling": experiments only, from their cancellation until their last running run stops.
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 Visibility = Literal["private", "lab"]
+MAX_TAGS, MAX_TAG_LENGTH = 16, 32
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+Priority = Literal["low", "normal", "high"]  # fflab.scheduling.PRIORITIES
 
 
-class ExperimentSubmit(BaseModel):
-    """A full ExperimentSpec, or ``preset`` plus any spec fields as overrides
-    (merged by fflab.spec.build_spec). ``visibility`` is not part of the spec."""
+def _preset_values(path: tuple[str, ...]) -> str:
+    """'quick: 0.3, paper: 0.5': the value of a spec field in each preset."""
+    values = []
+    for preset in PRESETS:
+        value: Any = build_spec(preset).model_dump(mode="json")
+        for part in path:
+            value = value[part]
+        values.append(f"{preset}: {json.dumps(value)}")
+    return ", ".join(values)
 
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {"preset": "quick"},
-                {"preset": "quick", "models": ["ff"], "ff": {"epochs": 3}, "visibility": "lab"},
-            ]
-        },
-    )
 
-    preset: str | None = Field(None, description="A preset name: quick or paper.")
-    visibility: Visibility = Field("private", description="lab: every user may read it.")
+def overrides_model(model: type[BaseModel], path: tuple[str, ...] = ()) -> type[BaseModel]:
+    """``model`` (a spec model of fflab.spec) with every field optional: a field left
+    out keeps the preset's value. Types, bounds, enums and descriptions are the
+    spec's own (one source of truth); each description also gives the presets'
+    values. The spec's cross-field checks run on the merged spec (build_spec)."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        field = copy.copy(info)
+        field.default, field.default_factory = None, None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            annotation = overrides_model(annotation, (*path, name))
+        else:
+            described = (info.description or "").rstrip()
+            field.description = (f"{described} " if described else "") + f"Presets: {_preset_values((*path, name))}."
+        fields[name] = (annotation, field)
+    name = "".join(part.title() for part in path) or model.__name__.removesuffix("Spec")
+    return create_model(f"{name}Overrides", __config__=model.model_config,
+                        __doc__=f"{model.__doc__ or model.__name__} Every field optional: the preset's value "
+                                "where left out.", **fields)
+
+
+Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_LENGTH, pattern=TAG_PATTERN)]
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS, description=f"Labels to filter by (at most {MAX_TAGS}: "
+                                                                   "letters, digits, '_', '.', ':', '-').")]
+
+
+class ExperimentSubmit(overrides_model(ExperimentSpec)):  # type: ignore[misc]
+    """``preset`` plus any fields of the spec as overrides (merged by
+    fflab.spec.build_spec), or a complete spec without a preset. ``visibility`` and
+    ``tags`` and ``priority`` are not part of the spec. Without ``name``, the experiment is named after
+    what it runs and when (quick-ff.bp-mnist-s3-20261128T061500)."""
+
+    preset: Literal[tuple(PRESETS)] | None = Field(  # type: ignore[valid-type]
+        None, description="The preset the fields given override: quick (minutes on a CPU) or paper "
+                          "(the paper's settings; hours on a GPU).")
+    visibility: Visibility = Field("private", description="lab: every user may read and list it.")
+    tags: Tags = []
+    priority: Priority = Field(
+        "normal", description="Goes ahead within the fair-share order (high counts its owner's usage at "
+                              "half, low at double); at most the owner's max_priority (403 above).")
 
     @model_validator(mode="after")
     def _preset_or_complete_spec(self) -> ExperimentSubmit:
         """Without a preset, every field of the spec must be given: an empty or partial
         body would otherwise train the defaults (the whole paper sweep)."""
         if self.preset is None:
-            missing = [name for name in ExperimentSpec.model_fields if name not in (self.model_extra or {})]
+            missing = [name for name in ExperimentSpec.model_fields if name not in self.model_fields_set]
             if missing:
                 raise ValueError(
                     f"name a preset ({' or '.join(PRESETS)}) to start from, or give a complete spec "
                     f"(`fflab spec --preset paper` prints one); missing: {', '.join(missing)}"
                 )
         return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The spec fields given, nested (what build_spec merges over the preset)."""
+        return self.model_dump(exclude_unset=True, exclude={"preset", "visibility", "tags", "priority"})
+
+
+SUBMIT_EXAMPLES = {
+    **{name: {"summary": f"The {name} preset, as is",
+              "description": ("The fields this preset sets over the spec's defaults (the paper's settings): "
+                              + json.dumps({k: v for k, v in preset.items() if k != "name"})
+                              if len(preset) > 1 else "The spec's defaults: the paper's settings."),
+              "value": {"preset": name}}
+       for name, preset in PRESETS.items()},
+    "quick, overridden": {"summary": "The quick preset with a few fields overridden, shared with the lab",
+                          "value": {"preset": "quick", "models": ["ff"], "ff": {"epochs": 3},
+                                    "network": {"threshold": 0.5}, "data": {"train_subset": 2000},
+                                    "visibility": "lab", "tags": ["threshold-sweep"]}},
+}
+
+
+class ExperimentPatch(BaseModel):
+    """What may change after submission; fields left out are unchanged."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "theta-0.5",
+                                                                               "tags": ["sweep"]}]})
+
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    tags: Tags | None = Field(None, description="Replaces the tags.")
+    visibility: Visibility | None = None
 
 
 class Link(BaseModel):
@@ -54,6 +124,7 @@ class Link(BaseModel):
 
 class ExperimentCreated(Link):
     runs_total: int
+    name: str
 
 
 class RunningRun(BaseModel):
@@ -76,7 +147,7 @@ class Progress(BaseModel):
     running: list[RunningRun] = []
 
 
-class Timings(BaseModel):
+class ExperimentTimings(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -90,21 +161,32 @@ class ExperimentSummary(BaseModel):
     name: str
     owner: str
     visibility: Visibility
+    tags: list[str]
     status: Status
     error: str | None
     progress: Progress
-    timings: Timings
+    timings: ExperimentTimings
+
+
+class QueuePlace(BaseModel):
+    queue: str
+    position: int = Field(description="1: the next of the queue to start (or handed to a worker already).")
+    runs_ahead: int = Field(description="Waiting runs (of every user) that start before its next run.")
+    estimated_start: datetime | None = Field(
+        description="If nothing else is submitted: each busy slot frees after the queue's expected run "
+                    "length (median of recent runs). Null when no worker serves the queue.")
 
 
 class Experiment(ExperimentSummary):
+    priority: Priority
+    queue: QueuePlace | None = Field(None, description="While a run of it waits: where it stands.")
     spec: dict[str, Any]
 
 
 class ExperimentPage(BaseModel):
     items: list[ExperimentSummary]
-    total: int
-    limit: int
-    offset: int
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
+    total: int = Field(description="Experiments matching the filters, over all pages.")
 
 
 class Run(BaseModel):
@@ -133,6 +215,8 @@ class RunDetail(Run):
 
 class RunList(BaseModel):
     items: list[Run]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
+    experiment_status: Status = Field(description="While queued or running, more items may come.")
 
 
 class DocumentOut(BaseModel):
@@ -150,21 +234,27 @@ class EnsemblesOut(BaseModel):
     """Per run, its ensembles.json document restricted to the filters."""
 
     experiment_id: str
+    experiment_status: Status = Field(description="While queued or running, more items may come.")
+    quantiles: list[float] = Field(description="The Method 1 quantiles computed (filter values of quantile).")
     runs: list[RunEnsembles]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
 
 
 class SharedUnitsOut(BaseModel):
     experiment_id: str
+    experiment_status: Status = Field(description="While queued or running, more items may come.")
     runs: list[RunSharedUnits]
 
 
 class WeightsOut(BaseModel):
     experiment_id: str
+    experiment_status: Status = Field(description="While queued or running, more items may come.")
     runs: list[RunWeightStats]
 
 
 class ArtifactOut(BaseModel):
-    name: str
+    name: str = Field(description="What this collection's GET /{name} takes (figures: figure1a.png; "
+                                  "artifacts: figures/figure1a.png, runs/<run_id>/weights.pt).")
     url: str
     size: int
     sha256: str
@@ -173,6 +263,8 @@ class ArtifactOut(BaseModel):
 
 class ArtifactList(BaseModel):
     items: list[ArtifactOut]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
+    experiment_status: Status = Field(description="While queued or running, more items may come.")
 
 
 class AnalysisOut(BaseModel):
@@ -189,6 +281,7 @@ class AnalysisOut(BaseModel):
 
 class AnalysisList(BaseModel):
     items: list[AnalysisOut]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
 
 
 class UserOut(BaseModel):
@@ -197,7 +290,105 @@ class UserOut(BaseModel):
     id: int
     name: str
     role: Literal["admin", "member"]
+    share_weight: float = Field(description="Fair share: the user's usage counts divided by this.")
+    max_priority: Priority = Field(description="The highest priority the user's experiments may ask for.")
     created_at: datetime
+
+
+class UserList(BaseModel):
+    items: list[UserOut]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
+
+
+class KeyOut(BaseModel):
+    """An API key as listed: never the key itself."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    prefix: str = Field(description="The key's first 14 characters (what revocation takes).")
+    created_at: datetime
+    revoked_at: datetime | None
+    current: bool = Field(False, description="The key this request was made with.")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
+
+
+class KeyRotation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    revoke_current: bool = Field(True, description="Revoke the key this request is made with.")
+
+
+class LossSeries(BaseModel):
+    layer: int | None = Field(description="The hidden layer (from 1) of a model trained layer by layer (FF); "
+                                          "null for a network trained in one stage (BP/FF, BP, a one-layer FF).")
+    epochs: list[int] = Field(description="1, 2, ...: the epoch of each loss.")
+    loss: list[float] = Field(description="Training loss at the end of each epoch.")
+
+
+class RunMetricsOut(BaseModel):
+    """A run's training history and measured accuracy (from its metrics.json)."""
+
+    run_id: str
+    model: str
+    dataset: str
+    seed: int
+    unseen_class: int | None
+    status: Status
+    loss: list[LossSeries]
+    accuracy: float = Field(description="Test accuracy after training (the only accuracy measured).")
+    per_class_accuracy: list[float | None]
+    n_train: int
+    n_test: int
+    train_seconds: float
+
+
+class UserShareUpdate(BaseModel):
+    """What an admin sets of a user's fair share; fields left out are unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share_weight: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False)
+    max_priority: Priority | None = None
+
+
+class QueueUser(BaseModel):
+    name: str
+    share_weight: float
+    max_priority: Priority
+    usage_seconds: float = Field(description="Run-time on the queue, decayed with FFLAB_FAIR_SHARE_HALF_LIFE_S.")
+    share: float = Field(description="Its fraction of all users' usage.")
+    target_share: float = Field(description="Its weight over the weights of users with usage or waiting runs.")
+    running: int
+    waiting: int
+    oldest_wait_seconds: float | None
+
+
+class QueuedExperiment(BaseModel):
+    id: str
+    name: str
+    owner: str
+    priority: Priority
+    position: int
+    runs_waiting: int
+    estimated_start: datetime | None
+
+
+class QueueOut(BaseModel):
+    queue: str
+    slots: int = Field(description="Runs the live workers of this queue take at once.")
+    free_slots: int
+    running_cap: int = Field(description="Most runs one user may have running (FFLAB_MAX_RUNNING_FRACTION).")
+    expected_run_seconds: float
+    users: list[QueueUser]
+    experiments: list[QueuedExperiment] = Field(description="Active experiments with waiting runs, in queue order.")
+
+
+class QueuesOut(BaseModel):
+    queues: list[QueueOut]
 
 
 class UserCreate(BaseModel):
@@ -212,6 +403,18 @@ class NewKey(BaseModel):
     api_key: str = Field(description="Shown once; only its hash is stored.")
 
 
+class WorkerGpu(BaseModel):
+    """A GPU held by a live worker."""
+
+    worker: str = Field(description="The worker's Celery node name.")
+    hostname: str
+    slots: int = Field(description="Runs the worker trains at once (FFLAB_RUNS_PER_GPU for a GPU worker).")
+    index: int | None = Field(description="The GPU's index as nvidia-smi numbers it on its host.")
+    name: str
+    total_memory_bytes: int
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
+    gpus: list[WorkerGpu] = Field(default_factory=list, description="The GPUs the live workers hold.")

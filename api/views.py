@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import datetime
 
 from fastapi import Request
 from sqlalchemy import func, select
-from sqlalchemy.orm import load_only, object_session
+from sqlalchemy.orm import Session, load_only, object_session
 
 from api import schemas
-from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, Run, utcnow
+from fflab import queueing
+from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, ExperimentTag, Run, utcnow
+from fflab.settings import Settings
+from fflab.storage import content_type
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -19,8 +22,28 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round(((end or utcnow()) - start).total_seconds(), 3)
 
 
+def url_for(request: Request, route: str, **params: str) -> str:
+    """The absolute URL of a route: under FFLAB_PUBLIC_URL where it is set, else
+    under the URL the request came to (its Host header; X-Forwarded-* count only
+    from FFLAB_TRUSTED_PROXIES, api.proxies)."""
+    public = request.app.state.settings.public_url
+    if public:
+        return public.rstrip("/") + str(request.app.url_path_for(route, **params))
+    return str(request.url_for(route, **params))
+
+
 def experiment_url(request: Request, experiment_id: str) -> str:
-    return str(request.url_for("get_experiment", experiment_id=experiment_id))
+    return url_for(request, "get_experiment", experiment_id=experiment_id)
+
+
+def tags_of(session: Session, experiment_ids: list[str]) -> dict[str, list[str]]:
+    tags: dict[str, list[str]] = defaultdict(list)
+    for experiment_id, tag in session.execute(
+        select(ExperimentTag.experiment_id, ExperimentTag.tag)
+        .where(ExperimentTag.experiment_id.in_(experiment_ids)).order_by(ExperimentTag.tag)
+    ):
+        tags[experiment_id].append(tag)
+    return tags
 
 
 def progress(experiment: Experiment, counts: Counter[str], running: list[Run]) -> schemas.Progress:
@@ -42,17 +65,18 @@ def progress(experiment: Experiment, counts: Counter[str], running: list[Run]) -
 
 
 def experiment_summary(request: Request, experiment: Experiment, counts: Counter[str],
-                       running: list[Run]) -> dict:
+                       running: list[Run], tags: list[str]) -> dict:
     return dict(
         id=experiment.id,
         url=experiment_url(request, experiment.id),
         name=experiment.name,
         owner=experiment.owner.name,
         visibility=experiment.visibility,
+        tags=tags,
         status=experiment.status,
         error=experiment.error,
         progress=progress(experiment, counts, running),
-        timings=schemas.Timings(
+        timings=schemas.ExperimentTimings(
             created_at=experiment.created_at,
             started_at=experiment.started_at,
             finished_at=experiment.finished_at,
@@ -73,7 +97,44 @@ def experiment_detail(request: Request, experiment: Experiment) -> schemas.Exper
         select(Run).options(load_only(Run.run_id, Run.model, Run.progress, Run.status, Run.heartbeat_at))
         .where(Run.experiment_id == experiment.id, Run.status == "running").order_by(Run.id)
     ))
-    return schemas.Experiment(**experiment_summary(request, experiment, counts, running), spec=experiment.spec)
+    place = None
+    if counts.get("queued"):  # where its next run stands in the fair-share order
+        snapshot = queueing.read_queues(session, request.app.state.settings)  # type: ignore[arg-type]
+        found = queueing.experiment_places(snapshot).get(experiment.id)
+        place = schemas.QueuePlace(**vars(found)) if found else None
+    tags = tags_of(session, [experiment.id])[experiment.id]  # type: ignore[arg-type]
+    return schemas.Experiment(**experiment_summary(request, experiment, counts, running, tags),
+                              priority=experiment.priority, queue=place, spec=experiment.spec)
+
+
+def queues_out(session: Session, settings: Settings) -> schemas.QueuesOut:
+    """Every queue: its slots, each user's usage and share, and the active experiments
+    with waiting runs in the order they would start."""
+    snapshot = queueing.read_queues(session, settings)
+    places = queueing.experiment_places(snapshot)
+    waiting = Counter(experiment_id for experiment_id in snapshot.experiment_of.values())
+    experiments = {e.id: e for e in session.scalars(select(Experiment).where(Experiment.id.in_(list(places))))}
+    free = snapshot.free()
+    out = []
+    for name, state in snapshot.queues.items():
+        listed = sorted((place.position, experiment_id) for experiment_id, place in places.items()
+                        if place.queue == name and experiment_id in experiments)
+        out.append(schemas.QueueOut(
+            queue=name, slots=state.slots, free_slots=free.get(name, 0), running_cap=state.cap,
+            expected_run_seconds=round(state.charge_s, 3),
+            users=[schemas.QueueUser(name=share.name, share_weight=share.weight, max_priority=share.max_priority,
+                                     usage_seconds=share.usage_s, share=share.share, target_share=share.target,
+                                     running=share.running, waiting=share.waiting,
+                                     oldest_wait_seconds=share.oldest_wait_s)
+                   for share in queueing.user_shares(snapshot, name)],
+            experiments=[schemas.QueuedExperiment(
+                id=experiment_id, name=experiments[experiment_id].name,
+                owner=experiments[experiment_id].owner.name, priority=experiments[experiment_id].priority,
+                position=position, runs_waiting=waiting[experiment_id],
+                estimated_start=places[experiment_id].estimated_start)
+                for position, experiment_id in listed],
+        ))
+    return schemas.QueuesOut(queues=out)
 
 
 def run_out(run: Run) -> schemas.Run:
@@ -87,21 +148,50 @@ def run_out(run: Run) -> schemas.Run:
     )
 
 
+FIGURES_PREFIX = "figures/"
+
+
 def artifact_out(request: Request, artifact: Artifact) -> schemas.ArtifactOut:
-    route, params = "get_artifact", {"name": artifact.name}
-    if artifact.name.startswith("figures/"):
-        route, params = "get_figure", {"name": artifact.name.removeprefix("figures/")}
+    """An item of /artifacts: its name is the artifact's whole name."""
     return schemas.ArtifactOut(
-        name=artifact.name,
-        url=str(request.url_for(route, experiment_id=artifact.experiment_id, **params)),
-        size=artifact.size, sha256=artifact.sha256, content_type=artifact.content_type,
+        name=artifact.name, url=url_for(request, "get_artifact", experiment_id=artifact.experiment_id,
+                                        name=artifact.name),
+        size=artifact.size, sha256=artifact.sha256, content_type=content_type(artifact.name),
+    )
+
+
+def figure_out(request: Request, artifact: Artifact) -> schemas.ArtifactOut:
+    """An item of /figures: its name is the figure's name under /figures/."""
+    name = artifact.name.removeprefix(FIGURES_PREFIX)
+    return schemas.ArtifactOut(
+        name=name, url=url_for(request, "get_figure", experiment_id=artifact.experiment_id, name=name),
+        size=artifact.size, sha256=artifact.sha256, content_type=content_type(artifact.name),
     )
 
 
 def analysis_out(request: Request, analysis: Analysis) -> schemas.AnalysisOut:
     return schemas.AnalysisOut(
         id=analysis.id, experiment_id=analysis.experiment_id,
-        url=str(request.url_for("get_analysis", experiment_id=analysis.experiment_id, analysis_id=analysis.id)),
+        url=url_for(request, "get_analysis", experiment_id=analysis.experiment_id, analysis_id=analysis.id),
         status=analysis.status, spec=analysis.spec, error=analysis.error, created_at=analysis.created_at,
         started_at=analysis.started_at, finished_at=analysis.finished_at,
+    )
+
+
+def run_metrics(run: Run) -> schemas.RunMetricsOut:
+    """A run's metrics.json as loss series: ``loss_history`` has one list per trained
+    stage (fflab.models.common.ModelType.train), so several are the layers of a model
+    trained layer by layer (FF); a single one is the network (layer null)."""
+    metrics = run.metrics or {}
+    history = metrics.get("loss_history") or []
+    per_layer = len(history) > 1
+    return schemas.RunMetricsOut(
+        run_id=run.run_id, model=run.model, dataset=run.dataset, seed=run.seed, unseen_class=run.unseen_class,
+        status=run.status,
+        loss=[schemas.LossSeries(layer=index + 1 if per_layer else None, epochs=list(range(1, len(losses) + 1)),
+                                 loss=losses)
+              for index, losses in enumerate(history)],
+        accuracy=metrics["accuracy"], per_class_accuracy=metrics["per_class_accuracy"],
+        n_train=metrics["n_train"], n_test=metrics["n_test"],
+        train_seconds=(metrics.get("timings") or {}).get("train_seconds", 0.0),
     )

@@ -84,7 +84,7 @@ def stack(data_root: Path, pg_database, moto_s3: str, tmp_path_factory: pytest.T
     values = dict(
         var_dir=str(var_dir), database_url=database_url, broker_url=broker_url, result_backend=broker_url,
         s3_bucket=bucket, s3_endpoint_url=moto_s3, s3_access_key_id="testing", s3_secret_access_key="testing",
-        queue_prefix=prefix, max_active_runs_per_user="16", max_body_bytes="20000", progress_interval_s="0.2",
+        queue_prefix=prefix, max_queued_runs_per_user="16", max_body_bytes="20000", progress_interval_s="0.2",
         stop_check_interval_s="0.2", api_port=str(port),
     )
     env = base_env(**values)
@@ -102,7 +102,8 @@ def stack(data_root: Path, pg_database, moto_s3: str, tmp_path_factory: pytest.T
         Process("worker", [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu"],
                 env, ROOT, var_dir),
         Process("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
-                        "--http", "api.protocol:HttpProtocol", "--host", "127.0.0.1", "--port", str(port)],
+                        "--http", "api.protocol:HttpProtocol", "--host", "127.0.0.1", "--port", str(port),
+                        "--no-proxy-headers"],
                 env, ROOT, var_dir),
     ]
     result = Stack(f"http://127.0.0.1:{port}", env, settings, admin_key, member_key, other_key, moto_s3, processes)

@@ -20,10 +20,12 @@ SOURCES = {"fflab": ROOT / "shared" / "fflab", "api": ROOT / "api", "worker": RO
 LAYERS = {
     "settings": ["fflab.settings"],
     "science": ["fflab.registry", "fflab.data", "fflab.models", "fflab.spec", "fflab.analysis",
-                "fflab.figures", "fflab.results", "fflab.paper", "fflab.reference"],
+                "fflab.figures", "fflab.results", "fflab.paper", "fflab.reference",
+                "fflab.analysis_results", "fflab.analysis_figures", "fflab.devices"],
     "pipeline": ["fflab.pipeline"],
     "service": ["fflab.var_dir", "fflab.processes", "fflab.db", "fflab.storage",
-                "fflab.accounts", "fflab.jobs", "fflab.client"],
+                "fflab.accounts", "fflab.scheduling", "fflab.queueing", "fflab.jobs", "fflab.client",
+                "fflab.gpu"],
     "cli": ["fflab.cli", "fflab.__main__"],
 }
 LAYER_ORDER = list(LAYERS)

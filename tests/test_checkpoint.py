@@ -26,6 +26,7 @@ from fflab.models.common import (  # noqa: E402
 )
 from fflab.models.ff import train_ff  # noqa: E402
 from fflab.spec import NetworkSpec, TrainingSpec  # noqa: E402
+from devices import on_devices  # noqa: E402
 
 SEED = 3
 NETWORK = NetworkSpec(width=48, layers=3, normalize_first_layer=True, threshold=0.3)
@@ -56,9 +57,10 @@ def make_net(model: str, network: NetworkSpec):
 
 
 def train(model, network, training, images, labels, negative_labels, checkpoint=None, should_stop=None,
-          progress=None, every=2):
+          progress=None, every=2, device="cpu"):
     generator = seed_everything(SEED)
-    net = make_net(model, network)
+    net = make_net(model, network).to(device)
+    images, labels = images.to(device), labels.to(device)
     if model == "ff":
         history = train_ff(net, images, labels, training, generator, negative_labels, progress, should_stop,
                            checkpoint=checkpoint)
@@ -90,18 +92,20 @@ CASES = [
 ]
 
 
+@on_devices
 @pytest.mark.parametrize("stop_after", [1, 2])
 @pytest.mark.parametrize(("model", "negative_labels", "batch_size"), CASES)
-def test_resumed_run_equals_uninterrupted_run(mnist, tmp_path, model, negative_labels, batch_size, stop_after):
+def test_resumed_run_equals_uninterrupted_run(mnist, tmp_path, model, negative_labels, batch_size, stop_after,
+                                              device):
     """Interrupted (Cancelled) after ``stop_after`` checkpoints (FF: layers; others:
     every 2 epochs), resumed from the file: bitwise the uninterrupted result."""
     training = TrainingSpec(epochs=5, learning_rate=3e-3, batch_size=batch_size)
     args = (model, NETWORK, training, mnist.images, mnist.labels, negative_labels)
-    expected = train(*args)
+    expected = train(*args, device=device)
 
     checkpoint = Counting(tmp_path / "checkpoint.pt")
     with pytest.raises(Cancelled):
-        train(*args, checkpoint=checkpoint, should_stop=lambda: checkpoint.saves >= stop_after)
+        train(*args, checkpoint=checkpoint, should_stop=lambda: checkpoint.saves >= stop_after, device=device)
     assert checkpoint.saves == stop_after
     state = FileCheckpoint(tmp_path / "checkpoint.pt").load()
     assert state["trainer"] == model
@@ -111,7 +115,7 @@ def test_resumed_run_equals_uninterrupted_run(mnist, tmp_path, model, negative_l
         assert state["epoch"] == 2 * stop_after
 
     events: list[TrainingProgress] = []
-    resumed = train(*args, checkpoint=Counting(tmp_path / "checkpoint.pt"), progress=events.append)
+    resumed = train(*args, checkpoint=Counting(tmp_path / "checkpoint.pt"), progress=events.append, device=device)
     assert_identical(expected, resumed)
     # Progress resumes where the checkpoint left off: finished work is not replayed.
     if model == "ff":

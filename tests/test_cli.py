@@ -56,7 +56,7 @@ def test_every_json_file_matches_its_schema(experiment):
         for name in ("metrics", "ensembles", "shared_units", "weight_stats"):
             document = json.loads((run_dir / f"{name}.json").read_text())
             jsonschema.validate(document, schema(name))
-            assert document["schema_version"] == results.SCHEMA_VERSION
+            assert document["schema_version"] == documents.DOCUMENTS[name].model_fields["schema_version"].default
     jsonschema.validate(json.loads((experiment / "results.json").read_text()), schema("results"))
     jsonschema.validate(
         json.loads((experiment / "tables" / "paper_comparison.json").read_text()), schema("paper_comparison")
@@ -68,7 +68,7 @@ def test_every_figure_is_a_real_png(experiment):
     names = sorted(p.name for p in (experiment / "figures").glob("*.png"))
     expected = {"figure1a", "figure1b", "figure1c", "figure2", "figure3a", "figure3b",
                 "figure4a", "figure4b", "figure4c", "figure5", "figure6", "figure7", "figure8a",
-                "figure2_layer2", "figure2_layer3", "paper_comparison"}
+                "figure2_layer2", "figure2_layer3", "paper_comparison", "training_curves"}
     assert expected <= {n.removesuffix(".png") for n in names}
     for name in names:
         content = (experiment / "figures" / name).read_bytes()

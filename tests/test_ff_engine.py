@@ -37,6 +37,7 @@ from fflab.models.common import Cancelled, GoodnessNetwork, label_goodness, seed
 from fflab.models.ff import train_ff  # noqa: E402
 from fflab.models.ff_engine import FFEngine  # noqa: E402
 from fflab.spec import NetworkSpec, TrainingSpec  # noqa: E402
+from devices import on_devices  # noqa: E402
 
 PAPER = NetworkSpec()  # 784-784-784, sigmoid, l_inf goodness and normalisation, threshold 0.5
 
@@ -46,13 +47,15 @@ def mnist():
     return data.load_split("mnist", True, subset=300, seed=0)
 
 
-def train_both(network, training, images, labels, negative_labels="fixed", dtype=torch.float64, seed=0):
-    """(reference net, history), (engine net, history) from the same seed."""
+def train_both(network, training, images, labels, negative_labels="fixed", dtype=torch.float64, seed=0,
+               device="cpu"):
+    """(reference net, history), (engine net, history) from the same seed, on ``device``."""
     runs = []
     for trainer in (reference_train_ff, train_ff):
         generator = seed_everything(seed)
-        net = GoodnessNetwork(network).to(dtype)
-        history = trainer(net, images.to(dtype), labels, training, generator, negative_labels)
+        net = GoodnessNetwork(network).to(device=device, dtype=dtype)
+        history = trainer(net, images.to(device=device, dtype=dtype), labels.to(device), training, generator,
+                          negative_labels)
         runs.append((net, history))
     return runs
 
@@ -69,17 +72,21 @@ def assert_same_training(reference, engine, atol):
 # ----------------------------------------------------------- equivalence
 
 
-def test_paper_network_full_batch_matches_reference_float64(mnist):
+@on_devices
+def test_paper_network_full_batch_matches_reference_float64(mnist, device):
     training = TrainingSpec(epochs=5, learning_rate=1e-2)
-    reference, engine = train_both(PAPER, training, mnist.images, mnist.labels)
+    reference, engine = train_both(PAPER, training, mnist.images, mnist.labels, device=device)
     assert_same_training(reference, engine, atol=1e-10)
     # And it did train: the weights moved by many lr-sized Adam steps.
-    assert (engine[0].layers[2].weight - GoodnessNetwork(PAPER).layers[2].weight).abs().max() > 1e-2
+    initial = GoodnessNetwork(PAPER).layers[2].weight.to(device)
+    assert (engine[0].layers[2].weight - initial).abs().max() > 1e-2
 
 
-def test_paper_network_full_batch_matches_reference_float32(mnist):
+@on_devices
+def test_paper_network_full_batch_matches_reference_float32(mnist, device):
     training = TrainingSpec(epochs=5, learning_rate=1e-2)
-    reference, engine = train_both(PAPER, training, mnist.images, mnist.labels, dtype=torch.float32)
+    reference, engine = train_both(PAPER, training, mnist.images, mnist.labels, dtype=torch.float32,
+                                   device=device)
     assert_same_training(reference, engine, atol=1e-4)
 
 
@@ -121,10 +128,11 @@ VARIANTS = {
 }
 
 
+@on_devices
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_variants_match_reference_on_mnist(mnist, name):
+def test_variants_match_reference_on_mnist(mnist, name, device):
     network, training, negative_labels = VARIANTS[name]
-    reference, engine = train_both(network, training, mnist.images, mnist.labels, negative_labels)
+    reference, engine = train_both(network, training, mnist.images, mnist.labels, negative_labels, device=device)
     assert_same_training(reference, engine, atol=1e-10)
 
 
@@ -209,17 +217,18 @@ def test_float32_sigmoid_saturation_ties_match_amax():
 # ---------------------------------------------------------- prediction
 
 
+@on_devices
 @pytest.mark.parametrize(
     "network",
     [PAPER, NetworkSpec(width=64, normalize_first_layer=True, normalization="l2", label_value="batch_max"),
      NetworkSpec(width=64, activation="relu", goodness="l2", normalize_first_layer=True)],
     ids=["paper", "l2-normalized-first-batch_max", "relu-l2"],
 )
-def test_prediction_with_shared_first_layer_matches_plain(mnist, network):
+def test_prediction_with_shared_first_layer_matches_plain(mnist, network, device):
     torch.manual_seed(0)
-    net = GoodnessNetwork(network)
-    train_ff(net, mnist.images[:200], mnist.labels[:200], TrainingSpec(epochs=2, learning_rate=1e-2),
-             seed_everything(0))
+    net = GoodnessNetwork(network).to(device)
+    train_ff(net, mnist.images[:200].to(device), mnist.labels[:200].to(device),
+             TrainingSpec(epochs=2, learning_rate=1e-2), seed_everything(0))
     images = data.load_split("mnist", False, subset=300, seed=0).images
     shared = label_goodness(net, images, chunk=128)
     plain = reference_label_goodness(net, images, chunk=128)

@@ -399,3 +399,23 @@ def test_figures_in_threads(rng, tmp_path):
     assert errors == []
     for i in range(4):
         assert png_size(tmp_path / f"thread{i}.png")[0] > 100
+
+
+def test_training_curves_one_panel_per_model_one_line_per_run_and_layer(tmp_path):
+    histories = {
+        "ff": [[[0.9, 0.6, 0.4], [0.8, 0.5]], [[1.0, 0.7, 0.3], [0.7, 0.4]]],  # 2 seeds x 2 layers
+        "bp": [[[2.3, 1.1, 0.7, 0.5]]],
+    }
+    fig = ff.training_curves(histories)
+    check_saved(fig, tmp_path, "training_curves", n_axes=2)
+    ff_axes, bp_axes = fig.axes
+    assert len(ff_axes.lines) == 4 and len(bp_axes.lines) == 1
+    x, y = bp_axes.lines[0].get_data()
+    assert list(x) == [1, 2, 3, 4] and list(y) == [2.3, 1.1, 0.7, 0.5]
+    assert list(ff_axes.lines[1].get_ydata()) == [0.8, 0.5]
+    assert [t.get_text() for t in ff_axes.get_legend().get_texts()] == ["layer 1", "layer 2"]
+    assert ff_axes.get_title() == "FF (2 runs)"
+    with pytest.raises(ValueError, match="at least one model"):
+        ff.training_curves({})
+    with pytest.raises(ValueError, match="histories\\['bp'\\]"):
+        ff.training_curves({"bp": [[[]]]})

@@ -20,6 +20,7 @@ from fflab.models.common import (
 )
 from fflab.models.ff import train_ff
 from fflab.spec import NetworkSpec, TrainingSpec, build_spec
+from devices import on_devices, skip_without_cuda
 
 
 def test_embed_labels_writes_the_image_max_into_the_label_pixel():
@@ -61,10 +62,11 @@ def test_normalize_and_loss():
     assert loss.item() == pytest.approx(np.log1p(np.exp(-0.5)))
 
 
-def test_prediction_rules_on_hand_built_goodness():
+@on_devices
+def test_prediction_rules_on_hand_built_goodness(device):
     # label 2 wins layer 1 (11 vs 0), label 1 wins layers 2 and 3 (5 vs 0 each):
     # summed goodness 11 > 10 picks 2; softmaxes 1.01 < 1.89 pick 1
-    scores = torch.zeros(1, 10, 3)
+    scores = torch.zeros(1, 10, 3, device=device)
     scores[0, 2, 0] = 11.0
     scores[0, 1, 1:] = 5.0
     assert predict_from_goodness(scores, "sum").item() == 2
@@ -91,10 +93,10 @@ def small_mnist(data_root):
 QUICK_NET = build_spec("quick").network
 
 
-def trained_ff(train, epochs, seed=0, batch_size=200):
+def trained_ff(train, epochs, seed=0, batch_size=200, device="cpu"):
     generator = seed_everything(seed)
-    net = GoodnessNetwork(QUICK_NET)
-    history = train_ff(net, train.images, train.labels,
+    net = GoodnessNetwork(QUICK_NET).to(device)
+    history = train_ff(net, train.images.to(device), train.labels.to(device),
                        TrainingSpec(epochs=epochs, learning_rate=3e-3, batch_size=batch_size), generator)
     return net, history
 
@@ -150,14 +152,43 @@ def test_bpff_learns(small_mnist):
     assert accuracy.float().mean().item() > 0.5
 
 
-def test_training_is_reproducible_for_a_seed(small_mnist):
+@on_devices
+def test_training_is_reproducible_for_a_seed(small_mnist, device):
     train, _ = small_mnist
     subset = data.Split(train.images[:300], train.labels[:300])
-    a, _ = trained_ff(subset, epochs=1, seed=5)
-    b, _ = trained_ff(subset, epochs=1, seed=5)
-    c, _ = trained_ff(subset, epochs=1, seed=6)
+    a, _ = trained_ff(subset, epochs=1, seed=5, device=device)
+    b, _ = trained_ff(subset, epochs=1, seed=5, device=device)
+    c, _ = trained_ff(subset, epochs=1, seed=6, device=device)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.layers[0].weight, c.layers[0].weight)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("model", ["ff", "bp"])
+@skip_without_cuda
+def test_prediction_on_cuda_matches_the_cpu(small_mnist, model):
+    """A net trained on the CPU predicts and represents the test set alike on CUDA."""
+    train, test = small_mnist
+    if model == "ff":
+        net, _ = trained_ff(data.Split(train.images[:500], train.labels[:500]), epochs=2)
+    else:
+        net = BPClassifier(QUICK_NET)
+        train_bp(net, train.images[:500], train.labels[:500],
+                 TrainingSpec(epochs=2, learning_rate=3e-3, batch_size=128), seed_everything(0))
+
+    def predict(net):
+        if model == "bp":
+            return bp_predict_and_represent(net, test.images)
+        scores = label_goodness(net, test.images)
+        return predict_from_goodness(scores, "sum"), [scores, *goodness_representations(net, test.images, test.labels)]
+
+    cpu_predictions, cpu_arrays = predict(net)
+    cuda_predictions, cuda_arrays = predict(net.to("cuda"))
+    for on_cpu, on_cuda in zip(cpu_arrays, cuda_arrays):
+        assert on_cuda.device.type == "cpu"  # results come back to the CPU
+        torch.testing.assert_close(on_cuda, on_cpu, atol=1e-4, rtol=1e-4)
+    # Near-ties may flip a prediction under another summation order; hardly any do.
+    assert (cuda_predictions.cpu() == cpu_predictions).float().mean().item() > 0.995
 
 
 def test_training_stops_when_asked(small_mnist):

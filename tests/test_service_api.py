@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from fflab.models import MODELS
 from fflab.spec import build_spec
 from service_helpers import TINY, Stack, poll_experiment
 
@@ -82,14 +83,16 @@ def test_a_preset_alone_is_a_valid_submission(clients: dict[str, httpx.Client]) 
     created = response.json()
     assert created["runs_total"] == len(build_spec("quick").runs())
     spec = clients["bob"].get(created["url"]).json()["spec"]
-    assert spec["name"] == "quick" and spec["data"]["train_subset"] == 10_000
+    assert spec["name"].startswith("quick-") and spec["data"]["train_subset"] == 10_000
     assert clients["bob"].delete(created["url"]).status_code == 204  # not worth minutes of training
 
 
 def _problem(response: httpx.Response, field: str) -> dict:
     assert response.status_code == 422, response.text
-    problems = response.json()["detail"]
-    matching = [p for p in problems if p["loc"][-1] == field or field in map(str, p["loc"])]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "validation_error"
+    problems = response.json()["details"]
+    matching = [p for p in problems if field in p["field"].split(".")]
     assert matching, problems
     return matching[0]
 
@@ -97,31 +100,34 @@ def _problem(response: httpx.Response, field: str) -> dict:
 def test_bad_input_is_422_naming_the_field(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:
     alice, base = clients["alice"], f"/v1/experiments/{alices_experiment['id']}"
     unknown = _problem(alice.post("/v1/experiments", json={"preset": "quick", "epochz": 3}), "epochz")
-    assert unknown["loc"] == ["body", "epochz"] and "not permitted" in unknown["msg"]
+    assert unknown["field"] == "epochz" and "not permitted" in unknown["message"]
     wrong_type = _problem(alice.post("/v1/experiments", json={"preset": "quick", "ff": {"epochs": "many"}}),
                           "epochs")
-    assert wrong_type["loc"] == ["body", "ff", "epochs"] and "integer" in wrong_type["msg"]
+    assert wrong_type["field"] == "ff.epochs" and "integer" in wrong_type["message"]
+    assert wrong_type["given"] == "many"
     out_of_range = _problem(alice.post("/v1/experiments", json={"preset": "quick", "network": {"width": 1}}),
                             "width")
-    assert "greater than or equal to 4" in out_of_range["msg"]
+    assert "greater than or equal to 4" in out_of_range["message"] and out_of_range["allowed"] == ">= 4"
     choice = _problem(alice.post("/v1/experiments", json={"preset": "quick", "models": ["ff", "cnn"]}), "1")
-    assert "'ff', 'bpff' or 'bp'" in choice["msg"]
+    assert all(f"'{name}'" in choice["message"] for name in MODELS)  # names every registered model type
+    assert choice["field"] == "models.1"
     preset = _problem(alice.post("/v1/experiments", json={"preset": "huge"}), "preset")
-    assert "quick" in preset["msg"] and "paper" in preset["msg"]
+    assert "quick" in preset["message"] and "paper" in preset["message"]
     visibility = _problem(alice.post("/v1/experiments", json={"preset": "quick", "visibility": "public"}),
                           "visibility")
-    assert "'private' or 'lab'" in visibility["msg"]
+    assert "'private' or 'lab'" in visibility["message"]
     analysis = _problem(alice.post(f"{base}/analyses", json={"quantiles": [1.5]}), "quantiles")
-    assert "between 0 and 1" in analysis["msg"]
+    assert "between 0 and 1" in analysis["message"]
     filters = _problem(alice.get(f"{base}/ensembles", params={"method": "method3"}), "method")
-    assert "'method1' or 'method2'" in filters["msg"]
+    assert "'method1' or 'method2'" in filters["message"] and filters["field"] == "query.method"
 
 
 def test_oversize_bodies_are_413(stack: Stack, clients: dict[str, httpx.Client]) -> None:
     limit = stack.settings.max_body_bytes
     padding = {"preset": "quick", "name": "x" * (limit + 10)}
     response = clients["alice"].post("/v1/experiments", json=padding)
-    assert response.status_code == 413 and str(limit) in response.json()["detail"]
+    assert response.status_code == 413 and str(limit) in response.json()["message"]
+    assert response.json()["code"] == "payload_too_large"
 
     def chunks():  # no Content-Length: the limit is enforced while reading
         yield b'{"preset": "quick", "name": "'
@@ -149,15 +155,29 @@ def test_artifact_names_cannot_escape(clients: dict[str, httpx.Client], alices_e
                  "runs/bp-mnist-seed0/.%2E/weights.pt", "runs\\bp-mnist-seed0"):
         response = alice.get(f"{base}/artifacts/{name}")
         assert response.status_code == 422, (name, response.text)
-        assert response.json()["detail"][0]["loc"] == ["path", "name"]
+        assert response.json()["details"][0]["field"] == "path.name"
     assert alice.get(f"{base}/artifacts/runs/bp-mnist-seed0/weights.pt").status_code == 200
 
 
-def test_per_user_cap_on_active_runs(stack: Stack, clients: dict[str, httpx.Client]) -> None:
-    cap = stack.settings.max_active_runs_per_user
+def test_per_user_cap_on_waiting_runs(stack: Stack, clients: dict[str, httpx.Client]) -> None:
+    cap = stack.settings.max_queued_runs_per_user
     response = clients["alice"].post("/v1/experiments", json={**TINY, "seeds": list(range(cap + 1))})
     assert response.status_code == 429
-    assert f"the limit is {cap}" in response.json()["detail"]
+    assert f"the limit is {cap}" in response.json()["message"]
+    assert response.json()["code"] == "quota_exceeded" and response.headers["retry-after"]
+
+
+def test_a_trained_run_has_metrics_and_the_experiment_training_curves(clients: dict[str, httpx.Client],
+                                                                      alices_experiment: dict) -> None:
+    alice, base = clients["alice"], f"/v1/experiments/{alices_experiment['id']}"
+    assert alices_experiment["status"] == "succeeded"
+    metrics = alice.get(f"{base}/runs/bp-mnist-seed0/metrics").json()
+    (series,) = metrics["loss"]
+    assert series["layer"] is None and series["epochs"] == [1] and len(series["loss"]) == TINY["bp"]["epochs"]
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["n_test"] == TINY["data"]["test_subset"]
+    figures = {figure["name"]: figure for figure in alice.get(f"{base}/figures").json()["items"]}
+    curves = alice.get(figures["training_curves.png"]["url"])
+    assert curves.content.startswith(b"\x89PNG\r\n\x1a\n") and curves.headers["content-type"] == "image/png"
 
 
 def test_every_registered_run_document_is_served(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:

@@ -99,7 +99,8 @@ def test_a_run_that_raises_fails_alone_with_its_reason(worker_env, monkeypatch: 
         key = accounts.issue_key(session, user)
         experiment_id = jobs.create_experiment(session, settings, user, spec, "private").id
     with get_sessionmaker(settings.resolved_database_url)() as session:
-        jobs.dispatch(session, settings.model_copy(update={"dispatch_window": 10}), dispatcher)
+        jobs.register_worker(session, "pool", "pool@test", "test", 1, ["cpu"], concurrency=3)  # 3 slots
+        jobs.dispatch(session, settings, dispatcher)
     assert len(dispatcher.runs) == 3
     for run_pk, _, task_id in dispatcher.runs:
         run_as_worker(tasks.run_task, run_pk, task_id)

@@ -88,12 +88,13 @@ class Answer:
     body: bytes
 
     def error(self) -> Any:
-        """The error body: JSON that any strict parser reads (no NaN, valid UTF-8), with
-        ``detail``."""
-        assert self.headers.get("content-type", "").startswith("application/json"), (self.status, self.body[:300])
+        """The problem document's ``details``: JSON that any strict parser reads (no NaN,
+        valid UTF-8), in the API's one error shape."""
+        assert self.headers.get("content-type", "") == "application/problem+json", (self.status, self.body[:300])
         document = json.loads(self.body.decode("utf-8"), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
-        assert "detail" in document, document
-        return document["detail"]
+        assert {"code", "message", "detail", "details"} <= set(document), document
+        assert document["status"] == self.status and document["message"], document
+        return document["details"] or [{"field": "", "message": document["message"]}]
 
 
 def send(url: str, request_line: bytes, headers: list[bytes] = (), body: bytes | None = None) -> Answer:
@@ -122,8 +123,14 @@ def post_json(target: Target, path: str, raw: bytes, key: str) -> Answer:
                 [auth(key), b"Content-Type: application/json"], raw)
 
 
-def locations(detail: list[dict]) -> list[list]:
-    return [problem["loc"] for problem in detail]
+def locations(details: list[dict]) -> list[list]:
+    """Each problem's field as a pydantic-style location: "ff.epochs" -> ["body", "ff",
+    "epochs"], "query.limit" -> ["query", "limit"], "seeds.0" -> ["body", "seeds", 0]."""
+    found = []
+    for problem in details:
+        parts: list = [int(p) if p.isdigit() else p for p in problem["field"].split(".")]
+        found.append(parts if parts[0] in ("query", "path", "header", "body") else ["body", *parts])
+    return found
 
 
 def assert_refused(answer: Answer, loc: list, status: int = 422) -> list[dict]:
@@ -183,12 +190,12 @@ HUGE = "99999999999999999999999"
 
 def test_integers_beyond_64_bits_are_422_naming_the_field(target: Target, experiment_id: str) -> None:
     base = f"/v1/experiments/{experiment_id}"
-    for path, loc in ((f"/v1/experiments?offset={HUGE}", ["query", "offset"]),
-                      (f"/v1/experiments?offset=-{HUGE}", ["query", "offset"]),
-                      (f"/v1/experiments?offset={'1' * 1000}", ["query", "offset"]),
+    for path, loc in ((f"/v1/experiments?limit=-{HUGE}", ["query", "limit"]),
+                      (f"/v1/experiments?page_token={'1' * 1000}", ["query", "page_token"]),
+                      (f"{base}/runs?limit={'1' * 1000}", ["query", "limit"]),
                       (f"/v1/experiments?limit={HUGE}", ["query", "limit"]),
                       (f"{base}/ensembles?layer={HUGE}", ["query", "layer"]),
-                      (f"{base}/ensembles?class={HUGE}", ["query", "class"]),
+                      (f"{base}/ensembles?class_index={HUGE}", ["query", "class_index"]),
                       (f"{base}/shared-units?layer=-{HUGE}", ["query", "layer"]),
                       (f"{base}/weights?layer={2**63}", ["query", "layer"])):
         assert_refused(send(target.url, f"GET {path} HTTP/1.1".encode(), [auth(target.member_key)]), loc)
@@ -226,8 +233,9 @@ def test_a_submission_names_a_preset_or_gives_a_complete_spec(target: Target) ->
         for body in ({}, {"visibility": "lab"}, {"models": ["bp"]}, {"preset": None, "seeds": [0]}):
             refused = member.post("/v1/experiments", json=body)
             assert refused.status_code == 422, (body, refused.text)
-            (problem,) = refused.json()["detail"]
-            assert problem["loc"] == ["body"] and "preset" in problem["msg"] and "complete spec" in problem["msg"]
+            (problem,) = refused.json()["details"]
+            assert problem["field"] == "body" and "preset" in problem["message"]
+            assert "complete spec" in problem["message"]
         complete = build_spec("quick", {k: v for k, v in ONE_RUN.items() if k != "preset"}).model_dump(mode="json")
         accepted = member.post("/v1/experiments", json=complete)
         assert accepted.status_code == 202 and accepted.json()["runs_total"] == 1, accepted.text
@@ -263,7 +271,7 @@ def test_broken_bodies_get_the_error_shape(target: Target, experiment_id: str) -
 
 def test_overlong_urls_get_the_error_shape(target: Target) -> None:
     for path in ("/v1/experiments/" + "a" * 10_000, "/v1/experiments?status=" + "x" * 10_000,
-                 "/v1/experiments/" + "a" * 100_000, "/v1/experiments?offset=" + "1" * 1_000_000):
+                 "/v1/experiments/" + "a" * 100_000, "/v1/experiments?page_token=" + "1" * 1_000_000):
         answer = send(target.url, f"GET {path} HTTP/1.1".encode(), [auth(target.member_key)])
         assert answer.status in (400, 414), (len(path), answer.status, answer.body[:300])
         assert answer.error()
@@ -309,8 +317,8 @@ def test_keys_never_reach_the_logs(target: Target) -> None:
         other = admin.post(f"/v1/admin/users/{created.json()['user']['name']}/keys").json()["api_key"]
         whole = admin.delete(f"/v1/admin/keys/{key}")
         assert whole.status_code == 422, whole.text
-        (problem,) = whole.json()["detail"]
-        assert problem["loc"] == ["path", "prefix"] and "prefix" in problem["msg"] and key not in whole.text
+        (problem,) = whole.json()["details"]
+        assert problem["field"] == "path.prefix" and "prefix" in problem["message"] and key not in whole.text
         unknown = "fflab_" + "Q" * 43
         assert admin.delete(f"/v1/admin/keys/{unknown}").status_code == 422
         assert admin.delete(f"/v1/admin/keys/{key[:20]}").status_code == 422  # part of the secret
@@ -320,7 +328,7 @@ def test_keys_never_reach_the_logs(target: Target) -> None:
             for path in ("/v1/users/me", "/v1/experiments", "/healthz", "/v1/nowhere"):
                 refused = admin.get(f"{path}?{query}")
                 assert refused.status_code == 400, (path, query, refused.text)
-                assert "Authorization" in refused.json()["detail"] and key not in refused.text
+                assert "Authorization" in refused.json()["message"] and key not in refused.text
     with target.client(key) as mallory:
         assert mallory.get("/v1/users/me").status_code == 200  # none of that revoked it
         assert mallory.delete(f"/v1/admin/keys/{target.admin_key}").status_code == 403

@@ -17,7 +17,8 @@ from fflab.db.migrate import alembic_config, upgrade_database
 
 pytest_plugins = ["service_support"]
 
-TABLES = {"users", "api_keys", "experiments", "runs", "results", "ensembles", "analyses", "artifacts", "workers"}
+TABLES = {"users", "api_keys", "experiments", "runs", "results", "ensembles", "analyses", "artifacts", "workers",
+          "experiment_tags"}
 
 
 def differences(url: str) -> list:

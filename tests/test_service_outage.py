@@ -101,7 +101,8 @@ def test_database_outage_is_503_with_retry_after_and_recovers(pg_database, tmp_p
                 response = client.get(path)
                 assert response.status_code == 503, (path, response.text)
                 assert int(response.headers["retry-after"]) > 0
-                assert "database is unavailable" in response.json()["detail"]
+                assert "database is unavailable" in response.json()["message"]
+                assert response.json()["code"] == "unavailable"
             assert client.post("/v1/experiments", json={"preset": "quick"}).status_code == 503
             assert client.get("/healthz").status_code == 200  # the process is alive
             assert client.get("/readyz").status_code == 503

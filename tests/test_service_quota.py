@@ -1,4 +1,4 @@
-"""The per-user cap on queued plus running runs under parallel submissions, on the
+"""The per-user cap on waiting runs under parallel submissions, on the
 embedded default (``fflab serve``: SQLite, where the row lock of PostgreSQL does
 not exist) and on PostgreSQL + Redis; every 429 carries Retry-After."""
 
@@ -22,7 +22,7 @@ def test_cap_holds_under_parallel_submissions(backend: str, serves: list[Serve],
     """30 clients submit a one-run experiment at the same moment against a cap of 20
     (no worker: the runs stay queued): exactly 20 are accepted, and each of the 10
     others gets 429 with Retry-After."""
-    serve = Serve(tmp_path, "api", "--no-worker", max_active_runs_per_user="20",
+    serve = Serve(tmp_path, "api", "--no-worker", max_queued_runs_per_user="20",
                   **backend_settings(backend, pg_database, redis_prefix))
     serves.append(serve)
     serve.wait_up("/healthz")
@@ -43,6 +43,7 @@ def test_cap_holds_under_parallel_submissions(backend: str, serves: list[Serve],
     for response in responses:
         if response.status_code == 429:
             assert int(response.headers["retry-after"]) > 0
-            assert "the limit is 20" in response.json()["detail"]
+            assert "the limit is 20" in response.json()["message"]
+            assert response.json()["code"] == "quota_exceeded"
     with serve.client() as api:
         assert api.get("/v1/experiments", params={"limit": 200}).json()["total"] == 20

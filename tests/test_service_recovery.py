@@ -298,6 +298,7 @@ def test_reaper_requeues_then_fails_a_run_whose_worker_keeps_vanishing(
         experiment_id = jobs.create_experiment(session, settings, owner, spec, "private").id
     with get_sessionmaker(settings.resolved_database_url)() as session:  # reap_lost_runs commits
         for attempt in (1, 2):
+            jobs.register_worker(session, f"pool{attempt}", "pool@test", "test", 1, ["cpu"])  # a slot to fill
             jobs.dispatch(session, settings, dispatcher)
             run_pk, _, task_id = dispatcher.runs[-1]
             run = jobs.claim_run(session, settings, run_pk, task_id)

@@ -122,7 +122,8 @@ from service_helpers import TINY, Stack, poll_experiment  # noqa: E402
 pytest_plugins = ["service_support"]
 
 # Routes anyone may call; a new public route must be added here on purpose.
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+          "/static/{path:path}"}  # /static: the docs pages' vendored scripts and styles
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,8 @@ def fill(path: str, experiment_id: str, prefix: str) -> str:
 
 
 BODIES = {"/v1/experiments": {"preset": "quick", "epochz": 1}, "/v1/admin/users": {"name": "eve"},
+          "/v1/experiments/{experiment_id}": {"name": "taken", "visibility": "lab"},
+          "/v1/users/me/keys": {"revoke_current": False},
           "/v1/experiments/{experiment_id}/analyses": {"quantiles": [0.5], "table_quantile": 0.5,
                                                        "figure_quantile": 0.5}}
 
@@ -235,6 +238,11 @@ def test_every_route_refuses_other_users(stack: Stack, users, two_experiments) -
             assert bobs.status_code == 422
         elif template == "/v1/users/me":
             assert bobs.json()["name"] == "bob"
+        elif template == "/v1/users/me/keys" and method == "GET":  # bob's own keys only
+            assert bobs.status_code == 200 and stack.member_key[:14] not in bobs.text
+            assert [key["current"] for key in bobs.json()["items"]].count(True) == 1
+        elif template == "/v1/users/me/keys" and method == "POST":  # a new key of bob's own
+            assert bobs.status_code == 201 and bobs.json()["user"]["name"] == "bob"
         else:
             raise AssertionError(f"{method} {template}: say what another user gets")
     experiment = users["alice"].get(f"/v1/experiments/{alices['id']}")
@@ -284,7 +292,7 @@ def test_keys_are_compared_in_constant_time(tmp_path: Path, monkeypatch: pytest.
 
 LIMITS = {"max_epochs": 7, "max_width": 96, "max_layers": 3, "max_seeds": 4, "max_train_subset": 500,
           "max_test_subset": 300, "max_runs_per_experiment": 6, "max_body_bytes": 4096,
-          "max_active_runs_per_user": 1000}
+          "max_queued_runs_per_user": 1000}
 BASE = {"preset": "quick", "models": ["bp"], "datasets": ["mnist"], "seeds": [0], "unseen_class": None,
         "data": {"train_subset": 200, "test_subset": 200}, "network": {"width": 64, "layers": 2},
         "bp": {"epochs": 1, "learning_rate": 0.003}, "bpff": {"epochs": 1, "learning_rate": 0.003}}
@@ -313,6 +321,11 @@ def merged(**changes) -> dict:
     return body
 
 
+def field_of(loc: list) -> str:
+    """The problem document's field of a pydantic location: ["body", "bp", "epochs"] -> "bp.epochs"."""
+    return ".".join(str(part) for part in (loc[1:] if loc[0] == "body" else loc))
+
+
 @pytest.mark.parametrize("field, at, past, loc", [
     ("bp__epochs", 7, 8, ["body", "bp", "epochs"]),
     ("network__width", 96, 97, ["body", "network", "width"]),
@@ -332,8 +345,8 @@ def test_spec_limits_are_configurable_and_name_the_field(limited, field, at, pas
         body["bp"]["epochs"], loc = 1, ["body", "ff", "epochs"]
     refused = client.post("/v1/experiments", json=body)
     assert refused.status_code == 422, refused.text
-    problems = refused.json()["detail"]
-    assert loc in [p["loc"] for p in problems], problems
+    problems = refused.json()["details"]
+    assert field_of(loc) in [p["field"] for p in problems], problems
 
 
 def test_runs_per_experiment_body_size_types_and_unknown_fields(limited) -> None:
@@ -353,9 +366,9 @@ def test_runs_per_experiment_body_size_types_and_unknown_fields(limited) -> None
                       (merged(bp__epochs=10**30), ["body", "bp", "epochs"])):
         response = client.post("/v1/experiments", json=body)
         assert response.status_code == 422, (body, response.text)
-        assert loc in [p["loc"] for p in response.json()["detail"]], (loc, response.json())
+        assert field_of(loc) in [p["field"] for p in response.json()["details"]], (loc, response.json())
     huge = client.post("/v1/experiments", json=merged(name="x" * settings.max_body_bytes))
-    assert huge.status_code == 413 and "FFLAB_MAX_BODY_BYTES" in huge.json()["detail"]
+    assert huge.status_code == 413 and "FFLAB_MAX_BODY_BYTES" in huge.json()["message"]
     not_json = client.post("/v1/experiments", content=b"{not json", headers={"content-type": "application/json"})
     assert not_json.status_code == 422
 
@@ -374,7 +387,7 @@ def test_per_user_cap_holds_under_concurrent_submissions(pg_database) -> None:
 
     url = pg_database()
     upgrade_database(url)
-    settings = Settings(database_url=url, max_active_runs_per_user=6)
+    settings = Settings(database_url=url, max_queued_runs_per_user=6)
     with session_scope(url) as session:
         alice_id = accounts.create_user(session, "alice").id
     spec = build_spec(None, {"models": ["bp"], "datasets": ["mnist"], "seeds": [0], "unseen_class": None})

@@ -202,7 +202,8 @@ def test_an_experiment_is_cancelled_only_once_its_runs_have_stopped(serves: list
         assert body["timings"]["finished_at"] >= max(run["finished_at"] for run in runs)
         conflict = api.post(f"/v1/experiments/{experiment_id}/cancel")
         assert conflict.status_code == 409
-        assert conflict.json()["detail"] == (f"experiment {experiment_id} already ended (cancelled); "
+        assert conflict.json()["code"] == "conflict"
+        assert conflict.json()["message"] == (f"experiment {experiment_id} already ended (cancelled); "
                                              f"only a queued or running experiment can be cancelled")
     log = serve.log()
     trained = next(run["run_id"] for run in runs if run["started_at"])

@@ -64,7 +64,8 @@ def test_experiment_runs_to_success_with_progress_and_timings(finished: dict, me
 
 def test_result_documents_follow_the_published_schemas(finished: dict, member: httpx.Client) -> None:
     base = f"/v1/experiments/{finished['id']}"
-    ensembles = member.get(f"{base}/ensembles").json()
+    ensembles = member.get(f"{base}/ensembles", params={"limit": 1000}).json()
+    assert ensembles["next_page_token"] is None
     assert len(ensembles["runs"]) == 2
     for document in ensembles["runs"]:
         jsonschema.validate(document, schema("ensembles"))
@@ -79,7 +80,7 @@ def test_result_documents_follow_the_published_schemas(finished: dict, member: h
     assert list(results["tables"]) == ["table1", "table2", "table3", "sparseness_treves_rolls",
                                        "sparseness_hoyer", "shared_units"]
 
-    filtered = member.get(f"{base}/ensembles", params={"model": "ff", "layer": 2, "class": 3,
+    filtered = member.get(f"{base}/ensembles", params={"model": "ff", "layer": 2, "class_index": 3,
                                                         "method": "method1", "quantile": 0.9}).json()
     assert [d["run_id"] for d in filtered["runs"]] == ["ff-mnist-seed0"]
     records = filtered["runs"][0]["ensembles"]
@@ -118,7 +119,7 @@ def test_figures_and_artifacts_come_from_s3(stack: Stack, finished: dict, member
     base = f"/v1/experiments/{finished['id']}"
     figures = member.get(f"{base}/figures").json()["items"]
     names = {figure["name"] for figure in figures}
-    assert {"figures/figure1a.png", "figures/figure2.png"} <= names
+    assert {"figure1a.png", "figure2.png", "training_curves.png"} <= names
     png = member.get(f"{base}/figures/figure1a")
     assert png.headers["content-type"] == "image/png" and png.content.startswith(PNG_SIGNATURE)
 
@@ -126,6 +127,10 @@ def test_figures_and_artifacts_come_from_s3(stack: Stack, finished: dict, member
     weights = artifacts["runs/ff-mnist-seed0/weights.pt"]
     body = member.get(f"{base}/artifacts/runs/ff-mnist-seed0/weights.pt").content
     assert len(body) == weights["size"] and hashlib.sha256(body).hexdigest() == weights["sha256"]
+    part = member.get(weights["url"], headers={"Range": "bytes=10-19"})  # a ranged read of S3
+    assert part.status_code == 206 and part.content == body[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(body)}"
+    assert weights["content_type"] == "application/octet-stream"
     assert "runs/bp-mnist-seed0/representations.npz" in artifacts and "results.json" in artifacts
 
     keys = stack.s3_keys(experiment_prefix(finished["id"]))

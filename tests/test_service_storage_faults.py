@@ -86,6 +86,7 @@ def submit_one_run(settings, dispatcher) -> tuple[str, int, str]:
         user = accounts.create_user(session, "alice")
         experiment_id = jobs.create_experiment(session, settings, user, spec, "private").id
     with get_sessionmaker(settings.resolved_database_url)() as session:
+        jobs.register_worker(session, "pool", "pool@test", "test", 1, ["cpu"])  # a slot for dispatch
         jobs.dispatch(session, settings, dispatcher)
     assert len(dispatcher.runs) == 1
     run_pk, _, task_id = dispatcher.runs[0]

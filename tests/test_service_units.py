@@ -44,7 +44,7 @@ class RecordingDispatcher:
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings(var_dir=tmp_path, dispatch_window=2, max_active_runs_per_user=100)
+    settings = Settings(var_dir=tmp_path, max_queued_runs_per_user=100)
     upgrade_database(settings.resolved_database_url)
     return settings
 
@@ -52,6 +52,9 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture()
 def session(settings: Settings):
     with get_sessionmaker(settings.resolved_database_url)() as session:
+        # Dispatch sends as many runs as the live workers have free slots: here 2.
+        jobs.register_worker(session, "pool", "pool@test", "test", 1, ["cpu"], concurrency=2)
+        session.commit()
         yield session
 
 
@@ -79,11 +82,14 @@ def test_dispatch_is_fair_between_users(session, settings: Settings) -> None:
     alice = accounts.create_user(session, "alice")
     bob = accounts.create_user(session, "bob")
     submit(session, settings, alice, 6)
-    assert jobs.dispatch(session, settings, dispatcher) == 2  # the window
+    assert jobs.dispatch(session, settings, dispatcher) == 2  # the worker's two slots
     submit(session, settings, bob, 2)
-    assert jobs.dispatch(session, settings, dispatcher) == 0  # window full
-    start(session, settings, dispatcher, 0)  # alice: 1 running + 1 in the broker; bob: 0
-    start(session, settings, dispatcher, 1)  # alice: 2 running; bob: 1 in the broker
+    assert jobs.dispatch(session, settings, dispatcher) == 0  # no slot free
+    for index in (0, 1):  # each of alice's runs ends: bob, who used nothing, gets the slot
+        run = start(session, settings, dispatcher, index)
+        jobs.finish_run(session, run, "succeeded")
+        session.commit()
+        assert jobs.dispatch(session, settings, dispatcher) == 1
     assert owners(session, dispatcher) == ["alice", "alice", "bob", "bob"]
     assert all(queue == "cpu" for _, queue, _ in dispatcher.runs)
 
@@ -176,7 +182,7 @@ def test_runs_of_a_silent_or_forgotten_worker_are_requeued(session, settings: Se
         assert jobs.claim_run(session, settings, run_pk, task_id, worker_id).worker_id == worker_id
         session.commit()
     assert jobs.reap_lost_runs(session, settings) == (0, 0)
-    assert [w.id for w in jobs.live_workers(session, settings)] == ["w1", "w2"]
+    assert [w.id for w in jobs.live_workers(session, settings)] == ["pool", "w1", "w2"]
     later = jobs.utcnow() + timedelta(seconds=settings.worker_heartbeat_timeout_s + 1)
     assert jobs.beat_worker(session, "w2")
     session.commit()
@@ -205,7 +211,7 @@ def test_redelivered_runs_fail_after_the_attempt_limit(session, settings: Settin
 
 def test_cap_on_active_runs(session, settings: Settings) -> None:
     user = accounts.create_user(session, "alice")
-    capped = settings.model_copy(update={"max_active_runs_per_user": 3})
+    capped = settings.model_copy(update={"max_queued_runs_per_user": 3})
     submit(session, capped, user, 2)
     with pytest.raises(jobs.CapacityError, match="limit is 3"):
         submit(session, capped, user, 2)
@@ -316,3 +322,25 @@ def test_lost_analyses_are_the_queued_ones_the_broker_no_longer_holds(session, s
     in_broker = {subject_of_task(ANALYSIS_ID_PREFIX, held_task), subject_of_task(ANALYSIS_ID_PREFIX, "a-run-task")}
     assert subject_of_task(ANALYSIS_ID_PREFIX, held_task) == "held"
     assert jobs.lost_analyses(session, settings, in_broker - {None}) == ["lost"]
+
+
+def test_fetching_runs_leaves_out_documents_registered_after_they_were_trained(tmp_path):
+    """A run stored before a document type existed: fetch_runs takes what it has
+    (the aggregation then draws no figure from the missing document)."""
+    from types import SimpleNamespace
+
+    from fflab.pipeline import documents
+    from fflab.storage import LocalStorage, experiment_prefix
+    from worker.service import fetch_runs
+
+    storage = LocalStorage(tmp_path / "artifacts")
+    old = [name for name in documents.run_files() if name != "dominance.json"]
+    for name in old:
+        source = tmp_path / "source" / name
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text("{}")
+        storage.put_file(f"{experiment_prefix('e1')}/runs/ff-mnist-seed0/{name}", source)
+    base = tmp_path / "fetched"
+    fetch_runs(storage, "e1", [SimpleNamespace(run_id="ff-mnist-seed0")], base, True, set())
+    fetched = sorted(p.name for p in (base / "runs" / "ff-mnist-seed0").iterdir())
+    assert fetched == sorted(old)

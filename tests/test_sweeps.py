@@ -17,6 +17,8 @@ import json
 import os
 import subprocess
 import sys
+import typing
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -26,13 +28,14 @@ import torch
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from fflab import accounts, results
+from fflab import accounts, gpu, results
+from fflab.analysis_results import RUN_ANALYSIS_DOCUMENTS
 from fflab.db import session_scope
 from fflab.db.migrate import upgrade_database
 from fflab.pipeline import documents, experiment, folders
 from fflab.results import RunMetrics, Timings, write_document
 from fflab.settings import Settings
-from fflab.spec import RunKey, build_spec, sweepable_fields
+from fflab.spec import ExperimentSpec, RunKey, build_spec, sweepable_fields
 from service_helpers import TINY as SERVICE_TINY
 from service_helpers import Stack, poll_experiment
 
@@ -92,6 +95,7 @@ def test_without_a_sweep_nothing_changes():
     ({"seeds": [1, 2]}, "sweep.seeds", "cannot be swept"),
     ({"analysis.table_quantile": [0.9, 0.95]}, "sweep.analysis.table_quantile", "cannot be swept"),
     ({"device": ["cpu", "cuda"]}, "sweep.device", "cannot be swept"),
+    ({"snapshots": [None, 3]}, "sweep.snapshots", "cannot be swept"),
     ({"network.thresold": [0.1, 0.3]}, "sweep.network.thresold", "network.threshold"),
     ({"symba.epochs": [1, 2]}, "sweep.symba.epochs", "not among models"),
     ({"network.width": [8, 16], "network.layers": [1, 2], "ff.epochs": [1, 2]}, "sweep", "1 to 2 settings"),
@@ -110,13 +114,36 @@ def test_sweepable_fields_leave_out_what_makes_the_grid():
     assert {"network.threshold", "bp.learning_rate", "ff.epochs", "data.train_subset", "prediction"} <= set(fields)
     assert not {f for f in fields if f.split(".")[0] in
                 {"name", "models", "datasets", "seeds", "unseen_class", "unseen_class_datasets",
-                 "unseen_class_negatives", "sweep", "analysis", "device"}}
+                 "unseen_class_negatives", "sweep", "analysis", "device", "snapshots"}}
+
+
+def test_every_sweepable_setting_takes_a_json_scalar():
+    """A swept value is a scalar (SweepValue): a setting whose values are lists or
+    objects could not be given one, so it must not be offered."""
+    def containers(annotation) -> set:
+        origin = typing.get_origin(annotation)
+        found = {origin} & {list, dict, tuple, set}
+        return found.union(*(containers(arg) for arg in typing.get_args(annotation)))
+
+    for path in sweepable_fields():
+        section, *inner = path.split(".")
+        field = ExperimentSpec.model_fields[section]
+        if inner:
+            field = field.annotation.model_fields[inner[0]]
+        assert not containers(field.annotation), (path, field.annotation)
 
 
 def test_a_spec_with_a_sweep_round_trips_through_json():
     spec = build_spec("quick", {"sweep": {"data.train_subset": [None, 500]}})
     assert spec.points()[0].values == {"data.train_subset": None}
     assert type(spec).model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_a_runs_gpu_memory_estimate_uses_its_grid_points_width():
+    spec = build_spec("quick", {"sweep": {"network.width": [100, 2000]}})
+    narrow, wide = (gpu.estimate_run_memory(spec, key) for key in (spec.runs_at(0)[0], spec.runs_at(1)[0]))
+    assert wide > narrow
+    assert wide == gpu.estimate_run_memory(spec.at(1), replace(spec.runs_at(1)[0], point=None))
 
 
 # ---------------------------------------------------------------- aggregation on hand-built runs
@@ -175,7 +202,10 @@ def planted_sweep(tmp_path_factory) -> tuple[Path, dict]:
     folders.write_spec(spec, folder)
     for key in spec.runs():
         write_planted_run(spec, key, folders.run_dir_of(folder, key))
-        documents.analyse_run(spec, key, folders.run_dir_of(folder, key))
+        # Not the analyses beyond the paper: they need the real test images and a trained
+        # network (the tiny sweeps below compute them per grid point).
+        documents.analyse_run(spec, key, folders.run_dir_of(folder, key),
+                              names=[name for name in documents.RUN_DOCUMENTS if name not in RUN_ANALYSIS_DOCUMENTS])
     return folder, experiment.aggregate(spec, folder)
 
 
@@ -230,14 +260,11 @@ def test_the_sweep_figure_and_the_papers_figures_of_the_first_point(planted_swee
     accuracy = next(c for c in comparison["cells"] if c["id"] == "table1/ff/mnist")
     assert (accuracy["mean"], accuracy["n"]) == (pytest.approx(0.6), 2)
     assert {"field": "network.threshold", "paper": 0.5, "experiment": 0.1, "source": ""} in comparison["protocol"]
-    pooled = experiment.compare_folders([folder])
-    assert pooled.experiment.endswith("(sweep point 0: network.threshold=0.1)") and pooled.summary == comparison[
-        "summary"]
 
 
 # ---------------------------------------------------------------- the service's limits on the grid
 
-LIMITS = {"max_runs_per_experiment": 6, "max_active_runs_per_user": 5, "max_width": 96}
+LIMITS = {"max_runs_per_experiment": 6, "max_queued_runs_per_user": 5, "max_width": 96}
 BASE = {"preset": "quick", "models": ["bp"], "datasets": ["mnist"], "seeds": [0, 1], "unseen_class": None,
         "data": {"train_subset": 200, "test_subset": 200}, "network": {"width": 64, "layers": 2},
         "bp": {"epochs": 1, "learning_rate": 0.003}}
@@ -255,26 +282,40 @@ def limited(tmp_path: Path):
         yield client
 
 
+def test_the_typed_submission_offers_the_sweep(limited):
+    schemas = limited.get("/openapi.json").json()["components"]["schemas"]
+    sweep = schemas["ExperimentSubmit"]["properties"]["sweep"]
+    grid = next(option for option in sweep["anyOf"] if option.get("type") == "object")
+    assert grid["additionalProperties"]["type"] == "array"
+    assert {"number", "string", "null"} <= {t["type"] for t in grid["additionalProperties"]["items"]["anyOf"]}
+    assert "network.threshold" in sweep["description"]
+
+
 def test_limits_count_the_expanded_grid(limited):
     client = limited
     # 4 values x 2 seeds = 8 runs > 6 per experiment
     too_many = client.post("/v1/experiments", json={**BASE, "sweep": {"bp.learning_rate": [0.1, 0.03, 0.01, 0.003]}})
     assert too_many.status_code == 422, too_many.text
-    problem = next(p for p in too_many.json()["detail"] if p["loc"] == ["body", "sweep"])
-    assert "8 runs" in problem["msg"] and "FFLAB_MAX_RUNS_PER_EXPERIMENT" in problem["msg"]
+    assert too_many.headers["content-type"] == "application/problem+json"
+    assert too_many.json()["code"] == "validation_error"
+    problem = next(p for p in too_many.json()["details"] if p["field"] == "sweep")
+    assert "8 runs" in problem["message"] and "FFLAB_MAX_RUNS_PER_EXPERIMENT" in problem["message"]
+    assert problem["given"] == 8
     # a swept value above a limit is named where it is given; the base width it replaces is not checked
     wide = client.post("/v1/experiments", json={**BASE, "network": {"width": 500, "layers": 2},
                                                 "sweep": {"network.width": [32, 200]}})
     assert wide.status_code == 422, wide.text
-    assert [p["loc"] for p in wide.json()["detail"]] == [["body", "sweep", "network.width"]]
-    assert "FFLAB_MAX_WIDTH" in wide.json()["detail"][0]["msg"] and wide.json()["detail"][0]["input"] == 200
+    assert [p["field"] for p in wide.json()["details"]] == ["sweep.network.width"]
+    assert "FFLAB_MAX_WIDTH" in wide.json()["details"][0]["message"] and wide.json()["details"][0]["given"] == 200
+    assert "sweep.network.width" in wide.json()["message"]
     bad_value = client.post("/v1/experiments", json={**BASE, "sweep": {"bp.learning_rate": [0.01, 2]}})
     assert bad_value.status_code == 422
-    assert ["body", "sweep", "bp.learning_rate", 1] in [p["loc"] for p in bad_value.json()["detail"]]
+    assert "sweep.bp.learning_rate.1" in [p["field"] for p in bad_value.json()["details"]]
     # 3 values x 2 seeds = 6 runs: within the experiment limit, above the user's cap of 5
     over_cap = client.post("/v1/experiments", json={**BASE, "sweep": {"bp.learning_rate": [0.03, 0.01, 0.003]}})
     assert over_cap.status_code == 429, over_cap.text
-    assert "6 runs" in over_cap.json()["detail"] and "FFLAB_MAX_ACTIVE_RUNS_PER_USER" in over_cap.json()["detail"]
+    assert over_cap.json()["code"] == "quota_exceeded"
+    assert "6 runs" in over_cap.json()["message"] and "FFLAB_MAX_QUEUED_RUNS_PER_USER" in over_cap.json()["message"]
     accepted = client.post("/v1/experiments", json={**BASE, "sweep": {"bp.learning_rate": [0.01, 0.003]}})
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["runs_total"] == 4
@@ -288,7 +329,7 @@ def test_limits_count_the_expanded_grid(limited):
 TINY = ["--set", "data.train_subset=200", "--set", "data.test_subset=200", "--set", "network.width=32",
         "--set", 'models=["ff"]', "--set", "seeds=[0,1]", "--set", "unseen_class=null",
         "--set", "ff.epochs=1", "--set", "ff.batch_size=100",
-        "--set", 'sweep={"network.threshold":[0.2,0.8]}']
+        "--set", 'sweep={"network.layers":[1,2]}']
 
 
 @pytest.mark.slow
@@ -298,19 +339,33 @@ def test_a_tiny_sweep_through_fflab_run(tmp_path, data_root):
                           capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert done.returncode == 0, done.stderr
     assert "run 4/4 ff-mnist-seed1-p1" in done.stderr
-    assert "Sweep of network.threshold" in done.stdout  # the sweep table after Tables 1-3
+    assert "Sweep of network.layers" in done.stdout  # the sweep table after Tables 1-3
     assert sorted(p.name for p in (out / "runs").iterdir()) == [
         "ff-mnist-seed0-p0", "ff-mnist-seed0-p1", "ff-mnist-seed1-p0", "ff-mnist-seed1-p1"]
     document = json.loads((out / "results.json").read_text())
     jsonschema.validate(document, schema("results"))
     cells = document["sweep"]["cells"]
-    assert [(c["point"], c["accuracy"]["n"], len(c["ensemble_size"])) for c in cells] == [(0, 2, 3), (1, 2, 3)]
+    assert [(c["point"], c["accuracy"]["n"], len(c["ensemble_size"])) for c in cells] == [(0, 2, 1), (1, 2, 2)]
     assert all(c["accuracy"]["se"] is not None for c in cells)
     assert (out / "figures" / "sweep.png").read_bytes().startswith(PNG_SIGNATURE)
-    # the runs trained with their point's threshold: the losses differ between points
+    # the runs trained with their point's depth: one loss series per FF layer
     losses = {p: json.loads((out / "runs" / f"ff-mnist-seed0-p{p}" / "metrics.json").read_text())["loss_history"]
               for p in (0, 1)}
-    assert losses[0] != losses[1]
+    assert (len(losses[0]), len(losses[1])) == (1, 2)
+    # and were analysed with it: the analyses beyond the paper rebuild each point's network
+    for point, layers in ((0, [1]), (1, [1, 2])):
+        run_dir = out / "runs" / f"ff-mnist-seed1-p{point}"
+        accuracy = json.loads((run_dir / "layer_accuracy.json").read_text())
+        assert [g["layer"] for g in accuracy["goodness"]] == [p["layer"] for p in accuracy["probes"]] == layers
+        dynamics = json.loads((run_dir / "dynamics.json").read_text())
+        assert dynamics["epochs"] == [1] and sorted({p["layer"] for p in dynamics["points"]}) == layers
+        assert [x["layer"] for x in json.loads((run_dir / "selectivity.json").read_text())["layers"]] == layers
+        for name in RUN_ANALYSIS_DOCUMENTS:
+            jsonschema.validate(json.loads((run_dir / f"{name}.json").read_text()), schema(name))
+    assert (out / "figures" / "layer_accuracy.png").read_bytes().startswith(PNG_SIGNATURE)
+    # the comparison with the paper of a folder shows its first grid point
+    pooled = experiment.compare_folders([out])
+    assert pooled.experiment.endswith("(sweep point 0: network.layers=1)")
 
 
 @pytest.mark.slow
@@ -340,6 +395,9 @@ def test_a_tiny_sweep_through_the_service(stack: Stack, monkeypatch):
         assert alice.get(f"{base}/figures/sweep").content.startswith(PNG_SIGNATURE)
         metrics = alice.get(f"{base}/runs/bp-mnist-seed0-p1/documents/metrics")
         assert metrics.status_code == 200 and metrics.json()["run_id"] == "bp-mnist-seed0-p1"
+        probes = alice.get(f"{base}/layer-accuracy").json()["runs"]  # computed per grid point by the worker
+        assert sorted(r["run_id"] for r in probes) == ["bp-mnist-seed0-p0", "bp-mnist-seed0-p1"]
+        assert alice.get(f"{base}/results", params={"format": "csv"}).status_code == 422  # csv names its table
         comparison = alice.get(f"{base}/paper-comparison").json()
         assert comparison["experiment"].endswith("(sweep point 0: bp.learning_rate=0.01)")
     monkeypatch.setenv("FFLAB_API_URL", stack.api_url)

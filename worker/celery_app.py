@@ -30,7 +30,8 @@ def _migrate_on_worker_start(sender, **_kwargs) -> None:
     ensure_sqlite_folders(settings)
     upgrade_database(settings.resolved_database_url)
     logging.getLogger("celery.app.trace").addFilter(run_support.RunOutcomeLogFilter())
-    run_support.start_presence(settings, sender.hostname, sorted(sender.app.amqp.queues.consume_from))
+    run_support.start_presence(settings, sender.hostname, sorted(sender.app.amqp.queues.consume_from),
+                               sender.concurrency or 1)
 
 
 @signals.worker_shutdown.connect

@@ -20,9 +20,13 @@ def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool:
 
         die_with_parent(parent_pid)
     if gpu is not None:
-        # Before anything initialises CUDA: this process and its children see one GPU.
+        # Before anything initialises CUDA: this process and its children see one GPU,
+        # N as nvidia-smi numbers it. Up to FFLAB_RUNS_PER_GPU runs share it (the
+        # worker's concurrency, so its slots in fair-share dispatch), each admitted by
+        # its memory estimate (worker.gpu_runs).
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        queues, concurrency = queues or ("gpu",), 1
+        queues, concurrency = queues or ("gpu",), settings.runs_per_gpu
     else:
         queues = queues or ("cpu",)
         if "gpu" not in queues:
@@ -46,7 +50,8 @@ def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool:
 
 @click.command("worker")
 @click.option("--gpu", type=int, default=None, metavar="N",
-              help="Use GPU N only (CUDA_VISIBLE_DEVICES=N), consume the gpu queue, concurrency 1.")
+              help="Use GPU N only (CUDA_VISIBLE_DEVICES=N), consume the gpu queue, train up to "
+                   "FFLAB_RUNS_PER_GPU runs at once, as their memory allows.")
 @click.option("--queue", "queues", multiple=True, type=click.Choice(QUEUE_KINDS),
               help="Queue to consume (repeatable); default gpu with --gpu, else cpu.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,

@@ -8,29 +8,30 @@ from __future__ import annotations
 
 import logging
 import math
-import mimetypes
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
 
-from fflab import jobs
+from fflab import jobs, queueing
 from fflab.db import Run, get_sessionmaker, session_scope, utcnow
 from fflab.models.common import FileCheckpoint, TrainingProgress, describe_resume_point
 from fflab.processes import process_alive
 from fflab.settings import Settings
 from fflab.spec import RunKey
 from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix
+from fflab.storage import content_type as storage_content_type
+from worker import gpu_runs
 from worker.dispatch import RUN_TASK
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPES = {".md": "text/markdown", ".csv": "text/csv", ".json": "application/json"}
 
 
 def heartbeat_interval(timeout_s: float) -> float:
@@ -44,10 +45,13 @@ class WorkerPresence:
     deleted as it stops. /readyz counts the workers heard from; the sweep requeues
     the running runs of a worker gone silent. Registering first forgets earlier
     workers of the same node name on this host whose process is gone (a worker
-    killed and started again): their running runs are requeued at once."""
+    killed and started again): their running runs are requeued at once. It
+    registers its concurrency (its slots in dispatch; FFLAB_RUNS_PER_GPU for a GPU
+    worker) and the GPUs it holds (nvidia-smi), which /readyz and /metrics show."""
 
-    def __init__(self, settings: Settings, name: str, queues: list[str]):
-        self.settings, self.name, self.queues = settings, name, queues
+    def __init__(self, settings: Settings, name: str, queues: list[str], concurrency: int = 1):
+        self.settings, self.name, self.queues, self.concurrency = settings, name, queues, concurrency
+        self.devices = gpu_runs.worker_devices(settings, queues)
         self.database_url = settings.resolved_database_url
         self.id, self.hostname, self.pid = jobs.new_id(), socket.gethostname(), os.getpid()
         self.stopped = threading.Event()
@@ -55,7 +59,8 @@ class WorkerPresence:
 
     def _register(self) -> None:
         with session_scope(self.database_url) as session:
-            jobs.register_worker(session, self.id, self.name, self.hostname, self.pid, self.queues)
+            jobs.register_worker(session, self.id, self.name, self.hostname, self.pid, self.queues,
+                                 self.concurrency, self.devices)
 
     def start(self) -> None:
         with get_sessionmaker(self.database_url)() as session:  # forget_worker commits
@@ -89,9 +94,9 @@ class WorkerPresence:
 presence: WorkerPresence | None = None  # this worker process's (its pool children inherit it)
 
 
-def start_presence(settings: Settings, name: str, queues: list[str]) -> None:
+def start_presence(settings: Settings, name: str, queues: list[str], concurrency: int = 1) -> None:
     global presence
-    presence = WorkerPresence(settings, name, queues)
+    presence = WorkerPresence(settings, name, queues, concurrency)
     presence.start()
 
 
@@ -220,13 +225,15 @@ class StoredCheckpoint:
     """The run's training checkpoint (fflab.models.common.Checkpoint): a file in the
     task's temporary folder, copied to artifact storage at every save so that any
     worker that gets the run again resumes from it. Best effort: a checkpoint that
-    cannot be fetched, read or stored costs retraining, never the run."""
+    cannot be fetched, read or stored costs retraining, never the run. Once one is
+    stored, ``stored`` is called (the preemption check: it may raise
+    fflab.queueing.Preempted)."""
 
     def __init__(self, storage: Storage, experiment_id: str, key: RunKey, path: Path,
-                 progress: ProgressWriter | None = None):
+                 progress: ProgressWriter | None = None, stored: Callable[[], None] | None = None):
         self.storage, self.experiment_id, self.run_key = storage, experiment_id, key
         self.key = checkpoint_key(experiment_id, key.run_id)
-        self.file, self.progress = FileCheckpoint(path), progress
+        self.file, self.progress, self.stored = FileCheckpoint(path), progress, stored
 
     def fetch(self) -> bool:
         """Download the stored checkpoint, if any (at the start of a delivery)."""
@@ -262,6 +269,21 @@ class StoredCheckpoint:
         except Exception:
             log.warning("run %s of experiment %s: could not store its checkpoint", self.run_key.run_id,
                         self.experiment_id, exc_info=True)
+            return
+        if self.stored is not None:
+            self.stored()
+
+
+def preemption_check(database_url: str, run_pk: int, task_id: str) -> Callable[[], None]:
+    """Raises Preempted when the dispatcher asked this delivery to stop (checked
+    after each stored checkpoint, so the run resumes from there)."""
+
+    def check() -> None:
+        with session_scope(database_url) as session:
+            if jobs.preemption_requested(session, run_pk, task_id):
+                raise queueing.Preempted(f"run {run_pk} preempted at its checkpoint")
+
+    return check
 
 
 def delete_checkpoint(storage: Storage, experiment_id: str, run_id: str) -> None:
@@ -280,7 +302,7 @@ class StoredFile:
 
 
 def content_type(path: Path) -> str:
-    return CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return storage_content_type(path.name)
 
 
 def put_files(storage: Storage, experiment_id: str, base: Path, names: list[str]) -> list[StoredFile]:

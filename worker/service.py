@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from fflab import jobs
+from fflab import jobs, queueing
 from fflab.db import (
     ACTIVE_STATUSES,
     Analysis,
@@ -38,12 +39,12 @@ from fflab.db import (
     utcnow,
 )
 from fflab.models.common import Cancelled
-from fflab.pipeline import documents
+from fflab.pipeline import documents, further_analyses
 from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import Storage, StorageError, experiment_prefix, get_storage
-from worker import run_support
+from worker import gpu_runs, run_support
 from worker.dispatch import (
     ANALYSIS_ID_PREFIX,
     dispatcher_for,
@@ -61,6 +62,7 @@ from worker.run_support import (
     delete_checkpoint,
     files_under,
     heartbeat_interval,
+    preemption_check,
     put_files,
     put_files_retrying,
 )
@@ -79,9 +81,18 @@ DOCUMENT_COLUMNS = {
 
 
 def execute_run_task(settings: Settings, run_pk: int, task_id: str) -> str | None:
-    """A run task's delivery: claim the run, train, store and record it, end it.
-    Returns how the run ended, as it was recorded (None when this delivery did
-    not hold the run to its end)."""
+    """A run task's delivery: a GPU run first waits for its memory to be admitted
+    (worker.gpu_runs: it may go back to the queue, or fail if it can never fit);
+    then claim the run, train, store and record it, end it. Returns how the run
+    ended, as it was recorded (None when this delivery did not hold the run to its end)."""
+    with gpu_runs.admitted_run(settings, run_pk, task_id, partial(end_run, settings),
+                               partial(dispatch_or_leave_to_sweep, settings)) as admitted:
+        return claim_and_train(settings, run_pk, task_id) if admitted else None
+
+
+def claim_and_train(settings: Settings, run_pk: int, task_id: str) -> str | None:
+    """Claim the run for this delivery, train, store and record it, end it (see
+    ``execute_run_task``)."""
     with session_scope(settings.resolved_database_url) as session:
         worker_id = run_support.presence.id if run_support.presence else None
         run = jobs.claim_run(session, settings, run_pk, task_id, worker_id)
@@ -114,7 +125,8 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
         run_dir = base / "runs" / key.run_id
         progress = ProgressWriter(settings.resolved_database_url, run_pk, settings.progress_interval_s)
         # Outside run_dir: the checkpoint is not one of the run's artifacts.
-        checkpoint = StoredCheckpoint(get_storage(settings), experiment_id, key, base / "checkpoint.pt", progress)
+        checkpoint = StoredCheckpoint(get_storage(settings), experiment_id, key, base / "checkpoint.pt", progress,
+                                      preemption_check(settings.resolved_database_url, run_pk, task_id))
         checkpoint.fetch()
         try:
             record = experiment_pipeline.execute_run(
@@ -128,9 +140,17 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
         except Cancelled:
             end_run(settings, run_pk, "cancelled", task_id=task_id)
             return None
+        except queueing.Preempted:
+            requeue_preempted(settings, run_pk, task_id)
+            return None
         except TRANSIENT:
             raise
         except Exception as error:
+            if gpu_runs.is_out_of_memory(error):  # requeued with its reason, or failed after the last try
+                if gpu_runs.requeue_out_of_memory(settings, run_pk, task_id, error) in ("failed", "cancelled"):
+                    delete_checkpoint(get_storage(settings), experiment_id, key.run_id)
+                dispatch_or_leave_to_sweep(settings)
+                return None
             log.exception("run %s of experiment %s failed", key.run_id, experiment_id)
             end_run(settings, run_pk, "failed", f"{type(error).__name__}: {error}", task_id)
             return None
@@ -182,6 +202,16 @@ def end_run(settings: Settings, run_pk: int, status: str, error: str | None = No
         except Exception:
             log.warning("could not send the aggregation of experiment %s; the sweep will", aggregate_id,
                         exc_info=True)
+    dispatch_or_leave_to_sweep(settings)
+
+
+def requeue_preempted(settings: Settings, run_pk: int, task_id: str) -> None:
+    """A run stopped at its checkpoint for preemption goes back to waiting (the
+    checkpoint stays: its next delivery resumes from it); then refill the slots."""
+    with session_scope(settings.resolved_database_url) as session:
+        requeued = jobs.requeue_preempted(session, run_pk, task_id)
+    log.info("run %s was preempted at its checkpoint%s", run_pk,
+             ": back to waiting" if requeued else " (no longer held by this task)")
     dispatch_or_leave_to_sweep(settings)
 
 
@@ -383,15 +413,20 @@ def store_run_documents(session: Session, run: Run, run_dir: Path, record: dict[
 def fetch_runs(storage: Storage, experiment_id: str, runs: list[Run], base: Path,
                all_files: bool, representations_of: set[str]) -> None:
     """Download the runs' JSON documents, their representations for the runs in
-    ``representations_of``, and everything they have if ``all_files``."""
+    ``representations_of``, and everything they have if ``all_files``. A document
+    registered after a run was trained is not in storage: it is left out (a
+    re-analysis computes it; the aggregation draws no figure from it)."""
     prefix = experiment_prefix(experiment_id)
     for run in runs:
         wanted = set(documents.run_files() if all_files else documents.analysed_run_files())
         if run.run_id in representations_of:
             wanted.add("representations.npz")
-        for file_name in sorted(wanted):
-            name = f"runs/{run.run_id}/{file_name}"
-            storage.download(f"{prefix}/{name}", base / name)
+        if all_files:
+            wanted.add(further_analyses.SNAPSHOT_FILE)  # absent when training took none
+        run_prefix = f"runs/{run.run_id}/"
+        stored = {key.removeprefix(f"{prefix}/{run_prefix}") for key in storage.list(f"{prefix}/{run_prefix}")}
+        for file_name in sorted(wanted & stored):
+            storage.download(f"{prefix}/{run_prefix}{file_name}", base / run_prefix / file_name)
 
 
 def put_aggregate(storage: Storage, experiment_id: str, base: Path) -> list[StoredFile]:

@@ -2,47 +2,72 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
-from api import schemas
-from api.errors import problem
-from api.deps import AdminUser, SessionDep
+from api import schemas, views
+from api.errors import api_error, problem, problem_responses
+from api.deps import AdminUser, SessionDep, SettingsDep
+from api.paging import PageDep
 from fflab import accounts
 from fflab.db import User
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=problem_responses(401, 403, 422))
 
 
-@router.get("/users", response_model=list[schemas.UserOut])
-def list_users(_admin: AdminUser, session: SessionDep) -> list[schemas.UserOut]:
-    return [schemas.UserOut.model_validate(u) for u in session.scalars(select(User).order_by(User.id))]
+@router.get("/users", response_model=schemas.UserList)
+def list_users(_admin: AdminUser, session: SessionDep, page: PageDep) -> schemas.UserList:
+    """Every user, oldest first."""
+    users, next_token = page.cut(list(session.scalars(
+        select(User).order_by(User.id).limit(page.limit + 1).offset(page.offset))))
+    return schemas.UserList(items=[schemas.UserOut.model_validate(u) for u in users], next_page_token=next_token)
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=schemas.NewKey)
+@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=schemas.NewKey,
+             responses=problem_responses(409, 413))
 def create_user(body: schemas.UserCreate, _admin: AdminUser, session: SessionDep) -> schemas.NewKey:
     """Create a user and its first API key (shown once)."""
     try:
         user = accounts.create_user(session, body.name, body.role)
     except ValueError as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        raise api_error(status.HTTP_409_CONFLICT, str(error), "conflict") from None
     key = accounts.issue_key(session, user)
     session.commit()
     return schemas.NewKey(user=schemas.UserOut.model_validate(user), api_key=key)
 
 
-@router.post("/users/{name}/keys", status_code=status.HTTP_201_CREATED, response_model=schemas.NewKey)
+@router.patch("/users/{name}", response_model=schemas.UserOut, responses=problem_responses(404, 413))
+def update_user_share(name: str, body: schemas.UserShareUpdate, _admin: AdminUser,
+                      session: SessionDep) -> schemas.UserOut:
+    """Set a user's fair-share weight and highest allowed priority."""
+    user = session.scalar(select(User).where(User.name == name).with_for_update())
+    if user is None:
+        raise api_error(status.HTTP_404_NOT_FOUND, f"no user {name}", "not_found")
+    accounts.set_share(user, body.share_weight, body.max_priority)
+    session.commit()
+    return schemas.UserOut.model_validate(user)
+
+
+@router.get("/queue", response_model=schemas.QueuesOut)
+def queue(_admin: AdminUser, session: SessionDep, settings: SettingsDep) -> schemas.QueuesOut:
+    """Each queue's slots, every user's recent usage against their share, and the
+    active experiments with waiting runs in the order they would start."""
+    return views.queues_out(session, settings)
+
+
+@router.post("/users/{name}/keys", status_code=status.HTTP_201_CREATED, response_model=schemas.NewKey,
+             responses=problem_responses(404))
 def issue_key(name: str, _admin: AdminUser, session: SessionDep) -> schemas.NewKey:
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {name}")
+        raise api_error(status.HTTP_404_NOT_FOUND, f"no user {name}", "not_found")
     key = accounts.issue_key(session, user)
     session.commit()
     return schemas.NewKey(user=schemas.UserOut.model_validate(user), api_key=key)
 
 
-@router.delete("/keys/{prefix}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/keys/{prefix}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404))
 def revoke_key(prefix: str, _admin: AdminUser, session: SessionDep) -> None:
     """Revoke a key by its public prefix, its first 14 characters. Never the whole key:
     URLs are logged by servers and proxies (422)."""
@@ -53,5 +78,5 @@ def revoke_key(prefix: str, _admin: AdminUser, session: SessionDep) -> None:
             "whole key: a URL is no place for a secret (servers and proxies log it)",
         )])
     if not accounts.revoke_keys(session, key_or_prefix=prefix):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no active key starting with {prefix[:14]}")
+        raise api_error(status.HTTP_404_NOT_FOUND, f"no active key starting with {prefix[:14]}", "not_found")
     session.commit()

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-
 from collections import Counter, defaultdict
-from typing import Annotated
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, load_only
+from pydantic import AwareDatetime, ValidationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, joinedload, load_only
 
 from api import schemas, views
+from api.errors import api_error, problem_responses
+from api.paging import Page, PageDep
 from api.deps import (
     Credentials,
     CurrentUser,
@@ -28,14 +31,13 @@ from api.deps import (
     readable_experiment,
 )
 from fflab import jobs
-from fflab.db import Experiment, Run, User
+from fflab.db import Experiment, ExperimentTag, Run, User, utcnow
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, build_spec
 from fflab.storage import experiment_prefix
 
-router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=problem_responses(401, 422))
 log = logging.getLogger(__name__)
-MAX_OFFSET = 2**31 - 1
 
 
 def dispatch(session: Session, settings: Settings, dispatcher: jobs.Dispatcher) -> None:
@@ -50,9 +52,9 @@ def dispatch(session: Session, settings: Settings, dispatcher: jobs.Dispatcher) 
 
 def spec_from_body(body: schemas.ExperimentSubmit) -> ExperimentSpec:
     """build_spec's errors as 422s naming the field in the body."""
-    overrides = dict(body.model_extra or {})
+    overrides = body.overrides()
     try:
-        return build_spec(body.preset, overrides)
+        spec = build_spec(body.preset, overrides)
     except ValidationError as error:
         problems = error.errors(include_url=False, include_context=False)
         raise RequestValidationError(
@@ -62,6 +64,18 @@ def spec_from_body(body: schemas.ExperimentSubmit) -> ExperimentSpec:
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "preset"), "msg": str(error), "input": body.preset}]
         ) from None
+    return spec
+
+
+def default_name(preset: str | None, spec: ExperimentSpec, experiment_id: str, now: datetime | None = None) -> str:
+    """What an experiment runs, when, and which, for one submitted without a name:
+    ``quick-ff.bp-mnist-s3-20261128T0615-1a2b3c`` (preset or "custom", models, data
+    sets, number of seeds, UTC submission minute, the id's first characters). It
+    starts with the preset, so that ``?name=quick`` lists a preset's experiments."""
+    datasets = ".".join("fmnist" if d == "fashion_mnist" else d for d in spec.datasets)
+    stamp = (now or utcnow()).strftime("%Y%m%dT%H%M")
+    prefix = f"{preset or 'custom'}-{'.'.join(spec.models)}-{datasets}-s{len(spec.seeds)}-{stamp}"
+    return f"{prefix[:56]}-{experiment_id[:6]}"
 
 
 FULL_SET_SIZES = {"train_subset": 60_000, "test_subset": 10_000}
@@ -109,55 +123,130 @@ def limit_problems(spec: ExperimentSpec, settings: Settings) -> list[dict]:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.ExperimentCreated,
-             responses={429: {"description": "The user's cap on queued plus running runs is reached."}})
-def submit_experiment(body: schemas.ExperimentSubmit, request: Request, response: Response,
-                      session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
-                      user: CurrentUser) -> schemas.ExperimentCreated:
-    """Queue an experiment: one run per spec.runs() key, then an aggregation step."""
+             responses=problem_responses(401, 403, 413, 422, 429, 503))
+def submit_experiment(body: Annotated[schemas.ExperimentSubmit, Body(openapi_examples=schemas.SUBMIT_EXAMPLES)],
+                      request: Request, response: Response, session: SessionDep, settings: SettingsDep,
+                      dispatcher: DispatcherDep, user: CurrentUser) -> schemas.ExperimentCreated:
+    """Queue an experiment: one run per spec.runs() key, then an aggregation step.
+    The body is a preset and any spec fields to override (each documented in the
+    schema, with the presets' values), or a complete spec. 403 for a priority above
+    the user's max_priority; 429 when the user's cap on waiting runs is reached."""
     spec = spec_from_body(body)
     check_limits(spec, settings)
     try:
-        experiment = jobs.create_experiment(session, settings, user, spec, body.visibility)
+        experiment = jobs.create_experiment(session, settings, user, spec, body.visibility, body.priority)
+    except jobs.PriorityNotAllowed as error:
+        raise api_error(status.HTTP_403_FORBIDDEN, str(error), "forbidden") from None
     except jobs.CapacityError as error:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(error),
-                            headers={"Retry-After": str(error.retry_after_s)}) from None
+        raise api_error(status.HTTP_429_TOO_MANY_REQUESTS, str(error), "quota_exceeded",
+                        headers={"Retry-After": str(error.retry_after_s)}) from None
+    if "name" not in body.model_fields_set:
+        experiment.name = default_name(body.preset, spec, experiment.id)
+        experiment.spec = {**experiment.spec, "name": experiment.name}
+    set_tags(session, experiment.id, body.tags)
     session.commit()
     dispatch(session, settings, dispatcher)
     url = views.experiment_url(request, experiment.id)
     response.headers["Location"] = url
     return schemas.ExperimentCreated(id=experiment.id, url=url, status=experiment.status,
-                                     runs_total=experiment.runs_total)
+                                     runs_total=experiment.runs_total, name=experiment.name)
 
 
-@router.get("", response_model=schemas.ExperimentPage)
+def set_tags(session: Session, experiment_id: str, tags: list[str]) -> None:
+    session.execute(delete(ExperimentTag).where(ExperimentTag.experiment_id == experiment_id))
+    session.add_all(ExperimentTag(experiment_id=experiment_id, tag=tag) for tag in dict.fromkeys(tags))
+    session.flush()
+
+
+SORTS = {
+    "-created_at": (Experiment.created_at.desc(), Experiment.id.desc()),
+    "created_at": (Experiment.created_at.asc(), Experiment.id.asc()),
+    "name": (Experiment.name.asc(), Experiment.id.asc()),
+    "-name": (Experiment.name.desc(), Experiment.id.desc()),
+    "status": (Experiment.status.asc(), Experiment.created_at.desc(), Experiment.id.desc()),
+}
+Scope = Literal["mine", "lab", "all"]
+
+
+@dataclass(frozen=True)
+class ExperimentFilters:
+    scope: Scope = "mine"
+    statuses: tuple[str, ...] = ()
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+    owner: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    sort: str = "-created_at"
+
+
+def experiment_filters(
+    scope: Annotated[Scope, Query(description="mine: yours; lab: every experiment shared with the lab "
+                                              "(visibility lab, yours included); all: everyone's (admin).")] = "mine",
+    status_filter: Annotated[list[schemas.Status] | None, Query(
+        alias="status", description="Only these statuses (repeat the parameter for several).")] = None,
+    name: Annotated[str | None, Query(max_length=64, description=(
+        "Names starting with this (default names start with the preset: name=quick)."))] = None,
+    tag: Annotated[list[schemas.Tag] | None, Query(description="Only experiments with every tag given.")] = None,
+    owner: Annotated[str | None, Query(max_length=64, description="Only this user's (with scope lab or all).")] = None,
+    created_after: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone.")] = None,
+    created_before: Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone.")] = None,
+    sort: Annotated[Literal[tuple(SORTS)], Query(  # type: ignore[valid-type]
+        description="Order: -created_at (newest first), created_at, name, -name, status.")] = "-created_at",
+) -> ExperimentFilters:
+    return ExperimentFilters(scope, tuple(status_filter or ()), name, tuple(tag or ()), owner, created_after,
+                             created_before, sort)
+
+
+@router.get("", response_model=schemas.ExperimentPage, responses=problem_responses(401, 403, 422))
 async def list_experiments(
-    request: Request, settings: SettingsDep, credentials: Credentials,
-    status_filter: Annotated[schemas.Status | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    request: Request, settings: SettingsDep, credentials: Credentials, page: PageDep,
+    filters: Annotated[ExperimentFilters, Depends(experiment_filters)],
 ) -> schemas.ExperimentPage:
-    """Your experiments, newest first."""
+    """Experiments you may see, filtered and sorted: yours by default, those shared
+    with the lab (``scope=lab``), or everyone's (``scope=all``, admins)."""
 
     def page_of(session: Session) -> schemas.ExperimentPage:
         user = authenticated_user(session, credentials)
-        return experiment_page(session, request, user, status_filter, limit, offset)
+        return experiment_page(session, request, user, filters, page)
 
     return await in_one_trip(settings, page_of)  # clients poll it
 
 
-def experiment_page(session: Session, request: Request, user: User, status_filter: str | None, limit: int,
-                    offset: int) -> schemas.ExperimentPage:
-    where = [Experiment.owner_id == user.id]
-    if status_filter is not None:
-        where.append(Experiment.status == status_filter)
+def visible_where(user: User, filters: ExperimentFilters) -> list:
+    """The WHERE clauses of a listing (403 for scope=all without the admin role)."""
+    if filters.scope == "all" and user.role != "admin":
+        raise api_error(status.HTTP_403_FORBIDDEN, "scope=all needs the admin role; use scope=lab for "
+                                                   "the experiments shared with the lab", "forbidden")
+    where: list = {"mine": [Experiment.owner_id == user.id], "lab": [Experiment.visibility == "lab"],
+                   "all": []}[filters.scope]
+    if filters.statuses:
+        where.append(Experiment.status.in_(filters.statuses))
+    if filters.name:
+        where.append(Experiment.name.startswith(filters.name, autoescape=True))
+    for tag in filters.tags:
+        where.append(Experiment.id.in_(select(ExperimentTag.experiment_id).where(ExperimentTag.tag == tag)))
+    if filters.owner:
+        where.append(Experiment.owner_id.in_(select(User.id).where(User.name == filters.owner)))
+    if filters.created_after:
+        where.append(Experiment.created_at >= filters.created_after)
+    if filters.created_before:
+        where.append(Experiment.created_at < filters.created_before)
+    return where
+
+
+def experiment_page(session: Session, request: Request, user: User, filters: ExperimentFilters,
+                    page: Page) -> schemas.ExperimentPage:
+    where = visible_where(user, filters)
     total = session.scalar(select(func.count(Experiment.id)).where(*where)) or 0
-    page = list(session.scalars(
-        select(Experiment).where(*where).order_by(Experiment.created_at.desc(), Experiment.id)
-        .limit(limit).offset(offset)
+    rows = list(session.scalars(
+        select(Experiment).options(joinedload(Experiment.owner)).where(*where).order_by(*SORTS[filters.sort])
+        .limit(page.limit + 1).offset(page.offset)
     ))
+    experiments, next_token = page.cut(rows)
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     running: dict[str, list[Run]] = defaultdict(list)
-    ids = [experiment.id for experiment in page]
+    ids = [experiment.id for experiment in experiments]
     for experiment_id, run_status, count in session.execute(
         select(Run.experiment_id, Run.status, func.count(Run.id))
         .where(Run.experiment_id.in_(ids)).group_by(Run.experiment_id, Run.status)
@@ -169,14 +258,15 @@ def experiment_page(session: Session, request: Request, user: User, status_filte
         .where(Run.experiment_id.in_(ids), Run.status == "running").order_by(Run.id)
     ):
         running[run.experiment_id].append(run)
+    tags = views.tags_of(session, ids)
     items = [
-        schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id]))
-        for e in page
+        schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id], tags[e.id]))
+        for e in experiments
     ]
-    return schemas.ExperimentPage(items=items, total=total, limit=limit, offset=offset)
+    return schemas.ExperimentPage(items=items, next_page_token=next_token, total=total)
 
 
-@router.get("/{experiment_id}", response_model=schemas.Experiment)
+@router.get("/{experiment_id}", response_model=schemas.Experiment, responses=problem_responses(401, 404))
 async def get_experiment(experiment_id: ExperimentId, request: Request, settings: SettingsDep,
                          credentials: Credentials) -> schemas.Experiment:
     """Status, progress (runs done of total; model, layer, epoch, ETA and heartbeat
@@ -189,7 +279,30 @@ async def get_experiment(experiment_id: ExperimentId, request: Request, settings
     return await in_one_trip(settings, detail)  # what clients poll
 
 
-@router.post("/{experiment_id}/cancel", response_model=schemas.Experiment)
+@router.patch("/{experiment_id}", response_model=schemas.Experiment,
+              responses=problem_responses(401, 403, 404, 413, 422))
+def update_experiment(body: schemas.ExperimentPatch, experiment: OwnedExperiment, request: Request,
+                      session: SessionDep) -> schemas.Experiment:
+    """Rename it, replace its tags or change its visibility, at any time (owner or
+    admin). Fields left out are unchanged; the spec is not: submit another experiment."""
+    changes = body.model_dump(exclude_unset=True)
+    nulls = [field for field, value in changes.items() if value is None]
+    if nulls:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", field), "input": None,
+                                       "msg": f"{field} cannot be null: leave it out to keep it"} for field in nulls])
+    for field in ("name", "visibility"):
+        if field in changes:
+            setattr(experiment, field, changes[field])
+    if "name" in changes:
+        experiment.spec = {**experiment.spec, "name": changes["name"]}
+    if "tags" in changes:
+        set_tags(session, experiment.id, changes["tags"])
+    session.commit()
+    return views.experiment_detail(request, experiment)
+
+
+@router.post("/{experiment_id}/cancel", response_model=schemas.Experiment,
+             responses=problem_responses(401, 403, 404, 409))
 def cancel_experiment(experiment: OwnedExperiment, request: Request, session: SessionDep,
                       settings: SettingsDep, dispatcher: DispatcherDep) -> schemas.Experiment:
     """Queued runs are dropped; running runs stop at their next epoch. The experiment
@@ -198,14 +311,15 @@ def cancel_experiment(experiment: OwnedExperiment, request: Request, session: Se
     try:
         task_ids = jobs.cancel_experiment(session, experiment)
     except jobs.ConflictError as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        raise api_error(status.HTTP_409_CONFLICT, str(error), "conflict") from None
     session.commit()
     dispatcher.revoke(task_ids)
     dispatch(session, settings, dispatcher)
     return views.experiment_detail(request, experiment)
 
 
-@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=problem_responses(401, 403, 404, 503))
 def delete_experiment(experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep,
                       dispatcher: DispatcherDep, storage: StorageDep) -> None:
     """Cancel it if needed, then delete it, its runs, results and artifacts."""

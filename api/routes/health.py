@@ -39,10 +39,21 @@ def missing_consumers(settings: Settings) -> list[str]:
     return [queue for queue in needed if queue not in consumed]
 
 
+def held_gpus(settings: Settings) -> list[schemas.WorkerGpu]:
+    """The GPUs of the workers heard from within FFLAB_WORKER_HEARTBEAT_TIMEOUT_S."""
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        return [
+            schemas.WorkerGpu(worker=worker.name, hostname=worker.hostname, slots=worker.concurrency,
+                              index=device.get("index"), name=device.get("name", "?"),
+                              total_memory_bytes=device.get("total_memory_bytes", 0))
+            for worker in jobs.live_workers(session, settings) for device in worker.devices or []
+        ]
+
+
 @router.get("/readyz", response_model=schemas.Readiness, responses={503: {"model": schemas.Readiness}})
 def readyz(request: Request, response: Response, settings: SettingsDep, storage: StorageDep) -> schemas.Readiness:
     """Database, broker and artifact storage reachable, and a live worker consuming
-    each queue work goes to (503 otherwise)."""
+    each queue work goes to (503 otherwise); and the GPUs the live workers hold."""
 
     def database() -> None:
         with get_engine(settings.resolved_database_url).connect() as connection:
@@ -67,7 +78,11 @@ def readyz(request: Request, response: Response, settings: SettingsDep, storage:
     ready = all(result == "ok" for result in checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return schemas.Readiness(status="ready" if ready else "unavailable", checks=checks)
+    try:
+        gpus = held_gpus(settings)
+    except Exception:  # the database check above says why
+        gpus = []
+    return schemas.Readiness(status="ready" if ready else "unavailable", checks=checks, gpus=gpus)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

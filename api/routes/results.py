@@ -1,26 +1,40 @@
-"""Tables, ensembles, shared units, weight statistics, figures and artifacts."""
+"""Tables, ensembles, shared units, weight statistics, figures and artifacts.
+
+One readiness rule: a collection (ensembles, shared units, weights, figures,
+artifacts, and the runs and analyses of their own routers) answers 200 with what
+exists so far, and ``experiment_status`` says whether more may come (runs add their
+documents as they finish); a document the experiment's aggregation writes
+(``/results``, ``/paper-comparison``) answers 409 ``conflict`` until it exists; an item
+asked for by name that does not exist answers 404 ``not_found``."""
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only
 
 from api import schemas, views
 from api.deps import ReadableExperiment, SessionDep, StorageDep
+from api.errors import api_error, problem_responses
+from api.files import file_response
+from api.paging import Page, PageDep, page_params
 from fflab.db import Artifact, Ensemble, Experiment, Result, Run
 from fflab import paper
 from fflab.results import PAPER_TABLES, TABLES, ExperimentResults, PaperComparison
 from fflab.spec import DatasetName, ExperimentSpec, ModelName
-from fflab.storage import Storage, StorageError
 
-router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=["results"])
+router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=["results"],
+                   responses=problem_responses(401, 404, 422))
+FILE_HEADERS = {
+    "ETag": {"description": "The file's sha256, quoted.", "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "bytes", "schema": {"type": "string"}},
+    "Content-Range": {"description": "206 only: bytes start-end/size.", "schema": {"type": "string"}},
+}
 
 Method = Literal["method1", "method2"]
 ModelFilter = Annotated[ModelName | None, Query(description="ff, bpff or bp.")]
@@ -33,37 +47,41 @@ MethodFilter = Annotated[Method | None, Query()]
 def _result(session: Session, experiment: Experiment) -> Result:
     result = session.get(Result, experiment.id)
     if result is None:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            f"experiment {experiment.id} is {experiment.status}: its results are not ready")
+        raise api_error(status.HTTP_409_CONFLICT,
+                        f"experiment {experiment.id} is {experiment.status}: its results are not ready (they are "
+                        "written when its last run has finished and been aggregated)", "conflict")
     return result
 
 
 @router.get("/results", response_model=ExperimentResults,
-            responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}})
+            responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}, **problem_responses(409)})
 def get_results(
     experiment: ReadableExperiment, session: SessionDep,
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
     table: Annotated[Literal[TABLES] | None, Query(
-        description="Only this table (csv, md): table1-3, or one of the other aggregates "
-        "(sparseness_treves_rolls, sparseness_hoyer, shared_units, unseen_class, sweep).")] = None,
+        description="One table: table1-3, or one of the other aggregates (sparseness_treves_rolls, "
+        "sparseness_hoyer, shared_units, unseen_class, sweep). Required with format=csv.")] = None,
 ):
     """Tables 1-3 (accuracy, ensemble sizes, fraction of positive weights) and the
-    other aggregates with the run records and figure list (JSON), or the tables as
-    CSV or markdown: one table with ``table``, else Tables 1-3 (and the sweep's
-    table, with a sweep), each preceded by a '# <name>' line."""
+    other aggregates with the run records and figure list (JSON); one table as CSV
+    (``table`` required: one CSV document per response); one table, or Tables 1-3
+    (and the sweep's table, with a sweep) each under a '# <name>' heading, as
+    markdown. 409 until the results are ready."""
+    if format == "csv" and table is None:
+        raise RequestValidationError([{
+            "type": "missing", "loc": ("query", "table"), "msg": "format=csv answers one table per response: name "
+            f"it with table= (one of {', '.join(TABLES)})", "ctx": {"expected": " or ".join(TABLES)}}])
     result = _result(session, experiment)
     if format == "json":
         return result.results
     if table:
         if table not in result.tables:
-            raise HTTPException(status.HTTP_404_NOT_FOUND,
-                                f"experiment {experiment.id} has no table {table}; it has: "
-                                f"{', '.join(result.tables)}")
+            raise api_error(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no table {table}; it "
+                                                       f"has: {', '.join(result.tables)}", "not_found")
         text = result.tables[table][format]
     else:
-        separator = "\n\n" if format == "md" else "\n"
         names = PAPER_TABLES + (("sweep",) if "sweep" in result.tables else ())
-        text = "\n".join(f"# {name}{separator}{result.tables[name][format]}" for name in names)
+        text = "\n".join(f"# {name}\n\n{result.tables[name]['md']}" for name in names)
     media = "text/csv" if format == "csv" else "text/markdown"
     return PlainTextResponse(text, media_type=f"{media}; charset=utf-8")
 
@@ -84,30 +102,58 @@ def _runs(session: Session, experiment: Experiment, model: str | None, dataset: 
 @router.get("/ensembles", response_model=schemas.EnsemblesOut)
 def get_ensembles(
     experiment: ReadableExperiment, session: SessionDep,
+    page: Annotated[Page, page_params(default=200)],
     model: ModelFilter = None, dataset: DatasetFilter = None, layer: LayerFilter = None,
-    class_index: Annotated[int | None, Query(alias="class", ge=0, le=9, description="Class 0-9.")] = None,
+    class_index: Annotated[int | None, Query(ge=0, le=9, description="Class 0-9.")] = None,
     method: MethodFilter = None,
-    quantile: Annotated[float | None, Query(gt=0, lt=1, description="Method 1 quantile.")] = None,
-    run_id: Annotated[str | None, Query()] = None,
+    quantile: Annotated[float | None, Query(gt=0, lt=1, description=(
+        "Method 1 quantile: one of the experiment's analysis.quantiles (the response's quantiles); "
+        "POST an analysis to compute another."))] = None,
+    run_id: Annotated[str | None, Query(max_length=128)] = None,
+    old_class: Annotated[str | None, Query(alias="class", include_in_schema=False)] = None,
 ) -> schemas.EnsemblesOut:
     """Per finished run, its ensembles.json (schema: fflab/schemas/ensembles.schema.json)
-    with only the ensembles matching the filters."""
-    runs = _runs(session, experiment, model, dataset, run_id, columns=(Run.run_id, Run.ensemble_summary))
+    with only the ensembles matching the filters, a page of ensembles at a time
+    (``limit`` ensembles, runs in order)."""
+    if old_class is not None:  # the filter's old name: it must not be ignored silently
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", "class"), "input": old_class,
+                                       "msg": "the class filter is class_index (as in the ensembles' records)"}])
+    quantiles = computed_quantiles(experiment)
+    if quantile is not None and quantile not in quantiles:
+        raise RequestValidationError([{
+            "type": "value_error", "loc": ("query", "quantile"), "input": quantile,
+            "ctx": {"expected": " or ".join(map(str, quantiles))},
+            "msg": f"quantile {quantile} was not computed for this experiment (its quantiles: "
+                   f"{', '.join(map(str, quantiles))}); to get it, POST /v1/experiments/{experiment.id}/analyses "
+                   f"with quantiles that include it"}])
+    runs = {run.run_id: run for run in _runs(session, experiment, model, dataset, run_id,
+                                             columns=(Run.run_id, Run.ensemble_summary))}
     fields = ("layer", "class_index", "class_name", "method", "quantile", "threshold", "epsilon", "rho_cut",
               "nh_cut", "n_images", "units", "size")
     # Plain rows, not ORM objects: an experiment has hundreds of ensembles per run.
     query = select(Ensemble.run_id, *(getattr(Ensemble, field) for field in fields)).where(
-        Ensemble.experiment_id == experiment.id, Ensemble.run_id.in_([run.run_id for run in runs]))
+        Ensemble.experiment_id == experiment.id, Ensemble.run_id.in_(list(runs)))
     for column, value in ((Ensemble.layer, layer), (Ensemble.class_index, class_index),
                           (Ensemble.method, method), (Ensemble.quantile, quantile)):
         if value is not None:
             query = query.where(column == value)
+    found, next_token = page.cut(list(session.execute(query.order_by(Ensemble.id)
+                                                      .limit(page.limit + 1).offset(page.offset))))
     rows = defaultdict(list)
-    for run_id_, *values in session.execute(query.order_by(Ensemble.id)):
+    for run_id_, *values in found:
         rows[run_id_].append(dict(zip(fields, values)))
-    return schemas.EnsemblesOut(experiment_id=experiment.id, runs=[
-        {**run.ensemble_summary, "ensembles": rows[run.run_id]} for run in runs if run.ensemble_summary
-    ])
+    return schemas.EnsemblesOut(
+        experiment_id=experiment.id, experiment_status=experiment.status, quantiles=quantiles,
+        next_page_token=next_token,
+        runs=[{**runs[name].ensemble_summary, "ensembles": ensembles} for name, ensembles in rows.items()
+              if runs[name].ensemble_summary],
+    )
+
+
+def computed_quantiles(experiment: Experiment) -> list[float]:
+    """The Method 1 quantiles of the experiment's current analysis (a re-analysis
+    replaces them)."""
+    return list((experiment.spec.get("analysis") or {}).get("quantiles") or [])
 
 
 @router.get("/shared-units", response_model=schemas.SharedUnitsOut)
@@ -122,7 +168,7 @@ def get_shared_units(experiment: ReadableExperiment, session: SessionDep, model:
         matrices = [m for m in run.shared_units["matrices"]
                     if (layer is None or m["layer"] == layer) and (method is None or m["method"] == method)]
         documents.append({**run.shared_units, "matrices": matrices})
-    return schemas.SharedUnitsOut(experiment_id=experiment.id, runs=documents)
+    return schemas.SharedUnitsOut(experiment_id=experiment.id, experiment_status=experiment.status, runs=documents)
 
 
 @router.get("/weights", response_model=schemas.WeightsOut)
@@ -136,29 +182,14 @@ def get_weights(experiment: ReadableExperiment, session: SessionDep, model: Mode
             continue
         layers = [entry for entry in run.weight_stats["layers"] if layer is None or entry["layer"] == layer]
         documents.append({**run.weight_stats, "layers": layers})
-    return schemas.WeightsOut(experiment_id=experiment.id, runs=documents)
+    return schemas.WeightsOut(experiment_id=experiment.id, experiment_status=experiment.status, runs=documents)
 
 
-def _artifacts(session: Session, experiment: Experiment, prefix: str = "") -> list[Artifact]:
+def _artifacts(session: Session, experiment: Experiment, page: Page, prefix: str = "") -> tuple[list[Artifact], str | None]:
     query = select(Artifact).where(Artifact.experiment_id == experiment.id)
     if prefix:
         query = query.where(Artifact.name.startswith(prefix, autoescape=True))
-    return list(session.scalars(query.order_by(Artifact.name)))
-
-
-def _stream(storage: Storage, artifact: Artifact) -> StreamingResponse:
-    chunks = storage.iter_bytes(artifact.key)
-    try:
-        first = next(chunks, b"")
-    except (StorageError, FileNotFoundError):
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"artifact {artifact.name} is recorded but storage cannot deliver it") from None
-    file_name = artifact.name.rsplit("/", 1)[-1]
-    return StreamingResponse(
-        itertools.chain([first], chunks), media_type=artifact.content_type,
-        headers={"Content-Length": str(artifact.size), "ETag": f'"{artifact.sha256}"',
-                 "Content-Disposition": f'inline; filename="{file_name}"'},
-    )
+    return page.cut(list(session.scalars(query.order_by(Artifact.name).limit(page.limit + 1).offset(page.offset))))
 
 
 def _one_artifact(session: Session, experiment: Experiment, name: str) -> Artifact:
@@ -166,30 +197,40 @@ def _one_artifact(session: Session, experiment: Experiment, name: str) -> Artifa
         select(Artifact).where(Artifact.experiment_id == experiment.id, Artifact.name == name)
     )
     if artifact is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no artifact {name}")
+        raise api_error(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no artifact {name}", "not_found")
     return artifact
 
 
 @router.get("/figures", response_model=schemas.ArtifactList)
-def list_figures(experiment: ReadableExperiment, request: Request, session: SessionDep) -> schemas.ArtifactList:
-    return schemas.ArtifactList(items=[views.artifact_out(request, a) for a in _artifacts(session, experiment, "figures/")])
+def list_figures(experiment: ReadableExperiment, request: Request, session: SessionDep,
+                 page: PageDep) -> schemas.ArtifactList:
+    """The experiment's figures; each ``name`` is what GET /figures/{name} takes."""
+    artifacts, next_token = _artifacts(session, experiment, page, views.FIGURES_PREFIX)
+    return schemas.ArtifactList(items=[views.figure_out(request, a) for a in artifacts], next_page_token=next_token,
+                                experiment_status=experiment.status)
 
 
-@router.get("/figures/{name}", response_class=StreamingResponse,
-            responses={200: {"content": {"image/png": {}}}})
+@router.get("/figures/{name}", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "headers": FILE_HEADERS},
+                       206: {"description": "The requested range.", "headers": FILE_HEADERS},
+                       304: {"description": "If-None-Match matched the ETag."}, **problem_responses(416, 503)})
+@router.head("/figures/{name}", response_class=Response, responses={200: {"description": "The headers of GET, no body."}})
 def get_figure(name: str, request: Request, experiment: ReadableExperiment, session: SessionDep, storage: StorageDep):
-    """A figure as PNG; ``name`` with or without ``.png`` (figure1a, figure2.png, ...)."""
+    """A figure as PNG; ``name`` as in the list (figure1a.png), or without ``.png``."""
     file_name = name if name.endswith(".png") else f"{name}.png"
     raw_path = request.scope.get("raw_path", b"").lower()
     check_artifact_name(file_name, "name", "/" in name or b"%2f" in raw_path or b"%5c" in raw_path)
-    return _stream(storage, _one_artifact(session, experiment, f"figures/{file_name}"))
+    return file_response(request, storage, _one_artifact(session, experiment, f"{views.FIGURES_PREFIX}{file_name}"))
 
 
 @router.get("/artifacts", response_model=schemas.ArtifactList)
-def list_artifacts(experiment: ReadableExperiment, request: Request, session: SessionDep) -> schemas.ArtifactList:
+def list_artifacts(experiment: ReadableExperiment, request: Request, session: SessionDep,
+                   page: PageDep) -> schemas.ArtifactList:
     """Every stored file: runs/<run_id>/{weights.pt, representations.npz, *.json},
-    tables/*, figures/*.png, results.json."""
-    return schemas.ArtifactList(items=[views.artifact_out(request, a) for a in _artifacts(session, experiment)])
+    tables/*, figures/*.png, results.json; each ``name`` is what GET /artifacts/{name} takes."""
+    artifacts, next_token = _artifacts(session, experiment, page)
+    return schemas.ArtifactList(items=[views.artifact_out(request, a) for a in artifacts], next_page_token=next_token,
+                                experiment_status=experiment.status)
 
 
 def check_artifact_name(name: str, field: str, encoded_slash: bool) -> None:
@@ -207,18 +248,21 @@ def check_artifact_name(name: str, field: str, encoded_slash: bool) -> None:
         }])
 
 
-@router.get("/artifacts/{name:path}", response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get("/artifacts/{name:path}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}, "headers": FILE_HEADERS},
+                       206: {"description": "The requested range.", "headers": FILE_HEADERS},
+                       304: {"description": "If-None-Match matched the ETag."}, **problem_responses(416, 503)})
+@router.head("/artifacts/{name:path}", response_class=Response, responses={200: {"description": "The headers of GET, no body."}})
 def get_artifact(name: str, request: Request, experiment: ReadableExperiment, session: SessionDep,
                  storage: StorageDep):
-    """One stored file by name (see the list)."""
+    """One stored file by name (see the list), with HEAD, ETag/If-None-Match and Range."""
     raw_path = request.scope.get("raw_path", b"").lower()
     check_artifact_name(name, "name", b"%2f" in raw_path or b"%5c" in raw_path)
-    return _stream(storage, _one_artifact(session, experiment, name))
+    return file_response(request, storage, _one_artifact(session, experiment, name))
 
 
 @router.get("/paper-comparison", response_model=PaperComparison,
-            responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}})
+            responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}, **problem_responses(409)})
 def get_paper_comparison(
     experiment: ReadableExperiment, session: SessionDep,
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",

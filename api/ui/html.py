@@ -107,6 +107,8 @@ class HTMLRoute(APIRoute):
                 if error.status_code == 401:
                     return sign_in_redirect(request)
                 detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
+                if isinstance(error.detail, dict) and "message" in error.detail:  # api.errors.api_error
+                    detail = str(error.detail["message"])
                 headers = {k: v for k, v in (error.headers or {}).items() if k.lower() == "retry-after"}
                 return error_page(request, error.status_code, detail, headers=headers)
             except RequestValidationError as error:

@@ -49,7 +49,8 @@ def visible_experiments(session: Session, request: Request, user: User, scope: S
         .where(Run.experiment_id.in_(ids), Run.status == "running").order_by(Run.id)
     ):
         running[run.experiment_id].append(run)
-    return [schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id]))
+    tags = views.tags_of(session, ids)
+    return [schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id], tags[e.id]))
             for e in page]
 
 

@@ -33,6 +33,7 @@ from api.deps import (
     get_owned_experiment,
     readable_experiment,
 )
+from api.paging import Page
 from api.routes import analyses as analyses_routes
 from api.routes import experiments as experiment_routes
 from api.routes import results as results_routes
@@ -156,8 +157,10 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
                   if name in result.results.get("tables", {})]
         comparison = results_routes.get_paper_comparison(experiment=experiment, session=session, format="json")
     figures = [artifact.name.removeprefix("figures/") for artifact in
-               results_routes.list_figures(experiment=experiment, request=request, session=session).items]
-    analyses = analyses_routes.list_analyses(experiment=experiment, request=request, session=session).items
+               results_routes.list_figures(experiment=experiment, request=request, session=session,
+                                           page=Page.first()).items]
+    analyses = analyses_routes.list_analyses(experiment=experiment, request=request, session=session,
+                                             page=Page.first()).items
     return {
         "experiment": detail,
         "may_change": experiment.owner_id == user.id or user.role == "admin",
@@ -361,7 +364,8 @@ def explorer(
                    model_names=model_names())
     if run is None:
         return render(request, "explorer.html", context)
-    documents = results_routes.get_ensembles(experiment=experiment, session=session, model=None, dataset=None,
+    documents = results_routes.get_ensembles(experiment=experiment, session=session,
+                                             page=Page.first(), model=None, dataset=None,
                                              layer=layer, class_index=None, method=method, quantile=quantile,
                                              run_id=run.run_id).runs
     if not documents:

@@ -9,11 +9,13 @@ import circle):
 - science: ``registry``; ``data`` (the data sets); ``models`` (one module per
   model type, ``MODELS``; ``components``: goodness, normalisation, ...);
   ``spec``; ``analysis`` (pure functions over arrays); ``figures``;
-  ``results`` (the versioned documents); ``paper`` (the published numbers).
+  ``results`` (the versioned documents); ``paper`` (the published numbers);
+  ``devices`` (the device a run trains on, as metrics.json records it).
 - pipeline: ``pipeline`` (train, analyse and aggregate into a results folder;
   the registry of a run's documents).
 - service: ``db``, ``jobs`` (every state transition), ``accounts``,
-  ``storage``, ``client``, ``processes``, ``var_dir``.
+  ``storage``, ``client``, ``processes``, ``var_dir``; ``gpu`` (a run's GPU
+  memory estimate and its admission on a shared GPU).
 - cli: ``cli`` (the ``fflab`` command; ``serve`` and ``worker`` come from the
   api and worker packages through entry points).
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from fflab.db import ROLES, ApiKey, User, utcnow
+from fflab.scheduling import priority_rank
 from fflab.var_dir import private_dir
 
 KEY_PREFIX = "fflab_"
@@ -70,6 +72,18 @@ def create_user(session: Session, name: str, role: str = "member") -> User:
     session.add(user)
     session.flush()
     return user
+
+
+def set_share(user: User, share_weight: float | None = None, max_priority: str | None = None) -> None:
+    """Set the user's fair-share weight (> 0) and highest allowed priority; None
+    leaves either unchanged."""
+    if share_weight is not None:
+        if not (math.isfinite(share_weight) and share_weight > 0):
+            raise ValueError(f"share_weight must be a finite number > 0; got {share_weight}")
+        user.share_weight = share_weight
+    if max_priority is not None:
+        priority_rank(max_priority)
+        user.max_priority = max_priority
 
 
 def issue_key(session: Session, user: User) -> str:

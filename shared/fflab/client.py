@@ -10,32 +10,36 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+# The per-run analyses beyond the paper, as their endpoints name them (/v1/experiments/{id}/<name>).
+RUN_ANALYSES = ("layer-accuracy", "dynamics", "lesions", "selectivity", "intrinsic-dimension", "subensembles")
 
 
 class ApiError(RuntimeError):
-    """A non-2xx answer; ``detail`` is the API's explanation."""
+    """A non-2xx answer, from the API's problem document (RFC 9457): ``code`` is
+    stable (not_found, validation_error, conflict, quota_exceeded, ...), ``message``
+    one human sentence, ``details`` the problems with single fields."""
 
-    def __init__(self, status_code: int, detail: Any):
-        self.status_code, self.detail = status_code, detail
-        super().__init__(f"HTTP {status_code}: {format_detail(detail)}")
+    def __init__(self, status_code: int, message: str, code: str | None = None,
+                 details: list[dict[str, Any]] | None = None):
+        self.status_code, self.message, self.code, self.details = status_code, message, code, details or []
+        super().__init__(f"HTTP {status_code}{f' {code}' if code else ''}: {message}")
 
-
-def format_detail(detail: Any) -> str:
-    """FastAPI's validation details as 'field: message' lines, anything else as is."""
-    if isinstance(detail, list):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in item.get('loc', ()) if p != 'body')}: {item.get('msg')}"
-            if isinstance(item, dict) else str(item)
-            for item in detail
-        )
-    return str(detail)
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> ApiError:
+        try:
+            document = response.json()
+        except ValueError:
+            document = None
+        if not isinstance(document, dict) or "message" not in document:
+            return cls(response.status_code, response.text.strip()[:500] or response.reason_phrase)
+        return cls(response.status_code, str(document["message"]), document.get("code"), document.get("details"))
 
 
 class Client:
@@ -56,11 +60,7 @@ class Client:
     def _check(response: httpx.Response) -> httpx.Response:
         if response.is_error:
             response.read()
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ApiError(response.status_code, detail)
+            raise ApiError.from_response(response)
         return response
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -73,13 +73,43 @@ class Client:
     def _params(**filters: Any) -> dict[str, Any]:
         return {key.rstrip("_"): value for key, value in filters.items() if value is not None}
 
+    def pages(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every page of a list, following next_page_token."""
+        params = dict(params or {})
+        while True:
+            page = self._json("GET", path, params=params)
+            yield page
+            if not page.get("next_page_token"):
+                return
+            params["page_token"] = page["next_page_token"]
+
+    def items(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every item of a list, page after page."""
+        for page in self.pages(path, params):
+            yield from page["items"]
+
     # experiments
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body``: a full spec, or {"preset": ...} plus overrides, plus "visibility"."""
+        """``body``: a full spec, or {"preset": ...} plus overrides, plus "visibility"
+        and "priority"."""
         return self._json("POST", "/v1/experiments", json=body)
 
-    def experiments(self, status: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        return self._json("GET", "/v1/experiments", params=self._params(status=status, limit=limit, offset=offset))
+    def experiments(self, *, scope: str = "mine", status: str | list[str] | None = None, name: str | None = None,
+                    tag: str | list[str] | None = None, owner: str | None = None, created_after: str | None = None,
+                    created_before: str | None = None, sort: str | None = None,
+                    page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Experiments (summaries), every page: yours (scope mine), the lab's (lab) or
+        everyone's (all, admins); filtered by status, name prefix, tags (all of
+        them), owner and creation time (ISO 8601 with a time zone), and sorted."""
+        return self.items("/v1/experiments", self._params(
+            scope=scope, status=status, name=name, tag=tag, owner=owner, created_after=created_after,
+            created_before=created_before, sort=sort, limit=page_size))
+
+    def update(self, experiment_id: str, *, name: str | None = None, tags: list[str] | None = None,
+               visibility: str | None = None) -> dict[str, Any]:
+        """Rename, retag (replacing the tags) or change the visibility of an experiment."""
+        body = self._params(name=name, tags=tags, visibility=visibility)
+        return self._json("PATCH", f"/v1/experiments/{experiment_id}", json=body)
 
     def experiment(self, experiment_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/experiments/{experiment_id}")
@@ -106,13 +136,18 @@ class Client:
 
     # runs and results
     def runs(self, experiment_id: str) -> list[dict[str, Any]]:
-        return self._json("GET", f"/v1/experiments/{experiment_id}/runs")["items"]
+        return list(self.items(f"/v1/experiments/{experiment_id}/runs"))
 
     def run(self, experiment_id: str, run_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/experiments/{experiment_id}/runs/{run_id}")
 
+    def run_metrics(self, experiment_id: str, run_id: str) -> dict[str, Any]:
+        """The run's loss per epoch (per layer for FF) and its test accuracy."""
+        return self._json("GET", f"/v1/experiments/{experiment_id}/runs/{run_id}/metrics")
+
     def results(self, experiment_id: str, format: str = "json", table: str | None = None) -> Any:
-        """results.json as a dict, or the tables as CSV or markdown text."""
+        """results.json as a dict, one table as CSV (``table`` required), or the
+        tables (or one) as markdown."""
         response = self.request("GET", f"/v1/experiments/{experiment_id}/results",
                                 params=self._params(format=format, table=table))
         return response.json() if format == "json" else response.text
@@ -124,11 +159,21 @@ class Client:
         return response.json() if format == "json" else response.text
 
     def ensembles(self, experiment_id: str, *, model: str | None = None, dataset: str | None = None,
-                  layer: int | None = None, class_: int | None = None, method: str | None = None,
+                  layer: int | None = None, class_index: int | None = None, method: str | None = None,
                   quantile: float | None = None, run_id: str | None = None) -> dict[str, Any]:
-        params = self._params(model=model, dataset=dataset, layer=layer, class_=class_, method=method,
+        """Every page of the filtered ensembles, merged: one document per run."""
+        params = self._params(model=model, dataset=dataset, layer=layer, class_index=class_index, method=method,
                               quantile=quantile, run_id=run_id)
-        return self._json("GET", f"/v1/experiments/{experiment_id}/ensembles", params=params)
+        merged: dict[str, Any] = {}
+        runs: dict[str, dict[str, Any]] = {}
+        for page in self.pages(f"/v1/experiments/{experiment_id}/ensembles", params):
+            merged = {key: value for key, value in page.items() if key not in ("runs", "next_page_token")}
+            for document in page["runs"]:
+                if document["run_id"] in runs:
+                    runs[document["run_id"]]["ensembles"] += document["ensembles"]
+                else:
+                    runs[document["run_id"]] = document
+        return {**merged, "runs": list(runs.values())}
 
     def shared_units(self, experiment_id: str, **filters: Any) -> dict[str, Any]:
         return self._json("GET", f"/v1/experiments/{experiment_id}/shared-units", params=self._params(**filters))
@@ -136,21 +181,41 @@ class Client:
     def weights(self, experiment_id: str, **filters: Any) -> dict[str, Any]:
         return self._json("GET", f"/v1/experiments/{experiment_id}/weights", params=self._params(**filters))
 
+    def run_analysis(self, experiment_id: str, analysis: str, *, model: str | None = None,
+                     dataset: str | None = None, layer: int | None = None,
+                     run_id: str | None = None) -> dict[str, Any]:
+        """One per-run analysis beyond the paper (``RUN_ANALYSES``) of every finished
+        run matching the filters: {"experiment_id", "runs": [document, ...]}."""
+        if analysis not in RUN_ANALYSES:
+            raise ValueError(f"analysis must be one of {', '.join(RUN_ANALYSES)}; got {analysis!r}")
+        params = self._params(model=model, dataset=dataset, layer=layer, run_id=run_id)
+        return self._json("GET", f"/v1/experiments/{experiment_id}/{analysis}", params=params)
+
     def figures(self, experiment_id: str) -> list[dict[str, Any]]:
-        return self._json("GET", f"/v1/experiments/{experiment_id}/figures")["items"]
+        """Each figure's ``name`` is what ``figure`` takes (figure1a.png)."""
+        return list(self.items(f"/v1/experiments/{experiment_id}/figures"))
 
     def figure(self, experiment_id: str, name: str) -> bytes:
         return self.request("GET", f"/v1/experiments/{experiment_id}/figures/{name}").content
 
     def artifacts(self, experiment_id: str) -> list[dict[str, Any]]:
-        return self._json("GET", f"/v1/experiments/{experiment_id}/artifacts")["items"]
+        return list(self.items(f"/v1/experiments/{experiment_id}/artifacts"))
 
-    def download(self, experiment_id: str, name: str, target: Path) -> Path:
-        """Stream an artifact (runs/<run_id>/weights.pt, figures/figure1a.png, ...) to a file."""
+    def download(self, experiment_id: str, name: str, target: Path, resume: bool = False) -> Path:
+        """Stream an artifact (runs/<run_id>/weights.pt, figures/figure1a.png, ...) to a
+        file. With ``resume``, a partial ``target`` is completed with a Range request
+        (If-Range: the artifact's sha256, so a changed file is fetched whole)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        with self.http.stream("GET", f"/v1/experiments/{experiment_id}/artifacts/{name}") as response:
+        path = f"/v1/experiments/{experiment_id}/artifacts/{name}"
+        headers, mode = {}, "wb"
+        if resume and target.is_file() and target.stat().st_size:
+            etag = self._check(self.http.head(path)).headers.get("etag", "")
+            headers, mode = {"Range": f"bytes={target.stat().st_size}-", "If-Range": etag}, "ab"
+        with self.http.stream("GET", path, headers=headers) as response:
+            if response.status_code == 416:  # already complete
+                return target
             self._check(response)
-            with target.open("wb") as handle:
+            with target.open(mode if response.status_code == 206 else "wb") as handle:
                 for chunk in response.iter_bytes():
                     handle.write(chunk)
         return target
@@ -172,9 +237,38 @@ class Client:
             time.sleep(interval)
         return analysis
 
+    def analyses(self, experiment_id: str) -> list[dict[str, Any]]:
+        return list(self.items(f"/v1/experiments/{experiment_id}/analyses"))
+
     # users
     def me(self) -> dict[str, Any]:
         return self._json("GET", "/v1/users/me")
 
+    def keys(self) -> list[dict[str, Any]]:
+        """Your API keys (public prefixes, creation and revocation times)."""
+        return list(self.items("/v1/users/me/keys"))
+
+    def rotate_key(self, revoke_current: bool = True) -> str:
+        """A new key for you; the one this client uses is revoked unless told not to.
+        The client goes on with the new key."""
+        key = self._json("POST", "/v1/users/me/keys", json={"revoke_current": revoke_current})["api_key"]
+        self.http.headers["Authorization"] = f"Bearer {key}"
+        return key
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user (admins)."""
+        return list(self.items("/v1/admin/users"))
+
     def create_user(self, name: str, role: str = "member") -> dict[str, Any]:
         return self._json("POST", "/v1/admin/users", json={"name": name, "role": role})
+
+    def set_share(self, name: str, share_weight: float | None = None,
+                  max_priority: str | None = None) -> dict[str, Any]:
+        """An admin sets a user's fair-share weight and highest allowed priority."""
+        body = {k: v for k, v in {"share_weight": share_weight, "max_priority": max_priority}.items()
+                if v is not None}
+        return self._json("PATCH", f"/v1/admin/users/{name}", json=body)
+
+    def queue(self) -> dict[str, Any]:
+        """The admin view of the queues: slots, users' usage and shares, experiments in order."""
+        return self._json("GET", "/v1/admin/queue")

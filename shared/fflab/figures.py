@@ -52,6 +52,7 @@ __all__ = [
     "figure8a_method_comparison",
     "figure8b_method_sizes",
     "sweep_figure",
+    "training_curves",
 ]
 
 # --------------------------------------------------------------------------
@@ -1086,4 +1087,56 @@ def sweep_figure(
     handles, labels = axes[0, 0].get_legend_handles_labels()
     axes[1, 0].set_axis_off()
     axes[1, 0].legend(handles, labels, loc="center", fontsize=7, title="mean ± SE over seeds", title_fontsize=7)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Training curves (not in the paper)
+# --------------------------------------------------------------------------
+
+
+def training_curves(
+    histories: Mapping[str, Sequence[Sequence[Sequence[float]]]],
+    title: str | None = "Training loss per epoch",
+) -> Figure:
+    """Loss per epoch of every run, one panel per model.
+
+    Parameters
+    ----------
+    histories : mapping model -> runs -> series -> losses
+        Per model (a key of fflab.models.MODELS), one entry per run (seed); each is
+        the run's ``loss_history`` of metrics.json: one series per layer for FF
+        (layers are trained one after the other), a single series otherwise.
+    title : str or None
+
+    Returns
+    -------
+    Figure
+        One axes per model; epochs on x (from 1), loss on y; one line per run and
+        series, coloured by layer (the model's colour for a single series).
+    """
+    if not histories:
+        raise ValueError("histories: expected at least one model")
+    for model, runs in histories.items():
+        if not runs or not any(len(series) for run in runs for series in run):
+            raise ValueError(f"histories[{model!r}]: expected at least one run with a loss")
+    fig = _new_figure(4.2 * len(histories), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(histories), squeeze=False)[0])
+    for index, (ax, (model, runs)) in enumerate(zip(axes, histories.items())):
+        n_series = max(len(run) for run in runs)
+        for run_number, run in enumerate(runs):
+            for layer, series in enumerate(run):
+                losses = _as_1d(f"histories[{model!r}][{run_number}][{layer}]", series).astype(float)
+                color = model_color(model, index) if n_series == 1 else colormaps["viridis"](
+                    layer / max(1, n_series - 1))
+                label = None
+                if run_number == 0:
+                    label = "network" if n_series == 1 else f"layer {layer + 1}"
+                ax.plot(np.arange(1, losses.size + 1), losses, color=color, lw=1.2, alpha=0.85, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{model_display_name(model)} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
     return fig

@@ -14,12 +14,18 @@ aggregation, its error naming each failed run and its reason. The last run to en
 database under a lock on the experiment row, so no chord (and no result backend)
 is needed.
 
-Fair order. Runs are not all sent to the broker at submission: each queue holds at
-most ``dispatch_window`` run tasks that no worker has started. When a slot frees
-(a run starts, ends or is cancelled, or an experiment is submitted), the next run
-comes from the user with the fewest runs started or in the broker, ties going to
-the user whose waiting run is oldest; a user's runs go in submission order. A user
-with one long experiment therefore does not hold back a user who submits later.
+Fair share. Runs are not sent to the broker at submission: ``dispatch`` sends only
+as many as the live workers have free slots, so the order is decided when a slot
+frees (a run starts or ends, an experiment is submitted or cancelled, a worker
+starts; and at every sweep). The next run comes from the user with the least
+recent run-time on that queue per unit of their weight (fflab.scheduling, over the
+state fflab.queueing reads); a user's runs go by priority, then in submission
+order. A user may have at most ``max_queued_runs_per_user`` runs waiting and
+``max_running_fraction`` of a queue's slots running. With ``preemption``, a run of
+an over-served user is asked to stop at its next checkpoint when an under-served
+user waited ``preempt_after_s`` for a busy queue; its worker stores the checkpoint
+and ``requeue_preempted`` puts it back to waiting (its run-time so far counts as
+usage; it is not a lost delivery).
 
 Lost workers. Every worker process has a ``Worker`` row whose heartbeat a thread
 refreshes (``beat_worker``), and a run it claims records it (``Run.worker_id``);
@@ -41,7 +47,6 @@ aggregations and re-analyses, which need no GPU, go to the cpu queue.
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -49,7 +54,9 @@ from typing import Any, Protocol
 from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
+from fflab import queueing
 from fflab.db import ACTIVE_STATUSES, FINAL_STATUSES, Analysis, Experiment, Run, User, Worker, utcnow
+from fflab.scheduling import PRIORITIES, priority_rank
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec
 
@@ -65,7 +72,7 @@ class Dispatcher(Protocol):
 
 
 class CapacityError(Exception):
-    """The user's cap on queued plus running runs would be exceeded."""
+    """The user's cap on waiting runs would be exceeded."""
 
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message)
@@ -74,6 +81,10 @@ class CapacityError(Exception):
 
 class ConflictError(Exception):
     """The operation does not apply in the object's current status."""
+
+
+class PriorityNotAllowed(Exception):
+    """The experiment asks for a priority above its owner's ``max_priority``."""
 
 
 def new_id() -> str:
@@ -88,26 +99,38 @@ def active_runs(session: Session, owner_id: int) -> int:
     ) or 0
 
 
+def queued_runs(session: Session, owner_id: int) -> int:
+    return session.scalar(
+        select(func.count(Run.id)).join(Experiment).where(Experiment.owner_id == owner_id, Run.status == "queued")
+    ) or 0
+
+
 def create_experiment(
-    session: Session, settings: Settings, owner: User, spec: ExperimentSpec, visibility: str
+    session: Session, settings: Settings, owner: User, spec: ExperimentSpec, visibility: str,
+    priority: str = "normal",
 ) -> Experiment:
     keys = spec.runs()
+    if priority_rank(priority) > priority_rank(owner.max_priority):
+        raise PriorityNotAllowed(
+            f"priority {priority!r} is above your highest allowed priority {owner.max_priority!r} "
+            f"(an admin sets it: fflab admin set-share {owner.name} --max-priority ...); allowed: "
+            f"{', '.join(PRIORITIES[:priority_rank(owner.max_priority) + 1])}")
     # Lock the owner's row until commit, so that concurrent submissions of one user
-    # count active runs one after the other (the cap holds); other users are not held
+    # count waiting runs one after the other (the cap holds); other users are not held
     # up. On SQLite the lock is the database's write lock (fflab.db.session).
     session.execute(select(User.id).where(User.id == owner.id).with_for_update())
-    active = active_runs(session, owner.id)
-    cap = settings.max_active_runs_per_user
-    if active + len(keys) > cap:
+    queued = queued_runs(session, owner.id)
+    cap = settings.max_queued_runs_per_user
+    if queued + len(keys) > cap:
         raise CapacityError(
-            f"this experiment has {len(keys)} runs and you have {active} queued or running; "
-            f"the limit is {cap} per user (FFLAB_MAX_ACTIVE_RUNS_PER_USER). Wait for runs to "
-            f"finish or cancel some.",
+            f"this experiment has {len(keys)} runs and you have {queued} waiting to start; "
+            f"the limit is {cap} per user (FFLAB_MAX_QUEUED_RUNS_PER_USER). Wait for runs to "
+            f"start or cancel some.",
             settings.capacity_retry_after_s,
         )
     queue = settings.queue_for_device(spec.device)
     experiment = Experiment(
-        id=new_id(), owner=owner, name=spec.name, visibility=visibility,
+        id=new_id(), owner=owner, name=spec.name, visibility=visibility, priority=priority,
         spec=spec.model_dump(mode="json"), runs_total=len(keys),
     )
     experiment.runs = [
@@ -121,57 +144,36 @@ def create_experiment(
 
 
 def _lock_dispatch(session: Session) -> None:
+    """One dispatcher at a time (the free slots and the running cap are counted under
+    it): PostgreSQL's advisory lock, SQLite's write lock; both until commit."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": DISPATCH_LOCK_ID})
+        return
+    connection = session.connection()
+    if not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def dispatch(session: Session, settings: Settings, dispatcher: Dispatcher) -> int:
-    """Hand waiting runs to the broker in fair order, up to the window of each queue.
-    Commits. Returns how many runs were sent."""
+def dispatch(session: Session, settings: Settings, dispatcher: Dispatcher, now: datetime | None = None) -> int:
+    """Hand waiting runs to the broker in fair-share order, as many as the live
+    workers have free slots, and ask runs to stop for preemption (see the module's
+    docstring). Commits. Returns how many runs were sent."""
     _lock_dispatch(session)
-    in_broker = (Run.status == "queued") & Run.task_id.is_not(None)
-    waiting = session.execute(
-        select(Run.id, Run.queue, Experiment.owner_id)
-        .join(Experiment)
-        .where(Run.status == "queued", Run.task_id.is_(None))
-        .order_by(Run.id)
-    ).all()
-    if not waiting:
-        session.commit()
-        return 0
-    load: dict[int, int] = defaultdict(int)
-    for owner_id, count in session.execute(
-        select(Experiment.owner_id, func.count(Run.id))
-        .join(Experiment)
-        .where((Run.status == "running") | in_broker)
-        .group_by(Experiment.owner_id)
-    ):
-        load[owner_id] = count
-    pending = dict(
-        session.execute(select(Run.queue, func.count(Run.id)).where(in_broker).group_by(Run.queue)).all()
-    )
+    plan = queueing.plan_dispatch(queueing.read_queues(session, settings, now), settings)
     chosen: list[tuple[int, str, str]] = []
-    for queue in sorted({row.queue for row in waiting}):
-        slots = settings.dispatch_window - pending.get(queue, 0)
-        by_owner: dict[int, list[int]] = defaultdict(list)
-        for row in waiting:
-            if row.queue == queue:
-                by_owner[row.owner_id].append(row.id)
-        while slots > 0 and by_owner:
-            owner_id = min(by_owner, key=lambda owner: (load[owner], by_owner[owner][0]))
-            run_pk = by_owner[owner_id].pop(0)
-            if not by_owner[owner_id]:
-                del by_owner[owner_id]
-            task_id = new_id()
-            claimed = session.execute(
-                update(Run)
-                .where(Run.id == run_pk, Run.status == "queued", Run.task_id.is_(None))
-                .values(task_id=task_id, dispatched_at=utcnow())
-            ).rowcount
-            if claimed:
-                chosen.append((run_pk, queue, task_id))
-                load[owner_id] += 1
-                slots -= 1
+    for run_pk, queue in plan.send:
+        task_id = new_id()
+        claimed = session.execute(
+            update(Run)
+            .where(Run.id == run_pk, Run.status == "queued", Run.task_id.is_(None))
+            .values(task_id=task_id, dispatched_at=utcnow())
+        ).rowcount
+        if claimed:
+            chosen.append((run_pk, queue, task_id))
+    if plan.preempt:
+        session.execute(update(Run).where(Run.id.in_(plan.preempt), Run.status == "running",
+                                          Run.preempt_requested_at.is_(None))
+                        .values(preempt_requested_at=now or utcnow()))
     session.commit()
     for run_pk, queue, task_id in chosen:
         try:
@@ -317,9 +319,42 @@ def _requeue_lost_run(session: Session, settings: Settings, run: Run, reason: st
             f"worker lost {run.attempts} times (last: {reason}); the limit is "
             f"FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}"))
         return "failed"
+    queueing.bank_delivery(run, utcnow())
     run.status, run.task_id, run.dispatched_at, run.worker_id = "queued", None, None, None
     run.heartbeat_at, run.progress, run.started_at = None, None, None
     return "requeued"
+
+
+def requeue_run(session: Session, settings: Settings, run_pk: int, task_id: str, reason: str) -> str | None:
+    """A running run that cannot go on where it is for a reason that another try
+    may not have (its GPU ran out of memory): back to waiting for dispatch, with
+    ``reason`` in its error until a worker claims it again, or failed after
+    ``task_max_attempts`` deliveries, or cancelled if its experiment no longer
+    wants it. Only the delivery holding it (``task_id``) may. Returns what it did,
+    None when the run was not this delivery's. The caller commits."""
+    run = _lock_running_run(session, run_pk)
+    if run is None or run.task_id != task_id:
+        return None
+    if run.experiment.status in ACTIVE_STATUSES and run.attempts >= settings.task_max_attempts:
+        finish_run(session, run, "failed", error=(
+            f"{reason}, on each of its {run.attempts} tries; the limit is "
+            f"FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}"))
+        return "failed"
+    outcome = _requeue_lost_run(session, settings, run, reason)
+    if outcome == "requeued":
+        run.error = f"requeued after try {run.attempts}: {reason}"
+    return outcome
+
+
+def release_run(session: Session, run_pk: int, task_id: str, reason: str) -> bool:
+    """A delivery that will not start its run (no GPU memory came free in time)
+    hands it back: the queued run waits for dispatch again, under a new task id,
+    with ``reason`` in its error until a worker claims it. False when the run is
+    no longer queued for this delivery. The caller commits."""
+    return bool(session.execute(
+        update(Run).where(Run.id == run_pk, Run.status == "queued", Run.task_id == task_id)
+        .values(task_id=None, dispatched_at=None, error=f"waiting: {reason}")
+    ).rowcount)
 
 
 def _lock_running_run(session: Session, run_pk: int) -> Run | None:
@@ -383,11 +418,13 @@ def reap_lost_runs(session: Session, settings: Settings, now: datetime | None = 
 
 
 def register_worker(session: Session, worker_id: str, name: str, hostname: str, pid: int,
-                    queues: Collection[str]) -> None:
-    """A worker process announces itself (before it consumes); the caller commits."""
+                    queues: Collection[str], concurrency: int = 1,
+                    devices: list[dict[str, Any]] | None = None) -> None:
+    """A worker process announces itself (before it consumes), with the runs it takes
+    at once (its slots in dispatch) and the GPUs it holds; the caller commits."""
     now = utcnow()
     session.add(Worker(id=worker_id, name=name, hostname=hostname, pid=pid, queues=",".join(sorted(queues)),
-                       started_at=now, heartbeat_at=now))
+                       concurrency=concurrency, devices=list(devices or []), started_at=now, heartbeat_at=now))
     session.flush()
 
 
@@ -489,6 +526,34 @@ def lost_analyses(session: Session, settings: Settings, in_broker: Collection[st
         )
         if row.id not in in_broker and row.created_at < cutoff
     ]
+
+
+def preemption_requested(session: Session, run_pk: int, task_id: str) -> bool:
+    """Whether the dispatcher asked this delivery of a run to stop at its checkpoint."""
+    return session.scalar(
+        select(Run.preempt_requested_at.is_not(None)).where(Run.id == run_pk, Run.task_id == task_id,
+                                                            Run.status == "running")
+    ) or False
+
+
+def requeue_preempted(session: Session, run_pk: int, task_id: str) -> bool:
+    """A preempted run, its checkpoint stored, goes back to waiting (no task: the
+    next dispatch sends it under a new task id and it resumes from the checkpoint).
+    Its run-time so far stays in its user's usage; the delivery does not count
+    towards ``task_max_attempts``. A run its experiment no longer wants is cancelled.
+    False when this delivery no longer holds the run. The caller commits."""
+    run = _lock_running_run(session, run_pk)
+    if run is None or run.task_id != task_id:
+        return False
+    if run.experiment.status not in ACTIVE_STATUSES:
+        finish_run(session, run, "cancelled")
+        return True
+    queueing.bank_delivery(run, utcnow())
+    run.status, run.task_id, run.dispatched_at, run.worker_id = "queued", None, None, None
+    run.heartbeat_at, run.progress, run.started_at = None, None, None
+    run.attempts, run.preemptions = max(0, run.attempts - 1), run.preemptions + 1
+    session.flush()
+    return True
 
 
 def should_stop(session: Session, run_pk: int, task_id: str | None = None) -> bool:

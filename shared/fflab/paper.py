@@ -37,7 +37,8 @@ OPEN_CHOICES = {
     "unseen_class_negatives": "where the unseen-class runs draw wrong labels from",
 }
 # Fields that say which runs there are, not how they are run.
-NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class", "unseen_class_datasets"}
+NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class", "unseen_class_datasets",
+                "snapshots"}
 
 
 @lru_cache(maxsize=1)

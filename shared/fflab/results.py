@@ -4,9 +4,11 @@ These documents are what other tools fetch (from a results folder or the
 service), so their shape is a contract: each carries ``schema_version``, and
 the JSON Schemas generated from these models are committed under
 ``shared/fflab/schemas/`` (``fflab schemas --write`` regenerates them; a test
-fails when they drift). Bump ``SCHEMA_VERSION`` on any incompatible change.
-results.json is at version 1.1 when it has a ``sweep`` section (a 1.0 reader
-would reject the new field) and is written exactly as 1.0 otherwise.
+fails when they drift). Bump ``SCHEMA_VERSION`` on any incompatible change; a
+document that changed on its own carries its own version (metrics.json: 1.1), and
+its model still reads the earlier versions. results.json is at version 1.1 when it
+has a ``sweep`` section (a 1.0 reader would reject the new field) and is written
+exactly as 1.0 otherwise.
 
 Layout of a results folder::
 
@@ -60,9 +62,25 @@ class Timings(BaseModel):
     analyse_seconds: float = 0.0
 
 
+class RunDevice(BaseModel):
+    """The device a run trained on (fflab.gpu.describe_device)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["cuda", "cpu"]
+    name: str = Field(description="GPU name (e.g. NVIDIA H100 80GB HBM3), or the CPU's model name.")
+    index: int | None = Field(description="The GPU's index as nvidia-smi numbers it; null for the CPU.")
+    total_memory_bytes: int = Field(description="The GPU's memory, or the machine's RAM for the CPU.")
+
+
+# metrics.json's own version: 1.1 added device_info (1.0 documents, without it, still read).
+METRICS_SCHEMA_VERSION = "1.1"
+
+
 class RunMetrics(RunIdentity):
     """metrics.json: accuracy and training record of one run."""
 
+    schema_version: Literal["1.0", "1.1"] = METRICS_SCHEMA_VERSION
     accuracy: float = Field(description="Test accuracy over all evaluated images.")
     per_class_accuracy: list[float | None] = Field(
         description="Accuracy per class 0..9; null for a class with no test images."
@@ -73,6 +91,9 @@ class RunMetrics(RunIdentity):
         description="Loss per epoch; one list per layer for FF, a single list otherwise."
     )
     device: str
+    device_info: RunDevice | None = Field(
+        None, description="The device it trained on: name, index, memory (schema 1.1; null in 1.0)."
+    )
     timings: Timings
 
 

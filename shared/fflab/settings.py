@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     api_url: str | None = Field(None, description="Client verbs: default http://<api_host>:<api_port>.")
     api_key: str | None = Field(None, description="Client verbs: default the key in admin_key_file.")
     admin_key_file: Path | None = Field(None, description="Default: <var_dir>/admin.key.")
+    public_url: str | None = Field(
+        None, description="The URL clients reach the API at (https://fflab.lab.example): absolute URLs in "
+                          "responses start with it. Unset: the URL each request came to (its Host header)."
+    )
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose "
+                        "X-Forwarded-For and X-Forwarded-Proto are believed; from anyone else they are ignored."
+    )
 
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
     # Server-side limits on submitted specs (422 naming the field above them); the
@@ -49,8 +57,12 @@ class Settings(BaseSettings):
     max_train_subset: int = Field(60_000, ge=20, description="Largest train subset (null = whole set, 60000).")
     max_test_subset: int = Field(10_000, ge=20, description="Largest test subset (null = whole set, 10000).")
     max_runs_per_experiment: int = Field(1000, ge=1, description="Most runs one experiment may have.")
-    max_active_runs_per_user: int = Field(
-        200, ge=1, description="Cap on a user's queued plus running runs (429 above it)."
+    max_queued_runs_per_user: int = Field(
+        500, ge=1, description="Most runs a user may have waiting to start (429 above it); large "
+                               "enough for the paper sweep (120 runs): fair-share dispatch, not this "
+                               "cap, keeps one user from holding every worker.",
+        validation_alias=AliasChoices("max_queued_runs_per_user", "FFLAB_MAX_QUEUED_RUNS_PER_USER",
+                                      "max_active_runs_per_user", "FFLAB_MAX_ACTIVE_RUNS_PER_USER"),
     )
     capacity_retry_after_s: int = Field(
         30, ge=1, description="Retry-After (seconds) of the 429 that refuses a submission over the cap."
@@ -59,8 +71,36 @@ class Settings(BaseSettings):
         False, description="The deployment runs GPU workers: device 'auto' goes to the gpu queue."
     )
     queue_prefix: str = Field("", description="Prefix of the cpu/gpu queue names.")
-    dispatch_window: int = Field(
-        4, ge=1, description="Run tasks handed to the broker per queue and not yet started."
+    runs_per_gpu: int = Field(
+        4, ge=1, le=64, description="Runs a GPU worker (fflab worker --gpu N) trains at once on its GPU, "
+                                    "each admitted only if its estimated memory fits (fflab.gpu)."
+    )
+    gpu_memory_margin: float = Field(
+        0.10, ge=0, lt=1, description="Fraction of a GPU's memory never handed to runs by admission."
+    )
+    gpu_admission_wait_s: float = Field(
+        300.0, ge=0, description="How long a GPU run waits for memory to free before it goes back to "
+                                 "the queue (its estimate fits the GPU, but not now)."
+    )
+    max_running_fraction: float = Field(
+        1.0, gt=0, le=1, description="Most runs one user may have running (or handed to a worker) on a "
+                                     "queue, as a fraction of its worker slots (rounded down, at least 1)."
+    )
+    fair_share_half_life_s: float = Field(
+        86_400.0, gt=0, description="Fair share: a user's run-time counts half after this long (the "
+                                    "window over which usage decays)."
+    )
+    expected_run_s: float = Field(
+        600.0, gt=0, description="Expected run length on a queue where no run has ended within the "
+                                 "half-life (afterwards: the median of those that did)."
+    )
+    preemption: bool = Field(
+        False, description="Stop the longest-running run of the most over-served user at its next "
+                           "checkpoint, and requeue it, when an under-served user has waited "
+                           "preempt_after_s and every slot is busy."
+    )
+    preempt_after_s: float = Field(
+        1800.0, gt=0, description="With preemption: how long an under-served user's run waits first."
     )
     sweep_interval_s: float = Field(
         15.0, gt=0, description="How often workers sweep: requeue runs of lost workers, dispatch runs "

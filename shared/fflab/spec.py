@@ -57,9 +57,10 @@ SweepValue = bool | int | float | str | None
 MAX_SWEEP_FIELDS = 2
 MIN_SWEEP_VALUES, MAX_SWEEP_VALUES = 2, 10
 # Top-level fields a sweep may not vary: they decide which runs there are, how every
-# run is analysed (re-analysis changes it for all at once), or where runs are queued.
+# run is analysed (re-analysis changes it for all at once), where runs are queued, or
+# only what training records (snapshots: the same runs again; its value is a list).
 NOT_SWEPT = ("name", "models", "datasets", "seeds", "unseen_class", "unseen_class_datasets",
-             "unseen_class_negatives", "sweep", "analysis", "device")
+             "unseen_class_negatives", "sweep", "analysis", "device", "snapshots")
 
 
 class StrictModel(BaseModel):
@@ -207,6 +208,14 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
         "classes trained on, so that label pixel never receives a gradient and keeps its "
         "initial weights. Runs that train on every class are the same either way.",
     )
+    snapshots: list[int] | None = Field(
+        None,
+        max_length=50,
+        description="Epochs at which training captures the representations of a fixed probe set "
+        "of test images, for the ensemble-dynamics analysis (FF: epochs of each layer). null = a "
+        "log-spaced handful per model (5 points from 1 to its epochs); [] = none, at no cost. "
+        "Epochs beyond a model's are skipped for it.",
+    )
     data: DataSpec = DataSpec()
     analysis: AnalysisSpec = AnalysisSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -239,6 +248,16 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
                     "set unseen_class_datasets to a subset of datasets, or unseen_class to null"
                 )
         return self
+
+    @field_validator("snapshots")
+    @classmethod
+    def _snapshot_epochs(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        for epoch in value:
+            if not 1 <= epoch <= 100_000:
+                raise ValueError(f"each snapshot epoch must be in 1..100000; got {epoch}")
+        return sorted(set(value))
 
     @field_validator("seeds")
     @classmethod

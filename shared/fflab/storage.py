@@ -83,9 +83,14 @@ class LocalStorage:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self._path(key), target)
 
-    def iter_bytes(self, key: str) -> Iterator[bytes]:
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The object's bytes, or those from ``start`` to ``end`` inclusive."""
         with self._path(key).open("rb") as handle:
-            while chunk := handle.read(CHUNK):
+            handle.seek(start)
+            left = None if end is None else end - start + 1
+            while (left is None or left > 0) and (chunk := handle.read(CHUNK if left is None else min(CHUNK, left))):
+                if left is not None:
+                    left -= len(chunk)
                 yield chunk
 
     def list(self, prefix: str) -> list[str]:
@@ -147,8 +152,10 @@ class S3Storage:
             for chunk in self.iter_bytes(key):
                 handle.write(chunk)
 
-    def iter_bytes(self, key: str) -> Iterator[bytes]:
-        response = self._call("get_object", self.client.get_object, Key=check_key(key))
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The object's bytes, or those from ``start`` to ``end`` inclusive."""
+        ranged = {} if start == 0 and end is None else {"Range": f"bytes={start}-{'' if end is None else end}"}
+        response = self._call("get_object", self.client.get_object, Key=check_key(key), **ranged)
         yield from response["Body"].iter_chunks(CHUNK)
 
     def list(self, prefix: str) -> list[str]:
@@ -183,6 +190,21 @@ def get_storage(settings: Settings) -> Storage:
     if settings.s3_bucket:
         return S3Storage(settings)
     return LocalStorage(settings.resolved_artifacts_dir)
+
+
+CONTENT_TYPES = {
+    ".png": "image/png", ".json": "application/json", ".csv": "text/csv; charset=utf-8",
+    ".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8",
+}
+
+
+def content_type(name: str) -> str:
+    """The media type of a stored file by its name; application/octet-stream for
+    anything else (weights.pt, representations.npz, checkpoint.pt: Python's
+    mimetypes would call .pt an SNES page table)."""
+    base = name.rsplit("/", 1)[-1]
+    suffix = base[base.rfind("."):].lower() if "." in base else ""
+    return CONTENT_TYPES.get(suffix, "application/octet-stream")
 
 
 def experiment_prefix(experiment_id: str) -> str:

@@ -3,7 +3,9 @@
 - ``local``: verbs that work in this process on results folders (fetch-data,
   spec, run, analyse, tables, compare, schemas);
 - ``service``: verbs that talk to the service (submit, status, wait, results,
-  ensembles, figures, quickstart, cancel, delete) and ``admin`` (the database);
+  ensembles, figures, quickstart, cancel, delete, queue) and ``admin`` (the database);
+- ``research``: client verbs for what researchers do with submitted experiments
+  (edit, metrics, keys);
 - ``options``: what the verbs share (specs from presets, files and ``--set``);
 - ``serve`` and ``worker`` start the API and a worker: they live in api/cli.py and
   worker/cli.py and are found through the ``fflab.commands`` entry points
@@ -16,7 +18,7 @@ from importlib.metadata import entry_points
 
 import click
 
-from fflab.cli import local, service
+from fflab.cli import local, research, service
 
 PLUGIN_GROUP = "fflab.commands"
 
@@ -29,6 +31,7 @@ def main() -> None:
 for command in local.COMMANDS:
     main.add_command(command)
 service.register(main)
+research.register(main)
 
 
 def add_plugin_commands(group: click.Group) -> None:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,10 @@ import httpx
 from tqdm import tqdm
 
 from fflab.cli.options import read_overrides
-from fflab.client import ApiError, Client, format_detail
+from fflab.client import RUN_ANALYSES, ApiError, Client
 from fflab.data import DATASETS
 from fflab.models import MODELS
-from fflab.results import TABLES
+from fflab.results import PAPER_TABLES, TABLES
 from fflab.settings import Settings, get_settings
 from fflab.spec import PRESETS
 
@@ -60,7 +61,7 @@ def client() -> Iterator[Client]:
         with Client(url, api_key(settings)) as api:
             yield api
     except ApiError as error:
-        raise click.ClickException(f"{error.status_code}: {format_detail(error.detail)}") from None
+        raise click.ClickException(str(error)) from None
     except httpx.TransportError as error:
         raise click.ClickException(
             f"cannot reach the fflab API at {url} ({error}); start it with `fflab serve` "
@@ -84,8 +85,52 @@ def describe(experiment: dict[str, Any]) -> str:
         age = run.get("heartbeat_age_seconds")
         beat = f" (last heartbeat {age:.0f} s ago)" if age is not None else ""
         lines.append(f"  {run['run_id']}:{layer} epoch {run['epoch']}/{run['epochs']}{eta}{beat}")
+    place = experiment.get("queue")
+    if place:
+        lines.append("  " + describe_place(place))
     if experiment.get("error"):
         lines.append(f"  error: {experiment['error']}")
+    return "\n".join(lines)
+
+
+def describe_place(place: dict[str, Any], now: datetime | None = None) -> str:
+    """'queue gpu: position 3 (2 runs ahead), estimated start in 12 min'."""
+    start = place.get("estimated_start")
+    if start is None:
+        when = "no worker serves this queue yet"
+    else:
+        seconds = (datetime.fromisoformat(start) - (now or datetime.now(UTC))).total_seconds()
+        when = "estimated start now" if seconds < 1 else f"estimated start in {format_duration(seconds)}"
+    return f"queue {place['queue']}: position {place['position']} ({place['runs_ahead']} runs ahead), {when}"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_queues(view: dict[str, Any]) -> str:
+    """The admin queue view as text: per queue, users' usage and share, then the
+    experiments in the order they would start."""
+    lines = []
+    for queue in view["queues"]:
+        lines.append(f"queue {queue['queue']}: {queue['slots']} slots, {queue['free_slots']} free, "
+                     f"at most {queue['running_cap']} running per user, expected run "
+                     f"{format_duration(queue['expected_run_seconds'])}")
+        lines.append(f"  {'user':<16} {'weight':>6} {'max prio':>8} {'usage':>9} {'share':>6} {'target':>6} "
+                     f"{'running':>7} {'waiting':>7}")
+        for user in queue["users"]:
+            lines.append(f"  {user['name']:<16} {user['share_weight']:>6g} {user['max_priority']:>8} "
+                         f"{format_duration(user['usage_seconds']):>9} {user['share']:>6.1%} "
+                         f"{user['target_share']:>6.1%} {user['running']:>7} {user['waiting']:>7}")
+        for experiment in queue["experiments"]:
+            start = experiment["estimated_start"] or "no worker"
+            lines.append(f"  {experiment['position']:>4}. {experiment['id']}  {experiment['name']}  "
+                         f"{experiment['owner']}  {experiment['priority']}  {experiment['runs_waiting']} runs "
+                         f"waiting  start {start}")
     return "\n".join(lines)
 
 
@@ -137,18 +182,23 @@ def _answers(url: str, path: str = "/healthz") -> bool:
 
 
 def fetch_results(api: Client, experiment_id: str, folder: Path) -> None:
-    """Tables (md, csv, json) and figures of a finished experiment into ``folder``."""
+    """Tables (md, csv, json; with a sweep, its table too) and figures of a finished
+    experiment into ``folder``."""
     tables = folder / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    for fmt in ("md", "csv"):
-        (tables / f"tables.{fmt}").write_text(api.results(experiment_id, fmt))
-    (folder / "results.json").write_text(json.dumps(api.results(experiment_id, "json"), indent=2))
+    (tables / "tables.md").write_text(api.results(experiment_id, "md"))
+    document = api.results(experiment_id, "json")
+    swept = ("sweep",) if "sweep" in document["tables"] else ()
+    for table in PAPER_TABLES + swept:  # CSV: one table per document
+        (tables / f"{table}.csv").write_text(api.results(experiment_id, "csv", table))
+    (folder / "results.json").write_text(json.dumps(document, indent=2))
     for fmt in ("md", "csv", "json"):
         comparison = api.paper_comparison(experiment_id, fmt)
         text = json.dumps(comparison, indent=2) + "\n" if fmt == "json" else comparison
         (tables / f"paper_comparison.{fmt}").write_text(text)
     for figure in api.figures(experiment_id):
-        api.download(experiment_id, figure["name"], folder / figure["name"])
+        (folder / "figures").mkdir(parents=True, exist_ok=True)
+        (folder / "figures" / figure["name"]).write_bytes(api.figure(experiment_id, figure["name"]))
 
 
 def register(cli: click.Group) -> None:
@@ -175,6 +225,30 @@ def register(cli: click.Group) -> None:
             raise click.ClickException(str(error)) from None
         click.echo(key)
 
+    @admin.command("set-share")
+    @click.argument("name")
+    @click.option("--weight", type=click.FloatRange(min=0, min_open=True, max=1000), default=None,
+                  help="Fair-share weight: the user's usage counts divided by it (default 1).")
+    @click.option("--max-priority", type=click.Choice(["low", "normal", "high"]), default=None,
+                  help="The highest priority the user's experiments may ask for (default normal).")
+    def set_share_command(name: str, weight: float | None, max_priority: str | None) -> None:
+        """Set a user's fair-share weight and highest allowed priority."""
+        from sqlalchemy import select
+
+        from fflab import accounts
+        from fflab.db import User, session_scope
+
+        if weight is None and max_priority is None:
+            raise click.UsageError("give --weight and/or --max-priority")
+        settings = get_settings()
+        start_database(settings)
+        with session_scope(settings.resolved_database_url) as session:
+            user = session.scalar(select(User).where(User.name == name).with_for_update())
+            if user is None:
+                raise click.ClickException(f"no user {name}")
+            accounts.set_share(user, weight, max_priority)
+            click.echo(f"{name}: weight {user.share_weight:g}, max priority {user.max_priority}")
+
     @admin.command("revoke-key")
     @click.argument("key_or_prefix", required=False)
     @click.option("--user", "user_name", default=None, help="Revoke every key of this user instead.")
@@ -200,12 +274,15 @@ def register(cli: click.Group) -> None:
     @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                   help="Override one setting, e.g. --set ff.epochs=3.")
     @click.option("--visibility", type=click.Choice(["private", "lab"]), default="private", show_default=True)
+    @click.option("--priority", type=click.Choice(["low", "normal", "high"]), default="normal", show_default=True,
+                  help="Within the fair-share order; at most your max priority (an admin sets it).")
     @click.option("--wait", "wait", is_flag=True, help="Then wait for the end with a progress bar.")
     def submit_command(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...],
-                       visibility: str, wait: bool) -> None:
+                       visibility: str, priority: str, wait: bool) -> None:
         """Submit an experiment to the service; prints its id and URL."""
         body = read_overrides(spec_file, assignments)
         body["visibility"] = visibility
+        body["priority"] = priority
         if preset is not None:
             body["preset"] = preset
         with client() as api:
@@ -220,19 +297,35 @@ def register(cli: click.Group) -> None:
     @cli.command("status")
     @click.argument("experiment_id", required=False)
     @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-    def status_command(experiment_id: str | None, as_json: bool) -> None:
+    @click.option("--scope", type=click.Choice(["mine", "lab", "all"]), default="mine", show_default=True,
+                  help="List yours, the lab's (shared) or everyone's (admins).")
+    @click.option("--status", "statuses", multiple=True, help="Only this status (repeatable).")
+    @click.option("--name", default=None, help="Only names starting with this.")
+    @click.option("--tag", "tags", multiple=True, help="Only experiments with this tag (repeatable: all of them).")
+    def status_command(experiment_id: str | None, as_json: bool, scope: str, statuses: tuple[str, ...],
+                       name: str | None, tags: tuple[str, ...]) -> None:
         """One experiment's status and progress, or a list of yours."""
         with client() as api:
             if experiment_id:
                 experiment = api.experiment(experiment_id)
                 click.echo(json.dumps(experiment, indent=2) if as_json else describe(experiment))
                 return
-            page = api.experiments()
+            items = list(api.experiments(scope=scope, status=list(statuses) or None, name=name,
+                                         tag=list(tags) or None))
             if as_json:
-                echo_json(page)
+                echo_json(items)
                 return
-            for item in page["items"]:
+            for item in items:
                 click.echo(describe(item).splitlines()[0])
+
+    @cli.command("queue")
+    @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+    def queue_command(as_json: bool) -> None:
+        """The queues (admin): slots, each user's recent usage and share, and the
+        waiting experiments in the order they would start."""
+        with client() as api:
+            view = api.queue()
+        click.echo(json.dumps(view, indent=2) if as_json else describe_queues(view))
 
     @cli.command("wait")
     @click.argument("experiment_id")
@@ -255,6 +348,8 @@ def register(cli: click.Group) -> None:
                   help="Only this table.")
     def results_command(experiment_id: str, fmt: str, table: str | None) -> None:
         """Tables 1-3 of a finished experiment (and the sweep's table, with a sweep)."""
+        if fmt == "csv" and table is None:
+            raise click.UsageError("--format csv prints one table: name it with --table")
         with client() as api:
             document = api.results(experiment_id, fmt, table)
         if fmt == "json":
@@ -267,13 +362,32 @@ def register(cli: click.Group) -> None:
     @click.option("--model", type=click.Choice(list(MODELS)), default=None)
     @click.option("--dataset", type=click.Choice(list(DATASETS)), default=None)
     @click.option("--layer", type=int, default=None)
-    @click.option("--class", "class_", type=click.IntRange(0, 9), default=None)
+    @click.option("--class", "class_index", type=click.IntRange(0, 9), default=None)
     @click.option("--method", type=click.Choice(["method1", "method2"]), default=None)
     @click.option("--quantile", type=float, default=None)
     def ensembles_command(experiment_id: str, **filters: Any) -> None:
         """Ensembles (JSON), filtered."""
         with client() as api:
             echo_json(api.ensembles(experiment_id, **filters))
+
+    @cli.command("run-analysis")
+    @click.argument("experiment")
+    @click.argument("analysis", type=click.Choice(RUN_ANALYSES))
+    @click.option("--model", type=click.Choice(list(MODELS)), default=None)
+    @click.option("--dataset", type=click.Choice(list(DATASETS)), default=None)
+    @click.option("--layer", type=click.IntRange(1), default=None)
+    @click.option("--run-id", default=None)
+    def run_analysis_command(experiment: str, analysis: str, **filters: Any) -> None:
+        """One per-run analysis beyond the paper (JSON): of an experiment of the
+        service by id, or of a local results folder by path."""
+        folder = Path(experiment)
+        if folder.is_dir():
+            from fflab.pipeline.further_analyses import folder_documents
+
+            echo_json(folder_documents(folder, analysis.replace("-", "_"), **filters))
+            return
+        with client() as api:
+            echo_json(api.run_analysis(experiment, analysis, **filters))
 
     @cli.command("figures")
     @click.argument("experiment_id")
@@ -284,9 +398,11 @@ def register(cli: click.Group) -> None:
         with client() as api:
             for figure in api.figures(experiment_id):
                 if folder is None:
-                    click.echo(f"{figure['name'].removeprefix('figures/')}  {figure['size']} bytes  {figure['url']}")
+                    click.echo(f"{figure['name']}  {figure['size']} bytes  {figure['url']}")
                 else:
-                    path = api.download(experiment_id, figure["name"], folder / figure["name"].removeprefix("figures/"))
+                    path = folder / figure["name"]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(api.figure(experiment_id, figure["name"]))
                     click.echo(path)
 
     @cli.command("quickstart")

@@ -69,6 +69,10 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16), default="member")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Fair share (fflab.scheduling), set by an admin: the user's usage counts divided
+    # by this weight; the highest priority their experiments may ask for.
+    share_weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    max_priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
 
     keys: Mapped[list[ApiKey]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
@@ -99,6 +103,8 @@ class Experiment(Base):
     # The effective spec; a re-analysis replaces its "analysis" part.
     spec: Mapped[dict[str, Any]]
     runs_total: Mapped[int] = mapped_column(Integer)
+    # low, normal or high (fflab.scheduling.PRIORITIES), at most the owner's max_priority.
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -117,6 +123,7 @@ class Run(Base):
     __table_args__ = (
         UniqueConstraint("experiment_id", "run_id"),
         Index(None, "status", "queue"),
+        Index(None, "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -138,6 +145,14 @@ class Run(Base):
     # The worker (Worker.id) whose delivery holds the run while it is running.
     worker_id: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[dict[str, Any] | None]
+    # Fair share: the run-time of its earlier deliveries (preempted, or lost with
+    # their worker), counted as usage as if it ended at ``earlier_until``; when the
+    # dispatcher asked it to stop at its next checkpoint (preemption), and how many
+    # times it was preempted.
+    earlier_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    earlier_until: Mapped[datetime | None]
+    preempt_requested_at: Mapped[datetime | None]
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The run's documents (fflab.results): its summary record, metrics.json,
     # ensembles.json without the ensembles (rows of Ensemble), shared_units.json
     # and weight_stats.json.
@@ -224,6 +239,11 @@ class Worker(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int]
     queues: Mapped[str] = mapped_column(String(255))  # comma-separated queue names
+    # Runs it takes at once (its pool's concurrency; a GPU worker's FFLAB_RUNS_PER_GPU):
+    # its slots in fair-share dispatch.
+    concurrency: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # The GPUs it holds (fflab.gpu.DeviceInfo.as_dict() each; empty for a CPU worker).
+    devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -242,3 +262,14 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     content_type: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ExperimentTag(Base):
+    """A label its owner put on an experiment (to filter lists by); deleted with it."""
+
+    __tablename__ = "experiment_tags"
+
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)

@@ -20,17 +20,33 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
-from fflab.pipeline import dominance, paper_analyses
-from fflab.pipeline.folders import TRAINED_FILES, analysed_rows, load_representations, load_weight_matrices
-from fflab.pipeline.train import METRICS_FILE
+from fflab.analysis_results import (
+    RunDynamics,
+    RunIntrinsicDimension,
+    RunLayerAccuracy,
+    RunLesions,
+    RunSelectivity,
+    RunSubEnsembles,
+)
+from fflab.data import Split, load_split
+from fflab.pipeline import dominance, further_analyses, paper_analyses
+from fflab.pipeline.folders import (
+    TRAINED_FILES,
+    analysed_rows,
+    load_network,
+    load_representations,
+    load_weight_matrices,
+)
+from fflab.pipeline.train import DATA_SEED, METRICS_FILE
 from fflab.registry import Registry
 from fflab.results import (
     SCHEMA_DIR,
@@ -72,6 +88,26 @@ class RunAnalysisInput:
         """The hidden layers' (out, in) weight matrices."""
         return load_weight_matrices(self.run_dir)
 
+    @cached_property
+    def network(self) -> torch.nn.Module:
+        """The trained network, on the CPU, in eval mode."""
+        return load_network(self.spec, self.key, self.run_dir)
+
+    @cached_property
+    def test_split(self) -> Split:
+        """The run's test images, reloaded (same subset and seed as training); their
+        labels must be the stored ones."""
+        test = load_split(self.key.dataset, False, self.spec.data.test_subset, seed=DATA_SEED)
+        if not np.array_equal(test.labels.numpy(), self.representations["labels"]):
+            raise ValueError(f"run {self.key.run_id}: the reloaded test subset does not match its stored labels")
+        return test
+
+    @cached_property
+    def train_split(self) -> Split:
+        """The run's training images, reloaded (same subset, classes and seed)."""
+        excluded = () if self.key.unseen_class is None else (self.key.unseen_class,)
+        return load_split(self.key.dataset, True, self.spec.data.train_subset, excluded, seed=DATA_SEED)
+
 
 # A figure recipe: the experiment's spec and a reader of this document for any of its
 # runs -> one figure for the experiment (None: nothing to draw for this experiment).
@@ -105,14 +141,15 @@ def is_analysed(run_dir: Path) -> bool:
     return all((run_dir / name).is_file() for name in analysed_run_files())
 
 
-def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict:
-    """Compute and write every registered analysis document of one trained run,
-    then return the run's summary record (paper_analyses.run_record). ``spec`` is
-    the experiment's; the analyses see the run's grid point's (``spec.at``)."""
+def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path, names: Iterable[str] | None = None) -> dict:
+    """Compute and write every registered analysis document of one trained run
+    (only those in ``names``, if given), then return the run's summary record
+    (paper_analyses.run_record). ``spec`` is the experiment's; the analyses see
+    the run's grid point's (``spec.at``)."""
     started = time.perf_counter()
     inputs = RunAnalysisInput(spec.at(key.point), key, run_dir)
     for document in RUN_DOCUMENTS.values():
-        if document.analyse is not None:
+        if document.analyse is not None and (names is None or document.name in names):
             inputs.documents[document.name] = document.analyse(inputs)
             write_document(inputs.documents[document.name], run_dir / document.file)
     metrics = read_document(RunMetrics, run_dir / METRICS_FILE)
@@ -122,9 +159,11 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> dict:
 
 
 def document_figures(spec: ExperimentSpec, experiment_dir: Path) -> dict[str, Figure]:
-    """Each registered document's figure for the experiment, by document name.
-    With a sweep, a recipe sees its first grid point: the spec there, and run
-    keys without a point are read at it (``ExperimentSpec.paper_point``)."""
+    """Each registered document's figure for the experiment, by document name; none
+    for a document some run lacks (trained before the document was registered:
+    re-analysing the experiment computes it). With a sweep, a recipe sees its first
+    grid point: the spec there, and run keys without a point are read at it
+    (``ExperimentSpec.paper_point``)."""
     drawn = {}
     point = spec.paper_point()
     for document in RUN_DOCUMENTS.values():
@@ -135,7 +174,10 @@ def document_figures(spec: ExperimentSpec, experiment_dir: Path) -> dict[str, Fi
             run_id = replace(key, point=point).run_id if key.point is None else key.run_id
             return read_document(document.model, experiment_dir / "runs" / run_id / document.file)
 
-        figure = document.figure(spec.at(point), read)
+        try:
+            figure = document.figure(spec.at(point), read)
+        except FileNotFoundError:
+            continue
         if figure is not None:
             drawn[document.name] = figure
     return drawn
@@ -154,6 +196,26 @@ RUN_DOCUMENTS: Registry[RunDocument] = Registry("run document", {d.name: d for d
     RunDocument("weight_stats", RunWeightStats,
                 "Fraction of positive weights per layer and of negative incoming weights per unit.",
                 analyse=paper_analyses.weight_stats_document),
+    # The analyses beyond the paper (fflab.pipeline.further_analyses, docs/science.md).
+    RunDocument("layer_accuracy", RunLayerAccuracy,
+                "Accuracy per layer: its goodness alone, layers up to it, and a linear probe.",
+                analyse=further_analyses.layer_accuracy_document, figure=further_analyses.layer_accuracy_figure),
+    RunDocument("dynamics", RunDynamics,
+                "Ensembles, accuracy and positive weights at the training snapshots, against the final ones.",
+                analyse=further_analyses.dynamics_document, figure=further_analyses.dynamics_figure),
+    RunDocument("lesions", RunLesions,
+                "Accuracy lost when a class's ensemble is silenced, against random and most active units.",
+                analyse=further_analyses.lesions_document, figure=further_analyses.lesions_figure),
+    RunDocument("selectivity", RunSelectivity,
+                "Activity of each class's ensemble with the true label vs each wrong label.",
+                analyse=further_analyses.selectivity_document, figure=further_analyses.selectivity_figure),
+    RunDocument("intrinsic_dimension", RunIntrinsicDimension,
+                "TwoNN intrinsic dimension per layer and class, with the ensemble sizes.",
+                analyse=further_analyses.intrinsic_dimension_document,
+                figure=further_analyses.intrinsic_dimension_figure),
+    RunDocument("subensembles", RunSubEnsembles,
+                "Each class's images clustered by their sets of active units.",
+                analyse=further_analyses.subensembles_document),
     RunDocument("dominance", dominance.RunDominance,
                 "Per layer, the units that are the most active on an image, and how often.",
                 analyse=dominance.dominance_document, figure=dominance.dominance_figure),

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fflab.models import MODELS
 from fflab.spec import ExperimentSpec, RunKey
 
 # What training writes into a run's folder besides its metrics document.
@@ -61,3 +62,10 @@ def load_weight_matrices(run_dir: Path) -> list[np.ndarray]:
         key=lambda n: int(n.split(".")[1]),
     )
     return [state[n].numpy() for n in names]
+
+
+def load_network(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> torch.nn.Module:
+    """The run's trained network (its model type's, from weights.pt), on the CPU, in eval mode."""
+    net = MODELS.lookup(key.model).build(spec.network)
+    net.load_state_dict(torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True))
+    return net.eval()

@@ -23,7 +23,7 @@ from fflab import analysis, figures
 from fflab.data import N_CLASSES
 from fflab.models.components import ACTIVATIONS
 from fflab.pipeline.folders import analysed_rows, load_representations, run_dir_of
-from fflab.results import MethodComparison, RunWeightStats, read_document
+from fflab.results import MethodComparison, RunMetrics, RunWeightStats, read_document
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 
 
@@ -223,7 +223,20 @@ def figure8b(ctx: FigureContext) -> dict[str, Figure]:
     )}
 
 
-RECIPES: list[Recipe] = [figure1, figures5_and_6, figure2, figure3, figure4, figure7, figure8a, figure8b]
+def training_curves(ctx: FigureContext) -> dict[str, Figure]:
+    """Not in the paper: the loss per epoch of every seed's run on the main data set,
+    a panel per model (per layer for FF)."""
+    histories = {
+        model: [read_document(RunMetrics, ctx.run_dir(RunKey(model, ctx.main_dataset, seed))
+                              / "metrics.json").loss_history for seed in ctx.spec.seeds]
+        for model in ctx.spec.models
+    }
+    return {"training_curves": figures.training_curves(histories,
+                                                       title=f"Training loss per epoch ({ctx.main_dataset})")}
+
+
+RECIPES: list[Recipe] = [figure1, figures5_and_6, figure2, figure3, figure4, figure7, figure8a, figure8b,
+                         training_curves]
 
 
 def write_paper_figures(ctx: FigureContext) -> list[str]:

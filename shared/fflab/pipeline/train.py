@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fflab.data import N_CLASSES, load_split
+from fflab.devices import describe_device
 from fflab.models import MODELS
 from fflab.models.common import (
     Checkpoint,
@@ -20,7 +21,8 @@ from fflab.models.common import (
     resolve_device,
     seed_everything,
 )
-from fflab.results import RunMetrics, Timings, write_document
+from fflab.pipeline.further_analyses import snapshot_recorder
+from fflab.results import RunDevice, RunMetrics, Timings, write_document
 from fflab.spec import ExperimentSpec, RunKey
 
 # The training subset is drawn with a fixed seed so that every model and seed of an
@@ -75,6 +77,9 @@ def train_and_evaluate(
     generator = seed_everything(key.seed)
     model = MODELS.lookup(key.model)
     net = model.build(spec.network).to(device)
+    # Captures a probe set at the snapshot epochs (ensemble dynamics); None: no snapshot.
+    snapshots = snapshot_recorder(spec, key, test.images, test.labels, net, progress)
+    progress = snapshots or progress
     job = TrainingJob(
         net=net, images=train.images.to(device), labels=train.labels.to(device),
         training=spec.training(key.model), generator=generator, negative_labels=spec.negative_labels,
@@ -85,6 +90,8 @@ def train_and_evaluate(
     started = time.perf_counter()
     history = model.train(job)
     train_seconds = time.perf_counter() - started
+    if snapshots is not None:
+        snapshots.save(run_dir)
 
     started = time.perf_counter()
     net.eval()
@@ -118,6 +125,7 @@ def train_and_evaluate(
         n_test=len(test),
         loss_history=history,
         device=str(device),
+        device_info=RunDevice(**describe_device(device).as_dict()),
         timings=Timings(train_seconds=train_seconds, evaluate_seconds=evaluate_seconds),
     )
     write_document(metrics, run_dir / METRICS_FILE)
