@@ -63,12 +63,12 @@ def _waiting_run(settings: Settings, run_pk: int, task_id: str) -> tuple[Experim
     """The run's spec and key while it is this delivery's to start, else None."""
     with session_scope(settings.resolved_database_url) as session:
         row = session.execute(
-            select(Run.status, Run.task_id, Run.model, Run.dataset, Run.seed, Run.unseen_class, Experiment.spec)
+            select(Run.status, Run.task_id, Run.run_id, Experiment.spec)
             .join(Experiment).where(Run.id == run_pk)
         ).first()
     if row is None or row.task_id != task_id or row.status not in ACTIVE_STATUSES:
         return None
-    return ExperimentSpec.model_validate(row.spec), RunKey(row.model, row.dataset, row.seed, row.unseen_class)
+    return ExperimentSpec.model_validate(row.spec), RunKey.parse(row.run_id)  # the id holds its grid point
 
 
 @contextmanager

@@ -376,7 +376,8 @@ def recorded_outcome(settings: Settings, run_pk: int, task_id: str) -> str | Non
 
 
 def run_key(run: Run) -> RunKey:
-    return RunKey(run.model, run.dataset, run.seed, run.unseen_class)
+    """The run's key, from its run id: the only column that holds its grid point."""
+    return RunKey.parse(run.run_id)
 
 
 def record_artifacts(session: Session, experiment_id: str, files: list[StoredFile]) -> None:

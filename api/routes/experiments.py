@@ -82,7 +82,27 @@ FULL_SET_SIZES = {"train_subset": 60_000, "test_subset": 10_000}
 
 
 def check_limits(spec: ExperimentSpec, settings: Settings) -> None:
-    """The deployment's limits (Settings.max_*): 422 naming each field above its limit."""
+    """The deployment's limits (Settings.max_*): 422 naming each field above its
+    limit, a swept value as ``sweep.<path>``; the runs counted over a sweep's grid."""
+    def path(problem: dict) -> str:
+        return ".".join(problem["loc"][1:])
+
+    # A swept setting's own value is used by no run: its swept values are checked instead.
+    problems = [problem for problem in limit_problems(spec, settings) if path(problem) not in (spec.sweep or {})]
+    for point in spec.points():
+        problems += [{**problem, "loc": ("body", "sweep", path(problem))}
+                     for problem in limit_problems(spec.at(point.index), settings) if path(problem) in point.values]
+    runs = len(spec.runs())
+    if runs > settings.max_runs_per_experiment:
+        problems.append({"type": "less_than_equal", "loc": ("body", "sweep" if spec.sweep else "seeds"), "input": runs,
+                         "msg": f"the spec makes {runs} runs; this server allows at most "
+                                f"{settings.max_runs_per_experiment} per experiment (FFLAB_MAX_RUNS_PER_EXPERIMENT)"})
+    if problems:
+        raise RequestValidationError(problems)
+
+
+def limit_problems(spec: ExperimentSpec, settings: Settings) -> list[dict]:
+    """The settings of ``spec`` above this deployment's limits, as 422 problems."""
     checks: list[tuple[tuple[str, ...], int, int, str]] = []
     for model in spec.models:
         checks.append(((model, "epochs"), getattr(spec, model).epochs, settings.max_epochs, "MAX_EPOCHS"))
@@ -95,18 +115,11 @@ def check_limits(spec: ExperimentSpec, settings: Settings) -> None:
         value = getattr(spec.data, field)
         checks.append((("data", field), FULL_SET_SIZES[field] if value is None else value,
                         getattr(settings, f"max_{field}"), f"MAX_{field.upper()}"))
-    problems = [
+    return [
         {"type": "less_than_equal", "loc": ("body", *loc), "input": value,
          "msg": f"Input should be less than or equal to {limit} (this server's FFLAB_{variable})"}
         for loc, value, limit, variable in checks if value > limit
     ]
-    runs = len(spec.runs())
-    if runs > settings.max_runs_per_experiment:
-        problems.append({"type": "less_than_equal", "loc": ("body", "seeds"), "input": runs,
-                         "msg": f"the spec makes {runs} runs; this server allows at most "
-                                f"{settings.max_runs_per_experiment} per experiment (FFLAB_MAX_RUNS_PER_EXPERIMENT)"})
-    if problems:
-        raise RequestValidationError(problems)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.ExperimentCreated,

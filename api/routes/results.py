@@ -60,12 +60,13 @@ def get_results(
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
     table: Annotated[Literal[TABLES] | None, Query(
         description="One table: table1-3, or one of the other aggregates (sparseness_treves_rolls, "
-        "sparseness_hoyer, shared_units, unseen_class). Required with format=csv.")] = None,
+        "sparseness_hoyer, shared_units, unseen_class, sweep). Required with format=csv.")] = None,
 ):
     """Tables 1-3 (accuracy, ensemble sizes, fraction of positive weights) and the
     other aggregates with the run records and figure list (JSON); one table as CSV
     (``table`` required: one CSV document per response); one table, or Tables 1-3
-    each under a '# tableN' heading, as markdown. 409 until the results are ready."""
+    (and the sweep's table, with a sweep) each under a '# <name>' heading, as
+    markdown. 409 until the results are ready."""
     if format == "csv" and table is None:
         raise RequestValidationError([{
             "type": "missing", "loc": ("query", "table"), "msg": "format=csv answers one table per response: name "
@@ -79,7 +80,8 @@ def get_results(
                                                        f"has: {', '.join(result.tables)}", "not_found")
         text = result.tables[table][format]
     else:
-        text = "\n".join(f"# {name}\n\n{result.tables[name]['md']}" for name in PAPER_TABLES)
+        names = PAPER_TABLES + (("sweep",) if "sweep" in result.tables else ())
+        text = "\n".join(f"# {name}\n\n{result.tables[name]['md']}" for name in names)
     media = "text/csv" if format == "csv" else "text/markdown"
     return PlainTextResponse(text, media_type=f"{media}; charset=utf-8")
 

@@ -153,7 +153,7 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
     result = session.get(Result, experiment.id)
     tables = comparison = None
     if result is not None:
-        tables = [result.results["tables"][name] | {"name": name} for name in PAPER_TABLES
+        tables = [result.results["tables"][name] | {"name": name} for name in PAPER_TABLES + ("sweep",)
                   if name in result.results.get("tables", {})]
         comparison = results_routes.get_paper_comparison(experiment=experiment, session=session, format="json")
     figures = [artifact.name.removeprefix("figures/") for artifact in

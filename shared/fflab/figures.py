@@ -51,6 +51,7 @@ __all__ = [
     "figure7_negative_weight_fraction",
     "figure8a_method_comparison",
     "figure8b_method_sizes",
+    "sweep_figure",
     "training_curves",
 ]
 
@@ -985,6 +986,107 @@ def paper_comparison_figure(
     axes[0].legend(fontsize=7, loc="best")
     if title:
         axes[0].set_title(title, fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Sweeps
+# --------------------------------------------------------------------------
+
+_SWEEP_LINESTYLES = ["-", "--", ":", "-."]
+_SWEEP_MARKERS = ["o", "s", "^", "D"]
+
+
+def _sweep_positions(values: Sequence) -> tuple[np.ndarray, bool, bool]:
+    """x positions of swept values: the numbers themselves (log scale when all are
+    positive and span a factor of 10 or more), else 0..V-1 with the values as labels."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not numeric:
+        return np.arange(len(values), dtype=float), False, True
+    x = np.array(values, dtype=float)
+    log = bool((x > 0).all() and x.max() / x.min() >= 10)
+    return x, log, False
+
+
+def sweep_figure(
+    field: str,
+    values: Sequence,
+    lines: Sequence[tuple[str, str, Mapping[str, tuple[np.ndarray, np.ndarray]]]],
+    quantile: float | None = None,
+) -> Figure:
+    """The key numbers of a sweep against the swept setting, with error bars.
+
+    Parameters
+    ----------
+    field : str
+        The swept setting (x axis), e.g. ``"network.threshold"``.
+    values : sequence of V values
+        Its values (numbers: at their value, on a log axis when positive and
+        spanning a factor of 10 or more; others: evenly spaced, labelled).
+    lines : sequence of (label, model, numbers)
+        One line per (model, data set, value of a second swept setting): its
+        legend label, model (colour) and ``numbers``: ``"accuracy"`` -> (mean,
+        se) arrays of shape (V,); ``"ensemble_size"`` and
+        ``"fraction_positive_weights"`` -> (mean, se) arrays of shape (L, V),
+        one row per layer. nan: no value (a gap; no bar for an se of nan).
+        Lines of one model differ in line style and marker.
+    quantile : float or None
+        The Method 1 quantile of the ensemble sizes, for the panel titles.
+
+    Returns
+    -------
+    Figure
+        Top row: accuracy, then the ensemble size of each layer (from 0);
+        bottom row: the legend, then the fraction of positive weights of each layer.
+    """
+    if not lines:
+        raise ValueError("lines: expected at least one line")
+    x, log, categorical = _sweep_positions(values)
+    layers = max(np.atleast_2d(numbers["ensemble_size"][0]).shape[0] for _, _, numbers in lines)
+    fig = _new_figure(2.6 * (layers + 1) + 0.6, 5.6)
+    axes = fig.subplots(2, layers + 1, squeeze=False)
+    at = "" if quantile is None else f" (q {quantile:g})"
+    panels = [(axes[0, 0], "accuracy", None, "test accuracy")]
+    panels += [(axes[0, layer + 1], "ensemble_size", layer, f"layer {layer + 1} ensemble size{at}")
+               for layer in range(layers)]
+    panels += [(axes[1, layer + 1], "fraction_positive_weights", layer, f"layer {layer + 1} positive weights")
+               for layer in range(layers)]
+    styles: dict[str, int] = {}
+    for index, (label, model, numbers) in enumerate(lines):
+        style = styles[model] = styles.get(model, -1) + 1
+        for ax, quantity, layer, _ in panels:
+            mean, se = (np.asarray(a, dtype=float) for a in numbers[quantity])
+            if layer is not None:
+                if layer >= np.atleast_2d(mean).shape[0]:
+                    continue
+                mean, se = np.atleast_2d(mean)[layer], np.atleast_2d(se)[layer]
+            if mean.shape != (len(values),) or se.shape != mean.shape:
+                raise ValueError(f"lines[{index}] {quantity}: expected shape ({len(values)},), got {mean.shape}")
+            ax.errorbar(x, mean, yerr=np.where(np.isfinite(se), se, 0.0), color=model_color(model, index),
+                         linestyle=_SWEEP_LINESTYLES[style % len(_SWEEP_LINESTYLES)],
+                         marker=_SWEEP_MARKERS[style % len(_SWEEP_MARKERS)], markersize=4, capsize=3,
+                         label=label if quantity == "accuracy" else None)
+    for ax, quantity, _, title in panels:
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(field, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        if log:
+            ax.set_xscale("log")
+        if categorical:
+            ax.set_xticks(x)
+            ax.set_xticklabels([str(v) for v in values], rotation=30, ha="right")
+        elif len(values) <= 10:
+            ax.set_xticks(x)
+            ax.set_xticklabels([f"{v:g}" for v in values])
+            ax.minorticks_off()
+        if quantity == "ensemble_size":
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_ylim(-0.02, 1.02)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    axes[1, 0].set_axis_off()
+    axes[1, 0].legend(handles, labels, loc="center", fontsize=7, title="mean ± SE over seeds", title_fontsize=7)
     return fig
 
 

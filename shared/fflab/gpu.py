@@ -187,9 +187,10 @@ def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: 
 
 
 def run_shape(spec: ExperimentSpec, key: RunKey) -> dict:
-    """The sizes ``run_memory_parts`` needs, from a run's spec. N is the training
-    subset (or the whole set); a run without a class is counted at full size (an
-    upper bound)."""
+    """The sizes ``run_memory_parts`` needs, from the experiment's spec at the run's
+    grid point (``spec.at``). N is the training subset (or the whole set); a run
+    without a class is counted at full size (an upper bound)."""
+    spec = spec.at(key.point)
     training = spec.training(key.model)
     return {
         "model": key.model,

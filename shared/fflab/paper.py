@@ -5,7 +5,8 @@ own experiments, with their standard errors) are package data in
 ``reference/paper_values.json``. ``paper_comparison`` sets an experiment's
 run records against them with ``fflab.analysis.compare_estimates`` and lists
 every setting where the experiment departs from the paper's protocol, so that
-a quick run is never read as a reproduction.
+a quick run is never read as a reproduction. A sweep is compared at its first
+grid point (``ExperimentSpec.paper_point``), and the comparison's name says so.
 """
 
 from __future__ import annotations
@@ -145,6 +146,15 @@ def _our_estimate(
     return mean, se, n, note
 
 
+def sweep_note(spec: ExperimentSpec) -> str:
+    """`` (sweep point 0: network.threshold=0.1)`` for a sweep, else ``""``."""
+    point = spec.paper_point()
+    if point is None:
+        return ""
+    values = ", ".join(f"{field}={json.dumps(value)}" for field, value in spec.points()[point].values.items())
+    return f" (sweep point {point}: {values})"
+
+
 def paper_comparison(
     spec: ExperimentSpec,
     records: list[dict],
@@ -161,7 +171,15 @@ def paper_comparison(
     method_comparison : ``results.json``'s ``method_comparison`` (or None)
     experiment : a name for the experiment (folder or id)
     protocol : the differences from the paper's protocol; default: from ``spec``
+
+    With a sweep, the records of its first grid point are compared, with that
+    point's settings (records carry ``point``).
     """
+    if spec.sweep:
+        point = spec.paper_point()
+        records = [r for r in records if r.get("point") == point]
+        experiment += sweep_note(spec)
+        spec = spec.at(point)
     cells = []
     for cell in published_cells():
         mean, se, n, note = _our_estimate(cell, spec, records, method_comparison)

@@ -6,7 +6,9 @@ the JSON Schemas generated from these models are committed under
 ``shared/fflab/schemas/`` (``fflab schemas --write`` regenerates them; a test
 fails when they drift). Bump ``SCHEMA_VERSION`` on any incompatible change; a
 document that changed on its own carries its own version (metrics.json: 1.1), and
-its model still reads the earlier versions.
+its model still reads the earlier versions. results.json is at version 1.1 when it
+has a ``sweep`` section (a 1.0 reader would reject the new field) and is written
+exactly as 1.0 otherwise.
 
 Layout of a results folder::
 
@@ -17,7 +19,8 @@ Layout of a results folder::
     <experiment>/runs/<run_id>/weight_stats.json RunWeightStats
     <experiment>/runs/<run_id>/representations.npz  per-layer test representations
     <experiment>/runs/<run_id>/weights.pt        the trained state dict
-    <experiment>/tables/table{1,2,3}.{json,md,csv}
+    <experiment>/tables/table{1,2,3}.{json,md,csv}   (with a sweep: rows per grid point)
+    <experiment>/tables/sweep.{json,md,csv}        with a sweep: its key numbers
     <experiment>/figures/*.png
     <experiment>/results.json                    ExperimentResults
     <experiment>/tables/paper_comparison.{json,md,csv}  PaperComparison
@@ -28,11 +31,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from fflab.spec import AnalysisSpec, DatasetName, ModelName
 
 SCHEMA_VERSION = "1.0"
+SWEEP_SCHEMA_VERSION = "1.1"  # results.json with a sweep section
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 
@@ -214,16 +218,85 @@ class MethodComparison(BaseModel):
     )
 
 
+class SweepEstimate(BaseModel):
+    """A mean over seeds with its standard error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mean: float | None = Field(description="Null: no run has the value.")
+    se: float | None = Field(description="Standard error of the mean; null with fewer than two runs.")
+    n: int = Field(description="Runs behind the estimate.")
+
+
+class SweepCell(BaseModel):
+    """The key numbers of one (grid point, model, data set), over the runs trained
+    on every class."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    point: int
+    model: ModelName
+    dataset: DatasetName
+    accuracy: SweepEstimate
+    ensemble_size: list[SweepEstimate] = Field(
+        description="Per layer: each run's mean Method 1 ensemble size over the analysed classes "
+        "(at ensemble_quantile, as Table 2), then mean and SE over runs."
+    )
+    fraction_positive_weights: list[SweepEstimate] = Field(description="Per layer, as Table 3.")
+
+
+class SweepPointValues(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="The grid point, as in run ids (-p<index>) and run records (point).")
+    values: dict[str, Any] = Field(description="Each swept setting's value, by dotted path.")
+
+
+class SweepResults(BaseModel):
+    """results.json's sweep section: the grid and the key numbers per grid point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fields: list[str] = Field(description="The swept settings, by dotted path (spec.sweep).")
+    points: list[SweepPointValues]
+    paper_point: int = Field(
+        description="The grid point shown by the paper's figures, method_comparison and the "
+        "comparison with the paper."
+    )
+    ensemble_quantile: float = Field(description="The Method 1 quantile of ensemble_size.")
+    cells: list[SweepCell] = Field(description="Per grid point, model and data set.")
+
+
 class ExperimentResults(Document):
     """results.json: the experiment's tables, figures and cross-run summaries."""
 
+    schema_version: Literal["1.0", "1.1"] = SCHEMA_VERSION
     name: str
-    runs: list[dict] = Field(description="One summary record per run.")
+    runs: list[dict] = Field(
+        description="One summary record per run; with a sweep, each has its grid point (point) "
+        "and the swept values there (sweep_values)."
+    )
     tables: dict[str, dict] = Field(
-        description="Tables 1-3 (table1..table3) and the other aggregates over runs, as Table.to_dict()."
+        description="Tables 1-3 (table1..table3) and the other aggregates over runs, as Table.to_dict(); "
+        "with a sweep, each with a row per grid point and model, and the sweep table."
     )
     figures: list[str]
     method_comparison: MethodComparison | None = None
+    sweep: SweepResults | None = Field(
+        None, description="Since 1.1, with a sweep only: the grid and the key numbers per grid point."
+    )
+
+    @model_validator(mode="after")
+    def _version_follows_the_shape(self) -> ExperimentResults:
+        self.schema_version = SCHEMA_VERSION if self.sweep is None else SWEEP_SCHEMA_VERSION
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_an_absent_sweep(self, handler):
+        data = handler(self)
+        if self.sweep is None:
+            data.pop("sweep", None)
+        return data
 
 
 class ProtocolDifference(BaseModel):
@@ -277,9 +350,9 @@ class PaperComparison(Document):
 
 # The tables an experiment's aggregation writes (tables/<name>.{json,md,csv}):
 # the paper's Tables 1-3, then the other aggregates over runs; "unseen_class" only
-# where the experiment has unseen-class runs.
+# where the experiment has unseen-class runs, "sweep" only where it has a sweep.
 PAPER_TABLES = ("table1", "table2", "table3")
-TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "shared_units", "unseen_class")
+TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "shared_units", "unseen_class", "sweep")
 
 def write_document(document: Document, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,15 +3,40 @@
 The ``paper`` preset follows the paper (Tosato et al.) where it states a
 setting, and the authors' code where the paper is silent; each field's
 description says which. ``quick`` runs on two CPU cores in minutes.
+
+A sweep: ``sweep`` names one or two settings by their dotted path
+(``network.threshold``, ``bp.learning_rate``), each with a list of values. The
+grid of their combinations (``points()``, the first field varying slowest)
+multiplies the runs: every grid point has every (data set, model, seed) and
+unseen-class run of the experiment, with the point's values applied
+(``at(point)``), and its index in the run id (``RunKey.point``, ``-p<i>``).
+Settings that decide which runs there are (models, data sets, seeds, the
+unseen-class runs, the name), the analysis (a re-analysis changes it for every
+run at once) and the device cannot be swept. Every value is validated by
+applying it to the spec, so a bad value is named where it is given
+(``sweep.<path>``). The paper's figures and the comparison with the paper use
+the first point (``paper_point``).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fflab.data import DATASETS, N_CLASSES
 from fflab.models import MODELS
@@ -26,6 +51,16 @@ from fflab.models.components import (
 
 ModelName = MODELS.literal()
 DatasetName = DATASETS.literal()
+
+# A swept setting's value: a JSON scalar (every sweepable setting is one).
+SweepValue = bool | int | float | str | None
+MAX_SWEEP_FIELDS = 2
+MIN_SWEEP_VALUES, MAX_SWEEP_VALUES = 2, 10
+# Top-level fields a sweep may not vary: they decide which runs there are, how every
+# run is analysed (re-analysis changes it for all at once), where runs are queued, or
+# only what training records (snapshots: the same runs again; its value is a list).
+NOT_SWEPT = ("name", "models", "datasets", "seeds", "unseen_class", "unseen_class_datasets",
+             "unseen_class_negatives", "sweep", "analysis", "device", "snapshots")
 
 
 class StrictModel(BaseModel):
@@ -189,6 +224,12 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
         description="Let CUDA matrix products of the FF engine use TF32 (faster, less precise); "
         "off until measured on a GPU (docs/benchmarks.md). No effect on the CPU.",
     )
+    sweep: dict[str, list[SweepValue]] | None = Field(
+        None,
+        description="Settings to vary: one or two dotted paths (e.g. network.threshold, "
+        f"bp.learning_rate), each with {MIN_SWEEP_VALUES}-{MAX_SWEEP_VALUES} distinct values. "
+        "Every combination is a grid point with all the experiment's runs. null = no sweep.",
+    )
 
     @field_validator("models", "datasets", "seeds")
     @classmethod
@@ -226,6 +267,85 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
                 raise ValueError(f"each seed must be in 0..2147483647; got {seed}")
         return value
 
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_applies(cls, sweep: dict[str, list] | None, info: ValidationInfo) -> dict[str, list] | None:
+        """Each path sweepable, each value valid once applied to the rest of the spec,
+        values distinct once validated (1 and 1.0 are one threshold); the values kept
+        as validated. Errors are located at ``sweep.<path>[.<index>]``."""
+        if sweep is None:
+            return None
+        problems: list[InitErrorDetails] = []
+
+        def problem(loc: tuple, kind: str, message: str, given: Any) -> None:
+            problems.append(InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=given))
+
+        if not 1 <= len(sweep) <= MAX_SWEEP_FIELDS:
+            problem((), "sweep_fields", f"a sweep names 1 to {MAX_SWEEP_FIELDS} settings (or is null); "
+                    f"got {len(sweep)}", sweep)
+        rest = cls.model_fields.keys() - {"sweep"}
+        complete = rest <= info.data.keys()  # else other fields failed: values cannot be applied
+        base = {name: value.model_dump() if isinstance(value, BaseModel) else value
+                for name, value in info.data.items()}
+        validated: dict[str, list] = {}
+        for path, values in sweep.items():
+            if path not in sweepable_fields():
+                problem((path,), "sweep_field", f"{path!r} cannot be swept; sweepable settings: "
+                        f"{', '.join(sweepable_fields())}", path)
+                continue
+            section = path.split(".")[0]
+            if section in MODELS and section not in info.data.get("models", [section]):
+                problem((path,), "sweep_field", f"{path!r} is a setting of {section}, which is not among "
+                        f"models {info.data['models']}: sweeping it would repeat the same runs", path)
+                continue
+            if not MIN_SWEEP_VALUES <= len(values) <= MAX_SWEEP_VALUES:
+                problem((path,), "sweep_values", f"give {MIN_SWEEP_VALUES} to {MAX_SWEEP_VALUES} values; "
+                        f"got {len(values)}", values)
+                continue
+            if not complete:
+                continue
+            applied = []
+            for index, value in enumerate(values):
+                try:
+                    spec = cls.model_validate(_with_values(base, {path: value}))
+                except ValidationError as error:
+                    reasons = "; ".join(e["msg"] for e in error.errors())
+                    problem((path, index), "sweep_value", f"{path} = {json.dumps(value)} is not allowed: {reasons}",
+                            value)
+                    continue
+                applied.append(_value_at(spec, path))
+            repeated = sorted({json.dumps(v) for v in applied if applied.count(v) > 1})
+            if repeated:
+                problem((path,), "sweep_unique", f"values must be distinct; repeated: {', '.join(repeated)}", values)
+            validated[path] = applied
+        if problems:
+            raise ValidationError.from_exception_data("sweep", problems)
+        return validated
+
+    def points(self) -> list[SweepPoint]:
+        """The sweep's grid points, the first field varying slowest; [] without a sweep."""
+        if not self.sweep:
+            return []
+        fields = list(self.sweep)
+        return [SweepPoint(index, dict(zip(fields, combination)))
+                for index, combination in enumerate(itertools.product(*self.sweep.values()))]
+
+    def at(self, point: int | None) -> ExperimentSpec:
+        """The settings of one grid point's runs: the point's values applied, no sweep.
+        ``None`` (the point of a run of an experiment without a sweep) gives this spec."""
+        if point is None and not self.sweep:
+            return self
+        points = self.points()
+        if point is None or not 0 <= point < len(points):
+            raise ValueError(f"point must be one of 0..{len(points) - 1} (the sweep's grid points); got {point!r}"
+                             if points else f"this experiment has no sweep: point must be None; got {point!r}")
+        return ExperimentSpec.model_validate(_with_values(self.model_dump(), points[point].values))
+
+    def paper_point(self) -> int | None:
+        """The grid point whose runs the paper's figures, the Method 1 vs Method 2
+        fit and the comparison with the paper show: the first; None without a sweep."""
+        return 0 if self.sweep else None
+
     def unseen_class_runs_on(self) -> list[str]:
         """The data sets of the unseen-class runs (see ``unseen_class_datasets``)."""
         if self.unseen_class_datasets is not None:
@@ -241,17 +361,28 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
         return [model for model in self.models if MODELS[model].trains_without_a_class]
 
     def runs(self) -> list[RunKey]:
-        """One run per (data set, model, seed), then the unseen-class FF runs (one per
-        seed on each of ``unseen_class_datasets``)."""
+        """Every run of the experiment: those of each grid point in turn with a sweep
+        (``runs_at``), else those of ``runs_at(None)``."""
+        if not self.sweep:
+            return self.runs_at(None)
+        return [key for point in self.points() for key in self.runs_at(point.index)]
+
+    def runs_at(self, point: int | None) -> list[RunKey]:
+        """The runs of one grid point (None: of an experiment without a sweep): one
+        per (data set, model, seed), then the unseen-class FF runs (one per seed on
+        each of ``unseen_class_datasets``)."""
+        if (point is None) != (not self.sweep) or (point is not None and not 0 <= point < len(self.points())):
+            raise ValueError(f"point must be one of 0..{len(self.points()) - 1}; got {point!r}"
+                             if self.sweep else f"this experiment has no sweep: point must be None; got {point!r}")
         keys = [
-            RunKey(model, dataset, seed)
+            RunKey(model, dataset, seed, point=point)
             for dataset in self.datasets
             for model in self.models
             for seed in self.seeds
         ]
         if self.unseen_class is not None:
             keys += [
-                RunKey(model, dataset, seed, self.unseen_class)
+                RunKey(model, dataset, seed, self.unseen_class, point)
                 for model in self.models_without_a_class()
                 for dataset in self.datasets
                 if dataset in self.unseen_class_runs_on()
@@ -261,25 +392,72 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
 
 
 @dataclass(frozen=True)
+class SweepPoint:
+    """One combination of a sweep's values: its index in ``ExperimentSpec.points()``
+    and the value of each swept setting, by dotted path."""
+
+    index: int
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RunKey:
-    """One training run of an experiment."""
+    """One training run of an experiment; ``point``: its grid point, with a sweep."""
 
     model: str
     dataset: str
     seed: int
     unseen_class: int | None = None
+    point: int | None = None
 
     @property
     def run_id(self) -> str:
-        suffix = "" if self.unseen_class is None else f"-without{self.unseen_class}"
-        return f"{self.model}-{self.dataset}-seed{self.seed}{suffix}"
+        """``<model>-<dataset>-seed<seed>[-p<point>][-without<class>]``."""
+        point = "" if self.point is None else f"-p{self.point}"
+        unseen = "" if self.unseen_class is None else f"-without{self.unseen_class}"
+        return f"{self.model}-{self.dataset}-seed{self.seed}{point}{unseen}"
 
     @classmethod
     def parse(cls, run_id: str) -> RunKey:
         model, dataset_and_rest = run_id.split("-", 1)
         dataset, rest = dataset_and_rest.split("-seed", 1)
-        seed, _, unseen = rest.partition("-without")
-        return cls(model, dataset, int(seed), int(unseen) if unseen else None)
+        seed_and_point, _, unseen = rest.partition("-without")
+        seed, _, point = seed_and_point.partition("-p")
+        return cls(model, dataset, int(seed), int(unseen) if unseen else None, int(point) if point else None)
+
+
+def sweepable_fields() -> list[str]:
+    """The dotted paths a sweep may vary: every setting outside ``NOT_SWEPT``, one
+    level into each section (network, data, each model's training section)."""
+    paths = []
+    for name, field in ExperimentSpec.model_fields.items():
+        if name in NOT_SWEPT:
+            continue
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            paths += [f"{name}.{inner}" for inner in field.annotation.model_fields]
+        else:
+            paths.append(name)
+    return paths
+
+
+def _with_values(spec: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a spec's dict with each dotted path set to its value and no sweep."""
+    updated = copy.deepcopy(spec)
+    updated["sweep"] = None
+    for path, value in values.items():
+        *sections, leaf = path.split(".")
+        target = updated
+        for section in sections:
+            target = target[section]
+        target[leaf] = value
+    return updated
+
+
+def _value_at(spec: ExperimentSpec, path: str) -> Any:
+    value: Any = spec
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
 
 
 _PRESET_SETTINGS: dict[str, dict[str, Any]] = {

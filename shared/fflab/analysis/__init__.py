@@ -34,6 +34,7 @@ from fflab.analysis.ensembles import (
     unseen_class_activity,
 )
 from fflab.analysis.paper_comparison import CONSISTENT_WITHIN, Verdict, compare_estimates
+from fflab.analysis.sweep import stack_tables, sweep_cells, sweep_table
 from fflab.analysis.weights import fraction_negative_incoming, fraction_positive_weights
 
 __all__ = [
@@ -66,6 +67,9 @@ __all__ = [
     "shared_units_table",
     "sparseness_table",
     "sparseness_index",
+    "stack_tables",
+    "sweep_cells",
+    "sweep_table",
     "unseen_activity_table",
     "unseen_class_activity",
     "weight_sign_table",

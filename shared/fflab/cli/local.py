@@ -23,16 +23,21 @@ from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey
 
 def epochs_of(spec: ExperimentSpec, key: RunKey) -> int:
     """Progress steps of a run: one per epoch, per layer for layer-by-layer models (FF)."""
+    spec = spec.at(key.point)
     epochs = spec.training(key.model).epochs
     return epochs * spec.network.layers if MODELS[key.model].layer_by_layer else epochs
 
 
 def print_tables(experiment_dir: Path, fmt: str = "md") -> None:
-    for name in ("table1", "table2", "table3"):
+    """Tables 1-3, then the sweep's table where the experiment has a sweep."""
+    for name in results.PAPER_TABLES:
         path = experiment_dir / "tables" / f"{name}.{fmt}"
         if not path.is_file():
             raise click.ClickException(f"{path} is missing: run or analyse the experiment first")
         click.echo(path.read_text())
+    sweep = experiment_dir / "tables" / f"sweep.{fmt}"
+    if sweep.is_file() and folders.read_spec(experiment_dir).sweep:
+        click.echo(sweep.read_text())
 
 
 @click.command("fetch-data")

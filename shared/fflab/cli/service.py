@@ -182,13 +182,16 @@ def _answers(url: str, path: str = "/healthz") -> bool:
 
 
 def fetch_results(api: Client, experiment_id: str, folder: Path) -> None:
-    """Tables (md, csv, json) and figures of a finished experiment into ``folder``."""
+    """Tables (md, csv, json; with a sweep, its table too) and figures of a finished
+    experiment into ``folder``."""
     tables = folder / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     (tables / "tables.md").write_text(api.results(experiment_id, "md"))
-    for table in PAPER_TABLES:  # CSV: one table per document
+    document = api.results(experiment_id, "json")
+    swept = ("sweep",) if "sweep" in document["tables"] else ()
+    for table in PAPER_TABLES + swept:  # CSV: one table per document
         (tables / f"{table}.csv").write_text(api.results(experiment_id, "csv", table))
-    (folder / "results.json").write_text(json.dumps(api.results(experiment_id, "json"), indent=2))
+    (folder / "results.json").write_text(json.dumps(document, indent=2))
     for fmt in ("md", "csv", "json"):
         comparison = api.paper_comparison(experiment_id, fmt)
         text = json.dumps(comparison, indent=2) + "\n" if fmt == "json" else comparison
@@ -344,7 +347,7 @@ def register(cli: click.Group) -> None:
     @click.option("--table", type=click.Choice(TABLES), default=None,
                   help="Only this table.")
     def results_command(experiment_id: str, fmt: str, table: str | None) -> None:
-        """Tables 1-3 of a finished experiment."""
+        """Tables 1-3 of a finished experiment (and the sweep's table, with a sweep)."""
         if fmt == "csv" and table is None:
             raise click.UsageError("--format csv prints one table: name it with --table")
         with client() as api:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -144,9 +144,10 @@ def is_analysed(run_dir: Path) -> bool:
 def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path, names: Iterable[str] | None = None) -> dict:
     """Compute and write every registered analysis document of one trained run
     (only those in ``names``, if given), then return the run's summary record
-    (paper_analyses.run_record)."""
+    (paper_analyses.run_record). ``spec`` is the experiment's; the analyses see
+    the run's grid point's (``spec.at``)."""
     started = time.perf_counter()
-    inputs = RunAnalysisInput(spec, key, run_dir)
+    inputs = RunAnalysisInput(spec.at(key.point), key, run_dir)
     for document in RUN_DOCUMENTS.values():
         if document.analyse is not None and (names is None or document.name in names):
             inputs.documents[document.name] = document.analyse(inputs)
@@ -160,17 +161,21 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path, names: Iterabl
 def document_figures(spec: ExperimentSpec, experiment_dir: Path) -> dict[str, Figure]:
     """Each registered document's figure for the experiment, by document name; none
     for a document some run lacks (trained before the document was registered:
-    re-analysing the experiment computes it)."""
+    re-analysing the experiment computes it). With a sweep, a recipe sees its first
+    grid point: the spec there, and run keys without a point are read at it
+    (``ExperimentSpec.paper_point``)."""
     drawn = {}
+    point = spec.paper_point()
     for document in RUN_DOCUMENTS.values():
         if document.figure is None:
             continue
 
         def read(key: RunKey, document: RunDocument = document) -> Document:
-            return read_document(document.model, experiment_dir / "runs" / key.run_id / document.file)
+            run_id = replace(key, point=point).run_id if key.point is None else key.run_id
+            return read_document(document.model, experiment_dir / "runs" / run_id / document.file)
 
         try:
-            figure = document.figure(spec, read)
+            figure = document.figure(spec.at(point), read)
         except FileNotFoundError:
             continue
         if figure is not None:

@@ -1,6 +1,7 @@
 """A whole experiment: its runs in this process, the aggregation of their
 documents into tables, figures and results.json, re-analysis with other
-settings, and the comparison of results folders with the paper."""
+settings, and the comparison of results folders with the paper. A sweep's
+part of the aggregation is in fflab.pipeline.sweeps."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from fflab import analysis, figures, paper
 from fflab.models.common import Checkpoint, ProgressCallback, StopCheck
+from fflab.pipeline import sweeps
 from fflab.pipeline.documents import RUN_DOCUMENTS, analyse_run, document_figures, is_analysed
 from fflab.pipeline.folders import read_spec, run_dir_of, write_spec
 from fflab.pipeline.paper_analyses import finite_or_none, run_record
@@ -48,9 +50,10 @@ def execute_run(
 
 def figure_runs(spec: ExperimentSpec) -> list[RunKey]:
     """The runs whose representations the figures read: the first seed of each
-    (model, data set), and the first seed's unseen-class runs."""
+    (model, data set), and the first seed's unseen-class runs (of the first grid
+    point, with a sweep)."""
     seed = spec.seeds[0]
-    return [key for key in spec.runs() if key.seed == seed]
+    return [key for key in spec.runs_at(spec.paper_point()) if key.seed == seed]
 
 
 def method_comparison(
@@ -100,7 +103,14 @@ def method_comparison(
 def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, analysis.Table]:
     """The paper's Tables 1-3, then the other aggregates over runs: sparseness
     (both measures), units shared by a pair of classes and, with unseen-class runs,
-    the unseen class's activity."""
+    the unseen class's activity. With a sweep, each table has the rows of every
+    grid point, its values in the leading columns (analysis.stack_tables)."""
+    if spec.sweep:
+        per_point = [(point.values, experiment_tables(spec.at(point.index),
+                                                      [r for r in records if r["point"] == point.index]))
+                     for point in spec.points()]
+        return {name: analysis.stack_tables(list(spec.sweep), [(values, tables[name]) for values, tables in per_point])
+                for name in per_point[0][1]}
     trained_on_all = [r for r in records if r["unseen_class"] is None]
     tables = {
         "table1": analysis.accuracy_table(trained_on_all),
@@ -118,9 +128,14 @@ def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, an
 
 def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
     """Tables, the paper's figures, the run documents' figures, the comparison with
-    the paper and results.json, from the runs' stored results."""
-    records = [run_record(run_dir_of(experiment_dir, key)) for key in spec.runs()]
+    the paper and results.json, from the runs' stored results. With a sweep, also
+    its section, table and figure (fflab.pipeline.sweeps); the figures and fits of
+    the paper show its first grid point."""
+    records = sweeps.run_records(spec, experiment_dir)
     tables = experiment_tables(spec, records)
+    sweep = sweeps.sweep_results(spec, records) if spec.sweep else None
+    if sweep is not None:
+        tables["sweep"] = sweeps.sweep_table(sweep)
     tables_dir = experiment_dir / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
@@ -129,11 +144,17 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
         (tables_dir / f"{name}.csv").write_text(table.to_csv())
 
     run_dirs = {key.run_id: run_dir_of(experiment_dir, key) for key in spec.runs()}
-    comparison, sizes1, sizes2 = method_comparison(spec, run_dirs, records)
-    written = write_paper_figures(FigureContext(spec, experiment_dir, records, comparison, (sizes1, sizes2)))
+    point = spec.paper_point()
+    paper_spec, paper_records = spec.at(point), [r for r in records if r.get("point") == point]
+    comparison, sizes1, sizes2 = method_comparison(paper_spec, run_dirs, paper_records)
+    written = write_paper_figures(
+        FigureContext(paper_spec, experiment_dir, paper_records, comparison, (sizes1, sizes2), point=point))
     for name, figure in document_figures(spec, experiment_dir).items():
         figures.save_png(figure, experiment_dir / "figures" / f"{name}.png")
         written.append(f"{name}.png")
+    if sweep is not None:
+        figures.save_png(sweeps.sweep_figure(sweep), experiment_dir / "figures" / f"{sweeps.FIGURE}.png")
+        written.append(f"{sweeps.FIGURE}.png")
     comparison_with_paper = paper.paper_comparison(
         spec, records, comparison.model_dump(mode="json"), experiment=spec.name
     )
@@ -145,6 +166,7 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
         tables={name: table.to_dict() for name, table in tables.items()},
         figures=sorted(written),
         method_comparison=comparison,
+        sweep=sweep,
     )
     write_document(results, experiment_dir / "results.json")
     return results.model_dump(mode="json")
@@ -175,9 +197,10 @@ def compare_folders(experiment_dirs: list[Path]) -> PaperComparison:
     run_dirs: dict[str, Path] = {}
     names = []
     for folder in experiment_dirs:
-        spec = read_spec(folder)
+        swept = read_spec(folder)
+        keys = swept.runs_at(swept.paper_point())  # a sweep's first grid point
+        spec = swept.at(swept.paper_point())
         specs.append(spec)
-        keys = spec.runs()
         done = [key for key in keys if is_analysed(run_dir_of(folder, key))]
         if not done:
             raise FileNotFoundError(f"{folder} has no analysed run yet")
@@ -190,7 +213,8 @@ def compare_folders(experiment_dirs: list[Path]) -> PaperComparison:
             records.append(record)
             run_dirs[key.run_id] = run_dir_of(folder, key)
         protocol += paper.protocol_differences(spec, source=folder.name if len(experiment_dirs) > 1 else "")
-        names.append(str(folder) + ("" if len(done) == len(keys) else f" ({len(done)} of {len(keys)} runs)"))
+        names.append(str(folder) + ("" if len(done) == len(keys) else f" ({len(done)} of {len(keys)} runs)")
+                     + paper.sweep_note(swept))
     fits = method_comparison(specs[0], run_dirs, records)[0].model_dump(mode="json")
     return paper.paper_comparison(specs[0], records, fits, experiment=" + ".join(names), protocol=protocol)
 

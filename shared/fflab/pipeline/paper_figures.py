@@ -5,12 +5,14 @@ summary records and the Method 1 vs Method 2 comparison) and returns the
 figures it draws, by file name (without ``.png``); it returns nothing when the
 experiment lacks what the figure needs. Which run a figure shows follows the
 paper: FF on MNIST (first seed) where trained, Fashion-MNIST for Figures 3 and 4.
+With a sweep, the context holds its first grid point (``point``): the spec at
+that point, its records, and run keys without a point are read at it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class FigureContext:
     records: list[dict]
     comparison: MethodComparison | None = None
     sizes: tuple[np.ndarray, np.ndarray] | None = None  # Method 1, Method 2 sizes of Figure 8B
+    point: int | None = None  # the sweep's grid point the figures show
     _stored: dict[str, dict] = field(default_factory=dict)
 
     @property
@@ -68,9 +71,13 @@ class FigureContext:
     def upper_bound(self) -> float | None:
         return ACTIVATIONS.lookup(self.spec.network.activation).upper_bound
 
+    def run_dir(self, key: RunKey) -> Path:
+        """The folder of a run (given without its grid point) at the figures' point."""
+        return run_dir_of(self.experiment_dir, replace(key, point=self.point))
+
     def stored(self, key: RunKey) -> dict[str, np.ndarray]:
         if key.run_id not in self._stored:
-            self._stored[key.run_id] = load_representations(run_dir_of(self.experiment_dir, key))
+            self._stored[key.run_id] = load_representations(self.run_dir(key))
         return self._stored[key.run_id]
 
     def layer_view(self, key: RunKey, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +185,7 @@ def figure7(ctx: FigureContext) -> dict[str, Figure]:
     for model in ctx.spec.models:
         stats = read_document(
             RunWeightStats,
-            run_dir_of(ctx.experiment_dir, RunKey(model, ctx.main_dataset, ctx.seed)) / "weight_stats.json",
+            ctx.run_dir(RunKey(model, ctx.main_dataset, ctx.seed)) / "weight_stats.json",
         )
         fractions[model] = np.array(stats.layers[weight_layer - 1].fraction_negative_incoming)
     return {"figure7": figures.figure7_negative_weight_fraction(fractions, layer=weight_layer)}
@@ -220,7 +227,7 @@ def training_curves(ctx: FigureContext) -> dict[str, Figure]:
     """Not in the paper: the loss per epoch of every seed's run on the main data set,
     a panel per model (per layer for FF)."""
     histories = {
-        model: [read_document(RunMetrics, run_dir_of(ctx.experiment_dir, RunKey(model, ctx.main_dataset, seed))
+        model: [read_document(RunMetrics, ctx.run_dir(RunKey(model, ctx.main_dataset, seed))
                               / "metrics.json").loss_history for seed in ctx.spec.seeds]
         for model in ctx.spec.models
     }

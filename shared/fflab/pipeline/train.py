@@ -67,7 +67,9 @@ def train_and_evaluate(
     With a ``checkpoint``, training saves its state there (FF after every layer,
     BP/FF and BP every ``checkpoint_every`` epochs) and resumes from it if it
     holds one: the results equal those of an uninterrupted run. The data sets are
-    read from ``data_root`` (default: ``Settings.data_root``)."""
+    read from ``data_root`` (default: ``Settings.data_root``). ``spec`` is the
+    experiment's: the run trains with its grid point's settings (``spec.at``)."""
+    spec = spec.at(key.point)
     device = resolve_device(spec.device)
     excluded = () if key.unseen_class is None else (key.unseen_class,)
     train = load_split(key.dataset, True, spec.data.train_subset, excluded, seed=DATA_SEED, root=data_root)
