@@ -174,3 +174,16 @@ if __name__ == "__main__":
     GOLDEN.write_text(json.dumps(recorded, indent=1) + "\n")
     print(f"recorded {len(recorded['analysis'])} document digests and {len(recorded['training'])} training runs",
           file=sys.stderr)
+
+
+def test_a_folder_analysed_before_a_document_was_registered_still_compares(tmp_path, golden):
+    """compare_folders needs the documents the summary record reads, not every registered one."""
+    from fflab.pipeline.documents import RUN_DOCUMENTS
+
+    analysis_digests(tmp_path)
+    later = [name for name in RUN_DOCUMENTS if name not in ("metrics", "ensembles", "shared_units", "weight_stats")]
+    for path in (tmp_path / "runs").glob("*/*.json"):
+        if path.stem in later:
+            path.unlink()
+    comparison = experiment.compare_folders([tmp_path])
+    assert comparison.cells and "runs)" not in comparison.experiment  # every run counted as analysed

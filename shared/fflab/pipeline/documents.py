@@ -138,7 +138,9 @@ def run_files() -> tuple[str, ...]:
 
 
 def is_analysed(run_dir: Path) -> bool:
-    return all((run_dir / name).is_file() for name in analysed_run_files())
+    """Whether the run has the documents its summary record reads (those registered
+    later, which a re-analysis computes, are not required)."""
+    return all((run_dir / RUN_DOCUMENTS[name].file).is_file() for name in paper_analyses.RECORD_DOCUMENTS)
 
 
 def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path, names: Iterable[str] | None = None) -> dict:

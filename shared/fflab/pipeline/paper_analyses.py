@@ -140,6 +140,10 @@ def weight_stats_document(inputs: RunAnalysisInput) -> RunWeightStats:
     )
 
 
+# The run documents run_record reads: a run that has them can be tabulated and compared.
+RECORD_DOCUMENTS = ("metrics", "ensembles", "shared_units", "weight_stats")
+
+
 def run_record(run_dir: Path) -> dict:
     """The run's summary record (the input of the tables), from its JSON files.
 
