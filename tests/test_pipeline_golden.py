@@ -179,9 +179,10 @@ if __name__ == "__main__":
 def test_a_folder_analysed_before_a_document_was_registered_still_compares(tmp_path, golden):
     """compare_folders needs the documents the summary record reads, not every registered one."""
     from fflab.pipeline.documents import RUN_DOCUMENTS
+    from fflab.pipeline.paper_analyses import RECORD_DOCUMENTS
 
     analysis_digests(tmp_path)
-    later = [name for name in RUN_DOCUMENTS if name not in ("metrics", "ensembles", "shared_units", "weight_stats")]
+    later = [name for name in RUN_DOCUMENTS if name not in RECORD_DOCUMENTS]
     for path in (tmp_path / "runs").glob("*/*.json"):
         if path.stem in later:
             path.unlink()

@@ -28,6 +28,7 @@ Layout of a results folder::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -353,6 +354,12 @@ class PaperComparison(Document):
 # where the experiment has unseen-class runs, "sweep" only where it has a sweep.
 PAPER_TABLES = ("table1", "table2", "table3")
 TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "shared_units", "unseen_class", "sweep")
+
+def finite_or_none(value: float) -> float | None:
+    """A number for a document: JSON has no NaN or infinity, so those become null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
 
 def write_document(document: Document, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from fflab import figures
 from fflab.data import N_CLASSES
+from fflab.pipeline.folders import layer_count
 from fflab.pipeline.train import run_identity
 from fflab.results import RunIdentity
 
@@ -60,7 +61,7 @@ def dominance_document(inputs: RunAnalysisInput) -> RunDominance:
     stored, keep = inputs.representations, inputs.analysed
     labels = stored["labels"][keep]
     layers = []
-    for layer in range(1, sum(1 for name in stored if name.startswith("layer")) + 1):
+    for layer in range(1, layer_count(stored) + 1):
         X = stored[f"layer{layer}"][keep]
         counts = winner_counts(X)
         per_class = []

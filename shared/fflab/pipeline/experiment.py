@@ -16,7 +16,7 @@ from fflab.models.common import Checkpoint, ProgressCallback, StopCheck
 from fflab.pipeline import sweeps
 from fflab.pipeline.documents import RUN_DOCUMENTS, analyse_run, document_figures, is_analysed
 from fflab.pipeline.folders import read_spec, run_dir_of, write_spec
-from fflab.pipeline.paper_analyses import finite_or_none, run_record
+from fflab.pipeline.paper_analyses import run_record
 from fflab.pipeline.paper_figures import FigureContext, comparison_quantile, write_paper_figures
 from fflab.pipeline.train import train_and_evaluate
 from fflab.results import (
@@ -25,6 +25,7 @@ from fflab.results import (
     PaperComparison,
     RunEnsembles,
     SizeFit,
+    finite_or_none,
     read_document,
     write_document,
 )

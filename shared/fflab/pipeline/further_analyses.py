@@ -69,7 +69,7 @@ from fflab.models.bp import BPClassifier, bp_predict_and_represent
 from fflab.models.common import ProgressCallback, TrainingProgress, goodness_representations, label_goodness
 from fflab.models.probing import lesioned_predictions, neutral_representations, representations_with_label
 from fflab.pipeline import folders
-from fflab.results import Document, RunEnsembles
+from fflab.results import Document, RunEnsembles, finite_or_none
 from fflab.spec import ExperimentSpec, RunKey
 
 if TYPE_CHECKING:
@@ -219,13 +219,8 @@ def timed_on_one_thread(analyse: Callable[[RunAnalysisInput], Document]) -> Call
     return run
 
 
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
 def _finite_list(values) -> list[float | None]:
-    return [_finite(v) for v in np.asarray(values, dtype=float).ravel()]
+    return [finite_or_none(v) for v in np.asarray(values, dtype=float).ravel()]
 
 
 def table_ensembles(ensembles: RunEnsembles) -> tuple[float, dict[int, dict[int, np.ndarray]]]:
@@ -388,11 +383,11 @@ def intrinsic_dimension_document(inputs: RunAnalysisInput) -> RunIntrinsicDimens
         per_class, counts = [], []
         for c in range(N_CLASSES):
             result = two_nn(X[class_rows[labels[class_rows] == c]], TWO_NN_DISCARD)
-            per_class.append(_finite(result.dimension))
+            per_class.append(finite_or_none(result.dimension))
             counts.append(result.n_points)
         sizes = ensembles.get(layer, {})
         layers.append(LayerIntrinsicDimension(
-            layer=layer, dimension=_finite(two_nn(X[overall_rows], TWO_NN_DISCARD).dimension),
+            layer=layer, dimension=finite_or_none(two_nn(X[overall_rows], TWO_NN_DISCARD).dimension),
             per_class=per_class, n_points=counts,
             ensemble_sizes=[int(sizes[c].size) if c in sizes and (labels == c).any() else None
                             for c in range(N_CLASSES)],

@@ -14,6 +14,7 @@ import numpy as np
 from fflab import analysis
 from fflab.data import DATASETS, N_CLASSES
 from fflab.models.components import ACTIVATIONS
+from fflab.pipeline.folders import layer_count
 from fflab.pipeline.train import METRICS_FILE, run_identity
 from fflab.results import (
     EnsembleRecord,
@@ -25,6 +26,7 @@ from fflab.results import (
     RunWeightStats,
     SharedUnitsMatrix,
     UnseenClassSummary,
+    finite_or_none,
     read_document,
 )
 
@@ -32,11 +34,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from fflab.pipeline.documents import RunAnalysisInput
-
-
-def finite_or_none(value: float) -> float | None:
-    value = float(value)
-    return value if np.isfinite(value) else None
 
 
 def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
@@ -53,7 +50,7 @@ def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
     unseen: list[UnseenClassSummary] = []
     n_images = {c: int((labels == c).sum()) for c in classes}
     upper_bound = ACTIVATIONS.lookup(spec.network.activation).upper_bound
-    n_layers = sum(1 for name in stored if name.startswith("layer"))
+    n_layers = layer_count(stored)
 
     for layer in range(1, n_layers + 1):
         X = stored[f"layer{layer}"][keep]
