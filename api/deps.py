@@ -121,11 +121,12 @@ OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]
 
 
 async def in_one_trip(settings: Settings, work: Callable[[Session], T]) -> T:
-    """``work(session)`` in one trip to the threadpool, with a session of its own
-    closed there too."""
+    """``work(session)`` in one trip to the threadpool, with a read-only session of
+    its own (no transaction: no BEGIN and ROLLBACK round trips) closed there too.
+    ``work`` must not write."""
 
     def call() -> T:
-        with get_sessionmaker(settings.resolved_database_url)() as session:
+        with get_sessionmaker(settings.resolved_database_url, read_only=True)() as session:
             return work(session)
 
     return await run_in_threadpool(call)

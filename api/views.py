@@ -99,8 +99,7 @@ def experiment_detail(request: Request, experiment: Experiment) -> schemas.Exper
     ))
     place = None
     if counts.get("queued"):  # where its next run stands in the fair-share order
-        snapshot = queueing.read_queues(session, request.app.state.settings)  # type: ignore[arg-type]
-        found = queueing.experiment_places(snapshot).get(experiment.id)
+        found = request.app.state.queue_places.place(session, request.app.state.settings, experiment.id)
         place = schemas.QueuePlace(**vars(found)) if found else None
     tags = tags_of(session, [experiment.id])[experiment.id]  # type: ignore[arg-type]
     return schemas.Experiment(**experiment_summary(request, experiment, counts, running, tags),

@@ -14,11 +14,11 @@ is the production shape: a fresh PostgreSQL database of its own on ``--postgres`
 ``--api-workers`` API processes. Everything listens on a free loopback port in a
 temporary var dir. It creates a user, runs one tiny experiment
 to the end (for ``/ensembles``), submits a second one so that runs train during the
-load, then runs the clients (asyncio + httpx.AsyncClient). Each client mostly polls
+load, then runs the clients (asyncio, an httpx.AsyncClient each). Each client mostly polls
 ``GET /v1/experiments/{id}`` of the training experiment, and sometimes lists
 ``GET /v1/experiments`` or reads ``/ensembles`` of the finished one. Bounded by
-``--seconds`` and ``--max-requests``. Prints requests/second, latency percentiles per
-kind and the error count; exits non-zero only when the setup fails. Stops what it started.
+``--warmup`` (reported apart) plus ``--seconds``, and ``--max-requests``. Prints
+requests/second, latency percentiles per kind and the error count; exits non-zero only when the setup fails. Stops what it started.
 """
 
 from __future__ import annotations
@@ -230,16 +230,24 @@ def submit(client: httpx.Client, spec: dict) -> str:
     return response.json()["id"]
 
 
-async def load(url: str, key: str, clients: int, seconds: float, max_requests: int,
-               training_id: str, finished_id: str | None, interval: float) -> tuple[dict, int, list[str], float, int]:
+async def load(url: str, key: str, clients: int, seconds: float, max_requests: int, training_id: str,
+               finished_id: str | None, interval: float, warmup: float) -> tuple[dict, int, list[str], float, int]:
+    """Latencies per kind of request; those of requests sent in the first ``warmup``
+    seconds (while 200 connections open and the API's database pools fill) under
+    the kind ``warm-up``. Errors are counted all along."""
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: list[str] = []
     budget = [max_requests]
-    deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"},
-                                 timeout=30, limits=limits) as client:
-        async def one_client(number: int) -> None:
+    measured_from = time.monotonic() + warmup
+    deadline = measured_from + seconds
+
+    # One client (one connection) per poller, as 200 researchers' scripts would each
+    # have: one shared pool of 200 connections costs the load generator CPU that grows
+    # with the requests in flight (httpx's pool scans its connections on every
+    # request), which starves the service it measures on a small machine.
+    async def one_client(number: int) -> None:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                                     limits=httpx.Limits(max_connections=1)) as client:
             rng = random.Random(number)
             await asyncio.sleep(rng.random() * interval)  # spread the first requests
             while time.monotonic() < deadline and budget[0] > 0:
@@ -252,19 +260,20 @@ async def load(url: str, key: str, clients: int, seconds: float, max_requests: i
                 else:
                     kind, path = "status", f"/v1/experiments/{training_id}"
                 started = time.perf_counter()
+                counted = kind if time.monotonic() >= measured_from else "warm-up"
                 try:
                     response = await client.get(path)
                     if response.status_code != 200:
                         errors.append(f"{kind}: HTTP {response.status_code}")
                     else:
-                        latencies[kind].append(time.perf_counter() - started)
+                        latencies[counted].append(time.perf_counter() - started)
                 except httpx.HTTPError as error:
                     errors.append(f"{kind}: {type(error).__name__}: {error}")
                 await asyncio.sleep(rng.uniform(0.5, 1.5) * interval)  # a poller's wait between polls
 
-        started = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(*(one_client(i) for i in range(clients))), seconds + 60)
-        elapsed = time.monotonic() - started
+    started = time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(one_client(i) for i in range(clients))), warmup + seconds + 60)
+    elapsed = time.monotonic() - started
     return latencies, max_requests - budget[0], errors, elapsed, clients
 
 
@@ -301,7 +310,7 @@ def report(latencies: dict, sent: int, errors: list[str], elapsed: float, client
     print(f"clients {clients}, {elapsed:.1f} s, {sent} requests sent, {done} ok, {len(errors)} errors, "
           f"{done / elapsed:.1f} requests/s")
     print(f"{'kind':<10} {'count':>6} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for kind in ("status", "list", "ensembles"):
+    for kind in ("status", "list", "ensembles", "warm-up"):
         values = [v * 1000 for v in latencies.get(kind, [])]
         if values:
             print(f"{kind:<10} {len(values):>6} {statistics.mean(values):>8.1f} {percentile(values, 50):>8.1f} "
@@ -323,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="embedded: fflab serve; processes: uvicorn and a worker on SQLite; "
                              "stack: PostgreSQL and Redis.")
     parser.add_argument("--clients", type=int, default=None, help="Default 50 embedded, else 200.")
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--seconds", type=float, default=20, help="Measured seconds, after the warm-up.")
+    parser.add_argument("--warmup", type=float, default=3,
+                        help="Seconds of load first, reported apart (connections opening, pools filling).")
     parser.add_argument("--max-requests", type=int, default=200_000, help="Stop after this many requests.")
     parser.add_argument("--database-url", help="processes: a PostgreSQL URL (default: SQLite in the var dir).")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
@@ -367,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_before = cpu_seconds(api_pids), cpu_seconds(worker_pids), time.monotonic(), time.process_time()
         load_before = os.getloadavg()[0]
         results = asyncio.run(load(service.url, key, clients, args.seconds, args.max_requests,
-                                   training_id, finished_id, args.interval))
+                                   training_id, finished_id, args.interval, args.warmup))
         api_cpu = cpu_seconds(api_pids) - cpu_before[0]
         worker_cpu = cpu_seconds(worker_pids) - cpu_before[1]
         wall = time.monotonic() - cpu_before[2]

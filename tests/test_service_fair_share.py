@@ -42,7 +42,8 @@ def api(tmp_path: Path):
     """The app in process on SQLite, with an admin, alice and bob; no worker yet."""
     from api.main import create_app
 
-    settings = Settings(var_dir=tmp_path / "var")
+    # Places read fresh for every request, so that each step below shows at once.
+    settings = Settings(var_dir=tmp_path / "var", queue_places_ttl_s=0)
     upgrade_database(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as session:
         keys = {name: accounts.issue_key(session, accounts.create_user(session, name, role))
@@ -115,6 +116,49 @@ def test_priorities_weights_and_the_queue_through_the_api(api, monkeypatch: pyte
     assert result.exit_code == 0 and "alice: weight 3, max priority high" in result.output, result.output
     me = client.get("/v1/users/me", headers=headers["alice"]).json()
     assert (me["share_weight"], me["max_priority"]) == (3, "high")
+
+
+def test_status_polls_share_one_queue_snapshot_per_ttl(tmp_path: Path) -> None:
+    """A status poll reports its experiment's place from a snapshot at most
+    queue_places_ttl_s old, so that a hundred pollers do not read the whole queue a
+    hundred times; a new experiment's place is read at once, and a stale one again."""
+    from sqlalchemy import event
+
+    from api.main import create_app
+    from fflab.db import get_engine
+
+    settings = Settings(var_dir=tmp_path / "var", queue_places_ttl_s=60)
+    upgrade_database(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        key = accounts.issue_key(session, accounts.create_user(session, "alice"))
+    headers = {"Authorization": f"Bearer {key}"}
+    queue_reads = []
+
+    @event.listens_for(get_engine(settings.resolved_database_url), "before_cursor_execute")
+    def count(_connection, _cursor, statement, *_args) -> None:
+        if "FROM workers" in statement:  # the first of the snapshot's queries
+            queue_reads.append(statement)
+
+    now = [0.0]
+    with TestClient(create_app(settings)) as client:
+        client.app.state.queue_places.clock = lambda: now[0]
+        first = client.post("/v1/experiments", json={**TINY, "seeds": [0, 1]}, headers=headers).json()["id"]
+        queue_reads.clear()  # submitting dispatches, which reads the queue too
+        polled = [client.get(f"/v1/experiments/{first}", headers=headers).json()["queue"] for _ in range(5)]
+        assert len(queue_reads) == 1 and polled == [polled[0]] * 5
+        assert polled[0]["position"] == 1
+
+        second = client.post("/v1/experiments", json=ONE_BP_RUN, headers=headers).json()["id"]
+        queue_reads.pop()
+        place = client.get(f"/v1/experiments/{second}", headers=headers).json()["queue"]
+        assert len(queue_reads) == 2 and place["position"] == 5  # not in the snapshot: read at once
+
+        with session_scope(settings.resolved_database_url) as session:  # a worker appears
+            jobs.register_worker(session, "w1", "w1@test", "test", 1, ["cpu"], concurrency=1)
+        assert client.get(f"/v1/experiments/{first}", headers=headers).json()["queue"]["estimated_start"] is None
+        now[0] = 61.0  # past the ttl: read again
+        assert client.get(f"/v1/experiments/{first}", headers=headers).json()["queue"]["estimated_start"]
+        assert len(queue_reads) == 3
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

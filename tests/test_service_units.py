@@ -344,3 +344,32 @@ def test_fetching_runs_leaves_out_documents_registered_after_they_were_trained(t
     fetch_runs(storage, "e1", [SimpleNamespace(run_id="ff-mnist-seed0")], base, True, set())
     fetched = sorted(p.name for p in (base / "runs" / "ff-mnist-seed0").iterdir())
     assert fetched == sorted(old)
+
+
+AUTOGROUP_PROBE = """
+import os, sys
+from fflab.processes import lower_priority
+lowered = lower_priority(int(sys.argv[1]))
+print(lowered, os.nice(0), open('/proc/self/autogroup').read().split('nice')[1].strip())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroup scheduling here")
+def test_a_worker_leading_its_own_session_also_lowers_its_autogroup() -> None:
+    """Under autogroup scheduling niceness counts only within a session: a worker in a
+    session of its own must lower its group's priority too, or it takes as much CPU as
+    the API's whole group. One inside another session leaves that group alone."""
+    import subprocess
+    import sys
+
+    def probe(nice: int, own_session: bool) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", AUTOGROUP_PROBE, str(nice)], capture_output=True, text=True,
+                             check=True, start_new_session=own_session, timeout=60)
+        return out.stdout.split()
+
+    own = probe(7, own_session=True)
+    assert own[0] == "True" and int(own[1]) >= 7 and own[2] == "7"
+    group = Path("/proc/self/autogroup").read_text().split("nice")[1].strip()
+    inside = probe(7, own_session=False)  # pytest's session: its group stays as it is
+    assert inside[0] == "False" and int(inside[1]) >= 7 and inside[2] == group
+    assert probe(0, own_session=True)[:1] == ["False"]  # 0: nothing changes

@@ -8,6 +8,7 @@ import os
 
 import click
 
+from fflab.processes import lower_priority
 from fflab.settings import get_settings
 from worker.dispatch import QUEUE_KINDS, declare_run_queues
 
@@ -34,8 +35,7 @@ def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from worker.celery_app import app
 
-    if settings.worker_nice:
-        os.nice(settings.worker_nice)
+    lower_priority(settings.worker_nice)
     declare_run_queues(settings)  # a lost race with the API is retried here, not in the consumer
     kind = f"gpu{gpu}" if gpu is not None else "-".join(queues)
     app.worker_main([

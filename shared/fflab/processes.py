@@ -1,5 +1,5 @@
-"""Process helpers of the service: is a process alive, and a child that dies with
-its parent (``fflab serve``'s worker)."""
+"""Process helpers of the service: is a process alive, a child that dies with its
+parent (``fflab serve``'s worker), and a worker that yields the CPU."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+AUTOGROUP = "/proc/self/autogroup"
 
 
 def process_alive(pid: int) -> bool:
@@ -56,3 +57,31 @@ def die_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="fflab-parent-watch", daemon=True).start()
+
+
+def lower_priority(nice: int, autogroup: str = AUTOGROUP) -> bool:
+    """Add ``nice`` to this process's niceness, so that it yields the CPU to the API.
+
+    With Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``,
+    on by default in most distributions) niceness counts only between the processes
+    of one session: a worker that leads a session of its own (started with
+    ``setsid``, by a supervisor, or by ``start_new_session``) competes with the
+    API's session as an equal group whatever its niceness, and takes a core's worth
+    of a loaded machine. Such a worker also lowers its session group's priority
+    (its own group: only its children share it). A worker inside another process's
+    session (``fflab serve``'s) leaves that group alone, since the API is in it.
+    Returns whether the group's priority was lowered.
+    """
+    if nice <= 0:
+        return False
+    os.nice(nice)
+    if os.getsid(0) != os.getpid():
+        return False
+    try:
+        with open(autogroup, "r+") as group:
+            current = int(group.read().split("nice", 1)[1])
+            group.seek(0)
+            group.write(str(min(19, current + nice)))
+    except (OSError, ValueError, IndexError):  # no autogroup here (another kernel or OS)
+        return False
+    return True

@@ -25,7 +25,10 @@ advisory lock; SQLite's write lock), so concurrent dispatchers cannot exceed the
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import median
@@ -240,6 +243,35 @@ def experiment_places(snapshot: Snapshot) -> dict[str, Place]:
                 places[experiment] = Place(name, index + 1, index, None if start is None
                                            else snapshot.now + timedelta(seconds=start))
     return places
+
+
+class PlacesCache:
+    """``experiment_places`` of a recent snapshot, shared by a process's requests.
+
+    Every experiment's status poll would otherwise read the whole queue (five
+    queries) to report its place, which is the same for every poller. A snapshot
+    younger than ``ttl_s`` (``Settings.queue_places_ttl_s``) is reused; an older one,
+    or one that misses an experiment that has waiting runs (submitted since), is
+    read again by one thread while the others wait for it. ``ttl_s = 0`` reads
+    every time.
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s, self.clock = ttl_s, clock
+        self._lock = threading.Lock()
+        self._places: dict[str, Place] = {}
+        self._read_at: float | None = None
+
+    def place(self, session: Session, settings: Settings, experiment_id: str) -> Place | None:
+        """The place of an experiment with waiting runs (None if it has none after all)."""
+        read_at = self._read_at
+        if read_at is not None and self.clock() - read_at < self.ttl_s and experiment_id in self._places:
+            return self._places[experiment_id]
+        with self._lock:
+            if self._read_at == read_at:  # nobody read it while this thread waited
+                self._places = experiment_places(read_queues(session, settings))
+                self._read_at = self.clock()
+            return self._places.get(experiment_id)
 
 
 @dataclass(frozen=True)

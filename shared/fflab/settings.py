@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Expected run length on a queue where no run has ended within the "
                                  "half-life (afterwards: the median of those that did)."
     )
+    queue_places_ttl_s: float = Field(
+        2.0, ge=0, le=60, description="The API reuses a queue snapshot this young for the places it "
+                                      "reports (status polls); 0 reads the queue for every request."
+    )
     preemption: bool = Field(
         False, description="Stop the longest-running run of the most over-served user at its next "
                            "checkpoint, and requeue it, when an under-served user has waited "
