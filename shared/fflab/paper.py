@@ -29,7 +29,7 @@ from fflab.spec import ExperimentSpec, build_spec
 # Settings the paper does not give: always listed with the experiment's value.
 OPEN_CHOICES = {
     "network.threshold": "the goodness threshold theta; the paper gives none",
-    "network.normalize_first_layer": "the image normalised before layer 1 (authors' code) or not (paper)",
+    "network.normalize_first_layer": "the image normalised before layer 1 (authors' code; the paper is silent) or not",
     "network.normalization": "which norm between layers (the authors' NetFF uses l2 whatever its config)",
     "network.label_value": "the label pixel's value: the image's maximum (paper) or the batch's (code)",
     "negative_labels": "wrong labels drawn once (code) or every epoch",
