@@ -83,8 +83,9 @@ class NetworkSpec(StrictModel):
     )
     normalize_first_layer: bool = Field(
         False,
-        description="Also normalise the image before layer 1. Paper: only between hidden "
-        "layers (False); the authors' code normalises before every layer (True).",
+        description="Also normalise the image before layer 1. The paper normalises between "
+        "hidden layers and is silent on the image; the authors' code normalises before every "
+        "layer (True, as the paper and quick presets do).",
     )
     threshold: float = Field(
         0.5,
