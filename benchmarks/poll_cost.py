@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         database_name = f"fflab_poll_{secrets.token_hex(4)}"
         settings = Settings(var_dir=var_dir, database_url=create_database(args.postgres, database_name))
     try:
-        best = asyncio.run(measure(settings, args.rounds, args.polls))
+        per_round = asyncio.run(measure(settings, args.rounds, args.polls))
     finally:
         if database_name:
             from benchmarks.load_bench import drop_database
@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             drop_database(args.postgres, database_name)
         shutil.rmtree(var_dir, ignore_errors=True)
     backend = "PostgreSQL" if args.postgres else "SQLite"
-    baseline = min(best["queue read per poll, ordinary sessions"])
+    baseline = min(per_round["queue read per poll, ordinary sessions"])
     print(f"{backend}: CPU ms per status poll, in process, {args.rounds} rounds of {args.polls} polls "
           f"(load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
     print(f"{'variant':<46} {'min':>6} {'median':>7} {'max':>6} {'min / first':>12}")
-    for variant, values in best.items():
+    for variant, values in per_round.items():
         print(f"{variant:<46} {min(values):>6.2f} {statistics.median(values):>7.2f} {max(values):>6.2f} "
               f"{min(values) / baseline:>12.2f}")
     return 0
@@ -91,8 +91,8 @@ async def measure(settings, rounds: int, polls: int) -> dict[str, list[float]]:
         f"queue reused ({default_ttl:g} s), ordinary sessions": (default_ttl, False),
         f"queue reused ({default_ttl:g} s), read-only (as served)": (default_ttl, True),
     }
-    best: dict[str, list[float]] = {name: [] for name in variants}
-    best["/healthz (the in-process client and app)"] = []
+    per_round: dict[str, list[float]] = {name: [] for name in variants}
+    per_round["/healthz (the in-process client and app)"] = []
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://poll-cost",
                                  headers={"Authorization": f"Bearer {key}"}) as client:
@@ -110,10 +110,10 @@ async def measure(settings, rounds: int, polls: int) -> dict[str, list[float]]:
                 app.state.queue_places.ttl_s = ttl
                 api.deps.get_sessionmaker = (  # type: ignore[attr-defined]
                     lambda url, read_only=False, _as=read_only: get_sessionmaker(url, read_only=_as))
-                best[name].append(await cpu_per_request(client, path, polls))
-            best["/healthz (the in-process client and app)"].append(await cpu_per_request(client, "/healthz", polls))
+                per_round[name].append(await cpu_per_request(client, path, polls))
+            per_round["/healthz (the in-process client and app)"].append(await cpu_per_request(client, "/healthz", polls))
         api.deps.get_sessionmaker = get_sessionmaker  # type: ignore[attr-defined]
-    return best
+    return per_round
 
 
 async def cpu_per_request(client: httpx.AsyncClient, path: str, count: int) -> float:

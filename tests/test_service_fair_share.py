@@ -149,16 +149,16 @@ def test_status_polls_share_one_queue_snapshot_per_ttl(tmp_path: Path) -> None:
         assert polled[0]["position"] == 1
 
         second = client.post("/v1/experiments", json=ONE_BP_RUN, headers=headers).json()["id"]
-        queue_reads.pop()
+        queue_reads.clear()
         place = client.get(f"/v1/experiments/{second}", headers=headers).json()["queue"]
-        assert len(queue_reads) == 2 and place["position"] == 5  # not in the snapshot: read at once
+        assert len(queue_reads) == 1 and place["position"] == 5  # not in the snapshot: read at once
 
         with session_scope(settings.resolved_database_url) as session:  # a worker appears
             jobs.register_worker(session, "w1", "w1@test", "test", 1, ["cpu"], concurrency=1)
         assert client.get(f"/v1/experiments/{first}", headers=headers).json()["queue"]["estimated_start"] is None
         now[0] = 61.0  # past the ttl: read again
         assert client.get(f"/v1/experiments/{first}", headers=headers).json()["queue"]["estimated_start"]
-        assert len(queue_reads) == 3
+        assert len(queue_reads) == 2
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -355,6 +355,7 @@ class PaperComparison(Document):
 PAPER_TABLES = ("table1", "table2", "table3")
 TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "shared_units", "unseen_class", "sweep")
 
+
 def finite_or_none(value: float) -> float | None:
     """A number for a document: JSON has no NaN or infinity, so those become null."""
     value = float(value)
