@@ -155,8 +155,11 @@ def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: 
       negative inputs (2 x N x 784), the frozen outputs below the layer it trains
       (2 x N x width), and that one layer's autograd for both (3 x 2 rows x
       width, twice) plus the gradients' temporaries of the two halves (2 rows x
-      width: 237 MB were measured against 230 MB without them, 784 x 3, N=4000);
-      minibatches add gathered rows.
+      width); minibatches add gathered rows.
+
+    The live tensors' peak on the CPU (``tests/test_gpu.py``, 784 x 3, N=4000, one
+    epoch) was 101 / 268 / 34 / 148 MB for FF / BP/FF / BP (batch 512) / SymBa,
+    against training + parameters of 142 / 506 / 60 / 255 MB here.
 
     ``evaluation``: a chunk of test images through the ten labels (chunk x width
     per label and layer, a few at a time). The test images stay on the CPU.
