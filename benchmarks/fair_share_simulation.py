@@ -33,7 +33,6 @@ import argparse
 import heapq
 import inspect
 import json
-import statistics
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field

@@ -447,7 +447,7 @@ def test_the_estimate_covers_what_a_paper_run_allocates_on_cuda(model):
     from fflab.models.common import GoodnessNetwork
     from fflab.models.ff import train_ff
     from fflab.models.symba import train_symba
-    from fflab.spec import NetworkSpec, TrainingSpec
+    from fflab.spec import NetworkSpec
 
     spec = build_spec("paper", {"models": [model]})
     n = 60_000

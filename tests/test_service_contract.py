@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from fflab import accounts, jobs
 from fflab.client import ApiError, Client
-from fflab.db import Artifact, Ensemble, Experiment, Result, Run, get_sessionmaker
+from fflab.db import Artifact, Ensemble, Result, get_sessionmaker
 from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, build_spec
 from fflab.storage import LocalStorage, experiment_prefix

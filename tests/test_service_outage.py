@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 
-import pytest
 from fastapi.testclient import TestClient
 
 from fflab import accounts

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import jsonschema
 import pytest
 from click.testing import CliRunner

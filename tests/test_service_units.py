@@ -13,12 +13,14 @@ import uvicorn
 from sqlalchemy import select, update
 
 from fflab import accounts, jobs
-from fflab.db import Experiment, Run, Worker, get_sessionmaker
+from fflab.db import Experiment, ExperimentTag, Run, Worker, get_engine, get_sessionmaker
 from fflab.db.migrate import upgrade_database
 from fflab.settings import Settings
 from fflab.spec import build_spec
 from fflab.storage import LocalStorage, check_key
 from service_helpers import free_port, http_ready, wait_for
+
+pytest_plugins = ["service_support"]
 
 SPEC = {"models": ["bp"], "datasets": ["mnist"], "unseen_class": None}
 
@@ -386,3 +388,50 @@ def test_a_worker_leading_its_own_session_also_lowers_its_autogroup() -> None:
     inside = probe(7, own_session=False)  # pytest's session: its group stays as it is
     assert inside[0] == "False" and int(inside[1]) >= 7 and inside[2] == group
     assert probe(0, own_session=True)[:1] == ["False"]  # 0: nothing changes
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_run_states_reads_counts_running_runs_and_tags_in_one_query(backend: str, tmp_path: Path,
+                                                                     pg_database) -> None:
+    """What a status poll or a list page reads of the runs (counts by status, the
+    running runs' progress and heartbeat, in run order) and the tags, for several
+    experiments in one statement, with the JSON and timestamp columns read back as
+    the ORM reads them, on both databases."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import event
+
+    from api import views
+
+    url = pg_database() if backend == "postgresql" else None
+    settings = Settings(var_dir=tmp_path, database_url=url, max_queued_runs_per_user=100)
+    upgrade_database(settings.resolved_database_url)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        user = accounts.create_user(session, "alice")
+        first, second = submit(session, settings, user, 5), submit(session, settings, user, 2)
+        runs = sorted(first.runs, key=lambda run: run.id)
+        beat = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        for run, status, progress in [(runs[0], "succeeded", None), (runs[1], "running", {"epoch": 2, "epochs": 9}),
+                                      (runs[2], "failed", None), (runs[3], "running", {"epoch": 1, "layer": 2})]:
+            run.status, run.progress, run.heartbeat_at = status, progress, beat if status == "running" else None
+        session.add_all([ExperimentTag(experiment_id=first.id, tag=tag) for tag in ("b-tag", "a-tag")])
+        session.commit()
+        ids, run_ids = [first.id, second.id], [run.run_id for run in runs]
+        session.expire_all()
+        statements: list[str] = []
+        engine = get_engine(settings.resolved_database_url)
+        listener = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            states = views.run_states(session, [*ids, "no-such-experiment"])
+            assert views.run_states(session, []) == {}
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        assert len(statements) == 1, statements
+        assert states[ids[0]].counts == {"succeeded": 1, "running": 2, "failed": 1, "queued": 1}
+        assert [(r.run_id, r.model, r.progress) for r in states[ids[0]].running] == [
+            (run_ids[1], "bp", {"epoch": 2, "epochs": 9}), (run_ids[3], "bp", {"epoch": 1, "layer": 2})]
+        assert {r.heartbeat_at for r in states[ids[0]].running} == {session.get(Run, runs[1].id).heartbeat_at}
+        assert states[ids[0]].tags == ["a-tag", "b-tag"]
+        assert (states[ids[1]].counts, states[ids[1]].running, states[ids[1]].tags) == ({"queued": 2}, [], [])
+        assert "no-such-experiment" not in states

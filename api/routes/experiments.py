@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
@@ -12,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, ValidationError
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session, joinedload, load_only
+from sqlalchemy.orm import Session, joinedload
 
 from api import schemas, views
 from api.errors import api_error, problem_responses
@@ -31,7 +30,7 @@ from api.deps import (
     readable_experiment,
 )
 from fflab import jobs
-from fflab.db import Experiment, ExperimentTag, Run, User, utcnow
+from fflab.db import Experiment, ExperimentTag, User, utcnow
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, build_spec
 from fflab.storage import experiment_prefix
@@ -244,25 +243,7 @@ def experiment_page(session: Session, request: Request, user: User, filters: Exp
         .limit(page.limit + 1).offset(page.offset)
     ))
     experiments, next_token = page.cut(rows)
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    running: dict[str, list[Run]] = defaultdict(list)
-    ids = [experiment.id for experiment in experiments]
-    for experiment_id, run_status, count in session.execute(
-        select(Run.experiment_id, Run.status, func.count(Run.id))
-        .where(Run.experiment_id.in_(ids)).group_by(Run.experiment_id, Run.status)
-    ):
-        counts[experiment_id][run_status] = count
-    for run in session.scalars(
-        select(Run).options(load_only(Run.experiment_id, Run.run_id, Run.model, Run.progress, Run.status,
-                                      Run.heartbeat_at))
-        .where(Run.experiment_id.in_(ids), Run.status == "running").order_by(Run.id)
-    ):
-        running[run.experiment_id].append(run)
-    tags = views.tags_of(session, ids)
-    items = [
-        schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id], tags[e.id]))
-        for e in experiments
-    ]
+    items = views.experiment_summaries(request, session, experiments)
     return schemas.ExperimentPage(items=items, next_page_token=next_token, total=total)
 
 

@@ -6,7 +6,7 @@ experiment with their loss histories. Each item is rendered by ``api.views``.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+
 from typing import Literal
 
 from fastapi import Request
@@ -35,23 +35,7 @@ def visible_experiments(session: Session, request: Request, user: User, scope: S
         select(Experiment).options(joinedload(Experiment.owner)).where(*where)
         .order_by(Experiment.created_at.desc(), Experiment.id).limit(limit)
     ))
-    ids = [experiment.id for experiment in page]
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for experiment_id, run_status, count in session.execute(
-        select(Run.experiment_id, Run.status, func.count(Run.id))
-        .where(Run.experiment_id.in_(ids)).group_by(Run.experiment_id, Run.status)
-    ):
-        counts[experiment_id][run_status] = count
-    running: dict[str, list[Run]] = defaultdict(list)
-    for run in session.scalars(
-        select(Run).options(load_only(Run.experiment_id, Run.run_id, Run.model, Run.progress, Run.status,
-                                      Run.heartbeat_at))
-        .where(Run.experiment_id.in_(ids), Run.status == "running").order_by(Run.id)
-    ):
-        running[run.experiment_id].append(run)
-    tags = views.tags_of(session, ids)
-    return [schemas.ExperimentSummary(**views.experiment_summary(request, e, counts[e.id], running[e.id], tags[e.id]))
-            for e in page]
+    return views.experiment_summaries(request, session, page)
 
 
 def runs_ahead(session: Session, experiment_ids: list[str]) -> dict[str, int]:
