@@ -38,7 +38,7 @@ def experiment_url(request: Request, experiment_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class RunningRun:
+class RunningRow:
     """What a status reads of a running run (not its JSON documents)."""
 
     run_id: str
@@ -52,7 +52,7 @@ class RunStates:
     """An experiment's runs by status, its running runs in run order, and its tags."""
 
     counts: Counter[str] = field(default_factory=Counter)
-    running: list[RunningRun] = field(default_factory=list)
+    running: list[RunningRow] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
 
 
@@ -71,11 +71,11 @@ def run_states(session: Session, experiment_ids: list[str]) -> dict[str, RunStat
     tags = select(literal("tag"), ExperimentTag.experiment_id, ExperimentTag.tag, null(), null(), null(), null(),
                   null()).where(ExperimentTag.experiment_id.in_(experiment_ids))
     states: dict[str, RunStates] = defaultdict(RunStates)
-    ordered_running: list[tuple[int, str, RunningRun]] = []
+    ordered_running: list[tuple[int, str, RunningRow]] = []
     for kind, experiment_id, name, number, run_id, model, run_progress, heartbeat_at in session.execute(
             union_all(running, counts, tags)):
         if kind == "running":
-            ordered_running.append((number, experiment_id, RunningRun(run_id, model, run_progress, heartbeat_at)))
+            ordered_running.append((number, experiment_id, RunningRow(run_id, model, run_progress, heartbeat_at)))
         elif kind == "count":
             states[experiment_id].counts[name] = number
         else:
@@ -84,10 +84,10 @@ def run_states(session: Session, experiment_ids: list[str]) -> dict[str, RunStat
         states[experiment_id].running.append(run)
     for state in states.values():
         state.tags.sort()
-    return states
+    return dict(states)
 
 
-def progress(experiment: Experiment, counts: Counter[str], running: list[RunningRun]) -> schemas.Progress:
+def progress(experiment: Experiment, counts: Counter[str], running: list[RunningRow]) -> schemas.Progress:
     return schemas.Progress(
         runs_total=experiment.runs_total,
         runs_done=sum(counts[s] for s in FINAL_STATUSES),
