@@ -96,12 +96,28 @@ class Person:
         return self.driver.find_element(By.CSS_SELECTOR, css)
 
     def text(self, css: str) -> str:
-        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        """The element's visible text, or "" if there is none. A page that swaps a
+        fragment in (htmx) can replace the element between finding it and reading it:
+        Selenium then raises StaleElementReferenceException, or chromedriver a plain
+        WebDriverException ("Node with given id does not belong to the document"), and
+        the element is found again."""
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+            WebDriverException,
+        )
 
-        try:
-            return self.find(css).text
-        except (NoSuchElementException, StaleElementReferenceException):
-            return ""
+        for _ in range(3):
+            try:
+                return self.find(css).text
+            except NoSuchElementException:
+                return ""
+            except StaleElementReferenceException:
+                continue
+            except WebDriverException as error:
+                if "does not belong to the document" not in str(error):
+                    raise
+        return ""
 
     def wait(self, condition, what: str, timeout: float = 30):
         from selenium.webdriver.support.ui import WebDriverWait
