@@ -6,7 +6,6 @@ experiment with their loss histories. Each item is rendered by ``api.views``.
 
 from __future__ import annotations
 
-
 from typing import Literal
 
 from fastapi import Request
