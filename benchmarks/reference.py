@@ -61,7 +61,7 @@ class ReferenceFF:
     def begin_layer(self, index: int) -> None:
         self.index, self.epochs_done = index, 0
         layer = self.net.layers[index]
-        self.optimizer = torch.optim.Adam(layer.parameters(), lr=self.training.learning_rate)
+        self.optimizer = torch.optim.Adam(layer.parameters(), lr=self.training.learning_rate_of_layer(index))
 
     def epoch(self) -> float:
         net, index = self.net, self.index

@@ -191,6 +191,36 @@ def test_prediction_on_cuda_matches_the_cpu(small_mnist, model):
     assert (cuda_predictions.cpu() == cpu_predictions).float().mean().item() > 0.995
 
 
+@pytest.mark.parametrize("model", ["ff", "symba"])
+def test_each_layer_trains_with_its_own_learning_rate(small_mnist, model):
+    """Known answers: Adam moves a weight by at most about its learning rate per step,
+    so a layer given 1e-9 stays within 9 steps x 1e-9 (plus float32 rounding of weights
+    near 0.03, a few 1e-9 per step) of its initial weights while the others move by
+    1e-2-sized steps; and layer 1, trained first with the same rate and draws, is
+    exactly that of a run with learning_rate 1e-2 for every layer."""
+    from fflab.models.symba import train_symba
+
+    trainer = {"ff": train_ff, "symba": train_symba}[model]
+    subset = data.Split(small_mnist[0].images[:300], small_mnist[0].labels[:300])
+    epochs, batch_size = 3, 100  # 9 Adam steps per layer
+    trained = {}
+    for name, training in {
+        "uniform": TrainingSpec(epochs=epochs, learning_rate=1e-2, batch_size=batch_size),
+        "per_layer": TrainingSpec(epochs=epochs, learning_rate=1e-2, batch_size=batch_size,
+                                  layer_learning_rates=[1e-2, 1e-9, 1e-2]),
+    }.items():
+        generator = seed_everything(0)
+        net = GoodnessNetwork(QUICK_NET)
+        initial = [layer.weight.detach().clone() for layer in net.layers]
+        trainer(net, subset.images, subset.labels, training, generator)
+        trained[name] = [(layer.weight.detach() - start).abs().max().item()
+                         for layer, start in zip(net.layers, initial)], net
+    moved, per_layer_net = trained["per_layer"]
+    assert moved[1] < 1e-7
+    assert moved[0] > 1e-2 and moved[2] > 1e-2
+    assert torch.equal(per_layer_net.layers[0].weight, trained["uniform"][1].layers[0].weight)
+
+
 def test_training_stops_when_asked(small_mnist):
     train, _ = small_mnist
     epochs_seen = []

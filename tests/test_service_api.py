@@ -83,7 +83,7 @@ def test_a_preset_alone_is_a_valid_submission(clients: dict[str, httpx.Client]) 
     created = response.json()
     assert created["runs_total"] == len(build_spec("quick").runs())
     spec = clients["bob"].get(created["url"]).json()["spec"]
-    assert spec["name"].startswith("quick-") and spec["data"]["train_subset"] == 10_000
+    assert spec["name"].startswith("quick-") and spec["ff"] == build_spec("quick").ff.model_dump()
     assert clients["bob"].delete(created["url"]).status_code == 204  # not worth minutes of training
 
 

@@ -41,6 +41,14 @@ def test_overrides_merge_into_nested_settings():
         ({"unknown": 1}, "unknown"),
         ({"analysis": {"quantiles": [0.9], "table_quantile": 0.95}}, "analysis"),
         ({"unseen_class": 10}, "unseen_class"),
+        # Per-layer learning rates: one per hidden layer, each a learning rate, and only
+        # for the model types trained layer by layer.
+        ({"network": {"layers": 2}, "ff": {"layer_learning_rates": [3e-3, 5e-3, 5e-3]}},
+         "ff.layer_learning_rates"),
+        ({"ff": {"layer_learning_rates": []}}, "ff.layer_learning_rates"),
+        ({"ff": {"layer_learning_rates": [3e-3, 0, 5e-3]}}, "ff.layer_learning_rates.1"),
+        ({"bp": {"layer_learning_rates": [1e-2, 1e-2, 1e-2]}}, "bp.layer_learning_rates"),
+        ({"bpff": {"layer_learning_rates": [1e-2, 1e-2, 1e-2]}}, "bpff.layer_learning_rates"),
     ],
 )
 def test_bad_settings_name_the_field(overrides, field):
@@ -89,3 +97,20 @@ def test_values_of_the_wrong_type_or_not_finite_are_refused(overrides, field, ki
 def test_an_integer_is_a_valid_float():
     spec = build_spec("quick", {"ff": {"learning_rate": 1}, "network": {"threshold": 2}})
     assert (spec.ff.learning_rate, spec.network.threshold) == (1.0, 2.0)
+
+
+def test_layer_learning_rates_replace_the_learning_rate_per_layer():
+    spec = build_spec("quick", {"ff": {"learning_rate": 1e-3, "layer_learning_rates": [2e-3, 4e-3, 6e-3]},
+                                "symba": {"learning_rate": 1e-3}, "network": {"layers": 4}})
+    assert [spec.ff.learning_rate_of_layer(i) for i in range(4)] == [2e-3, 4e-3, 6e-3, 6e-3]  # the last repeats
+    assert [spec.symba.learning_rate_of_layer(i) for i in range(4)] == [1e-3] * 4
+    # the quick preset's two rates fit any depth
+    assert build_spec("quick", {"network": {"layers": 5}}).ff.learning_rate_of_layer(4) == 5e-3
+    refused = [e for e in _errors({"bp": {"layer_learning_rates": [1e-2] * 3}})]
+    assert "trained end to end" in refused[0]["msg"] and "bp.learning_rate" in refused[0]["msg"]
+
+
+def _errors(overrides):
+    with pytest.raises(ValidationError) as raised:
+        build_spec("quick", overrides)
+    return raised.value.errors()

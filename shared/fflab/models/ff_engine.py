@@ -1,7 +1,7 @@
 """The FF training engine behind ``fflab.models.ff.train_ff``.
 
 It trains exactly what the straightforward implementation trains (layer by
-layer, Adam with the spec's learning rate, the same negative labels, the same
+layer, Adam with the spec's learning rate of each layer, the same negative labels, the same
 minibatches and generator draws, so the same weights up to float rounding) but
 exploits the structure of the problem:
 
@@ -207,7 +207,7 @@ class FFEngine:
     def begin_layer(self, index: int) -> None:
         self.index, self.epochs_done = index, 0
         layer = self.net.layers[index]
-        self.optimizer = torch.optim.Adam(layer.parameters(), lr=self.training.learning_rate)
+        self.optimizer = torch.optim.Adam(layer.parameters(), lr=self.training.learning_rate_of_layer(index))
 
     def epoch(self) -> float:
         """One epoch of the current layer; returns its mean loss over steps."""

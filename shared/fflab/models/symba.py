@@ -60,7 +60,7 @@ def train_symba(
     """Train ``net`` in place, layer by layer; returns the loss of each epoch, per layer.
 
     images: (N, 784) on the net's device; labels: (N,). Each layer gets its own Adam
-    with ``training.learning_rate`` for ``training.epochs`` epochs of
+    with ``training.learning_rate_of_layer(index)`` for ``training.epochs`` epochs of
     ``minibatches(N, training.batch_size, generator)``; wrong labels are drawn from
     ``negative_classes`` once (``fixed``) or at every epoch (``per_epoch``).
     """
@@ -82,7 +82,7 @@ def train_symba(
     negative = negative_images()
     history = []
     for index, layer in enumerate(net.layers):
-        optimizer = torch.optim.Adam(layer.parameters(), lr=training.learning_rate)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=training.learning_rate_of_layer(index))
         x_pos, x_neg = below(positive_images, index), below(negative, index)
         losses: list[float] = []
         for epoch in range(training.epochs):
@@ -121,7 +121,7 @@ MODEL = ModelType(
     description="SymBa: FF's network trained layer by layer on the symmetric loss "
     "softplus(-4 (g+ - g-)) (Lee and Song 2023); FF's schedule.",
     training_defaults={"epochs": 1000, "learning_rate": 1e-2, "batch_size": None},
-    training_presets={"quick": {"epochs": 20, "learning_rate": 3e-3, "batch_size": 250}},
+    training_presets={"quick": {"epochs": 3, "learning_rate": 3e-3, "batch_size": 250}},
     build=GoodnessNetwork,
     train=train,
     evaluate=evaluate_goodness_network,
