@@ -603,7 +603,7 @@ def test_protocol_differences_name_every_departure_from_the_paper():
     quick = {d.field: (d.paper, d.experiment) for d in paper.protocol_differences(build_spec("quick"))}
     assert quick["ff.epochs"] == (1000, 3)
     assert quick["ff.batch_size"] == (None, 250)
-    assert quick["ff.layer_learning_rates"] == (None, [3e-3, 5e-3])
+    assert quick["ff.layer_learning_rate_factors"] == (None, [0.6, 1.0])
     assert "data.train_subset" not in quick  # both train on all 60000 images
     assert quick["seeds (runs per configuration)"] == (15, 3)
     assert "name" not in quick and "device" not in quick

@@ -207,7 +207,7 @@ def test_each_layer_trains_with_its_own_learning_rate(small_mnist, model):
     for name, training in {
         "uniform": TrainingSpec(epochs=epochs, learning_rate=1e-2, batch_size=batch_size),
         "per_layer": TrainingSpec(epochs=epochs, learning_rate=1e-2, batch_size=batch_size,
-                                  layer_learning_rates=[1e-2, 1e-9, 1e-2]),
+                                  layer_learning_rate_factors=[1, 1e-7, 1]),
     }.items():
         generator = seed_everything(0)
         net = GoodnessNetwork(QUICK_NET)

@@ -175,8 +175,8 @@ def test_the_submission_schema_is_typed_and_documented(api: Server) -> None:
 
     subset = resolve(submit["properties"]["data"])["properties"]["train_subset"]
     assert "stratified subset" in subset["description"] and "paper: null, quick: null" in subset["description"]
-    rates = resolve(submit["properties"]["ff"])["properties"]["layer_learning_rates"]
-    assert "quick: [0.003, 0.005]" in rates["description"]
+    factors = resolve(submit["properties"]["ff"])["properties"]["layer_learning_rate_factors"]
+    assert "quick: [0.6, 1.0]" in factors["description"]
     assert [s.get("minimum") for s in subset["anyOf"]][0] == 20
     threshold = resolve(submit["properties"]["network"])["properties"]["threshold"]
     assert (threshold["exclusiveMinimum"], threshold["maximum"]) == (0, 100)

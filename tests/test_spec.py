@@ -41,14 +41,14 @@ def test_overrides_merge_into_nested_settings():
         ({"unknown": 1}, "unknown"),
         ({"analysis": {"quantiles": [0.9], "table_quantile": 0.95}}, "analysis"),
         ({"unseen_class": 10}, "unseen_class"),
-        # Per-layer learning rates: one per hidden layer, each a learning rate, and only
-        # for the model types trained layer by layer.
-        ({"network": {"layers": 2}, "ff": {"layer_learning_rates": [3e-3, 5e-3, 5e-3]}},
-         "ff.layer_learning_rates"),
-        ({"ff": {"layer_learning_rates": []}}, "ff.layer_learning_rates"),
-        ({"ff": {"layer_learning_rates": [3e-3, 0, 5e-3]}}, "ff.layer_learning_rates.1"),
-        ({"bp": {"layer_learning_rates": [1e-2, 1e-2, 1e-2]}}, "bp.layer_learning_rates"),
-        ({"bpff": {"layer_learning_rates": [1e-2, 1e-2, 1e-2]}}, "bpff.layer_learning_rates"),
+        # Per-layer learning-rate factors: at most one per hidden layer, each positive,
+        # and only for the model types trained layer by layer.
+        ({"network": {"layers": 2}, "ff": {"layer_learning_rate_factors": [0.6, 1, 1]}},
+         "ff.layer_learning_rate_factors"),
+        ({"ff": {"layer_learning_rate_factors": []}}, "ff.layer_learning_rate_factors"),
+        ({"ff": {"layer_learning_rate_factors": [0.6, 0, 1]}}, "ff.layer_learning_rate_factors.1"),
+        ({"bp": {"layer_learning_rate_factors": [1, 1, 1]}}, "bp.layer_learning_rate_factors"),
+        ({"bpff": {"layer_learning_rate_factors": [1]}}, "bpff.layer_learning_rate_factors"),
     ],
 )
 def test_bad_settings_name_the_field(overrides, field):
@@ -99,14 +99,17 @@ def test_an_integer_is_a_valid_float():
     assert (spec.ff.learning_rate, spec.network.threshold) == (1.0, 2.0)
 
 
-def test_layer_learning_rates_replace_the_learning_rate_per_layer():
-    spec = build_spec("quick", {"ff": {"learning_rate": 1e-3, "layer_learning_rates": [2e-3, 4e-3, 6e-3]},
+def test_layer_learning_rate_factors_scale_the_learning_rate_per_layer():
+    spec = build_spec("quick", {"ff": {"learning_rate": 1e-3, "layer_learning_rate_factors": [2, 4, 8]},
                                 "symba": {"learning_rate": 1e-3}, "network": {"layers": 4}})
-    assert [spec.ff.learning_rate_of_layer(i) for i in range(4)] == [2e-3, 4e-3, 6e-3, 6e-3]  # the last repeats
+    assert [spec.ff.learning_rate_of_layer(i) for i in range(4)] == [2e-3, 4e-3, 8e-3, 8e-3]  # the last repeats
     assert [spec.symba.learning_rate_of_layer(i) for i in range(4)] == [1e-3] * 4
-    # the quick preset's two rates fit any depth
+    quick = build_spec("quick")
+    assert [quick.ff.learning_rate_of_layer(i) for i in range(3)] == [3e-3, 5e-3, 5e-3]
+    # the quick preset's two factors fit any depth, and its learning rate scales every layer
     assert build_spec("quick", {"network": {"layers": 5}}).ff.learning_rate_of_layer(4) == 5e-3
-    refused = [e for e in _errors({"bp": {"layer_learning_rates": [1e-2] * 3}})]
+    assert build_spec("quick", {"ff": {"learning_rate": 1e-2}}).ff.learning_rate_of_layer(0) == 6e-3
+    refused = _errors({"bp": {"layer_learning_rate_factors": [1, 1, 1]}})
     assert "trained end to end" in refused[0]["msg"] and "bp.learning_rate" in refused[0]["msg"]
 
 

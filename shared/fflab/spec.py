@@ -107,21 +107,22 @@ class TrainingSpec(StrictModel):
     batch_size: int | None = Field(
         None, ge=1, le=1_000_000, description="Images per Adam step; null = full batch."
     )
-    layer_learning_rates: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+    layer_learning_rate_factors: list[Annotated[float, Field(gt=0, le=100)]] | None = Field(
         None,
         min_length=1,
         max_length=8,
-        description="Learning rates of hidden layers 1, 2, ... in place of learning_rate, for "
-        "the model types trained layer by layer (each layer has its own Adam); the last one "
-        "also applies to every deeper layer, so [0.003, 0.005] is 0.003 for layer 1 and 0.005 "
-        "above. At most network.layers rates. null = learning_rate for every layer (paper).",
+        description="For the model types trained layer by layer (each layer has its own Adam): "
+        "hidden layer 1, 2, ... trains at learning_rate times its factor; the last factor also "
+        "applies to every deeper layer, so [0.6, 1] is 0.6 x learning_rate for layer 1 and "
+        "learning_rate above. At most network.layers factors. null = learning_rate for every "
+        "layer (paper).",
     )
 
     def learning_rate_of_layer(self, index: int) -> float:
-        """The learning rate of hidden layer ``index`` (0-based): ``layer_learning_rates``
-        at ``index``, or its last entry beyond it; ``learning_rate`` without it."""
-        rates = self.layer_learning_rates
-        return self.learning_rate if rates is None else rates[min(index, len(rates) - 1)]
+        """The learning rate of hidden layer ``index`` (0-based): ``learning_rate`` times
+        ``layer_learning_rate_factors`` at ``index`` (its last entry beyond it)."""
+        factors = self.layer_learning_rate_factors
+        return self.learning_rate if factors is None else self.learning_rate * factors[min(index, len(factors) - 1)]
 
 
 class DataSpec(StrictModel):
@@ -256,24 +257,24 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
 
     @field_validator(*MODELS)
     @classmethod
-    def _layer_learning_rates_fit(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
-        """At most one rate per hidden layer, and only for the model types trained layer
-        by layer; errors located at ``<model>.layer_learning_rates``."""
-        rates, name = training.layer_learning_rates, info.field_name
-        if rates is None or "network" not in info.data:
+    def _layer_learning_rate_factors_fit(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        """At most one factor per hidden layer, and only for the model types trained layer
+        by layer; errors located at ``<model>.layer_learning_rate_factors``."""
+        factors, name = training.layer_learning_rate_factors, info.field_name
+        if factors is None or "network" not in info.data:
             return training
         message = None
         if not MODELS[name].layer_by_layer:
             message = (f"{name} is trained end to end, with one optimiser for all its layers: set "
-                       f"{name}.learning_rate instead (per-layer rates are for "
+                       f"{name}.learning_rate alone (per-layer factors are for "
                        f"{', '.join(n for n, m in MODELS.items() if m.layer_by_layer)})")
-        elif len(rates) > info.data["network"].layers:
-            message = (f"{len(rates)} rates for network.layers = {info.data['network'].layers}: "
-                       "give at most one per hidden layer (the last one applies to every deeper layer)")
+        elif len(factors) > info.data["network"].layers:
+            message = (f"{len(factors)} factors for network.layers = {info.data['network'].layers}: give at "
+                       "most one per hidden layer (the last one applies to every deeper layer)")
         if message:
             raise ValidationError.from_exception_data(name, [InitErrorDetails(
-                type=PydanticCustomError("layer_learning_rates", message), loc=("layer_learning_rates",),
-                input=rates)])
+                type=PydanticCustomError("layer_learning_rate_factors", message),
+                loc=("layer_learning_rate_factors",), input=factors)])
         return training
 
     @model_validator(mode="after")
@@ -468,7 +469,7 @@ def sweepable_fields() -> list[str]:
     """The dotted paths a sweep may vary: every setting outside ``NOT_SWEPT``, one
     level into each section (network, data, each model's training section), whose
     value is a JSON scalar (a ``SweepValue``; not a list such as
-    ``ff.layer_learning_rates``)."""
+    ``ff.layer_learning_rate_factors``)."""
     paths = []
     for name, field in ExperimentSpec.model_fields.items():
         if name in NOT_SWEPT:
