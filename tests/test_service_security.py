@@ -341,8 +341,8 @@ def test_spec_limits_are_configurable_and_name_the_field(limited, field, at, pas
     accepted = client.post("/v1/experiments", json=merged(**{field: at}))
     assert accepted.status_code == 202, accepted.text
     body = merged(**{field: past})
-    if field == "models":  # ff's preset epochs exceed the limit; bp's do not
-        body["bp"]["epochs"], loc = 1, ["body", "ff", "epochs"]
+    if field == "models":  # the epochs of the model the list adds are checked too
+        body["bp"]["epochs"], body["ff"], loc = 1, {"epochs": 8}, ["body", "ff", "epochs"]
     refused = client.post("/v1/experiments", json=body)
     assert refused.status_code == 422, refused.text
     problems = refused.json()["details"]

@@ -41,10 +41,8 @@ def test_overrides_merge_into_nested_settings():
         ({"unknown": 1}, "unknown"),
         ({"analysis": {"quantiles": [0.9], "table_quantile": 0.95}}, "analysis"),
         ({"unseen_class": 10}, "unseen_class"),
-        # Per-layer learning-rate factors: at most one per hidden layer, each positive,
-        # and only for the model types trained layer by layer.
-        ({"network": {"layers": 2}, "ff": {"layer_learning_rate_factors": [0.6, 1, 1]}},
-         "ff.layer_learning_rate_factors"),
+        # Per-layer learning-rate factors: at least one, each positive, and only for the
+        # model types trained layer by layer.
         ({"ff": {"layer_learning_rate_factors": []}}, "ff.layer_learning_rate_factors"),
         ({"ff": {"layer_learning_rate_factors": [0.6, 0, 1]}}, "ff.layer_learning_rate_factors.1"),
         ({"bp": {"layer_learning_rate_factors": [1, 1, 1]}}, "bp.layer_learning_rate_factors"),
@@ -108,6 +106,7 @@ def test_layer_learning_rate_factors_scale_the_learning_rate_per_layer():
     assert [quick.ff.learning_rate_of_layer(i) for i in range(3)] == [3e-3, 5e-3, 5e-3]
     # the quick preset's two factors fit any depth, and its learning rate scales every layer
     assert build_spec("quick", {"network": {"layers": 5}}).ff.learning_rate_of_layer(4) == 5e-3
+    assert build_spec("quick", {"network": {"layers": 1}}).ff.learning_rate_of_layer(0) == 3e-3
     assert build_spec("quick", {"ff": {"learning_rate": 1e-2}}).ff.learning_rate_of_layer(0) == 6e-3
     refused = _errors({"bp": {"layer_learning_rate_factors": [1, 1, 1]}})
     assert "trained end to end" in refused[0]["msg"] and "bp.learning_rate" in refused[0]["msg"]

@@ -114,8 +114,8 @@ class TrainingSpec(StrictModel):
         description="For the model types trained layer by layer (each layer has its own Adam): "
         "hidden layer 1, 2, ... trains at learning_rate times its factor; the last factor also "
         "applies to every deeper layer, so [0.6, 1] is 0.6 x learning_rate for layer 1 and "
-        "learning_rate above. At most network.layers factors. null = learning_rate for every "
-        "layer (paper).",
+        "learning_rate above (with one hidden layer, its second factor is unused). null = "
+        "learning_rate for every layer (paper).",
     )
 
     def learning_rate_of_layer(self, index: int) -> float:
@@ -258,23 +258,16 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
     @field_validator(*MODELS)
     @classmethod
     def _layer_learning_rate_factors_fit(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
-        """At most one factor per hidden layer, and only for the model types trained layer
-        by layer; errors located at ``<model>.layer_learning_rate_factors``."""
-        factors, name = training.layer_learning_rate_factors, info.field_name
-        if factors is None or "network" not in info.data:
-            return training
-        message = None
-        if not MODELS[name].layer_by_layer:
+        """Per-layer factors only for the model types trained layer by layer; the error
+        located at ``<model>.layer_learning_rate_factors``."""
+        name = info.field_name
+        if training.layer_learning_rate_factors is not None and not MODELS[name].layer_by_layer:
             message = (f"{name} is trained end to end, with one optimiser for all its layers: set "
                        f"{name}.learning_rate alone (per-layer factors are for "
                        f"{', '.join(n for n, m in MODELS.items() if m.layer_by_layer)})")
-        elif len(factors) > info.data["network"].layers:
-            message = (f"{len(factors)} factors for network.layers = {info.data['network'].layers}: give at "
-                       "most one per hidden layer (the last one applies to every deeper layer)")
-        if message:
             raise ValidationError.from_exception_data(name, [InitErrorDetails(
                 type=PydanticCustomError("layer_learning_rate_factors", message),
-                loc=("layer_learning_rate_factors",), input=factors)])
+                loc=("layer_learning_rate_factors",), input=training.layer_learning_rate_factors)])
         return training
 
     @model_validator(mode="after")
