@@ -91,13 +91,15 @@ AdminUser = Annotated[User, Depends(get_admin)]
 ExperimentId = Annotated[str, Path(description="The id returned by POST /v1/experiments.", max_length=64)]
 
 
+def may_read(user: User, owner_id: int, visibility: str) -> bool:
+    """Who may read an experiment: its owner, anyone if it is visible to the lab, an admin."""
+    return owner_id == user.id or visibility == "lab" or user.role == "admin"
+
+
 def readable_experiment(session: Session, user: User, experiment_id: str) -> Experiment:
-    """The experiment if the user owns it, it is visible to the lab, or the user is
-    an admin; otherwise 404, so that others' ids are not disclosed."""
+    """The experiment if ``may_read``; otherwise 404, so that others' ids are not disclosed."""
     experiment = session.get(Experiment, experiment_id)
-    if experiment is None or not (
-        experiment.owner_id == user.id or experiment.visibility == "lab" or user.role == "admin"
-    ):
+    if experiment is None or not may_read(user, experiment.owner_id, experiment.visibility):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id}")
     return experiment
 

@@ -15,6 +15,7 @@ from api.inputs import RequestLineMiddleware, checked_json_body
 from api.logs import install_key_redaction
 from api.metrics import Metrics
 from api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from api.status_cache import StatusCache
 from api.routes import admin, analyses, experiments, health, results, run_analyses, runs, users
 from fflab import queueing
 from fflab.db import get_sessionmaker
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dispatcher = CeleryDispatcher(app.state.celery)
     app.state.metrics = Metrics(settings.resolved_database_url)
     app.state.queue_places = queueing.PlacesCache(settings.queue_places_ttl_s)
+    app.state.status_cache = StatusCache(settings.status_cache_ttl_s)
     for module in (health, users, admin, experiments, runs, results, run_analyses, analyses):
         app.include_router(module.router)
     ui.install(app)  # the web UI under /ui

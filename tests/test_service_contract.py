@@ -542,3 +542,51 @@ def test_the_cli_covers_the_new_endpoints_and_prints_errors(api: Server, monkeyp
         assert "Traceback" not in done.output
     finally:
         get_settings.cache_clear()
+
+
+def test_a_status_served_again_follows_this_process_writes_and_who_may_read(tmp_path: Path) -> None:
+    """A status body is served again within status_cache_ttl_s (here 60 s): a change
+    no request made (a worker's) does not show in that time, and the body goes only to
+    users who may read the experiment. Every write through the API shows at once."""
+    from sqlalchemy import update
+
+    from fflab.db import Run
+    from fflab.db.migrate import upgrade_database
+
+    settings = Settings(var_dir=tmp_path, status_cache_ttl_s=60)
+    upgrade_database(settings.resolved_database_url)
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        keys = {name: accounts.issue_key(session, accounts.create_user(session, name, role))
+                for name, role in (("root", "admin"), ("alice", "member"), ("bob", "member"))}
+        session.commit()
+    server, thread, url = start(settings)
+    alice, bob, root = (httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys[name]}"}, timeout=30)
+                        for name in ("alice", "bob", "root"))
+    try:
+        created = alice.post("/v1/experiments", json={**SPEC, "preset": "quick", "models": ["bp"]})
+        assert created.status_code == 202, created.text
+        path = f"/v1/experiments/{created.json()['id']}"
+        first = alice.get(path).json()
+        assert first["status"] == "queued" and first["progress"]["runs_by_status"] == {"queued": 1}
+        with get_sessionmaker(settings.resolved_database_url)() as session:  # as a worker would
+            session.execute(update(Run).values(status="running", progress={"epoch": 1, "epochs": 3}))
+            session.commit()
+        assert alice.get(path).json() == first  # served again: the worker's change is not read yet
+        assert bob.get(path).status_code == 404  # private: never served to another member
+        assert root.get(path).json() == first  # an admin may read it
+
+        renamed = alice.patch(path, json={"name": "renamed", "visibility": "lab"})
+        assert renamed.status_code == 200, renamed.text
+        seen = bob.get(path)  # rendered again after the write, with the worker's change
+        assert seen.status_code == 200 and seen.json()["name"] == "renamed"
+        assert seen.json()["progress"]["runs_by_status"] == {"running": 1}
+        assert alice.patch(path, json={"visibility": "private"}).status_code == 200
+        assert bob.get(path).status_code == 404
+        assert alice.post(f"{path}/cancel").status_code == 200
+        assert alice.get(path).json()["status"] == "cancelling"  # its run is still running
+        assert alice.delete(path).status_code == 204
+        assert alice.get(path).status_code == 404
+    finally:
+        for client in (alice, bob, root):
+            client.close()
+        stop(server, thread)

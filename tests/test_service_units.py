@@ -435,3 +435,33 @@ def test_run_states_reads_counts_running_runs_and_tags_in_one_query(backend: str
         assert states[ids[0]].tags == ["a-tag", "b-tag"]
         assert (states[ids[1]].counts, states[ids[1]].running, states[ids[1]].tags) == ({"queued": 2}, [], [])
         assert "no-such-experiment" not in states
+
+
+def test_the_status_cache_expires_forgets_and_drops_bodies_read_before_a_write() -> None:
+    from api.status_cache import StatusCache
+
+    now = [100.0]
+    cache = StatusCache(ttl_s=1.0, max_experiments=4, clock=lambda: now[0])
+    cache.put("e1", "http://a/", 7, "private", b"one", cache.epoch())
+    assert cache.get("e1", "http://a/").body == b"one"
+    assert cache.get("e1", "http://b/") is None  # links are absolute: per base URL
+    now[0] += 0.999
+    assert cache.get("e1", "http://a/") is not None
+    now[0] += 0.001
+    assert cache.get("e1", "http://a/") is None  # ttl_s old: rendered again
+
+    read_at = cache.epoch()  # a poll reads the rows...
+    cache.forget("e1")  # ...a write commits and forgets...
+    cache.put("e1", "http://a/", 7, "private", b"stale", read_at)  # ...the poll's body predates it
+    assert cache.get("e1", "http://a/") is None
+    cache.put("e1", "http://a/", 7, "lab", b"fresh", cache.epoch())
+    assert (cache.get("e1", "http://a/").body, cache.get("e1", "http://a/").visibility) == (b"fresh", "lab")
+
+    for index in range(2, 7):  # bounded: the least recently added experiments go first
+        cache.put(f"e{index}", "http://a/", 7, "private", b"x", cache.epoch())
+    assert [cache.get(f"e{index}", "http://a/") is not None for index in range(1, 7)] == [
+        False, False, True, True, True, True]
+
+    off = StatusCache(ttl_s=0)
+    off.put("e1", "http://a/", 7, "private", b"one", off.epoch())
+    assert off.get("e1", "http://a/") is None

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, joinedload
 from api import schemas, views
 from api.errors import api_error, problem_responses
 from api.paging import Page, PageDep
+from api.status_cache import StatusCache
 from api.deps import (
     Credentials,
     CurrentUser,
@@ -27,6 +28,7 @@ from api.deps import (
     StorageDep,
     authenticated_user,
     in_one_trip,
+    may_read,
     readable_experiment,
 )
 from fflab import jobs
@@ -253,11 +255,23 @@ async def get_experiment(experiment_id: ExperimentId, request: Request, settings
     """Status, progress (runs done of total; model, layer, epoch, ETA and heartbeat
     age of running runs), timings, the error if it failed, and the spec."""
 
-    def detail(session: Session) -> schemas.Experiment:
-        user = authenticated_user(session, credentials)
-        return views.experiment_detail(request, readable_experiment(session, user, experiment_id))
+    cache: StatusCache = request.app.state.status_cache
+    base_url = str(request.base_url)
 
-    return await in_one_trip(settings, detail)  # what clients poll
+    def detail(session: Session) -> bytes:
+        user = authenticated_user(session, credentials)
+        cached = cache.get(experiment_id, base_url)
+        if cached is not None and may_read(user, cached.owner_id, cached.visibility):
+            return cached.body
+        epoch = cache.epoch()
+        experiment = readable_experiment(session, user, experiment_id)
+        body = views.experiment_detail(request, experiment).model_dump_json(by_alias=True).encode()
+        cache.put(experiment_id, base_url, experiment.owner_id, experiment.visibility, body, epoch)
+        return body
+
+    # What clients poll: one trip to the threadpool, and a body rendered for this
+    # experiment within status_cache_ttl_s is served again (api.status_cache).
+    return Response(await in_one_trip(settings, detail), media_type="application/json")
 
 
 @router.patch("/{experiment_id}", response_model=schemas.Experiment,
@@ -279,6 +293,7 @@ def update_experiment(body: schemas.ExperimentPatch, experiment: OwnedExperiment
     if "tags" in changes:
         set_tags(session, experiment.id, changes["tags"])
     session.commit()
+    request.app.state.status_cache.forget(experiment.id)
     return views.experiment_detail(request, experiment)
 
 
@@ -294,6 +309,7 @@ def cancel_experiment(experiment: OwnedExperiment, request: Request, session: Se
     except jobs.ConflictError as error:
         raise api_error(status.HTTP_409_CONFLICT, str(error), "conflict") from None
     session.commit()
+    request.app.state.status_cache.forget(experiment.id)
     dispatcher.revoke(task_ids)
     dispatch(session, settings, dispatcher)
     return views.experiment_detail(request, experiment)
@@ -301,7 +317,7 @@ def cancel_experiment(experiment: OwnedExperiment, request: Request, session: Se
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses=problem_responses(401, 403, 404, 503))
-def delete_experiment(experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep,
+def delete_experiment(experiment: OwnedExperiment, request: Request, session: SessionDep, settings: SettingsDep,
                       dispatcher: DispatcherDep, storage: StorageDep) -> None:
     """Cancel it if needed, then delete it, its runs, results and artifacts."""
     task_ids: list[str] = []
@@ -312,4 +328,5 @@ def delete_experiment(experiment: OwnedExperiment, session: SessionDep, settings
     storage.delete_prefix(experiment_prefix(experiment.id))
     session.delete(experiment)
     session.commit()
+    request.app.state.status_cache.forget(experiment.id)
     dispatch(session, settings, dispatcher)

@@ -221,10 +221,10 @@ def cancel(request: Request, experiment: UIOwnedExperiment, session: SessionDep,
 
 
 @router.post("/experiments/{experiment_id}/delete", dependencies=[CsrfChecked])
-def delete(experiment: UIOwnedExperiment, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
-           storage: StorageDep) -> Response:
-    experiment_routes.delete_experiment(experiment=experiment, session=session, settings=settings,
-                                        dispatcher=dispatcher, storage=storage)
+def delete(request: Request, experiment: UIOwnedExperiment, session: SessionDep, settings: SettingsDep,
+           dispatcher: DispatcherDep, storage: StorageDep) -> Response:
+    experiment_routes.delete_experiment(experiment=experiment, request=request, session=session,
+                                        settings=settings, dispatcher=dispatcher, storage=storage)
     return RedirectResponse("/ui/", status_code=303)
 
 

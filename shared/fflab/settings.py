@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         2.0, ge=0, le=60, description="The API reuses a queue snapshot this young for the places it "
                                       "reports (status polls); 0 reads the queue for every request."
     )
+    status_cache_ttl_s: float = Field(
+        1.0, ge=0, le=60, description="The API reuses an experiment's rendered status this young for "
+                                      "the polls of users who may read it; writes through the same "
+                                      "process show at once, workers' progress within this time. 0 "
+                                      "renders every poll."
+    )
     preemption: bool = Field(
         False, description="Stop the longest-running run of the most over-served user at its next "
                            "checkpoint, and requeue it, when an under-served user has waited "
