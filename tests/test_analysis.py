@@ -581,6 +581,37 @@ def test_compare_estimates_known_verdicts():
         compare_estimates(float("inf"), None, None, 1.0, 0.1, 2)
 
 
+def test_compare_estimates_counts_the_published_rounding():
+    from fflab.analysis import compare_estimates
+
+    # 0.93 printed to 0.01 stands for [0.925, 0.935]: a uniform error of SD 0.01 / sqrt(12) = 0.002887
+    rounded = compare_estimates(0.93, 0.001, 15, 0.921, 0.003, 3, paper_resolution=0.01)
+    combined = math.sqrt(0.001**2 + 0.01**2 / 12 + 0.003**2)
+    assert rounded.combined_se == pytest.approx(combined) and rounded.z == pytest.approx(-0.009 / combined)
+    assert rounded.verdict == "differs" and "exceeds its SE" in rounded.note  # z = -2.07
+    assert compare_estimates(0.93, 0.001, 15, 0.922, 0.003, 3).verdict == "differs"  # z = -2.53 without it,
+    assert compare_estimates(0.93, 0.001, 15, 0.922, 0.003, 3, paper_resolution=0.01).verdict == "consistent"  # -1.87
+    # no published SE: ours and the rounding; with one run and no SE anywhere: still not comparable
+    t3 = compare_estimates(0.035, None, 15, 0.0182, 0.0004, 3, paper_resolution=0.001)
+    assert t3.combined_se == pytest.approx(math.sqrt(0.0004**2 + 0.001**2 / 12)) and "rounding" in t3.note
+    assert compare_estimates(0.035, None, 15, 0.0182, None, 1, paper_resolution=0.001).verdict == "not comparable"
+    for bad in (0.0, -0.01, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="paper_resolution"):
+            compare_estimates(0.93, 0.001, 15, 0.92, 0.003, 3, paper_resolution=bad)
+
+
+def test_the_printed_resolution_is_read_from_the_published_literal():
+    from fflab import paper
+
+    assert [paper.printed_resolution(text) for text in ("0.93", "39.0", "287.7", "3", "0.0073", "1.5e-3")] == [
+        pytest.approx(value) for value in (0.01, 0.1, 0.1, 1, 0.0001, 0.0001)]
+    cells = {cell["id"]: cell for cell in paper.published_cells()}
+    assert cells["table1/ff/mnist"]["resolution"] == pytest.approx(0.01)
+    assert cells["table2/bp/fashion_mnist/layer3"]["resolution"] == pytest.approx(0.1)  # printed 39.0
+    assert cells["text/ensemble_size/ff/mnist/layer1"]["resolution"] == pytest.approx(0.01)  # 2.69
+    assert cells["table3/ff/mnist/layer2"]["resolution"] == pytest.approx(0.001)  # 0.002
+
+
 def test_published_values_hold_every_table_cell_with_standard_errors():
     from fflab import paper
 

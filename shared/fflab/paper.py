@@ -41,11 +41,23 @@ NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class",
                 "snapshots"}
 
 
+def printed_resolution(literal: str) -> float:
+    """The unit of the last digit of a number as printed: ``"0.93"`` -> 0.01,
+    ``"39.0"`` -> 0.1, ``"287.7"`` -> 0.1, ``"3"`` -> 1."""
+    mantissa, _, exponent = literal.lower().partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    return 10.0 ** (int(exponent or 0) - decimals)
+
+
 @lru_cache(maxsize=1)
 def published_cells() -> tuple[dict[str, Any], ...]:
-    """Every published cell (see reference/paper_values.json)."""
+    """Every published cell (see reference/paper_values.json), each with the
+    ``resolution`` its mean is printed to, read from the file's literal: the file
+    writes every mean with the digits the paper prints."""
     text = resources.files("fflab").joinpath("reference/paper_values.json").read_text()
-    return tuple(json.loads(text)["cells"])
+    printed = {cell["id"]: str(cell["mean"]) for cell in json.loads(text, parse_float=str)["cells"]}
+    return tuple({**cell, "resolution": printed_resolution(printed[cell["id"]])}
+                 for cell in json.loads(text)["cells"])
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -183,12 +195,14 @@ def paper_comparison(
     cells = []
     for cell in published_cells():
         mean, se, n, note = _our_estimate(cell, spec, records, method_comparison)
-        verdict = analysis.compare_estimates(cell["mean"], cell["se"], cell["n"], mean, se, n)
+        verdict = analysis.compare_estimates(cell["mean"], cell["se"], cell["n"], mean, se, n,
+                                             paper_resolution=cell["resolution"])
         notes = "; ".join(part for part in (note, verdict.note, cell.get("note", "")) if part)
         cells.append(CellComparison(
             id=cell["id"], source=cell["source"], quantity=cell["quantity"], model=cell["model"],
             dataset=cell["dataset"], layer=cell["layer"], paper_mean=cell["mean"],
-            paper_se=cell["se"], paper_n=cell["n"], mean=mean, se=se, n=n, z=verdict.z,
+            paper_se=cell["se"], paper_n=cell["n"], paper_resolution=cell["resolution"], mean=mean, se=se, n=n,
+            z=verdict.z,
             combined_se=verdict.combined_se, verdict=verdict.verdict, note=notes,
         ))
     protocol = protocol_differences(spec) if protocol is None else protocol
@@ -251,7 +265,7 @@ def to_markdown(comparison: PaperComparison) -> str:
 
 
 CSV_COLUMNS = ("id", "source", "quantity", "model", "dataset", "layer", "paper_mean", "paper_se",
-               "paper_n", "mean", "se", "n", "z", "combined_se", "verdict", "note")
+               "paper_n", "paper_resolution", "mean", "se", "n", "z", "combined_se", "verdict", "note")
 
 
 def to_csv(comparison: PaperComparison) -> str:

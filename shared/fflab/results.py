@@ -325,6 +325,9 @@ class CellComparison(BaseModel):
     paper_mean: float
     paper_se: float | None = Field(description="Null where the paper gives none.")
     paper_n: int | None = Field(description="Runs behind the published value; null: not stated.")
+    paper_resolution: float | None = Field(
+        None, description="The unit of the last digit the paper prints its mean with (0.01 for 0.93); its "
+                          "rounding counts in combined_se as resolution / sqrt(12).")
     mean: float | None = Field(description="This experiment's mean over runs; null: no value.")
     se: float | None = Field(description="Its standard error; null with one run.")
     n: int = Field(description="Runs behind it.")
