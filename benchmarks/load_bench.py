@@ -14,7 +14,7 @@ is the production shape: a fresh PostgreSQL database of its own on ``--postgres`
 ``--api-workers`` API processes. Everything listens on a free loopback port in a
 temporary var dir. It creates a user, runs one tiny experiment
 to the end (for ``/ensembles``), submits a second one so that runs train during the
-load, then runs the clients (asyncio, an httpx.AsyncClient each). Each client mostly polls
+load, then runs the clients (asyncio, an aiohttp session each). Each client mostly polls
 ``GET /v1/experiments/{id}`` of the training experiment, and sometimes lists
 ``GET /v1/experiments`` or reads ``/ensembles`` of the finished one. Bounded by
 ``--warmup`` (reported apart) plus ``--seconds``, and ``--max-requests``. Prints
@@ -39,6 +39,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,20 +241,19 @@ async def load(url: str, key: str, clients: int, seconds: float, max_requests: i
     budget = [max_requests]
 
     # One client (one connection) per poller, as 200 researchers' scripts would each
-    # have: one shared pool of 200 connections costs the load generator CPU that grows
-    # with the requests in flight (httpx's pool scans its connections on every
-    # request), which starves the service it measures on a small machine. All are
-    # made before the clock starts: making one takes 20-30 ms of CPU (its TLS
-    # context), and made inside the pollers they blocked the event loop for about 5 s,
-    # after which the 200 first polls, meant to be spread over an interval, went out
-    # in one burst inside the measured window.
-    pollers = [httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30,
-                                 limits=httpx.Limits(max_connections=1)) for _ in range(clients)]
+    # have, made before the clock starts. The pollers are aiohttp's: the load
+    # generator shares the machine it measures, and httpx's AsyncClient spends about
+    # six times the CPU per request of aiohttp's (``python -m benchmarks.client_cost``:
+    # 1.46 against 0.25 ms), which at 200 requests/s was a quarter of a core or more
+    # taken from the service.
+    timeout = aiohttp.ClientTimeout(total=30)
+    pollers = [aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
+                                     connector=aiohttp.TCPConnector(limit=1)) for _ in range(clients)]
     measured_from = time.monotonic() + warmup
     deadline = measured_from + seconds
 
-    async def one_client(number: int, client: httpx.AsyncClient) -> None:
-        async with client:
+    async def one_client(number: int, session: aiohttp.ClientSession) -> None:
+        async with session:
             rng = random.Random(number)
             await asyncio.sleep(rng.random() * interval)  # spread the first requests
             while time.monotonic() < deadline and budget[0] > 0:
@@ -268,17 +268,18 @@ async def load(url: str, key: str, clients: int, seconds: float, max_requests: i
                 started = time.perf_counter()
                 counted = kind if time.monotonic() >= measured_from else "warm-up"
                 try:
-                    response = await client.get(path)
-                    if response.status_code != 200:
-                        errors.append(f"{kind}: HTTP {response.status_code}")
-                    else:
-                        latencies[counted].append(time.perf_counter() - started)
-                except httpx.HTTPError as error:
+                    async with session.get(path) as response:
+                        await response.read()
+                        if response.status != 200:
+                            errors.append(f"{kind}: HTTP {response.status}")
+                        else:
+                            latencies[counted].append(time.perf_counter() - started)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                     errors.append(f"{kind}: {type(error).__name__}: {error}")
                 await asyncio.sleep(rng.uniform(0.5, 1.5) * interval)  # a poller's wait between polls
 
     started = time.monotonic()
-    await asyncio.wait_for(asyncio.gather(*(one_client(i, client) for i, client in enumerate(pollers))),
+    await asyncio.wait_for(asyncio.gather(*(one_client(i, session) for i, session in enumerate(pollers))),
                            warmup + seconds + 60)
     elapsed = time.monotonic() - started
     return latencies, max_requests - budget[0], errors, elapsed, clients

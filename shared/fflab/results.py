@@ -339,9 +339,15 @@ class CellComparison(BaseModel):
     note: str
 
 
+# paper_comparison.json's own version: 1.1 added each cell's paper_resolution (1.0
+# documents, without it, still read).
+PAPER_COMPARISON_SCHEMA_VERSION = "1.1"
+
+
 class PaperComparison(Document):
     """paper_comparison.json: every number of the paper against this experiment's."""
 
+    schema_version: Literal["1.0", "1.1"] = PAPER_COMPARISON_SCHEMA_VERSION
     experiment: str
     reproduction: bool = Field(description="True when no protocol setting differs from the paper's.")
     protocol: list[ProtocolDifference]
