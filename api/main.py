@@ -15,8 +15,8 @@ from api.inputs import RequestLineMiddleware, checked_json_body
 from api.logs import install_key_redaction
 from api.metrics import Metrics
 from api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from api.status_cache import StatusCache
 from api.routes import admin, analyses, experiments, health, results, run_analyses, runs, users
+from api.status_cache import StatusCache
 from fflab import queueing
 from fflab.db import get_sessionmaker
 from fflab.db.migrate import upgrade_database

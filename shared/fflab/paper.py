@@ -201,9 +201,8 @@ def paper_comparison(
         cells.append(CellComparison(
             id=cell["id"], source=cell["source"], quantity=cell["quantity"], model=cell["model"],
             dataset=cell["dataset"], layer=cell["layer"], paper_mean=cell["mean"],
-            paper_se=cell["se"], paper_n=cell["n"], paper_resolution=cell["resolution"], mean=mean, se=se, n=n,
-            z=verdict.z,
-            combined_se=verdict.combined_se, verdict=verdict.verdict, note=notes,
+            paper_se=cell["se"], paper_n=cell["n"], paper_resolution=cell["resolution"], mean=mean, se=se,
+            n=n, z=verdict.z, combined_se=verdict.combined_se, verdict=verdict.verdict, note=notes,
         ))
     protocol = protocol_differences(spec) if protocol is None else protocol
     flat = _flatten(spec.model_dump(mode="json"))
