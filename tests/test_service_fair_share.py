@@ -42,8 +42,8 @@ def api(tmp_path: Path):
     """The app in process on SQLite, with an admin, alice and bob; no worker yet."""
     from api.main import create_app
 
-    # Places read fresh for every request, so that each step below shows at once.
-    settings = Settings(var_dir=tmp_path / "var", queue_places_ttl_s=0)
+    # Places read and statuses rendered for every request, so that each step below shows at once.
+    settings = Settings(var_dir=tmp_path / "var", queue_places_ttl_s=0, status_cache_ttl_s=0)
     upgrade_database(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as session:
         keys = {name: accounts.issue_key(session, accounts.create_user(session, name, role))
@@ -127,7 +127,8 @@ def test_status_polls_share_one_queue_snapshot_per_ttl(tmp_path: Path) -> None:
     from api.main import create_app
     from fflab.db import get_engine
 
-    settings = Settings(var_dir=tmp_path / "var", queue_places_ttl_s=60)
+    # Statuses rendered for every poll (api.status_cache has its own test): each reads the places.
+    settings = Settings(var_dir=tmp_path / "var", queue_places_ttl_s=60, status_cache_ttl_s=0)
     upgrade_database(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as session:
         key = accounts.issue_key(session, accounts.create_user(session, "alice"))
