@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import httpx
 
+from benchmarks import print_spread
 from benchmarks.load_bench import free_port, wait_until
 
 SERVER = """
@@ -43,38 +45,47 @@ uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), log_leve
 """
 
 
+async def cpu_ms_per_request(sessions: list, send: Callable[[Any], Awaitable[None]], requests: int) -> float:
+    """This process's CPU time per request while every session sends its share of
+    ``requests``, one after another, all sessions at once."""
+
+    async def share(session: Any) -> None:
+        for _ in range(requests // len(sessions)):
+            await send(session)
+
+    started = time.process_time()
+    await asyncio.gather(*(share(session) for session in sessions))
+    return 1000 * (time.process_time() - started) / requests
+
+
 async def with_httpx(url: str, clients: int, requests: int) -> float:
     sessions = [httpx.AsyncClient(headers={"Authorization": "Bearer x"}, limits=httpx.Limits(max_connections=1))
                 for _ in range(clients)]
 
-    async def one(session: httpx.AsyncClient) -> None:
-        for _ in range(requests // clients):
-            (await session.get(url)).raise_for_status()
+    async def send(session: httpx.AsyncClient) -> None:
+        (await session.get(url)).raise_for_status()
 
-    started = time.process_time()
-    await asyncio.gather(*(one(session) for session in sessions))
-    spent = time.process_time() - started
-    for session in sessions:
-        await session.aclose()
-    return 1000 * spent / requests
+    try:
+        return await cpu_ms_per_request(sessions, send, requests)
+    finally:
+        for session in sessions:
+            await session.aclose()
 
 
 async def with_aiohttp(url: str, clients: int, requests: int) -> float:
     sessions = [aiohttp.ClientSession(headers={"Authorization": "Bearer x"},
                                       connector=aiohttp.TCPConnector(limit=1)) for _ in range(clients)]
 
-    async def one(session: aiohttp.ClientSession) -> None:
-        for _ in range(requests // clients):
-            async with session.get(url) as response:
-                await response.read()
-                response.raise_for_status()
+    async def send(session: aiohttp.ClientSession) -> None:
+        async with session.get(url) as response:
+            await response.read()
+            response.raise_for_status()
 
-    started = time.process_time()
-    await asyncio.gather(*(one(session) for session in sessions))
-    spent = time.process_time() - started
-    for session in sessions:
-        await session.close()
-    return 1000 * spent / requests
+    try:
+        return await cpu_ms_per_request(sessions, send, requests)
+    finally:
+        for session in sessions:
+            await session.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,13 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.kill()
         server.wait()
-    baseline = min(per_round["httpx 0.28 AsyncClient"])
     print(f"client CPU ms per request, {args.clients} clients, {args.rounds} rounds of {args.requests} requests "
           f"(load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
-    print(f"{'client':<24} {'min':>6} {'median':>7} {'max':>6} {'min / httpx':>12}")
-    for name, values in per_round.items():
-        print(f"{name:<24} {min(values):>6.3f} {statistics.median(values):>7.3f} {max(values):>6.3f} "
-              f"{min(values) / baseline:>12.2f}")
+    print_spread(per_round, "client", digits=3)
     return 0
 
 

@@ -23,12 +23,13 @@ import asyncio
 import os
 import secrets
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+from benchmarks import print_spread
 
 SPEC = {"preset": "quick", "name": "poll-cost", "models": ["ff", "bp"], "seeds": [0, 1, 2, 3],
         "data": {"train_subset": 2000, "test_subset": 500}, "unseen_class": None, "network": {"width": 64}}
@@ -62,13 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             drop_database(args.postgres, database_name)
         shutil.rmtree(var_dir, ignore_errors=True)
     backend = "PostgreSQL" if args.postgres else "SQLite"
-    baseline = min(next(iter(per_round.values())))
     print(f"{backend}: CPU ms per status poll, in process, {args.rounds} rounds of {args.polls} polls "
           f"(load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
-    print(f"{'variant':<58} {'min':>6} {'median':>7} {'max':>6} {'min / first':>12}")
-    for variant, values in per_round.items():
-        print(f"{variant:<58} {min(values):>6.2f} {statistics.median(values):>7.2f} {max(values):>6.2f} "
-              f"{min(values) / baseline:>12.2f}")
+    print_spread(per_round, "variant")
     return 0
 
 
