@@ -33,8 +33,11 @@ class StatusCache:
     processes change shows within ``ttl_s``. ``ttl_s = 0`` renders every poll.
     """
 
-    def __init__(self, ttl_s: float, max_experiments: int = 4096, clock: Callable[[], float] = time.monotonic):
-        self.ttl_s, self.max_experiments, self.clock = ttl_s, max_experiments, clock
+    def __init__(self, ttl_s: float, max_experiments: int = 4096, max_base_urls: int = 8,
+                 clock: Callable[[], float] = time.monotonic):
+        self.ttl_s, self.clock = ttl_s, clock
+        # Bounded both ways: the base URL comes from the client's Host header.
+        self.max_experiments, self.max_base_urls = max_experiments, max_base_urls
         self._lock = threading.Lock()
         self._bodies: dict[str, dict[str, CachedStatus]] = {}  # experiment id -> base URL -> body
         self._forgets = 0  # how many times ``forget`` ran: a body read before one is not kept
@@ -63,7 +66,10 @@ class StatusCache:
             if experiment_id not in self._bodies and len(self._bodies) >= self.max_experiments:
                 for oldest in list(self._bodies)[: max(1, self.max_experiments // 4)]:
                     del self._bodies[oldest]  # a quarter at a time: the least recently added
-            self._bodies.setdefault(experiment_id, {})[base_url] = CachedStatus(owner_id, visibility, body, now)
+            bodies = self._bodies.setdefault(experiment_id, {})
+            if base_url not in bodies and len(bodies) >= self.max_base_urls:
+                del bodies[next(iter(bodies))]  # the least recently added
+            bodies[base_url] = CachedStatus(owner_id, visibility, body, now)
 
     def forget(self, experiment_id: str) -> None:
         """Drop every body of this experiment (after a write to it through this process)."""

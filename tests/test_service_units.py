@@ -462,6 +462,12 @@ def test_the_status_cache_expires_forgets_and_drops_bodies_read_before_a_write()
     assert [cache.get(f"e{index}", "http://a/") is not None for index in range(1, 7)] == [
         False, False, True, True, True, True]
 
+    hosts = StatusCache(ttl_s=1.0, max_base_urls=2, clock=lambda: now[0])  # Host headers are the client's
+    for host in ("http://a/", "http://b/", "http://c/"):
+        hosts.put("e1", host, 7, "private", host.encode(), hosts.epoch())
+    assert [hosts.get("e1", host) is not None for host in ("http://a/", "http://b/", "http://c/")] == [
+        False, True, True]
+
     off = StatusCache(ttl_s=0)
     off.put("e1", "http://a/", 7, "private", b"one", off.epoch())
     assert off.get("e1", "http://a/") is None
