@@ -24,11 +24,12 @@ from fflab.models.common import (
     ProgressCallback,
     StopCheck,
     TrainingProgress,
+    draw_negatives,
     embed_labels,
+    embed_negatives,
     goodness,
     goodness_loss,
     minibatches,
-    wrong_labels,
 )
 from fflab.spec import TrainingSpec
 
@@ -55,8 +56,8 @@ class ReferenceFF:
         self.index = -1
 
     def _draw_negative(self) -> torch.Tensor:
-        wrong = wrong_labels(self.labels.cpu(), self.classes, self.generator).to(self.labels.device)
-        return embed_labels(self.images, wrong, self.net.spec.label_value)
+        rows, wrong = draw_negatives(self.labels.cpu(), self.classes, self.generator, self.negative_labels)
+        return embed_negatives(self.images, rows, wrong, self.net.spec.label_value)
 
     def begin_layer(self, index: int) -> None:
         self.index, self.epochs_done = index, 0

@@ -85,8 +85,10 @@ CASES = [
     ("ff", "fixed", 64),
     ("ff", "per_epoch", None),
     ("ff", "per_epoch", 64),
+    ("ff", "subsampled", None),
     ("bpff", "fixed", 64),
     ("bpff", "per_epoch", None),
+    ("bpff", "subsampled", 64),
     ("bp", "fixed", 64),
     ("bp", "fixed", None),
 ]
@@ -166,7 +168,7 @@ def test_file_checkpoint_is_replaced_atomically(tmp_path):
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["c.pt"]  # no partial file left
 
 
-@pytest.mark.parametrize("negative_labels", ["fixed", "per_epoch"])
+@pytest.mark.parametrize("negative_labels", ["fixed", "per_epoch", "subsampled"])
 def test_resumed_ff_general_path_equals_uninterrupted_run(mnist, tmp_path, negative_labels):
     """The engine's general (autograd) path: l2 goodness, relu."""
     training = TrainingSpec(epochs=3, learning_rate=3e-3, batch_size=100)

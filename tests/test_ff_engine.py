@@ -120,6 +120,28 @@ VARIANTS = {
         TrainingSpec(epochs=5, learning_rate=1e-2),
         "per_epoch",
     ),
+    # The authors' negative data: other images than the positive rows', so layer 1
+    # gets a product per sign; both paths, full batch and minibatches.
+    "subsampled-full-batch-normalized-first": (
+        NetworkSpec(width=64, normalize_first_layer=True),
+        TrainingSpec(epochs=5, learning_rate=1e-2),
+        "subsampled",
+    ),
+    "subsampled-minibatch-batch_max": (
+        NetworkSpec(width=64, label_value="batch_max"),
+        TrainingSpec(epochs=4, learning_rate=1e-2, batch_size=100),
+        "subsampled",
+    ),
+    "subsampled-l2-goodness-minibatch": (
+        NetworkSpec(width=64, goodness="l2", threshold=2.0),
+        TrainingSpec(epochs=4, learning_rate=1e-2, batch_size=128),
+        "subsampled",
+    ),
+    "subsampled-l1-goodness-full-batch": (
+        NetworkSpec(width=64, goodness="l1", threshold=5.0),
+        TrainingSpec(epochs=4, learning_rate=1e-2),
+        "subsampled",
+    ),
     "mean_squares-relu-no-normalization": (
         NetworkSpec(width=64, goodness="mean_squares", activation="relu", normalization="none"),
         TrainingSpec(epochs=5, learning_rate=1e-2, batch_size=150),
@@ -136,14 +158,17 @@ def test_variants_match_reference_on_mnist(mnist, name, device):
     assert_same_training(reference, engine, atol=1e-10)
 
 
+@pytest.mark.parametrize("negative_labels", ["per_epoch", "subsampled"])
 @pytest.mark.parametrize("batch_size", [None, 64])
-def test_random_tensors_with_a_missing_class_match_reference(batch_size):
+def test_random_tensors_with_a_missing_class_match_reference(batch_size, negative_labels):
+    # Random images: every row has its own maximum, so the label pixel's value differs
+    # between an image and the other image a subsampled negative row shows.
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(300, 784, generator=generator, dtype=torch.float64)
     labels = torch.randint(1, 10, (300,), generator=generator)  # class 0 left out, as in the unseen-class runs
     training = TrainingSpec(epochs=4, learning_rate=1e-2, batch_size=batch_size)
     network = NetworkSpec(width=48, layers=3)
-    reference, engine = train_both(network, training, images, labels, "per_epoch")
+    reference, engine = train_both(network, training, images, labels, negative_labels)
     assert_same_training(reference, engine, atol=1e-10)
 
 

@@ -8,6 +8,7 @@ from fflab.models.bpff import train_bpff
 from fflab.models.common import (
     Cancelled,
     GoodnessNetwork,
+    draw_negatives,
     embed_labels,
     goodness,
     goodness_loss,
@@ -44,6 +45,39 @@ def test_wrong_labels_are_never_the_true_label_and_stay_in_the_classes():
     # uniform over the three wrong classes
     counts = torch.bincount(wrong[labels == 1], minlength=10)[[2, 3, 9]]
     assert counts.min().item() > 120
+
+
+def test_subsampled_negatives_keep_n_distinct_wrong_label_copies_of_the_images():
+    # The authors' negative data: of the N * (k - 1) (image, wrong label) copies, N kept.
+    labels = torch.tensor([1, 2, 3, 9] * 750)
+    classes = torch.tensor([1, 2, 3, 9])
+    rows, wrong = draw_negatives(labels, classes, torch.Generator().manual_seed(0), "subsampled")
+    assert rows.shape == wrong.shape == labels.shape
+    assert (wrong != labels[rows]).all() and torch.isin(wrong, classes).all()
+    copies = rows * 10 + wrong
+    assert copies.unique().numel() == labels.numel()  # no copy twice
+    # Each image appears Binomial(3, 1/3) times: not at all with probability (2/3)^3 = 0.296.
+    shown = torch.bincount(rows, minlength=labels.numel())
+    assert shown.max().item() <= 3
+    assert (shown == 0).float().mean().item() == pytest.approx(8 / 27, abs=0.03)
+    # Uniform over the wrong classes, and the rows are not image i in order.
+    assert torch.bincount(wrong[labels[rows] == 1], minlength=10)[[2, 3, 9]].min().item() > 200
+    assert (rows != torch.arange(labels.numel())).float().mean().item() > 0.99
+    # Two images, classes {0, 1, 2}: the four copies, two kept.
+    rows, wrong = draw_negatives(torch.tensor([0, 2]), torch.tensor([0, 1, 2]), torch.Generator().manual_seed(3),
+                                 "subsampled")
+    assert set(zip(rows.tolist(), wrong.tolist())) < {(0, 1), (0, 2), (1, 0), (1, 1)}
+    assert len(set(zip(rows.tolist(), wrong.tolist()))) == 2
+
+
+def test_fixed_and_per_epoch_negatives_are_each_image_with_a_wrong_label():
+    labels = torch.tensor([0, 1, 2, 3] * 10)
+    for scheme in ("fixed", "per_epoch"):
+        rows, wrong = draw_negatives(labels, torch.arange(4), torch.Generator().manual_seed(0), scheme)
+        assert rows is None
+        assert torch.equal(wrong, wrong_labels(labels, torch.arange(4), torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="negative_labels"):
+        draw_negatives(labels, torch.arange(4), torch.Generator(), "never")
 
 
 def test_goodness_kinds_on_a_known_vector():

@@ -32,7 +32,8 @@ OPEN_CHOICES = {
     "network.normalize_first_layer": "the image normalised before layer 1 (authors' code; the paper is silent) or not",
     "network.normalization": "which norm between layers (the authors' NetFF uses l2 whatever its config)",
     "network.label_value": "the label pixel's value: the image's maximum (paper) or the batch's (code)",
-    "negative_labels": "wrong labels drawn once (code) or every epoch",
+    "negative_labels": "one wrong label per image drawn once or every epoch, or a subsample of all "
+                       "wrong-label copies (code)",
     "prediction": "goodness summed over layers (paper) or per-layer softmax then summed (code)",
     "unseen_class_negatives": "where the unseen-class runs draw wrong labels from",
 }

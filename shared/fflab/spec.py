@@ -193,8 +193,9 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
 
     negative_labels: NEGATIVE_LABEL_DRAWS.literal() = Field(
         "fixed",
-        description="One random wrong label per image, drawn once before training (code), "
-        "or drawn again each epoch.",
+        description="The negative data: each image with one random wrong label drawn once before "
+        "training (fixed) or again each epoch (per_epoch), or, as the authors' code builds it, as many "
+        "of all the images' wrong-label copies as there are images, drawn once (subsampled).",
     )
     prediction: PREDICTION_RULES.literal() = Field(
         "sum",

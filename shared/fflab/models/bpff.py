@@ -25,13 +25,14 @@ from fflab.models.common import (
     check_checkpoint_every,
     check_negative_labels,
     cpu_state,
+    draw_negatives,
     embed_labels,
+    embed_negatives,
     evaluate_goodness_network,
     goodness_loss,
     minibatches,
     negative_classes_of,
     resume_state,
-    wrong_labels,
 )
 
 if TYPE_CHECKING:
@@ -65,10 +66,7 @@ def train_bpff(
     classes = negative_classes_of(labels, negative_classes)
     positive = embed_labels(images, labels, spec.label_value)
 
-    def draw_wrong() -> torch.Tensor:
-        return wrong_labels(labels.cpu(), classes, generator).to(labels.device)
-
-    wrong = draw_wrong()
+    rows, wrong = draw_negatives(labels.cpu(), classes, generator, negative_labels)
     threshold = spec.threshold * spec.layers
     optimizer = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
     losses: list[float] = []
@@ -77,15 +75,15 @@ def train_bpff(
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        wrong = state["wrong_labels"].to(labels.device)
+        rows, wrong = state.get("negative_rows"), state["wrong_labels"]
         losses = list(state["losses"])
-    negative = embed_labels(images, wrong, spec.label_value)
+    negative = embed_negatives(images, rows, wrong, spec.label_value)
     for epoch in range(len(losses), training.epochs):
         if should_stop is not None and should_stop():
             raise Cancelled()
         if negative_labels == "per_epoch" and epoch > 0:
-            wrong = draw_wrong()
-            negative = embed_labels(images, wrong, spec.label_value)
+            rows, wrong = draw_negatives(labels.cpu(), classes, generator, negative_labels)
+            negative = embed_negatives(images, rows, wrong, spec.label_value)
         epoch_loss = 0.0
         batches = minibatches(images.shape[0], training.batch_size, generator)
         for batch in batches:
@@ -105,7 +103,7 @@ def train_bpff(
             checkpoint.save({
                 "trainer": "bpff", "epoch": len(losses), "net": cpu_state(net),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "wrong_labels": wrong.cpu(), "losses": list(losses),
+                "negative_rows": rows, "wrong_labels": wrong, "losses": list(losses),
             })
     return losses
 

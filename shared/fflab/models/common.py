@@ -233,6 +233,37 @@ def wrong_labels(labels: torch.Tensor, classes: torch.Tensor, generator: torch.G
     return classes[(position + shift) % n_classes]
 
 
+def draw_negatives(
+    labels: torch.Tensor, classes: torch.Tensor, generator: torch.Generator, negative_labels: str
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The negative data of one draw: which image each negative row shows, and its wrong label.
+
+    labels: (N,) ints on the CPU, each in ``classes`` (k,) sorted. Returns ``(rows,
+    wrong)``: ``rows`` (N,) indices into the images, or None where negative row i
+    is image i (``fixed``, ``per_epoch``: ``wrong_labels``); ``wrong`` (N,). With
+    ``subsampled`` (the authors' code), N of the N * (k - 1) wrong-label copies are
+    kept, uniformly without replacement, in random order: an image appears
+    Binomial(k - 1, 1 / (k - 1)) times, so about 37% of the images not at all.
+    """
+    check_negative_labels(negative_labels)
+    if negative_labels != "subsampled":
+        return None, wrong_labels(labels, classes, generator)
+    n, others = labels.numel(), classes.numel() - 1
+    kept = torch.randperm(n * others, generator=generator)[:n]
+    rows = kept // others
+    position = torch.searchsorted(classes, labels[rows])
+    return rows, classes[(position + kept % others + 1) % classes.numel()]
+
+
+def embed_negatives(
+    images: torch.Tensor, rows: torch.Tensor | None, wrong: torch.Tensor, label_value: str
+) -> torch.Tensor:
+    """Layer 1's negative inputs (N, 784), on the images' device, of a draw
+    ``(rows, wrong)`` of ``draw_negatives``."""
+    shown = images if rows is None else images[rows.to(images.device)]
+    return embed_labels(shown, wrong.to(images.device), label_value)
+
+
 def negative_classes_of(labels: torch.Tensor, negative_classes: torch.Tensor | None) -> torch.Tensor:
     """The sorted CPU tensor of classes wrong labels are drawn from: ``negative_classes``
     if given (it must hold every class of ``labels``), else the classes in ``labels``."""

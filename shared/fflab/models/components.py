@@ -66,4 +66,7 @@ PREDICTION_RULES: Registry[Rowwise] = Registry("prediction", {
 NEGATIVE_LABEL_DRAWS: Registry[str] = Registry("negative_labels", {
     "fixed": "one wrong label per image, drawn once before training",
     "per_epoch": "a new wrong label per image at every epoch",
+    "subsampled": "every image with each of its wrong labels, as many of these copies kept as there "
+                  "are images, drawn once before training (the authors' code): some images appear "
+                  "twice or more, about a third not at all",
 })

@@ -50,8 +50,8 @@ def train_ff(
 
     images: (N, 784) on the net's device; labels: (N,). Each layer gets its own
     Adam with ``training.learning_rate_of_layer(index)`` and ``training.epochs`` epochs of
-    ``minibatches(N, training.batch_size, generator)``; negative labels are drawn
-    once (``fixed``) or again every epoch (``per_epoch``), from ``negative_classes``
+    ``minibatches(N, training.batch_size, generator)``; the negative data are drawn
+    (``draw_negatives``) once (``fixed``, ``subsampled``) or again every epoch (``per_epoch``), from ``negative_classes``
     (sorted; default: the classes present in ``labels``). ``progress`` is called
     after every epoch; ``should_stop`` is checked before every epoch and raises
     ``Cancelled``. Returns the loss of each epoch, per layer.

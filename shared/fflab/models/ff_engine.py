@@ -58,6 +58,7 @@ from fflab.models.common import (
     StopCheck,
     TrainingProgress,
     check_negative_labels,
+    draw_negatives,
     cpu_state,
     embed_labels,
     goodness,
@@ -65,7 +66,6 @@ from fflab.models.common import (
     minibatches,
     negative_classes_of,
     resume_state,
-    wrong_labels,
 )
 from fflab.models.components import ACTIVATIONS
 
@@ -147,10 +147,9 @@ class FFEngine:
         with torch.no_grad():
             self.base, self.value = first_layer_parts(net, images, labels)
             self.pos_labels = labels
-            self.pos_embed = self._label_matrix(labels)
+            self.pos_embed = self._label_matrix(labels, self.value)
             # Drawn here, as the straightforward implementation does, before any epoch.
-            self.neg_labels = self._draw_wrong()
-            self.neg_embed = self._label_matrix(self.neg_labels)
+            self._set_negatives(*draw_negatives(self.labels_cpu, self.classes, generator, negative_labels))
 
         width = max(layer.out_features for layer in net.layers)
         in_width = max(layer.in_features for layer in net.layers)
@@ -159,7 +158,10 @@ class FFEngine:
         self._row_ids = torch.arange(2 * self.rows, device=self.device)
         self._offsets = torch.zeros(width, dtype=torch.int64, device=self.device)
         if not full:
-            self._batch_base = self._buffer(self.rows * images.shape[1])
+            # Layer 1's step inputs: the positive rows' base, then the negative rows' where
+            # those show other images (``subsampled``).
+            paired = 1 if self.neg_rows is None else 2
+            self._batch_base = self._buffer(paired * self.rows * images.shape[1])
             self._batch_x = self._buffer(2 * self.rows * in_width)
         self.x = None  # inputs of the current layer >= 2: (2N, in) positive rows then negative rows
         self._frozen_shared = None  # layer 1's shared product once frozen (per_epoch negatives)
@@ -174,19 +176,30 @@ class FFEngine:
     def _view(buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
         return buffer[: rows * columns].view(rows, columns)
 
-    def _draw_wrong(self) -> torch.Tensor:
-        return wrong_labels(self.labels_cpu, self.classes, self.generator).to(self.device)
-
-    def _label_matrix(self, labels: torch.Tensor) -> torch.Tensor:
+    def _label_matrix(self, labels: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """(N, 10): the label pixels of layer 1's input, ``value`` at the label."""
-        matrix = torch.zeros(labels.shape[0], LABEL_PIXELS, dtype=self.value.dtype, device=self.device)
-        matrix[torch.arange(labels.shape[0], device=self.device), labels] = self.value
+        matrix = torch.zeros(labels.shape[0], LABEL_PIXELS, dtype=value.dtype, device=self.device)
+        matrix[torch.arange(labels.shape[0], device=self.device), labels] = value
         return matrix
 
     @torch.no_grad()
+    def _set_negatives(self, rows: torch.Tensor | None, labels: torch.Tensor) -> None:
+        """The negative data of a draw (``draw_negatives``): negative row i shows image
+        ``rows[i]`` (image i where ``rows`` is None) with label ``labels[i]``.
+
+        ``layer1_base`` holds layer 1's base rows of a whole epoch: the N rows that
+        both signs share, or, where the negative rows show other images
+        (``subsampled``), the N positive rows then the N negative rows, which then
+        get a product of their own."""
+        self.neg_rows = None if rows is None else rows.to(self.device)
+        self.neg_labels = labels.to(self.device)
+        self.neg_value = self.value if rows is None else self.value[self.neg_rows]
+        self.neg_embed = self._label_matrix(self.neg_labels, self.neg_value)
+        self.layer1_base = self.base if rows is None else torch.cat([self.base, self.base[self.neg_rows]])
+
+    @torch.no_grad()
     def _redraw_negatives(self) -> None:
-        self.neg_labels = self._draw_wrong()
-        self.neg_embed = self._label_matrix(self.neg_labels)
+        self._set_negatives(*draw_negatives(self.labels_cpu, self.classes, self.generator, self.negative_labels))
         if self.index == 0:
             return
         self._negative_inputs()
@@ -237,7 +250,7 @@ class FFEngine:
             if index == 0:
                 if self.negative_labels == "per_epoch":  # kept to redraw negatives
                     self._frozen_shared = torch.addmm(layer.bias, self.base, layer.weight.t())
-                x, label_pixels = self.base, (self.pos_embed, self.neg_embed)
+                x, label_pixels = self.layer1_base, (self.pos_embed, self.neg_embed)
             else:
                 x, label_pixels = self.x, None
             if self.rows == self.n:  # the step buffer holds all 2N rows
@@ -259,6 +272,7 @@ class FFEngine:
             "net": cpu_state(self.net),
             "history": [list(losses) for losses in history],
             "generator": self.generator.get_state(),
+            "neg_rows": None if self.neg_rows is None else self.neg_rows.cpu(),
             "neg_labels": self.neg_labels.cpu(),
         }
 
@@ -269,8 +283,7 @@ class FFEngine:
         as the interrupted run computed them. Returns the finished layers' history."""
         done = int(state["layers_done"])
         self.net.load_state_dict(state["net"])
-        self.neg_labels = state["neg_labels"].to(self.device)
-        self.neg_embed = self._label_matrix(self.neg_labels)
+        self._set_negatives(state.get("neg_rows"), state["neg_labels"])
         for index in range(done):
             self.index = index
             # With per_epoch negatives redrawn within a layer >= 2, that layer's negative
@@ -317,9 +330,10 @@ class FFEngine:
         positive and negative rows (layer 1 only))."""
         if self.index == 0:
             if batch is None:
-                return self.n, self.base, (self.pos_embed, self.neg_embed)
+                return self.n, self.layer1_base, (self.pos_embed, self.neg_embed)
             m = batch.numel()
-            base = torch.index_select(self.base, 0, batch, out=self._view(self._batch_base, m, self.base.shape[1]))
+            rows = batch if self.neg_rows is None else torch.cat([batch, self.neg_rows[batch]])
+            base = torch.index_select(self.base, 0, rows, out=self._view(self._batch_base, rows.numel(), self.base.shape[1]))
             return m, base, (self.pos_embed[batch], self.neg_embed[batch])
         if batch is None:
             return self.n, self.x, None
@@ -337,11 +351,16 @@ class FFEngine:
         layer = self.net.layers[self.index]
         if label_pixels is None:
             return torch.addmm(layer.bias, x, layer.weight.t(), out=z)
+        m = z.shape[0] // 2
+        w_labels = layer.weight[:, :LABEL_PIXELS].t()
+        if x.shape[0] == 2 * m:  # layer 1, negative rows of other images: a product for each sign
+            torch.addmm(layer.bias, x, layer.weight.t(), out=z)
+            z[:m].addmm_(label_pixels[0], w_labels)
+            z[m:].addmm_(label_pixels[1], w_labels)
+            return z
         # Layer 1: the shared product goes into the positive half, the negative half
         # is it plus the negative label pixels, then the positive label pixels are added.
-        m = x.shape[0]
         shared = torch.addmm(layer.bias, x, layer.weight.t(), out=z[:m])
-        w_labels = layer.weight[:, :LABEL_PIXELS].t()
         torch.addmm(shared, label_pixels[1], w_labels, out=z[m:])
         shared.addmm_(label_pixels[0], w_labels)
         return z
@@ -413,7 +432,8 @@ class FFEngine:
         out_features, in_features = layer.weight.shape
         first = self.index == 0
         with self._serial():
-            sources = rows - m * (rows >= m) if first else rows  # layer 1: both signs read the shared base
+            shared = first and x.shape[0] == m
+            sources = rows - m * (rows >= m) if shared else rows  # layer 1: both signs read the shared base
             order = _stable_argsort(units)
             counts = torch.bincount(units, minlength=out_features)
             offsets = self._offsets[:out_features]
@@ -424,7 +444,7 @@ class FFEngine:
             if first:  # the label pixel, which ``base`` leaves out
                 step = slice(None) if batch is None else batch
                 label_of_row = torch.cat([self.pos_labels[step], self.neg_labels[step]])
-                value_of_row = self.value[step].repeat(2)
+                value_of_row = torch.cat([self.value[step], self.neg_value[step]])
                 grad_w.view(-1).index_add_(0, units * in_features + label_of_row[rows], coef * value_of_row[rows])
             grad_b = torch.zeros(out_features, dtype=coef.dtype, device=coef.device).index_add_(0, units, coef)
         layer.weight.grad, layer.bias.grad = grad_w, grad_b
@@ -438,10 +458,12 @@ class FFEngine:
             h = net.activation(F.linear(x, layer.weight, layer.bias))
             g_pos, g_neg = goodness(h[:m], spec.goodness), goodness(h[m:], spec.goodness)
         else:
-            shared = F.linear(x, layer.weight, layer.bias)
+            product = F.linear(x, layer.weight, layer.bias)
+            # Shared by both signs, or the positive rows' then the negative rows' (``subsampled``).
+            pos_product, neg_product = (product, product) if x.shape[0] == m else (product[:m], product[m:])
             w_labels = layer.weight[:, :LABEL_PIXELS].t()
-            g_pos = goodness(net.activation(torch.addmm(shared, label_pixels[0], w_labels)), spec.goodness)
-            g_neg = goodness(net.activation(torch.addmm(shared, label_pixels[1], w_labels)), spec.goodness)
+            g_pos = goodness(net.activation(torch.addmm(pos_product, label_pixels[0], w_labels)), spec.goodness)
+            g_neg = goodness(net.activation(torch.addmm(neg_product, label_pixels[1], w_labels)), spec.goodness)
         loss = goodness_loss(g_pos, g_neg, spec.threshold)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -27,12 +27,13 @@ from fflab.models.common import (
     TrainingJob,
     TrainingProgress,
     check_negative_labels,
+    draw_negatives,
     embed_labels,
+    embed_negatives,
     evaluate_goodness_network,
     goodness,
     minibatches,
     negative_classes_of,
-    wrong_labels,
 )
 
 if TYPE_CHECKING:
@@ -62,7 +63,8 @@ def train_symba(
     images: (N, 784) on the net's device; labels: (N,). Each layer gets its own Adam
     with ``training.learning_rate_of_layer(index)`` for ``training.epochs`` epochs of
     ``minibatches(N, training.batch_size, generator)``; wrong labels are drawn from
-    ``negative_classes`` once (``fixed``) or at every epoch (``per_epoch``).
+    ``negative_classes`` by ``draw_negatives`` once (``fixed``, ``subsampled``) or at every
+    epoch (``per_epoch``).
     """
     check_negative_labels(negative_labels)
     spec = net.spec
@@ -70,8 +72,8 @@ def train_symba(
     positive_images = embed_labels(images, labels, spec.label_value)
 
     def negative_images() -> torch.Tensor:
-        return embed_labels(images, wrong_labels(labels.cpu(), classes, generator).to(labels.device),
-                            spec.label_value)
+        rows, wrong = draw_negatives(labels.cpu(), classes, generator, negative_labels)
+        return embed_negatives(images, rows, wrong, spec.label_value)
 
     @torch.no_grad()
     def below(x: torch.Tensor, index: int) -> torch.Tensor:
