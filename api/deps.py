@@ -16,6 +16,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from fflab import accounts, jobs
@@ -125,10 +126,18 @@ OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]
 async def in_one_trip(settings: Settings, work: Callable[[Session], T]) -> T:
     """``work(session)`` in one trip to the threadpool, with a read-only session of
     its own (no transaction: no BEGIN and ROLLBACK round trips) closed there too.
-    ``work`` must not write."""
+    ``work`` must not write. Where its connection turns out to be broken (the
+    database restarted; ``fflab.db.session`` pings only connections that sat idle),
+    ``work`` runs once more on a new one: it only reads."""
 
     def call() -> T:
-        with get_sessionmaker(settings.resolved_database_url, read_only=True)() as session:
-            return work(session)
+        for attempt in (1, 2):
+            try:
+                with get_sessionmaker(settings.resolved_database_url, read_only=True)() as session:
+                    return work(session)
+            except DBAPIError as error:
+                if attempt == 2 or not error.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     return await run_in_threadpool(call)

@@ -111,3 +111,56 @@ def test_database_outage_is_503_with_retry_after_and_recovers(pg_database, tmp_p
             assert client.get("/v1/experiments").status_code == 200
     finally:
         proxy.stop()
+
+
+def test_pooled_connections_are_pinged_only_after_sitting_idle(pg_database, tmp_path, monkeypatch) -> None:
+    """Under load a status poll makes no ping round trip; a connection idle longer than
+    PING_AFTER_IDLE_S is pinged first, and one the database dropped meanwhile is
+    replaced, for reads and writes alike; a read-only trip retries a connection
+    found broken without the ping."""
+    from fflab.db import get_engine
+    from fflab.db import session as db_session
+
+    direct = pg_database()
+    upgrade_database(direct)
+    with session_scope(direct) as session:
+        key = accounts.issue_key(session, accounts.create_user(session, "alice"))
+    proxy = Proxy(free_port())
+    proxy.start()
+    via_proxy = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    from api.main import create_app
+
+    settings = Settings(var_dir=tmp_path / "var", database_url=via_proxy)
+    dialect = get_engine(via_proxy).dialect
+    pings: list[int] = []
+    real_ping = dialect.do_ping
+    monkeypatch.setattr(dialect, "do_ping", lambda connection: pings.append(1) or real_ping(connection))
+    try:
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"},
+                        raise_server_exceptions=False) as client:
+            experiment = client.post("/v1/experiments", json={"preset": "quick", "seeds": [0]}).json()["id"]
+            pings.clear()
+            for _ in range(20):  # back to back: the connection never sits idle
+                assert client.get(f"/v1/experiments/{experiment}").status_code == 200
+                assert client.get("/v1/users/me").status_code == 200
+            assert pings == []
+            monkeypatch.setattr(db_session, "PING_AFTER_IDLE_S", 0.05)
+            time.sleep(0.1)
+            assert client.get("/v1/users/me").status_code == 200
+            assert len(pings) == 1
+            # The database drops every connection; after a pause, a write-capable session
+            # gets a new connection from the ping instead of an error.
+            proxy.stop()
+            proxy.start()
+            time.sleep(0.1)
+            assert client.get("/v1/users/me").status_code == 200
+            assert client.patch(f"/v1/experiments/{experiment}", json={"name": "renamed"}).status_code == 200
+            # Dropped again and used at once, before any ping: the read-only trip retries.
+            monkeypatch.setattr(db_session, "PING_AFTER_IDLE_S", 60.0)
+            proxy.stop()
+            proxy.start()
+            polled = client.get(f"/v1/experiments/{experiment}")
+            assert polled.status_code == 200, polled.text
+            assert polled.json()["name"] == "renamed"
+    finally:
+        proxy.stop()

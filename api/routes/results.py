@@ -10,16 +10,27 @@ asked for by name that does not exist answers 404 ``not_found``."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only
 
 from api import schemas, views
-from api.deps import ReadableExperiment, SessionDep, StorageDep
+from api.deps import (
+    Credentials,
+    ExperimentId,
+    ReadableExperiment,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    authenticated_user,
+    in_one_trip,
+    readable_experiment,
+)
 from api.errors import api_error, problem_responses
 from api.files import file_response
 from api.paging import Page, PageDep, page_params
@@ -99,10 +110,21 @@ def _runs(session: Session, experiment: Experiment, model: str | None, dataset: 
     return list(session.scalars(query.order_by(Run.id)))
 
 
-@router.get("/ensembles", response_model=schemas.EnsemblesOut)
-def get_ensembles(
-    experiment: ReadableExperiment, session: SessionDep,
-    page: Annotated[Page, page_params(default=200)],
+@dataclass(frozen=True)
+class EnsembleFilters:
+    """What ``GET /ensembles`` keeps (None: any)."""
+
+    model: str | None
+    dataset: str | None
+    layer: int | None
+    class_index: int | None
+    method: str | None
+    quantile: float | None
+    run_id: str | None
+    old_class: str | None  # the class filter's old name, refused with its new one
+
+
+def ensemble_filters(
     model: ModelFilter = None, dataset: DatasetFilter = None, layer: LayerFilter = None,
     class_index: Annotated[int | None, Query(ge=0, le=9, description="Class 0-9.")] = None,
     method: MethodFilter = None,
@@ -111,14 +133,35 @@ def get_ensembles(
         "POST an analysis to compute another."))] = None,
     run_id: Annotated[str | None, Query(max_length=128)] = None,
     old_class: Annotated[str | None, Query(alias="class", include_in_schema=False)] = None,
+) -> EnsembleFilters:
+    return EnsembleFilters(model, dataset, layer, class_index, method, quantile, run_id, old_class)
+
+
+@router.get("/ensembles", response_model=schemas.EnsemblesOut)
+async def get_ensembles(
+    experiment_id: ExperimentId, settings: SettingsDep, credentials: Credentials,
+    page: Annotated[Page, page_params(default=200)],
+    filters: Annotated[EnsembleFilters, Depends(ensemble_filters)],
 ) -> schemas.EnsemblesOut:
     """Per finished run, its ensembles.json (schema: fflab/schemas/ensembles.schema.json)
     with only the ensembles matching the filters, a page of ensembles at a time
     (``limit`` ensembles, runs in order)."""
-    if old_class is not None:  # the filter's old name: it must not be ignored silently
-        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", "class"), "input": old_class,
+
+    def ensembles_page(session: Session) -> schemas.EnsemblesOut:
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        return ensembles_of(session, experiment, page, filters)
+
+    return await in_one_trip(settings, ensembles_page)  # dashboards poll it: one trip to the threadpool
+
+
+def ensembles_of(session: Session, experiment: Experiment, page: Page, filters: EnsembleFilters) -> schemas.EnsemblesOut:
+    """The page of ``GET /ensembles`` (the 422s of the filters that need the experiment included)."""
+    if filters.old_class is not None:  # the filter's old name: it must not be ignored silently
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", "class"),
+                                       "input": filters.old_class,
                                        "msg": "the class filter is class_index (as in the ensembles' records)"}])
     quantiles = computed_quantiles(experiment)
+    quantile = filters.quantile
     if quantile is not None and quantile not in quantiles:
         raise RequestValidationError([{
             "type": "value_error", "loc": ("query", "quantile"), "input": quantile,
@@ -126,15 +169,15 @@ def get_ensembles(
             "msg": f"quantile {quantile} was not computed for this experiment (its quantiles: "
                    f"{', '.join(map(str, quantiles))}); to get it, POST /v1/experiments/{experiment.id}/analyses "
                    f"with quantiles that include it"}])
-    runs = {run.run_id: run for run in _runs(session, experiment, model, dataset, run_id,
+    runs = {run.run_id: run for run in _runs(session, experiment, filters.model, filters.dataset, filters.run_id,
                                              columns=(Run.run_id, Run.ensemble_summary))}
     fields = ("layer", "class_index", "class_name", "method", "quantile", "threshold", "epsilon", "rho_cut",
               "nh_cut", "n_images", "units", "size")
     # Plain rows, not ORM objects: an experiment has hundreds of ensembles per run.
     query = select(Ensemble.run_id, *(getattr(Ensemble, field) for field in fields)).where(
         Ensemble.experiment_id == experiment.id, Ensemble.run_id.in_(list(runs)))
-    for column, value in ((Ensemble.layer, layer), (Ensemble.class_index, class_index),
-                          (Ensemble.method, method), (Ensemble.quantile, quantile)):
+    for column, value in ((Ensemble.layer, filters.layer), (Ensemble.class_index, filters.class_index),
+                          (Ensemble.method, filters.method), (Ensemble.quantile, quantile)):
         if value is not None:
             query = query.where(column == value)
     found, next_token = page.cut(list(session.execute(query.order_by(Ensemble.id)

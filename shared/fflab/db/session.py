@@ -12,16 +12,20 @@ already, so it holds the write lock.)"""
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 POSTGRES_POOL_SIZE, POSTGRES_MAX_OVERFLOW = 16, 4
+# A pooled connection unused for longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_S = 2.0
 _engines: dict[str, Engine] = {}
 _sessionmakers: dict[tuple[str, bool], sessionmaker[Session]] = {}
 _lock = threading.Lock()
@@ -34,8 +38,10 @@ def _create_engine(url: str) -> Engine:
         # load (with SQLAlchemy's 5, the rest were opened and closed for each request, and
         # a PostgreSQL connection costs more than the query); beyond pool plus overflow a
         # request waits for one. Up to 20 per process: size max_connections to match.
-        return create_engine(url, pool_pre_ping=True, pool_size=POSTGRES_POOL_SIZE,
-                             max_overflow=POSTGRES_MAX_OVERFLOW)
+        engine = create_engine(url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW)
+        event.listen(engine, "checkin", _note_idle_since)
+        event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # The API, the worker and the broker share the file: wait for locks instead of failing.
@@ -52,6 +58,29 @@ def _create_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _note_idle_since(_dbapi_connection, record) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dialect, dbapi_connection, record, _proxy) -> None:
+    """Pessimistic disconnect handling for connections that sat idle: a database
+    restart or a dropped connection is found by a ``SELECT 1`` before use, and the
+    pool replaces the connection (``DisconnectionError``). SQLAlchemy's
+    ``pool_pre_ping`` does that on every checkout, one more round trip per request;
+    under load a connection comes back to the pool within milliseconds and goes out
+    again unpinged (a status poll then makes one round trip instead of two). A
+    connection broken while in use or within ``PING_AFTER_IDLE_S`` fails its
+    statement instead; the first such error invalidates the process's whole pool,
+    and the API's read-only trips (``api.deps.in_one_trip``) retry once."""
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since <= PING_AFTER_IDLE_S:
+        return
+    try:
+        dialect.do_ping(dbapi_connection)
+    except dialect.loaded_dbapi.Error as error:
+        raise exc.DisconnectionError(f"the idle connection is gone: {error}") from error
 
 
 def get_engine(url: str) -> Engine:
