@@ -13,7 +13,10 @@ round, so that the machine's state changes each alike: the queue snapshot read f
 every poll (``queue_places_ttl_s = 0``) or reused (the default), and the status body
 rendered for every poll (``status_cache_ttl_s = 0``) or reused (the default; each poll
 still authenticates its key). The estimator is the least CPU time per poll over
-the rounds (noise only adds time); the median and maximum show the spread.
+the rounds (noise only adds time); the median and maximum show the spread. The wall
+time per poll is printed the same way (it includes the database server's answers,
+which the CPU time of this process leaves out), and on PostgreSQL the pool's pings
+per poll (a round trip each; ``fflab.db.session`` pings only idle connections).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         database_name = f"fflab_poll_{secrets.token_hex(4)}"
         settings = Settings(var_dir=var_dir, database_url=create_database(args.postgres, database_name))
     try:
-        per_round = asyncio.run(measure(settings, args.rounds, args.polls))
+        per_round, wall_per_round, pings = asyncio.run(measure(settings, args.rounds, args.polls))
     finally:
         if database_name:
             from benchmarks.load_bench import drop_database
@@ -66,15 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{backend}: CPU ms per status poll, in process, {args.rounds} rounds of {args.polls} polls "
           f"(load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
     print_spread(per_round, "variant")
+    print(f"\n{backend}: wall ms per status poll, the same polls")
+    print_spread(wall_per_round, "variant")
+    if pings is not None:
+        print(f"\nthe pool's pings per poll: {pings:.2f}")
     return 0
 
 
-async def measure(settings, rounds: int, polls: int) -> dict[str, list[float]]:
+async def measure(settings, rounds: int, polls: int) -> tuple[dict[str, list[float]], dict[str, list[float]],
+                                                              float | None]:
     from sqlalchemy import select, update
 
     from api.main import create_app
     from fflab import accounts
-    from fflab.db import Run, session_scope
+    from fflab.db import Run, get_engine, session_scope
     from fflab.db.migrate import upgrade_database
 
     upgrade_database(settings.resolved_database_url)
@@ -87,8 +95,13 @@ async def measure(settings, rounds: int, polls: int) -> dict[str, list[float]]:
         f"queue reused ({queue_ttl:g} s), status rendered per poll": (queue_ttl, 0.0),
         f"queue reused, status reused ({status_ttl:g} s) (as served)": (queue_ttl, status_ttl),
     }
-    per_round: dict[str, list[float]] = {name: [] for name in variants}
-    per_round["/healthz (the in-process client and app)"] = []
+    healthz = "/healthz (the in-process client and app)"
+    per_round: dict[str, list[float]] = {name: [] for name in [*variants, healthz]}
+    wall_per_round: dict[str, list[float]] = {name: [] for name in [*variants, healthz]}
+    dialect, pings = get_engine(settings.resolved_database_url).dialect, [0]
+    if dialect.name != "sqlite":
+        ping = dialect.do_ping
+        dialect.do_ping = lambda connection: pings.__setitem__(0, pings[0] + 1) or ping(connection)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://poll-cost",
                                  headers={"Authorization": f"Bearer {key}"}) as client:
@@ -101,22 +114,30 @@ async def measure(settings, rounds: int, polls: int) -> dict[str, list[float]]:
             session.execute(update(Run).where(Run.id == first).values(
                 status="running", progress={"layer": 1, "layers": 3, "epoch": 2, "epochs": 3, "eta_seconds": 4.0}))
         path = f"/v1/experiments/{experiment_id}"
+        pinged = polled = 0
         for _ in range(rounds):
             for name, (queue_ttl, status_ttl) in variants.items():
                 app.state.queue_places.ttl_s = queue_ttl
                 app.state.status_cache.ttl_s = status_ttl
-                per_round[name].append(await cpu_per_request(client, path, polls))
-            per_round["/healthz (the in-process client and app)"].append(await cpu_per_request(client, "/healthz", polls))
-    return per_round
+                pings[0] = 0
+                cpu, wall = await cost_per_request(client, path, polls)
+                pinged, polled = pinged + pings[0], polled + polls + 10
+                per_round[name].append(cpu)
+                wall_per_round[name].append(wall)
+            cpu, wall = await cost_per_request(client, "/healthz", polls)
+            per_round[healthz].append(cpu)
+            wall_per_round[healthz].append(wall)
+    return per_round, wall_per_round, (None if dialect.name == "sqlite" else pinged / polled)
 
 
-async def cpu_per_request(client: httpx.AsyncClient, path: str, count: int) -> float:
+async def cost_per_request(client: httpx.AsyncClient, path: str, count: int) -> tuple[float, float]:
+    """CPU and wall ms per request of ``count`` requests one after the other."""
     for _ in range(10):  # warm: pools, caches, prepared statements
         assert (await client.get(path)).status_code == 200
-    started = time.process_time()
+    cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(count):
         await client.get(path)
-    return 1000 * (time.process_time() - started) / count
+    return 1000 * (time.process_time() - cpu) / count, 1000 * (time.perf_counter() - wall) / count
 
 
 if __name__ == "__main__":
