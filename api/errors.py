@@ -267,7 +267,8 @@ async def internal_error(request: Request, error: Exception) -> Response:
 
 async def database_unavailable(request: Request, error: Exception) -> Response:
     """The database is unreachable (restarting, failing over): 503 with a retry hint
-    instead of a 500; the pool's pre-ping reconnects once it is back."""
+    instead of a 500; the pool replaces its broken connections once it is back (the
+    first disconnect invalidates the pool; ``fflab.db.session`` pings idle ones)."""
     rid = request_id(request)
     log.warning("database unavailable in %s %s (request %s): %s", request.method, request.url.path,
                 rid, str(getattr(error, "orig", error))[:300])
