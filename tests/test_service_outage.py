@@ -79,7 +79,9 @@ class Proxy:
         self.sockets.clear()
 
 
-def test_database_outage_is_503_with_retry_after_and_recovers(pg_database, tmp_path) -> None:
+def behind_proxy(pg_database, tmp_path) -> tuple[Proxy, Settings, str]:
+    """A new database with a user, the started proxy in front of it, the settings
+    of an API that reaches the database through the proxy, and the user's key."""
     direct = pg_database()
     upgrade_database(direct)
     with session_scope(direct) as session:
@@ -87,9 +89,13 @@ def test_database_outage_is_503_with_retry_after_and_recovers(pg_database, tmp_p
     proxy = Proxy(free_port())
     proxy.start()
     via_proxy = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    return proxy, Settings(var_dir=tmp_path / "var", database_url=via_proxy), key
+
+
+def test_database_outage_is_503_with_retry_after_and_recovers(pg_database, tmp_path) -> None:
     from api.main import create_app
 
-    settings = Settings(var_dir=tmp_path / "var", database_url=via_proxy)
+    proxy, settings, key = behind_proxy(pg_database, tmp_path)
     try:
         with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"},
                         raise_server_exceptions=False) as client:
@@ -121,17 +127,10 @@ def test_pooled_connections_are_pinged_only_after_sitting_idle(pg_database, tmp_
     from fflab.db import get_engine
     from fflab.db import session as db_session
 
-    direct = pg_database()
-    upgrade_database(direct)
-    with session_scope(direct) as session:
-        key = accounts.issue_key(session, accounts.create_user(session, "alice"))
-    proxy = Proxy(free_port())
-    proxy.start()
-    via_proxy = direct.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     from api.main import create_app
 
-    settings = Settings(var_dir=tmp_path / "var", database_url=via_proxy)
-    dialect = get_engine(via_proxy).dialect
+    proxy, settings, key = behind_proxy(pg_database, tmp_path)
+    dialect = get_engine(settings.resolved_database_url).dialect
     pings: list[int] = []
     real_ping = dialect.do_ping
     monkeypatch.setattr(dialect, "do_ping", lambda connection: pings.append(1) or real_ping(connection))
