@@ -242,8 +242,9 @@ def draw_negatives(
     wrong)``: ``rows`` (N,) indices into the images, or None where negative row i
     is image i (``fixed``, ``per_epoch``: ``wrong_labels``); ``wrong`` (N,). With
     ``subsampled`` (the authors' code), N of the N * (k - 1) wrong-label copies are
-    kept, uniformly without replacement, in random order: an image appears
-    Binomial(k - 1, 1 / (k - 1)) times, so about 37% of the images not at all.
+    kept, uniformly without replacement, in random order: an image appears about
+    Binomial(k - 1, 1 / (k - 1)) times, so with ten classes about (8/9)^9 = 35% of
+    the images not at all.
     """
     check_negative_labels(negative_labels)
     if negative_labels != "subsampled":

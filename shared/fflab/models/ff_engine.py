@@ -11,7 +11,9 @@ exploits the structure of the problem:
   value (normalisation, when the first layer has it, divides the whole row by a
   norm that does not depend on which label pixel is set). So
   z = (base @ W^T + b) + value * W[:, label]: one (N x 784) @ (784 x 784) product
-  shared by positive and negative data, plus a rank-10 correction each.
+  shared by positive and negative data, plus a rank-10 correction each. (With
+  ``negative_labels = subsampled`` a negative row shows another image than its
+  positive row: layer 1 then computes the product of each sign's rows.)
 * **Sparse l_inf gradient.** With l_inf goodness and a monotone activation
   (sigmoid, relu), g = act(max_j z_j), so dLoss/dz is non-zero only at each
   row's winning unit. dLoss/dW is then a sum of input rows scaled and gathered
@@ -58,8 +60,8 @@ from fflab.models.common import (
     StopCheck,
     TrainingProgress,
     check_negative_labels,
-    draw_negatives,
     cpu_state,
+    draw_negatives,
     embed_labels,
     goodness,
     goodness_loss,
