@@ -181,7 +181,7 @@ class ExperimentFilters:
     sort: str = "-created_at"
 
 
-def experiment_filters(
+async def experiment_filters(
     scope: Annotated[Scope, Query(description="mine: yours; lab: every experiment shared with the lab "
                                               "(visibility lab, yours included); all: everyone's (admin).")] = "mine",
     status_filter: Annotated[list[schemas.Status] | None, Query(

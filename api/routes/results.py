@@ -124,7 +124,7 @@ class EnsembleFilters:
     old_class: str | None  # the class filter's old name, refused with its new one
 
 
-def ensemble_filters(
+async def ensemble_filters(
     model: ModelFilter = None, dataset: DatasetFilter = None, layer: LayerFilter = None,
     class_index: Annotated[int | None, Query(ge=0, le=9, description="Class 0-9.")] = None,
     method: MethodFilter = None,

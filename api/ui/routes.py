@@ -364,10 +364,9 @@ def explorer(
                    model_names=model_names())
     if run is None:
         return render(request, "explorer.html", context)
-    documents = results_routes.get_ensembles(experiment=experiment, session=session,
-                                             page=Page.first(), model=None, dataset=None,
-                                             layer=layer, class_index=None, method=method, quantile=quantile,
-                                             run_id=run.run_id).runs
+    documents = results_routes.ensembles_of(session, experiment, Page.first(), results_routes.EnsembleFilters(
+        model=None, dataset=None, layer=layer, class_index=None, method=method, quantile=quantile,
+        run_id=run.run_id, old_class=None)).runs
     if not documents:
         return render(request, "explorer.html", context)
     document = documents[0]
