@@ -130,14 +130,16 @@ async def in_one_trip(settings: Settings, work: Callable[[Session], T]) -> T:
     database restarted; ``fflab.db.session`` pings only connections that sat idle),
     ``work`` runs once more on a new one: it only reads."""
 
+    def once() -> T:
+        with get_sessionmaker(settings.resolved_database_url, read_only=True)() as session:
+            return work(session)
+
     def call() -> T:
-        for attempt in (1, 2):
-            try:
-                with get_sessionmaker(settings.resolved_database_url, read_only=True)() as session:
-                    return work(session)
-            except DBAPIError as error:
-                if attempt == 2 or not error.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return once()
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+        return once()
 
     return await run_in_threadpool(call)
