@@ -188,6 +188,7 @@ ALLOWED_BY_TYPE = {"finite_number": "a finite number", "missing": "a value (the 
                    "int_type": "an integer", "float_type": "a number", "string_type": "a string",
                    "bool_type": "true or false", "list_type": "a list", "dict_type": "an object",
                    "model_type": "an object", "string_unicode": "valid Unicode text",
+                   "string_nul": "text without the NUL character",
                    "int_parsing": "an integer", "float_parsing": "a number", "bool_parsing": "true or false"}
 
 

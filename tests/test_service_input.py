@@ -185,6 +185,23 @@ def test_lone_surrogates_are_422_naming_the_field(target: Target) -> None:
         assert_refused(post_json(target, "/v1/admin/users", raw, target.admin_key), ["body", "name"])
 
 
+NUL_BODIES = [
+    (b'{"preset":"quick","sweep":{"negative_labels":["fixed","sub\\u0000sampled"]}}',
+     ["body", "sweep", "negative_labels", 1]),
+    (b'{"preset":"quick","tags":["a\\u0000"]}', ["body", "tags", 0]),
+    (b'{"preset":"quick","surprise\\u0000":1}', ["body", "surprise\x00"]),
+]
+
+
+def test_nul_in_body_text_is_422_naming_the_field(target: Target) -> None:
+    """NUL (\\u0000) is valid JSON but no value of this API, and PostgreSQL cannot store it."""
+    for raw, loc in NUL_BODIES:
+        detail = assert_refused(post_json(target, "/v1/experiments", raw, target.member_key), loc)
+        assert detail[0]["type"] == "string_nul", detail
+    assert_refused(post_json(target, "/v1/admin/users", b'{"name":"bob\\u0000"}', target.admin_key),
+                   ["body", "name"])
+
+
 HUGE = "99999999999999999999999"
 
 
@@ -275,6 +292,45 @@ def test_overlong_urls_get_the_error_shape(target: Target) -> None:
         answer = send(target.url, f"GET {path} HTTP/1.1".encode(), [auth(target.member_key)])
         assert answer.status in (400, 414), (len(path), answer.status, answer.body[:300])
         assert answer.error()
+
+
+# Text in the URL that no name, id or value holds: bytes that are not UTF-8 once
+# percent-decoded (a lone surrogate in CESU-8, a stray byte, an overlong encoding), and
+# NUL, which PostgreSQL cannot store. Before the check, the first became U+FFFD and
+# matched nothing (200), and NUL reached PostgreSQL in the list's filters and the
+# experiment id (500).
+URL_TEXT = [
+    ("/v1/experiments?name=%00", ["query", "name"]),
+    ("/v1/experiments?owner=a%00b&scope=all", ["query", "owner"]),
+    ("/v1/experiments?name=%ED%A0%80", ["query", "name"]),
+    ("/v1/experiments?name=x%FF", ["query", "name"]),
+    ("/v1/experiments?name=%C0%AF", ["query", "name"]),
+    ("/v1/experiments?limit=5&%FF=1", ["query", "\\xff"]),
+    ("/v1/experiments/%00", ["path"]),
+    ("/v1/experiments/%FF%FE", ["path"]),
+    ("/v1/experiments/{id}/ensembles?run_id=%00", ["query", "run_id"]),
+    ("/v1/experiments/{id}/ensembles?run_id=%ED%A0%80", ["query", "run_id"]),
+    ("/v1/experiments/{id}/analyses?run_id=%FF", ["query", "run_id"]),
+    ("/v1/experiments/{id}/artifacts/runs%2F%00.json", ["path"]),
+]
+
+
+def test_url_text_that_is_not_utf8_or_holds_nul_is_422_naming_the_parameter(target: Target,
+                                                                            experiment_id: str) -> None:
+    for request_target, loc in URL_TEXT:
+        request_target = request_target.replace("{id}", experiment_id)
+        answer = send(target.url, f"GET {request_target} HTTP/1.1".encode(), [auth(target.member_key)])
+        detail = assert_refused(answer, loc)
+        assert detail[0]["type"] in ("string_unicode", "string_nul") and detail[0]["allowed"], detail
+    # Bytes outside ASCII sent unencoded: the HTTP parser refuses them, or the check does.
+    answer = send(target.url, b"GET /v1/experiments?name=\xff HTTP/1.1", [auth(target.member_key)])
+    assert answer.status in (400, 422), (answer.status, answer.body[:300])
+    # UTF-8 text, percent-encoded or with '+' for a space, is still read as it was sent.
+    with target.client(target.member_key) as member:
+        for name in ("\u00e9t\u00e9", "a b", "\U0001f600"):
+            listed = member.get("/v1/experiments", params={"name": name})
+            assert listed.status_code == 200 and listed.json()["items"] == [], listed.text
+        assert member.get(f"/v1/experiments/{experiment_id}/ensembles?run_id=a+b").status_code == 200
 
 
 ODD_HEADERS = [
