@@ -7,9 +7,10 @@ UTF-8, not valid JSON or nested 100000 levels deep. No request may get a 5xx, ev
 error has the error shape, and every JSON response of a declared status must match
 its declared schema.
 
-Two targets, each on SQLite with a local artifact folder and kombu's SQLite broker:
-the app in process (TestClient), and ``fflab serve --no-worker`` (the embedded
-default, served by uvicorn) over real HTTP."""
+Three targets: on SQLite with a local artifact folder and kombu's SQLite broker, the
+app in process (TestClient) and ``fflab serve --no-worker`` (the embedded default,
+served by uvicorn) over real HTTP; and the app in process on PostgreSQL, which refuses
+what SQLite stores (NUL in text reached it from a query string: a 500)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ ODD_AUTHORIZATION = st.binary(min_size=1, max_size=60).map(
     lambda b: b"Bearer " + bytes(c for c in b if c >= 0x20 and c != 0x7F) + b"=")
 GENERIC_ERRORS = {400, 401, 403, 404, 409, 413, 414, 422, 429}
 EXPERIMENT_ID = "e" * 32
+
+pytest_plugins = ["service_support"]
 
 
 def strategy(schema: dict[str, Any], components: dict[str, Any], depth: int = 0,
@@ -159,16 +162,19 @@ def seed(settings: Settings) -> str:
 LIMITS = {"max_body_bytes": "200000", "max_queued_runs_per_user": "50"}
 
 
-@pytest.fixture(scope="module", params=["in-process", "served"])
+@pytest.fixture(scope="module", params=["in-process", "served", "in-process-postgresql"])
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[tuple[httpx.Client, dict[str, Any]]]:
     from api.main import create_app
 
     folder = tmp_path_factory.mktemp("fuzz")
-    settings = Settings(var_dir=folder / "var", **LIMITS)
+    database = {}
+    if request.param == "in-process-postgresql":
+        database["database_url"] = request.getfixturevalue("pg_database")()
+    settings = Settings(var_dir=folder / "var", **LIMITS, **database)
     key = seed(settings)
     headers = {"Authorization": f"Bearer {key}"}
-    if request.param == "in-process":
+    if request.param != "served":
         with TestClient(create_app(settings), headers=headers, raise_server_exceptions=False,
                         follow_redirects=False) as client:
             yield client, client.get("/openapi.json").json()
