@@ -18,6 +18,7 @@ from fflab.analysis import (
     linear_fit,
     mean_and_standard_error,
     method1_ensemble,
+    method1_threshold,
     method2_decision_diagram,
     method2_ensemble,
     method_size_regression,
@@ -83,6 +84,55 @@ def test_method1_rejects_non_matrix_and_nan():
         method1_ensemble(np.zeros(5))
     with pytest.raises(ValueError, match="finite"):
         method1_ensemble(np.array([[0.1, np.nan]]))
+
+
+# A bulk of small values (0.02-0.04) under one strong unit: 16 of 20 values are bulk.
+BULK_X = np.array(
+    [
+        [0.02, 0.03, 0.02, 0.04, 0.9],
+        [0.02, 0.03, 0.04, 0.04, 0.9],
+        [0.02, 0.03, 0.02, 0.04, 0.9],
+        [0.02, 0.03, 0.04, 0.04, 0.9],
+    ]
+)
+
+
+def test_method1_histogram_threshold_reads_the_quantile_off_the_bins():
+    # np.quantile at 0.75: position 14.25 of the sorted values, inside the bulk (0.04),
+    # so unit 3 (median 0.04) is active with unit 4.
+    assert method1_threshold(BULK_X, 0.75) == pytest.approx(0.04)
+    assert method1_ensemble(BULK_X, 0.75).units.tolist() == [3, 4]
+    # 10 bins from 0.02 to 0.9 (width 0.088): the bulk fills bin 0 (16 of 20 = 0.8 >= 0.75),
+    # so the threshold is its upper edge, 0.108, above the whole bulk.
+    result = method1_ensemble(BULK_X, 0.75, threshold="histogram", bins=10)
+    assert result.threshold == pytest.approx(0.108)
+    assert result.units.tolist() == [4]
+    # 0.85 is reached only at the last bin: its upper edge is the largest value.
+    assert method1_threshold(BULK_X, 0.85, "histogram", 10) == pytest.approx(0.9)
+    # One bin: the largest value, whatever the quantile; many bins approach np.quantile from above.
+    assert method1_threshold(BULK_X, 0.1, "histogram", 1) == pytest.approx(0.9)
+    fine = method1_threshold(HAND_X, 0.5, "histogram", 10_000)
+    assert 0.2 <= fine <= 0.2 + 1e-4
+    # 19 of 20 values reach 0.95 exactly, without a rounding error moving the bin.
+    nineteen = np.array([[0.05] * 19 + [0.95]])
+    assert method1_threshold(nineteen, 0.95, "histogram", 10) == pytest.approx(0.14)
+    # Through class_ensembles, as the pipeline calls it.
+    ensembles = class_ensembles(np.vstack([BULK_X, BULK_X]), np.array([0] * 4 + [1] * 4), "method1",
+                                quantile=0.75, threshold="histogram", bins=10)
+    assert {c: e.tolist() for c, e in ensembles.items()} == {0: [4], 1: [4]}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"threshold": "percentile"}, "method1_threshold must be one of quantile, histogram"),
+    ({"threshold": "histogram", "bins": 0}, "bins must be an integer >= 1"),
+    ({"threshold": "histogram", "bins": 2.5}, "bins must be an integer >= 1"),
+    ({"threshold": "histogram", "bins": True}, "bins must be an integer >= 1"),
+])
+def test_method1_threshold_rejects_unknown_rules_and_bad_bins(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        method1_threshold(HAND_X, 0.9, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        method1_ensemble(HAND_X, 0.9, **kwargs)
 
 
 # Method 2

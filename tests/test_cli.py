@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 
 from fflab import results
-from fflab.pipeline import documents
+from fflab.analysis import method1_threshold
+from fflab.pipeline import documents, folders
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = [
@@ -107,6 +108,31 @@ def test_reanalysis_with_another_quantile_changes_ensembles_without_retraining(e
     strict = sum(e["size"] for e in ensembles["ensembles"] if e["quantile"] == 0.99)
     assert loose > strict
     assert (experiment / "runs" / "bp-mnist-seed0" / "weights.pt").read_bytes() == weights_before
+
+
+@pytest.mark.slow
+def test_reanalysis_reads_method1_thresholds_off_a_histogram_and_back(experiment):
+    run_dir = experiment / "runs" / "ff-mnist-seed0"
+    before = json.loads((run_dir / "ensembles.json").read_text())["ensembles"]
+    fflab("analyse", str(experiment), "--method1-threshold", "histogram", "--histogram-bins", "7")
+    spec = json.loads((experiment / "spec.json").read_text())
+    assert spec["analysis"]["method1_threshold"] == "histogram" and spec["analysis"]["histogram_bins"] == 7
+    document = json.loads((run_dir / "ensembles.json").read_text())
+    assert document["analysis"]["method1_threshold"] == "histogram"
+    stored = folders.load_representations(run_dir)
+    keep = folders.analysed_rows(stored, None, spec["analysis"]["correct_only"])
+    checked = 0
+    for record in document["ensembles"]:
+        if record["method"] != "method1" or record["n_images"] == 0:
+            continue
+        X = stored[f"layer{record['layer']}"][keep][stored["labels"][keep] == record["class_index"]]
+        assert record["threshold"] == pytest.approx(method1_threshold(X, record["quantile"], "histogram", 7))
+        checked += 1
+    assert checked > 0
+    compared = fflab("compare", str(experiment)).stdout
+    assert '| analysis.method1_threshold | "quantile" | "histogram" |' in compared
+    fflab("analyse", str(experiment), "--method1-threshold", "quantile")
+    assert json.loads((run_dir / "ensembles.json").read_text())["ensembles"] == before
 
 
 @pytest.mark.slow

@@ -36,6 +36,9 @@ OPEN_CHOICES = {
                        "wrong-label copies (code)",
     "prediction": "goodness summed over layers (paper) or per-layer softmax then summed (code)",
     "unseen_class_negatives": "where the unseen-class runs draw wrong labels from",
+    "analysis.method1_threshold": "how Method 1 reads its quantile: np.quantile, or off a histogram of X (the "
+                                  "paper: 'compute the histogram of values in X, set a quantile')",
+    "analysis.histogram_bins": "the bins of that histogram; the paper gives none",
 }
 # Fields that say which runs there are, not how they are run.
 NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class", "unseen_class_datasets",

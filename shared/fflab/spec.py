@@ -38,6 +38,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from fflab.analysis.ensembles import METHOD1_THRESHOLDS
 from fflab.data import DATASETS, N_CLASSES
 from fflab.models import MODELS
 from fflab.models.components import (
@@ -139,6 +140,11 @@ class AnalysisSpec(StrictModel):
         [0.9, 0.95, 0.99], min_length=1, max_length=10, description="Method 1 quantiles."
     )
     table_quantile: float = Field(0.95, description="Method 1 quantile of Table 2 and Figure 2.")
+    method1_threshold: METHOD1_THRESHOLDS.literal() = Field(
+        "quantile", description="How Method 1 reads its quantile from the values of X: "
+        + "; ".join(f"{name}: {what}" for name, what in METHOD1_THRESHOLDS.items()) + "."
+    )
+    histogram_bins: int = Field(10, ge=1, le=100_000, description="Bins of method1_threshold = histogram.")
     figure_quantile: float = Field(0.9, description="Method 1 quantile of Figures 1B and 3.")
     epsilon: float = Field(0.2, gt=0, le=1, description="Method 2 density radius.")
     rho_cut: float | None = Field(None, gt=0, description="Method 2 density cut; null = auto.")
@@ -146,6 +152,10 @@ class AnalysisSpec(StrictModel):
     correct_only: bool = Field(
         True, description="Analyse only correctly classified test images (paper)."
     )
+
+    def method1_options(self) -> dict[str, Any]:
+        """Method 1's arguments besides the quantile (fflab.analysis.method1_ensemble)."""
+        return {"threshold": self.method1_threshold, "bins": self.histogram_bins}
 
     @field_validator("quantiles")
     @classmethod

@@ -18,6 +18,7 @@ from fflab.analysis.compare import (
     method_size_regression,
 )
 from fflab.analysis.ensembles import (
+    METHOD1_THRESHOLDS,
     Method1Result,
     Method2Result,
     UnseenClassActivity,
@@ -27,6 +28,7 @@ from fflab.analysis.ensembles import (
     hoyer_sparseness,
     mean_shared_units,
     method1_ensemble,
+    method1_threshold,
     method2_decision_diagram,
     method2_ensemble,
     shared_units_matrix,
@@ -39,6 +41,7 @@ from fflab.analysis.weights import fraction_negative_incoming, fraction_positive
 
 __all__ = [
     "CONSISTENT_WITHIN",
+    "METHOD1_THRESHOLDS",
     "Verdict",
     "compare_estimates",
     "LinearFit",
@@ -59,6 +62,7 @@ __all__ = [
     "mean_and_standard_error",
     "mean_shared_units",
     "method1_ensemble",
+    "method1_threshold",
     "method2_decision_diagram",
     "method2_ensemble",
     "method_size_fits",

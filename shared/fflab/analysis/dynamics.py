@@ -57,8 +57,11 @@ def ensemble_trajectory(
     labels: np.ndarray,
     quantile: float,
     classes: Sequence[int],
+    threshold: str = "quantile",
+    bins: int = 10,
 ) -> EnsembleTrajectory:
-    """Method 1 ensembles (at ``quantile``) of one layer at each snapshot, against the final ones.
+    """Method 1 ensembles (at ``quantile``; ``threshold`` and ``bins`` as in
+    ``method1_ensemble``) of one layer at each snapshot, against the final ones.
 
     snapshots: S arrays (P, n); final: (P, n); labels: (P,). A class with no
     probe image gets empty ensembles (size 0, overlap 1).
@@ -68,14 +71,15 @@ def ensemble_trajectory(
     if final.ndim != 2 or final.shape[0] != labels.shape[0]:
         raise ValueError(f"final must be (P, n) with P = len(labels); got {final.shape}, {labels.shape}")
     classes = list(classes)
-    last = class_ensembles(final, labels, "method1", classes=classes, quantile=quantile)
+    method1 = {"quantile": quantile, "threshold": threshold, "bins": bins}
+    last = class_ensembles(final, labels, "method1", classes=classes, **method1)
     sizes = np.zeros((len(snapshots), len(classes)), dtype=int)
     overlap = np.zeros((len(snapshots), len(classes)))
     for s, X in enumerate(snapshots):
         X = np.asarray(X)
         if X.shape != final.shape:
             raise ValueError(f"snapshot {s} has shape {X.shape}; the final representations {final.shape}")
-        ensembles = class_ensembles(X, labels, "method1", classes=classes, quantile=quantile)
+        ensembles = class_ensembles(X, labels, "method1", classes=classes, **method1)
         for i, c in enumerate(classes):
             sizes[s, i] = ensembles[c].size
             overlap[s, i] = jaccard(ensembles[c], last[c])

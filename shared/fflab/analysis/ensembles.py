@@ -13,11 +13,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from fflab.registry import Registry
+
 __all__ = [
+    "METHOD1_THRESHOLDS",
     "Method1Result",
     "Method2Result",
     "UnseenClassActivity",
     "method1_ensemble",
+    "method1_threshold",
     "method2_decision_diagram",
     "method2_ensemble",
     "class_ensembles",
@@ -33,9 +37,19 @@ __all__ = [
 
 METHODS = ("method1", "method2")
 _METHOD_PARAMS = {
-    "method1": ("quantile",),
+    "method1": ("quantile", "threshold", "bins"),
     "method2": ("epsilon", "rho_cut", "nh_cut", "upper_bound"),
 }
+
+
+# How Method 1's threshold is read from the values of X. The paper: "We compute the
+# histogram of values in X, set a quantile in their distribution".
+METHOD1_THRESHOLDS: Registry[str] = Registry("method1_threshold", {
+    "quantile": "np.quantile of all values of X (linear interpolation between the two nearest values)",
+    "histogram": "the quantile read off a histogram of X (histogram_bins equal bins from the smallest value to "
+                 "the largest, numpy's and matplotlib's default 10): the upper edge of the first bin at which "
+                 "the cumulative share of values reaches the quantile",
+})
 
 
 @dataclass(frozen=True)
@@ -166,17 +180,58 @@ def _check_upper_bound(upper_bound: Any) -> float | None:
     return float(upper_bound)
 
 
-def method1_ensemble(X: Any, quantile: float = 0.95) -> Method1Result:
+def method1_threshold(X: Any, quantile: float = 0.95, threshold: str = "quantile", bins: int = 10) -> float:
+    """Method 1's threshold: the ``quantile`` of all values of X, by one of
+    ``METHOD1_THRESHOLDS``.
+
+    ``"quantile"`` is ``np.quantile`` (linear interpolation). ``"histogram"``
+    reads it off ``np.histogram(X, bins)`` (equal bins from X's smallest value
+    to its largest): the upper edge of the first bin at which the cumulative
+    share of values reaches ``quantile``, so that at least that share lie at
+    or below it. Its resolution is the bin width: with 10 bins over sigmoid
+    outputs in [0, 1], 0.1.
+
+    Parameters
+    ----------
+    X : array-like of shape (m, n), m, n >= 1
+        Activations of m images on n units.
+    quantile : float, default=0.95
+        In (0, 1).
+    threshold : {"quantile", "histogram"}, default="quantile"
+    bins : int, default=10
+        Number of bins of the histogram, >= 1 (``"histogram"`` only).
+
+    Returns
+    -------
+    float
+    """
+    METHOD1_THRESHOLDS.lookup(threshold)
+    if isinstance(quantile, bool) or not isinstance(quantile, Real) or not 0 < quantile < 1:
+        raise ValueError(f"quantile must be a number in the open interval (0, 1); got {quantile!r}.")
+    if isinstance(bins, bool) or not isinstance(bins, Integral) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1; got {bins!r}.")
+    X = _as_activation_matrix(X)
+    if X.size == 0:
+        raise ValueError("X must hold at least one value.")
+    if threshold == "quantile":
+        return float(np.quantile(X, quantile))
+    counts, edges = np.histogram(X, bins=int(bins))
+    reached = np.cumsum(counts) >= quantile * X.size * (1 - 1e-12)  # 19 of 20 values reach 0.95
+    return float(edges[int(np.argmax(reached)) + 1])
+
+
+def method1_ensemble(X: Any, quantile: float = 0.95, threshold: str = "quantile", bins: int = 10) -> Method1Result:
     """Ensemble of one class in one layer by Method 1 (quantile of X).
 
-    The threshold is ``np.quantile`` (linear interpolation) of all values of
-    X. Unit j is active if its median over the images is ``>=`` the threshold
-    and ``>`` the smallest value of X. The ``>=`` keeps the saturation case at
-    the top: sigmoid outputs saturate at exactly 1.0 in float32, so the
-    quantile can equal the maximum, and saturated units then count as active.
-    The strict ``>`` above the minimum removes the opposite case: where the
-    quantile is the floor of the layer (0 for ReLU, or sigmoid outputs that
-    underflow to 0.0), a unit whose median is that floor is silent, not active.
+    The threshold is the ``quantile`` of all values of X (:func:`method1_threshold`:
+    ``np.quantile``, or read off a histogram of X). Unit j is active if its
+    median over the images is ``>=`` the threshold and ``>`` the smallest value
+    of X. The ``>=`` keeps the saturation case at the top: sigmoid outputs
+    saturate at exactly 1.0 in float32, so the quantile can equal the maximum,
+    and saturated units then count as active. The strict ``>`` above the
+    minimum removes the opposite case: where the quantile is the floor of the
+    layer (0 for ReLU, or sigmoid outputs that underflow to 0.0), a unit whose
+    median is that floor is silent, not active.
 
     Parameters
     ----------
@@ -184,6 +239,10 @@ def method1_ensemble(X: Any, quantile: float = 0.95) -> Method1Result:
         Activations of the m images of one class on the n units of a layer.
     quantile : float, default=0.95
         Quantile of the values of X used as threshold, in (0, 1).
+    threshold : {"quantile", "histogram"}, default="quantile"
+        How the quantile is read from X (``METHOD1_THRESHOLDS``).
+    bins : int, default=10
+        Bins of the histogram, for ``threshold="histogram"``.
 
     Returns
     -------
@@ -193,6 +252,7 @@ def method1_ensemble(X: Any, quantile: float = 0.95) -> Method1Result:
     """
     if isinstance(quantile, bool) or not isinstance(quantile, Real) or not 0 < quantile < 1:
         raise ValueError(f"quantile must be a number in the open interval (0, 1); got {quantile!r}.")
+    METHOD1_THRESHOLDS.lookup(threshold)
     X = _as_activation_matrix(X)
     m, n = X.shape
     if m == 0 or n == 0:
@@ -201,10 +261,10 @@ def method1_ensemble(X: Any, quantile: float = 0.95) -> Method1Result:
             threshold=float("nan"),
             medians=np.full(n, np.nan, dtype=X.dtype),
         )
-    threshold = np.quantile(X, quantile)
+    cut = method1_threshold(X, quantile, threshold, bins)
     medians = np.median(X, axis=0)
-    units = np.flatnonzero((medians >= threshold) & (medians > X.min())).astype(np.int64)
-    return Method1Result(units=units, threshold=float(threshold), medians=medians)
+    units = np.flatnonzero((medians >= cut) & (medians > X.min())).astype(np.int64)
+    return Method1Result(units=units, threshold=cut, medians=medians)
 
 
 def method2_decision_diagram(
@@ -365,7 +425,7 @@ def class_ensembles(
         Classes to analyse, in this order; None for the sorted unique labels.
         A class with no image gets an empty ensemble.
     **params
-        Passed to the method: ``quantile`` (method1); ``epsilon``,
+        Passed to the method: ``quantile``, ``threshold``, ``bins`` (method1); ``epsilon``,
         ``rho_cut``, ``nh_cut``, ``upper_bound`` (method2).
 
     Returns

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from fflab import data, paper, results
+from fflab.analysis.ensembles import METHOD1_THRESHOLDS
 from fflab.cli.options import load_spec, validation_message
 from fflab.cli.service import client as service_client
 from fflab.models import MODELS
@@ -103,14 +104,18 @@ def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[s
               help="Method 1 quantile (repeatable); default: the folder's.")
 @click.option("--table-quantile", type=float, default=None)
 @click.option("--figure-quantile", type=float, default=None)
+@click.option("--method1-threshold", type=click.Choice(list(METHOD1_THRESHOLDS)), default=None,
+              help="How Method 1 reads its quantile: np.quantile, or off a histogram of the values.")
+@click.option("--histogram-bins", type=int, default=None, help="Bins of --method1-threshold histogram.")
 @click.option("--epsilon", type=float, default=None, help="Method 2 density radius.")
 @click.option("--rho-cut", type=float, default=None, help="Method 2 density cut (default auto).")
 @click.option("--nh-cut", type=int, default=None, help="Method 2 n_h cut (default auto).")
 @click.option("--all-images/--correct-only", default=None,
               help="Analyse all test images, or only correctly classified ones.")
 def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_quantile: float | None,
-                    figure_quantile: float | None, epsilon: float | None, rho_cut: float | None,
-                    nh_cut: int | None, all_images: bool | None) -> None:
+                    figure_quantile: float | None, method1_threshold: str | None, histogram_bins: int | None,
+                    epsilon: float | None, rho_cut: float | None, nh_cut: int | None,
+                    all_images: bool | None) -> None:
     """Recompute ensembles, tables and figures with other settings, without retraining."""
     try:
         current = folders.read_spec(experiment_dir).analysis.model_dump()
@@ -120,6 +125,8 @@ def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_qu
         "quantiles": list(quantiles) or None,
         "table_quantile": table_quantile,
         "figure_quantile": figure_quantile,
+        "method1_threshold": method1_threshold,
+        "histogram_bins": histogram_bins,
         "epsilon": epsilon,
         "rho_cut": rho_cut,
         "nh_cut": nh_cut,

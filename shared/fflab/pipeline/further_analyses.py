@@ -38,6 +38,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from fflab.analysis.dynamics import default_snapshot_epochs, ensemble_trajectory
+from fflab.analysis.ensembles import method1_threshold
 from fflab.analysis.intrinsic_dimension import two_nn
 from fflab.analysis.layer_accuracy import PREDICTION_RULES, goodness_accuracy, linear_probe
 from fflab.analysis.lesions import accuracy_drop, control_unit_sets, mean_and_se
@@ -275,7 +276,8 @@ def layer_accuracy_document(inputs: RunAnalysisInput) -> RunLayerAccuracy:
 @timed_on_one_thread
 def dynamics_document(inputs: RunAnalysisInput) -> RunDynamics:
     stored = inputs.representations
-    quantile = inputs.documents["ensembles"].analysis.table_quantile
+    settings = inputs.documents["ensembles"].analysis
+    quantile = settings.table_quantile
     classes = list(range(N_CLASSES))
     path = inputs.run_dir / SNAPSHOT_FILE
     points, epochs, final_sizes, n_probe = [], set(), [], 0
@@ -293,7 +295,7 @@ def dynamics_document(inputs: RunAnalysisInput) -> RunDynamics:
         final = stored[f"layer{layer}"][rows].astype(np.float16).astype(np.float32)
         trajectory = ensemble_trajectory(
             [captured[f"layer{layer}_epoch{int(m[1])}"].astype(np.float32) for m in entries],
-            final, stored["labels"][rows], quantile, classes,
+            final, stored["labels"][rows], quantile, classes, **settings.method1_options(),
         )
         final_sizes.append(trajectory.final_sizes.tolist())
         for s, m in enumerate(entries):
@@ -399,7 +401,8 @@ def intrinsic_dimension_document(inputs: RunAnalysisInput) -> RunIntrinsicDimens
 @timed_on_one_thread
 def subensembles_document(inputs: RunAnalysisInput) -> RunSubEnsembles:
     stored = inputs.representations
-    quantile = inputs.documents["ensembles"].analysis.table_quantile
+    settings = inputs.documents["ensembles"].analysis
+    quantile = settings.table_quantile
     labels = stored["labels"][inputs.analysed]
     rows = per_class_rows(labels, SUBENSEMBLE_MAX_IMAGES, ANALYSIS_SEED)
     records = []
@@ -409,7 +412,8 @@ def subensembles_document(inputs: RunAnalysisInput) -> RunSubEnsembles:
             class_rows = rows[labels[rows] == c]
             if class_rows.size < 3:
                 continue
-            result = sub_ensembles(X[class_rows], quantile=quantile, max_clusters=SUBENSEMBLE_MAX_CLUSTERS,
+            threshold = method1_threshold(X[class_rows], quantile, **settings.method1_options())
+            result = sub_ensembles(X[class_rows], threshold, max_clusters=SUBENSEMBLE_MAX_CLUSTERS,
                                    min_silhouette=SUBENSEMBLE_MIN_SILHOUETTE,
                                    min_group_fraction=SUBENSEMBLE_MIN_GROUP_FRACTION)
             records.append(SubEnsembleRecord(

@@ -56,7 +56,7 @@ def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
         X = stored[f"layer{layer}"][keep]
         for quantile in settings.quantiles:
             for c in classes:
-                result = analysis.method1_ensemble(X[labels == c], quantile)
+                result = analysis.method1_ensemble(X[labels == c], quantile, **settings.method1_options())
                 records.append(
                     EnsembleRecord(
                         layer=layer, class_index=c, class_name=names[c], method="method1",

@@ -98,7 +98,8 @@ def figure1(ctx: FigureContext) -> dict[str, Figure]:
     first = int(np.flatnonzero(stored["correct"])[0]) if stored["correct"].any() else 0
     patterns = [stored[f"layer{layer}"][first] for layer in range(1, ctx.spec.network.layers + 1)]
     ensembles = analysis.class_ensembles(
-        X1, labels1, "method1", classes=range(N_CLASSES), quantile=settings.figure_quantile
+        X1, labels1, "method1", classes=range(N_CLASSES), quantile=settings.figure_quantile,
+        **settings.method1_options(),
     )
     return {
         "figure1a": figures.figure1a_activation_patterns(patterns),
@@ -145,7 +146,8 @@ def figure3(ctx: FigureContext) -> dict[str, Figure]:
     names = figures.class_names(ctx.shared_dataset)
     X, labels = ctx.layer_view(RunKey(ctx.main_model, ctx.shared_dataset, ctx.seed), 1)
     ensembles = analysis.class_ensembles(
-        X, labels, "method1", classes=range(N_CLASSES), quantile=ctx.spec.analysis.figure_quantile
+        X, labels, "method1", classes=range(N_CLASSES), quantile=ctx.spec.analysis.figure_quantile,
+        **ctx.spec.analysis.method1_options(),
     )
     matrix = analysis.shared_units_matrix(ensembles, range(N_CLASSES))
     off_diagonal = matrix - np.diag(np.diag(matrix))
@@ -199,7 +201,7 @@ def figure8a(ctx: FigureContext) -> dict[str, Figure]:
     comparison = None
     for c in range(N_CLASSES):
         rows = X1[labels1 == c]
-        m1 = analysis.method1_ensemble(rows, quantile).units
+        m1 = analysis.method1_ensemble(rows, quantile, **settings.method1_options()).units
         m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut, ctx.upper_bound)
         differs = not np.array_equal(m1, m2.units)
         if comparison is None or differs:
