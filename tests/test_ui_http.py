@@ -31,7 +31,7 @@ from fflab.db import Artifact, Ensemble, Experiment, Result, Run, session_scope
 from fflab.db.migrate import upgrade_database
 from fflab.figures import save_png
 from fflab.settings import Settings
-from fflab.spec import build_spec
+from fflab.spec import AnalysisSpec, build_spec
 from fflab.storage import get_storage
 from service_helpers import free_port, http_ready, wait_for
 
@@ -93,8 +93,14 @@ def test_analysis_form_round_trips_a_spec() -> None:
     form = AnalysisForm.from_spec(analysis)
     assert form.quantiles == "0.9, 0.95, 0.99" and form.rho_cut == "" and form.correct_only
     assert form.body() == {"correct_only": True, "quantiles": [0.9, 0.95, 0.99], "table_quantile": 0.95,
-                           "figure_quantile": 0.9, "epsilon": 0.2, "rho_cut": None, "nh_cut": None}
-    assert set(ANALYSIS_FIELDS) >= {"quantiles", "epsilon", "rho_cut", "nh_cut"}
+                           "figure_quantile": 0.9, "method1_threshold": "quantile", "histogram_bins": 10,
+                           "epsilon": 0.2, "rho_cut": None, "nh_cut": None}
+    assert set(ANALYSIS_FIELDS) >= {"quantiles", "epsilon", "rho_cut", "nh_cut", "method1_threshold"}
+    # A re-analysis from the page keeps every setting it does not change: the form
+    # carries each field of AnalysisSpec.
+    assert set(ANALYSIS_FIELDS) == set(AnalysisSpec.model_fields)
+    histogram = {**analysis, "method1_threshold": "histogram", "histogram_bins": 7}
+    assert AnalysisSpec.model_validate(AnalysisForm.from_spec(histogram).body()) == AnalysisSpec(**histogram)
 
 
 def test_loss_chart_scales_every_layer_on_shared_axes() -> None:

@@ -170,8 +170,9 @@ class SubmitForm:
 # ----------------------------------------------------------------------------- re-analysis
 
 ANALYSIS_FIELDS = {name: name for name in
-                   ("quantiles", "table_quantile", "figure_quantile", "epsilon", "rho_cut", "nh_cut",
-                    "correct_only")}
+                   ("quantiles", "table_quantile", "figure_quantile", "method1_threshold", "histogram_bins",
+                    "epsilon", "rho_cut", "nh_cut", "correct_only")}
+TEXT_FIELDS = ("table_quantile", "figure_quantile", "histogram_bins", "epsilon", "rho_cut", "nh_cut")
 
 
 @dataclass
@@ -181,6 +182,8 @@ class AnalysisForm:
     quantiles: str = ""
     table_quantile: str = ""
     figure_quantile: str = ""
+    method1_threshold: str = "quantile"
+    histogram_bins: str = ""
     epsilon: str = ""
     rho_cut: str = ""
     nh_cut: str = ""
@@ -192,14 +195,14 @@ class AnalysisForm:
             return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
         return cls(quantiles=", ".join(text(q) for q in analysis.get("quantiles", [])),
-                   **{name: text(analysis.get(name)) for name in
-                      ("table_quantile", "figure_quantile", "epsilon", "rho_cut", "nh_cut")},
+                   method1_threshold=str(analysis.get("method1_threshold", "quantile")),
+                   **{name: text(analysis.get(name)) for name in TEXT_FIELDS},
                    correct_only=bool(analysis.get("correct_only", True)))
 
     @classmethod
     def from_form(cls, form: Any) -> AnalysisForm:
         text = {name: str(form.get(name) or "") for name in
-                ("quantiles", "table_quantile", "figure_quantile", "epsilon", "rho_cut", "nh_cut")}
+                ("quantiles", "method1_threshold", *TEXT_FIELDS)}
         return cls(**text, correct_only=form.get("correct_only") is not None)
 
     def body(self) -> dict[str, Any]:
@@ -208,7 +211,9 @@ class AnalysisForm:
         body: dict[str, Any] = {"correct_only": self.correct_only}
         if self.quantiles.strip():
             body["quantiles"] = number_list(self.quantiles)
-        for name in ("table_quantile", "figure_quantile", "epsilon"):
+        if self.method1_threshold:
+            body["method1_threshold"] = self.method1_threshold
+        for name in ("table_quantile", "figure_quantile", "histogram_bins", "epsilon"):
             if getattr(self, name).strip():
                 body[name] = number(getattr(self, name))
         for name in ("rho_cut", "nh_cut"):

@@ -42,6 +42,7 @@ from api.ui.charts import loss_chart
 from api.ui.explorer import ClassMeansCache, unit_grid
 from api.ui.html import SIGN_IN, HTMLRoute, render
 from api.ui.security import CsrfChecked, UIUser
+from fflab.analysis import METHOD1_THRESHOLDS
 from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
 from fflab.figures import class_names
 from fflab.results import PAPER_TABLES, TABLES
@@ -169,7 +170,7 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
                  for run in runs],
         "tables": tables, "comparison": comparison, "figures": figures, "analyses": analyses,
         "analysis_form": forms.AnalysisForm.from_spec(experiment.spec.get("analysis", {})),
-        "analysis_errors": {},
+        "analysis_errors": {}, "method1_thresholds": list(METHOD1_THRESHOLDS),
     }
 
 
