@@ -133,6 +133,8 @@ def test_method1_threshold_rejects_unknown_rules_and_bad_bins(kwargs, match):
         method1_threshold(HAND_X, 0.9, **kwargs)
     with pytest.raises(ValueError, match=match):
         method1_ensemble(HAND_X, 0.9, **kwargs)
+    with pytest.raises(ValueError, match=match):  # also for a class with no image
+        method1_ensemble(np.empty((0, 4)), 0.9, **kwargs)
 
 
 # Method 2

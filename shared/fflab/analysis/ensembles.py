@@ -180,6 +180,14 @@ def _check_upper_bound(upper_bound: Any) -> float | None:
     return float(upper_bound)
 
 
+def _check_method1_options(quantile: Any, threshold: Any, bins: Any) -> None:
+    if isinstance(quantile, bool) or not isinstance(quantile, Real) or not 0 < quantile < 1:
+        raise ValueError(f"quantile must be a number in the open interval (0, 1); got {quantile!r}.")
+    METHOD1_THRESHOLDS.lookup(threshold)
+    if isinstance(bins, bool) or not isinstance(bins, Integral) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1; got {bins!r}.")
+
+
 def method1_threshold(X: Any, quantile: float = 0.95, threshold: str = "quantile", bins: int = 10) -> float:
     """Method 1's threshold: the ``quantile`` of all values of X, by one of
     ``METHOD1_THRESHOLDS``.
@@ -205,11 +213,7 @@ def method1_threshold(X: Any, quantile: float = 0.95, threshold: str = "quantile
     -------
     float
     """
-    METHOD1_THRESHOLDS.lookup(threshold)
-    if isinstance(quantile, bool) or not isinstance(quantile, Real) or not 0 < quantile < 1:
-        raise ValueError(f"quantile must be a number in the open interval (0, 1); got {quantile!r}.")
-    if isinstance(bins, bool) or not isinstance(bins, Integral) or bins < 1:
-        raise ValueError(f"bins must be an integer >= 1; got {bins!r}.")
+    _check_method1_options(quantile, threshold, bins)
     X = _as_activation_matrix(X)
     if X.size == 0:
         raise ValueError("X must hold at least one value.")
@@ -250,9 +254,7 @@ def method1_ensemble(X: Any, quantile: float = 0.95, threshold: str = "quantile"
         With ``m == 0`` (or ``n == 0``) the ensemble is empty, the threshold
         and the medians are nan.
     """
-    if isinstance(quantile, bool) or not isinstance(quantile, Real) or not 0 < quantile < 1:
-        raise ValueError(f"quantile must be a number in the open interval (0, 1); got {quantile!r}.")
-    METHOD1_THRESHOLDS.lookup(threshold)
+    _check_method1_options(quantile, threshold, bins)
     X = _as_activation_matrix(X)
     m, n = X.shape
     if m == 0 or n == 0:
