@@ -105,20 +105,24 @@ async def checked_json_body(request: Request) -> None:
         raise RequestValidationError(problems)
 
 
-def url_text_problems(raw_path: bytes, query_string: bytes) -> list[dict[str, Any]]:
+def query_pairs(query_string: bytes) -> list[tuple[bytes, bytes]]:
+    """The query's (name, value) pairs, percent-decoded to bytes, split as Starlette
+    splits them (``&``, ``+`` for a space): each name is one a route would see."""
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in
+            parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, encoding="latin-1")]
+
+
+def url_text_problems(raw_path: bytes, pairs: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
     """Problems of a URL's text, in pydantic's form: the path, or a query parameter's
-    name or value, that once percent-decoded is not UTF-8 or holds NUL. The query is
-    split as Starlette splits it (``&``, ``+`` for a space), so each problem names the
-    parameter a route would see."""
+    name or value (``query_pairs``), that once percent-decoded is not UTF-8 or holds NUL."""
     problems = []
     if kind := _text_problem(unquote_to_bytes(raw_path)):
         problems.append(problem(("path",), f"The URL's path {URL_TEXT_MESSAGES[kind]}", kind))
-    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, encoding="latin-1"):
-        name_bytes = name.encode("latin-1")
+    for name_bytes, value_bytes in pairs:
         shown = name_bytes.decode("utf-8", "backslashreplace")
         if kind := _text_problem(name_bytes):
             problems.append(problem(("query", shown), f"The parameter's name {URL_TEXT_MESSAGES[kind]}", kind))
-        elif kind := _text_problem(value.encode("latin-1")):
+        elif kind := _text_problem(value_bytes):
             problems.append(problem(("query", shown), f"Input {URL_TEXT_MESSAGES[kind]}", kind))
         if len(problems) >= MAX_PROBLEMS:
             break
@@ -134,8 +138,11 @@ def _text_problem(raw: bytes) -> str | None:
     return "string_nul" if "\x00" in text else None
 
 
-def key_in_query(query_string: bytes) -> bool:
-    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+def key_in_query(pairs: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a query parameter (``query_pairs``), read as UTF-8 as Starlette reads
+    it, is named as a key or holds one."""
+    for name_bytes, value_bytes in pairs:
+        name, value = name_bytes.decode("utf-8", "replace"), value_bytes.decode("utf-8", "replace")
         if name.strip().lower() in KEY_PARAMETERS or contains_key(name) or contains_key(value):
             return True
     return False
@@ -157,13 +164,14 @@ class RequestLineMiddleware:
                 response = problem_response(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
                 await response(scope, receive, send)
                 return
-            if query and key_in_query(query):
+            pairs = query_pairs(query) if query else []
+            if key_in_query(pairs):
                 response = problem_response(
                     400, "an API key may not be sent in the URL: send it in the header "
                          "'Authorization: Bearer <key>' (URLs are logged by servers and proxies)")
                 await response(scope, receive, send)
                 return
-            if problems := url_text_problems(raw_path, query):
+            if problems := url_text_problems(raw_path, pairs):
                 details = field_problems(problems)
                 response = problem_response(422, validation_message(details), details=details)
                 await response(scope, receive, send)

@@ -217,6 +217,11 @@ def method1_threshold(X: Any, quantile: float = 0.95, threshold: str = "quantile
     X = _as_activation_matrix(X)
     if X.size == 0:
         raise ValueError("X must hold at least one value.")
+    return _method1_threshold(X, quantile, threshold, bins)
+
+
+def _method1_threshold(X: np.ndarray, quantile: float, threshold: str, bins: int) -> float:
+    """method1_threshold on a checked, non-empty activation matrix and checked options."""
     if threshold == "quantile":
         return float(np.quantile(X, quantile))
     counts, edges = np.histogram(X, bins=int(bins))
@@ -263,7 +268,7 @@ def method1_ensemble(X: Any, quantile: float = 0.95, threshold: str = "quantile"
             threshold=float("nan"),
             medians=np.full(n, np.nan, dtype=X.dtype),
         )
-    cut = method1_threshold(X, quantile, threshold, bins)
+    cut = _method1_threshold(X, quantile, threshold, bins)
     medians = np.median(X, axis=0)
     units = np.flatnonzero((medians >= cut) & (medians > X.min())).astype(np.int64)
     return Method1Result(units=units, threshold=cut, medians=medians)

@@ -24,6 +24,8 @@ import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import silhouette_score
 
+from fflab.analysis.ensembles import method1_threshold
+
 __all__ = ["SubEnsembles", "jaccard_distances", "sub_ensembles"]
 
 
@@ -63,7 +65,7 @@ def sub_ensembles(
 ) -> SubEnsembles:
     """Sub-ensembles of one class in one layer. X: (N, n) activations.
 
-    ``threshold`` None: np.quantile(X, quantile). Needs N >= 2.
+    ``threshold`` None: Method 1's, ``method1_threshold(X, quantile)`` (np.quantile). Needs N >= 2.
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] < 2:
@@ -71,7 +73,7 @@ def sub_ensembles(
     if max_clusters < 2 or not -1 <= min_silhouette <= 1 or not 0 <= min_group_fraction < 0.5:
         raise ValueError("max_clusters must be >= 2, min_silhouette in [-1, 1] and min_group_fraction in [0, 0.5)")
     if threshold is None:
-        threshold = float(np.quantile(X, quantile))
+        threshold = method1_threshold(X, quantile)
     active = (X >= threshold) & (X > X.min())
     distance = jaccard_distances(active)
     best_k, best_score, best_labels = 1, None, np.zeros(X.shape[0], dtype=int)
