@@ -520,8 +520,8 @@ _PRESET_SETTINGS: dict[str, dict[str, Any]] = {
     # takes it; the field's default stays the paper's literal reading. The paper says only
     # that a negative image carries "one of the other" labels; the authors' code keeps N of
     # all the images' wrong-label copies (``subsampled``), which at full scale brings layer
-    # 3's Method 1 ensembles and positive weights near the paper's (one seed,
-    # docs/reproduction.md), so the preset takes that too.
+    # 3's Method 1 ensembles and positive weights near the paper's and its accuracy to
+    # the paper's (three seeds, docs/reproduction.md), so the preset takes that too.
     "paper": {"name": "paper", "network": {"normalize_first_layer": True}, "negative_labels": "subsampled"},
     # Minutes on two CPU cores: MNIST only, seeds 0-2 (so every cell has a standard
     # error), all 60000 training images for 3 epochs of minibatches instead of 1000
