@@ -127,6 +127,12 @@ VARIANTS = {
         TrainingSpec(epochs=5, learning_rate=1e-2),
         "subsampled",
     ),
+    # The image divided by its l2 norm (the authors' code), l_inf between layers (the paper).
+    "subsampled-full-batch-image-l2": (
+        NetworkSpec(width=64, normalize_first_layer=True, first_layer_normalization="l2"),
+        TrainingSpec(epochs=5, learning_rate=1e-2),
+        "subsampled",
+    ),
     "subsampled-minibatch-batch_max": (
         NetworkSpec(width=64, label_value="batch_max"),
         TrainingSpec(epochs=4, learning_rate=1e-2, batch_size=100),
@@ -246,8 +252,9 @@ def test_float32_sigmoid_saturation_ties_match_amax():
 @pytest.mark.parametrize(
     "network",
     [PAPER, NetworkSpec(width=64, normalize_first_layer=True, normalization="l2", label_value="batch_max"),
-     NetworkSpec(width=64, activation="relu", goodness="l2", normalize_first_layer=True)],
-    ids=["paper", "l2-normalized-first-batch_max", "relu-l2"],
+     NetworkSpec(width=64, activation="relu", goodness="l2", normalize_first_layer=True),
+     NetworkSpec(width=64, normalize_first_layer=True, first_layer_normalization="l2")],
+    ids=["paper", "l2-normalized-first-batch_max", "relu-l2", "image-l2"],
 )
 def test_prediction_with_shared_first_layer_matches_plain(mnist, network, device):
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from fflab import analysis, data
 from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
@@ -115,6 +116,32 @@ def test_first_layer_normalisation_follows_the_spec():
             flag and torch.allclose(net.layer_input(x, 0), torch.ones_like(x), atol=1e-6)
         )
         assert net.layer_input(x, 1).max().item() == pytest.approx(1.0)
+
+
+def test_the_image_is_divided_by_its_own_norm_and_the_hidden_layers_by_theirs():
+    x = torch.zeros(2, 784)
+    x[0, :4] = torch.tensor([3.0, 4.0, 0.0, 0.0])  # l2 5, l_inf 4
+    x[1, 10:12] = torch.tensor([-6.0, 8.0])  # l2 10, l_inf 8
+    net = GoodnessNetwork(NetworkSpec(normalize_first_layer=True, first_layer_normalization="l2"))
+    assert torch.allclose(net.layer_input(x, 0)[0, :2], torch.tensor([0.6, 0.8]))
+    assert torch.allclose(net.layer_input(x, 0).norm(dim=1), torch.ones(2))
+    assert torch.allclose(net.layer_input(x, 1).abs().amax(dim=1), torch.ones(2))  # l_inf between layers
+    assert torch.allclose(net.layer_input(x, 1)[0, :2], torch.tensor([0.75, 1.0]))
+    default = GoodnessNetwork(NetworkSpec(normalize_first_layer=True))  # null: the layers' norm
+    assert torch.allclose(default.layer_input(x, 0), net.layer_input(x, 1))
+    assert [NetworkSpec(normalize_first_layer=flag, first_layer_normalization=None).layer_normalization(i)
+            for flag in (False, True) for i in (0, 1)] == ["none", "l_inf", "l_inf", "l_inf"]
+
+
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"first_layer_normalization": "l2"}, "needs normalize_first_layer = true"),
+    ({"normalize_first_layer": True, "first_layer_normalization": "none"}, "normalize_first_layer to false"),
+    ({"normalize_first_layer": True, "first_layer_normalization": "l3"}, "first_layer_normalization"),
+    ({"normalize_first_layer": True, "first_layer_normalization": 2}, "first_layer_normalization"),
+])
+def test_a_first_layer_norm_that_cannot_apply_is_refused_with_the_reason(settings, says):
+    with pytest.raises(ValidationError, match=says):
+        NetworkSpec(**settings)
 
 
 @pytest.fixture(scope="module")

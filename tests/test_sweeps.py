@@ -100,6 +100,9 @@ def test_without_a_sweep_nothing_changes():
     ({"symba.epochs": [1, 2]}, "sweep.symba.epochs", "not among models"),
     ({"network.width": [8, 16], "network.layers": [1, 2], "ff.epochs": [1, 2]}, "sweep", "1 to 2 settings"),
     ({}, "sweep", "1 to 2 settings"),
+    # Each value is valid alone; one grid point is not (a rule across two fields).
+    ({"network.normalize_first_layer": [True, False], "network.first_layer_normalization": ["l2", None]},
+     "sweep", 'network.normalize_first_layer = false with network.first_layer_normalization = "l2" is not allowed'),
 ])
 def test_bad_sweeps_are_named_at_their_path(sweep, where, message):
     with pytest.raises(ValidationError) as raised:

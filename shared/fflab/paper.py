@@ -30,6 +30,8 @@ from fflab.spec import ExperimentSpec, build_spec
 OPEN_CHOICES = {
     "network.threshold": "the goodness threshold theta; the paper gives none",
     "network.normalize_first_layer": "the image normalised before layer 1 (authors' code; the paper is silent) or not",
+    "network.first_layer_normalization": "which norm the image is divided by (null: the norm between layers; "
+                                         "the authors' code: l2)",
     "network.normalization": "which norm between layers (the authors' NetFF uses l2 whatever its config)",
     "network.label_value": "the label pixel's value: the image's maximum (paper) or the batch's (code)",
     "negative_labels": "one wrong label per image drawn once or every epoch, or a subsample of all "

@@ -88,6 +88,12 @@ class NetworkSpec(StrictModel):
         "hidden layers and is silent on the image; the authors' code normalises before every "
         "layer (True, as the paper and quick presets do).",
     )
+    first_layer_normalization: NORMALIZATIONS.literal() | None = Field(
+        None,
+        description="The norm the image is divided by before layer 1, with normalize_first_layer: "
+        "null = network.normalization (the paper's norm between hidden layers, the presets); "
+        "l2 = the authors' code, whose every layer divides by the l2 norm.",
+    )
     threshold: float = Field(
         0.5,
         gt=0,
@@ -100,6 +106,26 @@ class NetworkSpec(StrictModel):
         description="Value written in the label pixel: the image's maximum (paper) or the "
         "batch's maximum (code).",
     )
+
+    @model_validator(mode="after")
+    def _first_layer_normalization_applies(self) -> NetworkSpec:
+        if self.first_layer_normalization is None:
+            return self
+        if not self.normalize_first_layer:
+            raise ValueError("first_layer_normalization needs normalize_first_layer = true (the image is "
+                             "not normalised otherwise); set it to null, or normalize_first_layer to true")
+        if self.first_layer_normalization == "none":
+            raise ValueError(f"first_layer_normalization {self.first_layer_normalization!r} leaves the image "
+                             "as it is: set normalize_first_layer to false instead")
+        return self
+
+    def layer_normalization(self, index: int) -> str:
+        """The norm layer ``index``'s input is divided by (a NORMALIZATIONS name)."""
+        if index > 0:
+            return self.normalization
+        if not self.normalize_first_layer:
+            return "none"
+        return self.first_layer_normalization or self.normalization
 
 
 class TrainingSpec(StrictModel):
@@ -361,6 +387,17 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
             if repeated:
                 problem((path,), "sweep_unique", f"values must be distinct; repeated: {', '.join(repeated)}", values)
             validated[path] = applied
+        if complete and not problems and len(validated) > 1:
+            # Each value is valid with the rest of the spec; a grid point combines values of
+            # several settings, which a rule across fields may forbid together.
+            for combination in itertools.product(*validated.values()):
+                point = dict(zip(validated, combination))
+                try:
+                    cls.model_validate(_with_values(base, point))
+                except ValidationError as error:
+                    reasons = "; ".join(e["msg"] for e in error.errors())
+                    together = " with ".join(f"{path} = {json.dumps(value)}" for path, value in point.items())
+                    problem((), "sweep_point", f"the grid point {together} is not allowed: {reasons}", point)
         if problems:
             raise ValidationError.from_exception_data("sweep", problems)
         return validated

@@ -310,9 +310,7 @@ class GoodnessNetwork(nn.Module):
         self.activation = activation_fn(spec.activation)
 
     def layer_input(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        if index == 0 and not self.spec.normalize_first_layer:
-            return x
-        return normalize(x, self.spec.normalization)
+        return normalize(x, self.spec.layer_normalization(index))
 
     def layer_forward(self, x: torch.Tensor, index: int) -> torch.Tensor:
         return self.activation(self.layers[index](self.layer_input(x, index)))
