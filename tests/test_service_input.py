@@ -245,6 +245,21 @@ def test_values_of_the_wrong_json_type_are_422(target: Target, experiment_id: st
         member.delete(f"/v1/experiments/{accepted.json()['id']}")
 
 
+def test_settings_that_cannot_apply_together_are_422_saying_why(target: Target) -> None:
+    """Each value valid alone: a norm for an image left unnormalised, and a sweep's grid
+    point that combines two settings a rule across them forbids (before: accepted, and
+    the run failed)."""
+    for raw, loc, says in (
+        (b'{"preset":"paper","network":{"normalize_first_layer":false,"first_layer_normalization":"l2"}}',
+         ["body", "network"], "needs normalize_first_layer = true"),
+        (b'{"preset":"paper","sweep":{"network.normalize_first_layer":[true,false],'
+         b'"network.first_layer_normalization":["l2",null]}}',
+         ["body", "sweep"], 'network.normalize_first_layer = false with network.first_layer_normalization = "l2"'),
+    ):
+        detail = assert_refused(post_json(target, "/v1/experiments", raw, target.member_key), loc)
+        assert any(says in entry["message"] for entry in detail), detail
+
+
 def test_a_submission_names_a_preset_or_gives_a_complete_spec(target: Target) -> None:
     with target.client(target.member_key) as member:
         for body in ({}, {"visibility": "lab"}, {"models": ["bp"]}, {"preset": None, "seeds": [0]}):
