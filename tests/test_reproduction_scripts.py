@@ -1,14 +1,17 @@
-"""The record of FF's full-scale runs per setting and the comparison drawn from it
-(benchmarks/full_scale_settings.py, docs/reproduction.md)."""
+"""The scripts behind docs/reproduction.md: the record of FF's full-scale runs per
+setting and the comparison drawn from it (benchmarks/full_scale_settings.py), and
+Method 1's sizes under other readings of its threshold (benchmarks/method1_readings.py)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.full_scale_settings import CELLS, RUNS_FILE, compare_settings, main, to_markdown
+from benchmarks.method1_readings import readings, stable_quantiles
 
 PAPER_RUN = {"accuracy": 0.93, "ensemble_size": [2.69, 5.49, 1.47], "fraction_positive_weights": [0.63, 0.002, 0.035]}
 
@@ -51,3 +54,25 @@ def test_the_command_prints_the_table_and_writes_a_png(tmp_path: Path, capsys) -
     for label in (s["label"] for s in json.loads(RUNS_FILE.read_text())["settings"]):
         assert label in printed
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 20_000
+
+
+def test_method1_readings_known_answers() -> None:
+    # Class 0: unit 0 at 1.0 over a flat bulk at 0.1 (190 of 200 values). Class 1: units
+    # 0-1 graded 0.5..0.95, the rest spread evenly, so its ensemble moves with the quantile.
+    bulk = np.full((10, 20), 0.1)
+    bulk[:, 0] = 1.0
+    spread = np.tile(np.linspace(0.0, 0.4, 20), (10, 1))
+    spread[:, 0], spread[:, 1] = 0.95, 0.5
+    X = np.vstack([bulk, spread])
+    labels = np.repeat([0, 1], 10)
+    # Unit 0 is kept for any quantile up to the share of values below 1.0, 190/200.
+    assert stable_quantiles(bulk) == (0.0, pytest.approx(0.95))
+    got = readings(X, labels)
+    # Class 1's 0.9 quantile is 0.41 (unit 1's 0.5 clears it), its 0.95 quantile 0.5225
+    # (it does not); at 0.8 the cut, 0.362, also lets in its two largest bulk units.
+    assert (got["quantile 0.95"], got["quantile 0.9"], got["quantile 0.8"]) == (1.0, 1.5, 2.5)
+    # Class 1's 0.95 falls between its values 0.5 and 0.95: the estimators that take the
+    # value below (lower, nearest) keep unit 1, the one above (higher) does not.
+    assert (got["estimator lower"], got["estimator nearest"], got["estimator higher"]) == (1.5, 1.5, 1.0)
+    low, high = got["every class's ensemble holds for quantiles in"]
+    assert (low, high) == (pytest.approx(0.9), 0.95)  # class 1: above unit 1's 0.5 (180/200 below)
