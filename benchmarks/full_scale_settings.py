@@ -91,7 +91,7 @@ def settings_figure(rows: list[dict], settings: list[dict]):
     """One panel per cell; x: the settings; y: mean ± SE (bars), the seeds (dots),
     the paper (line; band: ± 2 of its standard error with its rounding)."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(14, 6.4), layout="constrained")
     axes = fig.subplots(2, 4).ravel()
@@ -114,8 +114,9 @@ def settings_figure(rows: list[dict], settings: list[dict]):
         ax.grid(alpha=0.3)
         if "layer 2" in title or "layer 3" in title:
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
     axes[4].set_axis_off()
     legend = "\n".join(f"{i + 1}: {s['label']} ({_seeds(s)})" for i, s in enumerate(settings))
     axes[4].text(0.0, 0.5, "FF, MNIST, full scale\n\n" + legend + "\n\nbar: mean ± SE; dots: seeds\n"
