@@ -19,18 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fflab.analysis.ensembles import method1_threshold
+from fflab.analysis.ensembles import method1_threshold, method1_units
 from fflab.pipeline.folders import analysed_rows, layer_count, load_representations
 
 QUANTILES = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 0.995)
 ESTIMATORS = ("linear", "lower", "higher", "nearest", "midpoint", "hazen", "weibull", "median_unbiased")
 TABLE_QUANTILE = 0.95
-
-
-def ensemble_size(X: np.ndarray, cut: float) -> int:
-    """Method 1's rule for one class, X of shape (m, n), given its threshold."""
-    medians = np.median(X, axis=0)
-    return int(((medians >= cut) & (medians > X.min())).sum())
 
 
 def stable_quantiles(X: np.ndarray, quantile: float = TABLE_QUANTILE) -> tuple[float, float]:
@@ -47,11 +41,13 @@ def stable_quantiles(X: np.ndarray, quantile: float = TABLE_QUANTILE) -> tuple[f
 
 def readings(X: np.ndarray, labels: np.ndarray) -> dict[str, object]:
     """Mean ensemble size over the classes under each reading; X (N, n), labels (N,)."""
-    classes = np.unique(labels)
-    per_class = [X[labels == c] for c in classes]
+    per_class = [X[labels == c] for c in np.unique(labels)]
+    medians = [np.median(Xc, axis=0) for Xc in per_class]
+    floors = [float(Xc.min()) for Xc in per_class]
 
     def mean_size(cut_of) -> float:
-        return float(np.mean([ensemble_size(Xc, cut_of(Xc)) for Xc in per_class]))
+        return float(np.mean([method1_units(m, cut_of(Xc), floor).size
+                              for Xc, m, floor in zip(per_class, medians, floors)]))
 
     pooled = float(np.quantile(X, TABLE_QUANTILE))
     stable = [stable_quantiles(Xc) for Xc in per_class]

@@ -22,6 +22,7 @@ __all__ = [
     "UnseenClassActivity",
     "method1_ensemble",
     "method1_threshold",
+    "method1_units",
     "method2_decision_diagram",
     "method2_ensemble",
     "class_ensembles",
@@ -270,8 +271,30 @@ def method1_ensemble(X: Any, quantile: float = 0.95, threshold: str = "quantile"
         )
     cut = _method1_threshold(X, quantile, threshold, bins)
     medians = np.median(X, axis=0)
-    units = np.flatnonzero((medians >= cut) & (medians > X.min())).astype(np.int64)
-    return Method1Result(units=units, threshold=cut, medians=medians)
+    return Method1Result(units=method1_units(medians, cut, float(X.min())), threshold=cut, medians=medians)
+
+
+def method1_units(medians: Any, cut: float, floor: float) -> np.ndarray:
+    """Method 1's rule, given a class's unit medians and its threshold: the units
+    whose median is ``>= cut`` and ``> floor``, the smallest value of X
+    (:func:`method1_ensemble` says why both).
+
+    Parameters
+    ----------
+    medians : array-like of shape (n,)
+        Each unit's median over the class's images.
+    cut : float
+        The threshold (:func:`method1_threshold`, or any other reading of it).
+    floor : float
+        The smallest value of the class's activation matrix.
+
+    Returns
+    -------
+    ndarray of shape (k,), int64
+        The active units, sorted.
+    """
+    medians = np.asarray(medians)
+    return np.flatnonzero((medians >= cut) & (medians > floor)).astype(np.int64)
 
 
 def method2_decision_diagram(
