@@ -4,11 +4,17 @@
 
 Reads benchmarks/ff_full_scale_runs.json (what each full-scale run gave, per
 setting and seed; docs/reproduction.md gives the commands and the dates), and
-prints one markdown table: per setting and cell, mean ± standard error over the
-seeds, and the verdict against the paper as ``fflab compare`` computes it
-(``fflab.analysis.compare_estimates``, the paper's rounding included). With
-``--figure``, draws the same as a PNG: one panel per cell, one point per
-setting, each seed as a dot, the paper's value as a line and its band.
+prints two markdown tables. The first: per setting and cell, mean ± standard
+error over the seeds and the verdict against the paper as ``fflab compare``
+computes it (``fflab.analysis.compare_estimates``: Student's t with the paper's
+rounding where the paper prints an error, p and df; descriptive, no verdict,
+where it prints none). The second ranks the settings by their distance to the
+paper, the rule the `paper` preset is chosen by: the mean over the seven cells
+of |log(ours / paper)|, with a bootstrap standard error over seeds. Counting
+"consistent" cells rewards noisy settings (a wide spread makes a far mean
+"consistent"); the distance does not, since noise can only raise it on average.
+With ``--figure``, draws the first table as a PNG: one panel per cell, one point
+per setting, each seed as a dot, the paper's value as a line and its band.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 from fflab import analysis
 from fflab.analysis.paper_comparison import compare_estimates
-from fflab.figures import save_png
+from fflab.figures import VERDICT_COLORS, save_png
 from fflab.paper import published_cells
 
 RUNS_FILE = Path(__file__).with_name("ff_full_scale_runs.json")
@@ -60,6 +66,43 @@ def compare_settings(settings: list[dict]) -> list[dict]:
     return rows
 
 
+BOOTSTRAP_DRAWS = 2000
+
+
+def log_distance(means: dict[str, float], paper: dict[str, dict]) -> float:
+    """Mean over cells of ``|log(ours / paper)|`` (inf where a mean is <= 0)."""
+    gaps = [abs(math.log(mean / paper[cell_id]["mean"])) if mean > 0 else math.inf
+            for cell_id, mean in means.items()]
+    return float(np.mean(gaps))
+
+
+def setting_distances(settings: list[dict], seed: int = 0) -> list[dict]:
+    """Per setting: its distance to the paper (``log_distance`` of its cell means)
+    and the bootstrap SE over its seeds (None with one seed), best first."""
+    paper = {cell["id"]: cell for cell in published_cells()}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for setting in settings:
+        values = {cell_id: np.asarray(cell_values(setting, quantity, layer), dtype=float)
+                  for cell_id, quantity, layer, _ in CELLS}
+        distance = log_distance({c: float(v.mean()) for c, v in values.items()}, paper)
+        n = len(setting["runs"])
+        se = None
+        if n >= 2:
+            draws = rng.integers(0, n, (BOOTSTRAP_DRAWS, n))
+            resampled = [log_distance({c: float(v[d].mean()) for c, v in values.items()}, paper) for d in draws]
+            se = float(np.std(resampled, ddof=1))
+        rows.append({"setting": setting["label"], "seeds": n, "distance": distance, "se": se})
+    return sorted(rows, key=lambda row: row["distance"])
+
+
+def distances_to_markdown(rows: list[dict]) -> str:
+    lines = ["| setting | seeds | mean abs log ratio to the paper | its bootstrap SE |", "|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['seeds']} | {r['distance']:.3f} | "
+              f"{'-' if r['se'] is None else format(r['se'], '.3f')} |" for r in rows]
+    return "\n".join(lines)
+
+
 def _seeds(setting: dict) -> str:
     count = len(setting["runs"])
     return f"{count} seed" + ("" if count == 1 else "s")
@@ -76,13 +119,16 @@ def to_markdown(rows: list[dict], settings: list[dict]) -> str:
     for title in titles:
         cells = [row for row in rows if row["cell"] == title]
         published = cells[0]["paper"]
-        paper = f"{published['mean']:g}" + ("" if published["se"] is None else f" ± {published['se']:g}")
+        paper = f"{published['mean']:g}" + ("" if published["se"] is None else f" ± {published['se']:g}") + \
+            ("" if published["n"] is None else f" (n {published['n']})")
         entries = []
         for row in cells:
             verdict = row["verdict"]
-            z = "" if verdict.z is None else f", z {verdict.z:+.1f}"
+            test = "" if verdict.t is None else f", t {verdict.t:+.1f}, df {verdict.df:.0f}, p {verdict.p:.2g}"
+            if verdict.verdict == "descriptive" and verdict.relative_gap is not None:
+                test = f", {verdict.relative_gap:+.0%}"
             spread = "" if math.isnan(row["se"]) else f" ± {row['se']:.2g}"
-            entries.append(f"{_number(row['mean'])}{spread} ({verdict.verdict}{z})")
+            entries.append(f"{_number(row['mean'])}{spread} ({verdict.verdict}{test})")
         lines.append(f"| {title} | {paper} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
 
@@ -99,11 +145,13 @@ def settings_figure(rows: list[dict], settings: list[dict]):
     for ax, (cell_id, _, _, title) in zip([axes[0], axes[1], axes[2], axes[3], axes[5], axes[6], axes[7]], CELLS):
         cells = [row for row in rows if row["cell_id"] == cell_id]
         published = cells[0]["paper"]
-        half_width = 2 * math.hypot(published["se"] or 0.0, published["resolution"] / math.sqrt(12))
+        # the band: the paper's run-to-run SD where it prints an error, else its rounding interval
+        half_width = (published["se"] * math.sqrt(published["n"]) if published["se"] is not None
+                      else published["resolution"] / 2)
         ax.axhspan(published["mean"] - half_width, published["mean"] + half_width, color="0.85", zorder=0)
-        ax.axhline(published["mean"], color="0.3", linewidth=1, zorder=1, label="paper ± 2 SE")
+        ax.axhline(published["mean"], color="0.3", linewidth=1, zorder=1, label="paper")
         for i, row in enumerate(cells):
-            colour = {"consistent": "tab:green", "differs": "tab:red"}.get(row["verdict"].verdict, "tab:gray")
+            colour = VERDICT_COLORS.get(row["verdict"].verdict, "0.5")
             ax.scatter(np.full(len(row["values"]), i) + 0.12, row["values"], s=10, color=colour, alpha=0.6, zorder=2)
             ax.errorbar(i, row["mean"], yerr=0 if math.isnan(row["se"]) else row["se"], fmt="o", color=colour,
                         capsize=3, zorder=3)
@@ -120,7 +168,8 @@ def settings_figure(rows: list[dict], settings: list[dict]):
     axes[4].set_axis_off()
     legend = "\n".join(f"{i + 1}: {s['label']} ({_seeds(s)})" for i, s in enumerate(settings))
     axes[4].text(0.0, 0.5, "FF, MNIST, full scale\n\n" + legend + "\n\nbar: mean ± SE; dots: seeds\n"
-                 "green: consistent, red: differs\ngrey band: paper ± 2 SE (rounding included)",
+                 "green: consistent, red: differs (p < 0.05),\nblue: descriptive (no published error)\n"
+                 "grey band: the paper's run-to-run SD\n(its SE x sqrt(15)); Table 3: its rounding",
                  fontsize=7.5, va="center", ha="left", transform=axes[4].transAxes)
     return fig
 
@@ -133,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = json.loads(args.runs.read_text())["settings"]
     rows = compare_settings(settings)
     print(to_markdown(rows, settings))
+    print("\nSettings by distance to the paper (best first):\n")
+    print(distances_to_markdown(setting_distances(settings)))
     if args.figure is not None:
         save_png(settings_figure(rows, settings), args.figure)
         print(f"\nwrote {args.figure}")

@@ -114,10 +114,27 @@ def _mean_size(sizes: list[int | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def learned(record: dict) -> bool:
+    """Whether a run's test accuracy is above chance beyond noise
+    (``fflab.analysis.above_chance`` on its balanced accuracy, the mean of its
+    per-class accuracies, where the record has them)."""
+    per_class = [a for a in record.get("per_class_accuracy") or [] if a is not None]
+    accuracy = float(np.mean(per_class)) if per_class else record["accuracy"]
+    n_classes = len(record.get("per_class_accuracy") or []) or 10
+    return analysis.above_chance(accuracy, int(record.get("n_test") or DEFAULT_TEST_IMAGES), max(n_classes, 2))
+
+
+# Test images of MNIST and Fashion-MNIST: a record without n_test (older results) is taken to have these.
+DEFAULT_TEST_IMAGES = 10000
+# Quantities that describe what a network learned: not judged on runs at chance level.
+JUDGED_ON_LEARNED_RUNS = {"ensemble_size", "fraction_positive_weights", "mean_shared_units", "unseen_activity"}
+
+
 def _our_estimate(
     cell: dict[str, Any], spec: ExperimentSpec, records: list[dict], method_comparison: dict | None
 ) -> tuple[float | None, float | None, int, str]:
-    """This experiment's (mean, se, n, note) for a published cell."""
+    """This experiment's (mean, se, n, note) for a published cell; n is -1 where
+    every run behind it is at chance level."""
     quantity, layer = cell["quantity"], cell.get("layer")
     if quantity.startswith("method_fit"):
         if not method_comparison or method_comparison.get("slope") is None:
@@ -137,6 +154,13 @@ def _our_estimate(
         and ((r["unseen_class"] == 0) if unseen else (r["unseen_class"] is None))
     ]
     note = ""
+    if quantity in JUDGED_ON_LEARNED_RUNS:
+        chance = [r for r in group if not learned(r)]
+        if chance and len(chance) == len(group):
+            return None, None, -1, f"every run ({len(group)}) is at chance level: did not learn"
+        if chance:
+            group = [r for r in group if learned(r)]
+            note = f"{len(chance)} run(s) at chance level left out: {', '.join(r['run_id'] for r in chance)}"
     if quantity == "accuracy":
         values = [r["accuracy"] for r in group]
     elif quantity == "ensemble_size":
@@ -152,7 +176,7 @@ def _our_estimate(
             return None, None, 0, f"figure quantile {spec.analysis.figure_quantile}, the paper's {cell['quantile']}"
         values = [r.get("mean_shared_units", [None] * layer)[layer - 1] for r in group
                   if len(r.get("mean_shared_units", [])) >= layer]
-        note = "mean over every pair of classes"
+        note = "; ".join(part for part in (note, "mean over every pair of classes") if part)
     elif unseen:
         values = [r["unseen_activity"][layer - 1][cell["which"]] for r in group
                   if len(r.get("unseen_activity", [])) >= layer]
@@ -162,6 +186,28 @@ def _our_estimate(
         raise ValueError(f"unknown published quantity {quantity!r}")
     mean, se, n = _estimate(values)
     return mean, se, n, note
+
+
+def compare_cell(cell: dict[str, Any], mean: float | None, se: float | None, n: int, note: str = "") -> CellComparison:
+    """One published cell (an entry of ``published_cells()``) against an estimate
+    (mean, SE, runs; ``n == -1``: every run at chance level)."""
+    if n == -1:
+        verdict = analysis.Verdict("did not learn")
+        n = 0
+    else:
+        verdict = analysis.compare_estimates(cell["mean"], cell["se"], cell["n"], mean, se, n,
+                                             paper_resolution=cell["resolution"])
+    notes = "; ".join(part for part in (note, verdict.note, cell.get("note", "")) if part)
+    return CellComparison(
+        id=cell["id"], source=cell["source"], quantity=cell["quantity"], model=cell["model"],
+        dataset=cell["dataset"], layer=cell["layer"], paper_mean=cell["mean"], paper_se=cell["se"],
+        paper_n=cell["n"], paper_resolution=cell["resolution"], mean=mean, se=se, n=n,
+        difference=verdict.difference, combined_se=verdict.combined_se,
+        df=None if verdict.df is None or math.isinf(verdict.df) else verdict.df, t=verdict.t, p=verdict.p,
+        ci_low=None if verdict.ci is None else verdict.ci[0], ci_high=None if verdict.ci is None else verdict.ci[1],
+        relative_gap=verdict.relative_gap, within_rounding=verdict.within_rounding, verdict=verdict.verdict,
+        note=notes,
+    )
 
 
 def sweep_note(spec: ExperimentSpec) -> str:
@@ -198,21 +244,11 @@ def paper_comparison(
         records = [r for r in records if r.get("point") == point]
         experiment += sweep_note(spec)
         spec = spec.at(point)
-    cells = []
-    for cell in published_cells():
-        mean, se, n, note = _our_estimate(cell, spec, records, method_comparison)
-        verdict = analysis.compare_estimates(cell["mean"], cell["se"], cell["n"], mean, se, n,
-                                             paper_resolution=cell["resolution"])
-        notes = "; ".join(part for part in (note, verdict.note, cell.get("note", "")) if part)
-        cells.append(CellComparison(
-            id=cell["id"], source=cell["source"], quantity=cell["quantity"], model=cell["model"],
-            dataset=cell["dataset"], layer=cell["layer"], paper_mean=cell["mean"],
-            paper_se=cell["se"], paper_n=cell["n"], paper_resolution=cell["resolution"], mean=mean, se=se,
-            n=n, z=verdict.z, combined_se=verdict.combined_se, verdict=verdict.verdict, note=notes,
-        ))
+    cells = [compare_cell(cell, *_our_estimate(cell, spec, records, method_comparison))
+             for cell in published_cells()]
     protocol = protocol_differences(spec) if protocol is None else protocol
     flat = _flatten(spec.model_dump(mode="json"))
-    counts = {v: sum(c.verdict == v for c in cells) for v in ("consistent", "differs", "not comparable")}
+    counts = {v: sum(c.verdict == v for c in cells) for v in analysis.VERDICTS}
     return PaperComparison(
         experiment=experiment,
         reproduction=not protocol,
@@ -242,8 +278,14 @@ def to_markdown(comparison: PaperComparison) -> str:
         )
     lines += [
         "",
-        f"Cells: {summary['consistent']} consistent (within 2 combined standard errors), "
-        f"{summary['differs']} differ, {summary['not comparable']} not comparable.",
+        "Cells: " + ", ".join(f"{summary.get(verdict, 0)} {verdict}" for verdict in analysis.VERDICTS) + ".",
+        "",
+        "A cell with a published error is tested: Student's t of the difference, the run-to-run variance "
+        "pooled over the paper's runs and this experiment's, the paper's rounding as a further component "
+        "(Welch-Satterthwaite degrees of freedom); it differs when p < 0.05. A cell the paper prints "
+        "without an error is descriptive: the gap, relative, and whether this experiment's mean lies "
+        "inside the interval the printed digits stand for. " + " ".join(
+            f"*{verdict}*: {meaning}." for verdict, meaning in analysis.VERDICTS.items()),
         "",
         "## Protocol: where this experiment differs from the paper",
         "",
@@ -259,18 +301,48 @@ def to_markdown(comparison: PaperComparison) -> str:
     lines += [f"| {field} | {json.dumps(value)} | {OPEN_CHOICES[field]} |"
               for field, value in comparison.open_choices.items()]
     lines += ["", "## Cells", "",
-              "| cell | source | paper | this experiment | n | z | verdict | note |",
+              "| cell | source | paper (n) | this experiment (n) | difference [95% CI] | t (df), p | verdict | note |",
               "|---|---|---|---|---|---|---|---|"]
     for c in comparison.cells:
-        paper = _number(c.paper_mean) + ("" if c.paper_se is None else f" ± {_number(c.paper_se, 2)}")
-        ours = _number(c.mean) + ("" if c.se is None else f" ± {_number(c.se, 2)}")
-        z = "-" if c.z is None else f"{c.z:+.1f}"
-        lines.append(f"| {c.id} | {c.source} | {paper} | {ours} | {c.n} | {z} | {c.verdict} | {c.note} |")
+        lines.append(f"| {c.id} | {c.source} | {_paper_value(c)} | {_our_value(c)} | {_difference(c)} | "
+                     f"{_test(c)} | {c.verdict} | {c.note} |")
     return "\n".join(lines) + "\n"
 
 
+def _paper_value(c: CellComparison) -> str:
+    runs = "n not stated" if c.paper_n is None else f"n {c.paper_n}"
+    return _number(c.paper_mean) + ("" if c.paper_se is None else f" ± {_number(c.paper_se, 2)}") + f" ({runs})"
+
+
+def _our_value(c: CellComparison) -> str:
+    if c.mean is None:
+        return "-"
+    return _number(c.mean) + ("" if c.se is None else f" ± {_number(c.se, 2)}") + f" (n {c.n})"
+
+
+def _difference(c: CellComparison) -> str:
+    if c.difference is None:
+        return "-"
+    text = f"{c.difference:+.3g}"
+    if c.ci_low is not None:
+        text += f" [{c.ci_low:+.3g}, {c.ci_high:+.3g}]"
+    if c.relative_gap is not None:
+        text += f" ({c.relative_gap:+.0%})"
+    if c.within_rounding is not None and c.verdict == "descriptive":
+        text += ", inside the printed rounding" if c.within_rounding else ", outside the printed rounding"
+    return text
+
+
+def _test(c: CellComparison) -> str:
+    if c.t is None:
+        return "-"
+    df = "inf" if c.df is None else f"{c.df:.1f}"
+    return f"{c.t:+.2f} ({df}), p {c.p:.2g}"
+
+
 CSV_COLUMNS = ("id", "source", "quantity", "model", "dataset", "layer", "paper_mean", "paper_se",
-               "paper_n", "paper_resolution", "mean", "se", "n", "z", "combined_se", "verdict", "note")
+               "paper_n", "paper_resolution", "mean", "se", "n", "difference", "combined_se", "df", "t", "p",
+               "ci_low", "ci_high", "relative_gap", "within_rounding", "verdict", "note")
 
 
 def to_csv(comparison: PaperComparison) -> str:

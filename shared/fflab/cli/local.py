@@ -164,7 +164,9 @@ def tables_command(experiment_dir: Path, fmt: str) -> None:
 def compare_command(experiment_dirs: tuple[Path, ...], experiment_id: str | None, fmt: str,
                     out_dir: Path | None) -> None:
     """Compare results with the paper, cell by cell: the paper's mean ± SE, this
-    experiment's, the difference in combined standard errors and a verdict, and
+    experiment's, the difference with its 95% interval, Student's t with its
+    degrees of freedom and p, and a verdict (differs at p < 0.05; descriptive
+    where the paper prints no error; did not learn for runs at chance), and
     every setting where the experiment departs from the paper's protocol.
 
     Several results folders are pooled (e.g. FF and BP run separately)."""
