@@ -611,47 +611,6 @@ def test_sparseness_shared_units_and_unseen_tables():
     assert unseen.rows[1][1] == pytest.approx(0.4)
 
 
-def test_compare_estimates_known_verdicts():
-    from fflab.analysis import compare_estimates
-
-    # 0.93 ± 0.001 vs 0.925 ± 0.002: z = -0.005 / sqrt(1e-6 + 4e-6) = -2.236 -> differs
-    v = compare_estimates(0.93, 0.001, 15, 0.925, 0.002, 3)
-    assert v.verdict == "differs" and v.z == pytest.approx(-0.005 / math.sqrt(5e-6))
-    assert compare_estimates(0.93, 0.001, 15, 0.928, 0.002, 3).verdict == "consistent"
-    # one run: its SE is the paper's SD, 0.001 * sqrt(15)
-    one = compare_estimates(0.93, 0.001, 15, 0.925, None, 1)
-    assert one.combined_se == pytest.approx(math.sqrt(1e-6 + 15e-6)) and one.verdict == "consistent"
-    assert "run-to-run" in one.note
-    # the paper gives no SE: ours alone
-    t3 = compare_estimates(0.002, None, 15, 0.0094, 0.001, 3)
-    assert t3.combined_se == pytest.approx(0.001) and t3.verdict == "differs" and "no error" in t3.note
-    # neither side has an error, or no value: not comparable
-    assert compare_estimates(0.98, None, None, 1.1, None, 1).verdict == "not comparable"
-    assert compare_estimates(0.34, None, None, None, None, 0).verdict == "not comparable"
-    assert compare_estimates(0.34, None, None, float("nan"), None, 1).verdict == "not comparable"
-    with pytest.raises(ValueError, match="paper_mean"):
-        compare_estimates(float("inf"), None, None, 1.0, 0.1, 2)
-
-
-def test_compare_estimates_counts_the_published_rounding():
-    from fflab.analysis import compare_estimates
-
-    # 0.93 printed to 0.01 stands for [0.925, 0.935]: a uniform error of SD 0.01 / sqrt(12) = 0.002887
-    rounded = compare_estimates(0.93, 0.001, 15, 0.921, 0.003, 3, paper_resolution=0.01)
-    combined = math.sqrt(0.001**2 + 0.01**2 / 12 + 0.003**2)
-    assert rounded.combined_se == pytest.approx(combined) and rounded.z == pytest.approx(-0.009 / combined)
-    assert rounded.verdict == "differs" and "exceeds its SE" in rounded.note  # z = -2.07
-    assert compare_estimates(0.93, 0.001, 15, 0.922, 0.003, 3).verdict == "differs"  # z = -2.53 without it,
-    assert compare_estimates(0.93, 0.001, 15, 0.922, 0.003, 3, paper_resolution=0.01).verdict == "consistent"  # -1.87
-    # no published SE: ours and the rounding; with one run and no SE anywhere: still not comparable
-    t3 = compare_estimates(0.035, None, 15, 0.0182, 0.0004, 3, paper_resolution=0.001)
-    assert t3.combined_se == pytest.approx(math.sqrt(0.0004**2 + 0.001**2 / 12)) and "rounding" in t3.note
-    assert compare_estimates(0.035, None, 15, 0.0182, None, 1, paper_resolution=0.001).verdict == "not comparable"
-    for bad in (0.0, -0.01, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="paper_resolution"):
-            compare_estimates(0.93, 0.001, 15, 0.92, 0.003, 3, paper_resolution=bad)
-
-
 def test_the_printed_resolution_is_read_from_the_published_literal():
     from fflab import paper
 
@@ -660,7 +619,7 @@ def test_the_printed_resolution_is_read_from_the_published_literal():
     cells = {cell["id"]: cell for cell in paper.published_cells()}
     assert cells["table1/ff/mnist"]["resolution"] == pytest.approx(0.01)
     assert cells["table2/bp/fashion_mnist/layer3"]["resolution"] == pytest.approx(0.1)  # printed 39.0
-    assert cells["text/ensemble_size/ff/mnist/layer1"]["resolution"] == pytest.approx(0.01)  # 2.69
+    assert cells["table2/ff/mnist/layer1"]["resolution"] == pytest.approx(0.01)  # 2.69, the text's digits
     assert cells["table3/ff/mnist/layer2"]["resolution"] == pytest.approx(0.001)  # 0.002
 
 
@@ -711,3 +670,249 @@ def test_dominance_counts_the_winning_units():
     assert winner_counts(np.zeros((0, 3))).tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="2-D"):
         winner_counts(np.zeros(3))
+
+
+# ------------------------------------------------------------------ review of the science, 2026-12
+
+
+def _one_hot_class(n_units=20):
+    """9 one-hot images on units 0 (6 images), 1, 2 and 3: each image is as sparse as
+    can be, but the class's mean spreads over 4 units (6:1:1:1)."""
+    X = np.zeros((9, n_units))
+    X[np.arange(9), [0] * 6 + [1, 2, 3]] = 1.0
+    return X
+
+
+def test_sparseness_is_per_image_and_the_class_mean_is_its_own_measure():
+    from fflab.analysis import SPARSENESS_MEASURES, mean_sparseness
+
+    X, labels = _one_hot_class(), np.zeros(9, dtype=int)
+    assert class_sparseness(X, labels, measure="hoyer")[0] == pytest.approx(1.0)
+    assert class_sparseness(X, labels, measure="treves_rolls")[0] == pytest.approx(1.0)
+    share = np.array([6, 1, 1, 1]) / 9  # the class mean, on 4 of 20 units
+    hoyer_of_mean = (math.sqrt(20) - share.sum() / math.sqrt(share @ share)) / (math.sqrt(20) - 1)
+    assert hoyer_of_mean == pytest.approx(0.873, abs=5e-4)
+    assert class_sparseness(X, labels, measure="hoyer_of_class_mean")[0] == pytest.approx(hoyer_of_mean)
+    treves_rolls_of_mean = (1 - (1 / 20) ** 2 / ((share @ share) / 20)) / (1 - 1 / 20)
+    assert class_sparseness(X, labels, measure="treves_rolls_of_class_mean")[0] == pytest.approx(treves_rolls_of_mean)
+    # an image with no active unit has no sparseness: left out, as the authors' nanmean
+    assert mean_sparseness(np.vstack([X, np.zeros(20)]), "hoyer") == pytest.approx(1.0)
+    # over a layer: the mean over its images (9 one-hot, 3 uniform), not over classes
+    assert mean_sparseness(np.vstack([X, np.ones((3, 20))]), "hoyer") == pytest.approx(9 / 12)
+    assert list(SPARSENESS_MEASURES) == ["treves_rolls", "hoyer", "treves_rolls_of_class_mean", "hoyer_of_class_mean"]
+    with pytest.raises(ValueError, match="measure must be one of"):
+        mean_sparseness(X, "gini")
+    from fflab.analysis import sparseness_table
+
+    records = [{"model": "ff", "dataset": "mnist", "seed": 0, "sparseness_hoyer_of_class_mean": [0.873]}]
+    table = sparseness_table(records, "hoyer_of_class_mean")
+    assert table.name == "sparseness_hoyer_of_class_mean" and table.rows[0][1] == pytest.approx(0.873)
+    assert "mean activity vector" in table.title
+
+
+def _saturated_layer(k=40, n=784, m=30, seed=0, top=(1.0, 1.0)):
+    """A BP-like class: k units at the top (exactly 1.0 by default), the rest in [0, 0.1]."""
+    rng = np.random.default_rng(seed)
+    X = (rng.random((m, n)) * 0.1).astype(np.float32)
+    block = np.sort(rng.choice(n, k, replace=False))
+    X[:, block] = rng.uniform(*top, size=(m, k)).astype(np.float32) if top[0] < top[1] else top[0]
+    return X, block
+
+
+def test_method2_top_cluster_finds_a_saturated_block_the_isolated_rule_misses():
+    from fflab.analysis import METHOD2_CUTS, method2_top_cluster
+
+    assert list(METHOD2_CUTS) == ["isolated", "top_cluster"]
+    X, block = _saturated_layer()
+    isolated = method2_ensemble(X)  # the default rule
+    assert isolated.units.size == 0 and isolated.nh_cut == 0  # the dense block stops the walk at once
+    found = method2_ensemble(X, cut="top_cluster")
+    assert found.units.tolist() == block.tolist() and found.top_cluster.tolist() == block.tolist()
+    assert method1_ensemble(X, 0.99).units.tolist() == block.tolist()  # Method 1 sees them too
+    # near saturation (0.97-1.0 on each image): the same cluster
+    X, block = _saturated_layer(k=25, seed=1, top=(0.97, 1.0))
+    assert method2_ensemble(X, cut="top_cluster").units.tolist() == block.tolist()
+    assert method2_ensemble(X).units.size == 0
+    # a lone unit between the block and the bulk: the walk goes on below the block
+    X, block = _saturated_layer(k=40, seed=2)
+    lone = int(np.setdiff1d(np.arange(784), block)[0])
+    X[:, lone] = 0.6
+    assert method2_ensemble(X, cut="top_cluster").units.tolist() == sorted([*block.tolist(), lone])
+    assert method2_ensemble(X).units.size == 0
+    assert method2_top_cluster(X.mean(axis=0)).tolist() == block.tolist()
+
+
+def test_method2_top_cluster_leaves_the_isolated_answer_where_there_is_no_cluster():
+    # FF-like: three prominent units above a bulk (the top group), as the isolated rule finds them
+    means = np.linspace(0.0, 0.05, 203)
+    means[[17, 42, 150]] = [0.95, 0.9, 0.85]
+    X = np.tile(means, (2, 1))
+    assert method2_ensemble(X, cut="top_cluster").units.tolist() == method2_ensemble(X).units.tolist() == [17, 42, 150]
+    # activity spread evenly: no gap wider than epsilon, no cluster, no ensemble under either rule
+    X = np.tile(np.linspace(0.0, 1.0, 784), (3, 1))
+    assert method2_ensemble(X).units.size == 0 and method2_ensemble(X, cut="top_cluster").units.size == 0
+    # a block holding the median unit is the bulk, not an ensemble: 6 of 10 units at 1.0
+    X = np.tile(np.array([1.0] * 6 + [0.0] * 4), (3, 1))
+    assert method2_ensemble(X, cut="top_cluster").units.size == 0
+    # cuts given by hand: the rule does not matter
+    X, _ = _saturated_layer()
+    assert method2_ensemble(X, rho_cut=5.0, nh_cut=3, cut="top_cluster").units.tolist() == \
+        method2_ensemble(X, rho_cut=5.0, nh_cut=3).units.tolist()
+
+
+def test_method2_cut_rule_is_an_option_and_unknown_rules_raise():
+    from typing import get_args
+
+    from pydantic import ValidationError
+
+    from fflab.analysis import METHOD2_CUTS
+    from fflab.spec import AnalysisSpec
+
+    with pytest.raises(ValueError, match="method2_cut must be one of isolated, top_cluster"):
+        method2_ensemble(HAND_X, cut="by_eye")
+    X, block = _saturated_layer(m=4)
+    representations, labels = np.vstack([X, X]), np.array([3] * 4 + [5] * 4)
+    ensembles = class_ensembles(representations, labels, method="method2", cut="top_cluster")
+    assert ensembles[3].tolist() == ensembles[5].tolist() == block.tolist()
+    assert AnalysisSpec().method2_cut == "isolated"
+    assert set(get_args(AnalysisSpec.model_fields["method2_cut"].annotation)) == set(METHOD2_CUTS)
+    assert AnalysisSpec(method2_cut="top_cluster").method2_options()["cut"] == "top_cluster"
+    with pytest.raises(ValidationError, match="method2_cut"):
+        AnalysisSpec(method2_cut="by_eye")
+
+
+def test_figure7_counts_on_a_hand_built_weight_matrix():
+    from fflab.analysis import all_negative_incoming, fraction_units_negative_share_near, negative_share_near
+
+    weight = np.array([
+        [-1.0, -2.0, -0.5, -3.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0],  # all negative
+        [-1.0, -2.0, -0.5, -3.0, -1.0, -1.0, -1.0, -1.0, -1.0, 0.0],  # a zero is not negative: 0.9
+        [-1.0] * 7 + [1.0] * 3,  # 0.7: on the window's lower edge
+        [-1.0] * 8 + [1.0] * 2,  # 0.8: on its upper edge
+        [-1.0] * 6 + [1.0] * 4,  # 0.6
+        [1.0] * 10,  # 0.0
+        [-1.0] * 10,  # all negative
+        [-1.0] * 9 + [2.0],  # 0.9
+    ])
+    assert all_negative_incoming(weight).tolist() == [0, 6]
+    assert negative_share_near(weight).tolist() == [2, 3]  # within 0.05 of 0.75, edges included
+    assert fraction_units_negative_share_near(weight) == pytest.approx(2 / 8)
+    assert negative_share_near(weight, share=0.9, tolerance=0.0).tolist() == [1, 7]
+    assert negative_share_near(weight.T[:4].T, share=1.0, tolerance=0.0).tolist() == [0, 1, 2, 3, 4, 6, 7]
+    with pytest.raises(ValueError, match="share"):
+        negative_share_near(weight, share=1.5)
+    with pytest.raises(ValueError, match="tolerance"):
+        negative_share_near(weight, tolerance=-0.1)
+    with pytest.raises(ValueError, match="weight"):
+        all_negative_incoming(np.ones(3))
+
+
+def _write_unseen_class_run(run_dir, key):
+    """An FF run on Fashion-MNIST trained without class 0, 20 units, 2 layers, 20 test
+    images per class. Layer 1: every seen image one-hot on unit 2c or 2c + 1 (half and
+    half), every unseen image on unit 0 at 0.34 (one active unit); layer 2: every image
+    has units 0-7 saturated at 1.0 above a bulk at 0-0.05 (as BP). Weights: layer 1
+    all positive; layer 2 15 units all negative, 4 at 15/20 negative, 1 at 16/20."""
+    import torch
+
+    from fflab.results import RunMetrics, Timings, write_document
+
+    labels = np.repeat(np.arange(10), 20)
+    layer1 = np.zeros((200, 20), dtype=np.float32)
+    for row, c in enumerate(labels):
+        if c == 0:
+            layer1[row, 0] = 0.34
+        else:
+            layer1[row, 2 * c + row % 2 - (2 if c == 9 else 0)] = 1.0
+    layer2 = (np.random.default_rng(0).random((200, 20)) * 0.05).astype(np.float32)
+    layer2[:, :8] = 1.0
+    correct = labels != 0
+    run_dir.mkdir(parents=True)
+    np.savez(run_dir / "representations.npz", labels=labels, predictions=np.where(correct, labels, 1),
+             correct=correct, layer1=layer1, layer2=layer2)
+    second = -np.ones((20, 20), dtype=np.float32)
+    second[15:19, 15:] = 1.0  # 15 of 20 negative
+    second[19, 16:] = 1.0  # 16 of 20 negative
+    torch.save({"layers.0.weight": torch.ones(20, 784), "layers.1.weight": torch.from_numpy(second)},
+               run_dir / "weights.pt")
+    write_document(RunMetrics(
+        run_id=key.run_id, model=key.model, dataset=key.dataset, seed=key.seed, unseen_class=key.unseen_class,
+        accuracy=0.9, per_class_accuracy=[0.0] + [1.0] * 9, n_train=100, n_test=200, loss_history=[[1.0], [1.0]],
+        device="cpu", timings=Timings(train_seconds=0.0, evaluate_seconds=0.0),
+    ), run_dir / "metrics.json")
+
+
+@pytest.mark.parametrize("rule", ["isolated", "top_cluster"])
+def test_run_record_of_an_unseen_class_run(tmp_path, rule):
+    from fflab.pipeline import documents
+    from fflab.spec import RunKey, build_spec
+
+    spec = build_spec("quick", {"models": ["ff"], "datasets": ["fashion_mnist"], "seeds": [0], "unseen_class": 0,
+                                "network": {"width": 20, "layers": 2}, "analysis": {"method2_cut": rule}})
+    key = RunKey("ff", "fashion_mnist", 0, 0)
+    _write_unseen_class_run(tmp_path / key.run_id, key)
+    record = documents.analyse_run(spec, key, tmp_path / key.run_id,
+                                   names=["ensembles", "shared_units", "weight_stats"])
+    saturated = 8 if rule == "top_cluster" else 0
+    # section 4.4: the unseen class's Method 2 ensemble is one unit in layer 1
+    assert record["unseen_ensemble_size_method2"] == [1, saturated]
+    assert record["unseen_activity"][0]["unseen"] == pytest.approx(0.34)
+    assert record["ensemble_sizes_method2"] == [[1] + [2] * 9, [saturated] * 10]
+    assert record["ensemble_sizes_method2_by_cut_rule"] == {"isolated": [[1] + [2] * 9, [0] * 10],
+                                                            "top_cluster": [[1] + [2] * 9, [8] * 10]}
+    # every layer-1 image is one-hot: 1 per image; the class means are not
+    two_units = (math.sqrt(20) - math.sqrt(2)) / (math.sqrt(20) - 1)
+    assert record["sparseness_hoyer"][0] == pytest.approx(1.0)
+    assert record["sparseness_treves_rolls"][0] == pytest.approx(1.0)
+    assert record["sparseness_hoyer_of_class_mean"][0] == pytest.approx((1 + 9 * two_units) / 10)
+    two_units_treves_rolls = (1 - 2 / 20) / (1 - 1 / 20)
+    assert record["sparseness_treves_rolls_of_class_mean"][0] == pytest.approx((1 + 9 * two_units_treves_rolls) / 10)
+    # Figure 7's counts, per layer
+    assert record["units_all_negative_incoming"] == [0, 15]
+    assert record["fraction_units_all_negative_incoming"] == [0.0, pytest.approx(0.75)]
+    assert record["fraction_units_three_quarters_negative_incoming"] == [0.0, pytest.approx(5 / 20)]
+
+
+def test_a_schema_1_0_ensembles_document_still_reads():
+    from fflab.results import LayerSparseness
+
+    old = LayerSparseness.model_validate({"layer": 1, "per_class": [0.5], "hoyer_per_class": [0.4]})
+    assert old.treves_rolls_of_class_mean == [0.5] and old.hoyer_of_class_mean == [0.4]
+    assert old.hoyer is None and old.hoyer_by_class == []
+
+
+def _ensembles_document(model, method1, by_rule):
+    from fflab.results import RunEnsembles
+    from fflab.spec import AnalysisSpec
+
+    return RunEnsembles(
+        run_id=f"{model}-mnist-seed0", model=model, dataset="mnist", seed=0, analysis=AnalysisSpec(), n_units=784,
+        ensembles=[{"layer": 1, "class_index": c, "class_name": str(c), "method": "method1", "quantile": 0.99,
+                    "n_images": 10, "units": list(range(size)), "size": size} for c, size in enumerate(method1)],
+        sparseness=[{"layer": 1, "treves_rolls_of_class_mean": [None] * len(method1)}],
+        method2_sizes_by_cut_rule={rule: [sizes] for rule, sizes in by_rule.items()},
+    )
+
+
+def test_figure8b_fits_under_each_method2_cut_rule():
+    """FF: Method 1 = Method 2 + 1 under both rules; BP's saturated layers: the isolated rule
+    finds nothing (x = 0) where Method 1 finds ~300, the top-cluster rule finds them."""
+    from fflab.pipeline.paper_analyses import cut_rule_fits
+
+    runs = [
+        ("ff", _ensembles_document("ff", [2, 3, 4, 5], {"isolated": [1, 2, 3, 4], "top_cluster": [1, 2, 3, 4]})),
+        ("bp", _ensembles_document("bp", [300, 280, 310, 290],
+                                   {"isolated": [0, 0, 0, 0], "top_cluster": [299, 279, 309, 289]})),
+    ]
+    fits = cut_rule_fits(runs, 0.99)
+    assert list(fits) == ["isolated", "top_cluster"]
+    isolated, top = fits["isolated"], fits["top_cluster"]
+    assert isolated.n_points == top.n_points == 8
+    assert isolated.slope < 0  # pulled by the BP points at x = 0
+    assert isolated.both_found.slope == pytest.approx(1.0) and isolated.left_out == 4
+    assert isolated.per_model["bp"] is None  # x constant
+    assert (top.slope, top.intercept, top.r2) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+    assert top.left_out == 0 and top.per_model["bp"].slope == pytest.approx(1.0)
+    # no Method 1 ensemble at another quantile: no point, no fit
+    empty = cut_rule_fits(runs, 0.95)
+    assert [(fit.n_points, fit.slope, fit.both_found, fit.per_model) for fit in empty.values()] == [(0, None, None, {})] * 2

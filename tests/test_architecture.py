@@ -159,3 +159,10 @@ def test_layers_import_only_their_own_and_lower_layers(graph):
 def test_the_api_never_imports_the_worker_app(graph):
     assert sorted((name, target) for name, targets in graph.items() if name.startswith("api")
                   for target in targets if target in ("worker.celery_app", "worker.tasks", "worker.service")) == []
+
+
+def test_every_sparseness_measure_has_its_table():
+    from fflab.analysis import SPARSENESS_MEASURES
+    from fflab.results import TABLES
+
+    assert {f"sparseness_{measure}" for measure in SPARSENESS_MEASURES} <= set(TABLES)

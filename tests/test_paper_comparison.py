@@ -152,3 +152,32 @@ def test_runs_at_chance_level_are_flagged_and_not_judged():
     assert comparison.summary["did not learn"] >= 6
     text = paper.to_markdown(comparison)
     assert "did not learn" in text and "(n 15)" in text and "n not stated" in text
+
+
+def test_figure7_the_unseen_ensemble_and_the_shared_pairs_are_compared_descriptively():
+    spec = build_spec("paper")
+    ff = _record("ff", "mnist", 0, 0.93, 2.7) | {"units_all_negative_incoming": [0, 770, 700]}
+    bpff = _record("bpff", "mnist", 0, 0.8, 6.0) | {
+        "fraction_units_three_quarters_negative_incoming": [0.1, 0.36, 0.2]}
+    fashion = [_record("ff", "fashion_mnist", s, 0.8, 2.3) | {
+        "shared_units_pairs": [[[0, 2, 3], [0, 6, 2], [2, 6, 1], [1, 9, 0]], [], []]} for s in range(2)]
+    unseen = [_record("ff", "fashion_mnist", s, 0.7, 2.0) | {"unseen_class": 0, "run_id": f"unseen{s}",
+                                                              "unseen_ensemble_size_method2": [1, 2, 2]}
+              for s in range(2)]
+    method = {"quantile": 0.99, "epsilon": 0.2, "slope": -8.0, "intercept": 90.5, "n_points": 270,
+              "both_found": None, "by_cut_rule": {"isolated": {"slope": -8.0, "intercept": 90.5},
+                                                  "top_cluster": {"slope": 0.9, "intercept": 12.0}}}
+    cells = {c.id: c for c in paper.paper_comparison(spec, [ff, bpff, *fashion, *unseen], method, "probe").cells}
+    seven = cells["figure7/ff/mnist/layer2"]
+    assert seven.verdict == "descriptive" and seven.mean == 770 and seven.within_rounding is False
+    assert seven.relative_gap == pytest.approx(-5 / 775)
+    three_eighths = cells["figure7/bpff/mnist/layer2"]
+    assert three_eighths.mean == pytest.approx(0.36) and three_eighths.within_rounding is None  # "about 3/8"
+    assert cells["figure7/bp/mnist/layer2"].verdict == "not comparable"  # no BP run
+    size = cells["text/unseen_ensemble_size/ff/fashion_mnist/layer1"]
+    assert size.verdict == "descriptive" and size.mean == 1 and size.within_rounding is True and size.n == 2
+    shared = cells["text/shared_units/ff/fashion_mnist/layer1"]
+    assert shared.verdict == "descriptive" and "per pair of classes 0-3" in shared.note
+    assert "mean over the pairs of classes 0, 2, 4, 6: 2.00" in shared.note
+    slope = cells["figure8b/slope"]
+    assert slope.verdict == "descriptive" and "top_cluster: 0.90" in slope.note and "isolated: -8.00" in slope.note

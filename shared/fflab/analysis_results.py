@@ -167,6 +167,9 @@ class LayerIntrinsicDimension(_Part):
     dimension: float | None = Field(description="TwoNN over the analysed images of every class.")
     per_class: list[float | None]
     n_points: list[int] = Field(description="Per class, points the fit used.")
+    n_duplicates: list[int] | None = Field(
+        None, description="Per class, images dropped as exact copies of another image's representation "
+                          "before the fit (null in documents written before it was recorded).")
     ensemble_sizes: list[int | None] = Field(description="Method 1 sizes (table quantile), to set against.")
 
 

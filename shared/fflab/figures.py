@@ -791,7 +791,9 @@ def figure7_negative_weight_fraction(
     -------
     Figure
         One axes; one step line (unit counts per bin) per model in its
-        fixed colour (FF blue, BP/FF red, BP green).
+        fixed colour (FF blue, BP/FF red, BP green); the legend gives each
+        model's units and how many have only negative incoming weights
+        (fraction 1; the paper: FF 775 of 784).
     """
     if not fractions:
         raise ValueError("fractions: expected at least one model")
@@ -805,7 +807,7 @@ def figure7_negative_weight_fraction(
             raise ValueError(f"fractions[{model!r}]: values must lie in [0, 1]")
         counts, _ = np.histogram(f, bins=edges)
         ax.stairs(counts, edges, color=model_color(model, i), lw=1.8,
-                  label=f"{model_display_name(model)} ({f.size} units)")
+                  label=f"{model_display_name(model)} ({f.size} units, {int(np.sum(f == 1.0))} all negative)")
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction of negative incoming weights")
     ax.set_ylabel("number of units")
@@ -863,6 +865,7 @@ def figure8b_method_sizes(
     slope: float,
     intercept: float,
     both_found: tuple[float, float] | None = None,
+    other_rules: Mapping[str, tuple[float, float]] | None = None,
 ) -> Figure:
     """Figure 8B: ensemble sizes from Method 2 (x) vs Method 1 (y).
 
@@ -876,6 +879,10 @@ def figure8b_method_sizes(
     both_found : (slope, intercept) or None
         The same fit over the points where both methods find an ensemble
         (``fflab.analysis.method_size_fits``), drawn dotted.
+    other_rules : dict[str, (slope, intercept)] or None
+        The fit over every point with Method 2's sizes under other cut rules
+        (``fflab.analysis.METHOD2_CUTS``; their points are not drawn), thin
+        dash-dotted lines labelled by rule.
 
     Returns
     -------
@@ -904,6 +911,9 @@ def figure8b_method_sizes(
     if both_found is not None:
         ax.plot(xs, both_found[0] * xs + both_found[1], ":", color="black", lw=1.5, zorder=2,
                 label=f"fit, both found: slope={both_found[0]:.2f}, intercept={both_found[1]:.2f}")
+    for rule, (rule_slope, rule_intercept) in (other_rules or {}).items():
+        ax.plot(xs, rule_slope * xs + rule_intercept, "-.", lw=1.0, zorder=2,
+                label=f"fit, Method 2 {rule}: slope={rule_slope:.2f}, intercept={rule_intercept:.2f}")
     ax.scatter(s2, s1, s=18, color="tab:blue", alpha=0.8, zorder=3, label=f"ensembles ({s1.size})")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
@@ -926,7 +936,8 @@ COMPARISON_PANELS = {
     "mean_shared_units": "units shared by a pair of classes",
     "unseen_activity": "ensemble activity (unseen class)",
 }
-VERDICT_COLORS = {"consistent": "tab:green", "differs": "tab:red", "not comparable": "0.5"}
+VERDICT_COLORS = {"consistent": "tab:green", "differs": "tab:red", "descriptive": "tab:blue",
+                  "did not learn": "tab:orange", "not comparable": "0.5"}
 
 
 def paper_comparison_figure(
@@ -952,7 +963,8 @@ def paper_comparison_figure(
     Figure
         One panel per quantity present: per cell, the paper's mean ± SE (grey
         square) and this experiment's (circle coloured by verdict: green
-        consistent, red differs, grey not comparable).
+        consistent, red differs, blue descriptive: no published error, orange
+        did not learn, grey not comparable), with a legend of the verdicts drawn.
     """
     k = len(labels)
     if not (len(quantities) == len(paper) == len(ours) == len(verdicts) == k):
@@ -983,7 +995,13 @@ def paper_comparison_figure(
         ax.set_xticks(x)
         ax.set_xticklabels([labels[i].split("/", 1)[-1] for i in index], rotation=60, ha="right", fontsize=6)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    from matplotlib.lines import Line2D
+
+    drawn = [v for v in VERDICT_COLORS if v in set(verdicts)]
+    handles = [Line2D([], [], marker="s", color="0.35", linestyle="none", label="paper (± its SE)")]
+    handles += [Line2D([], [], marker="o", color=VERDICT_COLORS[v], linestyle="none", label=f"ours: {v}")
+                for v in drawn]
+    axes[0].legend(handles=handles, fontsize=7, loc="best")
     if title:
         axes[0].set_title(title, fontsize=9)
     return fig

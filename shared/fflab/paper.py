@@ -41,6 +41,8 @@ OPEN_CHOICES = {
     "analysis.method1_threshold": "how Method 1 reads its quantile: np.quantile, or off a histogram of X (the "
                                   "paper: 'compute the histogram of values in X, set a quantile')",
     "analysis.histogram_bins": "the bins of that histogram; the paper gives none",
+    "analysis.method2_cut": "how Method 2 cuts its decision diagram where no cut is given: fflab's isolated-cluster "
+                            "rule, or one that also takes a saturated cluster at the top (the paper cut by eye)",
 }
 # Fields that say which runs there are, not how they are run.
 NOT_PROTOCOL = {"name", "device", "seeds", "models", "datasets", "unseen_class", "unseen_class_datasets",
@@ -59,10 +61,11 @@ def printed_resolution(literal: str) -> float:
 def published_cells() -> tuple[dict[str, Any], ...]:
     """Every published cell (see reference/paper_values.json), each with the
     ``resolution`` its mean is printed to, read from the file's literal: the file
-    writes every mean with the digits the paper prints."""
+    writes every mean with the digits the paper prints. A value the paper gives as
+    approximate ("about 100", "about 3/8": ``approximate`` true) has no resolution."""
     text = resources.files("fflab").joinpath("reference/paper_values.json").read_text()
     printed = {cell["id"]: str(cell["mean"]) for cell in json.loads(text, parse_float=str)["cells"]}
-    return tuple({**cell, "resolution": printed_resolution(printed[cell["id"]])}
+    return tuple({**cell, "resolution": None if cell.get("approximate") else printed_resolution(printed[cell["id"]])}
                  for cell in json.loads(text)["cells"])
 
 
@@ -126,8 +129,17 @@ def learned(record: dict) -> bool:
 
 # Test images of MNIST and Fashion-MNIST: a record without n_test (older results) is taken to have these.
 DEFAULT_TEST_IMAGES = 10000
+# Published quantities read per layer from a run record: quantity -> the record's key.
+LAYER_QUANTITIES = {
+    "fraction_positive_weights": "fraction_positive_weights",
+    "units_all_negative_incoming": "units_all_negative_incoming",
+    "fraction_units_three_quarters_negative_incoming": "fraction_units_three_quarters_negative_incoming",
+    "unseen_ensemble_size": "unseen_ensemble_size_method2",
+}
+# Quantities of the runs trained without a class (the unseen class, Section 4.4).
+UNSEEN_QUANTITIES = {"unseen_activity", "unseen_ensemble_size"}
 # Quantities that describe what a network learned: not judged on runs at chance level.
-JUDGED_ON_LEARNED_RUNS = {"ensemble_size", "fraction_positive_weights", "mean_shared_units", "unseen_activity"}
+JUDGED_ON_LEARNED_RUNS = {"ensemble_size", "mean_shared_units", "unseen_activity", *LAYER_QUANTITIES}
 
 
 def _our_estimate(
@@ -146,8 +158,12 @@ def _our_estimate(
         both = method_comparison.get("both_found") or {}
         note = (f"pooled fit over {method_comparison['n_points']} ensembles; where both methods find "
                 f"one ({both.get('n_points', 0)}): {both[key]:.2f}" if both else "pooled fit")
+        by_rule = method_comparison.get("by_cut_rule") or {}
+        rules = [f"{rule}: {fit[key]:.2f}" for rule, fit in by_rule.items() if fit.get(key) is not None]
+        if rules:
+            note += "; by Method 2's cut rule, " + ", ".join(rules)
         return method_comparison[key], None, 1, note
-    unseen = quantity == "unseen_activity"
+    unseen = quantity in UNSEEN_QUANTITIES
     group = [
         r for r in records
         if r["dataset"] == cell["dataset"] and r["model"] == cell["model"]
@@ -168,15 +184,18 @@ def _our_estimate(
             return None, None, 0, f"table quantile {spec.analysis.table_quantile}, the paper's {cell['quantile']}"
         values = [_mean_size(r["ensemble_sizes_method1"][layer - 1]) for r in group
                   if len(r["ensemble_sizes_method1"]) >= layer]
-    elif quantity == "fraction_positive_weights":
-        values = [r["fraction_positive_weights"][layer - 1] for r in group
-                  if len(r["fraction_positive_weights"]) >= layer]
+    elif quantity in LAYER_QUANTITIES:
+        key = LAYER_QUANTITIES[quantity]
+        values = [r[key][layer - 1] for r in group if len(r.get(key) or []) >= layer]
+        if unseen and not group:
+            note = "no run trained without class 0 on this data set"
     elif quantity == "mean_shared_units":
         if spec.analysis.figure_quantile != cell["quantile"]:
             return None, None, 0, f"figure quantile {spec.analysis.figure_quantile}, the paper's {cell['quantile']}"
         values = [r.get("mean_shared_units", [None] * layer)[layer - 1] for r in group
                   if len(r.get("mean_shared_units", [])) >= layer]
-        note = "; ".join(part for part in (note, "mean over every pair of classes") if part)
+        note = "; ".join(part for part in (note, "mean over every pair of classes",
+                                           _pair_note(group, layer, cell.get("similar_classes", []))) if part)
     elif unseen:
         values = [r["unseen_activity"][layer - 1][cell["which"]] for r in group
                   if len(r.get("unseen_activity", [])) >= layer]
@@ -186,6 +205,21 @@ def _our_estimate(
         raise ValueError(f"unknown published quantity {quantity!r}")
     mean, se, n = _estimate(values)
     return mean, se, n, note
+
+
+def _pair_note(records: list[dict], layer: int, similar: list[int]) -> str:
+    """The per-pair counts behind a shared-units cell, in words: the range over
+    pairs, and the mean over the pairs of ``similar`` classes (over runs)."""
+    pairs = [pair for r in records for layer_pairs in (r.get("shared_units_pairs") or [])[layer - 1:layer]
+             for pair in layer_pairs]
+    if not pairs:
+        return ""
+    counts = [count for _, _, count in pairs]
+    note = f"per pair of classes {min(counts)}-{max(counts)}"
+    within = [count for a, b, count in pairs if a in similar and b in similar]
+    if within:
+        note += f"; mean over the pairs of classes {', '.join(map(str, similar))}: {np.mean(within):.2f}"
+    return note
 
 
 def compare_cell(cell: dict[str, Any], mean: float | None, se: float | None, n: int, note: str = "") -> CellComparison:

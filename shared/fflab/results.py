@@ -5,8 +5,8 @@ service), so their shape is a contract: each carries ``schema_version``, and
 the JSON Schemas generated from these models are committed under
 ``shared/fflab/schemas/`` (``fflab schemas --write`` regenerates them; a test
 fails when they drift). Bump ``SCHEMA_VERSION`` on any incompatible change; a
-document that changed on its own carries its own version (metrics.json: 1.1), and
-its model still reads the earlier versions. results.json is at version 1.1 when it
+document that changed on its own carries its own version (metrics.json, ensembles.json and
+weight_stats.json: 1.1), and its model still reads the earlier versions. results.json is at version 1.1 when it
 has a ``sweep`` section (a 1.0 reader would reject the new field) and is written
 exactly as 1.0 otherwise.
 
@@ -118,17 +118,50 @@ class EnsembleRecord(BaseModel):
 
 
 class LayerSparseness(BaseModel):
+    """One layer's sparseness by each measure of fflab.analysis.SPARSENESS_MEASURES. Per image
+    (``hoyer``, ``treves_rolls``): each analysed image's activity vector, averaged over images
+    (all-zero vectors left out), the authors' convention; of the class mean: each class's mean
+    activity vector. Reads documents of schema 1.0, whose ``per_class`` and ``hoyer_per_class``
+    were the class-mean measures (the per-image ones are then null or empty)."""
+
     model_config = ConfigDict(extra="forbid")
 
     layer: int
-    per_class: list[float | None] = Field(
-        description="Treves-Rolls sparseness of each class's mean activation vector."
+    hoyer: float | None = Field(
+        None, description="Hoyer's sparseness of each analysed image, averaged over all the layer's analysed "
+        "images (the authors' measure: their nanmean over images); null in 1.0 documents."
     )
-    hoyer_per_class: list[float | None] = Field(
+    treves_rolls: float | None = Field(
+        None, description="Treves-Rolls (population) sparseness of each analysed image, averaged over all the "
+        "layer's analysed images; null in 1.0 documents."
+    )
+    hoyer_by_class: list[float | None] = Field(
+        default_factory=list, description="Per class, Hoyer's sparseness of each of its images, averaged over "
+        "them; empty in 1.0 documents."
+    )
+    treves_rolls_by_class: list[float | None] = Field(
+        default_factory=list, description="Per class, Treves-Rolls sparseness of each of its images, averaged "
+        "over them; empty in 1.0 documents."
+    )
+    treves_rolls_of_class_mean: list[float | None] = Field(
+        description="Per class, Treves-Rolls sparseness of the class's mean activation vector (1.0: per_class)."
+    )
+    hoyer_of_class_mean: list[float | None] = Field(
         default_factory=list,
-        description="Hoyer's sparseness of each class's mean activation vector (the "
-        "authors' measure); empty in documents written before it was added.",
+        description="Per class, Hoyer's sparseness of the class's mean activation vector (1.0: "
+        "hoyer_per_class; empty in documents written before it was added).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_schema_1_0(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("per_class" in data or "hoyer_per_class" in data):
+            data = dict(data)
+            if "per_class" in data:
+                data["treves_rolls_of_class_mean"] = data.pop("per_class")
+            if "hoyer_per_class" in data:
+                data["hoyer_of_class_mean"] = data.pop("hoyer_per_class")
+        return data
 
 
 class UnseenClassSummary(BaseModel):
@@ -141,15 +174,27 @@ class UnseenClassSummary(BaseModel):
     seen_mean_activity: float | None
 
 
+# ensembles.json's own version: 1.1 measures sparseness per image (LayerSparseness) and adds
+# method2_sizes_by_cut_rule (1.0 documents still read).
+ENSEMBLES_SCHEMA_VERSION = "1.1"
+
+
 class RunEnsembles(RunIdentity):
     """ensembles.json: every class's ensemble, per layer and method."""
 
+    schema_version: Literal["1.0", "1.1"] = ENSEMBLES_SCHEMA_VERSION
     analysis: AnalysisSpec
     n_units: int
     ensembles: list[EnsembleRecord]
     sparseness: list[LayerSparseness]
     unseen: list[UnseenClassSummary] = Field(
         default_factory=list, description="Per layer, for runs trained without a class."
+    )
+    method2_sizes_by_cut_rule: dict[str, list[list[int | None]]] = Field(
+        default_factory=dict,
+        description="Per Method 2 cut rule (fflab.analysis.METHOD2_CUTS), per layer, the size of each class's "
+        "Method 2 ensemble under that rule (null: the class has no analysed image); the ensembles' records "
+        "follow analysis.method2_cut. Empty in 1.0 documents.",
     )
 
 
@@ -177,11 +222,27 @@ class LayerWeightStats(BaseModel):
     fraction_negative_incoming: list[float] = Field(
         description="Per unit, the fraction of its incoming weights < 0 (Figure 7)."
     )
+    units_all_negative: int | None = Field(
+        None, description="Units whose incoming weights are all < 0 (Figure 7: FF, 775 of 784 in layer 2; BP "
+        "about 100); null in 1.0 documents."
+    )
+    fraction_units_all_negative: float | None = Field(
+        None, description="units_all_negative over the layer's units; null in 1.0 documents."
+    )
+    fraction_units_three_quarters_negative: float | None = Field(
+        None, description="Fraction of the units whose fraction of negative incoming weights is within 0.05 of "
+        "0.75, edges included (Figure 7: BP/FF about 3/8); null in 1.0 documents."
+    )
+
+
+# weight_stats.json's own version: 1.1 adds Figure 7's counts per layer (1.0 documents still read).
+WEIGHT_STATS_SCHEMA_VERSION = "1.1"
 
 
 class RunWeightStats(RunIdentity):
     """weight_stats.json: excitatory/inhibitory weight statistics per hidden layer."""
 
+    schema_version: Literal["1.0", "1.1"] = WEIGHT_STATS_SCHEMA_VERSION
     layers: list[LayerWeightStats]
 
 
@@ -194,6 +255,20 @@ class SizeFit(BaseModel):
     intercept: float
     r2: float | None
     n_points: int
+
+
+class CutRuleFit(BaseModel):
+    """Figure 8B's fits with Method 2's sizes under one cut rule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slope: float | None = Field(description="The fit over every point, as in the paper; null: undefined.")
+    intercept: float | None
+    r2: float | None
+    n_points: int
+    both_found: SizeFit | None = Field(description="The fit where both methods find an ensemble.")
+    left_out: int = Field(description="Points left out of both_found.")
+    per_model: dict[str, SizeFit | None] = Field(description="The fit over each model's points.")
 
 
 class MethodComparison(BaseModel):
@@ -217,6 +292,18 @@ class MethodComparison(BaseModel):
     per_model: dict[str, SizeFit | None] = Field(
         default_factory=dict, description="The fit over each model's points (null: undefined)."
     )
+    by_cut_rule: dict[str, CutRuleFit] = Field(
+        default_factory=dict,
+        description="Per Method 2 cut rule (fflab.analysis.METHOD2_CUTS), the same fits with Method 2's sizes "
+        "under that rule (the fields above follow analysis.method2_cut); left out when empty.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_cut_rules(self, handler):
+        data = handler(self)
+        if not self.by_cut_rule:
+            data.pop("by_cut_rule", None)
+        return data
 
 
 class SweepEstimate(BaseModel):
@@ -330,24 +417,38 @@ class CellComparison(BaseModel):
                           "rounding counts in combined_se as resolution / sqrt(12).")
     mean: float | None = Field(description="This experiment's mean over runs; null: no value.")
     se: float | None = Field(description="Its standard error; null with one run.")
-    n: int = Field(description="Runs behind it.")
-    z: float | None = Field(description="(mean - paper_mean) / combined_se.")
-    combined_se: float | None
-    verdict: Literal["consistent", "differs", "not comparable"] = Field(
-        description="consistent: |z| <= 2."
+    n: int = Field(description="Runs behind it (runs at chance level are left out of what they cannot show).")
+    difference: float | None = Field(None, description="mean - paper_mean.")
+    combined_se: float | None = Field(
+        None, description="Standard uncertainty of the difference: the run-to-run variance pooled over the "
+                          "paper's runs and ours, times 1/paper_n + 1/n, and the paper's rounding.")
+    df: float | None = Field(None, description="Welch-Satterthwaite degrees of freedom of combined_se.")
+    t: float | None = Field(None, description="difference / combined_se (Student's t with df).")
+    p: float | None = Field(None, description="Two-sided p-value of t.")
+    ci_low: float | None = Field(None, description="Lower end of the difference's 95% confidence interval.")
+    ci_high: float | None = Field(None, description="Upper end of the difference's 95% confidence interval.")
+    relative_gap: float | None = Field(None, description="difference / |paper_mean|.")
+    within_rounding: bool | None = Field(
+        None, description="Whether mean lies inside the interval the paper's printed digits stand for.")
+    z: float | None = Field(None, description="Schema 1.0-1.1 only: the former z score (now t).")
+    verdict: Literal["consistent", "differs", "descriptive", "did not learn", "not comparable"] = Field(
+        description="consistent / differs: p >= 0.05 / p < 0.05 (cells with a published error); descriptive: "
+                    "the paper prints no error, no test; did not learn: every run at chance level; not "
+                    "comparable: no value here."
     )
     note: str
 
 
-# paper_comparison.json's own version: 1.1 added each cell's paper_resolution (1.0
-# documents, without it, still read).
-PAPER_COMPARISON_SCHEMA_VERSION = "1.1"
+# paper_comparison.json's own version: 1.1 added each cell's paper_resolution; 1.2
+# replaced z by Student's t with df, p and the confidence interval, and added the
+# descriptive and did-not-learn verdicts (1.0 and 1.1 documents still read).
+PAPER_COMPARISON_SCHEMA_VERSION = "1.2"
 
 
 class PaperComparison(Document):
     """paper_comparison.json: every number of the paper against this experiment's."""
 
-    schema_version: Literal["1.0", "1.1"] = PAPER_COMPARISON_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1", "1.2"] = PAPER_COMPARISON_SCHEMA_VERSION
     experiment: str
     reproduction: bool = Field(description="True when no protocol setting differs from the paper's.")
     protocol: list[ProtocolDifference]
@@ -362,7 +463,9 @@ class PaperComparison(Document):
 # the paper's Tables 1-3, then the other aggregates over runs; "unseen_class" only
 # where the experiment has unseen-class runs, "sweep" only where it has a sweep.
 PAPER_TABLES = ("table1", "table2", "table3")
-TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "shared_units", "unseen_class", "sweep")
+# One sparseness table per measure of fflab.analysis.SPARSENESS_MEASURES (a test holds them together).
+TABLES = PAPER_TABLES + ("sparseness_treves_rolls", "sparseness_hoyer", "sparseness_treves_rolls_of_class_mean",
+                         "sparseness_hoyer_of_class_mean", "shared_units", "unseen_class", "sweep")
 
 
 def finite_or_none(value: float) -> float | None:

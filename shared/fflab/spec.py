@@ -38,7 +38,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from fflab.analysis.ensembles import METHOD1_THRESHOLDS
+from fflab.analysis.ensembles import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.data import DATASETS, N_CLASSES
 from fflab.models import MODELS
 from fflab.models.components import (
@@ -175,6 +175,10 @@ class AnalysisSpec(StrictModel):
     epsilon: float = Field(0.2, gt=0, le=1, description="Method 2 density radius.")
     rho_cut: float | None = Field(None, gt=0, description="Method 2 density cut; null = auto.")
     nh_cut: int | None = Field(None, ge=1, description="Method 2 n_h cut; null = auto.")
+    method2_cut: METHOD2_CUTS.literal() = Field(
+        "isolated", description="How Method 2 picks its ensemble where a cut is automatic (the paper drew its "
+        "cuts by eye): " + "; ".join(f"{name}: {what}" for name, what in METHOD2_CUTS.items()) + "."
+    )
     correct_only: bool = Field(
         True, description="Analyse only correctly classified test images (paper)."
     )
@@ -182,6 +186,10 @@ class AnalysisSpec(StrictModel):
     def method1_options(self) -> dict[str, Any]:
         """Method 1's arguments besides the quantile (fflab.analysis.method1_ensemble)."""
         return {"threshold": self.method1_threshold, "bins": self.histogram_bins}
+
+    def method2_options(self) -> dict[str, Any]:
+        """Method 2's arguments besides the activation's upper bound (fflab.analysis.method2_ensemble)."""
+        return {"epsilon": self.epsilon, "rho_cut": self.rho_cut, "nh_cut": self.nh_cut, "cut": self.method2_cut}
 
     @field_validator("quantiles")
     @classmethod

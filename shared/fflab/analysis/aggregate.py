@@ -11,8 +11,10 @@ A run record is a plain dict describing one trained network::
                                       # layer -> size per class, Method 1 at the
                                       # table's quantile; None: no analysed image
         "fraction_positive_weights": list[float], # per layer, Table 3
-        "sparseness_treves_rolls": list[float | None],  # per layer, mean over classes
-        "sparseness_hoyer": list[float | None],         # per layer, mean over classes
+        "sparseness_treves_rolls": list[float | None],  # per layer, mean over images of
+        "sparseness_hoyer": list[float | None],         # each image's sparseness
+        "sparseness_treves_rolls_of_class_mean": list[float | None],  # per layer, mean over
+        "sparseness_hoyer_of_class_mean": list[float | None],         # classes of their mean's
         "mean_shared_units": list[float | None],        # per layer, mean over class pairs
         "unseen_activity": list[dict],    # per layer {"unseen": ..., "seen": ...},
                                           # runs trained without a class
@@ -42,6 +44,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fflab.analysis.ensembles import SPARSENESS_MEASURES
 from fflab.data import DATASETS
 from fflab.models import MODELS
 
@@ -438,36 +441,35 @@ def weight_sign_table(records: Sequence[dict[str, Any]]) -> Table:
 
 
 def sparseness_table(records: Sequence[dict[str, Any]], measure: str = "treves_rolls") -> Table:
-    """Sparseness of the class-mean representations per layer, mean ± SE over runs.
+    """Sparseness of the representations per layer by one measure, mean ± SE over runs.
 
     Parameters
     ----------
     records : list of dict
-        Run records; uses ``sparseness_<measure>``: per layer, the mean over
-        classes of the sparseness of each class's mean activation vector
+        Run records; uses ``sparseness_<measure>``: per layer, for ``"hoyer"``
+        and ``"treves_rolls"`` the mean over the analysed images of each
+        image's sparseness (the authors' convention), for
+        ``"hoyer_of_class_mean"`` and ``"treves_rolls_of_class_mean"`` the mean
+        over classes of the sparseness of each class's mean activation vector
         (None: missing).
-    measure : {"treves_rolls", "hoyer"}, default="treves_rolls"
+    measure : str, default="treves_rolls"
+        A key of ``fflab.analysis.SPARSENESS_MEASURES``.
 
     Returns
     -------
     Table
-        Same layout as :func:`weight_sign_table`.
+        Named ``sparseness_<measure>``; same layout as :func:`weight_sign_table`.
     """
-    if measure not in SPARSENESS_TITLES:
-        raise ValueError(f"measure must be one of {', '.join(map(repr, SPARSENESS_TITLES))}; got {measure!r}.")
+    description = SPARSENESS_MEASURES.lookup(measure).description
     return _layered_table(
         records,
         f"sparseness_{measure}",
         _value_or_missing,
         name=f"sparseness_{measure}",
-        title=f"{SPARSENESS_TITLES[measure]} sparseness of each class's mean representation, "
-        "averaged over classes. Mean ± standard error over runs (seeds).",
+        title=f"{description[0].upper()}{description[1:]}. Mean ± standard error over runs (seeds).",
         mean_format=".3f",
         se_format=".1g",
     )
-
-
-SPARSENESS_TITLES = {"treves_rolls": "Treves-Rolls", "hoyer": "Hoyer's"}
 
 
 def shared_units_table(records: Sequence[dict[str, Any]], quantile: float | None = None) -> Table:

@@ -7,9 +7,9 @@ image and one column per unit of a layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from fflab.registry import Registry
 
 __all__ = [
     "METHOD1_THRESHOLDS",
+    "METHOD2_CUTS",
     "Method1Result",
     "Method2Result",
     "UnseenClassActivity",
@@ -25,6 +26,7 @@ __all__ = [
     "method1_units",
     "method2_decision_diagram",
     "method2_ensemble",
+    "method2_top_cluster",
     "class_ensembles",
     "ensemble_sizes",
     "shared_units_matrix",
@@ -32,14 +34,16 @@ __all__ = [
     "unseen_class_activity",
     "sparseness_index",
     "hoyer_sparseness",
+    "SparsenessMeasure",
     "SPARSENESS_MEASURES",
+    "mean_sparseness",
     "class_sparseness",
 ]
 
 METHODS = ("method1", "method2")
 _METHOD_PARAMS = {
     "method1": ("quantile", "threshold", "bins"),
-    "method2": ("epsilon", "rho_cut", "nh_cut", "upper_bound"),
+    "method2": ("epsilon", "rho_cut", "nh_cut", "upper_bound", "cut"),
 }
 
 
@@ -50,6 +54,21 @@ METHOD1_THRESHOLDS: Registry[str] = Registry("method1_threshold", {
     "histogram": "the quantile read off a histogram of X (histogram_bins equal bins from the smallest value to "
                  "the largest, numpy's and matplotlib's default 10): the upper edge of the first bin at which "
                  "the cumulative share of values reaches the quantile",
+})
+
+
+# How Method 2 picks its ensemble where its cuts are automatic (rho_cut or nh_cut None). The
+# paper drew its cuts by eye in each decision diagram (section 3.4, Figure 4C); these rules are
+# fflab's. Where nh_cut is given, the rule does not matter.
+METHOD2_CUTS: Registry[str] = Registry("method2_cut", {
+    "isolated": "rho_cut = sqrt(median(rho) / (2 epsilon)); walking down from the most active unit, the "
+                "ensemble is the run of units with rho < rho_cut above the first unit with rho >= rho_cut "
+                "(nh_cut = its n_h). A dense cluster at the top, such as units saturated together at 1.0, "
+                "stops the walk at once: no ensemble",
+    "top_cluster": "as isolated, except that the most active group of units is an ensemble however dense it "
+                   "is, when it is set apart from the rest by a gap in mean activity wider than epsilon and "
+                   "does not hold the median unit (a saturated cluster at the top above the bulk); the walk "
+                   "then goes on below it",
 })
 
 
@@ -91,6 +110,10 @@ class Method2Result:
         Density cut used (given or automatic).
     nh_cut : int
         Cut on ``n_higher`` used (given or automatic).
+    top_cluster : ndarray of shape (t,), int64
+        Sorted indices of the units taken as a cluster at the top by the
+        ``"top_cluster"`` rule (they are in ``units`` whatever their ``rho``
+        and ``n_higher``); empty under ``"isolated"``.
     """
 
     units: np.ndarray
@@ -99,6 +122,7 @@ class Method2Result:
     n_higher: np.ndarray
     rho_cut: float
     nh_cut: int
+    top_cluster: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -348,12 +372,50 @@ def method2_decision_diagram(
     return rho, n_higher
 
 
+def method2_top_cluster(mean_activity: Any, epsilon: float = 0.2) -> np.ndarray:
+    """The most active group of units, when it stands apart from the bulk.
+
+    Sorted by mean activity, the units split wherever two neighbours are more
+    than ``epsilon`` apart (then neither counts in the other's density window).
+    The most active group is a cluster at the top if it does not hold the
+    median unit (rank ``(n - 1) // 2`` from the least active), whose group is
+    the bulk. A block of units saturated together at 1.0 above a bulk below
+    ``1 - epsilon`` is such a cluster however dense it is.
+
+    Parameters
+    ----------
+    mean_activity : array-like of shape (n,)
+        Mean activation of each unit over the images of a class.
+    epsilon : float, default=0.2
+        Method 2's radius, > 0: the widest gap inside a group.
+
+    Returns
+    -------
+    ndarray of shape (t,), int64
+        Sorted indices of the cluster's units; empty when the units form one
+        group or the most active group holds the median unit.
+    """
+    epsilon = _check_epsilon(epsilon)
+    mean_activity = np.asarray(mean_activity, dtype=np.float64)
+    if mean_activity.ndim != 1:
+        raise ValueError(f"mean_activity must be a 1-D array; got shape {mean_activity.shape}.")
+    if not np.all(np.isfinite(mean_activity)):
+        raise ValueError("mean_activity must contain only finite values (no nan or inf).")
+    n = mean_activity.shape[0]
+    ordered = np.sort(mean_activity)
+    breaks = np.flatnonzero(np.diff(ordered) > epsilon)  # a gap after sorted position i
+    if breaks.size == 0 or breaks[-1] < (n - 1) // 2:
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(mean_activity > ordered[breaks[-1]]).astype(np.int64)
+
+
 def method2_ensemble(
     X: Any,
     epsilon: float = 0.2,
     rho_cut: float | None = None,
     nh_cut: int | None = None,
     upper_bound: float | None = 1.0,
+    cut: str = "isolated",
 ) -> Method2Result:
     """Ensemble of one class in one layer by Method 2 (decision diagram).
 
@@ -361,17 +423,25 @@ def method2_ensemble(
     (see :func:`method2_decision_diagram`): few units are more active than
     it, and few units have a similar activity.
 
-    Automatic cuts, used where a cut is None:
+    Automatic cuts, used where a cut is None (``cut``, one of
+    ``METHOD2_CUTS``; the paper drew its cuts by eye):
 
     - ``rho_cut`` is the geometric mean of the density of an isolated unit,
       ``1 / (2 * epsilon)``, and the median density over all units:
       ``rho_cut = sqrt(median(rho) / (2 * epsilon))``. It separates the
       units of the bulk (median density) from lone units.
-    - ``nh_cut`` is the ``n_higher`` of the most active unit whose
-      ``rho >= rho_cut``: walking down from the most active unit, the
+    - ``"isolated"``: ``nh_cut`` is the ``n_higher`` of the most active unit
+      whose ``rho >= rho_cut``: walking down from the most active unit, the
       ensemble is the run of low-density units above the first dense unit
       (the top of the bulk). If no unit has ``rho >= rho_cut``,
-      ``nh_cut = n``.
+      ``nh_cut = n``. Units saturated together at the top are dense, so the
+      walk stops at once and there is no ensemble.
+    - ``"top_cluster"``: where ``nh_cut`` is automatic, the cluster at the top
+      (:func:`method2_top_cluster`: the most active group of units, set apart
+      by a gap wider than ``epsilon``, without the median unit) is in the
+      ensemble however dense it is, and ``nh_cut`` is the ``n_higher`` of the
+      most active dense unit outside it: the walk goes on below the cluster.
+      Without such a cluster it is ``"isolated"``.
 
     Parameters
     ----------
@@ -387,6 +457,8 @@ def method2_ensemble(
     upper_bound : float or None, default=1.0
         Upper bound of the activations, for the density correction; None
         disables it.
+    cut : {"isolated", "top_cluster"}, default="isolated"
+        Rule of the automatic cuts (``METHOD2_CUTS``).
 
     Returns
     -------
@@ -396,6 +468,7 @@ def method2_ensemble(
     """
     epsilon = _check_epsilon(epsilon)
     upper_bound = _check_upper_bound(upper_bound)
+    METHOD2_CUTS.lookup(cut)
     if rho_cut is not None and (
         isinstance(rho_cut, bool) or not isinstance(rho_cut, Real) or not rho_cut > 0
     ):
@@ -419,11 +492,14 @@ def method2_ensemble(
     rho, n_higher = method2_decision_diagram(mean_activity, epsilon, upper_bound)
     if rho_cut is None:
         rho_cut = math.sqrt(float(np.median(rho)) / (2 * epsilon))
+    top = np.zeros(n, dtype=bool)
     if nh_cut is None:
-        dense = rho >= rho_cut
+        if cut == "top_cluster":
+            top[method2_top_cluster(mean_activity, epsilon)] = True
+        dense = (rho >= rho_cut) & ~top
         # n_higher decreases with activity, so the most active dense unit has the smallest.
         nh_cut = int(n_higher[dense].min()) if dense.any() else n
-    units = np.flatnonzero((rho < rho_cut) & (n_higher < nh_cut)).astype(np.int64)
+    units = np.flatnonzero(top | ((rho < rho_cut) & (n_higher < nh_cut))).astype(np.int64)
     return Method2Result(
         units=units,
         mean_activity=mean_activity,
@@ -431,6 +507,7 @@ def method2_ensemble(
         n_higher=n_higher,
         rho_cut=float(rho_cut),
         nh_cut=int(nh_cut),
+        top_cluster=np.flatnonzero(top).astype(np.int64),
     )
 
 
@@ -456,7 +533,7 @@ def class_ensembles(
         A class with no image gets an empty ensemble.
     **params
         Passed to the method: ``quantile``, ``threshold``, ``bins`` (method1); ``epsilon``,
-        ``rho_cut``, ``nh_cut``, ``upper_bound`` (method2).
+        ``rho_cut``, ``nh_cut``, ``upper_bound``, ``cut`` (method2).
 
     Returns
     -------
@@ -674,7 +751,78 @@ def hoyer_sparseness(X: Any) -> np.ndarray | float:
     return float(sparseness) if X.ndim == 1 else sparseness
 
 
-SPARSENESS_MEASURES = {"treves_rolls": sparseness_index, "hoyer": hoyer_sparseness}
+@dataclass(frozen=True)
+class SparsenessMeasure:
+    """A sparseness measure of a set of activation patterns (the images of a class).
+
+    Attributes
+    ----------
+    of_pattern : callable
+        Sparseness of each row of a (k, n) array: :func:`sparseness_index` or
+        :func:`hoyer_sparseness`.
+    over : {"images", "class_mean"}
+        ``"images"``: the mean over the images of each image's sparseness;
+        ``"class_mean"``: the sparseness of the images' mean pattern.
+    description : str
+    """
+
+    of_pattern: Callable[[Any], np.ndarray | float]
+    over: Literal["images", "class_mean"]
+    description: str
+
+
+# The sparseness measures, by the names of the run records' fields (sparseness_<name>) and of
+# the tables. "hoyer" is the authors' convention (their analysis code: Hoyer's measure of each
+# image's activity vector, then the nanmean over images); "treves_rolls" is population
+# sparseness as it is defined, one stimulus (image) at a time. The class-mean versions blur
+# the images of a class into one pattern first: one-hot images on different units are 1 each
+# but their mean is not (a class whose images are one-hot on 4 of 20 units, 6:1:1:1, gives
+# Hoyer 0.873).
+SPARSENESS_MEASURES: Registry[SparsenessMeasure] = Registry("measure", {
+    "treves_rolls": SparsenessMeasure(
+        sparseness_index, "images", "Treves-Rolls population sparseness of each image's activity vector, "
+        "averaged over the images"),
+    "hoyer": SparsenessMeasure(
+        hoyer_sparseness, "images", "Hoyer's sparseness of each image's activity vector, averaged over the "
+        "images (the authors' code)"),
+    "treves_rolls_of_class_mean": SparsenessMeasure(
+        sparseness_index, "class_mean", "Treves-Rolls sparseness of the class's mean activity vector"),
+    "hoyer_of_class_mean": SparsenessMeasure(
+        hoyer_sparseness, "class_mean", "Hoyer's sparseness of the class's mean activity vector"),
+})
+
+
+def mean_sparseness(X: Any, measure: str = "hoyer") -> float:
+    """Sparseness of a set of activation patterns by one of ``SPARSENESS_MEASURES``.
+
+    For a measure over ``"images"`` (``"treves_rolls"``, ``"hoyer"``): the
+    mean over the rows of each row's sparseness, all-zero rows (nan: no
+    active unit) left out, as the authors' ``nanmean``. For a
+    ``"class_mean"`` measure: the sparseness of the mean row.
+
+    Parameters
+    ----------
+    X : array-like of shape (m, n)
+        Non-negative activations of m images on n >= 2 units.
+    measure : str, default="hoyer"
+        A key of ``SPARSENESS_MEASURES``.
+
+    Returns
+    -------
+    float
+        nan when X has no row, or no row (or a mean) with an active unit.
+    """
+    of = SPARSENESS_MEASURES.lookup(measure)
+    X = _check_patterns(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D array (images, units); got shape {X.shape}.")
+    if X.shape[0] == 0:
+        return float("nan")
+    if of.over == "class_mean":
+        return float(of.of_pattern(X.mean(axis=0)))
+    per_image = np.asarray(of.of_pattern(X), dtype=np.float64)
+    finite = per_image[np.isfinite(per_image)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def class_sparseness(
@@ -683,7 +831,7 @@ def class_sparseness(
     classes: Iterable[int] | None = None,
     measure: str = "treves_rolls",
 ) -> dict[int, float]:
-    """Sparseness of the mean activation vector of each class.
+    """Sparseness of each class's images (:func:`mean_sparseness`).
 
     Parameters
     ----------
@@ -694,22 +842,19 @@ def class_sparseness(
     classes : iterable of int or None, default=None
         Classes, in this order; None for the sorted unique labels. A class
         with no image gets nan.
-    measure : {"treves_rolls", "hoyer"}, default="treves_rolls"
-        :func:`sparseness_index` (Treves-Rolls) or :func:`hoyer_sparseness`.
+    measure : str, default="treves_rolls"
+        A key of ``SPARSENESS_MEASURES``: ``"treves_rolls"`` and ``"hoyer"``
+        average each image's sparseness over the class's images;
+        ``"treves_rolls_of_class_mean"`` and ``"hoyer_of_class_mean"`` take
+        the sparseness of the class's mean activation vector.
 
     Returns
     -------
     dict of int to float
-        Class to the sparseness of its mean activation vector.
+        Class to its sparseness.
     """
-    if measure not in SPARSENESS_MEASURES:
-        raise ValueError(
-            f"measure must be one of {', '.join(map(repr, SPARSENESS_MEASURES))}; got {measure!r}."
-        )
-    of = SPARSENESS_MEASURES[measure]
+    SPARSENESS_MEASURES.lookup(measure)
     representations, labels = _check_representations(representations, labels)
-    result = {}
-    for c in _resolve_classes(labels, classes):
-        rows = representations[labels == c]
-        result[c] = of(rows.mean(axis=0)) if rows.shape[0] else float("nan")
-    return result
+    return {
+        c: mean_sparseness(representations[labels == c], measure) for c in _resolve_classes(labels, classes)
+    }

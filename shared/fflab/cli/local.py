@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from fflab import data, paper, results
-from fflab.analysis.ensembles import METHOD1_THRESHOLDS
+from fflab.analysis.ensembles import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.cli.options import load_spec, validation_message
 from fflab.cli.service import client as service_client
 from fflab.models import MODELS
@@ -108,13 +108,16 @@ def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[s
               help="How Method 1 reads its quantile: np.quantile, or off a histogram of the values.")
 @click.option("--histogram-bins", type=int, default=None, help="Bins of --method1-threshold histogram.")
 @click.option("--epsilon", type=float, default=None, help="Method 2 density radius.")
+@click.option("--method2-cut", type=click.Choice(list(METHOD2_CUTS)), default=None,
+              help="How Method 2 cuts its decision diagram when no cut is given (isolated: fflab's rule; "
+                   "top_cluster: also a saturated cluster at the top).")
 @click.option("--rho-cut", type=float, default=None, help="Method 2 density cut (default auto).")
 @click.option("--nh-cut", type=int, default=None, help="Method 2 n_h cut (default auto).")
 @click.option("--all-images/--correct-only", default=None,
               help="Analyse all test images, or only correctly classified ones.")
 def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_quantile: float | None,
                     figure_quantile: float | None, method1_threshold: str | None, histogram_bins: int | None,
-                    epsilon: float | None, rho_cut: float | None, nh_cut: int | None,
+                    epsilon: float | None, method2_cut: str | None, rho_cut: float | None, nh_cut: int | None,
                     all_images: bool | None) -> None:
     """Recompute ensembles, tables and figures with other settings, without retraining."""
     try:
@@ -128,6 +131,7 @@ def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_qu
         "method1_threshold": method1_threshold,
         "histogram_bins": histogram_bins,
         "epsilon": epsilon,
+        "method2_cut": method2_cut,
         "rho_cut": rho_cut,
         "nh_cut": nh_cut,
         "correct_only": None if all_images is None else not all_images,

@@ -16,6 +16,7 @@ from fflab.models.common import Checkpoint, ProgressCallback, StopCheck
 from fflab.pipeline import sweeps
 from fflab.pipeline.documents import RUN_DOCUMENTS, analyse_run, document_figures, is_analysed
 from fflab.pipeline.folders import read_spec, run_dir_of, write_spec
+from fflab.pipeline import paper_analyses
 from fflab.pipeline.paper_analyses import run_record
 from fflab.pipeline.paper_figures import FigureContext, comparison_quantile, write_paper_figures
 from fflab.pipeline.train import train_and_evaluate
@@ -66,10 +67,12 @@ def method_comparison(
     ``run_dirs`` maps each record's run_id to its folder."""
     quantile = comparison_quantile(spec.analysis)
     sizes1, sizes2, models = [], [], []
+    documents: list[tuple[str, RunEnsembles]] = []
     for record in records:
         if record["unseen_class"] is not None:
             continue
         stored = read_document(RunEnsembles, run_dirs[record["run_id"]] / RUN_DOCUMENTS["ensembles"].file)
+        documents.append((record["model"], stored))
         by_place = {}
         for e in stored.ensembles:
             if e.n_images > 0 and (e.method == "method2" or e.quantile == quantile):
@@ -97,13 +100,14 @@ def method_comparison(
         n_points=len(sizes1),
         both_found=document(fits.both_found), left_out=fits.left_out,
         per_model={model: document(fit) for model, fit in fits.per_group.items()},
+        by_cut_rule=paper_analyses.cut_rule_fits(documents, quantile),
     )
     return comparison, sizes1_arr, sizes2_arr
 
 
 def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, analysis.Table]:
     """The paper's Tables 1-3, then the other aggregates over runs: sparseness
-    (both measures), units shared by a pair of classes and, with unseen-class runs,
+    (every measure of SPARSENESS_MEASURES), units shared by a pair of classes and, with unseen-class runs,
     the unseen class's activity. With a sweep, each table has the rows of every
     grid point, its values in the leading columns (analysis.stack_tables)."""
     if spec.sweep:
@@ -117,8 +121,8 @@ def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, an
         "table1": analysis.accuracy_table(trained_on_all),
         "table2": analysis.ensemble_size_table(trained_on_all, spec.analysis.table_quantile),
         "table3": analysis.weight_sign_table(trained_on_all),
-        "sparseness_treves_rolls": analysis.sparseness_table(trained_on_all, "treves_rolls"),
-        "sparseness_hoyer": analysis.sparseness_table(trained_on_all, "hoyer"),
+        **{f"sparseness_{measure}": analysis.sparseness_table(trained_on_all, measure)
+           for measure in analysis.SPARSENESS_MEASURES},
         "shared_units": analysis.shared_units_table(trained_on_all, spec.analysis.figure_quantile),
     }
     unseen = [r for r in records if r["unseen_class"] is not None]

@@ -382,15 +382,16 @@ def intrinsic_dimension_document(inputs: RunAnalysisInput) -> RunIntrinsicDimens
     layers = []
     for layer in range(1, folders.layer_count(stored) + 1):
         X = stored[f"layer{layer}"][inputs.analysed]
-        per_class, counts = [], []
+        per_class, counts, duplicates = [], [], []
         for c in range(N_CLASSES):
             result = two_nn(X[class_rows[labels[class_rows] == c]], TWO_NN_DISCARD)
             per_class.append(finite_or_none(result.dimension))
             counts.append(result.n_points)
+            duplicates.append(result.n_duplicates)
         sizes = ensembles.get(layer, {})
         layers.append(LayerIntrinsicDimension(
             layer=layer, dimension=finite_or_none(two_nn(X[overall_rows], TWO_NN_DISCARD).dimension),
-            per_class=per_class, n_points=counts,
+            per_class=per_class, n_points=counts, n_duplicates=duplicates,
             ensemble_sizes=[int(sizes[c].size) if c in sizes and (labels == c).any() else None
                             for c in range(N_CLASSES)],
         ))

@@ -168,8 +168,7 @@ def figure4(ctx: FigureContext) -> dict[str, Figure]:
         return {}
     X, labels = ctx.layer_view(RunKey(without_a_class[0], ctx.shared_dataset, ctx.seed, spec.unseen_class), 1)
     unseen_rows = X[labels == spec.unseen_class]
-    result = analysis.method2_ensemble(unseen_rows, settings.epsilon, settings.rho_cut, settings.nh_cut,
-                                       ctx.upper_bound)
+    result = analysis.method2_ensemble(unseen_rows, upper_bound=ctx.upper_bound, **settings.method2_options())
     class_name = figures.class_names(ctx.shared_dataset)[spec.unseen_class]
     return {
         "figure4a": figures.figure4a_unseen_activations(unseen_rows, class_name),
@@ -202,7 +201,7 @@ def figure8a(ctx: FigureContext) -> dict[str, Figure]:
     for c in range(N_CLASSES):
         rows = X1[labels1 == c]
         m1 = analysis.method1_ensemble(rows, quantile, **settings.method1_options()).units
-        m2 = analysis.method2_ensemble(rows, settings.epsilon, settings.rho_cut, settings.nh_cut, ctx.upper_bound)
+        m2 = analysis.method2_ensemble(rows, upper_bound=ctx.upper_bound, **settings.method2_options())
         differs = not np.array_equal(m1, m2.units)
         if comparison is None or differs:
             comparison = (c, m1, m2)
@@ -214,14 +213,17 @@ def figure8a(ctx: FigureContext) -> dict[str, Figure]:
 
 
 def figure8b(ctx: FigureContext) -> dict[str, Figure]:
-    """Method 2 against Method 1 sizes over every run, layer and class, with the fits."""
+    """Method 2 against Method 1 sizes over every run, layer and class, with the fits
+    (Method 2 by ``analysis.method2_cut``; the other cut rules' pooled fits as lines)."""
     comparison = ctx.comparison
     if comparison is None or comparison.slope is None or ctx.sizes is None:
         return {}
     both = comparison.both_found
+    others = {rule: (fit.slope, fit.intercept) for rule, fit in comparison.by_cut_rule.items()
+              if rule != ctx.spec.analysis.method2_cut and fit.slope is not None and fit.intercept is not None}
     return {"figure8b": figures.figure8b_method_sizes(
         ctx.sizes[0], ctx.sizes[1], comparison.slope, comparison.intercept,
-        None if both is None else (both.slope, both.intercept),
+        None if both is None else (both.slope, both.intercept), others,
     )}
 
 
