@@ -137,11 +137,14 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     import uvicorn
 
     from api.main import create_app
-    from api.protocol import HttpProtocol
+    from api.connection_limits import server_options
     from fflab import accounts
     from fflab.db import session_scope
 
     settings = get_settings()
+    from fflab.startup import exit_unless_reachable
+
+    exit_unless_reachable(settings)  # FFLAB_DATABASE_URL / FFLAB_BROKER_URL: one line, exit code 2
     start_database(settings)
     key_file = settings.resolved_admin_key_file
     with session_scope(settings.resolved_database_url) as session:
@@ -160,7 +163,8 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                    http=HttpProtocol, proxy_headers=False)  # the app trusts FFLAB_TRUSTED_PROXIES only
+                    proxy_headers=False,  # the app trusts FFLAB_TRUSTED_PROXIES only
+                    **server_options(settings))  # header, idle and connection limits (api.connection_limits)
     finally:
         if supervisor is not None:
             supervisor.stop()

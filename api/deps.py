@@ -1,28 +1,46 @@
-"""Dependencies: settings, database session, storage, dispatcher, current user,
-and experiments as the current user may see them.
+"""Dependencies: settings, the database, storage, dispatcher, current user, and
+experiments as the current user may see them.
 
-FastAPI runs each plain ``def`` dependency in a trip of its own to the threadpool:
-a thread to wake, then the event loop again, each waiting for a CPU where others'
-processes keep the cores busy, and for Python's GIL. The dependencies that do no
-I/O are ``async``; the session is opened on the event loop (no I/O until its first
-query). Routes that clients poll do all their database work in one trip
-(``in_one_trip``): authentication, the experiment and its rendering."""
+No request holds a database connection while it waits for anything else. FastAPI
+runs each plain ``def`` dependency and route in a trip of its own to the threadpool,
+and a session opened by a yield-dependency lived across those trips and until the
+response had been sent: under a burst, every request held a pooled connection while
+it waited for a thread, and every thread waited for a connection (SQLAlchemy's
+QueuePool timeouts, the API frozen; FastAPI's issue 3205). So the database is used
+in *units* (``Database.read`` and ``Database.write``): one trip to the threadpool,
+a session opened there, closed there (its connection back in the pool) before the
+trip ends, under a slot of the process's database gate (``api.overload``: 503 with
+Retry-After when none frees in time). SQLAlchemy's advice for web applications, a
+session per logical operation with ``expire_on_commit=False``, kept to one thread.
+
+Routes are ``async``; each does its database work in units and returns what they
+built (schemas, or detached rows with their columns loaded), files stream from
+storage after the unit has ended (``api.files``). Reads are one unit per request:
+authentication, the experiment and the rendering (``authenticated_user``,
+``readable_experiment`` inside the unit); their query parameters are validated
+before it (a 422 comes before a 401, as it always did for the status, the list and
+``/ensembles``), names in the path inside it, after authentication. A route with a
+body authenticates first in a unit of its own (``CurrentUser``, ``OwnedExperiment``),
+so that a client without a valid key gets 401 before its body is validated, then
+writes in a second unit that loads again what it changes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Request, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from api.overload import Gate
 from fflab import accounts, jobs
 from fflab.db import Experiment, User, get_sessionmaker
 from fflab.settings import Settings
 from fflab.storage import Storage
+
+T = TypeVar("T")
 
 
 async def get_settings(request: Request) -> Settings:
@@ -32,22 +50,69 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_db(settings: SettingsDep) -> AsyncIterator[Session]:
-    session = get_sessionmaker(settings.resolved_database_url)()
-    try:
-        yield session
-    finally:
-        await run_in_threadpool(session.close)
+class Database:
+    """The database in units of work, each in one trip to the threadpool under a
+    slot of ``gate``, with a session opened and closed inside it."""
+
+    def __init__(self, url: str, gate: Gate):
+        self.url, self.gate = url, gate
+
+    async def read(self, work: Callable[[Session], T]) -> T:
+        """``work(session)`` with a read-only session (no transaction on a database
+        server: no BEGIN and ROLLBACK round trips); ``work`` must not write. Where its
+        connection turns out to be broken (the database restarted; ``fflab.db.session``
+        pings only connections that sat idle), ``work`` runs once more on a new one:
+        it only reads."""
+
+        def once() -> T:
+            with get_sessionmaker(self.url, read_only=True)() as session:
+                return work(session)
+
+        def call() -> T:
+            try:
+                return once()
+            except DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+            return once()
+
+        return await self.gate.run(call)
+
+    async def write(self, work: Callable[[Session], T]) -> T:
+        """``work(session)`` in a transaction; ``work`` commits what it means to keep
+        (whatever it did not is rolled back when the session closes)."""
+
+        def once() -> T:
+            with get_sessionmaker(self.url)() as session:
+                return work(session)
+
+        return await self.gate.run(once)
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+async def get_database(request: Request) -> Database:
+    return request.app.state.database
 
 
-async def get_storage(request: Request) -> Storage:
-    return request.app.state.storage
+DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
-StorageDep = Annotated[Storage, Depends(get_storage)]
+class Files:
+    """Artifact storage, each blocking call in one trip to the threadpool under a
+    slot of the storage gate (503 with Retry-After when none frees in time)."""
+
+    def __init__(self, storage: Storage, gate: Gate):
+        self.storage, self.gate = storage, gate
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(storage, *args)``."""
+        return await self.gate.run(work, self.storage, *args)
+
+
+async def get_files(request: Request) -> Files:
+    return request.app.state.files
+
+
+StorageDep = Annotated[Files, Depends(get_files)]
 
 
 async def get_dispatcher(request: Request) -> jobs.Dispatcher:
@@ -60,7 +125,6 @@ bearer = HTTPBearer(auto_error=False, description="An API key from `fflab admin 
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-T = TypeVar("T")
 
 
 def authenticated_user(session: Session, credentials: HTTPAuthorizationCredentials | None) -> User:
@@ -75,8 +139,9 @@ def authenticated_user(session: Session, credentials: HTTPAuthorizationCredentia
     return user
 
 
-def get_current_user(session: SessionDep, credentials: Credentials) -> User:
-    return authenticated_user(session, credentials)
+async def get_current_user(db: DatabaseDep, credentials: Credentials) -> User:
+    """The key's user (detached: its columns only), in a unit of its own."""
+    return await db.read(lambda session: authenticated_user(session, credentials))
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -105,41 +170,33 @@ def readable_experiment(session: Session, user: User, experiment_id: str) -> Exp
     return experiment
 
 
-def get_readable_experiment(experiment_id: ExperimentId, session: SessionDep, user: CurrentUser) -> Experiment:
-    return readable_experiment(session, user, experiment_id)
-
-
-ReadableExperiment = Annotated[Experiment, Depends(get_readable_experiment)]
-
-
-async def get_owned_experiment(experiment: ReadableExperiment, user: CurrentUser) -> Experiment:
-    """The experiment if the user may change it: its owner or an admin."""
+def check_may_change(experiment: Experiment, user: User) -> Experiment:
+    """The experiment if the user may change it: its owner or an admin (403 otherwise)."""
     if experiment.owner_id != user.id and user.role != "admin":
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             "only the experiment's owner or an admin may change it")
     return experiment
 
 
+def owned_experiment(session: Session, user: User, experiment_id: str) -> Experiment:
+    """``readable_experiment`` that the user may change (``check_may_change``)."""
+    return check_may_change(readable_experiment(session, user, experiment_id), user)
+
+
+async def get_owned_experiment(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials) -> Experiment:
+    """Authentication and the right to change the experiment, checked in a unit of
+    their own before the body is read: the experiment, detached (its columns only).
+    A route that changes it loads it again in its write unit (``current_experiment``)."""
+    return await db.read(lambda session: owned_experiment(session, authenticated_user(session, credentials),
+                                                          experiment_id))
+
+
 OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]
 
 
-async def in_one_trip(settings: Settings, work: Callable[[Session], T]) -> T:
-    """``work(session)`` in one trip to the threadpool, with a read-only session of
-    its own (no transaction: no BEGIN and ROLLBACK round trips) closed there too.
-    ``work`` must not write. Where its connection turns out to be broken (the
-    database restarted; ``fflab.db.session`` pings only connections that sat idle),
-    ``work`` runs once more on a new one: it only reads."""
-
-    def once() -> T:
-        with get_sessionmaker(settings.resolved_database_url, read_only=True)() as session:
-            return work(session)
-
-    def call() -> T:
-        try:
-            return once()
-        except DBAPIError as error:
-            if not error.connection_invalidated:
-                raise
-        return once()
-
-    return await run_in_threadpool(call)
+def current_experiment(session: Session, experiment_id: str) -> Experiment:
+    """The experiment in this session (a write unit), 404 if it was deleted meanwhile."""
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id}")
+    return experiment

@@ -41,6 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,8 @@ async def http_error(request: Request, error: HTTPException) -> Response:
     detail = error.detail
     if isinstance(detail, Mapping) and "message" in detail:
         return problem_response(error.status_code, detail["message"], error.headers, detail.get("code"),
-                                list(detail.get("details") or []))
+                                list(detail.get("details") or []),
+                                retry_after_seconds=detail.get("retry_after_seconds"))
     message = _unparsable_body(error) or detail
     if not isinstance(message, str):
         message = json.dumps(safe_value(message), ensure_ascii=False)
@@ -278,12 +280,25 @@ async def database_unavailable(request: Request, error: Exception) -> Response:
                             request_id=rid, retry_after_seconds=RETRY_AFTER_S)
 
 
+async def pool_exhausted(request: Request, error: Exception) -> Response:
+    """No pooled database connection freed within fflab.db.session.POOL_TIMEOUT_S
+    (a backstop: the database gate, api.overload, keeps units within the pool): 503
+    with Retry-After, the request did nothing."""
+    rid = request_id(request)
+    retry_after = request.app.state.settings.api_retry_after_s
+    log.warning("no database connection free in %s %s (request %s)", request.method, request.url.path, rid)
+    return problem_response(503, f"the server is busy (database connections); retry in {retry_after} s",
+                            {"retry-after": str(retry_after), "x-request-id": rid}, "unavailable",
+                            request_id=rid, retry_after_seconds=retry_after)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(InterfaceError, database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, pool_exhausted)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -12,6 +12,11 @@
   file (RFC 9110 lets a server ignore Range);
 - ``Content-Type`` by the file's name (fflab.storage.content_type), whatever was
   recorded when it was stored.
+
+The artifact's row is read in a database unit that has ended before the file is
+opened (``api.deps``): the file is opened (its first chunk read) under a slot of the
+storage gate, and the rest streams to the client with no slot and no database
+connection held.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Iterator
 from fastapi import Request, status
 from fastapi.responses import Response, StreamingResponse
 
+from api.deps import Files
 from api.errors import api_error
 from fflab.db import Artifact
 from fflab.storage import Storage, StorageError, content_type
@@ -68,8 +74,9 @@ def _unsatisfiable(header: str, size: int):
                      headers={"Content-Range": f"bytes */{size}"})
 
 
-def file_response(request: Request, storage: Storage, artifact: Artifact) -> Response:
-    """The answer to GET or HEAD of a stored file (see the module's docstring)."""
+async def file_response(request: Request, files: Files, artifact: Artifact) -> Response:
+    """The answer to GET or HEAD of a stored file (see the module's docstring);
+    ``artifact`` is a detached row (its columns loaded)."""
     etag = etag_of(artifact)
     file_name = artifact.name.rsplit("/", 1)[-1]
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-cache",
@@ -89,7 +96,7 @@ def file_response(request: Request, storage: Storage, artifact: Artifact) -> Res
     headers["Content-Length"] = str(max(0, end - start + 1))
     if request.method == "HEAD":
         return Response(status_code=status_code, headers=headers, media_type=media_type)
-    chunks = _open(storage, artifact, start, end if span is not None else None)
+    chunks = await files.run(_open, artifact, start, end if span is not None else None)
     return StreamingResponse(chunks, status_code=status_code, media_type=media_type, headers=headers)
 
 

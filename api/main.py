@@ -11,10 +11,18 @@ from fastapi.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import docs, errors, ui
+from api.deps import Database, Files
 from api.inputs import RequestLineMiddleware, checked_json_body
 from api.logs import install_key_redaction
-from api.metrics import Metrics
-from api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from api.metrics import Metrics, MetricsAuthMiddleware
+from api.middleware import (
+    BodySizeLimitMiddleware,
+    FailedAuthLimitMiddleware,
+    HeaderLimitMiddleware,
+    RequestContextMiddleware,
+)
+from api.overload import Gate
+from api.protocol import RequestHeadMiddleware
 from api.routes import admin, analyses, experiments, health, results, run_analyses, runs, users
 from api.status_cache import StatusCache
 from fflab import queueing
@@ -22,6 +30,7 @@ from fflab.db import get_sessionmaker
 from fflab.db.migrate import upgrade_database
 from fflab.jobs import dispatch
 from fflab.settings import Settings, get_settings
+from fflab.startup import exit_unless_reachable
 from fflab.storage import get_storage
 from worker.dispatch import CeleryDispatcher, create_celery, ensure_sqlite_folders
 
@@ -40,6 +49,7 @@ def _start(settings: Settings, app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    exit_unless_reachable(settings)  # a one-line error naming the setting, not a traceback
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,19 +68,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     docs.install(app)
     app.state.settings = settings
-    app.state.storage = get_storage(settings)
     app.state.celery = create_celery(settings)
     app.state.dispatcher = CeleryDispatcher(app.state.celery)
     app.state.metrics = Metrics(settings.resolved_database_url)
+    # Bounded work, and 503 with Retry-After beyond it (api.overload).
+    shed = app.state.metrics.shed
+
+    def gate(what: str, limit: int) -> Gate:
+        return Gate(what, limit, settings.api_queue_wait_s, settings.api_retry_after_s,
+                    on_shed=lambda name: shed.labels(name).inc())
+
+    app.state.database = Database(settings.resolved_database_url, gate("database", settings.api_db_concurrency))
+    app.state.files = Files(get_storage(settings), gate("storage", settings.api_storage_concurrency))
     app.state.queue_places = queueing.PlacesCache(settings.queue_places_ttl_s)
     app.state.status_cache = StatusCache(settings.status_cache_ttl_s)
     for module in (health, users, admin, experiments, runs, results, run_analyses, analyses):
         app.include_router(module.router)
     ui.install(app)  # the web UI under /ui
     errors.install(app)
+    app.add_middleware(MetricsAuthMiddleware, metrics_token=settings.metrics_token)  # /metrics: not public
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestLineMiddleware)
+    # Limits (docs/service.md): failed authentication per client IP, header count and size.
+    app.add_middleware(FailedAuthLimitMiddleware, per_minute=settings.auth_failures_per_minute,
+                       storage_url=settings.resolved_broker_url, namespace=settings.queue_prefix)
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=settings.max_header_bytes,
+                       max_count=settings.max_header_count)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestHeadMiddleware)  # 400: HTTP/0.9 request lines, no Host (api.protocol)
     # Outermost: X-Forwarded-For/-Proto are believed from the configured proxies only.
     app.add_middleware(ProxyHeadersMiddleware,
                        trusted_hosts=[h.strip() for h in settings.trusted_proxies.split(",") if h.strip()])

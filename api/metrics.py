@@ -1,9 +1,14 @@
 """Prometheus metrics: HTTP traffic, and experiments and runs by status read from
 the database at each scrape; per queue and user, the runs waiting to start and how
-long the oldest of them has waited; the registered workers' slots and GPUs."""
+long the oldest of them has waited; the registered workers' slots and GPUs.
+
+/metrics names users and their queues, so it is not public (``MetricsAuthMiddleware``):
+it takes ``Authorization: Bearer <FFLAB_METRICS_TOKEN>`` (when that is set) or an
+admin's API key; 401 without credentials (or with wrong ones), 403 for a member's key."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -11,6 +16,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fflab import accounts
 from fflab.db import Experiment, Run, User, Worker, get_sessionmaker, utcnow
 
 
@@ -74,4 +83,49 @@ class Metrics:
                                 registry=self.registry)
         self.latency = Histogram("fflab_http_request_duration_seconds", "HTTP request latency.",
                                  ["method", "route"], registry=self.registry)
+        self.shed = Counter("fflab_http_shed", "Requests answered 503 because no slot of a gate (database, "
+                            "storage) freed within FFLAB_API_QUEUE_WAIT_S (api.overload).", ["gate"],
+                            registry=self.registry)
         self.registry.register(DatabaseCollector(database_url))
+
+
+class MetricsAuthMiddleware:
+    """/metrics for the metrics token or an admin's key only (see the module's docstring)."""
+
+    PATH = "/metrics"
+
+    def __init__(self, app: ASGIApp, metrics_token: str | None):
+        self.app, self.metrics_token = app, metrics_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") != self.PATH:
+            await self.app(scope, receive, send)
+            return
+        refusal = await self.refusal(scope)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        from api.errors import problem_response
+
+        status_code, message = refusal
+        headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
+        code = "unauthorized" if status_code == 401 else "forbidden"
+        await problem_response(status_code, message, code=code, headers=headers)(scope, receive, send)
+
+    async def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return 401, ("/metrics needs 'Authorization: Bearer <token>': FFLAB_METRICS_TOKEN or an admin's "
+                         "API key")
+        if self.metrics_token and hmac.compare_digest(token.encode(), self.metrics_token.encode()):
+            return None
+        if not accounts.is_key(token):
+            return 401, "invalid metrics token or API key"
+        database = scope["app"].state.database
+        user = await database.read(lambda session: accounts.authenticate(session, token))
+        if user is None:
+            return 401, "invalid metrics token or API key"
+        if user.role != "admin":
+            return 403, "/metrics needs the admin role or FFLAB_METRICS_TOKEN"
+        return None

@@ -1,7 +1,9 @@
-"""ASGI middleware: request ids and metrics, and the request body size limit."""
+"""ASGI middleware: request ids and metrics, the request body size limit, the header
+limits and the rate limit on failed authentication."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -9,7 +11,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import problem_response
+from api.errors import PROBLEM_JSON, problem_content, problem_response
 from api.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -102,3 +104,94 @@ class BodySizeLimitMiddleware:
             if started:
                 raise
             await self._reject(scope, receive, send)
+
+
+class HeaderLimitMiddleware:
+    """431 for a request with more than ``max_count`` headers, or whose request line
+    and headers together exceed ``max_bytes``, before any route runs. (The HTTP
+    parser has read them by then: this bounds what the application accepts; the
+    server's own time-outs and connection limit bound what it holds, see api.cli.)"""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_count: int):
+        self.app, self.max_bytes, self.max_count = app, max_bytes, max_count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+                len(name) + len(value) + 4 for name, value in headers)
+            if len(headers) > self.max_count or size > self.max_bytes:
+                message = (f"request headers too large: at most {self.max_count} headers (FFLAB_MAX_HEADER_COUNT) "
+                           f"and {self.max_bytes} bytes with the request line (FFLAB_MAX_HEADER_BYTES); "
+                           f"this request has {len(headers)} headers, {size} bytes")
+                response = problem_response(431, message, {"connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class FailedAuthLimitMiddleware:
+    """Failed authentication, rate-limited per client IP with the ``limits`` library
+    (a moving window of ``per_minute`` failures a minute): once a client is past it,
+    each further 401 it would get is answered 429 with Retry-After instead (until the
+    window frees). A request with a valid key is never refused, so a client that
+    mistyped a key can still work with the right one. The client IP is the socket's
+    peer, or X-Forwarded-For from FFLAB_TRUSTED_PROXIES (ProxyHeadersMiddleware runs
+    first). Counted in Redis when the broker is Redis (every API process shares the
+    count), else in this process's memory; when Redis cannot be reached, no limit
+    applies rather than refusing requests."""
+
+    def __init__(self, app: ASGIApp, per_minute: int, storage_url: str | None = None, namespace: str = ""):
+        from limits import RateLimitItemPerMinute
+        from limits.storage import MemoryStorage, storage_from_string
+        from limits.strategies import MovingWindowRateLimiter
+
+        self.app, self.namespace = app, namespace or "-"  # deployments sharing a Redis count apart
+        self.item = RateLimitItemPerMinute(per_minute)
+        store = MemoryStorage()
+        if storage_url and storage_url.startswith(("redis://", "rediss://")):
+            try:
+                store = storage_from_string(storage_url, socket_timeout=1, socket_connect_timeout=1)
+            except Exception:  # a Redis client library missing: per process
+                store = MemoryStorage()
+        self.limiter = MovingWindowRateLimiter(store)
+
+    def _blocked(self, client: str) -> int | None:
+        """Record a failure of ``client``: None while within the limit, else seconds until
+        it is again."""
+        try:
+            if self.limiter.hit(self.item, "fflab-auth-failures", self.namespace, client):
+                return None
+            reset = self.limiter.get_window_stats(self.item, "fflab-auth-failures", self.namespace, client).reset_time
+        except Exception:  # the counter's store (Redis) is unreachable: do not refuse anyone
+            return None
+        return max(1, int(reset - time.time() + 0.999))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = (scope.get("client") or ("unknown", 0))[0]
+        replaced = False
+
+        async def limited_send(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the 401's body: dropped, the 429 was sent
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                retry_after = self._blocked(client)
+                if retry_after is not None:
+                    replaced = True
+                    body = problem_content(
+                        429, f"too many failed authentications from {client}; retry in {retry_after} s "
+                             f"(at most {self.item.amount} a minute: FFLAB_AUTH_FAILURES_PER_MINUTE)",
+                        "rate_limited", None, retry_after_seconds=retry_after)
+                    encoded = json.dumps(body).encode()
+                    await send({"type": "http.response.start", "status": 429, "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(encoded)).encode()),
+                        (b"retry-after", str(retry_after).encode())]})
+                    await send({"type": "http.response.body", "body": encoded})
+                    return
+            await send(message)
+
+        await self.app(scope, receive, limited_send)

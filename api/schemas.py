@@ -414,7 +414,18 @@ class WorkerGpu(BaseModel):
     total_memory_bytes: int
 
 
+class DiskSpace(BaseModel):
+    """A folder of the API's machine the service writes to (one per file system)."""
+
+    path: str
+    free_bytes: int
+    min_free_bytes: int = Field(description="FFLAB_MIN_FREE_DISK_BYTES: below it, /readyz answers 503.")
+    write: str = Field(description="'ok', or why a small write (written, fsynced, removed) failed.")
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
     gpus: list[WorkerGpu] = Field(default_factory=list, description="The GPUs the live workers hold.")
+    disk: dict[str, DiskSpace] = Field(default_factory=dict, description=(
+        "Free space of the var dir, the temporary folder and the local artifact folder, by role."))

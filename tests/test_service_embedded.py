@@ -66,7 +66,7 @@ def test_serve_with_nothing_configured(embedded: Process, tmp_path: Path) -> Non
     assert fflab("results", experiment_id, "--format", "csv", "--table", "table1").startswith("Model")
     assert "| FF |" in fflab("results", experiment_id)
     comparison = fflab("compare", "--experiment", experiment_id)  # GET .../paper-comparison
-    assert "**Not a reproduction**" in comparison and "| table1/ff/mnist | Table 1 | 0.93 ± 0.001 |" in comparison
+    assert "**Not a reproduction**" in comparison and "| table1/ff/mnist | Table 1 | 0.93 ± 0.001 (n 15) |" in comparison
     cells = json.loads(fflab("compare", "--experiment", experiment_id, "--format", "json"))["cells"]
     assert next(c for c in cells if c["id"] == "table1/ff/mnist")["n"] == 1
     jsonschema.validate(cells and json.loads(fflab("compare", "--experiment", experiment_id, "--format", "json")),

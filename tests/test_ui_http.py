@@ -94,12 +94,12 @@ def test_analysis_form_round_trips_a_spec() -> None:
     assert form.quantiles == "0.9, 0.95, 0.99" and form.rho_cut == "" and form.correct_only
     assert form.body() == {"correct_only": True, "quantiles": [0.9, 0.95, 0.99], "table_quantile": 0.95,
                            "figure_quantile": 0.9, "method1_threshold": "quantile", "histogram_bins": 10,
-                           "epsilon": 0.2, "rho_cut": None, "nh_cut": None}
+                           "epsilon": 0.2, "method2_cut": "isolated", "rho_cut": None, "nh_cut": None}
     assert set(ANALYSIS_FIELDS) >= {"quantiles", "epsilon", "rho_cut", "nh_cut", "method1_threshold"}
     # A re-analysis from the page keeps every setting it does not change: the form
     # carries each field of AnalysisSpec.
     assert set(ANALYSIS_FIELDS) == set(AnalysisSpec.model_fields)
-    histogram = {**analysis, "method1_threshold": "histogram", "histogram_bins": 7}
+    histogram = {**analysis, "method1_threshold": "histogram", "histogram_bins": 7, "method2_cut": "top_cluster"}
     assert AnalysisSpec.model_validate(AnalysisForm.from_spec(histogram).body()) == AnalysisSpec(**histogram)
 
 

@@ -15,7 +15,10 @@ GPU's ledger (fflab.gpu: the rule, the estimate and the ledger):
 * it cannot fit even on the empty GPU: the run fails at once, naming its
   estimate and the GPU's memory.
 
-Runs on the CPU pass straight through. A run that runs out of GPU memory while
+Runs on the CPU are admitted the same way against this machine's RAM (its
+ledger: ``cpu_ledger_for``; "free now" is MemAvailable), so that several CPU runs
+never together need more than the machine has; one that cannot fit even in the
+whole RAM fails at once. A run that runs out of GPU memory while
 training is requeued (``requeue_out_of_memory``), resuming from its checkpoint
 on its next delivery, and fails after FFLAB_TASK_MAX_ATTEMPTS tries.
 """
@@ -59,6 +62,17 @@ def ledger_for(settings: Settings) -> gpu.DeviceLedger:
                             settings.gpu_memory_margin)
 
 
+CPU_RUNS_AT_ONCE = 64  # the ledger's own cap on CPU runs; dispatch (the worker's slots) bounds them first
+
+
+def cpu_ledger_for(settings: Settings) -> gpu.DeviceLedger:
+    """The ledger of this machine's RAM for runs trained on its CPU, shared by every
+    worker process of the host (under FFLAB_VAR_DIR); memory from /proc/meminfo and
+    the cgroup limit (fflab.gpu.machine_memory), the margin FFLAB_GPU_MEMORY_MARGIN."""
+    path = settings.var_dir.resolve() / "gpus" / f"{socket.gethostname()}-cpu.json"
+    return gpu.DeviceLedger(path, gpu.machine_memory, CPU_RUNS_AT_ONCE, settings.gpu_memory_margin)
+
+
 def _waiting_run(settings: Settings, run_pk: int, task_id: str) -> tuple[ExperimentSpec, RunKey] | None:
     """The run's spec and key while it is this delivery's to start, else None."""
     with session_scope(settings.resolved_database_url) as session:
@@ -88,11 +102,13 @@ def admitted_run(
     not: the run failed for good (``fail(run_pk, "failed", reason, task_id)``),
     went back to the queue (then ``dispatch()``), or is no longer this delivery's."""
     waiting = _waiting_run(settings, run_pk, task_id)
-    if waiting is None or not on_gpu(waiting[0]):
-        yield True  # a CPU run; or one no longer this delivery's, which claim_run turns down
+    if waiting is None:
+        yield True  # no longer this delivery's: claim_run turns it down
         return
     spec, key = waiting
-    ledger = ledger or ledger_for(settings)
+    trains_on_gpu_now = on_gpu(spec)
+    memory = "GPU memory" if trains_on_gpu_now else "RAM"
+    ledger = ledger or (ledger_for(settings) if trains_on_gpu_now else cpu_ledger_for(settings))
     estimate = gpu.estimate_run_memory(spec, key)
     deadline, reported = clock() + settings.gpu_admission_wait_s, None
     while True:
@@ -100,7 +116,7 @@ def admitted_run(
         if decision.admitted:
             break
         if not decision.fits_empty:
-            log.error("run %s (%s) cannot start on this GPU: %s", run_pk, key.run_id, decision.reason)
+            log.error("run %s (%s) cannot start here (%s): %s", run_pk, key.run_id, memory, decision.reason)
             fail(run_pk, "failed", f"not started: it {decision.reason}", task_id)
             yield False
             return
@@ -110,7 +126,7 @@ def admitted_run(
         if clock() >= deadline:
             with session_scope(settings.resolved_database_url) as session:
                 released = jobs.release_run(session, run_pk, task_id, (
-                    f"no GPU memory came free within FFLAB_GPU_ADMISSION_WAIT_S="
+                    f"no {memory} came free within FFLAB_GPU_ADMISSION_WAIT_S="
                     f"{settings.gpu_admission_wait_s:g} s: it {decision.reason}"))
             if released:
                 log.warning("run %s (%s) goes back to the queue: %s", run_pk, key.run_id, decision.reason)
@@ -118,7 +134,7 @@ def admitted_run(
             yield False
             return
         if decision.reason != reported:
-            log.info("run %s (%s) waits for GPU memory: %s", run_pk, key.run_id, decision.reason)
+            log.info("run %s (%s) waits for %s: %s", run_pk, key.run_id, memory, decision.reason)
             reported = decision.reason
         sleep(POLL_S)
     log.info("run %s (%s) %s", run_pk, key.run_id, decision.reason)
@@ -152,8 +168,12 @@ def requeue_out_of_memory(settings: Settings, run_pk: int, task_id: str, error: 
 
 
 def worker_devices(settings: Settings, queues: Collection[str]) -> list[dict]:
-    """The GPUs a worker consuming ``queues`` holds (nvidia-smi; no CUDA context
-    is created), for its Worker row: none unless it consumes the gpu queue."""
-    if settings.queue_name("gpu") not in queues:
-        return []
-    return [device.device_info().as_dict() for device in gpu.visible_gpus()]
+    """The devices of a worker consuming ``queues``, for its Worker row: the GPUs
+    it holds (nvidia-smi; no CUDA context is created) when it consumes the gpu queue,
+    and this machine's RAM (kind "cpu") when it consumes the cpu queue."""
+    devices = []
+    if settings.queue_name("gpu") in queues:
+        devices += [device.device_info().as_dict() for device in gpu.visible_gpus()]
+    if settings.queue_name("cpu") in queues:  # its RAM, for admission at submission (fflab.jobs.check_memory)
+        devices.append(gpu.cpu_device().as_dict())
+    return devices

@@ -25,7 +25,7 @@ from fflab.models.common import FileCheckpoint, TrainingProgress, describe_resum
 from fflab.processes import process_alive
 from fflab.settings import Settings
 from fflab.spec import RunKey
-from fflab.storage import Storage, StorageError, StoredObject, experiment_prefix
+from fflab.storage import Storage, StorageError, StoredObject, check_disk, experiment_prefix, is_disk_full
 from fflab.storage import content_type as storage_content_type
 from worker import gpu_runs
 from worker.dispatch import RUN_TASK
@@ -201,20 +201,41 @@ class Heartbeat:
 
 class StopCheck:
     """should_stop for training: reads the run's status, at most every ``interval`` s.
-    True once the run is cancelled, or requeued (as lost) for another task."""
+    True once the run is cancelled, or requeued (as lost) for another task. With
+    ``disk`` (a DiskCheck), also raises fflab.storage.LowDisk when the disk runs
+    short while the run trains (training calls it between epochs and batches)."""
 
-    def __init__(self, database_url: str, run_pk: int, task_id: str, interval: float):
+    def __init__(self, database_url: str, run_pk: int, task_id: str, interval: float,
+                 disk: DiskCheck | None = None):
         self.database_url, self.run_pk, self.task_id, self.interval = database_url, run_pk, task_id, interval
         self.last_check = float("-inf")
         self.stop = False
+        self.disk = disk
 
     def __call__(self) -> bool:
+        if self.disk is not None:
+            self.disk()
         now = time.monotonic()
         if not self.stop and now - self.last_check >= self.interval:
             self.last_check = now
             with session_scope(self.database_url) as session:
                 self.stop = jobs.should_stop(session, self.run_pk, self.task_id)
         return self.stop
+
+
+class DiskCheck:
+    """Raises LowDisk (fflab.storage.check_disk) when a folder the service writes to
+    is below FFLAB_MIN_FREE_DISK_BYTES; looks at most every ``interval`` s."""
+
+    def __init__(self, settings: Settings, interval: float):
+        self.settings, self.interval = settings, interval
+        self.last_check = float("-inf")
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last_check >= self.interval:
+            self.last_check = now
+            check_disk(self.settings, "while the run trained")
 
 
 def checkpoint_key(experiment_id: str, run_id: str) -> str:
@@ -326,9 +347,10 @@ def put_files_retrying(storage: Storage, experiment_id: str, base: Path, names: 
         try:
             return put_files(storage, experiment_id, base, names)
         except (StorageError, ConnectionError, OSError) as error:
-            if attempt == attempts:
+            if attempt == attempts or is_disk_full(error):  # a full disk stays full: fail now
+                what = "the disk is full" if is_disk_full(error) else f"{attempt} tries failed"
                 raise ArtifactsNotStored(
-                    f"could not store artifacts: {attempts} tries failed on {storage.describe()}; "
+                    f"could not store artifacts: {what} on {storage.describe()}; "
                     f"last error: {error}"
                 ) from error
             wait = backoff_s * 2 ** (attempt - 1)

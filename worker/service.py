@@ -43,7 +43,7 @@ from fflab.pipeline import documents, further_analyses
 from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
-from fflab.storage import Storage, StorageError, experiment_prefix, get_storage
+from fflab.storage import LowDisk, Storage, StorageError, check_disk, experiment_prefix, get_storage
 from worker import gpu_runs, run_support
 from worker.dispatch import (
     ANALYSIS_ID_PREFIX,
@@ -54,6 +54,7 @@ from worker.dispatch import (
 )
 from worker.run_support import (
     ArtifactsNotStored,
+    DiskCheck,
     Heartbeat,
     ProgressWriter,
     StopCheck,
@@ -120,6 +121,12 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
     """Train, upload and record a claimed run; returns the status to end it with
     ("succeeded" or "cancelled"), or None when it was ended here already (failed,
     cancelled while training), deleted, or requeued for another task meanwhile."""
+    try:  # fail it while there is still room to record why (FFLAB_MIN_FREE_DISK_BYTES)
+        check_disk(settings, "before the run started")
+    except LowDisk as error:
+        log.error("run %s of experiment %s not started: %s", key.run_id, experiment_id, error)
+        end_run(settings, run_pk, "failed", f"LowDisk: {error}", task_id)
+        return None
     with tempfile.TemporaryDirectory(prefix="fflab-run-") as tmp:
         base = Path(tmp)
         run_dir = base / "runs" / key.run_id
@@ -132,7 +139,8 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
             record = experiment_pipeline.execute_run(
                 spec, key, run_dir,
                 progress=progress,
-                should_stop=StopCheck(settings.resolved_database_url, run_pk, task_id, settings.stop_check_interval_s),
+                should_stop=StopCheck(settings.resolved_database_url, run_pk, task_id, settings.stop_check_interval_s,
+                                      DiskCheck(settings, settings.disk_check_interval_s)),
                 checkpoint=checkpoint,
                 checkpoint_every=settings.checkpoint_every_epochs,
                 data_root=settings.data_root,
@@ -156,11 +164,13 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
             return None
         storage = get_storage(settings)
         try:  # the run stays "running" until every artifact is stored
+            check_disk(settings, "before the run's artifacts were stored")
             files = put_files_retrying(storage, experiment_id, base, files_under(run_dir, base),
                                        settings.upload_attempts, settings.upload_backoff_s)
-        except ArtifactsNotStored as error:
+        except (ArtifactsNotStored, LowDisk) as error:
             log.error("run %s of experiment %s: %s", key.run_id, experiment_id, error)
-            end_run(settings, run_pk, "failed", str(error), task_id)
+            storage.delete_prefix(f"{experiment_prefix(experiment_id)}/runs/{key.run_id}")  # partial files
+            end_run(settings, run_pk, "failed", f"{type(error).__name__}: {error}", task_id)
             return None
         with session_scope(settings.resolved_database_url) as session:
             run = session.get(Run, run_pk)

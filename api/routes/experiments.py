@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, ValidationError
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload
 
 from api import schemas, views
@@ -20,19 +25,23 @@ from api.status_cache import StatusCache
 from api.deps import (
     Credentials,
     CurrentUser,
+    Database,
+    DatabaseDep,
     DispatcherDep,
     ExperimentId,
+    Files,
     OwnedExperiment,
-    SessionDep,
     SettingsDep,
     StorageDep,
     authenticated_user,
-    in_one_trip,
+    current_experiment,
     may_read,
+    owned_experiment,
     readable_experiment,
 )
 from fflab import jobs
 from fflab.db import Experiment, ExperimentTag, User, utcnow
+from fflab.db.models import IdempotencyKey
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, build_spec
 from fflab.storage import experiment_prefix
@@ -125,15 +134,81 @@ def limit_problems(spec: ExperimentSpec, settings: Settings) -> list[dict]:
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.ExperimentCreated,
              responses=problem_responses(401, 403, 413, 422, 429, 503))
-def submit_experiment(body: Annotated[schemas.ExperimentSubmit, Body(openapi_examples=schemas.SUBMIT_EXAMPLES)],
-                      request: Request, response: Response, session: SessionDep, settings: SettingsDep,
-                      dispatcher: DispatcherDep, user: CurrentUser) -> schemas.ExperimentCreated:
+async def submit_experiment(body: Annotated[schemas.ExperimentSubmit, Body(openapi_examples=schemas.SUBMIT_EXAMPLES)],
+                            request: Request, response: Response, db: DatabaseDep, settings: SettingsDep,
+                            dispatcher: DispatcherDep, user: CurrentUser) -> schemas.ExperimentCreated:
     """Queue an experiment: one run per spec.runs() key, then an aggregation step.
     The body is a preset and any spec fields to override (each documented in the
     schema, with the presets' values), or a complete spec. 403 for a priority above
     the user's max_priority; 429 when the user's cap on waiting runs is reached."""
+    key = idempotency_key(request)
     spec = spec_from_body(body)
     check_limits(spec, settings)
+    if key is None:
+        created = await db.write(lambda session: create(session, request, settings, dispatcher, user.id, body, spec))
+    else:
+        digest = body_digest(body)
+        try:
+            created = await db.write(lambda session: replayed(session, user.id, key, digest) or create(
+                session, request, settings, dispatcher, user.id, body, spec, idempotency=(key, digest)))
+        except (IntegrityError, OperationalError):  # a concurrent request with this key won
+            created = await db.read(lambda session: replayed(session, user.id, key, digest))
+            if created is None:
+                raise
+    response.headers["Location"] = created.url
+    return created
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_TTL = timedelta(hours=24)
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header: 1-255 visible ASCII characters (422 otherwise)."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise api_error(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                        "header Idempotency-Key: must be 1-255 visible ASCII characters", "validation_error",
+                        [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "1-255 visible ASCII characters",
+                          "type": "value_error"}])
+    return key
+
+
+def body_digest(body: schemas.ExperimentSubmit) -> str:
+    canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def replayed(session: Session, user_id: int, key: str, digest: str) -> schemas.ExperimentCreated | None:
+    """The answer to the earlier submission with this key (within 24 h) if there is
+    one; 409 if that one had another body. An expired key, or one whose experiment
+    was deleted, is forgotten (None: submit anew)."""
+    row = session.scalar(select(IdempotencyKey).where(IdempotencyKey.user_id == user_id,
+                                                      IdempotencyKey.key == key))
+    if row is None:
+        return None
+    if row.created_at < utcnow() - IDEMPOTENCY_TTL or session.get(Experiment, row.experiment_id) is None:
+        session.delete(row)
+        session.flush()
+        return None
+    if row.body_sha256 != digest:
+        raise api_error(status.HTTP_409_CONFLICT,
+                        "header Idempotency-Key: this key was used in the last 24 h with another body "
+                        f"(experiment {row.experiment_id}); use a new key for a new submission", "conflict",
+                        [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "used with another body",
+                          "type": "idempotency_conflict"}])
+    return schemas.ExperimentCreated.model_validate(row.response)
+
+
+def create(session: Session, request: Request, settings: Settings, dispatcher: jobs.Dispatcher, user_id: int,
+           body: schemas.ExperimentSubmit, spec: ExperimentSpec,
+           idempotency: tuple[str, str] | None = None) -> schemas.ExperimentCreated:
+    """The write unit of a submission: the experiment, its runs and tags, committed,
+    then dispatched."""
+    user = session.get(User, user_id)
     try:
         experiment = jobs.create_experiment(session, settings, user, spec, body.visibility, body.priority)
     except jobs.PriorityNotAllowed as error:
@@ -141,16 +216,23 @@ def submit_experiment(body: Annotated[schemas.ExperimentSubmit, Body(openapi_exa
     except jobs.CapacityError as error:
         raise api_error(status.HTTP_429_TOO_MANY_REQUESTS, str(error), "quota_exceeded",
                         headers={"Retry-After": str(error.retry_after_s)}) from None
+    except jobs.TooLarge as error:  # no registered worker could ever hold a run (fflab.gpu's estimate)
+        raise RequestValidationError([{"type": "too_large", "loc": ("body",), "input": None,
+                                       "msg": str(error)}]) from None
     if "name" not in body.model_fields_set:
         experiment.name = default_name(body.preset, spec, experiment.id)
         experiment.spec = {**experiment.spec, "name": experiment.name}
     set_tags(session, experiment.id, body.tags)
+    created = schemas.ExperimentCreated(id=experiment.id, url=views.experiment_url(request, experiment.id),
+                                        status=experiment.status, runs_total=experiment.runs_total,
+                                        name=experiment.name)
+    if idempotency is not None:  # with the experiment: a concurrent twin fails on its unique key
+        session.add(IdempotencyKey(user_id=user_id, key=idempotency[0], body_sha256=idempotency[1],
+                                   experiment_id=experiment.id, response=created.model_dump(mode="json")))
+        session.flush()
     session.commit()
     dispatch(session, settings, dispatcher)
-    url = views.experiment_url(request, experiment.id)
-    response.headers["Location"] = url
-    return schemas.ExperimentCreated(id=experiment.id, url=url, status=experiment.status,
-                                     runs_total=experiment.runs_total, name=experiment.name)
+    return created
 
 
 def set_tags(session: Session, experiment_id: str, tags: list[str]) -> None:
@@ -201,7 +283,7 @@ async def experiment_filters(
 
 @router.get("", response_model=schemas.ExperimentPage, responses=problem_responses(401, 403, 422))
 async def list_experiments(
-    request: Request, settings: SettingsDep, credentials: Credentials, page: PageDep,
+    request: Request, db: DatabaseDep, credentials: Credentials, page: PageDep,
     filters: Annotated[ExperimentFilters, Depends(experiment_filters)],
 ) -> schemas.ExperimentPage:
     """Experiments you may see, filtered and sorted: yours by default, those shared
@@ -211,7 +293,7 @@ async def list_experiments(
         user = authenticated_user(session, credentials)
         return experiment_page(session, request, user, filters, page)
 
-    return await in_one_trip(settings, page_of)  # clients poll it
+    return await db.read(page_of)  # clients poll it: one unit
 
 
 def visible_where(user: User, filters: ExperimentFilters) -> list:
@@ -250,7 +332,7 @@ def experiment_page(session: Session, request: Request, user: User, filters: Exp
 
 
 @router.get("/{experiment_id}", response_model=schemas.Experiment, responses=problem_responses(401, 404))
-async def get_experiment(experiment_id: ExperimentId, request: Request, settings: SettingsDep,
+async def get_experiment(experiment_id: ExperimentId, request: Request, db: DatabaseDep,
                          credentials: Credentials) -> schemas.Experiment:
     """Status, progress (runs done of total; model, layer, epoch, ETA and heartbeat
     age of running runs), timings, the error if it failed, and the spec."""
@@ -269,15 +351,15 @@ async def get_experiment(experiment_id: ExperimentId, request: Request, settings
         cache.put(experiment_id, base_url, experiment.owner_id, experiment.visibility, body, epoch)
         return body
 
-    # What clients poll: one trip to the threadpool, and a body rendered for this
-    # experiment within status_cache_ttl_s is served again (api.status_cache).
-    return Response(await in_one_trip(settings, detail), media_type="application/json")
+    # What clients poll: one unit, and a body rendered for this experiment within
+    # status_cache_ttl_s is served again (api.status_cache).
+    return Response(await db.read(detail), media_type="application/json")
 
 
 @router.patch("/{experiment_id}", response_model=schemas.Experiment,
               responses=problem_responses(401, 403, 404, 413, 422))
-def update_experiment(body: schemas.ExperimentPatch, experiment: OwnedExperiment, request: Request,
-                      session: SessionDep) -> schemas.Experiment:
+async def update_experiment(body: schemas.ExperimentPatch, experiment: OwnedExperiment, request: Request,
+                            db: DatabaseDep) -> schemas.Experiment:
     """Rename it, replace its tags or change its visibility, at any time (owner or
     admin). Fields left out are unchanged; the spec is not: submit another experiment."""
     changes = body.model_dump(exclude_unset=True)
@@ -285,25 +367,39 @@ def update_experiment(body: schemas.ExperimentPatch, experiment: OwnedExperiment
     if nulls:
         raise RequestValidationError([{"type": "value_error", "loc": ("body", field), "input": None,
                                        "msg": f"{field} cannot be null: leave it out to keep it"} for field in nulls])
-    for field in ("name", "visibility"):
-        if field in changes:
-            setattr(experiment, field, changes[field])
-    if "name" in changes:
-        experiment.spec = {**experiment.spec, "name": changes["name"]}
-    if "tags" in changes:
-        set_tags(session, experiment.id, changes["tags"])
-    session.commit()
-    request.app.state.status_cache.forget(experiment.id)
-    return views.experiment_detail(request, experiment)
+
+    def update(session: Session) -> schemas.Experiment:
+        current = current_experiment(session, experiment.id)
+        for field in ("name", "visibility"):
+            if field in changes:
+                setattr(current, field, changes[field])
+        if "name" in changes:
+            current.spec = {**current.spec, "name": changes["name"]}
+        if "tags" in changes:
+            set_tags(session, current.id, changes["tags"])
+        session.commit()
+        request.app.state.status_cache.forget(current.id)
+        return views.experiment_detail(request, current)
+
+    return await db.write(update)
 
 
 @router.post("/{experiment_id}/cancel", response_model=schemas.Experiment,
              responses=problem_responses(401, 403, 404, 409))
-def cancel_experiment(experiment: OwnedExperiment, request: Request, session: SessionDep,
-                      settings: SettingsDep, dispatcher: DispatcherDep) -> schemas.Experiment:
+async def cancel_experiment(experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                            credentials: Credentials, settings: SettingsDep,
+                            dispatcher: DispatcherDep) -> schemas.Experiment:
     """Queued runs are dropped; running runs stop at their next epoch. The experiment
     is ``cancelling`` until they have, then ``cancelled``; cancelling it again
     changes nothing (200); a finished one gets 409."""
+    return await db.write(lambda session: cancel(
+        session, request, owned_experiment(session, authenticated_user(session, credentials), experiment_id),
+        settings, dispatcher))
+
+
+def cancel(session: Session, request: Request, experiment: Experiment, settings: Settings,
+           dispatcher: jobs.Dispatcher) -> schemas.Experiment:
+    """The write unit of a cancellation (the experiment loaded in ``session``)."""
     try:
         task_ids = jobs.cancel_experiment(session, experiment)
     except jobs.ConflictError as error:
@@ -317,16 +413,34 @@ def cancel_experiment(experiment: OwnedExperiment, request: Request, session: Se
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses=problem_responses(401, 403, 404, 503))
-def delete_experiment(experiment: OwnedExperiment, request: Request, session: SessionDep, settings: SettingsDep,
-                      dispatcher: DispatcherDep, storage: StorageDep) -> None:
+async def delete_experiment(experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                            credentials: Credentials, settings: SettingsDep, dispatcher: DispatcherDep,
+                            storage: StorageDep) -> None:
     """Cancel it if needed, then delete it, its runs, results and artifacts."""
-    task_ids: list[str] = []
-    if experiment.status in ("queued", "running"):
-        task_ids = jobs.cancel_experiment(session, experiment)
-    session.commit()
-    dispatcher.revoke(task_ids)
-    storage.delete_prefix(experiment_prefix(experiment.id))
-    session.delete(experiment)
-    session.commit()
-    request.app.state.status_cache.forget(experiment.id)
-    dispatch(session, settings, dispatcher)
+    await remove_experiment(db, storage, request, settings, dispatcher, lambda session: owned_experiment(
+        session, authenticated_user(session, credentials), experiment_id))
+
+
+async def remove_experiment(db: Database, files: Files, request: Request, settings: Settings,
+                            dispatcher: jobs.Dispatcher, experiment_of: Callable[[Session], Experiment]) -> None:
+    """Three units: check the experiment (``experiment_of(session)``, reading only),
+    delete its files, then cancel its runs and delete its rows. Files first: on a full
+    disk (SQLite on it) no row can be written until they are gone. No session is open
+    while the storage works; a worker still training one of its runs finds the run
+    gone and removes what it stored meanwhile (worker.service.train_and_store)."""
+
+    def remove(session: Session, experiment_id: str) -> None:
+        experiment = session.get(Experiment, experiment_id)
+        task_ids: list[str] = []
+        if experiment is not None:
+            if experiment.status in ("queued", "running"):
+                task_ids = jobs.cancel_experiment(session, experiment)
+            session.delete(experiment)
+            session.commit()
+        dispatcher.revoke(task_ids)
+        request.app.state.status_cache.forget(experiment_id)
+        dispatch(session, settings, dispatcher)
+
+    experiment_id = await db.read(lambda session: experiment_of(session).id)
+    await files.run(lambda storage: storage.delete_prefix(experiment_prefix(experiment_id)))
+    await db.write(lambda session: remove(session, experiment_id))

@@ -1,4 +1,10 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics.
+
+/healthz answers on the event loop: no thread, no database, no slot of a gate, so it
+answers while the process lives, under any load. /readyz and /metrics read the
+database in a unit of the database gate (``api.overload``); when no slot frees in
+time, /readyz answers 503 (unavailable: busy) with Retry-After, /metrics the
+problem 503."""
 
 from __future__ import annotations
 
@@ -7,17 +13,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api import schemas
-from api.deps import SettingsDep, StorageDep
+from api.deps import DatabaseDep, SettingsDep, StorageDep
+from api.overload import Overloaded
 from fflab import jobs
 from fflab.db import get_engine, get_sessionmaker
 from fflab.settings import Settings
+from fflab.storage import disk_problems, disk_report
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process answers."""
+async def healthz() -> dict[str, str]:
+    """The process answers (on the event loop: touches neither threads nor the database)."""
     return {"status": "ok"}
 
 
@@ -47,13 +55,29 @@ def held_gpus(settings: Settings) -> list[schemas.WorkerGpu]:
                               index=device.get("index"), name=device.get("name", "?"),
                               total_memory_bytes=device.get("total_memory_bytes", 0))
             for worker in jobs.live_workers(session, settings) for device in worker.devices or []
+            if device.get("kind", "cuda") == "cuda"  # CPU workers register their RAM as a "cpu" device
         ]
 
 
 @router.get("/readyz", response_model=schemas.Readiness, responses={503: {"model": schemas.Readiness}})
-def readyz(request: Request, response: Response, settings: SettingsDep, storage: StorageDep) -> schemas.Readiness:
-    """Database, broker and artifact storage reachable, and a live worker consuming
-    each queue work goes to (503 otherwise); and the GPUs the live workers hold."""
+async def readyz(request: Request, response: Response, settings: SettingsDep, db: DatabaseDep,
+                 files: StorageDep) -> schemas.Readiness:
+    """Database, broker and artifact storage reachable, the disk of the var dir, the
+    temporary folder and the local artifact folder above FFLAB_MIN_FREE_DISK_BYTES and
+    writable, and a live worker consuming each queue work goes to (503 otherwise);
+    and the GPUs the live workers hold, and the free space of each folder.
+    503 with Retry-After when the server is too busy to check."""
+    try:
+        return await db.gate.run(readiness, request, response, settings, files.storage)
+    except Overloaded as busy:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        response.headers.update(busy.headers or {})
+        return schemas.Readiness(status="unavailable", checks={"database": f"busy: {busy.detail['message']}"},
+                                 gpus=[])
+
+
+def readiness(request: Request, response: Response, settings: Settings, storage) -> schemas.Readiness:
+    """The checks of /readyz, in one thread (each opens and closes its own connection)."""
 
     def database() -> None:
         with get_engine(settings.resolved_database_url).connect() as connection:
@@ -73,7 +97,12 @@ def readyz(request: Request, response: Response, settings: SettingsDep, storage:
                     f"{settings.worker_heartbeat_timeout_s:g} s")
         return "ok"
 
+    disk_ok, disk = disk_report(settings)
+    low = disk_problems(settings)
     checks = {"database": _check(database), "broker": _check(broker), "storage": _check(storage.check),
+              "disk": "ok" if disk_ok else "low: " + ("; ".join(low) if low else "; ".join(
+                  f"the {role} {entry['path']} cannot be written ({entry['write']})"
+                  for role, entry in disk.items() if entry["write"] != "ok")),
               "workers": workers()}
     ready = all(result == "ok" for result in checks.values())
     if not ready:
@@ -82,10 +111,11 @@ def readyz(request: Request, response: Response, settings: SettingsDep, storage:
         gpus = held_gpus(settings)
     except Exception:  # the database check above says why
         gpus = []
-    return schemas.Readiness(status="ready" if ready else "unavailable", checks=checks, gpus=gpus)
+    return schemas.Readiness(status="ready" if ready else "unavailable", checks=checks, gpus=gpus, disk=disk)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-def metrics(request: Request) -> Response:
+async def metrics(request: Request, db: DatabaseDep) -> Response:
     """Prometheus text format."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body = await db.gate.run(generate_latest, request.app.state.metrics.registry)  # reads the database
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

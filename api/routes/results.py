@@ -22,13 +22,10 @@ from sqlalchemy.orm import Session, load_only
 from api import schemas, views
 from api.deps import (
     Credentials,
+    DatabaseDep,
     ExperimentId,
-    ReadableExperiment,
-    SessionDep,
-    SettingsDep,
     StorageDep,
     authenticated_user,
-    in_one_trip,
     readable_experiment,
 )
 from api.errors import api_error, problem_responses
@@ -66,8 +63,8 @@ def _result(session: Session, experiment: Experiment) -> Result:
 
 @router.get("/results", response_model=ExperimentResults,
             responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}, **problem_responses(409)})
-def get_results(
-    experiment: ReadableExperiment, session: SessionDep,
+async def get_results(
+    experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
     table: Annotated[Literal[TABLES] | None, Query(
         description="One table: table1-3, or one of the other aggregates (sparseness_treves_rolls, "
@@ -78,10 +75,20 @@ def get_results(
     (``table`` required: one CSV document per response); one table, or Tables 1-3
     (and the sweep's table, with a sweep) each under a '# <name>' heading, as
     markdown. 409 until the results are ready."""
-    if format == "csv" and table is None:
-        raise RequestValidationError([{
-            "type": "missing", "loc": ("query", "table"), "msg": "format=csv answers one table per response: name "
-            f"it with table= (one of {', '.join(TABLES)})", "ctx": {"expected": " or ".join(TABLES)}}])
+
+    def results(session: Session):
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        if format == "csv" and table is None:
+            raise RequestValidationError([{
+                "type": "missing", "loc": ("query", "table"), "msg": "format=csv answers one table per response: "
+                f"name it with table= (one of {', '.join(TABLES)})", "ctx": {"expected": " or ".join(TABLES)}}])
+        return results_of(session, experiment, format, table)
+
+    return await db.read(results)
+
+
+def results_of(session: Session, experiment: Experiment, format: str, table: str | None):
+    """The body of ``GET /results`` (``table`` given with format=csv)."""
     result = _result(session, experiment)
     if format == "json":
         return result.results
@@ -139,7 +146,7 @@ async def ensemble_filters(
 
 @router.get("/ensembles", response_model=schemas.EnsemblesOut)
 async def get_ensembles(
-    experiment_id: ExperimentId, settings: SettingsDep, credentials: Credentials,
+    experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
     page: Annotated[Page, page_params(default=200)],
     filters: Annotated[EnsembleFilters, Depends(ensemble_filters)],
 ) -> schemas.EnsemblesOut:
@@ -151,7 +158,7 @@ async def get_ensembles(
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
         return ensembles_of(session, experiment, page, filters)
 
-    return await in_one_trip(settings, ensembles_page)  # dashboards poll it: one trip to the threadpool
+    return await db.read(ensembles_page)  # dashboards poll it: one unit
 
 
 def ensembles_of(session: Session, experiment: Experiment, page: Page, filters: EnsembleFilters) -> schemas.EnsemblesOut:
@@ -200,32 +207,44 @@ def computed_quantiles(experiment: Experiment) -> list[float]:
 
 
 @router.get("/shared-units", response_model=schemas.SharedUnitsOut)
-def get_shared_units(experiment: ReadableExperiment, session: SessionDep, model: ModelFilter = None,
-                     dataset: DatasetFilter = None, layer: LayerFilter = None,
-                     method: MethodFilter = None) -> schemas.SharedUnitsOut:
+async def get_shared_units(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
+                           model: ModelFilter = None, dataset: DatasetFilter = None, layer: LayerFilter = None,
+                           method: MethodFilter = None) -> schemas.SharedUnitsOut:
     """Per finished run, the number of units shared by each pair of class ensembles."""
-    documents = []
-    for run in _runs(session, experiment, model, dataset):
-        if run.shared_units is None:
-            continue
-        matrices = [m for m in run.shared_units["matrices"]
-                    if (layer is None or m["layer"] == layer) and (method is None or m["method"] == method)]
-        documents.append({**run.shared_units, "matrices": matrices})
-    return schemas.SharedUnitsOut(experiment_id=experiment.id, experiment_status=experiment.status, runs=documents)
+
+    def shared_units(session: Session) -> schemas.SharedUnitsOut:
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        documents = []
+        for run in _runs(session, experiment, model, dataset):
+            if run.shared_units is None:
+                continue
+            matrices = [m for m in run.shared_units["matrices"]
+                        if (layer is None or m["layer"] == layer) and (method is None or m["method"] == method)]
+            documents.append({**run.shared_units, "matrices": matrices})
+        return schemas.SharedUnitsOut(experiment_id=experiment.id, experiment_status=experiment.status,
+                                      runs=documents)
+
+    return await db.read(shared_units)
 
 
 @router.get("/weights", response_model=schemas.WeightsOut)
-def get_weights(experiment: ReadableExperiment, session: SessionDep, model: ModelFilter = None,
-                dataset: DatasetFilter = None, layer: LayerFilter = None) -> schemas.WeightsOut:
+async def get_weights(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
+                      model: ModelFilter = None, dataset: DatasetFilter = None,
+                      layer: LayerFilter = None) -> schemas.WeightsOut:
     """Per finished run, the fraction of positive weights per layer and of negative
     incoming weights per unit."""
-    documents = []
-    for run in _runs(session, experiment, model, dataset):
-        if run.weight_stats is None:
-            continue
-        layers = [entry for entry in run.weight_stats["layers"] if layer is None or entry["layer"] == layer]
-        documents.append({**run.weight_stats, "layers": layers})
-    return schemas.WeightsOut(experiment_id=experiment.id, experiment_status=experiment.status, runs=documents)
+
+    def weights(session: Session) -> schemas.WeightsOut:
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        documents = []
+        for run in _runs(session, experiment, model, dataset):
+            if run.weight_stats is None:
+                continue
+            layers = [entry for entry in run.weight_stats["layers"] if layer is None or entry["layer"] == layer]
+            documents.append({**run.weight_stats, "layers": layers})
+        return schemas.WeightsOut(experiment_id=experiment.id, experiment_status=experiment.status, runs=documents)
+
+    return await db.read(weights)
 
 
 def _artifacts(session: Session, experiment: Experiment, page: Page, prefix: str = "") -> tuple[list[Artifact], str | None]:
@@ -245,12 +264,26 @@ def _one_artifact(session: Session, experiment: Experiment, name: str) -> Artifa
 
 
 @router.get("/figures", response_model=schemas.ArtifactList)
-def list_figures(experiment: ReadableExperiment, request: Request, session: SessionDep,
-                 page: PageDep) -> schemas.ArtifactList:
+async def list_figures(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: Credentials,
+                       page: PageDep) -> schemas.ArtifactList:
     """The experiment's figures; each ``name`` is what GET /figures/{name} takes."""
+    return await db.read(lambda session: figures_of(
+        session, request, readable_experiment(session, authenticated_user(session, credentials), experiment_id),
+        page))
+
+
+def figures_of(session: Session, request: Request, experiment: Experiment, page: Page) -> schemas.ArtifactList:
     artifacts, next_token = _artifacts(session, experiment, page, views.FIGURES_PREFIX)
     return schemas.ArtifactList(items=[views.figure_out(request, a) for a in artifacts], next_page_token=next_token,
                                 experiment_status=experiment.status)
+
+
+def figure_artifact(session: Session, request: Request, experiment: Experiment, name: str) -> Artifact:
+    """The artifact of the figure ``name`` (with or without ``.png``), checked as a name."""
+    file_name = name if name.endswith(".png") else f"{name}.png"
+    raw_path = request.scope.get("raw_path", b"").lower()
+    check_artifact_name(file_name, "name", "/" in name or b"%2f" in raw_path or b"%5c" in raw_path)
+    return _one_artifact(session, experiment, f"{views.FIGURES_PREFIX}{file_name}")
 
 
 @router.get("/figures/{name}", response_class=Response,
@@ -258,22 +291,28 @@ def list_figures(experiment: ReadableExperiment, request: Request, session: Sess
                        206: {"description": "The requested range.", "headers": FILE_HEADERS},
                        304: {"description": "If-None-Match matched the ETag."}, **problem_responses(416, 503)})
 @router.head("/figures/{name}", response_class=Response, responses={200: {"description": "The headers of GET, no body."}})
-def get_figure(name: str, request: Request, experiment: ReadableExperiment, session: SessionDep, storage: StorageDep):
+async def get_figure(name: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                     credentials: Credentials, storage: StorageDep):
     """A figure as PNG; ``name`` as in the list (figure1a.png), or without ``.png``."""
-    file_name = name if name.endswith(".png") else f"{name}.png"
-    raw_path = request.scope.get("raw_path", b"").lower()
-    check_artifact_name(file_name, "name", "/" in name or b"%2f" in raw_path or b"%5c" in raw_path)
-    return file_response(request, storage, _one_artifact(session, experiment, f"{views.FIGURES_PREFIX}{file_name}"))
+    artifact = await db.read(lambda session: figure_artifact(
+        session, request, readable_experiment(session, authenticated_user(session, credentials), experiment_id),
+        name))
+    return await file_response(request, storage, artifact)  # the session is closed: the file streams without it
 
 
 @router.get("/artifacts", response_model=schemas.ArtifactList)
-def list_artifacts(experiment: ReadableExperiment, request: Request, session: SessionDep,
-                   page: PageDep) -> schemas.ArtifactList:
+async def list_artifacts(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: Credentials,
+                         page: PageDep) -> schemas.ArtifactList:
     """Every stored file: runs/<run_id>/{weights.pt, representations.npz, *.json},
     tables/*, figures/*.png, results.json; each ``name`` is what GET /artifacts/{name} takes."""
-    artifacts, next_token = _artifacts(session, experiment, page)
-    return schemas.ArtifactList(items=[views.artifact_out(request, a) for a in artifacts], next_page_token=next_token,
-                                experiment_status=experiment.status)
+
+    def artifacts_page(session: Session) -> schemas.ArtifactList:
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        artifacts, next_token = _artifacts(session, experiment, page)
+        return schemas.ArtifactList(items=[views.artifact_out(request, a) for a in artifacts],
+                                    next_page_token=next_token, experiment_status=experiment.status)
+
+    return await db.read(artifacts_page)
 
 
 def check_artifact_name(name: str, field: str, encoded_slash: bool) -> None:
@@ -296,18 +335,23 @@ def check_artifact_name(name: str, field: str, encoded_slash: bool) -> None:
                        206: {"description": "The requested range.", "headers": FILE_HEADERS},
                        304: {"description": "If-None-Match matched the ETag."}, **problem_responses(416, 503)})
 @router.head("/artifacts/{name:path}", response_class=Response, responses={200: {"description": "The headers of GET, no body."}})
-def get_artifact(name: str, request: Request, experiment: ReadableExperiment, session: SessionDep,
-                 storage: StorageDep):
+async def get_artifact(name: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                       credentials: Credentials, storage: StorageDep):
     """One stored file by name (see the list), with HEAD, ETag/If-None-Match and Range."""
-    raw_path = request.scope.get("raw_path", b"").lower()
-    check_artifact_name(name, "name", b"%2f" in raw_path or b"%5c" in raw_path)
-    return file_response(request, storage, _one_artifact(session, experiment, name))
+
+    def artifact(session: Session) -> Artifact:
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        raw_path = request.scope.get("raw_path", b"").lower()
+        check_artifact_name(name, "name", b"%2f" in raw_path or b"%5c" in raw_path)
+        return _one_artifact(session, experiment, name)
+
+    return await file_response(request, storage, await db.read(artifact))
 
 
 @router.get("/paper-comparison", response_model=PaperComparison,
             responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}, **problem_responses(409)})
-def get_paper_comparison(
-    experiment: ReadableExperiment, session: SessionDep,
+async def get_paper_comparison(
+    experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
 ):
     """Every number of the paper against this experiment's, cell by cell: the
@@ -315,6 +359,12 @@ def get_paper_comparison(
     standard errors and a verdict (consistent within 2, differs, not comparable),
     and the protocol settings where the experiment departs from the paper's.
     409 until the experiment's results are ready."""
+    return await db.read(lambda session: paper_comparison_of(
+        session, readable_experiment(session, authenticated_user(session, credentials), experiment_id), format))
+
+
+def paper_comparison_of(session: Session, experiment: Experiment, format: str):
+    """The body of ``GET /paper-comparison``."""
     result = _result(session, experiment)
     comparison = paper.paper_comparison(
         ExperimentSpec.model_validate(experiment.spec), result.results["runs"],

@@ -14,8 +14,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field, create_model
+from sqlalchemy.orm import Session
 
-from api.deps import ReadableExperiment, SessionDep, StorageDep
+from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authenticated_user, readable_experiment
 from api.errors import api_error, problem_responses
 from api.schemas import Status
 from api.routes.results import DatasetFilter, LayerFilter, ModelFilter, _runs
@@ -43,17 +44,17 @@ ENDPOINTS = {
 }
 
 
-def read_documents(storage, experiment_id: str, runs: list[Run], name: str) -> list[dict]:
+def read_documents(storage, experiment_id: str, run_ids: list[str], name: str) -> list[dict]:
     documents = []
-    for run in runs:
-        key = f"{experiment_prefix(experiment_id)}/runs/{run.run_id}/{name}.json"
+    for run_id in run_ids:
+        key = f"{experiment_prefix(experiment_id)}/runs/{run_id}/{name}.json"
         try:
             if not storage.exists(key):
                 continue
             documents.append(json.loads(b"".join(storage.iter_bytes(key))))
         except (StorageError, FileNotFoundError):
             raise api_error(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            f"the {name} document of run {run.run_id} is recorded but storage cannot deliver it",
+                            f"the {name} document of run {run_id} is recorded but storage cannot deliver it",
                             "unavailable", headers={"Retry-After": "5"}) from None
     return documents
 
@@ -64,12 +65,18 @@ def _add_route(name: str, summary: str) -> None:
                        experiment_status=(Status, Field(description="While queued or running, more runs may come.")),
                        runs=(list[RUN_ANALYSIS_DOCUMENTS[name]], ...))
 
-    def endpoint(experiment: ReadableExperiment, session: SessionDep, storage: StorageDep,
-                 model: ModelFilter = None, dataset: DatasetFilter = None, layer: LayerFilter = None,
-                 run_id: Annotated[str | None, Query()] = None):
-        runs = _runs(session, experiment, model, dataset, run_id, columns=(Run.run_id,))
-        documents = read_documents(storage, experiment.id, runs, name)
-        return {"experiment_id": experiment.id, "experiment_status": experiment.status,
+    async def endpoint(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
+                       storage: StorageDep, model: ModelFilter = None, dataset: DatasetFilter = None,
+                       layer: LayerFilter = None, run_id: Annotated[str | None, Query()] = None):
+        def runs(session: Session) -> tuple[str, list[str]]:
+            experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+            found = _runs(session, experiment, model, dataset, run_id, columns=(Run.run_id,))
+            return experiment.status, [run.run_id for run in found]
+
+        experiment_status, run_ids = await db.read(runs)
+        # The session is closed: the documents are read from storage without it.
+        documents = await storage.run(read_documents, experiment_id, run_ids, name)
+        return {"experiment_id": experiment_id, "experiment_status": experiment_status,
                 "runs": [only_layer(d, name, layer) for d in documents]}
 
     endpoint.__name__ = f"get_{name}"

@@ -6,37 +6,66 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import schemas, views
-from api.deps import ReadableExperiment, SessionDep, StorageDep
+from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authenticated_user, readable_experiment
 from api.errors import api_error, problem_responses
 from api.files import file_response
 from api.paging import PageDep
 from fflab.db import Artifact, Experiment, Run
 from fflab.pipeline.documents import RUN_DOCUMENTS
 
-DocumentName = Annotated[RUN_DOCUMENTS.literal(), Path(description=f"One of {', '.join(RUN_DOCUMENTS)}.")]
+# Checked inside the route's unit, after authentication (a client without a valid key
+# gets 401 whatever the name), with the 422 the Literal would have given.
+DocumentName = Annotated[str, Path(description=f"One of {', '.join(RUN_DOCUMENTS)}.",
+                                   json_schema_extra={"enum": list(RUN_DOCUMENTS)})]
+DOCUMENT_NAMES = TypeAdapter(RUN_DOCUMENTS.literal())
+
+
+def check_document_name(name: str) -> None:
+    try:
+        DOCUMENT_NAMES.validate_python(name)
+    except ValidationError as error:
+        raise RequestValidationError([{**problem, "loc": ("path", "name")}
+                                      for problem in error.errors(include_url=False)]) from None
 
 router = APIRouter(prefix="/v1/experiments/{experiment_id}/runs", tags=["runs"],
                    responses=problem_responses(401, 404, 422))
 
 
+def _readable(session: Session, credentials: HTTPAuthorizationCredentials | None, experiment_id: str) -> Experiment:
+    return readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+
+
 @router.get("", response_model=schemas.RunList)
-def list_runs(experiment: ReadableExperiment, session: SessionDep, page: PageDep) -> schemas.RunList:
+async def list_runs(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
+                    page: PageDep) -> schemas.RunList:
     """The experiment's runs in the order they were created (spec.runs())."""
-    runs, next_token = page.cut(list(session.scalars(
-        select(Run).where(Run.experiment_id == experiment.id).order_by(Run.id).limit(page.limit + 1)
-        .offset(page.offset))))
-    return schemas.RunList(items=[views.run_out(run) for run in runs], next_page_token=next_token,
-                           experiment_status=experiment.status)
+
+    def runs_page(session: Session) -> schemas.RunList:
+        experiment = _readable(session, credentials, experiment_id)
+        runs, next_token = page.cut(list(session.scalars(
+            select(Run).where(Run.experiment_id == experiment.id).order_by(Run.id).limit(page.limit + 1)
+            .offset(page.offset))))
+        return schemas.RunList(items=[views.run_out(run) for run in runs], next_page_token=next_token,
+                               experiment_status=experiment.status)
+
+    return await db.read(runs_page)
 
 
 @router.get("/{run_id}", response_model=schemas.RunDetail)
-def get_run(run_id: str, experiment: ReadableExperiment, session: SessionDep) -> schemas.RunDetail:
-    run = _run(session, experiment, run_id)
-    return schemas.RunDetail(**views.run_out(run).model_dump(), record=run.record, metrics=run.metrics)
+async def get_run(run_id: str, experiment_id: ExperimentId, db: DatabaseDep,
+                  credentials: Credentials) -> schemas.RunDetail:
+    def detail(session: Session) -> schemas.RunDetail:
+        run = _run(session, _readable(session, credentials, experiment_id), run_id)
+        return schemas.RunDetail(**views.run_out(run).model_dump(), record=run.record, metrics=run.metrics)
+
+    return await db.read(detail)
 
 
 def _run(session: Session, experiment: Experiment, run_id: str) -> Run:
@@ -47,16 +76,21 @@ def _run(session: Session, experiment: Experiment, run_id: str) -> Run:
 
 
 @router.get("/{run_id}/metrics", response_model=schemas.RunMetricsOut, responses=problem_responses(409))
-def get_run_metrics(run_id: str, experiment: ReadableExperiment, session: SessionDep) -> schemas.RunMetricsOut:
+async def get_run_metrics(run_id: str, experiment_id: ExperimentId, db: DatabaseDep,
+                          credentials: Credentials) -> schemas.RunMetricsOut:
     """The run's training curve: the loss at the end of each epoch, one series per
     layer for FF (trained layer by layer) and one for BP/FF and BP, and the test
     accuracy measured after training. 409 until the run has succeeded (a running
     run's progress is in GET .../runs/{run_id})."""
-    run = _run(session, experiment, run_id)
-    if run.metrics is None:
-        raise api_error(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}: its metrics are written when "
-                                                  "it succeeds", "conflict")
-    return views.run_metrics(run)
+
+    def metrics(session: Session) -> schemas.RunMetricsOut:
+        run = _run(session, _readable(session, credentials, experiment_id), run_id)
+        if run.metrics is None:
+            raise api_error(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}: its metrics are written "
+                                                      "when it succeeds", "conflict")
+        return views.run_metrics(run)
+
+    return await db.read(metrics)
 
 
 def _document_artifact(run_id: str, name: str) -> str:
@@ -64,35 +98,46 @@ def _document_artifact(run_id: str, name: str) -> str:
 
 
 @router.get("/{run_id}/documents", response_model=schemas.DocumentList)
-def list_documents(run_id: str, request: Request, experiment: ReadableExperiment,
-                   session: SessionDep) -> schemas.DocumentList:
+async def list_documents(run_id: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                         credentials: Credentials) -> schemas.DocumentList:
     """Every registered run document, and whether this run has it yet."""
-    _run(session, experiment, run_id)
-    stored = set(session.scalars(select(Artifact.name).where(
-        Artifact.experiment_id == experiment.id, Artifact.name.startswith(f"runs/{run_id}/", autoescape=True))))
-    return schemas.DocumentList(items=[
-        schemas.DocumentOut(
-            name=name, description=document.description,
-            available=_document_artifact(run_id, name) in stored,
-            url=views.url_for(request, "get_document", experiment_id=experiment.id, run_id=run_id, name=name),
-        )
-        for name, document in RUN_DOCUMENTS.items()
-    ])
+
+    def documents(session: Session) -> schemas.DocumentList:
+        experiment = _readable(session, credentials, experiment_id)
+        _run(session, experiment, run_id)
+        stored = set(session.scalars(select(Artifact.name).where(
+            Artifact.experiment_id == experiment.id, Artifact.name.startswith(f"runs/{run_id}/", autoescape=True))))
+        return schemas.DocumentList(items=[
+            schemas.DocumentOut(
+                name=name, description=document.description,
+                available=_document_artifact(run_id, name) in stored,
+                url=views.url_for(request, "get_document", experiment_id=experiment.id, run_id=run_id, name=name),
+            )
+            for name, document in RUN_DOCUMENTS.items()
+        ])
+
+    return await db.read(documents)
 
 
 @router.get("/{run_id}/documents/{name}", responses={200: {"content": {"application/json": {}}},
                                                      304: {"description": "If-None-Match matched the ETag."},
                                                      **problem_responses(409, 416, 503)})
 @router.head("/{run_id}/documents/{name}", responses={200: {"description": "The headers of GET, no body."}})
-def get_document(run_id: str, name: DocumentName, request: Request, experiment: ReadableExperiment,
-                 session: SessionDep, storage: StorageDep):
+async def get_document(run_id: str, name: DocumentName, experiment_id: ExperimentId, request: Request,
+                       db: DatabaseDep, credentials: Credentials, storage: StorageDep):
     """The run's document ``name`` as stored (its JSON Schema: ``fflab schemas``),
     with HEAD, ETag and Range like every stored file; 409 until the run has been
     trained and analysed."""
-    run = _run(session, experiment, run_id)
-    artifact = session.scalar(select(Artifact).where(
-        Artifact.experiment_id == experiment.id, Artifact.name == _document_artifact(run_id, name)))
-    if artifact is None:
-        raise api_error(status.HTTP_409_CONFLICT, f"run {run_id} of experiment {experiment.id} is {run.status} "
-                                                  f"and has no {name} document yet", "conflict")
-    return file_response(request, storage, artifact)
+
+    def document(session: Session) -> Artifact:
+        experiment = _readable(session, credentials, experiment_id)
+        check_document_name(name)
+        run = _run(session, experiment, run_id)
+        artifact = session.scalar(select(Artifact).where(
+            Artifact.experiment_id == experiment.id, Artifact.name == _document_artifact(run_id, name)))
+        if artifact is None:
+            raise api_error(status.HTTP_409_CONFLICT, f"run {run_id} of experiment {experiment.id} is "
+                                                      f"{run.status} and has no {name} document yet", "conflict")
+        return artifact
+
+    return await file_response(request, storage, await db.read(document))

@@ -171,7 +171,7 @@ class SubmitForm:
 
 ANALYSIS_FIELDS = {name: name for name in
                    ("quantiles", "table_quantile", "figure_quantile", "method1_threshold", "histogram_bins",
-                    "epsilon", "rho_cut", "nh_cut", "correct_only")}
+                    "epsilon", "method2_cut", "rho_cut", "nh_cut", "correct_only")}
 TEXT_FIELDS = ("table_quantile", "figure_quantile", "histogram_bins", "epsilon", "rho_cut", "nh_cut")
 
 
@@ -185,6 +185,7 @@ class AnalysisForm:
     method1_threshold: str = "quantile"
     histogram_bins: str = ""
     epsilon: str = ""
+    method2_cut: str = "isolated"
     rho_cut: str = ""
     nh_cut: str = ""
     correct_only: bool = True
@@ -196,13 +197,14 @@ class AnalysisForm:
 
         return cls(quantiles=", ".join(text(q) for q in analysis.get("quantiles", [])),
                    method1_threshold=str(analysis.get("method1_threshold", "quantile")),
+                   method2_cut=str(analysis.get("method2_cut", "isolated")),
                    **{name: text(analysis.get(name)) for name in TEXT_FIELDS},
                    correct_only=bool(analysis.get("correct_only", True)))
 
     @classmethod
     def from_form(cls, form: Any) -> AnalysisForm:
         text = {name: str(form.get(name) or "") for name in
-                ("quantiles", "method1_threshold", *TEXT_FIELDS)}
+                ("quantiles", "method1_threshold", "method2_cut", *TEXT_FIELDS)}
         return cls(**text, correct_only=form.get("correct_only") is not None)
 
     def body(self) -> dict[str, Any]:
@@ -211,8 +213,9 @@ class AnalysisForm:
         body: dict[str, Any] = {"correct_only": self.correct_only}
         if self.quantiles.strip():
             body["quantiles"] = number_list(self.quantiles)
-        if self.method1_threshold:
-            body["method1_threshold"] = self.method1_threshold
+        for name in ("method1_threshold", "method2_cut"):
+            if getattr(self, name):
+                body[name] = getattr(self, name)
         for name in ("table_quantile", "figure_quantile", "histogram_bins", "epsilon"):
             if getattr(self, name).strip():
                 body[name] = number(getattr(self, name))

@@ -1,10 +1,14 @@
 """The pages of the web UI (see the package's docstring for the design).
 
-Reads go through the API's dependencies and route functions; writes call the
-API's route functions (submit, cancel, delete, re-analyse) with the same
-session, settings and dispatcher, so that a form does exactly what the JSON
+Reads go through the API's dependencies and the functions behind its routes;
+writes call what the API's routes call (submit, cancel, delete, re-analyse) with
+the same settings and dispatcher, so that a form does exactly what the JSON
 request does. Validation errors are read from the body the API would have sent
 (``api_error_body``) and shown next to the form's fields.
+
+Like the API's routes (``api.deps``), a page does its database work in units: one
+trip to the threadpool with a session opened and closed there, rendering
+included where the page shows rows; stored files are read after the unit.
 """
 
 from __future__ import annotations
@@ -24,15 +28,16 @@ from starlette.exceptions import HTTPException
 
 from api import schemas, views
 from api.deps import (
+    DatabaseDep,
     DispatcherDep,
     ExperimentId,
-    SessionDep,
     SettingsDep,
     StorageDep,
     authenticated_user,
-    get_owned_experiment,
+    owned_experiment,
     readable_experiment,
 )
+from api.files import file_response
 from api.paging import Page
 from api.routes import analyses as analyses_routes
 from api.routes import experiments as experiment_routes
@@ -41,8 +46,9 @@ from api.ui import forms, queries, security
 from api.ui.charts import loss_chart
 from api.ui.explorer import ClassMeansCache, unit_grid
 from api.ui.html import SIGN_IN, HTMLRoute, render
-from api.ui.security import CsrfChecked, UIUser
-from fflab.analysis import METHOD1_THRESHOLDS
+from api.ui.security import CsrfChecked, UICredentials, UIUser, ui_user
+from fflab import accounts
+from fflab.analysis import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
 from fflab.figures import class_names
 from fflab.results import PAPER_TABLES, TABLES
@@ -57,15 +63,20 @@ StatusFilter = Annotated[schemas.Status | Literal[""], Query(alias="status")]
 ScopeFilter = Annotated[queries.Scope, Query()]
 
 
-def get_ui_readable_experiment(experiment_id: ExperimentId, session: SessionDep, user: UIUser) -> Experiment:
-    return readable_experiment(session, user, experiment_id)
+def ui_readable(session: Session, request: Request, credentials, experiment_id: str) -> Experiment:
+    """The signed-in user's readable experiment (inside a unit)."""
+    return readable_experiment(session, ui_user(session, request, credentials), experiment_id)
 
 
-UIReadableExperiment = Annotated[Experiment, Depends(get_ui_readable_experiment)]
+def ui_owned(session: Session, request: Request, credentials, experiment_id: str) -> Experiment:
+    """The experiment if the signed-in user may change it (inside a unit)."""
+    return owned_experiment(session, ui_user(session, request, credentials), experiment_id)
 
 
-async def get_ui_owned_experiment(experiment: UIReadableExperiment, user: UIUser) -> Experiment:
-    return await get_owned_experiment(experiment, user)
+async def get_ui_owned_experiment(experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                                  credentials: UICredentials) -> Experiment:
+    """``ui_owned`` in a unit of its own, before a form is read (detached)."""
+    return await db.read(lambda session: ui_owned(session, request, credentials, experiment_id))
 
 
 UIOwnedExperiment = Annotated[Experiment, Depends(get_ui_owned_experiment)]
@@ -104,23 +115,44 @@ def sign_in_page(request: Request, next: str = "/ui/") -> Response:
 
 
 @router.post("/sign-in", dependencies=[CsrfChecked])
-async def sign_in(request: Request, session: SessionDep) -> Response:
+async def sign_in(request: Request, db: DatabaseDep, settings: SettingsDep) -> Response:
+    """Check the key, then open a server-side session for it (``security``): the
+    browser's cookie holds the session's id, never the key."""
     form = await request.form()
     key, target = str(form.get("api_key") or "").strip(), safe_next(str(form.get("next") or "/ui/"))
     try:
         credentials = HTTPAuthorizationCredentials(scheme="Bearer", credentials=key) if key else None
-        await run_in_threadpool(authenticated_user, session, credentials)
+        await db.read(lambda session: authenticated_user(session, credentials))
     except HTTPException as error:
+        if error.status_code != 401:
+            raise
         return render(request, "sign_in.html", {"next": target, "error": error.detail}, 401)
+
+    def open_session(session: Session) -> str:
+        api_key = accounts.api_key_of(session, key)
+        if api_key is None:  # revoked meanwhile
+            raise HTTPException(401, "invalid or revoked API key")
+        session_id = accounts.open_ui_session(session, api_key, settings.ui_session_ttl_s)
+        session.commit()
+        return session_id
+
+    session_id = await db.write(open_session)
     response = RedirectResponse(target, status_code=303)
-    security.sign_in(request, response, key)
+    security.sign_in(request, response, session_id)
     return response
 
 
 @router.post("/sign-out", dependencies=[CsrfChecked])
-def sign_out() -> Response:
+async def sign_out(request: Request, db: DatabaseDep, credentials: UICredentials) -> Response:
+    """End the session: its row is deleted, so its id no longer signs anyone in."""
+    if credentials:
+        def close(session: Session) -> None:
+            accounts.close_ui_session(session, credentials)
+            session.commit()
+
+        await db.write(close)
     response = RedirectResponse(SIGN_IN, status_code=303)
-    security.sign_out(response)
+    security.sign_out(request, response)
     return response
 
 
@@ -136,16 +168,18 @@ def experiments_context(session: Session, request: Request, user, status: str, s
 
 
 @router.get("/")
-def experiments_page(request: Request, session: SessionDep, user: UIUser, status: StatusFilter = "",
-                     scope: ScopeFilter = "visible") -> Response:
-    return render(request, "experiments.html", experiments_context(session, request, user, status, scope))
+async def experiments_page(request: Request, db: DatabaseDep, credentials: UICredentials,
+                           status: StatusFilter = "", scope: ScopeFilter = "visible") -> Response:
+    return await db.read(lambda session: render(request, "experiments.html", experiments_context(
+        session, request, ui_user(session, request, credentials), status, scope)))
 
 
 @router.get("/fragments/experiments")
-def experiments_fragment(request: Request, session: SessionDep, user: UIUser, status: StatusFilter = "",
-                         scope: ScopeFilter = "visible") -> Response:
+async def experiments_fragment(request: Request, db: DatabaseDep, credentials: UICredentials,
+                               status: StatusFilter = "", scope: ScopeFilter = "visible") -> Response:
     """The experiments table alone, polled by the list page while any is active."""
-    return render(request, "_experiments_table.html", experiments_context(session, request, user, status, scope))
+    return await db.read(lambda session: render(request, "_experiments_table.html", experiments_context(
+        session, request, ui_user(session, request, credentials), status, scope)))
 
 
 def experiment_context(request: Request, session: Session, experiment: Experiment, user) -> dict[str, Any]:
@@ -156,12 +190,10 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
     if result is not None:
         tables = [result.results["tables"][name] | {"name": name} for name in PAPER_TABLES + ("sweep",)
                   if name in result.results.get("tables", {})]
-        comparison = results_routes.get_paper_comparison(experiment=experiment, session=session, format="json")
-    figures = [artifact.name.removeprefix("figures/") for artifact in
-               results_routes.list_figures(experiment=experiment, request=request, session=session,
-                                           page=Page.first()).items]
-    analyses = analyses_routes.list_analyses(experiment=experiment, request=request, session=session,
-                                             page=Page.first()).items
+        comparison = results_routes.paper_comparison_of(session, experiment, "json")
+    figures = [artifact.name for artifact in
+               results_routes.figures_of(session, request, experiment, Page.first()).items]
+    analyses = analyses_routes.analyses_of(session, request, experiment, Page.first()).items
     return {
         "experiment": detail,
         "may_change": experiment.owner_id == user.id or user.role == "admin",
@@ -171,85 +203,108 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
         "tables": tables, "comparison": comparison, "figures": figures, "analyses": analyses,
         "analysis_form": forms.AnalysisForm.from_spec(experiment.spec.get("analysis", {})),
         "analysis_errors": {}, "method1_thresholds": list(METHOD1_THRESHOLDS),
+        "method2_cuts": list(METHOD2_CUTS),
     }
 
 
 @router.get("/experiments/{experiment_id}")
-def experiment_page(request: Request, experiment: UIReadableExperiment, session: SessionDep,
-                    user: UIUser) -> Response:
-    return render(request, "experiment.html", experiment_context(request, session, experiment, user))
+async def experiment_page(experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                          credentials: UICredentials) -> Response:
+    def page(session: Session) -> Response:
+        experiment = ui_readable(session, request, credentials, experiment_id)
+        return render(request, "experiment.html",
+                      experiment_context(request, session, experiment, request.state.ui_user))
+
+    return await db.read(page)
 
 
 @router.get("/experiments/{experiment_id}/progress")
-def progress_fragment(request: Request, experiment: UIReadableExperiment, session: SessionDep) -> Response:
+async def progress_fragment(experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                            credentials: UICredentials) -> Response:
     """The progress of an active experiment, polled by its page; once it has ended,
     the page reloads (HX-Refresh) to show its results."""
-    if experiment.status in FINAL_STATUSES:
-        return Response(status_code=200, headers={"HX-Refresh": "true"})
-    detail = views.experiment_detail(request, experiment)
-    ahead = queries.runs_ahead(session, [experiment.id]).get(experiment.id)
-    return render(request, "_progress.html", {"experiment": detail, "ahead": ahead})
+
+    def fragment(session: Session) -> Response:
+        experiment = ui_readable(session, request, credentials, experiment_id)
+        if experiment.status in FINAL_STATUSES:
+            return Response(status_code=200, headers={"HX-Refresh": "true"})
+        detail = views.experiment_detail(request, experiment)
+        ahead = queries.runs_ahead(session, [experiment.id]).get(experiment.id)
+        return render(request, "_progress.html", {"experiment": detail, "ahead": ahead})
+
+    return await db.read(fragment)
 
 
 @router.get("/experiments/{experiment_id}/tables/{table}.csv")
-def table_csv(experiment: UIReadableExperiment, session: SessionDep,
-              table: Literal[TABLES]) -> Response:  # type: ignore[valid-type]
-    response = results_routes.get_results(experiment=experiment, session=session, format="csv", table=table)
-    response.headers["Content-Disposition"] = f'attachment; filename="{experiment.name}-{table}.csv"'
-    return response
+async def table_csv(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
+                    table: Literal[TABLES]) -> Response:  # type: ignore[valid-type]
+    def download(session: Session) -> Response:
+        experiment = ui_readable(session, request, credentials, experiment_id)
+        response = results_routes.results_of(session, experiment, "csv", table)
+        response.headers["Content-Disposition"] = f'attachment; filename="{experiment.name}-{table}.csv"'
+        return response
+
+    return await db.read(download)
 
 
 @router.get("/experiments/{experiment_id}/paper-comparison.csv")
-def paper_comparison_csv(experiment: UIReadableExperiment, session: SessionDep) -> Response:
-    response = results_routes.get_paper_comparison(experiment=experiment, session=session, format="csv")
-    response.headers["Content-Disposition"] = f'attachment; filename="{experiment.name}-paper-comparison.csv"'
-    return response
+async def paper_comparison_csv(experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                               credentials: UICredentials) -> Response:
+    def download(session: Session) -> Response:
+        experiment = ui_readable(session, request, credentials, experiment_id)
+        response = results_routes.paper_comparison_of(session, experiment, "csv")
+        response.headers["Content-Disposition"] = f'attachment; filename="{experiment.name}-paper-comparison.csv"'
+        return response
+
+    return await db.read(download)
 
 
 @router.get("/experiments/{experiment_id}/figures/{name}")
-def figure(name: str, request: Request, experiment: UIReadableExperiment, session: SessionDep,
-           storage: StorageDep) -> Response:
-    return results_routes.get_figure(name=name, request=request, experiment=experiment, session=session,
-                                     storage=storage)
+async def figure(name: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
+                 credentials: UICredentials, storage: StorageDep) -> Response:
+    artifact = await db.read(lambda session: results_routes.figure_artifact(
+        session, request, ui_readable(session, request, credentials, experiment_id), name))
+    return await file_response(request, storage, artifact)
 
 
 @router.post("/experiments/{experiment_id}/cancel", dependencies=[CsrfChecked])
-def cancel(request: Request, experiment: UIOwnedExperiment, session: SessionDep, settings: SettingsDep,
-           dispatcher: DispatcherDep) -> Response:
-    experiment_routes.cancel_experiment(experiment=experiment, request=request, session=session,
-                                        settings=settings, dispatcher=dispatcher)
-    return RedirectResponse(f"/ui/experiments/{experiment.id}", status_code=303)
+async def cancel(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
+                 settings: SettingsDep, dispatcher: DispatcherDep) -> Response:
+    await db.write(lambda session: experiment_routes.cancel(
+        session, request, ui_owned(session, request, credentials, experiment_id), settings, dispatcher))
+    return RedirectResponse(f"/ui/experiments/{experiment_id}", status_code=303)
 
 
 @router.post("/experiments/{experiment_id}/delete", dependencies=[CsrfChecked])
-def delete(request: Request, experiment: UIOwnedExperiment, session: SessionDep, settings: SettingsDep,
-           dispatcher: DispatcherDep, storage: StorageDep) -> Response:
-    experiment_routes.delete_experiment(experiment=experiment, request=request, session=session,
-                                        settings=settings, dispatcher=dispatcher, storage=storage)
+async def delete(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
+                 settings: SettingsDep, dispatcher: DispatcherDep, storage: StorageDep) -> Response:
+    await experiment_routes.remove_experiment(db, storage, request, settings, dispatcher,
+                                              lambda session: ui_owned(session, request, credentials, experiment_id))
     return RedirectResponse("/ui/", status_code=303)
 
 
 @router.post("/experiments/{experiment_id}/analyses", dependencies=[CsrfChecked])
-async def reanalyse(request: Request, experiment: UIOwnedExperiment, session: SessionDep, settings: SettingsDep,
-                    dispatcher: DispatcherDep, user: UIUser) -> Response:
+async def reanalyse(request: Request, experiment: UIOwnedExperiment, db: DatabaseDep, settings: SettingsDep,
+                    dispatcher: DispatcherDep) -> Response:
     """Queue a re-analysis; invalid values or a conflict (409) are shown next to
     the form's fields."""
     form = forms.AnalysisForm.from_form(await request.form())
-
-    def queue() -> None:
-        body = validated(AnalysisSpec, form.body())
-        analyses_routes.create_analysis(body=body, experiment=experiment, request=request, response=Response(),
-                                        session=session, settings=settings, dispatcher=dispatcher)
-
     try:
-        await run_in_threadpool(queue)
+        body = validated(AnalysisSpec, form.body())
+        await db.write(lambda session: analyses_routes.queue_analysis(session, request, experiment.id, body,
+                                                                      settings, dispatcher))
     except (RequestValidationError, HTTPException) as error:
-        if isinstance(error, HTTPException) and error.status_code in (401, 403, 404):
+        if isinstance(error, HTTPException) and error.status_code not in (409, 422):
             raise
         errors = forms.form_errors(forms.field_errors(await api_error_body(request, error)), forms.ANALYSIS_FIELDS)
-        context = await run_in_threadpool(experiment_context, request, session, experiment, user)
-        context.update(analysis_form=form, analysis_errors=errors)
-        return render(request, "experiment.html", context, 409 if isinstance(error, HTTPException) else 422)
+
+        def page(session: Session) -> Response:
+            current = readable_experiment(session, request.state.ui_user, experiment.id)
+            context = experiment_context(request, session, current, request.state.ui_user)
+            context.update(analysis_form=form, analysis_errors=errors)
+            return render(request, "experiment.html", context, 409 if isinstance(error, HTTPException) else 422)
+
+        return await db.read(page)
     return RedirectResponse(f"/ui/experiments/{experiment.id}#analyses", status_code=303)
 
 
@@ -298,20 +353,17 @@ async def submit_preview(request: Request, settings: SettingsDep, _user: UIUser)
 
 
 @router.post("/submit", dependencies=[CsrfChecked])
-async def submit(request: Request, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
+async def submit(request: Request, db: DatabaseDep, settings: SettingsDep, dispatcher: DispatcherDep,
                  user: UIUser) -> Response:
     form = forms.SubmitForm.from_form(await request.form())
-
-    def create() -> schemas.ExperimentCreated:
-        body = validated(schemas.ExperimentSubmit, form.body())
-        return experiment_routes.submit_experiment(body=body, request=request, response=Response(),
-                                                   session=session, settings=settings, dispatcher=dispatcher,
-                                                   user=user)
-
     try:
-        created = await run_in_threadpool(create)
+        body = validated(schemas.ExperimentSubmit, form.body())
+        spec = experiment_routes.spec_from_body(body)
+        experiment_routes.check_limits(spec, settings)
+        created = await db.write(lambda session: experiment_routes.create(session, request, settings, dispatcher,
+                                                                          user.id, body, spec))
     except (RequestValidationError, HTTPException) as error:
-        if isinstance(error, HTTPException) and error.status_code == 401:
+        if isinstance(error, HTTPException) and error.status_code in (401, 503):
             raise
         status_code = error.status_code if isinstance(error, HTTPException) else 422
         context = submit_context(form, await form_errors_of(request, error), None)
@@ -327,8 +379,9 @@ def _first(choices: list[Any], wanted: Any) -> Any:
 
 
 @router.get("/experiments/{experiment_id}/ensembles")
-def explorer(
-    request: Request, experiment: UIReadableExperiment, session: SessionDep, storage: StorageDep,
+async def explorer(
+    experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
+    storage: StorageDep,
     model: Annotated[str | None, Query()] = None, dataset: Annotated[str | None, Query()] = None,
     run_id: Annotated[str | None, Query(alias="run")] = None,
     layer: Annotated[int, Query(ge=1, le=results_routes.MAX_LAYER)] = 1,
@@ -339,7 +392,50 @@ def explorer(
 ) -> Response:
     """A run's ensemble of one class in one layer by one method: its units on the
     layer's grid, shaded by their mean activity over the class's analysed images,
-    and the units it shares with another class's ensemble."""
+    and the units it shares with another class's ensemble. The rows are read in a
+    unit; the stored representations after it, under a storage slot."""
+
+    def rows(session: Session) -> tuple[dict[str, Any], Any, Artifact | None]:
+        experiment = ui_readable(session, request, credentials, experiment_id)
+        return explorer_rows(session, experiment, model, dataset, run_id, layer, class_index, method, quantile)
+
+    context, document, artifact = await db.read(rows)
+    if document is None:
+        return render(request, "explorer.html", context)
+    units = {record.class_index: record.units for record in document.ensembles}
+    chosen = units.get(class_index, [])
+    overlaps = {c: len(set(chosen) & set(u)) for c, u in units.items() if c != class_index}
+    if other is None or other == class_index:
+        other = max(overlaps, key=lambda c: (overlaps[c], -c)) if overlaps else None
+    mean, mean_error = None, None
+    if artifact is None:
+        mean_error = "this run's representations are not stored"
+    else:
+        run, analysis = context["run"], context["experiment"].spec.get("analysis", {})
+        try:
+            means = await storage.run(class_means.get, artifact.key, artifact.sha256, run.unseen_class,
+                                      bool(analysis.get("correct_only", True)))
+            mean = means[layer][class_index] if layer in means else None
+        except (StorageError, FileNotFoundError, OSError, KeyError, ValueError) as error:
+            mean_error = f"the stored representations could not be read: {error}"
+    side, cells = unit_grid(document.n_units, chosen, units.get(other, []) if other is not None else [], mean)
+    inside = [c.mean for c in cells if c.in_ensemble and c.mean is not None]
+    outside = [c.mean for c in cells if not c.in_ensemble and c.mean is not None]
+    context.update(
+        found=True, n_units=document.n_units, side=side, cells=cells, units=sorted(chosen), other=other,
+        shared=sorted(set(chosen) & set(units.get(other, []))) if other is not None else [],
+        overlaps=overlaps, mean_error=mean_error, has_class=class_index in units,
+        mean_inside=sum(inside) / len(inside) if inside else None,
+        mean_outside=sum(outside) / len(outside) if outside else None,
+    )
+    return await run_in_threadpool(render, request, "explorer.html", context)
+
+
+def explorer_rows(session: Session, experiment: Experiment, model: str | None, dataset: str | None,
+                  run_id: str | None, layer: int, class_index: int, method: str,
+                  quantile: float | None) -> tuple[dict[str, Any], Any, Artifact | None]:
+    """The explorer's page context, the chosen run's ensembles document (None: no
+    run, or none for this layer and method) and its representations' artifact."""
     spec = experiment.spec
     analysis = spec.get("analysis", {})
     runs = list(session.scalars(
@@ -364,38 +460,12 @@ def explorer(
                    names=class_names(dataset) if dataset else [str(c) for c in range(10)],
                    model_names=model_names())
     if run is None:
-        return render(request, "explorer.html", context)
+        return context, None, None
     documents = results_routes.ensembles_of(session, experiment, Page.first(), results_routes.EnsembleFilters(
         model=None, dataset=None, layer=layer, class_index=None, method=method, quantile=quantile,
         run_id=run.run_id, old_class=None)).runs
     if not documents:
-        return render(request, "explorer.html", context)
-    document = documents[0]
-    units = {record.class_index: record.units for record in document.ensembles}
-    chosen = units.get(class_index, [])
-    overlaps = {c: len(set(chosen) & set(u)) for c, u in units.items() if c != class_index}
-    if other is None or other == class_index:
-        other = max(overlaps, key=lambda c: (overlaps[c], -c)) if overlaps else None
-    mean, mean_error = None, None
+        return context, None, None
     artifact = session.scalar(select(Artifact).where(
         Artifact.experiment_id == experiment.id, Artifact.name == f"runs/{run.run_id}/representations.npz"))
-    if artifact is None:
-        mean_error = "this run's representations are not stored"
-    else:
-        try:
-            means = class_means.get(storage, artifact.key, artifact.sha256, run.unseen_class,
-                                    bool(analysis.get("correct_only", True)))
-            mean = means[layer][class_index] if layer in means else None
-        except (StorageError, FileNotFoundError, OSError, KeyError, ValueError) as error:
-            mean_error = f"the stored representations could not be read: {error}"
-    side, cells = unit_grid(document.n_units, chosen, units.get(other, []) if other is not None else [], mean)
-    inside = [c.mean for c in cells if c.in_ensemble and c.mean is not None]
-    outside = [c.mean for c in cells if not c.in_ensemble and c.mean is not None]
-    context.update(
-        found=True, n_units=document.n_units, side=side, cells=cells, units=sorted(chosen), other=other,
-        shared=sorted(set(chosen) & set(units.get(other, []))) if other is not None else [],
-        overlaps=overlaps, mean_error=mean_error, has_class=class_index in units,
-        mean_inside=sum(inside) / len(inside) if inside else None,
-        mean_outside=sum(outside) / len(outside) if outside else None,
-    )
-    return render(request, "explorer.html", context)
+    return context, documents[0], artifact

@@ -132,6 +132,58 @@ def visible_gpus() -> list[GpuMemory]:
     return query_gpus(visible_gpu_ids())
 
 
+# --------------------------------------------------------------------------- this machine's RAM
+
+
+def _cgroup_memory() -> tuple[int | None, int | None]:
+    """(limit, usage) bytes of this process's cgroup (v2, then v1); None where unknown
+    or unlimited."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit_text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= 2**60:
+            return None, None
+        try:
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            usage = None
+        return int(limit_text), usage
+    return None, None
+
+
+def machine_memory() -> tuple[int, int]:
+    """(total, available) bytes of RAM for runs on this machine's CPU: MemTotal and
+    MemAvailable of /proc/meminfo, lowered to this process's cgroup limit (a
+    container) where there is one."""
+    info: dict[str, int] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                info[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    total = info.get("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    available = info.get("MemAvailable", total)
+    limit, usage = _cgroup_memory()
+    if limit is not None:
+        total = min(total, limit)
+        if usage is not None:
+            available = min(available, max(limit - usage, 0))
+    return total, available
+
+
+def cpu_device() -> DeviceInfo:
+    """This machine's CPU as a worker registers it: its RAM as the memory runs may use."""
+    import platform
+
+    return DeviceInfo("cpu", platform.processor() or platform.machine() or "cpu", None, machine_memory()[0])
+
+
 # --------------------------------------------------------------------------- memory estimate
 
 

@@ -54,7 +54,7 @@ from typing import Any, Protocol
 from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
-from fflab import queueing
+from fflab import gpu, queueing
 from fflab.db import ACTIVE_STATUSES, FINAL_STATUSES, Analysis, Experiment, Run, User, Worker, utcnow
 from fflab.scheduling import PRIORITIES, priority_rank
 from fflab.settings import Settings
@@ -85,6 +85,11 @@ class ConflictError(Exception):
 
 class PriorityNotAllowed(Exception):
     """The experiment asks for a priority above its owner's ``max_priority``."""
+
+
+class TooLarge(Exception):
+    """A run of the experiment needs more memory (fflab.gpu.estimate_run_memory) than
+    the largest worker that could take it has: it could never start."""
 
 
 def new_id() -> str:
@@ -129,6 +134,7 @@ def create_experiment(
             settings.capacity_retry_after_s,
         )
     queue = settings.queue_for_device(spec.device)
+    check_memory(session, settings, spec, keys, queue)
     experiment = Experiment(
         id=new_id(), owner=owner, name=spec.name, visibility=visibility, priority=priority,
         spec=spec.model_dump(mode="json"), runs_total=len(keys),
@@ -141,6 +147,54 @@ def create_experiment(
     session.add(experiment)
     session.flush()
     return experiment
+
+
+def largest_memory(session: Session, settings: Settings, queue: str) -> tuple[int, str] | None:
+    """The most memory one run may find on a live worker consuming ``queue``: the
+    largest GPU (gpu queue) or RAM (cpu queue) the workers registered, with a name
+    for messages; None when no live worker of the queue registered one."""
+    kind = "cuda" if queue == settings.queue_name("gpu") else "cpu"
+    largest: tuple[int, str] | None = None
+    for worker in live_workers(session, settings):
+        if queue not in worker.queues.split(","):
+            continue
+        for device in worker.devices or []:
+            total = int(device.get("total_memory_bytes") or 0)
+            if device.get("kind", "cuda") == kind and (largest is None or total > largest[0]):
+                what = "GPU" if kind == "cuda" else "RAM"
+                largest = (total, f"worker {worker.name} on {worker.hostname} ({what} of "
+                                  f"{total / gpu.GIB:.1f} GiB)")
+    return largest
+
+
+def check_memory(session: Session, settings: Settings, spec: ExperimentSpec, keys: list, queue: str) -> None:
+    """TooLarge when a run's memory estimate exceeds, less FFLAB_GPU_MEMORY_MARGIN,
+    the largest worker of its queue (GPU memory or RAM, as the workers registered
+    them). Where no worker of the queue has registered yet: the cpu queue is
+    compared against this machine's RAM (the embedded default's worker runs here),
+    the gpu queue is not checked (its workers' GPUs are unknown)."""
+    largest = largest_memory(session, settings, queue)
+    if largest is None:
+        if queue == settings.queue_name("gpu"):
+            return
+        total = gpu.machine_memory()[0]
+        largest = (total, f"this machine's RAM of {total / gpu.GIB:.1f} GiB (no worker of the queue has "
+                          f"registered yet)")
+    total, where = largest
+    usable = int(total * (1 - settings.gpu_memory_margin))
+    shapes: dict[tuple, tuple[int, str]] = {}
+    for key in keys:  # runs of one model at one grid point have the same estimate
+        shape = (key.model, repr(getattr(key, "point", None)))
+        if shape not in shapes:
+            shapes[shape] = (gpu.estimate_run_memory(spec, key), key.run_id)
+    estimate, run_id = max(shapes.values(), default=(0, ""))
+    if estimate > usable:
+        raise TooLarge(
+            f"run {run_id} needs an estimated {estimate / gpu.GIB:.1f} GiB of memory (fflab.gpu."
+            f"estimate_run_memory); the largest worker of queue {queue} is {where}: "
+            f"{usable / gpu.GIB:.1f} GiB usable after the {settings.gpu_memory_margin:.0%} margin "
+            f"(FFLAB_GPU_MEMORY_MARGIN). It could never start: lower data.train_subset, network.width "
+            f"or network.layers, or set a batch_size")
 
 
 def _lock_dispatch(session: Session) -> None:

@@ -42,12 +42,47 @@ class Settings(BaseSettings):
         None, description="The URL clients reach the API at (https://fflab.lab.example): absolute URLs in "
                           "responses start with it. Unset: the URL each request came to (its Host header)."
     )
+    secret_key: str | None = Field(
+        None, description="Signs the web UI's CSRF tokens (an HMAC of the session id). Default: a random "
+                          "secret kept in <var_dir>/secret.key (mode 600), made on first use; set it "
+                          "(the same on every API process) when the var dir is not shared."
+    )
+    ui_session_ttl_s: float = Field(
+        7 * 24 * 3600, gt=0, description="A web UI sign-in ends this long after it began (sign in again)."
+    )
+    metrics_token: str | None = Field(
+        None, description="A bearer token that may read /metrics (for Prometheus). Unset: only an admin's "
+                          "API key may."
+    )
+    startup_connect_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="fflab serve, the API and the worker give up on an unreachable "
+                                       "database or broker after this long, with a one-line error."
+    )
     trusted_proxies: str = Field(
         "", description="Comma-separated addresses or networks (10.0.0.0/8) of reverse proxies whose "
                         "X-Forwarded-For and X-Forwarded-Proto are believed; from anyone else they are ignored."
     )
 
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    # Overload (api.overload): each request's blocking work runs in units that take a
+    # slot, a thread and (inside it) a pooled connection, and hold none of them while
+    # waiting for anything else; beyond the slots, a request waits a moment, then 503.
+    api_db_concurrency: int = Field(
+        16, ge=1, le=64, description="Most database units (a request's reads, or its transaction) one API "
+                                     "process runs at once, each in a thread on a pooled connection; keep it "
+                                     "at most the connection pool (PostgreSQL: 16 + 4 per process)."
+    )
+    api_storage_concurrency: int = Field(
+        16, ge=1, le=64, description="Most artifact opens (a file or S3 object and its first chunk) one API "
+                                     "process runs at once; the rest of a file streams without a slot."
+    )
+    api_queue_wait_s: float = Field(
+        1.0, gt=0, le=30, description="How long a request waits for a database or storage slot before it is "
+                                      "shed: 503 (code unavailable) with Retry-After."
+    )
+    api_retry_after_s: int = Field(
+        2, ge=1, le=300, description="Retry-After (seconds) of the 503 that sheds a request under overload."
+    )
     # Server-side limits on submitted specs (422 naming the field above them); the
     # spec's own bounds (fflab.spec) still apply below these.
     max_epochs: int = Field(100_000, ge=1, description="Most epochs of any model (ff, bpff, bp).")
@@ -151,6 +186,41 @@ class Settings(BaseSettings):
     worker_nice: int = Field(
         10, ge=0, le=19, description="Niceness of worker processes: training yields the CPU to the "
                                      "API where both share a machine (0 = no change)."
+    )
+    # Disk (fflab.storage.disk_problems): the var dir (SQLite, the broker), the local
+    # artifact folder and the folder runs train in must keep this much free.
+    min_free_disk_bytes: int = Field(
+        200 * 2**20, ge=0, description="Free space the var dir, the artifact folder and the temporary "
+                                       "folder runs train in must keep: below it /readyz answers 503, a "
+                                       "run does not start, and a running run fails at its next epoch or "
+                                       "before its upload, while there is still room to record why "
+                                       "(0 turns the checks off)."
+    )
+    disk_check_interval_s: float = Field(
+        5.0, ge=0, description="Least time between a running run's free-space checks."
+    )
+    # Failed authentication (api.middleware.FailedAuthLimitMiddleware, the limits library).
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="Failed authentications (401) one client IP may have per minute; past it "
+                              "its 401s become 429 with Retry-After (a valid key still works)."
+    )
+    # The HTTP server (uvicorn, fflab serve and api.cli): connections and headers.
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096, le=16 * 2**20, description="Largest request line plus headers: past it the "
+                                                        "connection gets 431 (or 400) and is closed."
+    )
+    max_header_count: int = Field(100, ge=10, le=10_000, description="Most request headers (431 past it).")
+    keep_alive_s: float = Field(
+        5.0, gt=0, le=600, description="An idle keep-alive connection is closed after this long."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A client must send a request's line and headers within this long "
+                                        "of its connection opening or its previous response; else the "
+                                        "connection is closed (408)."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Most connections (and requests) the server holds at once; past it a new "
+                                "request gets 503."
     )
     progress_interval_s: float = Field(1.0, ge=0, description="Least time between progress writes.")
     stop_check_interval_s: float = Field(1.0, ge=0, description="Least time between cancel checks.")

@@ -7,8 +7,11 @@ this module only moves bytes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -181,6 +184,123 @@ class S3Storage:
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             self._call("delete_objects", self.client.delete_objects,
                        Delete={"Objects": batch, "Quiet": True})
+
+
+# --------------------------------------------------------------------------- disk space
+#
+# A full disk must fail a run while there is still room to record why: SQLite (the
+# embedded default) and the broker live in the var dir, local artifacts in the
+# artifact folder, and runs train in the temporary folder. Each must keep
+# FFLAB_MIN_FREE_DISK_BYTES free: below it /readyz answers 503, a run does not start,
+# and a running run fails at its next free-space check (between epochs, before its
+# upload) with a LowDisk error.
+
+
+class LowDisk(RuntimeError):
+    """A folder the service writes to has less free space than FFLAB_MIN_FREE_DISK_BYTES
+    (or cannot be written). Fails a run for good: retrying fills the disk again."""
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent (a folder not created yet)."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_folders(settings: Settings) -> dict[str, Path]:
+    """The folders of this machine the service writes to, by role: one per file
+    system (the first role named keeps it)."""
+    folders = {"var dir": settings.var_dir, "temporary folder": Path(tempfile.gettempdir())}
+    if not settings.s3_bucket:
+        folders["artifact folder"] = settings.resolved_artifacts_dir
+    seen: dict[int, str] = {}
+    kept: dict[str, Path] = {}
+    for role, folder in folders.items():
+        device = _existing(folder).stat().st_dev
+        if device in seen:
+            continue
+        seen[device] = role
+        kept[role] = Path(folder).resolve()
+    return kept
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes free to this (unprivileged-or-not) process on ``folder``'s file system."""
+    return shutil.disk_usage(_existing(folder)).free
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB"
+
+
+def disk_problems(settings: Settings) -> list[str]:
+    """Why a folder of ``disk_folders`` is short of space, one line each; [] when
+    all keep FFLAB_MIN_FREE_DISK_BYTES free (or the floor is 0)."""
+    floor = settings.min_free_disk_bytes
+    if floor <= 0:
+        return []
+    problems = []
+    for role, folder in disk_folders(settings).items():
+        free = free_bytes(folder)
+        if free < floor:
+            problems.append(f"the {role} {folder} has {_mib(free)} free, below the floor of {_mib(floor)} "
+                            f"(FFLAB_MIN_FREE_DISK_BYTES)")
+    return problems
+
+
+def check_disk(settings: Settings, when: str) -> None:
+    """Raise LowDisk, saying ``when`` (\"before it started\"), if a folder is short of space."""
+    problems = disk_problems(settings)
+    if problems:
+        raise LowDisk(f"low disk space {when}: " + "; ".join(problems) + ". Free space (delete experiments "
+                      "or files) and submit again")
+
+
+def write_probe(folder: Path, size: int = 4096) -> None:
+    """Write, fsync and remove a small file in ``folder``: OSError (ENOSPC, EROFS,
+    EACCES) when the folder cannot take a write now."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(prefix=".fflab-probe-", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(b"\0" * size)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        os.unlink(name)
+
+
+def disk_report(settings: Settings) -> tuple[bool, dict[str, dict]]:
+    """For /readyz: each folder's free bytes and whether a write probe succeeded;
+    False when one is below the floor or refused the probe."""
+    report: dict[str, dict] = {}
+    ok = True
+    for role, folder in disk_folders(settings).items():
+        entry: dict = {"path": str(folder), "free_bytes": free_bytes(folder),
+                       "min_free_bytes": settings.min_free_disk_bytes, "write": "ok"}
+        try:
+            write_probe(folder)
+        except OSError as error:
+            entry["write"] = f"failed: {errno.errorcode.get(error.errno or 0, 'error')}: {error.strerror or error}"
+            ok = False
+        if settings.min_free_disk_bytes and entry["free_bytes"] < settings.min_free_disk_bytes:
+            ok = False
+        report[role] = entry
+    return ok, report
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is "No space left on device" / over quota."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 Storage = LocalStorage | S3Storage

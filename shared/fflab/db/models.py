@@ -273,3 +273,33 @@ class ExperimentTag(Base):
         ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
     )
     tag: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+
+
+class UiSession(Base):
+    """A web UI sign-in (api.ui.security): the browser's cookie holds a random id,
+    this row its sha256. Signing out deletes it; it ends with the key it was opened
+    with (revoked: the join in ``ui_session_user`` no longer finds it) and at
+    ``expires_at``."""
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` of POST /v1/experiments: the experiment the first
+    request with it created, and the sha256 of that request's body, for 24 h."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    response: Mapped[dict[str, Any]]  # the body the first request was answered with
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

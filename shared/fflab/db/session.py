@@ -24,6 +24,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 POSTGRES_POOL_SIZE, POSTGRES_MAX_OVERFLOW = 16, 4
+# How long a thread waits for a pooled connection before SQLAlchemy's TimeoutError
+# (SQLAlchemy's default: 30 s), which the API answers 503 with Retry-After. The API's
+# database gate (api.overload) keeps its units within the pool, so this is a backstop.
+POOL_TIMEOUT_S = 2.0
 # A pooled connection unused for longer than this is pinged before it is handed out.
 PING_AFTER_IDLE_S = 2.0
 _engines: dict[str, Engine] = {}
@@ -37,8 +41,10 @@ def _create_engine(url: str) -> Engine:
         # Connections kept open: as many as an API process's requests use at once under
         # load (with SQLAlchemy's 5, the rest were opened and closed for each request, and
         # a PostgreSQL connection costs more than the query); beyond pool plus overflow a
-        # request waits for one. Up to 20 per process: size max_connections to match.
-        engine = create_engine(url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW)
+        # thread waits for one, at most POOL_TIMEOUT_S. Up to 20 per process: size
+        # max_connections to match.
+        engine = create_engine(url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW,
+                               pool_timeout=POOL_TIMEOUT_S)
         event.listen(engine, "checkin", _note_idle_since)
         event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
         return engine
@@ -48,7 +54,7 @@ def _create_engine(url: str) -> Engine:
     # A pool as large as the threads that may query at once (the API's threadpool has
     # 40): beyond the pool, a connection is opened and closed for each session.
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                           pool_size=32, max_overflow=32)
+                           pool_size=32, max_overflow=32, pool_timeout=POOL_TIMEOUT_S)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -73,7 +79,7 @@ def _ping_if_idle(dialect, dbapi_connection, record, _proxy) -> None:
     again unpinged (a status poll then makes one round trip instead of two). A
     connection broken while in use or within ``PING_AFTER_IDLE_S`` fails its
     statement instead; the first such error invalidates the process's whole pool,
-    and the API's read-only trips (``api.deps.in_one_trip``) retry once."""
+    and the API's read-only units (``api.deps.Database.read``) retry once."""
     idle_since = record.info.get("idle_since")
     if idle_since is None or time.monotonic() - idle_since <= PING_AFTER_IDLE_S:
         return
