@@ -371,9 +371,9 @@ def test_readyz_and_metrics_show_the_gpus_workers_hold(worker_env):
     with session_scope(settings.resolved_database_url) as session:
         jobs.register_worker(session, "w1", "fflab-gpu0@lab", "lab", 4242, ["gpu"], concurrency=4, devices=[h100])
         jobs.register_worker(session, "w2", "fflab-cpu@lab", "lab", 4243, ["cpu"])
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings.model_copy(update={"metrics_token": "scrape"}))) as client:
         ready = client.get("/readyz").json()
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers={"Authorization": "Bearer scrape"}).text
     assert ready["gpus"] == [{"worker": "fflab-gpu0@lab", "hostname": "lab", "slots": 4, "index": 0,
                               "name": "NVIDIA H100 80GB HBM3", "total_memory_bytes": 81559 * 2**20}]
     assert ('fflab_worker_gpu_memory_bytes{gpu="0",hostname="lab",name="NVIDIA H100 80GB HBM3",'

@@ -100,7 +100,7 @@ def test_priorities_weights_and_the_queue_through_the_api(api, monkeypatch: pyte
     assert users["alice"]["waiting"] == 4 and users["alice"]["usage_seconds"] == 0
     assert "alice" in describe_queues(queue.json())
 
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=headers["root"]).text
     assert 'fflab_queue_waiting_runs{queue="cpu",user="alice"} 4.0' in metrics
     assert 'fflab_queue_oldest_wait_seconds{queue="cpu",user="bob"}' in metrics
 

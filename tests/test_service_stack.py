@@ -224,7 +224,8 @@ def test_readiness_and_metrics(stack: Stack) -> None:
         assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok",
                                                               "workers": "ok"}, "gpus": []}  # CPU workers only
         assert anonymous.get("/healthz").json() == {"status": "ok"}
-        metrics = anonymous.get("/metrics").text
+        assert anonymous.get("/metrics").status_code == 401  # user names: an admin key or FFLAB_METRICS_TOKEN
+        metrics = anonymous.get("/metrics", headers={"Authorization": f"Bearer {stack.admin_key}"}).text
         assert 'fflab_runs{queue="' in metrics and "fflab_http_requests_total" in metrics
         assert anonymous.get("/docs").status_code == 200
         assert "/v1/experiments" in anonymous.get("/openapi.json").json()["paths"]

@@ -206,6 +206,7 @@ def walk_through(person: Person, keys: dict[str, str]) -> str:
     person.sign_in(keys["alice"])
     cookie = person.driver.get_cookie("fflab_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+    assert keys["alice"] not in cookie["value"]  # a server-side session's id, never the key
     assert person.js("return document.cookie") == ""  # nothing a script can read
 
     # Submit the quick preset with small overrides; an invalid theta is refused inline first.
@@ -327,3 +328,66 @@ def test_the_web_ui_on_the_embedded_default(browser, serves: list[Serve], tmp_pa
 def test_the_web_ui_on_postgresql_redis_and_s3(browser, stack: Stack) -> None:
     keys = {"root": stack.admin_key, "alice": stack.member_key, "bob": stack.other_key}
     walk_through(Person(browser, stack.api_url), keys)
+
+
+class Attacker:
+    """A page of another port of 127.0.0.1 (same site, another origin): it plants a
+    ``fflab_csrf`` cookie (cookies are shared across ports) and auto-submits a form
+    deleting an experiment with the same value as its ``csrf_token``."""
+
+    def __init__(self, target: str):
+        import http.server
+        import secrets
+        import threading
+
+        planted = secrets.token_urlsafe(32)
+        self.posted: list[str] = []
+        page = (f'<!doctype html><form id="f" method="post" action="{target}">'
+                f'<input name="csrf_token" value="{planted}"></form>'
+                f'<script>document.getElementById("f").submit()</script>').encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Set-Cookie", f"fflab_csrf={planted}; Path=/ui")
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_csrf_token_planted_from_another_port_deletes_nothing(browser, serves: list[Serve], tmp_path: Path) -> None:
+    serve = Serve(tmp_path, "serve", "--no-worker")
+    serves.append(serve)
+    serve.wait_up("/healthz")
+    with serve.client() as admin:
+        key = new_user(admin, "alice")
+    alice = httpx.Client(base_url=serve.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    submitted = alice.post("/v1/experiments", json={"preset": "quick", "name": "kept", "models": ["ff"],
+                                                    "seeds": [0], "data": {"train_subset": 200, "test_subset": 200}})
+    assert submitted.status_code == 202, submitted.text
+    experiment_id = submitted.json()["id"]
+    person = Person(browser, serve.url)
+    person.sign_in(key)
+    attacker = Attacker(f"{serve.url}/ui/experiments/{experiment_id}/delete")
+    try:
+        browser.get(attacker.url)
+        person.wait(lambda: browser.current_url.startswith(serve.url), "the attacker's form to be sent")
+        person.wait(lambda: "another site" in browser.page_source or "CSRF" in browser.page_source
+                    or browser.current_url.rstrip("/").endswith("/ui"), "the answer to the attacker's form")
+        assert alice.get(f"/v1/experiments/{experiment_id}").status_code == 200, browser.page_source[:2000]
+        assert "/ui/experiments/" in browser.current_url  # the 403 page, no redirect to the list
+    finally:
+        attacker.close()
+        alice.close()

@@ -240,11 +240,13 @@ def test_sign_in_keeps_the_key_in_a_strict_httponly_cookie(world: World) -> None
 
     response = sign_in(client, world.keys["alice"])
     cookies = [c for c in response.headers.get_list("set-cookie") if c.startswith("fflab_session=")]
-    assert cookies == [f"fflab_session={world.keys['alice']}; HttpOnly; Path=/ui; SameSite=strict"]
+    session_id = client.cookies.get("fflab_session")  # a server-side session's id, not the key
+    assert cookies == [f"fflab_session={session_id}; HttpOnly; Path=/ui; SameSite=strict"]
+    assert world.keys["alice"] not in cookies[0]
     assert world.keys["alice"] not in response.headers["location"]
     assert 'id="signed-in-as">alice<' in client.get("/ui/").text
     # The JSON API does not take the cookie: it keeps header authentication.
-    assert httpx.get(f"{world.url}/v1/experiments", cookies={"fflab_session": world.keys["alice"]}).status_code == 401
+    assert httpx.get(f"{world.url}/v1/experiments", cookies={"fflab_session": session_id}).status_code == 401
 
     signed_out = client.post("/ui/sign-out", data={"csrf_token": csrf_of(client.get("/ui/").text)})
     assert signed_out.status_code == 303 and 'fflab_session=""' in signed_out.headers["set-cookie"]

@@ -18,13 +18,15 @@ makes an HTTP request to the app. Authorisation is therefore the API's: another
 user's private experiment is a 404 page, changing an experiment needs its owner
 or an admin.
 
-Authentication (``security``): the sign-in form takes an API key and keeps it in
-an HttpOnly, SameSite=Strict cookie scoped to ``/ui`` (Secure over HTTPS); the key
-never appears in a URL. Only the UI's routes read that cookie: the JSON API keeps
-its ``Authorization: Bearer`` header and does not accept cookies, so it needs no
-CSRF protection. Every POST of the UI carries a CSRF token (double submit: a
-random token in a second SameSite=Strict cookie, repeated in the form or in the
-``X-CSRF-Token`` header htmx sends); a POST without it is a 403 page.
+Authentication (``security``): the sign-in form takes an API key and opens a
+server-side session with it; the browser keeps only the session's id, in an
+HttpOnly, SameSite=Strict cookie scoped to ``/ui`` (``__Host-`` and Secure over
+HTTPS); the key never appears in a cookie or a URL. Only the UI's routes read that
+cookie: the JSON API keeps its ``Authorization: Bearer`` header and does not accept
+cookies, so it needs no CSRF protection. Every POST of the UI carries a CSRF token
+bound to the session (an HMAC of its id with the server's secret, in the form or
+in the ``X-CSRF-Token`` header htmx sends) and must come from the app's own origin
+(Origin / Sec-Fetch-Site); otherwise it is a 403 page.
 
 Errors (``html``): the UI's routes use ``HTMLRoute``, which turns the API's
 exceptions into pages: 401 redirects to the sign-in page, other HTTP errors are an

@@ -17,10 +17,12 @@ CSRF, on every state-changing form (``require_csrf``):
   host and SameSite does not separate same-site pages, so a page of another port
   can plant cookies: a planted value is of no use, since the token is not a cookie
   but derived from one with a secret the attacker lacks;
-- the Origin header, when a browser sends it, must be this site's own origin
-  (FFLAB_PUBLIC_URL's, else the scheme and Host of the request); without Origin,
-  Sec-Fetch-Site, when sent, must be ``same-origin`` or ``none``. Requests with
-  neither header (non-browser clients) are let through to the token check.
+- the Origin header, when a browser sends one naming an origin, must be this
+  site's own (FFLAB_PUBLIC_URL's, else the scheme and Host of the request); without
+  it (or with ``Origin: null``, which Chromium sends under the UI's
+  ``Referrer-Policy: no-referrer``), Sec-Fetch-Site, when sent, must be
+  ``same-origin`` or ``none``. Requests with neither header (non-browser clients)
+  are let through to the token check.
 
 A refused form is a 403 page.
 """
@@ -147,17 +149,20 @@ def expected_origin(request: Request) -> str:
 
 
 def check_origin(request: Request) -> None:
-    """403 for a cross-origin browser request (Origin, else Sec-Fetch-Site)."""
+    """403 for a cross-origin browser request: Origin, when it names one, must be
+    ours; otherwise (absent, or ``null``: Chromium sends ``Origin: null`` under the
+    UI's ``Referrer-Policy: no-referrer``) Sec-Fetch-Site must be ``same-origin`` or
+    ``none`` when sent; ``null`` without Sec-Fetch-Site is refused."""
     origin = request.headers.get("origin")
-    if origin is not None:
+    if origin is not None and origin.lower() != "null":
         if origin.lower().rstrip("/") != expected_origin(request):
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"this form was sent from another site ({origin[:100]}): refused")
         return
     site = request.headers.get("sec-fetch-site")
-    if site is not None and site.lower() not in SAFE_FETCH_SITES:
+    if (site is not None and site.lower() not in SAFE_FETCH_SITES) or (site is None and origin is not None):
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"this form was sent from another site "
-                                                       f"(Sec-Fetch-Site: {site[:40]}): refused")
+                                                       f"(Origin: {origin}, Sec-Fetch-Site: {site}): refused")
 
 
 async def require_csrf(request: Request) -> None:

@@ -213,6 +213,7 @@ def open_ui_session(session: Session, api_key: ApiKey, ttl_s: float) -> str:
     """A new web UI session opened with ``api_key``: its id (only its hash is stored)."""
     session_id = secrets.token_urlsafe(32)
     now = utcnow()
+    session.query(UiSession).filter(UiSession.expires_at <= now).delete()  # ended ones go
     session.add(UiSession(id_hash=_session_hash(session_id), api_key_id=api_key.id, created_at=now,
                           expires_at=now + timedelta(seconds=ttl_s)))
     session.flush()
