@@ -48,6 +48,8 @@ class DatabaseCollector(Collector):
             ):
                 slots.add_metric([name, hostname], slot_count)
                 for device in devices or []:
+                    if device.get("kind", "cuda") != "cuda":  # CPU workers register their RAM as a "cpu" device
+                        continue
                     gpus.add_metric([name, hostname, str(device.get("index")), str(device.get("name"))],
                                     device.get("total_memory_bytes", 0))
             waiting_rows = session.execute(
@@ -113,19 +115,25 @@ class MetricsAuthMiddleware:
         await problem_response(status_code, message, code=code, headers=headers)(scope, receive, send)
 
     async def refusal(self, scope: Scope) -> tuple[int, str] | None:
-        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return 401, ("/metrics needs 'Authorization: Bearer <token>': FFLAB_METRICS_TOKEN or an admin's "
-                         "API key")
-        if self.metrics_token and hmac.compare_digest(token.encode(), self.metrics_token.encode()):
-            return None
-        if not accounts.is_key(token):
-            return 401, "invalid metrics token or API key"
-        database = scope["app"].state.database
-        user = await database.read(lambda session: accounts.authenticate(session, token))
-        if user is None:
-            return 401, "invalid metrics token or API key"
-        if user.role != "admin":
-            return 403, "/metrics needs the admin role or FFLAB_METRICS_TOKEN"
+        return await operator_refusal(scope, self.metrics_token, "/metrics")
+
+
+async def operator_refusal(scope: Scope, metrics_token: str | None, what: str) -> tuple[int, str] | None:
+    """None when the request carries FFLAB_METRICS_TOKEN or an admin's API key, else
+    (status, message): 401 without valid credentials, 403 for a member's key. What
+    /metrics requires, and what /readyz requires for its details."""
+    scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return 401, f"{what} needs 'Authorization: Bearer <token>': FFLAB_METRICS_TOKEN or an admin's API key"
+    if metrics_token and hmac.compare_digest(token.encode(), metrics_token.encode()):
         return None
+    if not accounts.is_key(token):
+        return 401, "invalid metrics token or API key"
+    database = scope["app"].state.database
+    user = await database.read(lambda session: accounts.authenticate(session, token))
+    if user is None:
+        return 401, "invalid metrics token or API key"
+    if user.role != "admin":
+        return 403, f"{what} needs the admin role or FFLAB_METRICS_TOKEN"
+    return None

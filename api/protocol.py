@@ -64,7 +64,7 @@ class RequestHeadMiddleware:
             elif not any(name == b"host" and value.strip() for name, value in scope.get("headers", [])):
                 message = "the request has no Host header (HTTP/1.1 requires one)"
             if message is not None:
-                response = problem_response(400, message, headers={"Connection": "close"}, code="bad_request")
+                response = problem_response(400, message, headers={"Connection": "close"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -24,7 +24,7 @@ LAYERS = {
                 "fflab.analysis_results", "fflab.analysis_figures", "fflab.devices"],
     "pipeline": ["fflab.pipeline"],
     "service": ["fflab.var_dir", "fflab.processes", "fflab.db", "fflab.storage",
-                "fflab.accounts", "fflab.scheduling", "fflab.queueing", "fflab.jobs", "fflab.client",
+                "fflab.accounts", "fflab.startup", "fflab.scheduling", "fflab.queueing", "fflab.jobs", "fflab.client",
                 "fflab.gpu"],
     "cli": ["fflab.cli", "fflab.__main__"],
 }

@@ -372,14 +372,20 @@ def test_readyz_and_metrics_show_the_gpus_workers_hold(worker_env):
         jobs.register_worker(session, "w1", "fflab-gpu0@lab", "lab", 4242, ["gpu"], concurrency=4, devices=[h100])
         jobs.register_worker(session, "w2", "fflab-cpu@lab", "lab", 4243, ["cpu"])
     with TestClient(create_app(settings.model_copy(update={"metrics_token": "scrape"}))) as client:
-        ready = client.get("/readyz").json()
+        ready = client.get("/readyz", headers={"Authorization": "Bearer scrape"}).json()
+        anonymous = client.get("/readyz").json()
         metrics = client.get("/metrics", headers={"Authorization": "Bearer scrape"}).text
+    # Without the metrics token or an admin key: each check's state, no hosts, no folders, no addresses.
+    assert anonymous["gpus"] == [] and anonymous["disk"] == {}
+    assert set(anonymous["checks"]) == set(ready["checks"])
+    assert all(":" not in state for state in anonymous["checks"].values())
     assert ready["gpus"] == [{"worker": "fflab-gpu0@lab", "hostname": "lab", "slots": 4, "index": 0,
                               "name": "NVIDIA H100 80GB HBM3", "total_memory_bytes": 81559 * 2**20}]
     assert ('fflab_worker_gpu_memory_bytes{gpu="0",hostname="lab",name="NVIDIA H100 80GB HBM3",'
             'worker="fflab-gpu0@lab"} 8.5520809984e+10')  # 81559 MiB in metrics
     assert 'fflab_worker_slots{hostname="lab",worker="fflab-gpu0@lab"} 4.0' in metrics
     assert 'fflab_worker_slots{hostname="lab",worker="fflab-cpu@lab"} 1.0' in metrics
+    assert 'gpu="None"' not in metrics  # the CPU worker's RAM is not a GPU
 
 
 # ----------------------------------------------------------------------------- make gpu-check

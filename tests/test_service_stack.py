@@ -221,8 +221,10 @@ def test_readiness_and_metrics(stack: Stack) -> None:
     with stack.client(None) as anonymous:
         ready = anonymous.get("/readyz")
         assert ready.status_code == 200
+        # anonymous: each check's state only (the details are for an admin or FFLAB_METRICS_TOKEN)
         assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok",
-                                                              "workers": "ok"}, "gpus": []}  # CPU workers only
+                                                              "disk": "ok", "workers": "ok"},
+                                "gpus": [], "disk": {}}
         assert anonymous.get("/healthz").json() == {"status": "ok"}
         assert anonymous.get("/metrics").status_code == 401  # user names: an admin key or FFLAB_METRICS_TOKEN
         metrics = anonymous.get("/metrics", headers={"Authorization": f"Bearer {stack.admin_key}"}).text

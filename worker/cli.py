@@ -16,6 +16,9 @@ from worker.dispatch import QUEUE_KINDS, declare_run_queues
 def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str, name: str | None,
                parent_pid: int | None = None) -> None:
     settings = get_settings()
+    from fflab.startup import exit_unless_reachable
+
+    exit_unless_reachable(settings)  # FFLAB_DATABASE_URL / FFLAB_BROKER_URL: one line, exit code 2
     if parent_pid is not None:
         from fflab.processes import die_with_parent
 

@@ -39,10 +39,10 @@ async def create_user(body: schemas.UserCreate, _admin: AdminUser, db: DatabaseD
             user = accounts.create_user(session, body.name, body.role)
         except accounts.InvalidName as error:
             raise api_error(status.HTTP_422_UNPROCESSABLE_ENTITY, str(error), "validation_error",
-                            [{"loc": ["body", "name"], "msg": str(error), "type": "value_error"}]) from None
+                            [{"field": "name", "message": str(error), "type": "value_error"}]) from None
         except ValueError as error:  # accounts.NameClash
             raise api_error(status.HTTP_409_CONFLICT, str(error), "conflict",
-                            [{"loc": ["body", "name"], "msg": str(error), "type": "name_clash"}]) from None
+                            [{"field": "name", "message": str(error), "type": "name_clash"}]) from None
         key = accounts.issue_key(session, user)
         session.commit()
         return schemas.NewKey(user=schemas.UserOut.model_validate(user), api_key=key)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, ValidationError
 from sqlalchemy import delete, func, select
@@ -133,10 +133,15 @@ def limit_problems(spec: ExperimentSpec, settings: Settings) -> list[dict]:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.ExperimentCreated,
-             responses=problem_responses(401, 403, 413, 422, 429, 503))
+             responses=problem_responses(401, 403, 409, 413, 422, 429, 503))
 async def submit_experiment(body: Annotated[schemas.ExperimentSubmit, Body(openapi_examples=schemas.SUBMIT_EXAMPLES)],
                             request: Request, response: Response, db: DatabaseDep, settings: SettingsDep,
-                            dispatcher: DispatcherDep, user: CurrentUser) -> schemas.ExperimentCreated:
+                            dispatcher: DispatcherDep, user: CurrentUser,
+                            idempotency: Annotated[str | None, Header(
+                                alias="Idempotency-Key", description=(
+                                    "Retry safely: the same key from the same user within 24 h answers the "
+                                    "first submission (same id) and creates nothing; with another body, 409. "
+                                    "1-255 visible ASCII characters."))] = None) -> schemas.ExperimentCreated:
     """Queue an experiment: one run per spec.runs() key, then an aggregation step.
     The body is a preset and any spec fields to override (each documented in the
     schema, with the presets' values), or a complete spec. 403 for a priority above
@@ -172,7 +177,7 @@ def idempotency_key(request: Request) -> str | None:
     if not IDEMPOTENCY_KEY.fullmatch(key):
         raise api_error(status.HTTP_422_UNPROCESSABLE_ENTITY,
                         "header Idempotency-Key: must be 1-255 visible ASCII characters", "validation_error",
-                        [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "1-255 visible ASCII characters",
+                        [{"field": f"header.{IDEMPOTENCY_HEADER}", "message": "1-255 visible ASCII characters",
                           "type": "value_error"}])
     return key
 
@@ -198,7 +203,7 @@ def replayed(session: Session, user_id: int, key: str, digest: str) -> schemas.E
         raise api_error(status.HTTP_409_CONFLICT,
                         "header Idempotency-Key: this key was used in the last 24 h with another body "
                         f"(experiment {row.experiment_id}); use a new key for a new submission", "conflict",
-                        [{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "used with another body",
+                        [{"field": f"header.{IDEMPOTENCY_HEADER}", "message": "used with another body",
                           "type": "idempotency_conflict"}])
     return schemas.ExperimentCreated.model_validate(row.response)
 

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from api import schemas
 from api.deps import DatabaseDep, SettingsDep, StorageDep
+from api.metrics import operator_refusal
 from api.overload import Overloaded
 from fflab import jobs
 from fflab.db import get_engine, get_sessionmaker
@@ -66,14 +67,27 @@ async def readyz(request: Request, response: Response, settings: SettingsDep, db
     temporary folder and the local artifact folder above FFLAB_MIN_FREE_DISK_BYTES and
     writable, and a live worker consuming each queue work goes to (503 otherwise);
     and the GPUs the live workers hold, and the free space of each folder.
-    503 with Retry-After when the server is too busy to check."""
+    503 with Retry-After when the server is too busy to check. The details (why a
+    check failed, with its addresses; the folders; the GPUs' hosts) are for
+    FFLAB_METRICS_TOKEN or an admin's key: anyone else gets each check's state alone."""
     try:
-        return await db.gate.run(readiness, request, response, settings, files.storage)
+        report = await db.gate.run(readiness, request, response, settings, files.storage)
+        if await operator_refusal(request.scope, settings.metrics_token, "/readyz's details") is not None:
+            report = without_details(report)
+        return report
     except Overloaded as busy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         response.headers.update(busy.headers or {})
         return schemas.Readiness(status="unavailable", checks={"database": f"busy: {busy.detail['message']}"},
                                  gpus=[])
+
+
+def without_details(report: schemas.Readiness) -> schemas.Readiness:
+    """The report for a caller who may not see its details: each check's state (its
+    first word: ok, unreachable, low, none, unknown), no folders, no hosts."""
+    return schemas.Readiness(status=report.status,
+                             checks={name: result.split(":", 1)[0] for name, result in report.checks.items()},
+                             gpus=[], disk={})
 
 
 def readiness(request: Request, response: Response, settings: Settings, storage) -> schemas.Readiness:
