@@ -10,7 +10,9 @@ HttpProtocol``: problem+json for what cannot be parsed) with, per connection:
 * the request line and headers within FFLAB_MAX_HEADER_BYTES (counted as they
   arrive, so at most that much plus one read is buffered) and at most
   FFLAB_MAX_HEADER_COUNT headers: past either, ``431 Request Header Fields Too
-  Large`` and the connection is closed;
+  Large`` and the connection is closed. The close lingers (``LINGER_S``): what the
+  client still sends is read and dropped, and our side is half-closed after the
+  response, so a client still sending its head reads the 431 rather than a reset;
 * the head within FFLAB_HEADER_TIMEOUT_S of the connection opening or of its first
   byte after a response: else ``408 Request Timeout`` and the connection is closed.
 
@@ -33,6 +35,10 @@ class HeadTooLarge(Exception):
     """Raised from a parser callback: the head is over a limit (431)."""
 
 
+# How long a rejected connection still reads (and drops) what its client sends before it is closed.
+LINGER_S = 2.0
+
+
 class BoundedHttpProtocol(HttpProtocol):
     max_header_bytes = 64 * 1024
     max_header_count = 100
@@ -42,6 +48,7 @@ class BoundedHttpProtocol(HttpProtocol):
         super().connection_made(transport)
         self._reading_head, self._head_bytes, self._head_count = True, 0, 0
         self._too_large: str | None = None
+        self._rejected = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()
 
@@ -68,14 +75,19 @@ class BoundedHttpProtocol(HttpProtocol):
             b"content-type: " + PROBLEM_JSON.encode("ascii") + b"\r\n",
             b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
             b"connection: close\r\n\r\n", body]))
-        self.transport.close()
+        self._rejected = True
         self._disarm_head_timer()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def _too_large_message(self) -> str:
         return (f"request headers too large: at most {self.max_header_count} headers (FFLAB_MAX_HEADER_COUNT) "
                 f"and {self.max_header_bytes} bytes with the request line (FFLAB_MAX_HEADER_BYTES)")
 
     def data_received(self, data: bytes) -> None:
+        if self._rejected:  # lingering: drop what the client still sends
+            return
         if self._reading_head:
             self._head_bytes += len(data)
             self._arm_head_timer()  # a response's keep-alive timer ends with the first byte

@@ -181,5 +181,7 @@ def backend_settings(backend: str, pg_database: Callable[[], str], queue_prefix:
     return dict(database_url=pg_database(), broker_url=broker, result_backend=broker, queue_prefix=queue_prefix)
 
 
-def readyz(url: str) -> httpx.Response:
-    return httpx.get(f"{url}/readyz", timeout=5)
+def readyz(url: str, token: str | None = None) -> httpx.Response:
+    """GET /readyz; with ``token`` (an admin's key or FFLAB_METRICS_TOKEN) its details too."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(f"{url}/readyz", headers=headers, timeout=5)

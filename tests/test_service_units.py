@@ -229,7 +229,7 @@ def test_keys_are_stored_hashed_and_revocable(session) -> None:
     assert accounts.authenticate(session, key[:-1] + "x") is None
     assert accounts.revoke_keys(session, key[:14]) == 1
     assert accounts.authenticate(session, key) is None
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(ValueError, match="is taken"):
         accounts.create_user(session, "alice")
     with pytest.raises(ValueError, match="role must be one of admin, member"):
         accounts.create_user(session, "eve", "root")

@@ -169,8 +169,11 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
                                        settings.upload_attempts, settings.upload_backoff_s)
         except (ArtifactsNotStored, LowDisk) as error:
             log.error("run %s of experiment %s: %s", key.run_id, experiment_id, error)
-            storage.delete_prefix(f"{experiment_prefix(experiment_id)}/runs/{key.run_id}")  # partial files
-            end_run(settings, run_pk, "failed", f"{type(error).__name__}: {error}", task_id)
+            try:  # the partial files, where the storage answers; the run fails either way
+                storage.delete_prefix(f"{experiment_prefix(experiment_id)}/runs/{key.run_id}")
+            except StorageError as cleanup_error:
+                log.warning("run %s: partial artifacts left in storage: %s", key.run_id, cleanup_error)
+            end_run(settings, run_pk, "failed", str(error), task_id)  # each message says what happened
             return None
         with session_scope(settings.resolved_database_url) as session:
             run = session.get(Run, run_pk)
