@@ -14,14 +14,17 @@ import shutil
 import sys
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 
 from fflab import accounts
 from fflab.db import session_scope
+from fflab.db.session import close_idle_connections
 from fflab.db.migrate import upgrade_database
 from fflab.settings import Settings
 from fflab.processes import process_alive
@@ -29,6 +32,7 @@ from service_helpers import (
     REDIS_HOST,
     REDIS_PORT,
     REDIS_SERVE_DB,
+    PG_ADMIN_URL,
     ROOT,
     Process,
     Serve,
@@ -40,6 +44,46 @@ from service_helpers import (
     http_ready,
     wait_for,
 )
+
+
+@pytest.fixture(autouse=True)
+def _close_idle_database_connections() -> Iterator[None]:
+    """After each test, this process's pooled database connections go: a session that
+    touched many test databases would otherwise hold one or more idle connections to
+    each until it ends (PostgreSQL's max_connections is shared with the services)."""
+    yield
+    close_idle_connections()
+
+
+class ConnectionSampler(threading.Thread):
+    """Counts, twice a second, the PostgreSQL connections to this suite's databases
+    (``fflab_test_*``) and keeps the largest count, printed at the end of the session."""
+
+    def __init__(self) -> None:
+        super().__init__(name="pg-connection-sampler", daemon=True)
+        self.largest, self.stopping = 0, threading.Event()
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=2) as connection:
+                while not self.stopping.wait(0.5):
+                    [(count,)] = connection.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'fflab_test_%'").fetchall()
+                    self.largest = max(self.largest, count)
+        except psycopg.Error:
+            return  # no PostgreSQL here: the tests that need it say so themselves
+
+
+SAMPLER = ConnectionSampler()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    SAMPLER.start()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    SAMPLER.stopping.set()
+    terminalreporter.write_line(f"most PostgreSQL connections the suite held at once: {SAMPLER.largest}")
 
 
 @pytest.fixture(scope="session")

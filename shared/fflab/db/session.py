@@ -128,6 +128,14 @@ def get_sessionmaker(url: str, read_only: bool = False) -> sessionmaker[Session]
         return _sessionmakers[url, read_only]
 
 
+def close_idle_connections() -> None:
+    """Close the pooled connections of every engine of this process that no session
+    holds now; each engine opens new ones on demand. For a long-lived process that
+    has touched many databases (a test session) and no longer needs their connections."""
+    for engine in list(_engines.values()):
+        engine.dispose()
+
+
 def forget_inherited_connections() -> None:
     """In a forked child: drop the parent's pooled connections without closing
     them (they are the parent's), so that the child opens its own."""
