@@ -23,7 +23,7 @@ from api.middleware import (
 )
 from api.overload import Gate
 from api.protocol import RequestHeadMiddleware
-from api.routes import admin, analyses, experiments, health, results, run_analyses, runs, users
+from api.routes import admin, analyses, comparisons, experiments, health, results, run_analyses, runs, users
 from api.status_cache import StatusCache
 from fflab import queueing
 from fflab.db import get_sessionmaker
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.files = Files(get_storage(settings), gate("storage", settings.api_storage_concurrency))
     app.state.queue_places = queueing.PlacesCache(settings.queue_places_ttl_s)
     app.state.status_cache = StatusCache(settings.status_cache_ttl_s)
-    for module in (health, users, admin, experiments, runs, results, run_analyses, analyses):
+    for module in (health, users, admin, experiments, runs, results, run_analyses, analyses, comparisons):
         app.include_router(module.router)
     ui.install(app)  # the web UI under /ui
     errors.install(app)

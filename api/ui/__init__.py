@@ -36,7 +36,8 @@ to its fields (``forms.field_errors`` reads the API's error bodies).
 Modules: ``security`` (cookies, CSRF, the current user), ``html`` (templates,
 the route class, ``render``), ``forms`` (form fields <-> API bodies and errors),
 ``explorer`` and ``charts`` (pure functions behind the ensemble grid and the loss
-curves), ``queries`` (the lists the API does not serve), ``routes`` (the pages).
+curves), ``queries`` (the lists the API does not serve), ``routes`` (the pages),
+``compare`` (the list's search, sort and accuracy columns; the compare page).
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 def install(app: FastAPI) -> None:
     """Add the UI's pages, its static files and the redirect from ``/``."""
+    from api.ui.compare import router as compare_router
     from api.ui.routes import router
 
     app.include_router(router)
+    app.include_router(compare_router)  # the compare page
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
 
     @app.get("/", include_in_schema=False)

@@ -20,9 +20,11 @@ SCOPES: tuple[str, ...] = ("visible", "mine", "lab")
 
 
 def visible_experiments(session: Session, request: Request, user: User, scope: Scope = "visible",
-                        status: str | None = None, limit: int = 100) -> list[schemas.ExperimentSummary]:
-    """Newest first: ``mine``, the user's; ``lab``, other users' lab-visible ones
-    (an admin: every other user's); ``visible``, both."""
+                        status: str | None = None, limit: int = 100, extra: tuple = (),
+                        order: tuple = ()) -> list[schemas.ExperimentSummary]:
+    """Newest first (or by ``order``): ``mine``, the user's; ``lab``, other users'
+    lab-visible ones (an admin: every other user's); ``visible``, both; ``extra``:
+    more WHERE clauses (the list's search, ``api.ui.compare``)."""
     mine = Experiment.owner_id == user.id
     others = Experiment.owner_id != user.id
     if user.role != "admin":
@@ -31,8 +33,8 @@ def visible_experiments(session: Session, request: Request, user: User, scope: S
     if status is not None:
         where.append(Experiment.status == status)
     page = list(session.scalars(
-        select(Experiment).options(joinedload(Experiment.owner)).where(*where)
-        .order_by(Experiment.created_at.desc(), Experiment.id).limit(limit)
+        select(Experiment).options(joinedload(Experiment.owner)).where(*where, *extra)
+        .order_by(*(order or (Experiment.created_at.desc(), Experiment.id))).limit(limit)
     ))
     return views.experiment_summaries(request, session, page)
 

@@ -44,6 +44,7 @@ from api.routes import experiments as experiment_routes
 from api.routes import results as results_routes
 from api.ui import forms, queries, security
 from api.ui.charts import loss_chart
+from api.ui import compare as compare_pages
 from api.ui.explorer import ClassMeansCache, unit_grid
 from api.ui.html import SIGN_IN, HTMLRoute, render
 from api.ui.security import CsrfChecked, UICredentials, UIUser, ui_user
@@ -159,27 +160,32 @@ async def sign_out(request: Request, db: DatabaseDep, credentials: UICredentials
 # ----------------------------------------------------------------------------- experiments
 
 
-def experiments_context(session: Session, request: Request, user, status: str, scope: str) -> dict[str, Any]:
-    items = queries.visible_experiments(session, request, user, scope, status or None)
+def experiments_context(session: Session, request: Request, user, status: str, scope: str, q: str = "",
+                        sort: str = "-created_at") -> dict[str, Any]:
+    items = queries.visible_experiments(session, request, user, scope, status or None,
+                                        extra=compare_pages.search_clauses(q), order=compare_pages.list_order(sort))
     queued = [item.id for item in items if item.status == "queued"]
     return {"items": items, "status": status, "scope": scope, "statuses": STATUSES, "scopes": queries.SCOPES,
             "ahead": queries.runs_ahead(session, queued) if queued else {},
-            "active": any(item.status not in FINAL_STATUSES for item in items)}
+            "active": any(item.status not in FINAL_STATUSES for item in items),
+            **compare_pages.list_columns(session, items, q, sort)}
 
 
 @router.get("/")
 async def experiments_page(request: Request, db: DatabaseDep, credentials: UICredentials,
-                           status: StatusFilter = "", scope: ScopeFilter = "visible") -> Response:
+                           status: StatusFilter = "", scope: ScopeFilter = "visible",
+                           q: compare_pages.ListSearch = "", sort: compare_pages.ListSort = "-created_at") -> Response:
     return await db.read(lambda session: render(request, "experiments.html", experiments_context(
-        session, request, ui_user(session, request, credentials), status, scope)))
+        session, request, ui_user(session, request, credentials), status, scope, q, sort)))
 
 
 @router.get("/fragments/experiments")
 async def experiments_fragment(request: Request, db: DatabaseDep, credentials: UICredentials,
-                               status: StatusFilter = "", scope: ScopeFilter = "visible") -> Response:
+                               status: StatusFilter = "", scope: ScopeFilter = "visible",
+                               q: compare_pages.ListSearch = "", sort: compare_pages.ListSort = "-created_at") -> Response:
     """The experiments table alone, polled by the list page while any is active."""
     return await db.read(lambda session: render(request, "_experiments_table.html", experiments_context(
-        session, request, ui_user(session, request, credentials), status, scope)))
+        session, request, ui_user(session, request, credentials), status, scope, q, sort)))
 
 
 def experiment_context(request: Request, session: Session, experiment: Experiment, user) -> dict[str, Any]:

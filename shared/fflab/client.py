@@ -97,13 +97,29 @@ class Client:
     def experiments(self, *, scope: str = "mine", status: str | list[str] | None = None, name: str | None = None,
                     tag: str | list[str] | None = None, owner: str | None = None, created_after: str | None = None,
                     created_before: str | None = None, sort: str | None = None,
-                    page_size: int = 100) -> Iterator[dict[str, Any]]:
+                    filters: list[str] | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Experiments (summaries), every page: yours (scope mine), the lab's (lab) or
         everyone's (all, admins); filtered by status, name prefix, tags (all of
-        them), owner and creation time (ISO 8601 with a time zone), and sorted."""
+        them), owner and creation time (ISO 8601 with a time zone), and sorted.
+        ``filters``: search expressions that must all hold (fflab.experiment_search),
+        e.g. ``["network.threshold=0.3", "accuracy>0.9"]``."""
         return self.items("/v1/experiments", self._params(
             scope=scope, status=status, name=name, tag=tag, owner=owner, created_after=created_after,
-            created_before=created_before, sort=sort, limit=page_size))
+            created_before=created_before, sort=sort, filter=filters, limit=page_size))
+
+    def compare(self, experiments: list[str], format: str = "json") -> Any:
+        """Experiments (or runs, ``<id>/<run id>``) compared with the first: their
+        specs, Tables 1-3 with Welch's t per cell and the Method 1 ensembles'
+        overlap; a dict (json), or markdown or CSV text. Against the paper:
+        ``paper_comparison``."""
+        response = self.request("GET", "/v1/comparisons", params=self._params(experiment=list(experiments),
+                                                                                format=format))
+        return response.json() if format == "json" else response.text
+
+    def comparison_figure(self, experiments: list[str], name: str) -> bytes:
+        """A figure of ``compare`` as PNG: loss_curves or layer_quantities."""
+        return self.request("GET", f"/v1/comparisons/figures/{name}",
+                            params={"experiment": list(experiments)}).content
 
     def update(self, experiment_id: str, *, name: str | None = None, tags: list[str] | None = None,
                visibility: str | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from fflab import data, paper, results
 from fflab.analysis.ensembles import METHOD1_THRESHOLDS, METHOD2_CUTS
+from fflab.cli.comparisons import diff_command
 from fflab.cli.options import load_spec, validation_message
 from fflab.cli.service import client as service_client
 from fflab.models import MODELS
@@ -160,12 +161,12 @@ def tables_command(experiment_dir: Path, fmt: str) -> None:
 
 @click.command("compare")
 @click.argument("experiment_dirs", nargs=-1, type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--experiment", "experiment_id", default=None, metavar="ID",
+@click.option("--experiment", "experiment_ids", multiple=True, metavar="ID",
               help="Compare an experiment of the service instead of results folders.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write paper_comparison.{json,md,csv} and the figure here.")
-def compare_command(experiment_dirs: tuple[Path, ...], experiment_id: str | None, fmt: str,
+def compare_command(experiment_dirs: tuple[Path, ...], experiment_ids: tuple[str, ...], fmt: str,
                     out_dir: Path | None) -> None:
     """Compare results with the paper, cell by cell: the paper's mean ± SE, this
     experiment's, the difference with its 95% interval, Student's t with its
@@ -173,7 +174,13 @@ def compare_command(experiment_dirs: tuple[Path, ...], experiment_id: str | None
     where the paper prints no error; did not learn for runs at chance), and
     every setting where the experiment departs from the paper's protocol.
 
-    Several results folders are pooled (e.g. FF and BP run separately)."""
+    Several results folders are pooled (e.g. FF and BP run separately). To compare
+    experiments with each other: fflab diff A B."""
+    if len(experiment_ids) > 1:
+        raise click.UsageError(
+            "fflab compare sets one experiment against the paper; to compare experiments with each other, run "
+            f"fflab diff {' '.join(experiment_ids)}")
+    experiment_id = experiment_ids[0] if experiment_ids else None
     if bool(experiment_dirs) == bool(experiment_id):
         raise click.UsageError("give results folders or --experiment ID (not both)")
     if experiment_id:
@@ -206,4 +213,4 @@ def schemas_command(write: bool) -> None:
 
 
 COMMANDS = [fetch_data_command, spec_command, run_command, analyse_command, tables_command, compare_command,
-            schemas_command]
+            diff_command, schemas_command]

@@ -302,8 +302,11 @@ def register(cli: click.Group) -> None:
     @click.option("--status", "statuses", multiple=True, help="Only this status (repeatable).")
     @click.option("--name", default=None, help="Only names starting with this.")
     @click.option("--tag", "tags", multiple=True, help="Only experiments with this tag (repeatable: all of them).")
+    @click.option("--filter", "filters", multiple=True, metavar="EXPR",
+                  help="Only experiments where EXPR holds (repeatable: all of them), e.g. network.threshold=0.3, "
+                       "accuracy>0.9, accuracy.ff.mnist>=0.95, models=ff, tag=baseline.")
     def status_command(experiment_id: str | None, as_json: bool, scope: str, statuses: tuple[str, ...],
-                       name: str | None, tags: tuple[str, ...]) -> None:
+                       name: str | None, tags: tuple[str, ...], filters: tuple[str, ...]) -> None:
         """One experiment's status and progress, or a list of yours."""
         with client() as api:
             if experiment_id:
@@ -311,7 +314,7 @@ def register(cli: click.Group) -> None:
                 click.echo(json.dumps(experiment, indent=2) if as_json else describe(experiment))
                 return
             items = list(api.experiments(scope=scope, status=list(statuses) or None, name=name,
-                                         tag=list(tags) or None))
+                                         tag=list(tags) or None, filters=list(filters) or None))
             if as_json:
                 echo_json(items)
                 return
