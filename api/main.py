@@ -82,8 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.files = Files(get_storage(settings), gate("storage", settings.api_storage_concurrency))
     app.state.queue_places = queueing.PlacesCache(settings.queue_places_ttl_s)
     app.state.status_cache = StatusCache(settings.status_cache_ttl_s)
-    for module in (health, users, admin, experiments, runs, results, run_analyses, analyses, comparisons):
+    for module in (health, users, admin, experiments, runs, results, analyses, comparisons):
         app.include_router(module.router)
+    # The analyses' endpoints, generated from their registry as it stands now.
+    app.include_router(run_analyses.analysis_router())
     ui.install(app)  # the web UI under /ui
     errors.install(app)
     app.add_middleware(MetricsAuthMiddleware, metrics_token=settings.metrics_token)  # /metrics: not public

@@ -228,6 +228,7 @@ class DocumentOut(BaseModel):
 
 class DocumentList(BaseModel):
     items: list[DocumentOut]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
 
 
 class EnsemblesOut(BaseModel):
@@ -244,12 +245,14 @@ class SharedUnitsOut(BaseModel):
     experiment_id: str
     experiment_status: Status = Field(description="While queued or running, more items may come.")
     runs: list[RunSharedUnits]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
 
 
 class WeightsOut(BaseModel):
     experiment_id: str
     experiment_status: Status = Field(description="While queued or running, more items may come.")
     runs: list[RunWeightStats]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")
 
 
 class ArtifactOut(BaseModel):

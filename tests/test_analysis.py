@@ -658,7 +658,7 @@ def test_protocol_differences_name_every_departure_from_the_paper():
 
 def test_dominance_counts_the_winning_units():
     """Hand-built: unit 2 wins images 0-2, unit 0 image 3, unit 4 nothing; ties go to the lowest unit."""
-    from fflab.pipeline.dominance import winner_counts
+    from fflab.analysis.dominance import winner_counts
 
     X = np.array([
         [0.1, 0.2, 0.9, 0.0, 0.3],

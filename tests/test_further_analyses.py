@@ -21,7 +21,7 @@ from fflab.analysis.subensembles import jaccard_distances, sub_ensembles
 from fflab.models.bp import BPClassifier
 from fflab.models.common import GoodnessNetwork, label_goodness, predict_from_goodness
 from fflab.models.probing import lesioned_predictions, neutral_representations, representations_with_label
-from fflab.pipeline.further_analyses import per_class_rows
+from fflab.pipeline.run_analyses.common import per_class_rows
 from fflab.spec import NetworkSpec
 
 WIDTH = 40  # four planted units per class
@@ -267,36 +267,36 @@ def is_png(path) -> bool:
 
 
 def test_figures_are_real_pngs(tmp_path):
-    from fflab import analysis_figures as af
     from fflab.figures import save_png
+    from fflab.pipeline.run_analyses import dynamics, intrinsic_dimension, layer_accuracy, lesions, selectivity
 
     names = [str(c) for c in range(10)]
     rng = np.random.default_rng(0)
-    curves = {1: {q: (np.array([1, 2, 5]), rng.random(3)) for q, _ in af.DYNAMICS_QUANTITIES}}
+    curves = {1: {q: (np.array([1, 2, 5]), rng.random(3)) for q, _ in dynamics.DYNAMICS_QUANTITIES}}
     drops = {kind: {1: list(rng.random(10)), 2: list(rng.random(10))} for kind in ("ensemble", "random", "most_active")}
     figures = {
-        "accuracy": af.layer_accuracy_figure({"ff": {"goodness": rng.random((3, 3)), "probe": rng.random((3, 3))},
+        "accuracy": layer_accuracy.draw({"ff": {"goodness": rng.random((3, 3)), "probe": rng.random((3, 3))},
                                               "bp": {"probe": rng.random((1, 3))}}),
-        "dynamics": af.dynamics_figure({"ff": curves, "bp": curves}, "mnist, seed 0"),
-        "lesions": af.lesion_figure({"ff": drops, "bp": drops}),
-        "selectivity": af.selectivity_figure({"ff": {1: rng.random((10, 10)), 2: np.full((10, 10), np.nan)},
+        "dynamics": dynamics.draw({"ff": curves, "bp": curves}, "mnist, seed 0"),
+        "lesions": lesions.draw({"ff": drops, "bp": drops}),
+        "selectivity": selectivity.draw({"ff": {1: rng.random((10, 10)), 2: np.full((10, 10), np.nan)},
                                               "bpff": {1: rng.random((10, 10))}}, names),
-        "dimension": af.intrinsic_dimension_figure({"ff": (rng.random(30) * 20, rng.random(30) * 10,
+        "dimension": intrinsic_dimension.draw({"ff": (rng.random(30) * 20, rng.random(30) * 10,
                                                            np.repeat([1, 2, 3], 10))}),
     }
     for name, fig in figures.items():
         assert is_png(save_png(fig, tmp_path / f"{name}.png")), name
     with pytest.raises(ValueError, match="readout must be one of"):
-        af.layer_accuracy_figure({"ff": {"logits": rng.random((1, 3))}})
+        layer_accuracy.draw({"ff": {"logits": rng.random((1, 3))}})
 
 
 @pytest.mark.slow
 def test_a_trained_run_gets_every_document_and_the_experiment_every_figure(tmp_path, data_root):
     from click.testing import CliRunner
 
-    from fflab.analysis_results import RUN_ANALYSIS_DOCUMENTS
     from fflab.cli import main
-    from fflab.pipeline import experiment, folders, further_analyses, train
+    from fflab.pipeline import documents as registry
+    from fflab.pipeline import experiment, folders, snapshots, train
     from fflab.results import RunMetrics, read_document
     from fflab.spec import build_spec
 
@@ -308,11 +308,11 @@ def test_a_trained_run_gets_every_document_and_the_experiment_every_figure(tmp_p
     results = experiment.run_experiment(spec, tmp_path)
 
     def read(run_dir, name):
-        return RUN_ANALYSIS_DOCUMENTS[name].model_validate_json((run_dir / f"{name}.json").read_text())
+        return registry.RUN_DOCUMENTS[name].model.model_validate_json((run_dir / f"{name}.json").read_text())
 
     for key in spec.runs():
         run_dir = folders.run_dir_of(tmp_path, key)
-        documents = {name: read(run_dir, name) for name in RUN_ANALYSIS_DOCUMENTS}
+        documents = {name: read(run_dir, name) for name in registry.run_analyses()}
         dynamics = documents["dynamics"]
         assert dynamics.epochs == [1, 3] and dynamics.n_probe_images == 200  # epoch 50 is past training
         assert {(p.layer, p.epoch) for p in dynamics.points} == {(1, 1), (1, 3), (2, 1), (2, 3)}
@@ -335,6 +335,6 @@ def test_a_trained_run_gets_every_document_and_the_experiment_every_figure(tmp_p
     # No snapshot asked for: no capture, no file.
     quiet = spec.model_copy(update={"snapshots": [], "models": ["bp"]})
     train.train_and_evaluate(quiet, quiet.runs()[0], tmp_path / "quiet")
-    assert not (tmp_path / "quiet" / further_analyses.SNAPSHOT_FILE).exists()
+    assert not (tmp_path / "quiet" / snapshots.SNAPSHOT_FILE).exists()
 
 

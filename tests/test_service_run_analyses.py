@@ -1,7 +1,7 @@
 """The per-run analyses beyond the paper through the real stack: a tiny
-experiment trained by a real worker, its six documents served by the API (each
-valid against its committed schema, filtered by layer), read by the client and
-the CLI, and their figures stored with the experiment's."""
+experiment trained by a real worker, the document of every registered analysis
+served by the API (each valid against its committed schema, filtered by layer),
+read by the client and the CLI, and their figures stored with the experiment's."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from fflab.cli import main
 from fflab.client import RUN_ANALYSES, Client
+from fflab.pipeline.documents import run_analyses
 from service_helpers import TINY, Stack, poll_experiment
 
 pytest_plugins = ["service_support"]
@@ -47,7 +48,9 @@ def test_every_analysis_is_served_per_run_and_valid(stack: Stack, experiment: di
         dynamics = client.get(f"/v1/experiments/{experiment['id']}/dynamics", params={"model": "bp"}).json()
         assert dynamics["runs"][0]["epochs"] == [1]
         figures = {item["name"] for item in client.get(f"/v1/experiments/{experiment['id']}/figures").json()["items"]}
-        for name in ("layer_accuracy", "dynamics", "lesions", "selectivity", "intrinsic_dimension"):
+        drawn = [name for name, analysis in run_analyses().items() if analysis.figure is not None]
+        assert {"layer_accuracy", "dynamics", "lesions", "selectivity", "intrinsic_dimension", "dominance"} <= set(drawn)
+        for name in drawn:
             assert f"{name}.png" in figures, name  # as GET .../figures/{name} takes it
         assert client.get(f"/v1/experiments/{experiment['id']}/figures/lesions").content[:4] == b"\x89PNG"
         # The generic run-document route serves them too.

@@ -29,7 +29,6 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from fflab import accounts, gpu, results
-from fflab.analysis_results import RUN_ANALYSIS_DOCUMENTS
 from fflab.db import session_scope
 from fflab.db.migrate import upgrade_database
 from fflab.pipeline import documents, experiment, folders
@@ -38,6 +37,7 @@ from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, RunKey, build_spec, sweepable_fields
 from service_helpers import TINY as SERVICE_TINY
 from service_helpers import Stack, poll_experiment
+from test_pipeline_golden import NETWORK_ANALYSES
 
 pytest_plugins = ["service_support"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -208,7 +208,7 @@ def planted_sweep(tmp_path_factory) -> tuple[Path, dict]:
         # Not the analyses beyond the paper: they need the real test images and a trained
         # network (the tiny sweeps below compute them per grid point).
         documents.analyse_run(spec, key, folders.run_dir_of(folder, key),
-                              names=[name for name in documents.RUN_DOCUMENTS if name not in RUN_ANALYSIS_DOCUMENTS])
+                              names=[name for name in documents.RUN_DOCUMENTS if name not in NETWORK_ANALYSES])
     return folder, experiment.aggregate(spec, folder)
 
 
@@ -363,7 +363,7 @@ def test_a_tiny_sweep_through_fflab_run(tmp_path, data_root):
         dynamics = json.loads((run_dir / "dynamics.json").read_text())
         assert dynamics["epochs"] == [1] and sorted({p["layer"] for p in dynamics["points"]}) == layers
         assert [x["layer"] for x in json.loads((run_dir / "selectivity.json").read_text())["layers"]] == layers
-        for name in RUN_ANALYSIS_DOCUMENTS:
+        for name in documents.run_analyses():
             jsonschema.validate(json.loads((run_dir / f"{name}.json").read_text()), schema(name))
     assert (out / "figures" / "layer_accuracy.png").read_bytes().startswith(PNG_SIGNATURE)
     # the comparison with the paper of a folder shows its first grid point

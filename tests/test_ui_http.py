@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -169,6 +170,7 @@ def _hand_built(settings: Settings, folder: Path) -> dict[str, str]:
     figure = Figure(figsize=(2, 1))
     figure.subplots().plot([0, 1], [1, 0])
     save_png(figure, folder / "figure2.png")
+    (folder / "ensembles.json").write_text(json.dumps({"run_id": "ff-mnist-seed0"}))
     with session_scope(settings.resolved_database_url) as session:
         alice, bob = accounts.create_user(session, "alice"), accounts.create_user(session, "bob")
         keys = {"alice": accounts.issue_key(session, alice), "bob": accounts.issue_key(session, bob),
@@ -194,7 +196,8 @@ def _hand_built(settings: Settings, folder: Path) -> dict[str, str]:
                                  class_name=str(class_index), method="method2", epsilon=0.2, n_images=2,
                                  size=len(units), units=units))
         for name, source, kind in (("runs/ff-mnist-seed0/representations.npz", "representations.npz",
-                                    "application/octet-stream"), ("figures/figure2.png", "figure2.png", "image/png")):
+                                    "application/octet-stream"), ("figures/figure2.png", "figure2.png", "image/png"),
+                                   ("runs/ff-mnist-seed0/ensembles.json", "ensembles.json", "application/json")):
             stored = storage.put_file(f"experiments/{FINISHED}/{name}", folder / source)
             session.add(Artifact(experiment_id=FINISHED, name=name, key=stored.key, size=stored.size,
                                  sha256=stored.sha256, content_type=kind))
@@ -263,7 +266,8 @@ def ui_routes(world: World) -> list[tuple[str, str]]:
 
 def filled(path: str, experiment_id: str) -> str:
     return (path.replace("{experiment_id}", experiment_id).replace("{table}", "table1")
-            .replace("{name}", "figure2.png"))
+            .replace("{name}", "figure2.png").replace("{run_id}", "ff-mnist-seed0")
+            .replace("{document}", "ensembles"))
 
 
 def test_every_form_post_without_its_csrf_token_is_refused(world: World) -> None:

@@ -39,7 +39,7 @@ from fflab.db import (
     utcnow,
 )
 from fflab.models.common import Cancelled
-from fflab.pipeline import documents, further_analyses
+from fflab.pipeline import documents, snapshots
 from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
@@ -435,7 +435,7 @@ def fetch_runs(storage: Storage, experiment_id: str, runs: list[Run], base: Path
         if run.run_id in representations_of:
             wanted.add("representations.npz")
         if all_files:
-            wanted.add(further_analyses.SNAPSHOT_FILE)  # absent when training took none
+            wanted.add(snapshots.SNAPSHOT_FILE)  # absent when training took none
         run_prefix = f"runs/{run.run_id}/"
         stored = {key.removeprefix(f"{prefix}/{run_prefix}") for key in storage.list(f"{prefix}/{run_prefix}")}
         for file_name in sorted(wanted & stored):

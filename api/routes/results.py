@@ -31,6 +31,7 @@ from api.deps import (
 from api.errors import api_error, problem_responses
 from api.files import file_response
 from api.paging import Page, PageDep, page_params
+from api.per_run import check_layer_filter, page_of_runs
 from fflab.db import Artifact, Ensemble, Experiment, Result, Run
 from fflab import paper
 from fflab.results import PAPER_TABLES, TABLES, ExperimentResults, PaperComparison
@@ -156,6 +157,7 @@ async def get_ensembles(
 
     def ensembles_page(session: Session) -> schemas.EnsemblesOut:
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        check_layer_filter(experiment, filters.layer)
         return ensembles_of(session, experiment, page, filters)
 
     return await db.read(ensembles_page)  # dashboards poll it: one unit
@@ -208,41 +210,49 @@ def computed_quantiles(experiment: Experiment) -> list[float]:
 
 @router.get("/shared-units", response_model=schemas.SharedUnitsOut)
 async def get_shared_units(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
-                           model: ModelFilter = None, dataset: DatasetFilter = None, layer: LayerFilter = None,
-                           method: MethodFilter = None) -> schemas.SharedUnitsOut:
-    """Per finished run, the number of units shared by each pair of class ensembles."""
+                           page: PageDep, model: ModelFilter = None, dataset: DatasetFilter = None,
+                           layer: LayerFilter = None, method: MethodFilter = None) -> schemas.SharedUnitsOut:
+    """Per finished run, the number of units shared by each pair of class ensembles,
+    a page of runs at a time."""
 
     def shared_units(session: Session) -> schemas.SharedUnitsOut:
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        check_layer_filter(experiment, layer)
+        runs, next_token = page_of_runs(session, experiment, page, model, dataset,
+                                        columns=("shared_units",))
         documents = []
-        for run in _runs(session, experiment, model, dataset):
+        for run in runs:
             if run.shared_units is None:
                 continue
             matrices = [m for m in run.shared_units["matrices"]
                         if (layer is None or m["layer"] == layer) and (method is None or m["method"] == method)]
             documents.append({**run.shared_units, "matrices": matrices})
         return schemas.SharedUnitsOut(experiment_id=experiment.id, experiment_status=experiment.status,
-                                      runs=documents)
+                                      runs=documents, next_page_token=next_token)
 
     return await db.read(shared_units)
 
 
 @router.get("/weights", response_model=schemas.WeightsOut)
 async def get_weights(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
-                      model: ModelFilter = None, dataset: DatasetFilter = None,
+                      page: PageDep, model: ModelFilter = None, dataset: DatasetFilter = None,
                       layer: LayerFilter = None) -> schemas.WeightsOut:
     """Per finished run, the fraction of positive weights per layer and of negative
-    incoming weights per unit."""
+    incoming weights per unit, a page of runs at a time."""
 
     def weights(session: Session) -> schemas.WeightsOut:
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        check_layer_filter(experiment, layer)
+        runs, next_token = page_of_runs(session, experiment, page, model, dataset,
+                                        columns=("weight_stats",))
         documents = []
-        for run in _runs(session, experiment, model, dataset):
+        for run in runs:
             if run.weight_stats is None:
                 continue
             layers = [entry for entry in run.weight_stats["layers"] if layer is None or entry["layer"] == layer]
             documents.append({**run.weight_stats, "layers": layers})
-        return schemas.WeightsOut(experiment_id=experiment.id, experiment_status=experiment.status, runs=documents)
+        return schemas.WeightsOut(experiment_id=experiment.id, experiment_status=experiment.status, runs=documents,
+                                  next_page_token=next_token)
 
     return await db.read(weights)
 

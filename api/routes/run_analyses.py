@@ -1,10 +1,16 @@
-"""The per-run analyses beyond the paper: one endpoint per document.
+"""The per-run analyses beyond the paper: one endpoint per registered analysis,
+generated from the registry (``fflab.pipeline.documents.run_analyses()``) when
+the app is created, so that an analysis registered there is served here with
+nothing else to write.
 
-Each answers, per finished run matching the filters, the run's document
-(``fflab.analysis_results``; schemas in fflab/schemas/<name>.schema.json) with
-only the entries of the asked layer. The documents are read from artifact
-storage (runs/<run_id>/<name>.json); a run trained before the analyses existed
-has none and is left out.
+``GET /v1/experiments/{id}/<name with dashes>`` answers, per finished run
+matching the filters, a page of runs at a time (``limit``, ``page_token``), the
+run's document (its module in ``fflab.pipeline.run_analyses``; schemas in
+fflab/schemas/<name>.schema.json) with only the entries of the asked layer. A
+layer the experiment's networks do not have, or a layer filter on an analysis
+that is not per layer, is a 422 naming ``query.layer`` and the allowed layers.
+The documents are read from artifact storage (runs/<run_id>/<name>.json); a run
+trained before an analysis existed has none and is left out of its page.
 """
 
 from __future__ import annotations
@@ -18,30 +24,15 @@ from sqlalchemy.orm import Session
 
 from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authenticated_user, readable_experiment
 from api.errors import api_error, problem_responses
+from api.paging import Page, page_params
+from api.per_run import check_layer_filter, page_of_runs
+from api.routes.results import DatasetFilter, LayerFilter, ModelFilter
 from api.schemas import Status
-from api.routes.results import DatasetFilter, LayerFilter, ModelFilter, _runs
-from fflab.analysis_results import RUN_ANALYSIS_DOCUMENTS, only_layer
-from fflab.db import Run
+from fflab.pipeline.documents import RunAnalysis, run_analyses
 from fflab.storage import StorageError, experiment_prefix
 
-router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=["analyses beyond the paper"],
-                   responses=problem_responses(401, 404, 422, 503))
-
-# Per document: what it answers (the path is its name with dashes).
-ENDPOINTS = {
-    "layer_accuracy": "Accuracy per layer: from its goodness alone, from the layers up to it (FF, BP/FF), "
-                      "and a linear probe (every model).",
-    "dynamics": "Ensemble size, overlap with the final ensemble, accuracy and fraction of positive weights at "
-                "the training snapshots.",
-    "lesions": "Accuracy lost on a class and on the others when its ensemble is silenced, against as many "
-               "random and most active non-ensemble units.",
-    "selectivity": "Activity of each class's ensemble with the true label vs each wrong label (FF, BP/FF; not "
-                   "applicable to BP).",
-    "intrinsic_dimension": "TwoNN intrinsic dimension per layer and class, with the ensemble sizes to set it "
-                           "against.",
-    "subensembles": "Each class's images clustered by their sets of active units: the number of sub-ensembles "
-                    "and their sizes.",
-}
+TAG = "analyses beyond the paper"
+RunIdFilter = Annotated[str | None, Query(max_length=128)]
 
 
 def read_documents(storage, experiment_id: str, run_ids: list[str], name: str) -> list[dict]:
@@ -59,30 +50,47 @@ def read_documents(storage, experiment_id: str, run_ids: list[str], name: str) -
     return documents
 
 
-def _add_route(name: str, summary: str) -> None:
-    out = create_model(f"{RUN_ANALYSIS_DOCUMENTS[name].__name__}Out", __base__=BaseModel,
-                       experiment_id=(str, ...),
-                       experiment_status=(Status, Field(description="While queued or running, more runs may come.")),
-                       runs=(list[RUN_ANALYSIS_DOCUMENTS[name]], ...))
+def response_model(analysis: RunAnalysis) -> type[BaseModel]:
+    return create_model(
+        f"{analysis.model.__name__}Out", __base__=BaseModel,
+        experiment_id=(str, ...),
+        experiment_status=(Status, Field(description="While queued or running, more runs may come.")),
+        runs=(list[analysis.model], ...),
+        next_page_token=(str | None, Field(description="Pass it as page_token for the next page; null on the last.")),
+    )
+
+
+def add_route(router: APIRouter, analysis: RunAnalysis) -> None:
+    name = analysis.name
 
     async def endpoint(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
-                       storage: StorageDep, model: ModelFilter = None, dataset: DatasetFilter = None,
-                       layer: LayerFilter = None, run_id: Annotated[str | None, Query()] = None):
-        def runs(session: Session) -> tuple[str, list[str]]:
+                       storage: StorageDep, page: Annotated[Page, page_params()], model: ModelFilter = None,
+                       dataset: DatasetFilter = None, layer: LayerFilter = None, run_id: RunIdFilter = None):
+        def runs(session: Session) -> tuple[str, list[str], str | None]:
             experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
-            found = _runs(session, experiment, model, dataset, run_id, columns=(Run.run_id,))
-            return experiment.status, [run.run_id for run in found]
+            check_layer_filter(experiment, layer, analysis)
+            runs, next_token = page_of_runs(session, experiment, page, model, dataset, run_id)
+            return experiment.status, [run.run_id for run in runs], next_token
 
-        experiment_status, run_ids = await db.read(runs)
+        experiment_status, run_ids, next_token = await db.read(runs)
         # The session is closed: the documents are read from storage without it.
         documents = await storage.run(read_documents, experiment_id, run_ids, name)
         return {"experiment_id": experiment_id, "experiment_status": experiment_status,
-                "runs": [only_layer(d, name, layer) for d in documents]}
+                "runs": [analysis.only_layer(d, layer) for d in documents], "next_page_token": next_token}
 
+    layers = (f" The layer filter keeps the entries of {', '.join(analysis.layer_fields)} of that layer."
+              if analysis.per_layer else " Not per layer: no layer filter.")
     endpoint.__name__ = f"get_{name}"
-    endpoint.__doc__ = f"{summary} Per finished run (schema: fflab/schemas/{name}.schema.json)."
-    router.add_api_route("/" + name.replace("_", "-"), endpoint, methods=["GET"], response_model=out, name=f"get_{name}")
+    endpoint.__doc__ = (f"{analysis.summary} Per finished run, a page of runs at a time (schema: "
+                        f"fflab/schemas/{name}.schema.json).{layers}")
+    router.add_api_route("/" + analysis.path, endpoint, methods=["GET"], response_model=response_model(analysis),
+                         name=f"get_{name}")
 
 
-for _name, _summary in ENDPOINTS.items():
-    _add_route(_name, _summary)
+def analysis_router() -> APIRouter:
+    """The endpoints of every analysis registered now (``create_app`` calls it)."""
+    router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=[TAG],
+                       responses=problem_responses(401, 404, 422, 503))
+    for analysis in run_analyses().values():
+        add_route(router, analysis)
+    return router

@@ -99,22 +99,24 @@ def _document_artifact(run_id: str, name: str) -> str:
 
 @router.get("/{run_id}/documents", response_model=schemas.DocumentList)
 async def list_documents(run_id: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
-                         credentials: Credentials) -> schemas.DocumentList:
-    """Every registered run document, and whether this run has it yet."""
+                         credentials: Credentials, page: PageDep) -> schemas.DocumentList:
+    """Every registered run document, and whether this run has it yet, in
+    registry order, a page at a time."""
 
     def documents(session: Session) -> schemas.DocumentList:
         experiment = _readable(session, credentials, experiment_id)
         _run(session, experiment, run_id)
         stored = set(session.scalars(select(Artifact.name).where(
             Artifact.experiment_id == experiment.id, Artifact.name.startswith(f"runs/{run_id}/", autoescape=True))))
+        names, next_token = page.cut(list(RUN_DOCUMENTS)[page.offset:page.offset + page.limit + 1])
         return schemas.DocumentList(items=[
             schemas.DocumentOut(
-                name=name, description=document.description,
+                name=name, description=RUN_DOCUMENTS[name].description,
                 available=_document_artifact(run_id, name) in stored,
                 url=views.url_for(request, "get_document", experiment_id=experiment.id, run_id=run_id, name=name),
             )
-            for name, document in RUN_DOCUMENTS.items()
-        ])
+            for name in names
+        ], next_page_token=next_token)
 
     return await db.read(documents)
 

@@ -475,3 +475,27 @@ def explorer_rows(session: Session, experiment: Experiment, model: str | None, d
     artifact = session.scalar(select(Artifact).where(
         Artifact.experiment_id == experiment.id, Artifact.name == f"runs/{run.run_id}/representations.npz"))
     return context, documents[0], artifact
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+@router.get("/experiments/{experiment_id}/runs/{run_id}")
+async def run_page(experiment_id: ExperimentId, run_id: str, request: Request, db: DatabaseDep,
+                   credentials: UICredentials) -> Response:
+    """A run: its documents and the analyses beyond the paper (api.ui.run_page)."""
+    from api.ui import run_page as pages
+
+    return await db.read(lambda session: render(request, "run.html", pages.run_context(
+        session, ui_readable(session, request, credentials, experiment_id), run_id)))
+
+
+@router.get("/experiments/{experiment_id}/runs/{run_id}/documents/{document}")
+async def run_document(experiment_id: ExperimentId, run_id: str, document: str, request: Request,
+                       db: DatabaseDep, credentials: UICredentials, storage: StorageDep) -> Response:
+    """A run's stored document, as the API serves it."""
+    from api.ui import run_page as pages
+
+    artifact = await db.read(lambda session: pages.document_artifact(
+        session, ui_readable(session, request, credentials, experiment_id), run_id, document))
+    return await file_response(request, storage, artifact)

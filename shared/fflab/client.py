@@ -17,8 +17,23 @@ from typing import Any
 import httpx
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-# The per-run analyses beyond the paper, as their endpoints name them (/v1/experiments/{id}/<name>).
-RUN_ANALYSES = ("layer-accuracy", "dynamics", "lesions", "selectivity", "intrinsic-dimension", "subensembles")
+
+
+def run_analysis_names() -> tuple[str, ...]:
+    """The per-run analyses beyond the paper, as their endpoints name them
+    (/v1/experiments/{id}/<name>): those registered in
+    ``fflab.pipeline.documents.RUN_DOCUMENTS`` (imported on first use; the client
+    itself needs only httpx)."""
+    from fflab.pipeline.documents import run_analyses
+
+    return tuple(analysis.path for analysis in run_analyses().values())
+
+
+def __getattr__(name: str) -> Any:
+    # RUN_ANALYSES: the registered analyses' names when read (run_analysis_names).
+    if name == "RUN_ANALYSES":
+        return run_analysis_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ApiError(RuntimeError):
@@ -191,21 +206,35 @@ class Client:
                     runs[document["run_id"]] = document
         return {**merged, "runs": list(runs.values())}
 
+    def runs_of(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every page of a per-run collection ({..., "runs": [...]}), its runs merged."""
+        merged: dict[str, Any] = {}
+        runs: list[dict[str, Any]] = []
+        for page in self.pages(path, params):
+            merged = {key: value for key, value in page.items() if key not in ("runs", "next_page_token")}
+            runs += page["runs"]
+        return {**merged, "runs": runs}
+
     def shared_units(self, experiment_id: str, **filters: Any) -> dict[str, Any]:
-        return self._json("GET", f"/v1/experiments/{experiment_id}/shared-units", params=self._params(**filters))
+        """Every page of the shared units, merged: one document per run."""
+        return self.runs_of(f"/v1/experiments/{experiment_id}/shared-units", self._params(**filters))
 
     def weights(self, experiment_id: str, **filters: Any) -> dict[str, Any]:
-        return self._json("GET", f"/v1/experiments/{experiment_id}/weights", params=self._params(**filters))
+        """Every page of the weight statistics, merged: one document per run."""
+        return self.runs_of(f"/v1/experiments/{experiment_id}/weights", self._params(**filters))
 
     def run_analysis(self, experiment_id: str, analysis: str, *, model: str | None = None,
                      dataset: str | None = None, layer: int | None = None,
                      run_id: str | None = None) -> dict[str, Any]:
-        """One per-run analysis beyond the paper (``RUN_ANALYSES``) of every finished
-        run matching the filters: {"experiment_id", "runs": [document, ...]}."""
-        if analysis not in RUN_ANALYSES:
-            raise ValueError(f"analysis must be one of {', '.join(RUN_ANALYSES)}; got {analysis!r}")
+        """One per-run analysis beyond the paper (``run_analysis_names()``; dashes or
+        underscores) of every finished run matching the filters, every page merged:
+        {"experiment_id", "experiment_status", "runs": [document, ...]}."""
+        names = run_analysis_names()
+        path = str(analysis).replace("_", "-")
+        if path not in names:
+            raise ValueError(f"analysis must be one of {', '.join(names)}; got {analysis!r}")
         params = self._params(model=model, dataset=dataset, layer=layer, run_id=run_id)
-        return self._json("GET", f"/v1/experiments/{experiment_id}/{analysis}", params=params)
+        return self.runs_of(f"/v1/experiments/{experiment_id}/{path}", params)
 
     def figures(self, experiment_id: str) -> list[dict[str, Any]]:
         """Each figure's ``name`` is what ``figure`` takes (figure1a.png)."""

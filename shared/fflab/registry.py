@@ -31,6 +31,10 @@ class Registry(Mapping[str, T], Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> T:
+        """Remove an entry (a plug-in's, or a test's); KeyError if it is not registered."""
+        return self._entries.pop(name)
+
     def lookup(self, name: Any) -> T:
         """The entry named ``name``; ValueError naming what is allowed otherwise."""
         try:

@@ -26,12 +26,29 @@ import httpx
 from tqdm import tqdm
 
 from fflab.cli.options import read_overrides
-from fflab.client import RUN_ANALYSES, ApiError, Client
+from fflab.client import ApiError, Client, run_analysis_names
 from fflab.data import DATASETS
 from fflab.models import MODELS
 from fflab.results import PAPER_TABLES, TABLES
 from fflab.settings import Settings, get_settings
 from fflab.spec import PRESETS
+
+
+class RunAnalysisChoice(click.Choice):
+    """The registered per-run analyses (``run_analysis_names``), read when the
+    command runs, so that an analysis registered after import is a choice too."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return run_analysis_names()
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass
+
 
 # --------------------------------------------------------------------------- the database
 
@@ -375,7 +392,7 @@ def register(cli: click.Group) -> None:
 
     @cli.command("run-analysis")
     @click.argument("experiment")
-    @click.argument("analysis", type=click.Choice(RUN_ANALYSES))
+    @click.argument("analysis", type=RunAnalysisChoice())
     @click.option("--model", type=click.Choice(list(MODELS)), default=None)
     @click.option("--dataset", type=click.Choice(list(DATASETS)), default=None)
     @click.option("--layer", type=click.IntRange(1), default=None)
@@ -385,9 +402,12 @@ def register(cli: click.Group) -> None:
         service by id, or of a local results folder by path."""
         folder = Path(experiment)
         if folder.is_dir():
-            from fflab.pipeline.further_analyses import folder_documents
+            from fflab.pipeline.documents import folder_documents
 
-            echo_json(folder_documents(folder, analysis.replace("-", "_"), **filters))
+            try:
+                echo_json(folder_documents(folder, analysis, **filters))
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="'--layer'") from None
             return
         with client() as api:
             echo_json(api.run_analysis(experiment, analysis, **filters))

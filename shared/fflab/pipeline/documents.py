@@ -12,41 +12,37 @@ committed under fflab/schemas/), computed from what training stored:
 - the service stores every run document as an artifact and serves it at
   ``GET /v1/experiments/{id}/runs/{run_id}/documents/{name}`` (no migration).
 
-Adding a per-run analysis is a module with its document model and its
-``analyse`` (and ``figure``) functions, plus its entry at the end of this file.
+The per-run analyses beyond the paper are ``RunAnalysis`` entries
+(``fflab.pipeline.run_document``), each defined in its own module of
+``fflab.pipeline.run_analyses`` (document model, step, figure, entry);
+``run_analyses()`` lists them for the service's endpoints, the client, the CLI
+and the web UI. Adding one is its module plus its line at the end of the
+registry below (README.md, "Extending fflab").
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import torch
 from matplotlib.figure import Figure
 
-from fflab.analysis_results import (
-    RunDynamics,
-    RunIntrinsicDimension,
-    RunLayerAccuracy,
-    RunLesions,
-    RunSelectivity,
-    RunSubEnsembles,
+from fflab.pipeline import folders, paper_analyses
+from fflab.pipeline.folders import TRAINED_FILES
+from fflab.pipeline.run_analyses import (
+    dominance,
+    dynamics,
+    intrinsic_dimension,
+    layer_accuracy,
+    lesions,
+    selectivity,
+    subensembles,
 )
-from fflab.data import Split, load_split
-from fflab.pipeline import dominance, further_analyses, paper_analyses
-from fflab.pipeline.folders import (
-    TRAINED_FILES,
-    analysed_rows,
-    load_network,
-    load_representations,
-    load_weight_matrices,
-)
-from fflab.pipeline.train import DATA_SEED, METRICS_FILE
+from fflab.pipeline.run_document import DocumentFigure, RunAnalysis, RunAnalysisInput, RunDocument
+from fflab.pipeline.train import METRICS_FILE
 from fflab.registry import Registry
 from fflab.results import (
     SCHEMA_DIR,
@@ -62,69 +58,8 @@ from fflab.results import (
 )
 from fflab.spec import ExperimentSpec, RunKey
 
-
-@dataclass
-class RunAnalysisInput:
-    """What an ``analyse`` function gets: the experiment's spec, the run's key and
-    folder, the documents computed so far, and the stored arrays, loaded on first use."""
-
-    spec: ExperimentSpec
-    key: RunKey
-    run_dir: Path
-    documents: dict[str, Document] = field(default_factory=dict)
-
-    @cached_property
-    def representations(self) -> dict[str, np.ndarray]:
-        """labels, predictions, correct, layer1..layerL (N, width), ... (folders.load_representations)."""
-        return load_representations(self.run_dir)
-
-    @cached_property
-    def analysed(self) -> np.ndarray:
-        """(N,) mask of the test images the analyses use (folders.analysed_rows)."""
-        return analysed_rows(self.representations, self.key.unseen_class, self.spec.analysis.correct_only)
-
-    @cached_property
-    def weights(self) -> list[np.ndarray]:
-        """The hidden layers' (out, in) weight matrices."""
-        return load_weight_matrices(self.run_dir)
-
-    @cached_property
-    def network(self) -> torch.nn.Module:
-        """The trained network, on the CPU, in eval mode."""
-        return load_network(self.spec, self.key, self.run_dir)
-
-    @cached_property
-    def test_split(self) -> Split:
-        """The run's test images, reloaded (same subset and seed as training); their
-        labels must be the stored ones."""
-        test = load_split(self.key.dataset, False, self.spec.data.test_subset, seed=DATA_SEED)
-        if not np.array_equal(test.labels.numpy(), self.representations["labels"]):
-            raise ValueError(f"run {self.key.run_id}: the reloaded test subset does not match its stored labels")
-        return test
-
-    @cached_property
-    def train_split(self) -> Split:
-        """The run's training images, reloaded (same subset, classes and seed)."""
-        excluded = () if self.key.unseen_class is None else (self.key.unseen_class,)
-        return load_split(self.key.dataset, True, self.spec.data.train_subset, excluded, seed=DATA_SEED)
-
-
-# A figure recipe: the experiment's spec and a reader of this document for any of its
-# runs -> one figure for the experiment (None: nothing to draw for this experiment).
-DocumentFigure = Callable[[ExperimentSpec, Callable[[RunKey], Document]], Figure | None]
-
-
-@dataclass(frozen=True)
-class RunDocument:
-    name: str
-    model: type[Document]
-    description: str
-    analyse: Callable[[RunAnalysisInput], Document] | None = None  # None: written by training
-    figure: DocumentFigure | None = None
-
-    @property
-    def file(self) -> str:
-        return f"{self.name}.json"
+__all__ = ["DOCUMENTS", "RUN_DOCUMENTS", "DocumentFigure", "RunAnalysis", "RunAnalysisInput", "RunDocument",
+           "analyse_run", "document_figures", "folder_documents", "run_analyses"]
 
 
 def analysed_run_files() -> tuple[str, ...]:
@@ -198,38 +133,89 @@ RUN_DOCUMENTS: Registry[RunDocument] = Registry("run document", {d.name: d for d
     RunDocument("weight_stats", RunWeightStats,
                 "Fraction of positive weights per layer and of negative incoming weights per unit.",
                 analyse=paper_analyses.weight_stats_document),
-    # The analyses beyond the paper (fflab.pipeline.further_analyses, docs/science.md).
-    RunDocument("layer_accuracy", RunLayerAccuracy,
-                "Accuracy per layer: its goodness alone, layers up to it, and a linear probe.",
-                analyse=further_analyses.layer_accuracy_document, figure=further_analyses.layer_accuracy_figure),
-    RunDocument("dynamics", RunDynamics,
-                "Ensembles, accuracy and positive weights at the training snapshots, against the final ones.",
-                analyse=further_analyses.dynamics_document, figure=further_analyses.dynamics_figure),
-    RunDocument("lesions", RunLesions,
-                "Accuracy lost when a class's ensemble is silenced, against random and most active units.",
-                analyse=further_analyses.lesions_document, figure=further_analyses.lesions_figure),
-    RunDocument("selectivity", RunSelectivity,
-                "Activity of each class's ensemble with the true label vs each wrong label.",
-                analyse=further_analyses.selectivity_document, figure=further_analyses.selectivity_figure),
-    RunDocument("intrinsic_dimension", RunIntrinsicDimension,
-                "TwoNN intrinsic dimension per layer and class, with the ensemble sizes.",
-                analyse=further_analyses.intrinsic_dimension_document,
-                figure=further_analyses.intrinsic_dimension_figure),
-    RunDocument("subensembles", RunSubEnsembles,
-                "Each class's images clustered by their sets of active units.",
-                analyse=further_analyses.subensembles_document),
-    RunDocument("dominance", dominance.RunDominance,
-                "Per layer, the units that are the most active on an image, and how often.",
-                analyse=dominance.dominance_document, figure=dominance.dominance_figure),
+    # The analyses beyond the paper: one module each (fflab.pipeline.run_analyses, docs/science.md).
+    layer_accuracy.ANALYSIS,
+    dynamics.ANALYSIS,
+    lesions.ANALYSIS,
+    selectivity.ANALYSIS,
+    intrinsic_dimension.ANALYSIS,
+    subensembles.ANALYSIS,
+    dominance.ANALYSIS,
 )})
 
-# Every document with a committed JSON Schema (fflab schemas --write): the run
-# documents, then the experiment's.
-DOCUMENTS: dict[str, type[Document]] = {
-    **{name: document.model for name, document in RUN_DOCUMENTS.items()},
-    "results": ExperimentResults,
-    "paper_comparison": PaperComparison,
-}
+
+def run_analyses() -> dict[str, RunAnalysis]:
+    """The registered per-run analyses beyond the paper, by name, in registry order
+    (what the service's analysis endpoints, the client, the CLI and the web UI list)."""
+    return {name: entry for name, entry in RUN_DOCUMENTS.items() if isinstance(entry, RunAnalysis)}
+
+
+def run_analysis(name: str) -> RunAnalysis:
+    """The analysis ``name`` (underscores or dashes); ValueError naming the registered ones."""
+    analyses = run_analyses()
+    found = analyses.get(str(name).replace("-", "_"))
+    if found is None:
+        raise ValueError(f"analysis must be one of {', '.join(a.path for a in analyses.values())}; got {name!r}")
+    return found
+
+
+def spec_layers(spec: ExperimentSpec | Mapping) -> int:
+    """How many hidden layers the experiment's deepest network has (over its sweep)."""
+    data = spec.model_dump(mode="json") if isinstance(spec, ExperimentSpec) else spec
+    swept = (data.get("sweep") or {}).get("network.layers") or []
+    return max([int((data.get("network") or {}).get("layers") or 0), *(int(v) for v in swept)])
+
+
+def check_layer(analysis: RunAnalysis, layer: int, layers: int) -> None:
+    """ValueError unless ``analysis`` is per layer and ``layer`` is one of 1..``layers``."""
+    if not analysis.per_layer:
+        raise ValueError(f"analysis {analysis.path} is not per layer: leave out the layer filter")
+    if not 1 <= layer <= layers:
+        raise ValueError(f"layer {layer} is not a layer of this experiment's networks: "
+                         f"allowed layers are 1 to {layers}")
+
+
+def folder_documents(experiment_dir: Path, name: str, model: str | None = None, dataset: str | None = None,
+                     layer: int | None = None, run_id: str | None = None) -> dict:
+    """What the service's endpoint of analysis ``name`` answers, from a local results
+    folder: {"experiment": folder, "runs": [document, ...]} for the runs that have it.
+    A layer the experiment's networks do not have raises ValueError naming theirs."""
+    analysis = run_analysis(name)
+    spec = folders.read_spec(experiment_dir)
+    if layer is not None:
+        check_layer(analysis, layer, spec_layers(spec))
+    documents = []
+    for key in spec.runs():
+        if (model or key.model) != key.model or (dataset or key.dataset) != key.dataset:
+            continue
+        if run_id is not None and run_id != key.run_id:
+            continue
+        path = folders.run_dir_of(experiment_dir, key) / analysis.file
+        if path.is_file():
+            document = analysis.model.model_validate_json(path.read_text())
+            documents.append(analysis.only_layer(document.model_dump(mode="json"), layer))
+    return {"experiment": str(experiment_dir), "runs": documents}
+
+
+class _SchemaDocuments(Mapping[str, type[Document]]):
+    """Every document with a committed JSON Schema (fflab schemas --write): the run
+    documents as registered now, then the experiment's."""
+
+    def _all(self) -> dict[str, type[Document]]:
+        return {**{name: document.model for name, document in RUN_DOCUMENTS.items()},
+                "results": ExperimentResults, "paper_comparison": PaperComparison}
+
+    def __getitem__(self, name: str) -> type[Document]:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+DOCUMENTS: Mapping[str, type[Document]] = _SchemaDocuments()
 
 
 def json_schema(name: str) -> dict:

@@ -21,7 +21,7 @@ from fflab.models.common import (
     resolve_device,
     seed_everything,
 )
-from fflab.pipeline.further_analyses import snapshot_recorder
+from fflab.pipeline.snapshots import snapshot_recorder
 from fflab.results import RunDevice, RunMetrics, Timings, write_document
 from fflab.spec import ExperimentSpec, RunKey
 

@@ -7,7 +7,10 @@ few percent of the bulk (the signature docs/science.md discusses for FF's
 layers 2 and 3). Per layer, this document gives how many distinct units win
 any analysed image, the share of images won by the most frequent winner, and
 each class's most frequent winner with its share of the class's images.
-"""
+
+The pure function is ``fflab.analysis.dominance.winner_counts``; this module is
+the analysis's one home: its document (``dominance.json``), the step, the
+figure and ``ANALYSIS``."""
 
 from __future__ import annotations
 
@@ -18,25 +21,21 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, Field
 
 from fflab import figures
+from fflab.analysis.dominance import winner_counts
 from fflab.data import N_CLASSES
 from fflab.pipeline.folders import layer_count
-from fflab.pipeline.train import run_identity
+from fflab.pipeline.run_analyses.common import run_identity
+from fflab.pipeline.run_document import RunAnalysis
 from fflab.results import RunIdentity
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from fflab.pipeline.documents import RunAnalysisInput
+    from fflab.pipeline.run_document import RunAnalysisInput
     from fflab.spec import ExperimentSpec, RunKey
 
 
-def winner_counts(X: np.ndarray) -> np.ndarray:
-    """How many images each unit wins. X: (N, n) -> (n,) ints summing to N
-    (ties go to the lowest unit index)."""
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D (images, units); got shape {X.shape}")
-    return np.bincount(X.argmax(axis=1), minlength=X.shape[1]) if X.shape[0] else np.zeros(X.shape[1], int)
+# ------------------------------------------------------------------ the document
 
 
 class ClassWinner(BaseModel):
@@ -57,7 +56,10 @@ class RunDominance(RunIdentity):
     layers: list[LayerDominance]
 
 
-def dominance_document(inputs: RunAnalysisInput) -> RunDominance:
+# ------------------------------------------------------------------ the step
+
+
+def analyse(inputs: RunAnalysisInput) -> RunDominance:
     stored, keep = inputs.representations, inputs.analysed
     labels = stored["labels"][keep]
     layers = []
@@ -79,7 +81,10 @@ def dominance_document(inputs: RunAnalysisInput) -> RunDominance:
     return RunDominance(**run_identity(inputs.key), layers=layers)
 
 
-def dominance_figure(spec: ExperimentSpec, read: Callable[[RunKey], RunDominance]) -> Figure:
+# ------------------------------------------------------------------ the figure
+
+
+def figure(spec: ExperimentSpec, read: Callable[[RunKey], RunDominance]) -> Figure:
     """The share of images won by each layer's top unit, per model (first seed, first data set)."""
     from fflab.spec import RunKey
 
@@ -98,3 +103,12 @@ def dominance_figure(spec: ExperimentSpec, read: Callable[[RunKey], RunDominance
     ax.set_xticks(range(1, spec.network.layers + 1))
     ax.legend()
     return figure
+
+
+ANALYSIS = RunAnalysis(
+    "dominance", RunDominance,
+    "Per layer, the units that are the most active on an image, and how often.",
+    analyse=analyse, figure=figure, layer_fields=("layers",),
+    details="Per layer, how many units are ever the most active on an analysed image, the share of images "
+            "won by the most frequent winner, and each class's most frequent winner with its share.",
+)
