@@ -22,7 +22,12 @@ before it (a 422 comes before a 401, as it always did for the status, the list a
 ``/ensembles``), names in the path inside it, after authentication. A route with a
 body authenticates first in a unit of its own (``CurrentUser``, ``OwnedExperiment``),
 so that a client without a valid key gets 401 before its body is validated, then
-writes in a second unit that loads again what it changes."""
+writes in a second unit that loads again what it changes.
+
+Who may read or change an experiment is the service's rule
+(``api.services.experiments``: ``readable_experiment``, ``owned_experiment``); the
+dependencies here call it inside their units, and its refusals (NotFound,
+Forbidden) become problems in ``api.errors``."""
 
 from __future__ import annotations
 
@@ -35,6 +40,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.overload import Gate
+from api.services.experiments import (  # noqa: F401  (readable_experiment: read here by some routes)
+    owned_experiment,
+    readable_experiment,
+)
+from api.status_cache import StatusCache
 from fflab import accounts, jobs
 from fflab.db import Experiment, User, get_sessionmaker
 from fflab.settings import Settings
@@ -157,32 +167,6 @@ AdminUser = Annotated[User, Depends(get_admin)]
 ExperimentId = Annotated[str, Path(description="The id returned by POST /v1/experiments.", max_length=64)]
 
 
-def may_read(user: User, owner_id: int, visibility: str) -> bool:
-    """Who may read an experiment: its owner, anyone if it is visible to the lab, an admin."""
-    return owner_id == user.id or visibility == "lab" or user.role == "admin"
-
-
-def readable_experiment(session: Session, user: User, experiment_id: str) -> Experiment:
-    """The experiment if ``may_read``; otherwise 404, so that others' ids are not disclosed."""
-    experiment = session.get(Experiment, experiment_id)
-    if experiment is None or not may_read(user, experiment.owner_id, experiment.visibility):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id}")
-    return experiment
-
-
-def check_may_change(experiment: Experiment, user: User) -> Experiment:
-    """The experiment if the user may change it: its owner or an admin (403 otherwise)."""
-    if experiment.owner_id != user.id and user.role != "admin":
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            "only the experiment's owner or an admin may change it")
-    return experiment
-
-
-def owned_experiment(session: Session, user: User, experiment_id: str) -> Experiment:
-    """``readable_experiment`` that the user may change (``check_may_change``)."""
-    return check_may_change(readable_experiment(session, user, experiment_id), user)
-
-
 async def get_owned_experiment(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials) -> Experiment:
     """Authentication and the right to change the experiment, checked in a unit of
     their own before the body is read: the experiment, detached (its columns only).
@@ -194,9 +178,8 @@ async def get_owned_experiment(experiment_id: ExperimentId, db: DatabaseDep, cre
 OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]
 
 
-def current_experiment(session: Session, experiment_id: str) -> Experiment:
-    """The experiment in this session (a write unit), 404 if it was deleted meanwhile."""
-    experiment = session.get(Experiment, experiment_id)
-    if experiment is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no experiment {experiment_id}")
-    return experiment
+async def get_status_cache(request: Request) -> StatusCache:
+    return request.app.state.status_cache
+
+
+StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]

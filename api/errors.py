@@ -18,9 +18,12 @@
   accepted; ``type`` is pydantic's error type.
 
 Exception handlers, middleware and the HTTP protocol's own 400 all go through
-``problem_response`` or ``problem_body``. Routes raise ``api_error(status, message,
-code)`` (an ``HTTPException``), or a plain ``HTTPException`` whose status gives the
-code (``CODE_BY_STATUS``).
+``problem_response`` or ``problem_body``. What a service refuses
+(``api.services.errors``: NotFound, Forbidden, Conflict, LimitReached, Invalid) is
+turned into its problem here, in ``service_error``, for every route. Routes raise
+``api_error(status, message, code)`` (an ``HTTPException``) for what is theirs (the
+request's own headers and parameters), or a plain ``HTTPException`` whose status
+gives the code (``CODE_BY_STATUS``).
 
 What a client sent is echoed back in ``given`` only in a form that JSON can carry:
 non-finite numbers become the strings "NaN", "Infinity" and "-Infinity", lone
@@ -43,6 +46,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
+
+from api.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -292,8 +297,18 @@ async def pool_exhausted(request: Request, error: Exception) -> Response:
                             request_id=rid, retry_after_seconds=retry_after)
 
 
+async def service_error(request: Request, error: ServiceError) -> Response:
+    """What a service refused (``api.services.errors``), each kind with its status and
+    code; its field problems as a validation error's ``details``."""
+    details = field_problems(error.problems)
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+    return problem_response(error.status, error.message or validation_message(details), headers, error.code,
+                            details)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(OperationalError, database_unavailable)

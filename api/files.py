@@ -36,6 +36,13 @@ from fflab.storage import Storage, StorageError, content_type
 SINGLE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+def encoded_slash(request: Request) -> bool:
+    """Whether the request's path had a percent-encoded slash or backslash, which no
+    file's name may hold (``api.services.results.check_artifact_name``)."""
+    raw_path = request.scope.get("raw_path", b"").lower()
+    return b"%2f" in raw_path or b"%5c" in raw_path
+
+
 def etag_of(artifact: Artifact) -> str:
     return f'"{artifact.sha256}"'
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class CachedStatus:
     """One rendered ``GET /v1/experiments/{id}`` body and what deciding who may read
-    it needs (``api.deps.may_read``)."""
+    it needs (``api.services.experiments.may_read``)."""
 
     owner_id: int
     visibility: str

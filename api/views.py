@@ -11,6 +11,7 @@ from sqlalchemy import func, literal, null, select, union_all
 from sqlalchemy.orm import Session, object_session
 
 from api import schemas
+from api.services.results import FIGURES_PREFIX
 from fflab import queueing
 from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, ExperimentTag, Run, utcnow
 from fflab.settings import Settings
@@ -184,8 +185,6 @@ def run_out(run: Run) -> schemas.Run:
         heartbeat_age_seconds=_seconds(run.heartbeat_at, None) if run.status == "running" else None,
     )
 
-
-FIGURES_PREFIX = "figures/"
 
 
 def artifact_out(request: Request, artifact: Artifact) -> schemas.ArtifactOut:

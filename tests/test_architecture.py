@@ -167,3 +167,87 @@ def test_every_sparseness_measure_has_its_table():
     from fflab.results import TABLES
 
     assert {f"sparseness_{measure}" for measure in SPARSENESS_MEASURES} <= set(TABLES)
+
+
+# The service layer (api.services): every rule of what the API and the web UI do is a
+# service function both call; route modules and pages only translate HTTP.
+RULE_MODULES = ("fflab.jobs", "fflab.accounts", "fflab.scheduling", "fflab.queueing", "worker")
+HTTP_MODULES = ("fastapi", "starlette", "api.routes", "api.ui", "api.errors", "api.deps")
+# Not yet moved (work in progress of the comparison pages): services that raise
+# FastAPI's own errors (to become api.services.errors.Invalid), and a page that draws
+# its figure with a route module's function (to become a service's).
+SERVICES_WITH_HTTP = {"api.services.comparisons", "api.services.search"}
+UI_IMPORTS_OF_ROUTES = {("api.ui.compare", "api.routes.comparisons")}
+
+
+def is_under(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+
+def is_route_module(module: str) -> bool:
+    return module.startswith("api.routes.") or module == "api.ui.routes"
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, known or not (``from a import b``: a and a.b),
+    those under ``if TYPE_CHECKING:`` left out."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def commits(source: str) -> list[int]:
+    """The lines of ``source`` that call ``<something>.commit()``."""
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "commit"]
+
+
+def test_the_checks_of_the_service_layer_find_what_they_look_for(tmp_path):
+    assert commits("def f(session):\n    session.add(1)\n    session.commit()\n") == [3]
+    assert commits("def f(db):\n    return db.write(lambda s: s)\n") == []
+    module = tmp_path / "m.py"
+    module.write_text("from typing import TYPE_CHECKING\nfrom fastapi import status\nif TYPE_CHECKING:\n"
+                      "    from api.deps import Database\nimport fflab.jobs\n")
+    assert all_imports(module) == {"typing", "typing.TYPE_CHECKING", "fastapi", "fastapi.status", "fflab.jobs"}
+    assert is_under("api.routes.experiments", ("api.routes",)) and not is_under("api.routesx", ("api.routes",))
+
+
+def test_the_web_ui_never_imports_a_route_module(graph):
+    assert sorted((name, target) for name, targets in graph.items() if name.startswith("api.ui")
+                  for target in targets if is_under(target, ("api.routes",))
+                  and (name, target) not in UI_IMPORTS_OF_ROUTES) == []
+
+
+def test_route_modules_reach_jobs_accounts_and_dispatch_only_through_services(graph):
+    assert sorted((name, target) for name, targets in graph.items() if is_route_module(name)
+                  for target in targets if is_under(target, RULE_MODULES)) == []
+
+
+def test_route_modules_commit_nothing():
+    """A write's transaction is its service's: a route opens the unit and renders."""
+    sources = modules()
+    assert {name: commits(sources[name].read_text()) for name in sources
+            if is_route_module(name) and commits(sources[name].read_text())} == {}
+
+
+def test_services_know_no_http():
+    """Services take plain arguments and raise api.services.errors: no FastAPI,
+    Starlette, route module, page, dependency or problem body."""
+    wrong = sorted((name, target) for name, path in modules().items()
+                   if name.startswith("api.services") and name not in SERVICES_WITH_HTTP
+                   for target in all_imports(path) if is_under(target, HTTP_MODULES))
+    assert wrong == []

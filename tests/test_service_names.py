@@ -74,6 +74,33 @@ def test_the_cli_refuses_what_the_api_refuses(served: Serve) -> None:
     assert "alice\n" not in names and "ADMIN" not in names
 
 
+def test_every_lookup_by_name_finds_the_user_however_the_name_is_written(served: Serve) -> None:
+    """The admin routes of a user, ``?owner=`` and ``fflab admin set-share`` look a
+    name up as it is stored (``accounts.find_user``): ALICE and Ａlice are alice; a
+    name no user has, or one that is not a name, is 404."""
+    with served.client() as admin:
+        if "alice" not in [user["name"] for user in admin.get("/v1/admin/users").json()["items"]]:
+            assert create(served, "alice").status_code == 201
+        shared = admin.patch("/v1/admin/users/ALICE", json={"share_weight": 2.5})
+        assert shared.status_code == 200 and shared.json()["name"] == "alice", shared.text
+        assert shared.json()["share_weight"] == 2.5
+        issued = admin.post("/v1/admin/users/\uff21lice/keys")
+        assert issued.status_code == 201 and issued.json()["user"]["name"] == "alice", issued.text
+        for nobody in ("bob", "al ice"):
+            missing = admin.patch(f"/v1/admin/users/{nobody}", json={"share_weight": 1})
+            assert missing.status_code == 404 and missing.json()["code"] == "not_found", missing.text
+        with httpx.Client(base_url=served.url, timeout=30,
+                          headers={"Authorization": f"Bearer {issued.json()['api_key']}"}) as alice:
+            submitted = alice.post("/v1/experiments", json={"preset": "quick", "models": ["ff"], "seeds": [0],
+                                                            "data": {"train_subset": 200, "test_subset": 200}})
+            assert submitted.status_code == 202, submitted.text
+        listed = admin.get("/v1/experiments", params={"scope": "all", "owner": "ALICE"}).json()["items"]
+        assert submitted.json()["id"] in [item["id"] for item in listed]
+        assert admin.get("/v1/experiments", params={"scope": "all", "owner": "al ice"}).json()["items"] == []
+    set_share = cli(served, "set-share", "ALICE", "--weight", "3")
+    assert set_share.returncode == 0 and set_share.stdout.startswith("alice: weight 3"), set_share.stderr
+
+
 def test_one_validation_function() -> None:
     for name in ("alice\n", " alice", "al/ice"):
         with pytest.raises(accounts.InvalidName, match="^name: "):

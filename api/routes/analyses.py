@@ -1,10 +1,9 @@
-"""Re-analyses: new ensembles, tables and figures from stored representations."""
+"""Re-analyses: new ensembles, tables and figures from stored representations
+(the rules: ``api.services.analyses``)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
-from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import schemas, views
@@ -16,13 +15,11 @@ from api.deps import (
     OwnedExperiment,
     SettingsDep,
     authenticated_user,
-    current_experiment,
-    readable_experiment,
 )
-from api.errors import api_error, problem_responses
-from api.paging import Page, PageDep
-from fflab import jobs
-from fflab.db import Analysis
+from api.errors import problem_responses
+from api.paging import PageDep
+from api.services import analyses
+from api.services.experiments import readable_experiment
 from fflab.spec import AnalysisSpec
 
 router = APIRouter(prefix="/v1/experiments/{experiment_id}/analyses", tags=["analyses"],
@@ -35,54 +32,30 @@ async def create_analysis(body: AnalysisSpec, experiment: OwnedExperiment, reque
                           db: DatabaseDep, settings: SettingsDep, dispatcher: DispatcherDep) -> schemas.AnalysisOut:
     """Queue a re-analysis without retraining; when it succeeds, the experiment's
     ensembles, results and figures are those of this AnalysisSpec."""
-    out = await db.write(lambda session: queue_analysis(session, request, experiment.id, body, settings,
-                                                        dispatcher))
+    out = await db.write(lambda session: views.analysis_out(request, analyses.queue_analysis(
+        session, experiment.id, body, settings, dispatcher)))
     response.headers["Location"] = out.url
     return out
-
-
-def queue_analysis(session: Session, request: Request, experiment_id: str, body: AnalysisSpec,
-                   settings, dispatcher) -> schemas.AnalysisOut:
-    """Create the analysis (409 if one is running), commit, and send it to the cpu queue."""
-    experiment = current_experiment(session, experiment_id)
-    try:
-        analysis = jobs.create_analysis(session, experiment, body.model_dump(mode="json"))
-    except jobs.ConflictError as error:
-        raise api_error(status.HTTP_409_CONFLICT, str(error), "conflict") from None
-    session.commit()
-    dispatcher.send_analysis(analysis.id, settings.queue_name("cpu"))
-    return views.analysis_out(request, analysis)
-
-
-def _readable(session: Session, credentials: HTTPAuthorizationCredentials | None, experiment_id: str):
-    return readable_experiment(session, authenticated_user(session, credentials), experiment_id)
 
 
 @router.get("", response_model=schemas.AnalysisList)
 async def list_analyses(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: Credentials,
                         page: PageDep) -> schemas.AnalysisList:
     """The experiment's re-analyses, oldest first."""
-    return await db.read(lambda session: analyses_of(session, request, _readable(session, credentials,
-                                                                                 experiment_id), page))
 
+    def analyses_page(session: Session) -> schemas.AnalysisList:
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        found, next_token = analyses.analyses_page(session, experiment, page)
+        return schemas.AnalysisList(items=[views.analysis_out(request, a) for a in found], next_page_token=next_token)
 
-def analyses_of(session: Session, request: Request, experiment, page: Page) -> schemas.AnalysisList:
-    analyses, next_token = page.cut(list(session.scalars(
-        select(Analysis).where(Analysis.experiment_id == experiment.id)
-        .order_by(Analysis.created_at, Analysis.id).limit(page.limit + 1).offset(page.offset)
-    )))
-    return schemas.AnalysisList(items=[views.analysis_out(request, a) for a in analyses], next_page_token=next_token)
+    return await db.read(analyses_page)
 
 
 @router.get("/{analysis_id}", response_model=schemas.AnalysisOut)
 async def get_analysis(analysis_id: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
                        credentials: Credentials) -> schemas.AnalysisOut:
     def one(session: Session) -> schemas.AnalysisOut:
-        experiment = _readable(session, credentials, experiment_id)
-        analysis = session.get(Analysis, analysis_id)
-        if analysis is None or analysis.experiment_id != experiment.id:
-            raise api_error(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no analysis {analysis_id}",
-                            "not_found")
-        return views.analysis_out(request, analysis)
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        return views.analysis_out(request, analyses.analysis_of(session, experiment, analysis_id))
 
     return await db.read(one)

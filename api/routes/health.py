@@ -16,8 +16,8 @@ from api import schemas
 from api.deps import DatabaseDep, SettingsDep, StorageDep
 from api.metrics import operator_refusal
 from api.overload import Overloaded
-from fflab import jobs
-from fflab.db import get_engine, get_sessionmaker
+from api.services.workers import held_gpus, missing_consumers
+from fflab.db import get_engine
 from fflab.settings import Settings
 from fflab.storage import disk_problems, disk_report
 
@@ -36,28 +36,6 @@ def _check(what) -> str:
     except Exception as error:
         return f"unreachable: {type(error).__name__}: {error}"
     return "ok"
-
-
-def missing_consumers(settings: Settings) -> list[str]:
-    """The queues that must have a live worker (heard from within
-    FFLAB_WORKER_HEARTBEAT_TIMEOUT_S) and have none: cpu (aggregations and
-    re-analyses go there), and gpu when the deployment runs GPU workers."""
-    needed = [settings.queue_name("cpu")] + ([settings.queue_name("gpu")] if settings.gpus_available else [])
-    with get_sessionmaker(settings.resolved_database_url)() as session:
-        consumed = {queue for worker in jobs.live_workers(session, settings) for queue in worker.queues.split(",")}
-    return [queue for queue in needed if queue not in consumed]
-
-
-def held_gpus(settings: Settings) -> list[schemas.WorkerGpu]:
-    """The GPUs of the workers heard from within FFLAB_WORKER_HEARTBEAT_TIMEOUT_S."""
-    with get_sessionmaker(settings.resolved_database_url)() as session:
-        return [
-            schemas.WorkerGpu(worker=worker.name, hostname=worker.hostname, slots=worker.concurrency,
-                              index=device.get("index"), name=device.get("name", "?"),
-                              total_memory_bytes=device.get("total_memory_bytes", 0))
-            for worker in jobs.live_workers(session, settings) for device in worker.devices or []
-            if device.get("kind", "cuda") == "cuda"  # CPU workers register their RAM as a "cpu" device
-        ]
 
 
 @router.get("/readyz", response_model=schemas.Readiness, responses={503: {"model": schemas.Readiness}})

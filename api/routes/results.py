@@ -5,19 +5,17 @@ artifacts, and the runs and analyses of their own routers) answers 200 with what
 exists so far, and ``experiment_status`` says whether more may come (runs add their
 documents as they finish); a document the experiment's aggregation writes
 (``/results``, ``/paper-comparison``) answers 409 ``conflict`` until it exists; an item
-asked for by name that does not exist answers 404 ``not_found``."""
+asked for by name that does not exist answers 404 ``not_found``. The rules (what is
+ready, which names are allowed) are ``api.services.results``'s."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
-from sqlalchemy import select
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 
 from api import schemas, views
 from api.deps import (
@@ -26,16 +24,17 @@ from api.deps import (
     ExperimentId,
     StorageDep,
     authenticated_user,
-    readable_experiment,
 )
-from api.errors import api_error, problem_responses
-from api.files import file_response
+from api.errors import problem_responses
+from api.files import encoded_slash, file_response
 from api.paging import Page, PageDep, page_params
 from api.per_run import check_layer_filter, page_of_runs
-from fflab.db import Artifact, Ensemble, Experiment, Result, Run
-from fflab import paper
-from fflab.results import PAPER_TABLES, TABLES, ExperimentResults, PaperComparison
-from fflab.spec import DatasetName, ExperimentSpec, ModelName
+from api.services import results as service
+from api.services.experiments import readable_experiment
+from api.services.results import MAX_LAYER, EnsembleFilters, Method
+from fflab.db import Artifact
+from fflab.results import TABLES, ExperimentResults, PaperComparison
+from fflab.spec import DatasetName, ModelName
 
 router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=["results"],
                    responses=problem_responses(401, 404, 422))
@@ -45,21 +44,10 @@ FILE_HEADERS = {
     "Content-Range": {"description": "206 only: bytes start-end/size.", "schema": {"type": "string"}},
 }
 
-Method = Literal["method1", "method2"]
 ModelFilter = Annotated[ModelName | None, Query(description="ff, bpff or bp.")]
 DatasetFilter = Annotated[DatasetName | None, Query(description="mnist or fashion_mnist.")]
-MAX_LAYER = 1024  # far above any network's depth (NetworkSpec.layers); fits any integer column
 LayerFilter = Annotated[int | None, Query(ge=1, le=MAX_LAYER, description="Hidden layer, from 1.")]
 MethodFilter = Annotated[Method | None, Query()]
-
-
-def _result(session: Session, experiment: Experiment) -> Result:
-    result = session.get(Result, experiment.id)
-    if result is None:
-        raise api_error(status.HTTP_409_CONFLICT,
-                        f"experiment {experiment.id} is {experiment.status}: its results are not ready (they are "
-                        "written when its last run has finished and been aggregated)", "conflict")
-    return result
 
 
 @router.get("/results", response_model=ExperimentResults,
@@ -83,53 +71,17 @@ async def get_results(
             raise RequestValidationError([{
                 "type": "missing", "loc": ("query", "table"), "msg": "format=csv answers one table per response: "
                 f"name it with table= (one of {', '.join(TABLES)})", "ctx": {"expected": " or ".join(TABLES)}}])
-        return results_of(session, experiment, format, table)
+        return as_text(service.results_document(session, experiment, format, table), format)
 
     return await db.read(results)
 
 
-def results_of(session: Session, experiment: Experiment, format: str, table: str | None):
-    """The body of ``GET /results`` (``table`` given with format=csv)."""
-    result = _result(session, experiment)
+def as_text(document: dict | str, format: str):
+    """A document as JSON, or its text as CSV or markdown."""
     if format == "json":
-        return result.results
-    if table:
-        if table not in result.tables:
-            raise api_error(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no table {table}; it "
-                                                       f"has: {', '.join(result.tables)}", "not_found")
-        text = result.tables[table][format]
-    else:
-        names = PAPER_TABLES + (("sweep",) if "sweep" in result.tables else ())
-        text = "\n".join(f"# {name}\n\n{result.tables[name]['md']}" for name in names)
+        return document
     media = "text/csv" if format == "csv" else "text/markdown"
-    return PlainTextResponse(text, media_type=f"{media}; charset=utf-8")
-
-
-def _runs(session: Session, experiment: Experiment, model: str | None, dataset: str | None,
-          run_id: str | None = None, columns: tuple = ()) -> list[Run]:
-    """The experiment's succeeded runs matching the filters; with ``columns``, only
-    those are loaded (each run carries several JSON documents)."""
-    query = select(Run).where(Run.experiment_id == experiment.id, Run.status == "succeeded")
-    if columns:
-        query = query.options(load_only(*columns))
-    for column, value in ((Run.model, model), (Run.dataset, dataset), (Run.run_id, run_id)):
-        if value is not None:
-            query = query.where(column == value)
-    return list(session.scalars(query.order_by(Run.id)))
-
-
-@dataclass(frozen=True)
-class EnsembleFilters:
-    """What ``GET /ensembles`` keeps (None: any)."""
-
-    model: str | None
-    dataset: str | None
-    layer: int | None
-    class_index: int | None
-    method: str | None
-    quantile: float | None
-    run_id: str | None
-    old_class: str | None  # the class filter's old name, refused with its new one
+    return PlainTextResponse(document, media_type=f"{media}; charset=utf-8")
 
 
 async def ensemble_filters(
@@ -158,54 +110,9 @@ async def get_ensembles(
     def ensembles_page(session: Session) -> schemas.EnsemblesOut:
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
         check_layer_filter(experiment, filters.layer)
-        return ensembles_of(session, experiment, page, filters)
+        return service.ensembles_page(session, experiment, page, filters)
 
     return await db.read(ensembles_page)  # dashboards poll it: one unit
-
-
-def ensembles_of(session: Session, experiment: Experiment, page: Page, filters: EnsembleFilters) -> schemas.EnsemblesOut:
-    """The page of ``GET /ensembles`` (the 422s of the filters that need the experiment included)."""
-    if filters.old_class is not None:  # the filter's old name: it must not be ignored silently
-        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", "class"),
-                                       "input": filters.old_class,
-                                       "msg": "the class filter is class_index (as in the ensembles' records)"}])
-    quantiles = computed_quantiles(experiment)
-    quantile = filters.quantile
-    if quantile is not None and quantile not in quantiles:
-        raise RequestValidationError([{
-            "type": "value_error", "loc": ("query", "quantile"), "input": quantile,
-            "ctx": {"expected": " or ".join(map(str, quantiles))},
-            "msg": f"quantile {quantile} was not computed for this experiment (its quantiles: "
-                   f"{', '.join(map(str, quantiles))}); to get it, POST /v1/experiments/{experiment.id}/analyses "
-                   f"with quantiles that include it"}])
-    runs = {run.run_id: run for run in _runs(session, experiment, filters.model, filters.dataset, filters.run_id,
-                                             columns=(Run.run_id, Run.ensemble_summary))}
-    fields = ("layer", "class_index", "class_name", "method", "quantile", "threshold", "epsilon", "rho_cut",
-              "nh_cut", "n_images", "units", "size")
-    # Plain rows, not ORM objects: an experiment has hundreds of ensembles per run.
-    query = select(Ensemble.run_id, *(getattr(Ensemble, field) for field in fields)).where(
-        Ensemble.experiment_id == experiment.id, Ensemble.run_id.in_(list(runs)))
-    for column, value in ((Ensemble.layer, filters.layer), (Ensemble.class_index, filters.class_index),
-                          (Ensemble.method, filters.method), (Ensemble.quantile, quantile)):
-        if value is not None:
-            query = query.where(column == value)
-    found, next_token = page.cut(list(session.execute(query.order_by(Ensemble.id)
-                                                      .limit(page.limit + 1).offset(page.offset))))
-    rows = defaultdict(list)
-    for run_id_, *values in found:
-        rows[run_id_].append(dict(zip(fields, values)))
-    return schemas.EnsemblesOut(
-        experiment_id=experiment.id, experiment_status=experiment.status, quantiles=quantiles,
-        next_page_token=next_token,
-        runs=[{**runs[name].ensemble_summary, "ensembles": ensembles} for name, ensembles in rows.items()
-              if runs[name].ensemble_summary],
-    )
-
-
-def computed_quantiles(experiment: Experiment) -> list[float]:
-    """The Method 1 quantiles of the experiment's current analysis (a re-analysis
-    replaces them)."""
-    return list((experiment.spec.get("analysis") or {}).get("quantiles") or [])
 
 
 @router.get("/shared-units", response_model=schemas.SharedUnitsOut)
@@ -257,43 +164,18 @@ async def get_weights(experiment_id: ExperimentId, db: DatabaseDep, credentials:
     return await db.read(weights)
 
 
-def _artifacts(session: Session, experiment: Experiment, page: Page, prefix: str = "") -> tuple[list[Artifact], str | None]:
-    query = select(Artifact).where(Artifact.experiment_id == experiment.id)
-    if prefix:
-        query = query.where(Artifact.name.startswith(prefix, autoescape=True))
-    return page.cut(list(session.scalars(query.order_by(Artifact.name).limit(page.limit + 1).offset(page.offset))))
-
-
-def _one_artifact(session: Session, experiment: Experiment, name: str) -> Artifact:
-    artifact = session.scalar(
-        select(Artifact).where(Artifact.experiment_id == experiment.id, Artifact.name == name)
-    )
-    if artifact is None:
-        raise api_error(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no artifact {name}", "not_found")
-    return artifact
-
-
 @router.get("/figures", response_model=schemas.ArtifactList)
 async def list_figures(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: Credentials,
                        page: PageDep) -> schemas.ArtifactList:
     """The experiment's figures; each ``name`` is what GET /figures/{name} takes."""
-    return await db.read(lambda session: figures_of(
-        session, request, readable_experiment(session, authenticated_user(session, credentials), experiment_id),
-        page))
 
+    def figures_page(session: Session) -> schemas.ArtifactList:
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        artifacts, next_token = service.artifacts_page(session, experiment, page, service.FIGURES_PREFIX)
+        return schemas.ArtifactList(items=[views.figure_out(request, a) for a in artifacts],
+                                    next_page_token=next_token, experiment_status=experiment.status)
 
-def figures_of(session: Session, request: Request, experiment: Experiment, page: Page) -> schemas.ArtifactList:
-    artifacts, next_token = _artifacts(session, experiment, page, views.FIGURES_PREFIX)
-    return schemas.ArtifactList(items=[views.figure_out(request, a) for a in artifacts], next_page_token=next_token,
-                                experiment_status=experiment.status)
-
-
-def figure_artifact(session: Session, request: Request, experiment: Experiment, name: str) -> Artifact:
-    """The artifact of the figure ``name`` (with or without ``.png``), checked as a name."""
-    file_name = name if name.endswith(".png") else f"{name}.png"
-    raw_path = request.scope.get("raw_path", b"").lower()
-    check_artifact_name(file_name, "name", "/" in name or b"%2f" in raw_path or b"%5c" in raw_path)
-    return _one_artifact(session, experiment, f"{views.FIGURES_PREFIX}{file_name}")
+    return await db.read(figures_page)
 
 
 @router.get("/figures/{name}", response_class=Response,
@@ -304,9 +186,9 @@ def figure_artifact(session: Session, request: Request, experiment: Experiment, 
 async def get_figure(name: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
                      credentials: Credentials, storage: StorageDep):
     """A figure as PNG; ``name`` as in the list (figure1a.png), or without ``.png``."""
-    artifact = await db.read(lambda session: figure_artifact(
-        session, request, readable_experiment(session, authenticated_user(session, credentials), experiment_id),
-        name))
+    artifact = await db.read(lambda session: service.figure_artifact(
+        session, readable_experiment(session, authenticated_user(session, credentials), experiment_id),
+        name, encoded_slash(request)))
     return await file_response(request, storage, artifact)  # the session is closed: the file streams without it
 
 
@@ -318,26 +200,11 @@ async def list_artifacts(experiment_id: ExperimentId, request: Request, db: Data
 
     def artifacts_page(session: Session) -> schemas.ArtifactList:
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
-        artifacts, next_token = _artifacts(session, experiment, page)
+        artifacts, next_token = service.artifacts_page(session, experiment, page)
         return schemas.ArtifactList(items=[views.artifact_out(request, a) for a in artifacts],
                                     next_page_token=next_token, experiment_status=experiment.status)
 
     return await db.read(artifacts_page)
-
-
-def check_artifact_name(name: str, field: str, encoded_slash: bool) -> None:
-    """Names are relative paths inside the experiment: no '..', no absolute path, no
-    backslash, no percent-encoded slash."""
-    parts = name.split("/")
-    control = any(ord(c) < 32 or ord(c) == 127 for c in name)
-    if (encoded_slash or control or name.startswith("/") or "\\" in name or ":" in parts[0]
-            or any(p in ("", ".", "..") for p in parts)):
-        raise RequestValidationError([{
-            "type": "value_error", "loc": ("path", field), "input": name,
-            "msg": "must be a relative artifact name such as runs/<run_id>/weights.pt or "
-                   "figures/figure1a.png: no '..' or '.' segments, leading '/', drive letter, backslash, "
-                   "control character (NUL) or encoded '/'",
-        }])
 
 
 @router.get("/artifacts/{name:path}", response_class=Response,
@@ -351,9 +218,7 @@ async def get_artifact(name: str, experiment_id: ExperimentId, request: Request,
 
     def artifact(session: Session) -> Artifact:
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
-        raw_path = request.scope.get("raw_path", b"").lower()
-        check_artifact_name(name, "name", b"%2f" in raw_path or b"%5c" in raw_path)
-        return _one_artifact(session, experiment, name)
+        return service.artifact_named(session, experiment, name, encoded_slash(request))
 
     return await file_response(request, storage, await db.read(artifact))
 
@@ -369,19 +234,6 @@ async def get_paper_comparison(
     standard errors and a verdict (consistent within 2, differs, not comparable),
     and the protocol settings where the experiment departs from the paper's.
     409 until the experiment's results are ready."""
-    return await db.read(lambda session: paper_comparison_of(
-        session, readable_experiment(session, authenticated_user(session, credentials), experiment_id), format))
-
-
-def paper_comparison_of(session: Session, experiment: Experiment, format: str):
-    """The body of ``GET /paper-comparison``."""
-    result = _result(session, experiment)
-    comparison = paper.paper_comparison(
-        ExperimentSpec.model_validate(experiment.spec), result.results["runs"],
-        result.results.get("method_comparison"), experiment=experiment.id,
-    )
-    if format == "json":
-        return comparison
-    text = paper.to_markdown(comparison) if format == "md" else paper.to_csv(comparison)
-    media = "text/csv" if format == "csv" else "text/markdown"
-    return PlainTextResponse(text, media_type=f"{media}; charset=utf-8")
+    return await db.read(lambda session: as_text(service.paper_comparison(
+        session, readable_experiment(session, authenticated_user(session, credentials), experiment_id), format),
+        format))

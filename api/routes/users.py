@@ -1,17 +1,15 @@
-"""The current user and their own API keys."""
+"""The current user and their own API keys; the rules: ``api.services.users``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, status
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import schemas
 from api.deps import Credentials, CurrentUser, DatabaseDep, authenticated_user
 from api.errors import problem_responses
 from api.paging import PageDep
-from fflab import accounts
-from fflab.db import ApiKey, User
+from api.services import users
 
 router = APIRouter(prefix="/v1/users", tags=["users"], responses=problem_responses(401, 422))
 
@@ -24,13 +22,10 @@ async def me(user: CurrentUser) -> schemas.UserOut:
 @router.get("/me/keys", response_model=schemas.KeyList)
 async def list_my_keys(credentials: Credentials, db: DatabaseDep, page: PageDep) -> schemas.KeyList:
     """Your keys, active and revoked, newest first: their public prefixes, never the keys."""
-    current = credentials.credentials[:accounts.PUBLIC_PREFIX_LENGTH] if credentials else None
+    current = users.public_prefix(credentials.credentials) if credentials else None
 
     def keys_page(session: Session) -> schemas.KeyList:
-        user = authenticated_user(session, credentials)
-        keys, next_token = page.cut(list(session.scalars(
-            select(ApiKey).where(ApiKey.user_id == user.id).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
-            .limit(page.limit + 1).offset(page.offset))))
+        keys, next_token = users.keys_page(session, authenticated_user(session, credentials), page)
         return schemas.KeyList(items=[schemas.KeyOut(prefix=key.prefix, created_at=key.created_at,
                                                      revoked_at=key.revoked_at, current=key.prefix == current)
                                       for key in keys], next_page_token=next_token)
@@ -44,13 +39,11 @@ async def rotate_my_key(user: CurrentUser, credentials: Credentials, db: Databas
                         body: schemas.KeyRotation | None = None) -> schemas.NewKey:
     """A new key for you (shown once); the key this request is made with is revoked
     unless ``revoke_current`` is false (to keep both while you switch)."""
+    revoke_current = (body or schemas.KeyRotation()).revoke_current
+    current_key = credentials.credentials if credentials is not None else None
 
     def rotate(session: Session) -> schemas.NewKey:
-        current = session.get(User, user.id)
-        key = accounts.issue_key(session, current)
-        if (body or schemas.KeyRotation()).revoke_current and credentials is not None:
-            accounts.revoke_keys(session, key_or_prefix=credentials.credentials)
-        session.commit()
+        current, key = users.rotate_key(session, user, current_key, revoke_current)
         return schemas.NewKey(user=schemas.UserOut.model_validate(current), api_key=key)
 
     return await db.write(rotate)

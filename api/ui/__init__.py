@@ -10,13 +10,14 @@ explorer's selections. Every page works without JavaScript too (plain links and
 form posts); htmx only saves reloads. There is no build step and no CDN: the app
 serves every asset itself, so the UI works on an offline server.
 
-The pages call what the JSON API calls: the dependencies of ``api.deps``
-(``authenticated_user``, ``readable_experiment``, ``get_owned_experiment``), the
-route functions of ``api.routes`` themselves (submit, cancel, delete, re-analyse,
-results, figures, ensembles, paper comparison) and ``api.views``. A page never
-makes an HTTP request to the app. Authorisation is therefore the API's: another
-user's private experiment is a 404 page, changing an experiment needs its owner
-or an admin.
+The pages call what the JSON API's routes call: the service layer
+(``api.services``: submit, cancel, delete, re-analyse, sign in and out, results,
+figures, ensembles, paper comparison, who may read and change an experiment),
+``api.deps`` (``authenticated_user``) and ``api.views``; never a route handler
+(tests/test_architecture.py checks that nothing here imports ``api.routes``). A
+page never makes an HTTP request to the app. Authorisation is therefore the API's:
+another user's private experiment is a 404 page, changing an experiment needs its
+owner or an admin.
 
 Authentication (``security``): the sign-in form takes an API key and opens a
 server-side session with it; the browser keeps only the session's id, in an
@@ -29,9 +30,9 @@ in the ``X-CSRF-Token`` header htmx sends) and must come from the app's own orig
 (Origin / Sec-Fetch-Site); otherwise it is a 403 page.
 
 Errors (``html``): the UI's routes use ``HTMLRoute``, which turns the API's
-exceptions into pages: 401 redirects to the sign-in page, other HTTP errors are an
-error page with the API's message, and a form's validation errors are shown next
-to its fields (``forms.field_errors`` reads the API's error bodies).
+exceptions and the services' refusals into pages: 401 redirects to the sign-in
+page, other errors are an error page with the API's message, and a form's
+validation errors are shown next to its fields (``forms.field_errors`` reads the API's error bodies).
 
 Modules: ``security`` (cookies, CSRF, the current user), ``html`` (templates,
 the route class, ``render``), ``forms`` (form fields <-> API bodies and errors),

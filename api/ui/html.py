@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
+from api.services.errors import ServiceError
 from api.ui import forms
 from api.ui.security import csrf_token, remember_csrf_token
 
@@ -94,8 +95,8 @@ def error_page(request: Request, status_code: int, message: str, problems: dict[
 
 
 class HTMLRoute(APIRoute):
-    """A route whose HTTP errors are pages: 401 -> the sign-in page, 422 -> the
-    fields and their problems, others -> the API's message."""
+    """A route whose HTTP errors and services' refusals are pages: 401 -> the
+    sign-in page, 422 -> the fields and their problems, others -> the API's message."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()
@@ -114,5 +115,11 @@ class HTMLRoute(APIRoute):
             except RequestValidationError as error:
                 problems = forms.field_errors({"detail": list(error.errors())})
                 return error_page(request, 422, "the request has invalid values", problems)
+            except ServiceError as error:  # what a service refused (api.services.errors)
+                if error.message is None:
+                    problems = forms.field_errors({"detail": error.problems})
+                    return error_page(request, error.status, "the request has invalid values", problems)
+                headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+                return error_page(request, error.status, error.message, headers=headers)
 
         return html_handler

@@ -1,10 +1,10 @@
 """The pages of the web UI (see the package's docstring for the design).
 
-Reads go through the API's dependencies and the functions behind its routes;
-writes call what the API's routes call (submit, cancel, delete, re-analyse) with
-the same settings and dispatcher, so that a form does exactly what the JSON
-request does. Validation errors are read from the body the API would have sent
-(``api_error_body``) and shown next to the form's fields.
+Pages call the service layer (``api.services``), as the API's routes do, never a
+route handler: reads, and the writes (submit, cancel, delete, re-analyse, sign in
+and out) with the same settings and dispatcher, so that a form does exactly what
+the JSON request does. What a service refuses is read from the body the API would
+have sent (``api_error_body``) and shown next to the form's fields.
 
 Like the API's routes (``api.deps``), a page does its database work in units: one
 trip to the threadpool with a session opened and closed there, rendering
@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import RedirectResponse
+from fastapi.responses import PlainTextResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
@@ -32,23 +32,24 @@ from api.deps import (
     DispatcherDep,
     ExperimentId,
     SettingsDep,
+    StatusCacheDep,
     StorageDep,
     authenticated_user,
-    owned_experiment,
-    readable_experiment,
 )
-from api.files import file_response
+from api.files import encoded_slash, file_response
 from api.paging import Page
-from api.routes import analyses as analyses_routes
-from api.routes import experiments as experiment_routes
-from api.routes import results as results_routes
+from api.services import analyses as analysis_service
+from api.services import experiments as experiment_service
+from api.services import results as result_service
+from api.services import users as user_service
+from api.services.errors import Conflict, Invalid, ServiceError
+from api.services.experiments import owned_experiment, readable_experiment
 from api.ui import forms, queries, security
 from api.ui.charts import loss_chart
 from api.ui import compare as compare_pages
 from api.ui.explorer import ClassMeansCache, unit_grid
 from api.ui.html import SIGN_IN, HTMLRoute, render
 from api.ui.security import CsrfChecked, UICredentials, UIUser, ui_user
-from fflab import accounts
 from fflab.analysis import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
 from fflab.figures import class_names
@@ -129,15 +130,9 @@ async def sign_in(request: Request, db: DatabaseDep, settings: SettingsDep) -> R
             raise
         return render(request, "sign_in.html", {"next": target, "error": error.detail}, 401)
 
-    def open_session(session: Session) -> str:
-        api_key = accounts.api_key_of(session, key)
-        if api_key is None:  # revoked meanwhile
-            raise HTTPException(401, "invalid or revoked API key")
-        session_id = accounts.open_ui_session(session, api_key, settings.ui_session_ttl_s)
-        session.commit()
-        return session_id
-
-    session_id = await db.write(open_session)
+    session_id = await db.write(lambda session: user_service.open_ui_session(session, key, settings))
+    if session_id is None:  # revoked meanwhile
+        raise HTTPException(401, "invalid or revoked API key")
     response = RedirectResponse(target, status_code=303)
     security.sign_in(request, response, session_id)
     return response
@@ -147,11 +142,7 @@ async def sign_in(request: Request, db: DatabaseDep, settings: SettingsDep) -> R
 async def sign_out(request: Request, db: DatabaseDep, credentials: UICredentials) -> Response:
     """End the session: its row is deleted, so its id no longer signs anyone in."""
     if credentials:
-        def close(session: Session) -> None:
-            accounts.close_ui_session(session, credentials)
-            session.commit()
-
-        await db.write(close)
+        await db.write(lambda session: user_service.close_ui_session(session, credentials))
     response = RedirectResponse(SIGN_IN, status_code=303)
     security.sign_out(request, response)
     return response
@@ -196,13 +187,14 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
     if result is not None:
         tables = [result.results["tables"][name] | {"name": name} for name in PAPER_TABLES + ("sweep",)
                   if name in result.results.get("tables", {})]
-        comparison = results_routes.paper_comparison_of(session, experiment, "json")
-    figures = [artifact.name for artifact in
-               results_routes.figures_of(session, request, experiment, Page.first()).items]
-    analyses = analyses_routes.analyses_of(session, request, experiment, Page.first()).items
+        comparison = result_service.paper_comparison(session, experiment, "json")
+    figures = [views.figure_out(request, artifact).name for artifact in result_service.artifacts_page(
+        session, experiment, Page.first(), result_service.FIGURES_PREFIX)[0]]
+    analyses = [views.analysis_out(request, analysis)
+                for analysis in analysis_service.analyses_page(session, experiment, Page.first())[0]]
     return {
         "experiment": detail,
-        "may_change": experiment.owner_id == user.id or user.role == "admin",
+        "may_change": experiment_service.may_change(user, experiment.owner_id),
         "ahead": queries.runs_ahead(session, [experiment.id]).get(experiment.id),
         "runs": [(views.run_out(run), loss_chart((run.metrics or {}).get("loss_history", [])))
                  for run in runs],
@@ -241,12 +233,16 @@ async def progress_fragment(experiment_id: ExperimentId, request: Request, db: D
     return await db.read(fragment)
 
 
+def csv_response(text: str) -> Response:
+    return PlainTextResponse(text, media_type="text/csv; charset=utf-8")
+
+
 @router.get("/experiments/{experiment_id}/tables/{table}.csv")
 async def table_csv(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
                     table: Literal[TABLES]) -> Response:  # type: ignore[valid-type]
     def download(session: Session) -> Response:
         experiment = ui_readable(session, request, credentials, experiment_id)
-        response = results_routes.results_of(session, experiment, "csv", table)
+        response = csv_response(result_service.results_document(session, experiment, "csv", table))
         response.headers["Content-Disposition"] = f'attachment; filename="{experiment.name}-{table}.csv"'
         return response
 
@@ -258,7 +254,7 @@ async def paper_comparison_csv(experiment_id: ExperimentId, request: Request, db
                                credentials: UICredentials) -> Response:
     def download(session: Session) -> Response:
         experiment = ui_readable(session, request, credentials, experiment_id)
-        response = results_routes.paper_comparison_of(session, experiment, "csv")
+        response = csv_response(result_service.paper_comparison(session, experiment, "csv"))
         response.headers["Content-Disposition"] = f'attachment; filename="{experiment.name}-paper-comparison.csv"'
         return response
 
@@ -268,24 +264,23 @@ async def paper_comparison_csv(experiment_id: ExperimentId, request: Request, db
 @router.get("/experiments/{experiment_id}/figures/{name}")
 async def figure(name: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
                  credentials: UICredentials, storage: StorageDep) -> Response:
-    artifact = await db.read(lambda session: results_routes.figure_artifact(
-        session, request, ui_readable(session, request, credentials, experiment_id), name))
+    artifact = await db.read(lambda session: result_service.figure_artifact(
+        session, ui_readable(session, request, credentials, experiment_id), name, encoded_slash(request)))
     return await file_response(request, storage, artifact)
 
 
 @router.post("/experiments/{experiment_id}/cancel", dependencies=[CsrfChecked])
 async def cancel(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
-                 settings: SettingsDep, dispatcher: DispatcherDep) -> Response:
-    await db.write(lambda session: experiment_routes.cancel(
-        session, request, ui_owned(session, request, credentials, experiment_id), settings, dispatcher))
+                 settings: SettingsDep, dispatcher: DispatcherDep, cache: StatusCacheDep) -> Response:
+    await db.write(lambda session: experiment_service.cancel(
+        session, ui_user(session, request, credentials), experiment_id, settings, dispatcher, cache))
     return RedirectResponse(f"/ui/experiments/{experiment_id}", status_code=303)
 
 
 @router.post("/experiments/{experiment_id}/delete", dependencies=[CsrfChecked])
-async def delete(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
-                 settings: SettingsDep, dispatcher: DispatcherDep, storage: StorageDep) -> Response:
-    await experiment_routes.remove_experiment(db, storage, request, settings, dispatcher,
-                                              lambda session: ui_owned(session, request, credentials, experiment_id))
+async def delete(experiment_id: ExperimentId, db: DatabaseDep, user: UIUser, settings: SettingsDep,
+                 dispatcher: DispatcherDep, storage: StorageDep, cache: StatusCacheDep) -> Response:
+    await experiment_service.remove(db, storage, user, experiment_id, settings, dispatcher, cache)
     return RedirectResponse("/ui/", status_code=303)
 
 
@@ -297,18 +292,16 @@ async def reanalyse(request: Request, experiment: UIOwnedExperiment, db: Databas
     form = forms.AnalysisForm.from_form(await request.form())
     try:
         body = validated(AnalysisSpec, form.body())
-        await db.write(lambda session: analyses_routes.queue_analysis(session, request, experiment.id, body,
-                                                                      settings, dispatcher))
-    except (RequestValidationError, HTTPException) as error:
-        if isinstance(error, HTTPException) and error.status_code not in (409, 422):
-            raise
+        await db.write(lambda session: analysis_service.queue_analysis(session, experiment.id, body, settings,
+                                                                       dispatcher))
+    except (RequestValidationError, Invalid, Conflict) as error:
         errors = forms.form_errors(forms.field_errors(await api_error_body(request, error)), forms.ANALYSIS_FIELDS)
 
         def page(session: Session) -> Response:
             current = readable_experiment(session, request.state.ui_user, experiment.id)
             context = experiment_context(request, session, current, request.state.ui_user)
             context.update(analysis_form=form, analysis_errors=errors)
-            return render(request, "experiment.html", context, 409 if isinstance(error, HTTPException) else 422)
+            return render(request, "experiment.html", context, 409 if isinstance(error, Conflict) else 422)
 
         return await db.read(page)
     return RedirectResponse(f"/ui/experiments/{experiment.id}#analyses", status_code=303)
@@ -330,9 +323,7 @@ def submit_context(form: forms.SubmitForm, errors: dict[str, list[str]], preview
 def spec_preview(form: forms.SubmitForm, settings) -> dict[str, Any]:
     """The spec the form would submit and its run count; the API's validation
     errors (and this server's limits) as exceptions."""
-    body = validated(schemas.ExperimentSubmit, form.body())
-    spec = experiment_routes.spec_from_body(body)
-    experiment_routes.check_limits(spec, settings)
+    spec = experiment_service.checked_spec(validated(schemas.ExperimentSubmit, form.body()), settings)
     return {"spec": spec.model_dump(mode="json"), "runs": len(spec.runs())}
 
 
@@ -353,7 +344,7 @@ async def submit_preview(request: Request, settings: SettingsDep, _user: UIUser)
     form = forms.SubmitForm.from_form(await request.form())
     try:
         preview, errors = spec_preview(form, settings), {}
-    except (RequestValidationError, HTTPException) as error:
+    except (RequestValidationError, ServiceError) as error:
         preview, errors = None, await form_errors_of(request, error)
     return render(request, "_submit_form.html", submit_context(form, errors, preview))
 
@@ -364,14 +355,9 @@ async def submit(request: Request, db: DatabaseDep, settings: SettingsDep, dispa
     form = forms.SubmitForm.from_form(await request.form())
     try:
         body = validated(schemas.ExperimentSubmit, form.body())
-        spec = experiment_routes.spec_from_body(body)
-        experiment_routes.check_limits(spec, settings)
-        created = await db.write(lambda session: experiment_routes.create(session, request, settings, dispatcher,
-                                                                          user.id, body, spec))
-    except (RequestValidationError, HTTPException) as error:
-        if isinstance(error, HTTPException) and error.status_code in (401, 503):
-            raise
-        status_code = error.status_code if isinstance(error, HTTPException) else 422
+        created = await experiment_service.submit(db, settings, dispatcher, user, body)
+    except (RequestValidationError, ServiceError) as error:
+        status_code = error.status if isinstance(error, ServiceError) else 422
         context = submit_context(form, await form_errors_of(request, error), None)
         return render(request, "submit.html", context, status_code)
     return RedirectResponse(f"/ui/experiments/{created.id}", status_code=303)
@@ -390,9 +376,9 @@ async def explorer(
     storage: StorageDep,
     model: Annotated[str | None, Query()] = None, dataset: Annotated[str | None, Query()] = None,
     run_id: Annotated[str | None, Query(alias="run")] = None,
-    layer: Annotated[int, Query(ge=1, le=results_routes.MAX_LAYER)] = 1,
+    layer: Annotated[int, Query(ge=1, le=result_service.MAX_LAYER)] = 1,
     class_index: Annotated[int, Query(alias="class", ge=0, le=9)] = 0,
-    method: Annotated[results_routes.Method, Query()] = "method2",
+    method: Annotated[result_service.Method, Query()] = "method2",
     quantile: Annotated[float | None, Query(gt=0, lt=1)] = None,
     other: Annotated[int | None, Query(ge=0, le=9)] = None,
 ) -> Response:
@@ -467,7 +453,7 @@ def explorer_rows(session: Session, experiment: Experiment, model: str | None, d
                    model_names=model_names())
     if run is None:
         return context, None, None
-    documents = results_routes.ensembles_of(session, experiment, Page.first(), results_routes.EnsembleFilters(
+    documents = result_service.ensembles_page(session, experiment, Page.first(), result_service.EnsembleFilters(
         model=None, dataset=None, layer=layer, class_index=None, method=method, quantile=quantile,
         run_id=run.run_id, old_class=None)).runs
     if not documents:

@@ -126,13 +126,16 @@ def _clash_keys(name: str) -> set[str]:
     return {skeleton(nfkc), skeleton(nfkc.casefold())}
 
 
-def find_user(session: Session, name: str) -> User | None:
-    """The user called ``name`` (normalised first); None if there is none."""
+def find_user(session: Session, name: str, for_update: bool = False) -> User | None:
+    """The user called ``name`` (normalised first); None if there is none. The one
+    lookup by name of the API, the web UI and the CLI; ``for_update`` locks the row
+    until the transaction ends."""
     try:
         normal = normalise_name(name)
     except InvalidName:
         return None
-    return session.scalar(select(User).where(func.lower(User.name) == normal))
+    query = select(User).where(func.lower(User.name) == normal)
+    return session.scalar(query.with_for_update() if for_update else query)
 
 
 def create_user(session: Session, name: str, role: str = "member") -> User:

@@ -250,21 +250,19 @@ def register(cli: click.Group) -> None:
                   help="The highest priority the user's experiments may ask for (default normal).")
     def set_share_command(name: str, weight: float | None, max_priority: str | None) -> None:
         """Set a user's fair-share weight and highest allowed priority."""
-        from sqlalchemy import select
-
         from fflab import accounts
-        from fflab.db import User, session_scope
+        from fflab.db import session_scope
 
         if weight is None and max_priority is None:
             raise click.UsageError("give --weight and/or --max-priority")
         settings = get_settings()
         start_database(settings)
         with session_scope(settings.resolved_database_url) as session:
-            user = session.scalar(select(User).where(User.name == name).with_for_update())
+            user = accounts.find_user(session, name, for_update=True)
             if user is None:
                 raise click.ClickException(f"no user {name}")
             accounts.set_share(user, weight, max_priority)
-            click.echo(f"{name}: weight {user.share_weight:g}, max priority {user.max_priority}")
+            click.echo(f"{user.name}: weight {user.share_weight:g}, max priority {user.max_priority}")
 
     @admin.command("revoke-key")
     @click.argument("key_or_prefix", required=False)
