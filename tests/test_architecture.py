@@ -21,7 +21,7 @@ LAYERS = {
     "settings": ["fflab.settings"],
     "science": ["fflab.registry", "fflab.data", "fflab.models", "fflab.spec", "fflab.analysis",
                 "fflab.figures", "fflab.results", "fflab.paper", "fflab.reference",
-                "fflab.analysis_results", "fflab.analysis_figures", "fflab.devices",
+                "fflab.devices",
                 "fflab.comparison", "fflab.comparison_figures", "fflab.experiment_search"],
     "pipeline": ["fflab.pipeline"],
     "service": ["fflab.var_dir", "fflab.processes", "fflab.db", "fflab.storage",
