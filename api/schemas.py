@@ -206,6 +206,8 @@ class Run(BaseModel):
     heartbeat_at: datetime | None = Field(None, description="While running: its worker's last report on it.")
     heartbeat_age_seconds: float | None = Field(None, description="While running: seconds since heartbeat_at.")
     accuracy: float | None
+    code_version: dict[str, Any] | None = Field(
+        None, description="What trained it: fflab, git_commit (where known), torch, numpy, python, device.")
 
 
 class RunDetail(Run):
@@ -330,10 +332,13 @@ class LossSeries(BaseModel):
                                           "null for a network trained in one stage (BP/FF, BP, a one-layer FF).")
     epochs: list[int] = Field(description="1, 2, ...: the epoch of each loss.")
     loss: list[float] = Field(description="Training loss at the end of each epoch.")
+    recorded_at: list[datetime] | None = Field(
+        None, description="When the worker reported each loss (null for runs trained before it reported them).")
 
 
 class RunMetricsOut(BaseModel):
-    """A run's training history and measured accuracy (from its metrics.json)."""
+    """A run's training history and measured accuracy: while it trains, the losses
+    its worker has reported so far; once it has succeeded, its metrics.json."""
 
     run_id: str
     model: str
@@ -341,12 +346,30 @@ class RunMetricsOut(BaseModel):
     seed: int
     unseen_class: int | None
     status: Status
-    loss: list[LossSeries]
-    accuracy: float = Field(description="Test accuracy after training (the only accuracy measured).")
-    per_class_accuracy: list[float | None]
-    n_train: int
-    n_test: int
-    train_seconds: float
+    loss: list[LossSeries] = Field(description="The losses at positions since..next_since-1, per stage.")
+    accuracy: float | None = Field(description="Test accuracy after training (the only accuracy measured); "
+                                               "null until the run has succeeded.")
+    per_class_accuracy: list[float | None] | None
+    n_train: int | None
+    n_test: int | None
+    train_seconds: float | None
+    since: int = Field(0, description="The first position given (the query's since).")
+    next_since: int = Field(0, description="Pass it as since to get only the losses reported after these "
+                                           "(positions count every epoch of every stage, the stages in order).")
+    final: bool = Field(False, description="The run has ended: no more losses will come.")
+
+
+class RunLogOut(BaseModel):
+    """What the worker logged while it held the run: its records and warnings, the
+    traceback of a failure; API keys, secrets and URL passwords redacted."""
+
+    run_id: str
+    status: Status
+    text: str = Field(description="The log, UTF-8; when longer than FFLAB_RUN_LOG_MAX_BYTES, its first and last "
+                                  "halves with a line saying how much was cut.")
+    dropped_bytes: int = Field(description="Bytes cut from the middle (0: the whole log).")
+    updated_at: datetime | None = Field(description="Its last write; null when the run has not started.")
+    final: bool = Field(description="The run has ended: the log is complete.")
 
 
 class UserShareUpdate(BaseModel):

@@ -183,6 +183,7 @@ def run_out(run: Run) -> schemas.Run:
         finished_at=run.finished_at, accuracy=(run.record or {}).get("accuracy"),
         heartbeat_at=run.heartbeat_at if run.status == "running" else None,
         heartbeat_age_seconds=_seconds(run.heartbeat_at, None) if run.status == "running" else None,
+        code_version=run.code_version,
     )
 
 
@@ -214,20 +215,3 @@ def analysis_out(request: Request, analysis: Analysis) -> schemas.AnalysisOut:
     )
 
 
-def run_metrics(run: Run) -> schemas.RunMetricsOut:
-    """A run's metrics.json as loss series: ``loss_history`` has one list per trained
-    stage (fflab.models.common.ModelType.train), so several are the layers of a model
-    trained layer by layer (FF); a single one is the network (layer null)."""
-    metrics = run.metrics or {}
-    history = metrics.get("loss_history") or []
-    per_layer = len(history) > 1
-    return schemas.RunMetricsOut(
-        run_id=run.run_id, model=run.model, dataset=run.dataset, seed=run.seed, unseen_class=run.unseen_class,
-        status=run.status,
-        loss=[schemas.LossSeries(layer=index + 1 if per_layer else None, epochs=list(range(1, len(losses) + 1)),
-                                 loss=losses)
-              for index, losses in enumerate(history)],
-        accuracy=metrics["accuracy"], per_class_accuracy=metrics["per_class_accuracy"],
-        n_train=metrics["n_train"], n_test=metrics["n_test"],
-        train_seconds=(metrics.get("timings") or {}).get("train_seconds", 0.0),
-    )

@@ -22,11 +22,11 @@ LAYERS = {
     "science": ["fflab.registry", "fflab.data", "fflab.models", "fflab.spec", "fflab.analysis",
                 "fflab.figures", "fflab.results", "fflab.paper", "fflab.reference",
                 "fflab.devices",
-                "fflab.comparison", "fflab.comparison_figures", "fflab.experiment_search"],
+                "fflab.comparison", "fflab.comparison_figures", "fflab.experiment_search", "fflab.versions"],
     "pipeline": ["fflab.pipeline"],
     "service": ["fflab.var_dir", "fflab.processes", "fflab.db", "fflab.storage",
                 "fflab.accounts", "fflab.startup", "fflab.scheduling", "fflab.queueing", "fflab.jobs", "fflab.client",
-                "fflab.gpu"],
+                "fflab.gpu", "fflab.run_logs"],
     "cli": ["fflab.cli", "fflab.__main__"],
 }
 LAYER_ORDER = list(LAYERS)

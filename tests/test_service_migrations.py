@@ -18,7 +18,7 @@ from fflab.db.migrate import alembic_config, upgrade_database
 pytest_plugins = ["service_support"]
 
 TABLES = {"users", "api_keys", "experiments", "runs", "results", "ensembles", "analyses", "artifacts", "workers",
-          "experiment_tags", "ui_sessions", "idempotency_keys"}
+          "experiment_tags", "ui_sessions", "idempotency_keys", "run_losses", "run_logs"}
 
 
 def differences(url: str) -> list:

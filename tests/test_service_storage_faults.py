@@ -136,12 +136,11 @@ def test_upload_is_retried_until_storage_comes_back(tmp_path, monkeypatch, moto:
         threading.Thread(target=restart, daemon=True).start()
 
     stop_storage_after_training(monkeypatch, moto, then=restart_later)
-    started = time.monotonic()
     run_as_worker(tasks.run_task, run_pk, task_id)
-    assert time.monotonic() - started < 60
     assert restarted.is_set() and moto.starts == 2
 
     assert len(seen) >= 2, "the first upload should have failed and been retried"
+    assert len(seen) < 6, "the tries should have stopped once the storage was back"
     assert all(status == "running" for _, status in seen)
     with get_sessionmaker(settings.resolved_database_url)() as session:
         run = session.get(Run, run_pk)

@@ -126,25 +126,24 @@ def declare_queues(broker_url: str, names: list[str], attempts: int = 5, backoff
     creates a queue's row on first use, and two processes doing so at the same moment
     hit its UNIQUE constraint (the loser's channel is left unusable): each try here
     uses a fresh connection, and a lost race finds the row on the next try."""
-    import time
-
+    import tenacity
     from kombu import Connection, Exchange, Queue
 
-    for attempt in range(1, attempts + 1):
-        try:
-            with Connection(broker_url, connect_timeout=10) as connection:
-                channel = connection.channel()
-                try:
-                    for name in names:
-                        Queue(name, Exchange(name, type="direct"), routing_key=name)(channel).declare()
-                finally:
-                    channel.close()
-            return
-        except Exception as error:  # IntegrityError (the race), or the broker not up yet
-            if attempt == attempts:
-                raise
-            log.warning("declaring queues %s failed (try %d of %d): %s", names, attempt, attempts, error)
-            time.sleep(backoff_s * attempt)
+    # Any error is retried: IntegrityError (the race), or the broker not up yet.
+    for attempt in tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts),
+                                     wait=tenacity.wait_incrementing(start=backoff_s, increment=backoff_s),
+                                     before_sleep=lambda state: log.warning(
+                                         "declaring queues %s failed (try %d of %d): %s", names,
+                                         state.attempt_number, attempts, state.outcome.exception()),
+                                     reraise=True):
+        with attempt, Connection(broker_url, connect_timeout=10) as connection:
+            channel = connection.channel()
+            try:
+                for name in names:
+                    Queue(name, Exchange(name, type="direct"), routing_key=name)(channel).declare()
+            finally:
+                channel.close()
+
 
 def declare_run_queues(settings: Settings) -> None:
     """Declare every run queue (``QUEUE_KINDS``) of these settings' broker."""

@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+import tenacity
+from sqlalchemy import select, update
 
 from fflab import jobs, queueing
 from fflab.db import Run, get_sessionmaker, session_scope, utcnow
@@ -131,27 +133,70 @@ def check_loss(event: TrainingProgress) -> None:
     raise NonFiniteLoss(f"{event.model}: loss became {what} at {where}; lower the learning rate or check the data")
 
 
+# Time to evaluate and analyse a run, per second of its training, until a run of the
+# same model in the experiment has measured it (metrics.json's timings).
+DEFAULT_ANALYSIS_RATIO = 1.0
+
+
+def is_last_epoch(event: TrainingProgress) -> bool:
+    """The last epoch of the last stage: training ends, evaluation and analysis follow."""
+    return event.epoch == event.epochs and (event.layer is None or event.layer + 1 == (event.layers or 1))
+
+
+def analysis_ratio(database_url: str, run_pk: int) -> float:
+    """Seconds of evaluation and analysis per second of training, measured on the
+    succeeded runs of the same model in the run's experiment (their mean); the
+    DEFAULT_ANALYSIS_RATIO before any has."""
+    with session_scope(database_url) as session:
+        run = session.get(Run, run_pk)
+        if run is None:
+            return DEFAULT_ANALYSIS_RATIO
+        done = session.scalars(select(Run.metrics).where(
+            Run.experiment_id == run.experiment_id, Run.model == run.model, Run.status == "succeeded")
+            .limit(20)).all()
+    ratios = []
+    for metrics in done:
+        timings = (metrics or {}).get("timings") or {}
+        train = timings.get("train_seconds") or 0.0
+        after = (timings.get("evaluate_seconds") or 0.0) + (timings.get("analyse_seconds") or 0.0)
+        if train > 0 and after > 0:
+            ratios.append(after / train)
+    return sum(ratios) / len(ratios) if ratios else DEFAULT_ANALYSIS_RATIO
+
+
 class ProgressWriter:
-    """TrainingProgress -> the run's progress column, at most every
-    ``interval`` seconds, with an ETA from the elapsed time and the fraction done."""
+    """TrainingProgress -> the run's progress column, at most every ``interval``
+    seconds and at the last epoch, with an ETA that covers the evaluation and
+    analysis after training (``analysis_ratio``): ``phase`` is "training", then
+    "analysing" from the last epoch on; ``ends_at`` is the estimated end (readers
+    count down to it); ``fraction_done`` is training's share done, ``run_fraction_done``
+    the whole run's."""
 
     def __init__(self, database_url: str, run_pk: int, interval: float):
         self.database_url, self.run_pk, self.interval = database_url, run_pk, interval
         self.started = time.monotonic()
         self.last_write = float("-inf")
         self.resumed_from: str | None = None  # set when training resumed from a checkpoint
+        self.ratio: float | None = None
 
     def __call__(self, event: TrainingProgress) -> None:
         check_loss(event)
         now = time.monotonic()
-        if now - self.last_write < self.interval:
+        last = is_last_epoch(event)
+        if not last and now - self.last_write < self.interval:
             return
         self.last_write = now
+        if self.ratio is None:
+            self.ratio = analysis_ratio(self.database_url, self.run_pk)
         if event.layer is None:
             done = event.epoch / event.epochs
         else:
             done = (event.layer * event.epochs + event.epoch) / ((event.layers or 1) * event.epochs)
         elapsed = now - self.started
+        eta = None
+        if done > 0:
+            training_total = elapsed / done
+            eta = training_total - elapsed + self.ratio * training_total
         progress = {
             "model": event.model,
             "layer": None if event.layer is None else event.layer + 1,
@@ -159,8 +204,11 @@ class ProgressWriter:
             "epoch": event.epoch,
             "epochs": event.epochs,
             "loss": event.loss,
+            "phase": "analysing" if last else "training",
             "fraction_done": round(done, 4),
-            "eta_seconds": round(elapsed * (1 - done) / done, 1) if done > 0 else None,
+            "run_fraction_done": round(elapsed / (elapsed + eta), 4) if eta is not None and elapsed + eta > 0 else 0.0,
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "ends_at": None if eta is None else (utcnow() + timedelta(seconds=eta)).isoformat(),
         }
         if self.resumed_from is not None:
             progress["resumed_from"] = self.resumed_from
@@ -339,25 +387,32 @@ class ArtifactsNotStored(RuntimeError):
     """Every try to upload a run's artifacts failed (storage unreachable)."""
 
 
+UPLOAD_ERRORS = (StorageError, ConnectionError, OSError)
+
+
 def put_files_retrying(storage: Storage, experiment_id: str, base: Path, names: list[str],
                        attempts: int, backoff_s: float) -> list[StoredFile]:
     """put_files, tried ``attempts`` times with exponential backoff (backoff_s, 2x, 4x, ...).
-    Each try uploads every file again (a put is idempotent), so a success stores them all."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return put_files(storage, experiment_id, base, names)
-        except (StorageError, ConnectionError, OSError) as error:
-            if attempt == attempts or is_disk_full(error):  # a full disk stays full: fail now
-                what = "the disk is full" if is_disk_full(error) else f"{attempt} tries failed"
-                raise ArtifactsNotStored(
-                    f"could not store artifacts: {what} on {storage.describe()}; "
-                    f"last error: {error}"
-                ) from error
-            wait = backoff_s * 2 ** (attempt - 1)
-            log.warning("upload of %d artifacts of experiment %s failed (try %d of %d); retrying in %.1f s: %s",
-                        len(names), experiment_id, attempt, attempts, wait, error)
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+    Each try uploads every file again (a put is idempotent), so a success stores them all.
+    A full disk is not retried: it stays full."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=backoff_s, exp_base=2),
+        retry=tenacity.retry_if_exception(lambda error: isinstance(error, UPLOAD_ERRORS)
+                                          and not is_disk_full(error)),
+        before_sleep=lambda state: log.warning(
+            "upload of %d artifacts of experiment %s failed (try %d of %d); retrying in %.1f s: %s",
+            len(names), experiment_id, state.attempt_number, attempts, state.upcoming_sleep,
+            state.outcome.exception()),
+        reraise=True,
+    )
+    try:
+        return retrying(put_files, storage, experiment_id, base, names)
+    except UPLOAD_ERRORS as error:
+        tries = retrying.statistics.get("attempt_number", attempts)
+        what = "the disk is full" if is_disk_full(error) else f"{tries} tries failed"
+        raise ArtifactsNotStored(f"could not store artifacts: {what} on {storage.describe()}; "
+                                 f"last error: {error}") from error
 
 
 def files_under(folder: Path, base: Path) -> list[str]:

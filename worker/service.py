@@ -45,6 +45,7 @@ from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import LowDisk, Storage, StorageError, check_disk, experiment_prefix, get_storage
 from worker import gpu_runs, run_support
+from worker.run_telemetry import RunTelemetry
 from worker.dispatch import (
     ANALYSIS_ID_PREFIX,
     dispatcher_for,
@@ -104,23 +105,26 @@ def claim_and_train(settings: Settings, run_pk: int, task_id: str) -> str | None
     if run is None:
         log.info("task %s: its run is no longer waiting for it (cancelled, ended or requeued)", task_id)
         return None
-    log.info("run %s of experiment %s started", key.run_id, experiment_id)
     started = time.monotonic()
-    with Heartbeat(settings.resolved_database_url, run_pk, task_id,
-                   heartbeat_interval(settings.run_heartbeat_timeout_s)):
-        outcome = train_and_store(settings, run_pk, task_id, spec, key, experiment_id)
-    if outcome is not None:
-        end_run(settings, run_pk, outcome, task_id=task_id)
-    recorded = recorded_outcome(settings, run_pk, task_id)
-    log.info("run %s of experiment %s ended %s after %.1f s", key.run_id, experiment_id,
-             recorded or "elsewhere (requeued or deleted meanwhile)", time.monotonic() - started)
+    with RunTelemetry(settings, run_pk, task_id, spec.device) as telemetry:  # losses, log, code version
+        log.info("run %s of experiment %s started", key.run_id, experiment_id)
+        with Heartbeat(settings.resolved_database_url, run_pk, task_id,
+                       heartbeat_interval(settings.run_heartbeat_timeout_s)):
+            outcome = train_and_store(settings, run_pk, task_id, spec, key, experiment_id, telemetry)
+        if outcome is not None:
+            end_run(settings, run_pk, outcome, task_id=task_id)
+        recorded = recorded_outcome(settings, run_pk, task_id)
+        log.info("run %s of experiment %s ended %s after %.1f s", key.run_id, experiment_id,
+                 recorded or "elsewhere (requeued or deleted meanwhile)", time.monotonic() - started)
     return recorded
 
 
-def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: ExperimentSpec, key: RunKey, experiment_id: str) -> str | None:
+def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: ExperimentSpec, key: RunKey, experiment_id: str,
+                    telemetry: RunTelemetry | None = None) -> str | None:
     """Train, upload and record a claimed run; returns the status to end it with
     ("succeeded" or "cancelled"), or None when it was ended here already (failed,
-    cancelled while training), deleted, or requeued for another task meanwhile."""
+    cancelled while training), deleted, or requeued for another task meanwhile.
+    ``telemetry`` keeps each epoch's loss and the run's log (worker.run_telemetry)."""
     try:  # fail it while there is still room to record why (FFLAB_MIN_FREE_DISK_BYTES)
         check_disk(settings, "before the run started")
     except LowDisk as error:
@@ -138,7 +142,7 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
         try:
             record = experiment_pipeline.execute_run(
                 spec, key, run_dir,
-                progress=progress,
+                progress=progress if telemetry is None else telemetry.after(progress),
                 should_stop=StopCheck(settings.resolved_database_url, run_pk, task_id, settings.stop_check_interval_s,
                                       DiskCheck(settings, settings.disk_check_interval_s)),
                 checkpoint=checkpoint,
@@ -160,7 +164,8 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
                 dispatch_or_leave_to_sweep(settings)
                 return None
             log.exception("run %s of experiment %s failed", key.run_id, experiment_id)
-            end_run(settings, run_pk, "failed", f"{type(error).__name__}: {error}", task_id)
+            message = f"{type(error).__name__}: {error}"
+            end_run(settings, run_pk, "failed", message if telemetry is None else telemetry.redact(message), task_id)
             return None
         storage = get_storage(settings)
         try:  # the run stays "running" until every artifact is stored

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import schemas, views
+from api import run_telemetry, schemas, views
 from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authenticated_user, readable_experiment
 from api.errors import api_error, problem_responses
 from api.files import file_response
@@ -75,22 +75,37 @@ def _run(session: Session, experiment: Experiment, run_id: str) -> Run:
     return run
 
 
-@router.get("/{run_id}/metrics", response_model=schemas.RunMetricsOut, responses=problem_responses(409))
-async def get_run_metrics(run_id: str, experiment_id: ExperimentId, db: DatabaseDep,
-                          credentials: Credentials) -> schemas.RunMetricsOut:
+@router.get("/{run_id}/metrics", response_model=schemas.RunMetricsOut)
+async def get_run_metrics(run_id: str, experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
+                          since: Annotated[int, Query(ge=0, le=10**9, description=(
+                              "Only the losses from this position on: the next_since of the previous answer "
+                              "(to follow a run while it trains)."))] = 0) -> schemas.RunMetricsOut:
     """The run's training curve: the loss at the end of each epoch, one series per
-    layer for FF (trained layer by layer) and one for BP/FF and BP, and the test
-    accuracy measured after training. 409 until the run has succeeded (a running
-    run's progress is in GET .../runs/{run_id})."""
+    layer for FF (trained layer by layer) and one for BP/FF and BP; while the run
+    trains, the epochs its worker has reported so far (at most FFLAB_PROGRESS_INTERVAL_S
+    old), and once it has succeeded the test accuracy measured after training
+    (null before). ``since``/``next_since`` page through the losses as they come."""
 
     def metrics(session: Session) -> schemas.RunMetricsOut:
         run = _run(session, _readable(session, credentials, experiment_id), run_id)
-        if run.metrics is None:
-            raise api_error(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}: its metrics are written "
-                                                      "when it succeeds", "conflict")
-        return views.run_metrics(run)
+        return run_telemetry.run_metrics(session, run, since)
 
     return await db.read(metrics)
+
+
+@router.get("/{run_id}/log", response_model=schemas.RunLogOut)
+async def get_run_log(run_id: str, experiment_id: ExperimentId, db: DatabaseDep,
+                      credentials: Credentials) -> schemas.RunLogOut:
+    """What the worker logged while it held the run (every delivery of it): its
+    records and warnings and the traceback of a failure, with API keys, secrets and
+    URL passwords redacted, capped at FFLAB_RUN_LOG_MAX_BYTES (head and tail kept).
+    Written as the run trains (every FFLAB_PROGRESS_INTERVAL_S at most) and when it ends."""
+
+    def run_log(session: Session) -> schemas.RunLogOut:
+        run = _run(session, _readable(session, credentials, experiment_id), run_id)
+        return run_telemetry.run_log(session, run)
+
+    return await db.read(run_log)
 
 
 def _document_artifact(run_id: str, name: str) -> str:

@@ -1,7 +1,7 @@
 """What the pages list that the JSON API does not serve as such: the
 experiments a user may read (their own, the lab's, everyone's for an admin),
-how many waiting runs are ahead of a queued experiment, and the runs of an
-experiment with their loss histories. Each item is rendered by ``api.views``.
+and how many waiting runs are ahead of a queued experiment (the runs of an
+experiment with their losses: ``api.ui.live``). Each item is rendered by ``api.views``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Literal
 
 from fastapi import Request
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, joinedload, load_only
+from sqlalchemy.orm import Session, joinedload
 
 from api import schemas, views
 from fflab.db import Experiment, Run, User
@@ -55,14 +55,3 @@ def runs_ahead(session: Session, experiment_ids: list[str]) -> dict[str, int]:
         for experiment_id, first in firsts.items()
     }
 
-
-def runs_with_metrics(session: Session, experiment: Experiment) -> list[Run]:
-    """The experiment's runs with what the runs table shows (not their large
-    ensemble, shared-unit and weight documents)."""
-    return list(session.scalars(
-        select(Run).options(load_only(
-            Run.run_id, Run.model, Run.dataset, Run.seed, Run.unseen_class, Run.status, Run.queue, Run.attempts,
-            Run.progress, Run.error, Run.created_at, Run.started_at, Run.finished_at, Run.heartbeat_at,
-            Run.record, Run.metrics,
-        )).where(Run.experiment_id == experiment.id).order_by(Run.id)
-    ))

@@ -44,8 +44,7 @@ from api.services import results as result_service
 from api.services import users as user_service
 from api.services.errors import Conflict, Invalid, ServiceError
 from api.services.experiments import owned_experiment, readable_experiment
-from api.ui import forms, queries, security
-from api.ui.charts import loss_chart
+from api.ui import forms, live, queries, security
 from api.ui import compare as compare_pages
 from api.ui.explorer import ClassMeansCache, unit_grid
 from api.ui.html import SIGN_IN, HTMLRoute, render
@@ -181,7 +180,7 @@ async def experiments_fragment(request: Request, db: DatabaseDep, credentials: U
 
 def experiment_context(request: Request, session: Session, experiment: Experiment, user) -> dict[str, Any]:
     detail = views.experiment_detail(request, experiment)
-    runs = queries.runs_with_metrics(session, experiment)
+    runs, live_charts = live.run_rows(session, experiment)
     result = session.get(Result, experiment.id)
     tables = comparison = None
     if result is not None:
@@ -196,8 +195,7 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
         "experiment": detail,
         "may_change": experiment_service.may_change(user, experiment.owner_id),
         "ahead": queries.runs_ahead(session, [experiment.id]).get(experiment.id),
-        "runs": [(views.run_out(run), loss_chart((run.metrics or {}).get("loss_history", [])))
-                 for run in runs],
+        "runs": runs, "live_charts": live_charts,
         "tables": tables, "comparison": comparison, "figures": figures, "analyses": analyses,
         "analysis_form": forms.AnalysisForm.from_spec(experiment.spec.get("analysis", {})),
         "analysis_errors": {}, "method1_thresholds": list(METHOD1_THRESHOLDS),
@@ -228,9 +226,28 @@ async def progress_fragment(experiment_id: ExperimentId, request: Request, db: D
             return Response(status_code=200, headers={"HX-Refresh": "true"})
         detail = views.experiment_detail(request, experiment)
         ahead = queries.runs_ahead(session, [experiment.id]).get(experiment.id)
-        return render(request, "_progress.html", {"experiment": detail, "ahead": ahead})
+        runs, live_charts = live.run_rows(session, experiment)  # the title's status and the runs table, oob
+        return render(request, "_progress.html", {"experiment": detail, "ahead": ahead, "fragment": True,
+                                                  "runs": runs, "live_charts": live_charts})
 
     return await db.read(fragment)
+
+
+@router.get("/experiments/{experiment_id}/runs/{run_id}/log")
+async def run_log_page(experiment_id: ExperimentId, run_id: str, request: Request, db: DatabaseDep,
+                       credentials: UICredentials) -> Response:
+    """A run's log (GET /v1/.../runs/{run_id}/log) and the code version that trained it."""
+
+    def page(session: Session) -> Response:
+        experiment = ui_readable(session, request, credentials, experiment_id)
+        run, run_log = live.run_and_log(session, experiment, run_id)
+        return render(request, "run_log.html", {"experiment": experiment, "run": run, "log": run_log})
+
+    return await db.read(page)
+
+
+def csv_response(text: str) -> Response:
+    return PlainTextResponse(text, media_type="text/csv; charset=utf-8")
 
 
 def csv_response(text: str) -> Response:

@@ -10,12 +10,14 @@ import circle):
   model type, ``MODELS``; ``components``: goodness, normalisation, ...);
   ``spec``; ``analysis`` (pure functions over arrays); ``figures``;
   ``results`` (the versioned documents); ``paper`` (the published numbers);
-  ``devices`` (the device a run trains on, as metrics.json records it).
+  ``devices`` (the device a run trains on, as metrics.json records it);
+  ``versions`` (the code version recorded with every run).
 - pipeline: ``pipeline`` (train, analyse and aggregate into a results folder;
   the registry of a run's documents).
 - service: ``db``, ``jobs`` (every state transition), ``accounts``,
   ``storage``, ``client``, ``processes``, ``var_dir``; ``gpu`` (a run's GPU
-  memory estimate and its admission on a shared GPU).
+  memory estimate and its admission on a shared GPU); ``run_logs`` (a run's
+  log: captured, redacted, capped).
 - cli: ``cli`` (the ``fflab`` command; ``serve`` and ``worker`` come from the
   api and worker packages through entry points).
 

@@ -172,9 +172,41 @@ class Client:
     def run(self, experiment_id: str, run_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/experiments/{experiment_id}/runs/{run_id}")
 
-    def run_metrics(self, experiment_id: str, run_id: str) -> dict[str, Any]:
-        """The run's loss per epoch (per layer for FF) and its test accuracy."""
-        return self._json("GET", f"/v1/experiments/{experiment_id}/runs/{run_id}/metrics")
+    def run_metrics(self, experiment_id: str, run_id: str, since: int = 0) -> dict[str, Any]:
+        """The run's loss per epoch (per layer for FF), also while it trains, and its
+        test accuracy once it has succeeded (null before); with ``since``, only the
+        losses from that position on (the ``next_since`` of an earlier answer)."""
+        return self._json("GET", f"/v1/experiments/{experiment_id}/runs/{run_id}/metrics",
+                          params={"since": since} if since else None)
+
+    def follow_metrics(self, experiment_id: str, run_id: str, interval: float = 1.0,
+                       timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Each new loss of the run as it is reported, until the run ends:
+        ``{"position", "layer", "epoch", "loss", "recorded_at"}`` (layer null for a
+        network trained end to end). ``run_metrics`` then gives the accuracy of a
+        run that succeeded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        since = 0
+        while True:
+            metrics = self.run_metrics(experiment_id, run_id, since)
+            position = metrics["since"]
+            for series in metrics["loss"]:
+                times = series.get("recorded_at") or [None] * len(series["loss"])
+                for epoch, loss, at in zip(series["epochs"], series["loss"], times, strict=True):
+                    yield {"position": position, "layer": series["layer"], "epoch": epoch, "loss": loss,
+                           "recorded_at": at}
+                    position += 1
+            since = metrics["next_since"]
+            if metrics["final"]:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} is still {metrics['status']} after {timeout} s")
+            time.sleep(interval)
+
+    def run_log(self, experiment_id: str, run_id: str) -> dict[str, Any]:
+        """What the worker logged while it held the run (warnings, a failure's
+        traceback), redacted and capped: ``{"text", "dropped_bytes", "final", ...}``."""
+        return self._json("GET", f"/v1/experiments/{experiment_id}/runs/{run_id}/log")
 
     def results(self, experiment_id: str, format: str = "json", table: str | None = None) -> Any:
         """results.json as a dict, one table as CSV (``table`` required), or the

@@ -91,6 +91,16 @@ class TooLarge(Exception):
     """A run of the experiment needs more memory (fflab.gpu.estimate_run_memory) than
     the largest worker that could take it has: it could never start."""
 
+    loc: tuple[str, ...] = ("body",)
+
+
+class NoGpuWorker(TooLarge):
+    """The spec's device needs a GPU (device cuda, the gpu queue) and no GPU worker
+    has registered on a deployment that does not say it runs them
+    (FFLAB_GPUS_AVAILABLE): its runs could never start."""
+
+    loc = ("body", "device")
+
 
 def new_id() -> str:
     return uuid.uuid4().hex
@@ -134,6 +144,7 @@ def create_experiment(
             settings.capacity_retry_after_s,
         )
     queue = settings.queue_for_device(spec.device)
+    check_gpu_worker(session, settings, spec, queue)
     check_memory(session, settings, spec, keys, queue)
     experiment = Experiment(
         id=new_id(), owner=owner, name=spec.name, visibility=visibility, priority=priority,
@@ -165,6 +176,26 @@ def largest_memory(session: Session, settings: Settings, queue: str) -> tuple[in
                 largest = (total, f"worker {worker.name} on {worker.hostname} ({what} of "
                                   f"{total / gpu.GIB:.1f} GiB)")
     return largest
+
+
+def check_gpu_worker(session: Session, settings: Settings, spec: ExperimentSpec, queue: str) -> None:
+    """NoGpuWorker when the runs would go to the gpu queue, no live worker of that
+    queue has registered a GPU, and the deployment does not declare GPU workers
+    (FFLAB_GPUS_AVAILABLE: then they wait for one, as the queue view says)."""
+    if queue != settings.queue_name("gpu") or settings.gpus_available:
+        return
+    workers = [worker for worker in live_workers(session, settings) if queue in worker.queues.split(",")]
+    if any(device.get("kind", "cuda") == "cuda" for worker in workers for device in worker.devices or []):
+        return
+    registered = "; ".join(
+        f"{worker.name} on {worker.hostname} ("
+        f"{', '.join(str(d.get('kind', 'cuda')) for d in worker.devices or []) or 'no devices'})"
+        for worker in live_workers(session, settings)) or "none"
+    raise NoGpuWorker(
+        f"device: {spec.device!r} needs a GPU worker and none has registered on this server (workers: "
+        f"{registered}); its runs could never start. Use device 'cpu' or 'auto', or start `fflab worker --gpu N` "
+        f"on a machine with a GPU (a deployment whose GPU workers come and go sets FFLAB_GPUS_AVAILABLE=true "
+        f"to queue such runs until one registers)")
 
 
 def check_memory(session: Session, settings: Settings, spec: ExperimentSpec, keys: list, queue: str) -> None:

@@ -224,6 +224,11 @@ class Settings(BaseSettings):
     )
     progress_interval_s: float = Field(1.0, ge=0, description="Least time between progress writes.")
     stop_check_interval_s: float = Field(1.0, ge=0, description="Least time between cancel checks.")
+    run_log_max_bytes: int = Field(
+        256 * 1024, ge=1024, le=64 * 1024 * 1024,
+        description="A run's stored log (GET .../runs/{run_id}/log) keeps at most this many bytes: its first "
+                    "and last halves, the middle cut with a line saying how much."
+    )
 
     @property
     def resolved_database_url(self) -> str:

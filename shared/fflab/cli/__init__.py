@@ -5,7 +5,7 @@
 - ``service``: verbs that talk to the service (submit, status, wait, results,
   ensembles, figures, quickstart, cancel, delete, queue) and ``admin`` (the database);
 - ``research``: client verbs for what researchers do with submitted experiments
-  (edit, metrics, keys);
+  (edit, metrics, logs, keys);
 - ``options``: what the verbs share (specs from presets, files and ``--set``);
 - ``serve`` and ``worker`` start the API and a worker: they live in api/cli.py and
   worker/cli.py and are found through the ``fflab.commands`` entry points

@@ -1,10 +1,13 @@
 """Client verbs of the ``fflab`` command for what researchers do with submitted
 experiments: rename, tag and share them (``fflab edit``), read a run's training
-curve (``fflab metrics``), and list or rotate their own API keys (``fflab keys``).
+curve, also while it trains (``fflab metrics [--follow]``), read its log
+(``fflab logs``), and list or rotate their own API keys (``fflab keys``).
 They talk to the API like the other client verbs (fflab.cli.service.client): an
 error prints the API's message and exits non-zero."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -33,19 +36,49 @@ def register(cli: click.Group) -> None:
     @click.argument("experiment_id")
     @click.argument("run_id")
     @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-    def metrics_command(experiment_id: str, run_id: str, as_json: bool) -> None:
-        """A finished run's loss per epoch (per layer for FF) and its test accuracy."""
+    @click.option("--follow", is_flag=True, help="Print each new epoch's loss as it comes, until the run ends.")
+    @click.option("--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
+                  help="With --follow: seconds between polls.")
+    def metrics_command(experiment_id: str, run_id: str, as_json: bool, follow: bool, interval: float) -> None:
+        """A run's loss per epoch (per layer for FF), also while it trains, and its
+        test accuracy once it has succeeded. --follow prints the losses as they come."""
         with client() as api:
+            if follow:
+                for point in api.follow_metrics(experiment_id, run_id, interval):
+                    if as_json:
+                        click.echo(json.dumps(point, default=str))
+                    else:
+                        label = f"layer {point['layer']} " if point["layer"] is not None else ""
+                        click.echo(f"{label}epoch {point['epoch']}: loss {point['loss']:.6g}")
             metrics = api.run_metrics(experiment_id, run_id)
+        if follow:
+            click.echo(f"{metrics['run_id']}: {metrics['status']}" + (
+                f", accuracy {metrics['accuracy']:.4f} on {metrics['n_test']} test images"
+                if metrics["accuracy"] is not None else ""))
+            return
         if as_json:
             echo_json(metrics)
             return
-        click.echo(f"{metrics['run_id']}: accuracy {metrics['accuracy']:.4f} on {metrics['n_test']} test images")
+        accuracy = (f"accuracy {metrics['accuracy']:.4f} on {metrics['n_test']} test images"
+                    if metrics["accuracy"] is not None else "no accuracy yet")
+        click.echo(f"{metrics['run_id']}: {metrics['status']}, {accuracy}")
         for series in metrics["loss"]:
             label = f"layer {series['layer']}" if series["layer"] is not None else "network"
             losses = series["loss"]
             click.echo(f"  {label}: {len(losses)} epochs, loss {losses[0]:.4g} -> {losses[-1]:.4g}"
                        if losses else f"  {label}: no epochs")
+
+    @cli.command("logs")
+    @click.argument("experiment_id")
+    @click.argument("run_id")
+    def logs_command(experiment_id: str, run_id: str) -> None:
+        """What the worker logged while it held a run: warnings, and the traceback
+        of a failure (keys and secrets redacted)."""
+        with client() as api:
+            run_log = api.run_log(experiment_id, run_id)
+        click.echo(run_log["text"], nl=False)
+        if not run_log["text"]:
+            click.echo(f"run {run_id} is {run_log['status']} and has logged nothing yet")
 
     @cli.command("keys")
     @click.option("--rotate", is_flag=True, help="Issue a new key and revoke the one in use; prints the new key.")

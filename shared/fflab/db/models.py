@@ -165,8 +165,42 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # What trained it (fflab.versions.code_version): fflab, git commit, torch, numpy,
+    # Python and the device; set when a delivery starts training.
+    code_version: Mapped[dict[str, Any] | None]
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
+
+
+class RunLoss(Base):
+    """One epoch's training loss of a run, written by its worker while it trains (in
+    batches at FFLAB_PROGRESS_INTERVAL_S). ``position`` orders a run's points (0, 1,
+    ...: the stages one after the other, e.g. FF's layers); a delivery that trains
+    again from an earlier point (a checkpoint, or the start) replaces the points from
+    there. ``stage`` is the layer (from 1) of a model trained layer by layer, null
+    for one trained end to end."""
+
+    __tablename__ = "run_losses"
+
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage: Mapped[int | None] = mapped_column(Integer)
+    epoch: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunLog(Base):
+    """What the worker logged while it held a run (its records and warnings, and the
+    traceback of a failure), keys and secrets redacted, capped at FFLAB_RUN_LOG_MAX_BYTES
+    (its head and tail kept; ``dropped_bytes`` says how much was cut between)."""
+
+    __tablename__ = "run_logs"
+
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    text: Mapped[str] = mapped_column(Text, default="")
+    dropped_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Result(Base):

@@ -1,0 +1,100 @@
+"""Dominant units: how often one unit carries a layer's representation.
+
+For each image, the layer's most active unit "wins". A layer whose images are
+won by a handful of units represents them by a few dominant units over a low,
+nearly constant bulk; that makes Method 1 at a fixed quantile return the top
+few percent of the bulk (the signature docs/science.md discusses for FF's
+layers 2 and 3). Per layer, this document gives how many distinct units win
+any analysed image, the share of images won by the most frequent winner, and
+each class's most frequent winner with its share of the class's images.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.figure import Figure
+from pydantic import BaseModel, Field
+
+from fflab import figures
+from fflab.data import N_CLASSES
+from fflab.pipeline.folders import layer_count
+from fflab.pipeline.train import run_identity
+from fflab.results import RunIdentity
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fflab.pipeline.documents import RunAnalysisInput
+    from fflab.spec import ExperimentSpec, RunKey
+
+
+def winner_counts(X: np.ndarray) -> np.ndarray:
+    """How many images each unit wins. X: (N, n) -> (n,) ints summing to N
+    (ties go to the lowest unit index)."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (images, units); got shape {X.shape}")
+    return np.bincount(X.argmax(axis=1), minlength=X.shape[1]) if X.shape[0] else np.zeros(X.shape[1], int)
+
+
+class ClassWinner(BaseModel):
+    class_index: int
+    unit: int | None = Field(description="The unit that wins most of the class's images; null: no image.")
+    share: float | None = Field(description="The share of the class's images it wins.")
+
+
+class LayerDominance(BaseModel):
+    layer: int
+    n_winners: int = Field(description="Distinct units that win at least one analysed image.")
+    top_unit: int | None
+    top_share: float | None = Field(description="Share of the analysed images won by top_unit.")
+    per_class: list[ClassWinner]
+
+
+class RunDominance(RunIdentity):
+    layers: list[LayerDominance]
+
+
+def dominance_document(inputs: RunAnalysisInput) -> RunDominance:
+    stored, keep = inputs.representations, inputs.analysed
+    labels = stored["labels"][keep]
+    layers = []
+    for layer in range(1, layer_count(stored) + 1):
+        X = stored[f"layer{layer}"][keep]
+        counts = winner_counts(X)
+        per_class = []
+        for c in range(N_CLASSES):
+            class_counts = winner_counts(X[labels == c])
+            n = int(class_counts.sum())
+            per_class.append(ClassWinner(class_index=c, unit=int(class_counts.argmax()) if n else None,
+                                         share=float(class_counts.max() / n) if n else None))
+        n = int(counts.sum())
+        layers.append(LayerDominance(
+            layer=layer, n_winners=int((counts > 0).sum()),
+            top_unit=int(counts.argmax()) if n else None, top_share=float(counts.max() / n) if n else None,
+            per_class=per_class,
+        ))
+    return RunDominance(**run_identity(inputs.key), layers=layers)
+
+
+def dominance_figure(spec: ExperimentSpec, read: Callable[[RunKey], RunDominance]) -> Figure:
+    """The share of images won by each layer's top unit, per model (first seed, first data set)."""
+    from fflab.spec import RunKey
+
+    figure = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = figure.add_subplot()
+    width = 0.8 / len(spec.models)
+    for index, model in enumerate(spec.models):
+        document = read(RunKey(model, spec.datasets[0], spec.seeds[0]))
+        shares = [np.nan if layer.top_share is None else layer.top_share for layer in document.layers]
+        positions = np.arange(1, len(shares) + 1) + (index - (len(spec.models) - 1) / 2) * width
+        ax.bar(positions, shares, width, label=figures.model_display_name(model),
+               color=figures.model_color(model, index))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of images won by the top unit")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(range(1, spec.network.layers + 1))
+    ax.legend()
+    return figure
