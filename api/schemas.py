@@ -134,7 +134,12 @@ class RunningRun(BaseModel):
     layers: int | None
     epoch: int
     epochs: int
-    eta_seconds: float | None = Field(description="Estimated when the progress was reported.")
+    eta_seconds: float | None = Field(description="Seconds to the run's estimated end: training, then evaluation "
+                                                  "and analysis (estimated from the experiment's finished runs).")
+    phase: Literal["training", "analysing"] = Field(
+        "training", description="analysing: training has ended; the run is evaluated and analysed.")
+    run_fraction_done: float | None = Field(
+        None, description="The estimated share of the whole run done (training and analysis), 0-1.")
     heartbeat_age_seconds: float | None = Field(
         None, description="Seconds since the run's worker last reported on it; past "
                           "FFLAB_WORKER_HEARTBEAT_TIMEOUT_S its worker is taken for gone and the run is requeued.")

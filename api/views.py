@@ -10,7 +10,7 @@ from fastapi import Request
 from sqlalchemy import func, literal, null, select, union_all
 from sqlalchemy.orm import Session, object_session
 
-from api import schemas
+from api import run_telemetry, schemas
 from api.services.results import FIGURES_PREFIX
 from fflab import queueing
 from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, ExperimentTag, Run, utcnow
@@ -97,7 +97,9 @@ def progress(experiment: Experiment, counts: Counter[str], running: list[Running
             schemas.RunningRun(
                 run_id=run.run_id, model=run.model, layer=run.progress.get("layer"),
                 layers=run.progress.get("layers"), epoch=run.progress["epoch"],
-                epochs=run.progress["epochs"], eta_seconds=run.progress.get("eta_seconds"),
+                epochs=run.progress["epochs"], eta_seconds=run_telemetry.remaining_seconds(run.progress),
+                phase=run.progress.get("phase", "training"),
+                run_fraction_done=run.progress.get("run_fraction_done", run.progress.get("fraction_done")),
                 heartbeat_age_seconds=_seconds(run.heartbeat_at, None),
             )
             for run in running

@@ -152,7 +152,7 @@ def test_follow_a_run_while_it_trains(backend: str, serves: list[Serve], tmp_pat
     serve = Serve(tmp_path, "serve", progress_interval_s="0.2", stop_check_interval_s="0.2",
                   **backend_settings(backend, pg_database, redis_prefix))
     serves.append(serve)
-    serve.wait_up()
+    serve.wait_up(timeout=240)
     with serve.client() as api:
         refused = api.post("/v1/experiments", json={**LONG, "device": "cuda"})
         assert refused.status_code == 422, refused.text
@@ -217,7 +217,7 @@ def test_a_failed_runs_log_has_its_traceback_and_no_key(backend: str, serves: li
     serve = Serve(tmp_path, "serve", progress_interval_s="0.2", data_root=str(data_root), secret_key=secret,
                   **backend_settings(backend, pg_database, redis_prefix))
     serves.append(serve)
-    serve.wait_up()
+    serve.wait_up(timeout=240)
     with serve.client() as api:
         experiment_id = api.post("/v1/experiments", json={**TINY, "models": ["bp"]}).json()["id"]
         assert poll_experiment(api, experiment_id, FINAL, timeout=120)["status"] == "failed"
@@ -235,3 +235,66 @@ def test_a_failed_runs_log_has_its_traceback_and_no_key(backend: str, serves: li
     cli_env(serve.url, serve.key())
     printed = CliRunner().invoke(main, ["logs", experiment_id, "bp-mnist-seed0"], catch_exceptions=False)
     assert printed.exit_code == 0 and printed.output == text
+
+
+# ----------------------------------------------------------------------------- the ETA and the wait bar
+
+
+def test_the_eta_covers_analysis_measured_on_the_experiments_finished_runs(tmp_path: Path) -> None:
+    """A sibling run that took 10 s to train and 20 s to evaluate and analyse makes
+    the ratio 2: at half of 10 s of training the ETA is 10 s of training left plus
+    40 s of analysis; at the last epoch the phase is analysing and the ETA 20 s."""
+    import time
+
+    from fflab import accounts, jobs
+    from fflab.db import Run, get_sessionmaker, session_scope
+    from fflab.db.migrate import upgrade_database
+    from fflab.spec import build_spec
+    from worker.run_support import ProgressWriter
+
+    settings = Settings(var_dir=tmp_path)
+    upgrade_database(settings.resolved_database_url)
+    spec = build_spec("quick", {**{k: v for k, v in TINY.items() if k != "preset"}, "models": ["ff"], "seeds": [0, 1]})
+    with session_scope(settings.resolved_database_url) as session:
+        experiment = jobs.create_experiment(session, settings, accounts.create_user(session, "alice"), spec, "private")
+        done, running = experiment.runs
+        done.status, running.status = "succeeded", "running"
+        done.metrics = {"timings": {"train_seconds": 10.0, "evaluate_seconds": 2.0, "analyse_seconds": 18.0}}
+        running_pk = running.id
+    writer = ProgressWriter(settings.resolved_database_url, running_pk, interval=1000.0)
+    writer.started = time.monotonic() - 10.0  # ten seconds of training so far
+
+    def progress() -> dict:
+        with get_sessionmaker(settings.resolved_database_url)() as session:
+            return session.get(Run, running_pk).progress
+
+    writer(TrainingProgress("ff", 2, 2, 0.3, 0, 2))  # half: layer 1 of 2 done
+    half = progress()
+    assert half["phase"] == "training" and half["fraction_done"] == 0.5
+    assert half["eta_seconds"] == pytest.approx(10.0 + 2.0 * 20.0, abs=0.5)
+    assert half["run_fraction_done"] == pytest.approx(10.0 / 60.0, abs=0.01)
+    writer(TrainingProgress("ff", 1, 2, 0.3, 1, 2))  # within the interval: not written
+    assert progress() == half
+    writer(TrainingProgress("ff", 2, 2, 0.2, 1, 2))  # the last epoch: written whatever the interval
+    last = progress()
+    assert last["phase"] == "analysing" and last["fraction_done"] == 1.0
+    assert last["eta_seconds"] == pytest.approx(2.0 * 10.0, abs=0.5)
+
+    from api.run_telemetry import remaining_seconds
+    assert 10.0 < remaining_seconds(last) <= last["eta_seconds"]  # counted down to ends_at
+    assert remaining_seconds({"eta_seconds": 7.0}) == 7.0  # reported before ends_at existed
+
+
+def test_the_wait_bar_counts_running_runs_by_their_share() -> None:
+    from fflab.cli.service import bar_detail, run_step, runs_done_so_far
+
+    running = [{"run_id": "ff-mnist-seed0", "layer": 2, "layers": 3, "epoch": 5, "epochs": 40,
+                "phase": "training", "run_fraction_done": 0.25},
+               {"run_id": "bp-mnist-seed0", "layer": None, "layers": None, "epoch": 20, "epochs": 20,
+                "phase": "analysing", "run_fraction_done": 0.8}]
+    experiment = {"status": "running", "progress": {"runs_done": 3, "runs_total": 6, "running": running}}
+    assert runs_done_so_far(experiment["progress"]) == pytest.approx(4.05)
+    assert run_step(running[0]) == "layer 2/3 epoch 5/40" and run_step(running[1]) == "analysing"
+    assert bar_detail(experiment) == "ff-mnist-seed0 layer 2/3 epoch 5/40 +1 running"
+    assert len(bar_detail(experiment, width=20)) <= 20
+    assert bar_detail({"status": "queued", "progress": {"running": []}}) == "queued"

@@ -54,4 +54,3 @@ def runs_ahead(session: Session, experiment_ids: list[str]) -> dict[str, int]:
         ) or 0
         for experiment_id, first in firsts.items()
     }
-

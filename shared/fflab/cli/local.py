@@ -84,7 +84,9 @@ def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[s
 
     def on_epoch(event: TrainingProgress) -> None:
         layer = "" if event.layer is None else f"layer {event.layer + 1}/{event.layers} "
-        bar.set_postfix_str(f"{layer}epoch {event.epoch}/{event.epochs} loss {event.loss:.4f}")
+        last = event.epoch == event.epochs and (event.layer is None or event.layer + 1 == (event.layers or 1))
+        then = ", analysing" if last else ""  # training has ended: evaluation and analysis follow
+        bar.set_postfix_str(f"{layer}epoch {event.epoch}/{event.epochs} loss {event.loss:.4f}{then}")
         bar.update(1)
 
     try:

@@ -11,6 +11,7 @@ $FFLAB_API_KEY, or else the key that ``fflab serve`` wrote to var/admin.key.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,11 +98,10 @@ def describe(experiment: dict[str, Any]) -> str:
         f"runs {progress['runs_done']}/{progress['runs_total']}",
     ]
     for run in progress["running"]:
-        layer = f" layer {run['layer']}/{run['layers']}" if run["layer"] else ""
         eta = f" ETA {run['eta_seconds']:.0f} s" if run["eta_seconds"] is not None else ""
         age = run.get("heartbeat_age_seconds")
         beat = f" (last heartbeat {age:.0f} s ago)" if age is not None else ""
-        lines.append(f"  {run['run_id']}:{layer} epoch {run['epoch']}/{run['epochs']}{eta}{beat}")
+        lines.append(f"  {run['run_id']}: {run_step(run)}{eta}{beat}")
     place = experiment.get("queue")
     if place:
         lines.append("  " + describe_place(place))
@@ -151,15 +151,41 @@ def describe_queues(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_step(run: dict[str, Any]) -> str:
+    """'layer 2/3 epoch 10/40', 'epoch 4/20' or 'analysing' (training has ended)."""
+    if run.get("phase") == "analysing":
+        return "analysing"
+    layer = f"layer {run['layer']}/{run['layers']} " if run["layer"] else ""
+    return f"{layer}epoch {run['epoch']}/{run['epochs']}"
+
+
+def runs_done_so_far(progress: dict[str, Any]) -> float:
+    """Runs ended, plus the share done of each running run (training and analysis)."""
+    return progress["runs_done"] + sum(min(1.0, run.get("run_fraction_done") or 0.0) for run in progress["running"])
+
+
+def bar_detail(experiment: dict[str, Any], width: int = 50) -> str:
+    """The bar's short postfix: the status, or the first running run's step and how many run."""
+    running = experiment["progress"]["running"]
+    if not running:
+        return experiment["status"]
+    first = f"{running[0]['run_id']} {run_step(running[0])}"
+    more = f" +{len(running) - 1} running" if len(running) > 1 else ""
+    return (first[:width - len(more) - 1] + "…" if len(first) + len(more) > width else first) + more
+
+
 def wait_with_bar(api: Client, experiment_id: str, timeout: float | None) -> dict[str, Any]:
+    """One bar for the experiment: runs done (running runs by their share done,
+    training and analysis), so that its ETA is the whole experiment's; at most
+    100 columns wide."""
     first = api.experiment(experiment_id)
-    with tqdm(total=first["progress"]["runs_total"], unit="run", file=sys.stderr) as bar:
+    total = first["progress"]["runs_total"]
+    with tqdm(total=total, unit="run", file=sys.stderr, ncols=min(100, shutil.get_terminal_size().columns),
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}<{remaining}{postfix}]") as bar:
         def update(experiment: dict[str, Any]) -> None:
-            progress = experiment["progress"]
-            bar.update(progress["runs_done"] - bar.n)
-            running = progress["running"]
-            detail = describe(experiment).splitlines()[1].strip() if running else experiment["status"]
-            bar.set_postfix_str(detail)
+            bar.n = min(float(total), runs_done_so_far(experiment["progress"]))
+            bar.set_postfix_str(bar_detail(experiment), refresh=False)
+            bar.refresh()
 
         return api.wait(experiment_id, timeout=timeout, on_update=update)
 
