@@ -24,6 +24,7 @@ from api.middleware import (
 from api.overload import Gate
 from api.protocol import RequestHeadMiddleware
 from api.routes import admin, analyses, comparisons, experiments, health, results, run_analyses, runs, users
+from api.routes.usage import router as usage_router
 from api.status_cache import StatusCache
 from fflab import queueing
 from fflab.db import get_sessionmaker
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     # The analyses' endpoints, generated from their registry as it stands now.
     app.include_router(run_analyses.analysis_router())
+    app.include_router(usage_router)  # storage and run-hours against the per-user limits
     ui.install(app)  # the web UI under /ui
     errors.install(app)
     app.add_middleware(MetricsAuthMiddleware, metrics_token=settings.metrics_token)  # /metrics: not public

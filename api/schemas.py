@@ -460,3 +460,24 @@ class Readiness(BaseModel):
     gpus: list[WorkerGpu] = Field(default_factory=list, description="The GPUs the live workers hold.")
     disk: dict[str, DiskSpace] = Field(default_factory=dict, description=(
         "Free space of the var dir, the temporary folder and the local artifact folder, by role."))
+
+
+class UsageOut(BaseModel):
+    """A user's storage and compute against this server's per-user limits (fflab.usage)."""
+
+    user: str
+    stored_bytes: int = Field(description="The user's experiments' stored artifacts (runs' files, tables, figures).")
+    pending_bytes: int = Field(description="Estimated bytes their waiting and running runs will still store.")
+    storage_quota_bytes: int | None = Field(
+        description="FFLAB_STORAGE_QUOTA_BYTES_PER_USER; null: no quota. A submission that would take "
+                    "stored + pending + its estimate over it is refused (429).")
+    active_runs: int = Field(description="Runs waiting or running.")
+    active_run_hours: float = Field(description="Their estimated run-hours (fflab.usage.estimate_run_seconds).")
+    max_active_run_hours: float | None = Field(
+        description="FFLAB_MAX_QUEUED_RUN_HOURS_PER_USER; null: no limit. A submission that would take "
+                    "active_run_hours over it is refused (429).")
+
+
+class UsageList(BaseModel):
+    items: list[UsageOut]
+    next_page_token: str | None = Field(description="Pass it as page_token for the next page; null on the last.")

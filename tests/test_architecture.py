@@ -26,7 +26,7 @@ LAYERS = {
     "pipeline": ["fflab.pipeline"],
     "service": ["fflab.var_dir", "fflab.processes", "fflab.db", "fflab.storage",
                 "fflab.accounts", "fflab.startup", "fflab.scheduling", "fflab.queueing", "fflab.jobs", "fflab.client",
-                "fflab.gpu", "fflab.run_logs"],
+                "fflab.gpu", "fflab.run_logs", "fflab.usage"],
     "cli": ["fflab.cli", "fflab.__main__"],
 }
 LAYER_ORDER = list(LAYERS)

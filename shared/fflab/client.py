@@ -321,6 +321,14 @@ class Client:
     def me(self) -> dict[str, Any]:
         return self._json("GET", "/v1/users/me")
 
+    def usage(self) -> dict[str, Any]:
+        """Your stored bytes and estimated run-hours, with the per-user quota and limit (null: none)."""
+        return self._json("GET", "/v1/users/me/usage")
+
+    def usage_by_user(self) -> list[dict[str, Any]]:
+        """Every user's stored bytes and estimated run-hours (admins)."""
+        return list(self.items("/v1/admin/usage"))
+
     def keys(self) -> list[dict[str, Any]]:
         """Your API keys (public prefixes, creation and revocation times)."""
         return list(self.items("/v1/users/me/keys"))

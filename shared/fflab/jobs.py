@@ -54,7 +54,7 @@ from typing import Any, Protocol
 from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
-from fflab import gpu, queueing
+from fflab import gpu, queueing, usage
 from fflab.db import ACTIVE_STATUSES, FINAL_STATUSES, Analysis, Experiment, Run, User, Worker, utcnow
 from fflab.scheduling import PRIORITIES, priority_rank
 from fflab.settings import Settings
@@ -72,7 +72,8 @@ class Dispatcher(Protocol):
 
 
 class CapacityError(Exception):
-    """The user's cap on waiting runs would be exceeded."""
+    """A per-user limit would be exceeded: the cap on waiting runs, the storage quota
+    or the run-hours limit (fflab.usage)."""
 
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message)
@@ -143,6 +144,9 @@ def create_experiment(
             f"start or cancel some.",
             settings.capacity_retry_after_s,
         )
+    refusal = usage.submission_refusal(session, settings, owner.id, spec)  # storage quota, run-hours
+    if refusal is not None:
+        raise CapacityError(refusal, settings.capacity_retry_after_s)
     queue = settings.queue_for_device(spec.device)
     check_gpu_worker(session, settings, spec, queue)
     check_memory(session, settings, spec, keys, queue)
@@ -652,7 +656,13 @@ def should_stop(session: Session, run_pk: int, task_id: str | None = None) -> bo
             or (task_id is not None and row.task_id != task_id))
 
 
-def create_analysis(session: Session, experiment: Experiment, analysis_spec: dict[str, Any]) -> Analysis:
+def create_analysis(session: Session, experiment: Experiment, analysis_spec: dict[str, Any],
+                    settings: Settings | None = None) -> Analysis:
+    """A re-analysis of a succeeded experiment (ConflictError otherwise, or while
+    another runs); with ``settings``, CapacityError when its owner's storage is at
+    or over the quota (fflab.usage.analysis_refusal)."""
+    if settings is not None and (refusal := usage.analysis_refusal(session, settings, experiment.owner_id)):
+        raise CapacityError(refusal, settings.capacity_retry_after_s)
     if experiment.status != "succeeded":
         raise ConflictError(
             f"experiment {experiment.id} is {experiment.status}; re-analysis needs a succeeded "

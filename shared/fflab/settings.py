@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     capacity_retry_after_s: int = Field(
         30, ge=1, description="Retry-After (seconds) of the 429 that refuses a submission over the cap."
     )
+    storage_quota_bytes_per_user: int | None = Field(
+        None, ge=0, description="Most bytes of stored artifacts a user's experiments may hold (fflab.usage): a "
+                                "submission that would take them over it, by its estimate, is refused (429), "
+                                "and a re-analysis once they are at it. Unset: no quota."
+    )
+    max_queued_run_hours_per_user: float | None = Field(
+        None, gt=0, description="Most estimated run-hours (fflab.usage.estimate_run_seconds) a user may have "
+                                "waiting or running at once; a submission past it is refused (429). Unset: no "
+                                "limit."
+    )
     gpus_available: bool = Field(
         False, description="The deployment runs GPU workers: device 'auto' goes to the gpu queue."
     )

@@ -244,6 +244,17 @@ def fetch_results(api: Client, experiment_id: str, folder: Path) -> None:
         (folder / "figures" / figure["name"]).write_bytes(api.figure(experiment_id, figure["name"]))
 
 
+def describe_usage(item: dict) -> str:
+    """``alice: stores 1.20 GB (+300.00 MB to come) of 5.00 GB; 2 runs waiting or running, 0.41 of 8 run-hours``."""
+    from fflab.usage import human_bytes, runs_text
+
+    quota = "no quota" if item["storage_quota_bytes"] is None else human_bytes(item["storage_quota_bytes"])
+    limit = "no limit" if item["max_active_run_hours"] is None else f"{item['max_active_run_hours']:g}"
+    to_come = f" (+{human_bytes(item['pending_bytes'])} to come)" if item["pending_bytes"] else ""
+    return (f"{item['user']}: stores {human_bytes(item['stored_bytes'])}{to_come} of {quota}; "
+            f"{runs_text(item['active_runs'])} waiting or running, {item['active_run_hours']:.3g} of {limit} run-hours")
+
+
 def register(cli: click.Group) -> None:
     """Add the service verbs to the ``fflab`` command group."""
 
@@ -370,6 +381,20 @@ def register(cli: click.Group) -> None:
         with client() as api:
             view = api.queue()
         click.echo(json.dumps(view, indent=2) if as_json else describe_queues(view))
+
+    @cli.command("usage")
+    @click.option("--all", "every_user", is_flag=True, help="Every user's (admin).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+    def usage_command(every_user: bool, as_json: bool) -> None:
+        """Your stored bytes and estimated run-hours against the per-user storage quota
+        and run-hours limit (with --all, every user's)."""
+        with client() as api:
+            items = api.usage_by_user() if every_user else [api.usage()]
+        if as_json:
+            echo_json(items if every_user else items[0])
+            return
+        for item in items:
+            click.echo(describe_usage(item))
 
     @cli.command("wait")
     @click.argument("experiment_id")

@@ -12,7 +12,8 @@ from fflab.models import MODELS
 from fflab.spec import ExperimentSpec, RunKey
 
 # What training writes into a run's folder besides its metrics document.
-TRAINED_FILES = ("representations.npz", "weights.pt")
+REPRESENTATIONS_FILE = "representations.npz"
+TRAINED_FILES = (REPRESENTATIONS_FILE, "weights.pt")
 
 
 def run_dir_of(experiment_dir: Path, key: RunKey) -> Path:
@@ -31,10 +32,28 @@ def read_spec(experiment_dir: Path) -> ExperimentSpec:
     return ExperimentSpec.model_validate_json(path.read_text())
 
 
+def write_representations(run_dir: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Store a run's test-set arrays (labels, predictions, correct, layer1..layerL
+    (N, width) float32, label_goodness (N, 10, L) float32 for the goodness models)
+    in ``representations.npz``, every value as it is, deflate-compressed
+    (``np.savez_compressed``: a standard .npz that ``np.load`` reads).
+
+    Lossless on purpose: rounding the layers to float16 changed ensembles (Method
+    1 of a BP layer doubled where activities within 2.4e-4 of 1.0 became exactly
+    1.0, the saturation Method 1's threshold reads), so the analyses' inputs stay
+    the float32 the network computed (docs/science.md, "Stored representations")."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / REPRESENTATIONS_FILE
+    np.savez_compressed(path, **arrays)
+    return path
+
+
 def load_representations(run_dir: Path) -> dict[str, np.ndarray]:
     """The run's stored test-set arrays: labels, predictions, correct, layer1..layerL
-    (N, width) and any model-specific ones (label_goodness)."""
-    with np.load(run_dir / "representations.npz") as stored:
+    (N, width) and any model-specific ones (label_goodness). Reads the compressed
+    files ``write_representations`` stores and the uncompressed ones (``np.savez``)
+    of runs trained before; the arrays are the same either way."""
+    with np.load(run_dir / REPRESENTATIONS_FILE) as stored:
         return {name: stored[name] for name in stored.files}
 
 

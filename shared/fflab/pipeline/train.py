@@ -21,6 +21,7 @@ from fflab.models.common import (
     resolve_device,
     seed_everything,
 )
+from fflab.pipeline.folders import write_representations
 from fflab.pipeline.snapshots import snapshot_recorder
 from fflab.results import RunDevice, RunMetrics, Timings, write_document
 from fflab.spec import ExperimentSpec, RunKey
@@ -102,13 +103,8 @@ def train_and_evaluate(
     for index, layer in enumerate(evaluation.layers, start=1):
         arrays[f"layer{index}"] = layer.numpy().astype(np.float32)
     run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        run_dir / "representations.npz",
-        labels=test.labels.numpy(),
-        predictions=predictions.numpy(),
-        correct=correct,
-        **arrays,
-    )
+    write_representations(run_dir, {"labels": test.labels.numpy(), "predictions": predictions.numpy(),
+                                    "correct": correct, **arrays})
     torch.save({name: t.cpu() for name, t in net.state_dict().items()}, run_dir / "weights.pt")
     evaluate_seconds = time.perf_counter() - started
 
