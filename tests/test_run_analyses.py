@@ -321,6 +321,8 @@ def test_the_schema_generator_writes_the_toy(toys, tmp_path: Path) -> None:
 def test_the_ui_run_page_lists_the_toy_and_serves_its_document(world: World) -> None:
     client = httpx.Client(base_url=world.url, timeout=30, follow_redirects=False)
     sign_in(client, world.key)
+    experiment_page = client.get(f"/ui/experiments/{EXPERIMENT}").text
+    assert f'href="/ui/experiments/{EXPERIMENT}/runs/{RUNS[0]}" class="run-page"' in experiment_page
     page = client.get(f"/ui/experiments/{EXPERIMENT}/runs/{RUNS[0]}")
     assert page.status_code == 200, page.text
     for name in documents.run_analyses():
