@@ -24,7 +24,7 @@ import torch
 
 from fflab.data import load_split
 from fflab.models.common import GoodnessNetwork, label_goodness, predict_from_goodness, resolve_device, seed_everything
-from fflab.models.ff_engine import FFEngine
+from fflab.models.ff import train_ff
 from fflab.spec import TrainingSpec, build_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,10 +61,10 @@ def run(images, labels, test, epochs: int, seed: int, tf32: bool, device: torch.
     training = TrainingSpec(epochs=epochs, learning_rate=spec.ff.learning_rate)
     started = time.perf_counter()
     if device.type == "cuda":
-        history = FFEngine(net, images, labels, training, generator, tf32=tf32).train()
+        history = train_ff(net, images, labels, training, generator, tf32=tf32)
     else:
         with emulated_tf32() if tf32 else contextmanager(lambda: (yield))():
-            history = FFEngine(net, images, labels, training, generator).train()
+            history = train_ff(net, images, labels, training, generator)
     seconds = time.perf_counter() - started
     scores = label_goodness(net, test.images)
     accuracy = (predict_from_goodness(scores, "sum") == test.labels).float().mean().item()

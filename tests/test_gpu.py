@@ -20,6 +20,8 @@ import torch
 from fflab import devices, gpu, jobs
 from fflab.db import Run, get_sessionmaker, session_scope
 from fflab.gpu import GIB, DeviceLedger, admission_decision
+from fflab.models import MODELS
+from fflab.models.model_type import MemoryUse, RunShape
 from fflab.spec import RunKey, build_spec
 from devices import skip_without_cuda
 from test_service_faults import run_as_worker, worker_env  # noqa: F401 - the worker fixture
@@ -79,14 +81,14 @@ def test_memory_parts_of_a_hand_sized_ff_run():
         gpu.run_memory_parts("svm", 100, 50, 10, 2, None)
 
 
-def test_every_model_type_has_a_memory_estimate():
-    """Admission estimates every run a GPU worker may get: a model type added to
-    fflab.models.MODELS needs its line in run_memory_parts (this fails until then)."""
-    from fflab.models import MODELS
-
-    assert set(MODELS) == set(gpu.MEMORY_MODELS)
-    for model in MODELS:
-        assert gpu.estimate_run_memory(build_spec("paper", {"models": [model]}), RunKey(model, "mnist", 0)) > 0
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_model_type_has_a_memory_estimate(model):
+    """Admission estimates every run a GPU worker may get from its model type's
+    ``memory`` (fflab.models.MODELS): positive parts that grow with the data."""
+    spec = build_spec("paper", {"models": [model]})
+    assert gpu.estimate_run_memory(spec, RunKey(model, "mnist", 0)) > gpu.CUDA_CONTEXT_BYTES
+    small, large = (gpu.run_memory_parts(model, n, 10_000, 784, 3, None) for n in (1000, 2000))
+    assert all(small[part] > 0 for part in small) and large["training"] > small["training"]
 
 
 def test_the_estimate_follows_the_spec():
@@ -102,14 +104,13 @@ def test_the_estimate_follows_the_spec():
 
 
 MEASURE = r"""
-import json, sys, torch
-from fflab.models.bp import BPClassifier, train_bp
-from fflab.models.bpff import train_bpff
-from fflab.models.common import GoodnessNetwork
-from fflab.models.ff import train_ff
-from fflab.models.symba import train_symba
+import importlib, json, sys, torch
+from fflab.models import MODELS
+from fflab.models.common import TrainingJob
 from fflab.spec import NetworkSpec, TrainingSpec
-model, n, batch = sys.argv[1], int(sys.argv[2]), (None if sys.argv[3] == "none" else int(sys.argv[3]))
+name, n, batch = sys.argv[1], int(sys.argv[2]), (None if sys.argv[3] == "none" else int(sys.argv[3]))
+module, _, attribute = name.partition(":")
+model = getattr(importlib.import_module(module), attribute) if attribute else MODELS[name]
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
 def rss(field):
@@ -118,21 +119,43 @@ def rss(field):
             return int(line.split()[1]) * 1024
 def train(n):
     images, labels = torch.rand(n, 784, generator=g), torch.arange(n) % 10
-    net = (BPClassifier if model == "bp" else GoodnessNetwork)(NetworkSpec())
+    net = model.build(NetworkSpec())
     training = TrainingSpec(epochs=1, learning_rate=1e-2, batch_size=batch if batch is None else min(batch, n))
-    trainer = {"ff": train_ff, "bpff": train_bpff, "bp": train_bp, "symba": train_symba}[model]
     open("/proc/self/clear_refs", "w").write("5")  # the peak restarts from here
     before = rss("VmRSS:")
-    trainer(net, images, labels, training, g)
+    model.train(TrainingJob(net=net, images=images, labels=labels, training=training, generator=g))
     return rss("VmHWM:") - before
 train(64)  # loads the libraries and their buffers first
 print(json.dumps({"peak_above_data": train(n)}))
 """
 
 
+def measured_training_memory(model: str, n: int, batch: int | None) -> int:
+    """Peak RSS above the data of one epoch of the paper's network (784 x 3) on ``n``
+    images, in a fresh process (``model``: a name in MODELS or ``module:ModelType``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(64 * 1024),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", MEASURE, model, str(n), str(batch).lower()],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_above_data"]
+
+
+def check_the_estimate_covers_the_memory_training_takes(model, memory, name: str) -> None:
+    """One epoch on N=4000 images: the estimate's training and parameter parts
+    (``memory``, a model type's) cover the measured peak, within 3x. Minibatches
+    of 512 where the model's paper default has minibatches."""
+    n = 4000
+    batch = None if model.training_defaults["batch_size"] is None else 512
+    measured = measured_training_memory(name, n, batch)
+    use = memory(RunShape(n, 10_000, 784, 3, batch))
+    estimate = gpu.FLOAT_BYTES * (use.training + 4 * use.weights)
+    assert measured <= estimate <= 3 * measured, (measured, estimate)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "batch"), [("ff", None), ("bpff", None), ("bp", 512), ("symba", None)])
-def test_the_estimate_covers_the_memory_training_takes(model, batch):
+@pytest.mark.parametrize("model", list(MODELS))
+def test_the_estimate_covers_the_memory_training_takes(model):
     """Train one epoch of the paper's network (784 x 3) on N=4000 images on the CPU,
     where the same tensors are allocated as on a GPU, in a fresh process, and
     measure its peak RSS above the data: the estimate's training and parameter
@@ -143,15 +166,20 @@ def test_the_estimate_covers_the_memory_training_takes(model, batch):
     one run to the next (SymBa: 228-270 MB); a fixed threshold maps every tensor
     apart and returns it when freed, so the peak is that of the live tensors, as the
     estimate counts them (the caching allocator's share is ALLOCATOR_FACTOR's)."""
-    n = 4000
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
-    done = subprocess.run([sys.executable, "-c", MEASURE, model, str(n), str(batch).lower()],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr
-    measured = json.loads(done.stdout.strip().splitlines()[-1])["peak_above_data"]
-    parts = gpu.run_memory_parts(model, n, 10_000, 784, 3, batch)
-    estimate = parts["training"] + parts["parameters"]
-    assert measured <= estimate <= 3 * measured, (measured, estimate)
+    entry = MODELS[model]
+    check_the_estimate_covers_the_memory_training_takes(entry, entry.memory, model)
+
+
+@pytest.mark.slow
+def test_a_toy_model_types_memory_estimate_is_checked_like_the_others():
+    """tests/toy_model.py's model type passes the check with its estimate, and fails
+    it with one that leaves out its training working set."""
+    from toy_model import TOY
+
+    check_the_estimate_covers_the_memory_training_takes(TOY, TOY.memory, "toy_model:TOY")
+    with pytest.raises(AssertionError):
+        check_the_estimate_covers_the_memory_training_takes(
+            TOY, lambda shape: MemoryUse(TOY.memory(shape).weights, 0), "toy_model:TOY")
 
 
 # ----------------------------------------------------------------------------- admission
@@ -443,16 +471,12 @@ def test_gpu_check_without_cuda_skips_cleanly(tmp_path):
 
 @pytest.mark.cuda
 @skip_without_cuda
-@pytest.mark.parametrize("model", ["ff", "bpff", "bp", "symba"])
+@pytest.mark.parametrize("model", list(MODELS))
 def test_the_estimate_covers_what_a_paper_run_allocates_on_cuda(model):
     """One epoch of a paper-sized run (N=60000, 784 x 3) on the GPU: the most its
     tensors took (torch.cuda.max_memory_reserved) is within the estimate without
     the context, and the estimate is not wasteful (within 3x of the tensors)."""
-    from fflab.models.bp import BPClassifier, train_bp
-    from fflab.models.bpff import train_bpff
-    from fflab.models.common import GoodnessNetwork
-    from fflab.models.ff import train_ff
-    from fflab.models.symba import train_symba
+    from fflab.models.common import TrainingJob
     from fflab.spec import NetworkSpec
 
     spec = build_spec("paper", {"models": [model]})
@@ -460,14 +484,11 @@ def test_the_estimate_covers_what_a_paper_run_allocates_on_cuda(model):
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(n, 784, generator=generator).cuda()
     labels = (torch.arange(n) % 10).cuda()
-    net = (BPClassifier if model == "bp" else GoodnessNetwork)(NetworkSpec()).cuda()
+    net = MODELS[model].build(NetworkSpec()).cuda()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     training = spec.training(model).model_copy(update={"epochs": 1})
-    {"ff": lambda: train_ff(net, images, labels, training, generator),
-     "bpff": lambda: train_bpff(net, images, labels, training, generator),
-     "bp": lambda: train_bp(net, images, labels, training, generator),
-     "symba": lambda: train_symba(net, images, labels, training, generator)}[model]()
+    MODELS[model].train(TrainingJob(net=net, images=images, labels=labels, training=training, generator=generator))
     torch.cuda.synchronize()
     reserved = torch.cuda.max_memory_reserved()
     estimate = gpu.estimate_run_memory(spec, RunKey(model, "mnist", 0)) - gpu.CUDA_CONTEXT_BYTES

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from fflab import accounts, jobs
 from fflab.db import Experiment, Run, User, get_sessionmaker, session_scope, utcnow
 from fflab.db.migrate import upgrade_database
+from fflab.models import MODELS
 from fflab.cli.service import describe, describe_queues
 from fflab.settings import Settings, get_settings
 from fflab.spec import build_spec
@@ -215,24 +216,28 @@ def load_weights(settings: Settings, experiment_id: str, run_id: str, folder: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", list(MODELS))
 def test_a_preempted_run_stops_at_its_checkpoint_is_requeued_and_resumes_bit_identically(
-        worker_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """One slot, held by alice's FF run (3 layers). bob's run waits past
-    FFLAB_PREEMPT_AFTER_S: the dispatcher asks alice's run to stop; the worker task
-    stores the layer-1 checkpoint, the run goes back to waiting (not a lost
-    delivery) and bob's run gets the slot; alice's run then resumes from layer 2 and
-    ends with exactly the weights of carol's uninterrupted run of the same spec."""
+        worker_env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        model: str) -> None:
+    """One slot, held by alice's run of each model type (3 layers, 2 epochs). bob's
+    run waits past FFLAB_PREEMPT_AFTER_S: the dispatcher asks alice's run to stop;
+    the worker task stores its first checkpoint (after layer 1, or after epoch 1),
+    the run goes back to waiting (not a lost delivery) and bob's run gets the slot;
+    alice's run then resumes from there and ends with exactly the weights of
+    carol's uninterrupted run of the same spec."""
     tasks, _, dispatcher = worker_env
     monkeypatch.setenv("FFLAB_PREEMPTION", "true")
     monkeypatch.setenv("FFLAB_PREEMPT_AFTER_S", "0.05")
+    monkeypatch.setenv("FFLAB_CHECKPOINT_EVERY_EPOCHS", "1")
     get_settings.cache_clear()
     settings = get_settings()
-    ff = tiny_spec(models=["ff"])
+    spec = tiny_spec(models=[model], **{model: {"epochs": 2, "batch_size": 100, "learning_rate": 0.003}})
     url = settings.resolved_database_url
     with session_scope(url) as session:
         jobs.register_worker(session, "w1", "w1@test", "test", 1, ["cpu"])
         alice, bob, carol = (accounts.create_user(session, name) for name in ("alice", "bob", "carol"))
-        interrupted = jobs.create_experiment(session, settings, alice, ff, "private").id
+        interrupted = jobs.create_experiment(session, settings, alice, spec, "private").id
     with get_sessionmaker(url)() as session:
         jobs.dispatch(session, settings, dispatcher)
         alice_pk, _, alice_task = dispatcher.runs[-1]
@@ -246,7 +251,7 @@ def test_a_preempted_run_stops_at_its_checkpoint_is_requeued_and_resumes_bit_ide
         assert session.get(Run, alice_pk, populate_existing=True).preempt_requested_at is not None  # ... so this
 
     caplog.set_level(logging.INFO, logger="worker.run_support")  # where a resume is logged
-    run_as_worker(tasks.run_task, alice_pk, alice_task)  # trains layer 1, stores it, stops
+    run_as_worker(tasks.run_task, alice_pk, alice_task)  # trains to its first checkpoint, stores it, stops
     with session_scope(url) as session:
         run = session.get(Run, alice_pk)
         assert (run.status, run.task_id, run.preemptions, run.preempt_requested_at) == ("queued", None, 1, None)
@@ -256,10 +261,11 @@ def test_a_preempted_run_stops_at_its_checkpoint_is_requeued_and_resumes_bit_ide
     run_as_worker(tasks.run_task, bob_pk, dispatcher.runs[-1][2])
     assert dispatcher.runs[-1][0] == alice_pk  # bob's run ended: alice's comes back, under a new task
     run_as_worker(tasks.run_task, alice_pk, dispatcher.runs[-1][2])
-    assert any(f"resumed run {run.run_id} of experiment {interrupted} from layer 2" in m for m in caplog.messages)
+    where = "layer 2" if MODELS[model].layer_by_layer else "epoch 2"
+    assert any(f"resumed run {run.run_id} of experiment {interrupted} from {where}" in m for m in caplog.messages)
 
     with session_scope(url) as session:
-        uninterrupted = jobs.create_experiment(session, settings, session.get(User, carol.id), ff, "private").id
+        uninterrupted = jobs.create_experiment(session, settings, session.get(User, carol.id), spec, "private").id
     with get_sessionmaker(url)() as session:
         jobs.dispatch(session, settings, dispatcher)
     run_as_worker(tasks.run_task, dispatcher.runs[-1][0], dispatcher.runs[-1][2])

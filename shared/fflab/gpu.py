@@ -8,7 +8,8 @@ it; large ones could exhaust it, so each run is admitted against its memory:
 
 * ``estimate_run_memory`` is a pure estimate of a run's peak device memory from
   its spec (training images N, width, layers, batch size, model), derived from
-  what the trainers allocate (see ``run_memory_parts``) plus the CUDA context of
+  what the trainers allocate (each model type's ``memory``, fflab.models; see
+  ``run_memory_parts``) plus the CUDA context of
   the process that runs it, with a safety factor for the caching allocator.
 * ``admission_decision`` is the pure rule: a run is admitted on a device when
   fewer than ``runs_per_gpu`` runs hold it, the estimates of the runs it already
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fflab.devices import DeviceInfo
+from fflab.models import MODELS
+from fflab.models.model_type import RunShape
 from fflab.processes import process_alive
 from fflab.spec import ExperimentSpec, RunKey
 
@@ -60,7 +63,6 @@ CUDA_CONTEXT_BYTES = 768 * 2**20
 # reserves exceeds the peak of live tensors.
 ALLOCATOR_FACTOR = 1.25
 GIB = 2**30
-MEMORY_MODELS = ("ff", "bpff", "bp", "symba")  # the model types run_memory_parts knows
 
 
 # --------------------------------------------------------------------------- nvidia-smi
@@ -193,21 +195,9 @@ def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: 
 
     ``data``: the training images on the device. ``parameters``: weights and
     biases with their gradients and Adam's two moments (4 copies). ``training``:
-    the trainer's working set at its peak (rows = N, or the batch size):
-
-    * FF (``fflab.models.ff_engine.FFEngine``): layer 1's input with the label
-      pixels zeroed (N x 784), the pre-activation buffer (2 rows x width), the next
-      layer's inputs (2N x width) and, while a layer freezes, its activations and
-      their normalised copy (2 x 2N x width); minibatches add gathered rows.
-    * BP/FF (autograd, end to end): positive and negative inputs (2 x rows x 784)
-      and, per layer, what autograd keeps for the backward pass (normalised input,
-      pre-activation, activation: 3 x 2 rows x width), twice for the gradients.
-    * BP: per layer 3 x rows x width kept for the backward pass, twice.
-    * SymBa (``fflab.models.symba``, layer by layer with autograd): positive and
-      negative inputs (2 x N x 784), the frozen outputs below the layer it trains
-      (2 x N x width), and that one layer's autograd for both (3 x 2 rows x
-      width, twice) plus the gradients' temporaries of the two halves (2 rows x
-      width); minibatches add gathered rows.
+    the trainer's working set at its peak (rows = N, or the batch size), which
+    the model type gives (``ModelType.memory``, fflab.models: what its trainer
+    allocates).
 
     The live tensors' peak on the CPU (``tests/test_gpu.py``, 784 x 3, N=4000, one
     epoch) was 101 / 268 / 34 / 148 MB for FF / BP/FF / BP (batch 512) / SymBa,
@@ -217,29 +207,11 @@ def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: 
     per label and layer, a few at a time). The test images stay on the CPU.
     """
     d = IMAGE_PIXELS
-    rows = n_train if batch_size is None or batch_size >= n_train else batch_size
-    weights = d * width + width + (layers - 1) * (width * width + width)
-    if model == "bp":
-        weights += width * N_CLASSES + N_CLASSES
-    parts = {"data": n_train * d + 2 * n_train, "parameters": 4 * weights}
-    widest = max(d, width)
-    if model == "ff":
-        training = n_train * d + 2 * rows * width + 2 * n_train * widest + 2 * (2 * n_train * width)
-        if rows < n_train:
-            training += rows * d + 2 * rows * widest
-    elif model == "bpff":
-        training = 2 * rows * d + 2 * layers * 3 * (2 * rows * width)
-    elif model == "bp":
-        training = rows * d + 2 * layers * 3 * (rows * width)
-    elif model == "symba":
-        training = 2 * n_train * d + 2 * n_train * widest + 2 * 3 * (2 * rows * widest) + 2 * rows * widest
-        if rows < n_train:
-            training += 2 * rows * widest
-    else:
-        raise ValueError(f"model must be one of {', '.join(MEMORY_MODELS)}; got {model!r}")
-    parts["training"] = training
+    shape = RunShape(n_train, n_test, width, layers, batch_size)
+    use = MODELS.lookup(model).memory(shape)
+    parts = {"data": n_train * d + 2 * n_train, "parameters": 4 * use.weights, "training": use.training}
     chunk = min(EVAL_CHUNK, n_test)
-    parts["evaluation"] = chunk * d + 4 * chunk * widest + chunk * N_CLASSES * layers
+    parts["evaluation"] = chunk * d + 4 * chunk * shape.widest + chunk * N_CLASSES * layers
     return {name: FLOAT_BYTES * count for name, count in parts.items()}
 
 

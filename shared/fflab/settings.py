@@ -190,8 +190,8 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Wait before the second upload try; doubles after each failed try."
     )
     checkpoint_every_epochs: int = Field(
-        25, ge=1, description="BP/FF and BP runs checkpoint every this many epochs (FF: after every "
-                              "layer), so that a redelivered run resumes instead of starting over."
+        25, ge=1, description="BP/FF and BP runs checkpoint every this many epochs (FF and SymBa: after "
+                              "every layer), so that a redelivered run resumes instead of starting over."
     )
     worker_nice: int = Field(
         10, ge=0, le=19, description="Niceness of worker processes: training yields the CPU to the "

@@ -3,28 +3,24 @@ by backpropagation (paper section 3.3). No label embedding, no normalisation."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fflab.data import N_CLASSES
+from fflab.models import MODELS
 from fflab.models.common import (
-    Cancelled,
     Checkpoint,
     Evaluation,
-    ModelType,
     ProgressCallback,
     StopCheck,
     TrainingJob,
-    TrainingProgress,
     activation_fn,
-    check_checkpoint_every,
-    cpu_state,
     minibatches,
-    resume_state,
 )
+from fflab.models.model_type import Implementation
 
 if TYPE_CHECKING:
     from fflab.spec import ExperimentSpec, NetworkSpec, TrainingSpec
@@ -66,6 +62,45 @@ def bp_predict_and_represent(
     return torch.cat(predictions), [torch.cat(layer) for layer in zip(*per_chunk)]
 
 
+class BPTrainer:
+    """End-to-end training on cross-entropy (one stage): Adam with
+    ``training.learning_rate`` over ``minibatches(N, training.batch_size,
+    generator)``; resumes after any epoch (its state: Adam's)."""
+
+    stages = 1
+    resumes_within_stage = True
+
+    def __init__(self, job: TrainingJob):
+        self.net, self.images, self.labels = job.net, job.images, job.labels
+        self.training, self.generator = job.training, job.generator
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=job.training.learning_rate)
+
+    def begin_stage(self, index: int) -> None:
+        pass
+
+    def epoch(self, epoch: int) -> float:
+        epoch_loss = 0.0
+        batches = minibatches(self.images.shape[0], self.training.batch_size, self.generator)
+        for batch in batches:
+            x = self.images if batch is None else self.images[batch]
+            y = self.labels if batch is None else self.labels[batch]
+            loss = F.cross_entropy(self.net(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            epoch_loss += loss.item()
+        return epoch_loss / len(batches)
+
+    def end_stage(self) -> None:
+        pass
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def resume(self, state: dict[str, Any], stages_done: int, epochs_done: int) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def train_bp(
     net: BPClassifier,
     images: torch.Tensor,
@@ -79,44 +114,11 @@ def train_bp(
 ) -> list[float]:
     """Train ``net`` in place; returns the mean loss of each epoch. With a
     ``checkpoint``, the state is saved to it every ``checkpoint_every`` epochs (not
-    after the last), and a run that finds one resumes from it."""
-    check_checkpoint_every(checkpoint, checkpoint_every)
-    optimizer = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
-    losses: list[float] = []
-    state = resume_state(checkpoint, "bp")
-    if state is not None:
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        losses = list(state["losses"])
-    for epoch in range(len(losses), training.epochs):
-        if should_stop is not None and should_stop():
-            raise Cancelled()
-        epoch_loss = 0.0
-        batches = minibatches(images.shape[0], training.batch_size, generator)
-        for batch in batches:
-            x = images if batch is None else images[batch]
-            y = labels if batch is None else labels[batch]
-            loss = F.cross_entropy(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_loss += loss.item()
-        losses.append(epoch_loss / len(batches))
-        if progress is not None:
-            progress(TrainingProgress("bp", epoch + 1, training.epochs, losses[-1]))
-        if checkpoint is not None and len(losses) % checkpoint_every == 0 and len(losses) < training.epochs:
-            checkpoint.save({
-                "trainer": "bp", "epoch": len(losses), "net": cpu_state(net),
-                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "losses": list(losses),
-            })
-    return losses
-
-
-def train(job: TrainingJob) -> list[list[float]]:
-    return [train_bp(job.net, job.images, job.labels, job.training, job.generator, job.progress,
-                     job.should_stop, job.checkpoint, job.checkpoint_every)]
+    after the last), and a run that finds one resumes from it (fflab.models.training)."""
+    job = TrainingJob(net=net, images=images, labels=labels, training=training, generator=generator,
+                      progress=progress, should_stop=should_stop, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every)
+    return MODELS["bp"].train(job)[0]
 
 
 def evaluate(net: BPClassifier, images: torch.Tensor, labels: torch.Tensor, spec: ExperimentSpec) -> Evaluation:
@@ -124,15 +126,4 @@ def evaluate(net: BPClassifier, images: torch.Tensor, labels: torch.Tensor, spec
     return Evaluation(predictions=predictions, layers=layers, arrays={})
 
 
-MODEL = ModelType(
-    name="bp",
-    display_name="BP",
-    colour="tab:green",
-    description="BP: Adam, 20 epochs, lr 1e-2 (paper); minibatch 2048 (code).",
-    training_defaults={"epochs": 20, "learning_rate": 1e-2, "batch_size": 2048},
-    training_presets={"quick": {"epochs": 3, "learning_rate": 1e-2, "batch_size": 512}},
-    build=BPClassifier,
-    train=train,
-    evaluate=evaluate,
-    in_paper=True,
-)
+IMPLEMENTATION = Implementation(build=BPClassifier, trainer=BPTrainer, evaluate=evaluate)

@@ -9,22 +9,18 @@ per layer as in FF.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fflab.models import MODELS
 from fflab.models.common import (
-    Cancelled,
     Checkpoint,
     GoodnessNetwork,
-    ModelType,
     ProgressCallback,
     StopCheck,
     TrainingJob,
-    TrainingProgress,
-    check_checkpoint_every,
     check_negative_labels,
-    cpu_state,
     draw_negatives,
     embed_labels,
     embed_negatives,
@@ -32,11 +28,69 @@ from fflab.models.common import (
     goodness_loss,
     minibatches,
     negative_classes_of,
-    resume_state,
 )
+from fflab.models.model_type import Implementation
 
 if TYPE_CHECKING:
     from fflab.spec import TrainingSpec
+
+
+class BPFFTrainer:
+    """End-to-end training of the goodness network (one stage): the goodness summed
+    over layers, threshold ``spec.threshold * layers``, Adam with
+    ``training.learning_rate`` over ``minibatches(N, training.batch_size, generator)``.
+    The negative data are drawn (``draw_negatives``) when the trainer is made, and
+    again before every epoch but the first with ``per_epoch``. Resumes after any
+    epoch (its state: Adam's and the negative data of that epoch)."""
+
+    stages = 1
+    resumes_within_stage = True
+
+    def __init__(self, job: TrainingJob):
+        net = job.net
+        spec = net.spec
+        self.net, self.images, self.labels_cpu = net, job.images, job.labels.cpu()
+        self.training, self.generator = job.training, job.generator
+        self.negative_labels = check_negative_labels(job.negative_labels)
+        self.classes = negative_classes_of(job.labels, job.negative_classes)
+        self.positive = embed_labels(job.images, job.labels, spec.label_value)
+        self.threshold = spec.threshold * spec.layers
+        self._set_negatives(*draw_negatives(self.labels_cpu, self.classes, job.generator, self.negative_labels))
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=job.training.learning_rate)
+
+    def _set_negatives(self, rows: torch.Tensor | None, wrong: torch.Tensor) -> None:
+        self.rows, self.wrong = rows, wrong
+        self.negative = embed_negatives(self.images, rows, wrong, self.net.spec.label_value)
+
+    def begin_stage(self, index: int) -> None:
+        pass
+
+    def epoch(self, epoch: int) -> float:
+        if self.negative_labels == "per_epoch" and epoch > 0:
+            self._set_negatives(*draw_negatives(self.labels_cpu, self.classes, self.generator, self.negative_labels))
+        epoch_loss = 0.0
+        batches = minibatches(self.images.shape[0], self.training.batch_size, self.generator)
+        for batch in batches:
+            x_pos = self.positive if batch is None else self.positive[batch]
+            x_neg = self.negative if batch is None else self.negative[batch]
+            g_pos = self.net.layer_goodness(x_pos).sum(dim=1)
+            g_neg = self.net.layer_goodness(x_neg).sum(dim=1)
+            loss = goodness_loss(g_pos, g_neg, self.threshold)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            epoch_loss += loss.item()
+        return epoch_loss / len(batches)
+
+    def end_stage(self) -> None:
+        pass
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "negative_rows": self.rows, "wrong_labels": self.wrong}
+
+    def resume(self, state: dict[str, Any], stages_done: int, epochs_done: int) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._set_negatives(state["negative_rows"], state["wrong_labels"])
 
 
 def train_bpff(
@@ -56,74 +110,14 @@ def train_bpff(
 
     Returns the loss of each epoch. With a ``checkpoint``, the state is saved to
     it every ``checkpoint_every`` epochs (not after the last), and a run that
-    finds one resumes from it, with the same result as an uninterrupted run.
-    Wrong labels are drawn from ``negative_classes`` (sorted; default: the
-    classes present in ``labels``).
+    finds one resumes from it, with the same result as an uninterrupted run
+    (fflab.models.training). Wrong labels are drawn from ``negative_classes``
+    (sorted; default: the classes present in ``labels``).
     """
-    spec = net.spec
-    check_negative_labels(negative_labels)
-    check_checkpoint_every(checkpoint, checkpoint_every)
-    classes = negative_classes_of(labels, negative_classes)
-    positive = embed_labels(images, labels, spec.label_value)
-
-    rows, wrong = draw_negatives(labels.cpu(), classes, generator, negative_labels)
-    threshold = spec.threshold * spec.layers
-    optimizer = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
-    losses: list[float] = []
-    state = resume_state(checkpoint, "bpff")
-    if state is not None:
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        rows, wrong = state.get("negative_rows"), state["wrong_labels"]
-        losses = list(state["losses"])
-    negative = embed_negatives(images, rows, wrong, spec.label_value)
-    for epoch in range(len(losses), training.epochs):
-        if should_stop is not None and should_stop():
-            raise Cancelled()
-        if negative_labels == "per_epoch" and epoch > 0:
-            rows, wrong = draw_negatives(labels.cpu(), classes, generator, negative_labels)
-            negative = embed_negatives(images, rows, wrong, spec.label_value)
-        epoch_loss = 0.0
-        batches = minibatches(images.shape[0], training.batch_size, generator)
-        for batch in batches:
-            x_pos = positive if batch is None else positive[batch]
-            x_neg = negative if batch is None else negative[batch]
-            g_pos = net.layer_goodness(x_pos).sum(dim=1)
-            g_neg = net.layer_goodness(x_neg).sum(dim=1)
-            loss = goodness_loss(g_pos, g_neg, threshold)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_loss += loss.item()
-        losses.append(epoch_loss / len(batches))
-        if progress is not None:
-            progress(TrainingProgress("bpff", epoch + 1, training.epochs, losses[-1]))
-        if checkpoint is not None and len(losses) % checkpoint_every == 0 and len(losses) < training.epochs:
-            checkpoint.save({
-                "trainer": "bpff", "epoch": len(losses), "net": cpu_state(net),
-                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "negative_rows": rows, "wrong_labels": wrong, "losses": list(losses),
-            })
-    return losses
+    job = TrainingJob(net=net, images=images, labels=labels, training=training, generator=generator,
+                      negative_labels=negative_labels, negative_classes=negative_classes, progress=progress,
+                      should_stop=should_stop, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    return MODELS["bpff"].train(job)[0]
 
 
-def train(job: TrainingJob) -> list[list[float]]:
-    return [train_bpff(job.net, job.images, job.labels, job.training, job.generator, job.negative_labels,
-                       job.progress, job.should_stop, job.checkpoint, job.checkpoint_every, job.negative_classes)]
-
-
-MODEL = ModelType(
-    name="bpff",
-    display_name="BP/FF",
-    colour="tab:red",
-    description="BP/FF: same configuration as FF, end to end (paper).",
-    training_defaults={"epochs": 1000, "learning_rate": 1e-2, "batch_size": None},
-    # quick: 360 Adam steps (3 epochs of 60000 images in batches of 500); batches of 1000
-    # give 180 steps, too few for end-to-end training (docs/science.md).
-    training_presets={"quick": {"epochs": 3, "learning_rate": 3e-3, "batch_size": 500}},
-    build=GoodnessNetwork,
-    train=train,
-    evaluate=evaluate_goodness_network,
-    in_paper=True,
-)
+IMPLEMENTATION = Implementation(build=GoodnessNetwork, trainer=BPFFTrainer, evaluate=evaluate_goodness_network)

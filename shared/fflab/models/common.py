@@ -1,5 +1,5 @@
-"""What the model types share: the ``ModelType`` a model module registers, the
-``TrainingJob`` it trains from, label embedding, normalisation, goodness, the
+"""What the model types share: the ``TrainingJob`` a trainer trains from, the
+``Evaluation`` it gives, label embedding, normalisation, goodness, the
 goodness network of FF and BP/FF, prediction by goodness, progress reporting and
 checkpoints."""
 
@@ -88,7 +88,7 @@ class FileCheckpoint:
 
 
 def check_checkpoint_every(checkpoint: Checkpoint | None, checkpoint_every: int | None) -> None:
-    """Epoch-wise trainers need to know how often to save when given a checkpoint."""
+    """Trainers that resume within a stage need to know how often to save when given a checkpoint."""
     if checkpoint is not None and (checkpoint_every is None or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive number of epochs with a checkpoint; got {checkpoint_every!r}")
 
@@ -110,10 +110,13 @@ def resume_state(checkpoint: Checkpoint | None, kind: str) -> dict[str, Any] | N
 
 
 def describe_resume_point(state: dict[str, Any]) -> str:
-    """Where a run resumes from a checkpoint state, in words (for logs)."""
-    if "layers_done" in state:  # a layer-by-layer trainer's
-        return f"layer {state['layers_done'] + 1} ({state['layers_done']} layers done)"
-    return f"epoch {state['epoch'] + 1} ({state['epoch']} epochs done)"
+    """Where a run resumes from a checkpoint state (fflab.models.training), in words (for logs)."""
+    stages, epochs = state.get("stages_done", 0), state.get("epochs_done", 0)
+    if state.get("layer_by_layer") and epochs == 0:
+        return f"layer {stages + 1} ({stages} layers done)"
+    if state.get("layer_by_layer"):
+        return f"layer {stages + 1}, epoch {epochs + 1} ({stages} layers and {epochs} epochs done)"
+    return f"epoch {epochs + 1} ({epochs} epochs done)"
 
 
 # ----------------------------------------------------------------- model types
@@ -121,12 +124,13 @@ def describe_resume_point(state: dict[str, Any]) -> str:
 
 @dataclass
 class TrainingJob:
-    """What a model type's ``train`` gets: the network to train in place, the
+    """What a model type's trainer gets (fflab.models.training): the network to train in place, the
     training images (N, 784) and labels (N,) on its device, the model's training
     section of the spec, the data generator, how wrong labels are drawn and from
     which classes (goodness models), the run's progress, stop check and
-    checkpoint (saved every ``checkpoint_every`` epochs by epoch-wise trainers),
-    and whether CUDA matrix products may use TF32 (the FF engine)."""
+    checkpoint (saved every ``checkpoint_every`` epochs by trainers that resume
+    within a stage, after every stage by the others), and whether CUDA matrix
+    products may use TF32 (the FF engine)."""
 
     net: nn.Module
     images: torch.Tensor
@@ -151,39 +155,6 @@ class Evaluation:
     predictions: torch.Tensor
     layers: list[torch.Tensor]
     arrays: dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ModelType:
-    """One kind of model fflab trains: its registry entry (fflab.models.MODELS).
-
-    ``name`` is its key in specs, run ids and documents; ``display_name`` and
-    ``colour`` are how tables and figures show it. ``training_defaults`` is its
-    training section in the ``paper`` preset (the spec's defaults), described by
-    ``description``; ``training_presets`` overrides it per other preset.
-    ``build(network_spec)`` makes an untrained network, ``train(job)`` trains it
-    in place and returns the loss history (one list per trained stage: per layer
-    for FF, one for end-to-end training), ``evaluate(net, images, labels, spec)``
-    gives its ``Evaluation`` (labels: the true labels, which goodness models
-    embed to read their representations). ``layer_by_layer``: ``train``
-    reports progress per layer, ``training.epochs`` per layer (FF).
-    ``trains_without_a_class``: the unseen-class runs of an experiment are of
-    this model (FF, as in the paper). ``in_paper``: one of the paper's models,
-    which an experiment trains unless its spec names others.
-    """
-
-    name: str
-    display_name: str
-    colour: str
-    description: str
-    training_defaults: dict[str, Any]
-    training_presets: dict[str, dict[str, Any]]
-    build: Callable[[NetworkSpec], nn.Module]
-    train: Callable[[TrainingJob], list[list[float]]]
-    evaluate: Callable[[nn.Module, torch.Tensor, torch.Tensor, ExperimentSpec], Evaluation]
-    layer_by_layer: bool = False
-    trains_without_a_class: bool = False
-    in_paper: bool = False
 
 
 def resolve_device(device: str) -> torch.device:

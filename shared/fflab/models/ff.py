@@ -18,16 +18,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fflab.models import MODELS
 from fflab.models.common import (
     Checkpoint,
     GoodnessNetwork,
-    ModelType,
     ProgressCallback,
     StopCheck,
     TrainingJob,
     evaluate_goodness_network,
 )
 from fflab.models.ff_engine import FFEngine
+from fflab.models.model_type import Implementation
 
 if TYPE_CHECKING:
     from fflab.spec import TrainingSpec
@@ -58,34 +59,19 @@ def train_ff(
 
     With a ``checkpoint`` (``fflab.models.common.Checkpoint``), the state after
     every finished layer is saved to it, and a run that finds one resumes after
-    its last finished layer, with the same result as an uninterrupted run.
+    its last finished layer, with the same result as an uninterrupted run
+    (fflab.models.training).
     """
-    engine = FFEngine(net, images, labels, training, generator, negative_labels,
-                      negative_classes=negative_classes, tf32=tf32)
-    return engine.train(progress, should_stop, checkpoint)
+    job = TrainingJob(net=net, images=images, labels=labels, training=training, generator=generator,
+                      negative_labels=negative_labels, negative_classes=negative_classes, progress=progress,
+                      should_stop=should_stop, checkpoint=checkpoint, tf32=tf32)
+    return MODELS["ff"].train(job)
 
 
-def train(job: TrainingJob) -> list[list[float]]:
-    return train_ff(job.net, job.images, job.labels, job.training, job.generator, job.negative_labels,
-                    job.progress, job.should_stop, job.checkpoint, job.negative_classes, job.tf32)
+def ff_trainer(job: TrainingJob) -> FFEngine:
+    """FF's trainer: the engine, on the job's data."""
+    return FFEngine(job.net, job.images, job.labels, job.training, job.generator, job.negative_labels,
+                    negative_classes=job.negative_classes, tf32=job.tf32)
 
 
-MODEL = ModelType(
-    name="ff",
-    display_name="FF",
-    colour="tab:blue",
-    description="FF: each layer trained by full-batch Adam, 1000 epochs, lr 1e-2 (paper).",
-    training_defaults={"epochs": 1000, "learning_rate": 1e-2, "batch_size": None},
-    # quick: 720 Adam steps per layer (3 epochs of 60000 images in batches of 250), near
-    # the paper's 1000. Layer 1 at lr 3e-3 (0.6 x 5e-3) keeps the classes apart; the
-    # layers above at 5e-3, since their inhibition forms with lr x steps and 3e-3 leaves
-    # layer 3 at 0.12 positive weights (docs/science.md, "What the quick preset shows").
-    training_presets={"quick": {"epochs": 3, "learning_rate": 5e-3, "batch_size": 250,
-                                "layer_learning_rate_factors": [0.6, 1.0]}},
-    build=GoodnessNetwork,
-    train=train,
-    evaluate=evaluate_goodness_network,
-    layer_by_layer=True,
-    trains_without_a_class=True,
-    in_paper=True,
-)
+IMPLEMENTATION = Implementation(build=GoodnessNetwork, trainer=ff_trainer, evaluate=evaluate_goodness_network)

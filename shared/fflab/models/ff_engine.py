@@ -53,21 +53,14 @@ import torch.nn.functional as F
 
 from fflab.models.common import (
     LABEL_PIXELS,
-    Cancelled,
-    Checkpoint,
     GoodnessNetwork,
-    ProgressCallback,
-    StopCheck,
-    TrainingProgress,
     check_negative_labels,
-    cpu_state,
     draw_negatives,
     embed_labels,
     goodness,
     goodness_loss,
     minibatches,
     negative_classes_of,
-    resume_state,
 )
 from fflab.models.components import ACTIVATIONS
 
@@ -116,11 +109,13 @@ def _stable_argsort(keys: torch.Tensor) -> torch.Tensor:
 
 
 class FFEngine:
-    """Layer-by-layer FF training of ``net`` in place.
-
-    ``train`` runs the whole schedule; ``begin_layer``/``epoch``/``end_layer``
-    expose single epochs (the benchmark times them).
+    """Layer-by-layer FF training of ``net`` in place: the trainer of FF
+    (``fflab.models.training.Trainer``: one stage per layer, resumed between
+    layers). fflab.models.training runs its schedule; the benchmark times its
+    single epochs (``begin_layer``/``epoch``/``end_layer``).
     """
+
+    resumes_within_stage = False
 
     def __init__(
         self,
@@ -168,6 +163,7 @@ class FFEngine:
         self.x = None  # inputs of the current layer >= 2: (2N, in) positive rows then negative rows
         self._frozen_shared = None  # layer 1's shared product once frozen (per_epoch negatives)
         self.index = -1
+        self.stages = len(net.layers)
 
     # ------------------------------------------------------------------ data
 
@@ -220,12 +216,16 @@ class FFEngine:
     # --------------------------------------------------------------- schedule
 
     def begin_layer(self, index: int) -> None:
+        """Start training layer ``index``: its own Adam."""
         self.index, self.epochs_done = index, 0
         layer = self.net.layers[index]
         self.optimizer = torch.optim.Adam(layer.parameters(), lr=self.training.learning_rate_of_layer(index))
 
-    def epoch(self) -> float:
-        """One epoch of the current layer; returns its mean loss over steps."""
+    def epoch(self, epoch: int | None = None) -> float:
+        """One epoch of the current layer (the next one; ``epoch``, from 0, must be
+        it if given); returns its mean loss over steps."""
+        if epoch is not None and epoch != self.epochs_done:
+            raise ValueError(f"epoch {epoch} of layer {self.index + 1} follows epoch {self.epochs_done}")
         with matmul_precision(self.device, self.tf32):
             if self.negative_labels == "per_epoch" and self.epochs_done > 0:
                 self._redraw_negatives()
@@ -264,66 +264,34 @@ class FFEngine:
             x = net.layer_input(h, index + 1).contiguous()
             self.x = x.clone() if x.data_ptr() == self._z.data_ptr() else x  # never the step buffer itself
 
+    begin_stage, end_stage = begin_layer, end_layer  # a stage of FF is a layer
+
     # ------------------------------------------------------------ checkpoints
 
-    def state(self, history: list[list[float]]) -> dict:
-        """What ``resume`` needs to continue after the layers in ``history``."""
+    def state(self) -> dict:
+        """What ``resume`` needs beyond the weights and the generator to continue
+        after the finished layers: the negative labels."""
         return {
-            "trainer": "ff",
-            "layers_done": len(history),
-            "net": cpu_state(self.net),
-            "history": [list(losses) for losses in history],
-            "generator": self.generator.get_state(),
             "neg_rows": None if self.neg_rows is None else self.neg_rows.cpu(),
             "neg_labels": self.neg_labels.cpu(),
         }
 
     @torch.no_grad()
-    def resume(self, state: dict) -> list[list[float]]:
-        """Restore the finished layers, the negative labels and the generator of a
-        checkpoint ``state``, and recompute the next layer's frozen inputs exactly
-        as the interrupted run computed them. Returns the finished layers' history."""
-        done = int(state["layers_done"])
-        self.net.load_state_dict(state["net"])
+    def resume(self, state: dict, stages_done: int, epochs_done: int = 0) -> None:
+        """Restore the negative labels of a checkpoint ``state`` saved after
+        ``stages_done`` layers (the weights already loaded), and recompute the next
+        layer's frozen inputs exactly as the interrupted run computed them."""
+        if epochs_done:
+            raise ValueError("the FF engine resumes between layers only")
         self._set_negatives(state.get("neg_rows"), state["neg_labels"])
-        for index in range(done):
+        for index in range(stages_done):
             self.index = index
             # With per_epoch negatives redrawn within a layer >= 2, that layer's negative
             # inputs came from _redraw_negatives (labels drawn during the layer), not from
             # end_layer of the layer below: recompute them the same way.
-            if index > 0 and index == done - 1 and self.negative_labels == "per_epoch" and self.training.epochs > 1:
+            if index > 0 and index == stages_done - 1 and self.negative_labels == "per_epoch" and self.training.epochs > 1:
                 self._negative_inputs()
             self.end_layer()
-        self.generator.set_state(state["generator"])
-        return [list(losses) for losses in state["history"]]
-
-    def train(
-        self,
-        progress: ProgressCallback | None = None,
-        should_stop: StopCheck | None = None,
-        checkpoint: Checkpoint | None = None,
-    ) -> list[list[float]]:
-        """Every layer not done yet. With a ``checkpoint``, its state (if any) is
-        restored first and a new one is saved after every layer."""
-        history: list[list[float]] = []
-        layers = len(self.net.layers)
-        state = resume_state(checkpoint, "ff")
-        if state is not None:
-            history = self.resume(state)
-        for index in range(len(history), layers):
-            self.begin_layer(index)
-            losses: list[float] = []
-            for epoch in range(self.training.epochs):
-                if should_stop is not None and should_stop():
-                    raise Cancelled()
-                losses.append(self.epoch())
-                if progress is not None:
-                    progress(TrainingProgress("ff", epoch + 1, self.training.epochs, losses[-1], index, layers))
-            history.append(losses)
-            self.end_layer()
-            if checkpoint is not None:
-                checkpoint.save(self.state(history))
-        return history
 
     # ------------------------------------------------------------------ steps
 

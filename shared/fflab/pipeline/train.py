@@ -65,9 +65,10 @@ def train_and_evaluate(
     """Train one run, evaluate it on the test set, and write its metrics,
     weights and representations into ``run_dir``.
 
-    With a ``checkpoint``, training saves its state there (FF after every layer,
-    BP/FF and BP every ``checkpoint_every`` epochs) and resumes from it if it
-    holds one: the results equal those of an uninterrupted run. The data sets are
+    With a ``checkpoint``, training saves its state there (fflab.models.training:
+    FF and SymBa after every layer, BP/FF and BP every ``checkpoint_every``
+    epochs) and resumes from it if it holds one: the results equal those of an
+    uninterrupted run. The data sets are
     read from ``data_root`` (default: ``Settings.data_root``). ``spec`` is the
     experiment's: the run trains with its grid point's settings (``spec.at``)."""
     spec = spec.at(key.point)
