@@ -13,7 +13,7 @@ import pytest
 from fflab import jobs, usage
 from fflab.cli.service import describe_usage
 from fflab.client import Client
-from fflab.db import Artifact, Experiment, User, get_sessionmaker
+from fflab.db import Artifact, Experiment, Run, User, get_sessionmaker
 from fflab.db.migrate import upgrade_database
 from fflab.settings import Settings
 from fflab.spec import build_spec
@@ -122,6 +122,13 @@ def test_admission_counts_stored_pending_and_estimate(tmp_path: Path) -> None:
         with pytest.raises(jobs.CapacityError, match="storage quota"):
             jobs.create_experiment(session, settings, alice, SPEC, "private")
         assert usage.submission_refusal(session, settings, bob.id, SPEC) is None
+        # A waiting run whose stored spec this version cannot read counts FFLAB_EXPECTED_RUN_S.
+        unreadable = Experiment(id="old", owner=bob, name="old", spec={"models": ["retired"]}, runs_total=1)
+        unreadable.runs = [Run(run_id="retired-mnist-seed0", model="retired", dataset="mnist", seed=0, queue="cpu")]
+        session.add(unreadable)
+        session.flush()
+        bobs = usage.user_usage(session, settings, bob.id)
+        assert bobs.active_runs == 1 and bobs.active_run_hours == pytest.approx(settings.expected_run_s / 3600)
         assert usage.analysis_refusal(session, settings, alice.id) is None
         session.add(Artifact(experiment_id="done", name="figures/a.png", key="f", size=2 * estimate,
                              sha256="0" * 64, content_type="image/png"))

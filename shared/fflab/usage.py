@@ -71,7 +71,7 @@ BACKPROP_MODELS = ("bpff", "bp", "symba")
 REPRESENTATION_RATIO = 0.91  # compressed / raw bytes of the float32 arrays (FF 0.91, BP 0.81)
 SNAPSHOT_RATIO = 0.86  # compressed / raw bytes of the float16 captures (FF 0.86, BP 0.27)
 SNAPSHOT_PROBE_IMAGES = 500  # fflab.pipeline.snapshots: 50 test images per class
-SNAPSHOT_CAPTURES = 5  # snapshot epochs when the spec leaves them to the default
+SNAPSHOT_CAPTURES = 5  # at most, the snapshot epochs when the spec leaves them to the default
 DOCUMENT_BYTES_PER_UNIT = 110  # a run's JSON documents, per hidden unit (784 x 3: 260 kB)
 EXPERIMENT_BYTES = 6 * MB  # tables and figures
 RESULTS_BYTES_PER_RUN = 20_000  # results.json's per-run summaries
@@ -188,9 +188,11 @@ def stored_bytes_by_user(session: Session) -> dict[int, int]:
     return {owner_id: int(total or 0) for owner_id, total in rows}
 
 
-def active_estimates(session: Session, owner_id: int) -> tuple[int, float, int]:
+def active_estimates(session: Session, owner_id: int, expected_run_s: float) -> tuple[int, float, int]:
     """(runs, run-hours, bytes still to be stored) of the user's waiting and running
-    runs, with their experiments' tables and figures while those are not aggregated."""
+    runs, with their experiments' tables and figures while those are not aggregated.
+    A stored spec this version cannot read (submitted before an upgrade) counts
+    ``expected_run_s`` per run and no bytes, rather than refusing every submission."""
     runs = session.execute(
         select(Run.experiment_id, Run.run_id).join(Experiment)
         .where(Experiment.owner_id == owner_id, Run.status.in_(ACTIVE_STATUSES))).all()
@@ -200,7 +202,11 @@ def active_estimates(session: Session, owner_id: int) -> tuple[int, float, int]:
     seconds, pending = 0.0, 0
     for experiment_id, run_ids in by_experiment.items():
         experiment = session.get(Experiment, experiment_id)
-        spec = ExperimentSpec.model_validate(experiment.spec)
+        try:
+            spec = ExperimentSpec.model_validate(experiment.spec)
+        except ValueError:
+            seconds += expected_run_s * len(run_ids)
+            continue
         for run_id in run_ids:
             key = RunKey.parse(run_id)
             seconds += estimate_run_seconds(spec, key)
@@ -211,7 +217,7 @@ def active_estimates(session: Session, owner_id: int) -> tuple[int, float, int]:
 
 
 def user_usage(session: Session, settings: Settings, owner_id: int) -> Usage:
-    runs, hours, pending = active_estimates(session, owner_id)
+    runs, hours, pending = active_estimates(session, owner_id, settings.expected_run_s)
     return Usage(stored_bytes(session, owner_id), pending, settings.storage_quota_bytes_per_user, runs, hours,
                  settings.max_queued_run_hours_per_user)
 
