@@ -73,7 +73,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     request.getfixturevalue("data_root")
     serve = Serve(tmp_path_factory.mktemp("serve-compare"), "serve", progress_interval_s="0.2")
     try:
-        serve.wait_up()
+        serve.wait_up(timeout=240)  # a loaded machine starts the worker slowly
         with serve.client() as admin:
             keys = [admin.post("/v1/admin/users", json={"name": name}).json()["api_key"] for name in ("alice", "bob")]
         yield Deployment(serve.url, keys[0], keys[1], *train_two(serve.url, keys[0]))

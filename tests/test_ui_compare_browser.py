@@ -41,7 +41,7 @@ def test_compare_two_experiments_in_the_browser(browser, serves: list[Serve], tm
                                                  screenshot_dir: Path) -> None:  # noqa: F811
     serve = Serve(tmp_path, "serve", progress_interval_s="0.2")
     serves.append(serve)
-    serve.wait_up()
+    serve.wait_up(timeout=240)  # a loaded machine starts the worker slowly
     with serve.client() as admin:
         keys = {"alice": new_user(admin, "alice"), "bob": new_user(admin, "bob")}
     alice = httpx.Client(base_url=serve.url, headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=60)
@@ -52,19 +52,21 @@ def test_compare_two_experiments_in_the_browser(browser, serves: list[Serve], tm
     person.sign_in(keys["alice"])
 
     # Search by name and by tag; sort by accuracy; each model's accuracy in its column.
+    def listed() -> list[str]:
+        return [row.get_attribute("data-experiment") for row in browser.find_elements("css selector",
+                                                                                      "tr[data-experiment]")]
+
     person.open("/ui/?q=THETA")
-    assert {row.get_attribute("data-experiment") for row in browser.find_elements("css selector", "tr[data-experiment]")} \
-        == {low, high}
+    assert set(listed()) == {low, high}
     person.open("/ui/?q=probe")
-    assert [row.get_attribute("data-experiment") for row in browser.find_elements("css selector", "tr[data-experiment]")] \
-        == [high]
+    assert listed() == [high]
     person.open("/ui/?q=nothing-like-it")
     assert person.text("#no-experiments").startswith("No experiments")
     person.open("/ui/")
     person.choose("#sort", "-accuracy")
     person.find("#filter").click()
     person.wait(lambda: "sort=-accuracy" in browser.current_url, "the sorted list")
-    shown = [row.get_attribute("data-experiment") for row in browser.find_elements("css selector", "tr[data-experiment]")]
+    shown = listed()
     assert shown == sorted((low, high), key=lambda e: -accuracy[e])
     assert person.text("th[data-accuracy-model='ff']") == "FF accuracy"
     for experiment_id in (low, high):

@@ -5,12 +5,10 @@ compares them). The comparison with the paper is ``GET
 
 from __future__ import annotations
 
-import io
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 
 from api.deps import Credentials, DatabaseDep, authenticated_user
@@ -25,7 +23,6 @@ Sides = Annotated[list[str], Query(
     alias="experiment",
     description="2-8 experiments to compare, repeated: an experiment's id (its finished runs trained on all "
                 "classes, a sweep's first grid point) or <id>/<run id> (one run). The first is the reference.")]
-FigureName = Literal[comparison.FIGURES + tuple(f"{name}.png" for name in comparison.FIGURES)]
 
 
 @router.get("", response_model=ExperimentComparison,
@@ -51,26 +48,15 @@ async def get_comparison(db: DatabaseDep, credentials: Credentials, experiment: 
     return PlainTextResponse(text, media_type=f"{'text/csv' if format == 'csv' else 'text/markdown'}; charset=utf-8")
 
 
-def figure_png(name: str, found: ExperimentComparison, sides: list[comparison.Side]) -> bytes:
-    """The comparison's figure ``name`` as PNG bytes (``fflab.comparison.figure``)."""
-    try:
-        figure = comparison.figure(name.removesuffix(".png"), found, sides)
-    except ValueError as error:  # nothing to draw (e.g. no loss recorded)
-        raise RequestValidationError([{"type": "value_error", "loc": ("path", "name"), "input": name,
-                                       "msg": str(error)}]) from None
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
 @router.get("/figures/{name}", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-async def get_comparison_figure(name: FigureName, db: DatabaseDep, credentials: Credentials,  # type: ignore[valid-type]
+async def get_comparison_figure(name: comparison.FigureName,  # type: ignore[valid-type]
+                                db: DatabaseDep, credentials: Credentials,
                                 experiment: Sides = []) -> Response:  # noqa: B006
     """A figure of the comparison as PNG: ``loss_curves`` (every run's loss per
     epoch, per layer for FF, one colour per experiment) or ``layer_quantities`` (the
     mean Method 1 ensemble size and fraction of positive weights per layer ± SE)."""
     found, sides = await db.read(lambda session: service.compare(
         session, authenticated_user(session, credentials), experiment))
-    png = await run_in_threadpool(figure_png, name, found, sides)
+    png = await run_in_threadpool(service.figure_png, name, found, sides)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

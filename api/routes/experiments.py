@@ -15,7 +15,7 @@ from api.errors import api_error, problem_responses
 from api.paging import PageDep
 from api.services import experiments
 from api.services.experiments import SORTS, ExperimentFilters, Scope
-from api.services.search import search_conditions
+from api.search_query import search_conditions
 from fflab.experiment_search import Condition
 from api.deps import (
     Credentials,

@@ -4,20 +4,20 @@ compare page): each side read from the database, then ``fflab.comparison``.
 A side is written ``<experiment id>`` (its finished runs trained on all classes,
 at the first grid point of a sweep) or ``<experiment id>/<run id>`` (one finished
 run). Each experiment must be readable by the caller (``api.deps.readable_experiment``:
-another user's private one is a 404, as everywhere)."""
+another user's private one is NotFound, as everywhere)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from fastapi import status
-from fastapi.exceptions import RequestValidationError
+import io
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only
 
-from api.deps import readable_experiment
-from api.errors import api_error
+from api.services.errors import Conflict, Invalid, NotFound
+from api.services.experiments import readable_experiment
 from fflab import comparison
 from fflab.db import Ensemble, Experiment, Run, User
 from fflab.spec import ExperimentSpec, RunKey
@@ -28,11 +28,10 @@ MAX_REFERENCE = 200  # an id (<= 64) and a run id (<= 128) and their slash
 
 def parse_sides(references: list[str]) -> list[tuple[str, str | None]]:
     """``["A", "B/ff-mnist-seed0"]`` -> ``[("A", None), ("B", "ff-mnist-seed0")]``;
-    422 naming ``query.experiment`` for fewer than 2 or more than 8, a side given
+    Invalid naming ``query.experiment`` for fewer than 2 or more than 8, a side given
     twice, or a malformed one."""
-    def problem(message: str, given: Any = None) -> RequestValidationError:
-        return RequestValidationError([{"type": "value_error", "loc": ("query", SIDE_FIELD), "input": given,
-                                        "msg": message}])
+    def problem(message: str, given: Any = None) -> Invalid:
+        return Invalid([{"type": "value_error", "loc": ("query", SIDE_FIELD), "input": given, "msg": message}])
 
     count = len(references)
     if not comparison.MIN_SIDES <= count <= comparison.MAX_SIDES:
@@ -77,8 +76,8 @@ def _method1_units(session: Session, experiment_id: str, run_ids: list[str],
 def comparison_sides(session: Session, user: User,
                      references: list[str]) -> tuple[list[comparison.Side], float | None]:
     """The sides named by ``references`` (``parse_sides``) and the Method 1 quantile
-    of their overlaps; 404 for an experiment the user may not read or a run it does
-    not have; 409 for a side with no finished run yet."""
+    of their overlaps; NotFound for an experiment the user may not read or a run it
+    does not have; Conflict for a side with no finished run yet."""
     found = []
     for experiment_id, run_id in parse_sides(references):
         experiment = readable_experiment(session, user, experiment_id)
@@ -94,14 +93,12 @@ def comparison_sides(session: Session, user: User,
                 exists = session.scalar(select(Run.id).where(Run.experiment_id == experiment.id,
                                                              Run.run_id == run_id))
                 if exists is None:
-                    raise api_error(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no run {run_id}",
-                                    "not_found")
+                    raise NotFound(f"experiment {experiment.id} has no run {run_id}")
             spec = swept.at(RunKey.parse(run_id).point) if swept.sweep else swept
             total = 1
         if not runs:
-            raise api_error(status.HTTP_409_CONFLICT,
-                            f"{experiment.id}{'/' + run_id if run_id else ''} has no finished run yet "
-                            f"({experiment.status}): compare it once a run has finished", "conflict")
+            raise Conflict(f"{experiment.id}{'/' + run_id if run_id else ''} has no finished run yet "
+                           f"({experiment.status}): compare it once a run has finished")
         found.append((experiment, run_id, spec.model_dump(mode="json"), runs, total))
     quantile = comparison.common_quantile([spec for _, _, spec, _, _ in found])
     sides = []
@@ -126,3 +123,15 @@ def compare(session: Session, user: User,
     """The comparison of the sides ``references`` names, and the sides (for figures)."""
     sides, quantile = comparison_sides(session, user, references)
     return comparison.compare_sides(sides, quantile), sides
+
+
+def figure_png(name: str, found: comparison.ExperimentComparison, sides: list[comparison.Side]) -> bytes:
+    """The comparison's figure ``name`` (``comparison.FIGURES``, ``.png`` allowed) as
+    PNG bytes; Invalid naming ``path.name`` where there is nothing to draw."""
+    try:
+        figure = comparison.figure(name.removesuffix(".png"), found, sides)
+    except ValueError as error:
+        raise Invalid([{"type": "value_error", "loc": ("path", "name"), "input": name, "msg": str(error)}]) from None
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()

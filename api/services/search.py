@@ -12,40 +12,28 @@ the ids that match. The same code serves SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Annotated, Any
 
-from fastapi import Query
-from fastapi.exceptions import RequestValidationError
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select, true
 from sqlalchemy.orm import Session
 
-from fflab import experiment_search
+from api.services.errors import Invalid
+from fflab import accounts, experiment_search
 from fflab.analysis.experiment_comparison import flatten
 from fflab.db import Experiment, ExperimentTag, Run, User
 from fflab.experiment_search import Condition, FilterError
 
 
-def filter_problem(error: FilterError) -> RequestValidationError:
-    """A ``FilterError`` as the 422 of ``query.filter`` (the allowed values in ``allowed``)."""
-    problem: dict[str, Any] = {"type": "value_error", "loc": ("query", "filter"), "input": error.expression,
-                               "msg": f"{error.expression!r}: {error.message}"}
-    if error.allowed:
-        problem["ctx"] = {"expected": error.allowed}
-    return RequestValidationError([problem])
-
-
-async def search_conditions(filters: Annotated[list[str] | None, Query(
-    alias="filter", description=(
-        "Search expressions, all of which must hold (repeat the parameter): <field><op><value> with op one of "
-        "= != < <= > >=. Fields: name, status, owner, visibility, priority, created_at, tag; every spec field as "
-        "a dotted path (network.threshold, ff.epochs, models); accuracy, accuracy.<model>, "
-        "accuracy.<model>.<dataset> (mean test accuracy of the finished runs). Values are JSON or plain text: "
-        "network.threshold=0.3, accuracy>0.9, models=ff, tag=baseline."))] = None) -> list[Condition]:
-    """The parsed ``filter`` parameters (422 naming ``query.filter`` for a bad one)."""
+def parse_conditions(filters: list[str]) -> list[Condition]:
+    """The parsed ``filter`` parameters; Invalid naming ``query.filter`` (what is
+    allowed in ``ctx.expected``) for a bad one."""
     try:
-        return experiment_search.parse_filters(list(filters or []))
+        return experiment_search.parse_filters(list(filters))
     except FilterError as error:
-        raise filter_problem(error) from None
+        problem = {"type": "value_error", "loc": ("query", "filter"), "input": error.expression,
+                   "msg": f"{error.expression!r}: {error.message}"}
+        if error.allowed:
+            problem["ctx"] = {"expected": error.allowed}
+        raise Invalid([problem]) from None
 
 
 SQL_OPERATORS = {"=": "__eq__", "!=": "__ne__", "<": "__lt__", "<=": "__le__", ">": "__gt__", ">=": "__ge__"}
@@ -56,8 +44,12 @@ def column_clause(condition: Condition):
     if condition.field == "tag":
         tagged = Experiment.id.in_(select(ExperimentTag.experiment_id).where(ExperimentTag.tag == condition.value))
         return tagged if condition.operator == "=" else ~tagged
-    if condition.field == "owner":
-        owned = Experiment.owner_id.in_(select(User.id).where(User.name == condition.value))
+    if condition.field == "owner":  # user names compared as accounts normalises them (the owner= filter too)
+        try:
+            name = accounts.normalise_name(condition.value)
+        except accounts.InvalidName:
+            return false() if condition.operator == "=" else true()
+        owned = Experiment.owner_id.in_(select(User.id).where(func.lower(User.name) == name))
         return owned if condition.operator == "=" else ~owned
     column = getattr(Experiment, condition.field)
     return getattr(column, SQL_OPERATORS[condition.operator])(condition.value)

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from api import schemas
 from api.deps import DatabaseDep
-from api.routes.comparisons import FigureName, figure_png
 from api.services import comparisons as service
 from api.services.search import experiment_accuracies
 from api.ui.html import HTMLRoute, render
@@ -103,9 +102,9 @@ async def compare_page(request: Request, db: DatabaseDep, credentials: UICredent
 
 
 @router.get("/compare/figures/{name}")
-async def compare_figure(name: FigureName, request: Request, db: DatabaseDep,  # type: ignore[valid-type]
+async def compare_figure(name: comparison.FigureName, request: Request, db: DatabaseDep,  # type: ignore[valid-type]
                          credentials: UICredentials, experiment: Sides = []) -> Response:  # noqa: B006
     found, sides = await db.read(lambda session: service.compare(
         session, ui_user(session, request, credentials), experiment))
-    png = await run_in_threadpool(figure_png, name, found, sides)
+    png = await run_in_threadpool(service.figure_png, name, found, sides)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -30,7 +30,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -48,6 +48,8 @@ TABLES = {
     "table3": ("Table 3: fraction of positive weights", "fraction_positive_weights", True),
 }
 FIGURES = ("loss_curves", "layer_quantities")
+# A figure's name as the figure routes take it, with or without ".png".
+FigureName = Literal[FIGURES + tuple(f"{name}.png" for name in FIGURES)]  # type: ignore[valid-type]
 # Ensembles of one run: (layer, class_index) -> unit indices.
 RunEnsembleUnits = dict[tuple[int, int], list[int]]
 
