@@ -173,11 +173,9 @@ def test_every_sparseness_measure_has_its_table():
 # service function both call; route modules and pages only translate HTTP.
 RULE_MODULES = ("fflab.jobs", "fflab.accounts", "fflab.scheduling", "fflab.queueing", "worker")
 HTTP_MODULES = ("fastapi", "starlette", "api.routes", "api.ui", "api.errors", "api.deps")
-# Not yet moved (work in progress of the comparison pages): services that raise
-# FastAPI's own errors (to become api.services.errors.Invalid), and a page that draws
-# its figure with a route module's function (to become a service's).
-SERVICES_WITH_HTTP = {"api.services.comparisons", "api.services.search"}
-UI_IMPORTS_OF_ROUTES = {("api.ui.compare", "api.routes.comparisons")}
+# Exceptions to the rules below (none now: the comparison pages moved to the services).
+SERVICES_WITH_HTTP: set[str] = set()
+UI_IMPORTS_OF_ROUTES: set[tuple[str, str]] = set()
 
 
 def is_under(module: str, prefixes: tuple[str, ...]) -> bool:
