@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.services.errors import Conflict, NotFound
+from api.services.errors import Conflict, LimitReached, NotFound
 from api.services.experiments import current_experiment
 from fflab import jobs
 from fflab.db import Analysis, Experiment
@@ -22,13 +22,16 @@ if TYPE_CHECKING:
 def queue_analysis(session: Session, experiment_id: str, spec: AnalysisSpec, settings: Settings,
                    dispatcher: jobs.Dispatcher) -> Analysis:
     """Create the analysis (Conflict unless the experiment has succeeded and no
-    other analysis of it is running; the user's right to change it checked in an
-    earlier unit), commit, and send it to the cpu queue."""
+    other analysis of it is running; LimitReached when its owner's storage is at or
+    over the quota; the user's right to change it checked in an earlier unit),
+    commit, and send it to the cpu queue."""
     experiment = current_experiment(session, experiment_id)
     try:
-        analysis = jobs.create_analysis(session, experiment, spec.model_dump(mode="json"))
+        analysis = jobs.create_analysis(session, experiment, spec.model_dump(mode="json"), settings)
     except jobs.ConflictError as error:
         raise Conflict(str(error)) from None
+    except jobs.CapacityError as error:
+        raise LimitReached(str(error), error.retry_after_s) from None
     session.commit()
     dispatcher.send_analysis(analysis.id, settings.queue_name("cpu"))
     return analysis

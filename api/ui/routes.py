@@ -250,10 +250,6 @@ def csv_response(text: str) -> Response:
     return PlainTextResponse(text, media_type="text/csv; charset=utf-8")
 
 
-def csv_response(text: str) -> Response:
-    return PlainTextResponse(text, media_type="text/csv; charset=utf-8")
-
-
 @router.get("/experiments/{experiment_id}/tables/{table}.csv")
 async def table_csv(experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
                     table: Literal[TABLES]) -> Response:  # type: ignore[valid-type]
