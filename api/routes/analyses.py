@@ -27,11 +27,13 @@ router = APIRouter(prefix="/v1/experiments/{experiment_id}/analyses", tags=["ana
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.AnalysisOut,
-             responses=problem_responses(403, 409, 413))
+             responses=problem_responses(403, 409, 413, 429))
 async def create_analysis(body: AnalysisSpec, experiment: OwnedExperiment, request: Request, response: Response,
                           db: DatabaseDep, settings: SettingsDep, dispatcher: DispatcherDep) -> schemas.AnalysisOut:
     """Queue a re-analysis without retraining; when it succeeds, the experiment's
-    ensembles, results and figures are those of this AnalysisSpec."""
+    ensembles, results and figures are those of this AnalysisSpec. 409 unless the
+    experiment has succeeded and no other re-analysis of it runs; 429 when its
+    owner's storage is at or over FFLAB_STORAGE_QUOTA_BYTES_PER_USER."""
     out = await db.write(lambda session: views.analysis_out(request, analyses.queue_analysis(
         session, experiment.id, body, settings, dispatcher)))
     response.headers["Location"] = out.url
