@@ -6,7 +6,9 @@ server's limits, the default name, Idempotency-Key, creation and dispatch; renam
 tags and visibility; cancellation; deletion; the listings), ``analyses``
 (re-analyses), ``results`` (results, the paper comparison, ensembles, stored files
 by name), ``users`` (users, keys, fair shares, the web UI's sessions), ``workers``
-(what readiness reads of them), and ``errors`` (what a service refuses).
+(what readiness reads of them), ``comparisons`` (experiments and runs side by
+side), ``search`` (the experiments' search), and ``errors`` (what a service
+refuses).
 
 This is the shape of Netflix Dispatch (a ``service.py`` of plain functions per
 resource, next to its routes, taking the session and pydantic inputs) and of
