@@ -87,7 +87,7 @@ def test_run_log_capture_keeps_this_threads_records_warnings_and_tracebacks_reda
         except RuntimeError:
             logger.exception("the run failed")
     logger.info("after the capture")
-    text, dropped = capture.text()
+    text, dropped, _ = capture.text()
     assert dropped == 0
     assert "training with fflab_" in text and "a warning of this run" in text
     assert "Traceback (most recent call last)" in text and "RuntimeError: failed with [redacted] and" in text
@@ -106,7 +106,7 @@ def test_run_log_capture_holds_its_cap() -> None:
             raise ValueError("the end")
         except ValueError:
             logger.exception("failed at the end")
-    text, dropped = capture.text()
+    text, dropped, _ = capture.text()
     assert dropped > 0 and len(text.encode()) <= 2048 + len(f"\n[... {dropped} bytes cut (FFLAB_RUN_LOG_MAX_BYTES) ...]\n")
     assert "first line" in text and text.rstrip().endswith("ValueError: the end")
 
@@ -157,6 +157,7 @@ def test_follow_a_run_while_it_trains(backend: str, serves: list[Serve], tmp_pat
         refused = api.post("/v1/experiments", json={**LONG, "device": "cuda"})
         assert refused.status_code == 422, refused.text
         assert "device: 'cuda' needs a GPU worker and none has registered" in refused.json()["message"]
+        assert [problem["field"] for problem in refused.json()["details"]] == ["device"]
         assert "(cpu)" in refused.json()["message"]  # what is registered: serve's worker, a CPU
 
         experiment_id = api.post("/v1/experiments", json=LONG).json()["id"]
@@ -202,7 +203,7 @@ def test_follow_a_run_while_it_trains(backend: str, serves: list[Serve], tmp_pat
         log = api.get(f"{base}/log").json()
         assert log["final"] and log["dropped_bytes"] == 0
         assert "code: fflab " in log["text"] and "run ff-mnist-seed0 of experiment" in log["text"]
-        assert "ended succeeded" in log["text"]
+        assert "ended succeeded" in log["text"] and "ff: layer 3/3 trained, 40 epochs, loss " in log["text"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

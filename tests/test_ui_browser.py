@@ -320,7 +320,8 @@ def test_the_web_ui_on_the_embedded_default(browser, serves: list[Serve], tmp_pa
     with serve.client() as admin:
         keys = {"root": serve.key(), "alice": new_user(admin, "alice"), "bob": new_user(admin, "bob")}
     walk_through(Person(browser, serve.url, screenshot_dir), keys)
-    shots = sorted(path.name for path in screenshot_dir.glob("ui-*.png"))
+    shots = sorted(path.name for path in screenshot_dir.glob("ui-*.png")
+                   if path.name.split("-")[1] in ("sign", "submit", "experiment", "explorer", "experiments"))
     assert len(shots) == 10 and all(png_size(screenshot_dir / name)[0] in (1366, 390) for name in shots)
 
 
@@ -391,3 +392,69 @@ def test_a_csrf_token_planted_from_another_port_deletes_nothing(browser, serves:
     finally:
         attacker.close()
         alice.close()
+
+
+# One FF run of three layers, long enough to be watched while it trains; and one that
+# trains until cancelled, to hold the worker while the first waits.
+LIVE = {"preset": "quick", "name": "live", "models": ["ff"], "seeds": [0], "unseen_class": None,
+        "data": {"train_subset": 200, "test_subset": 200}, "network": {"width": 64},
+        "ff": {"epochs": 40, "batch_size": 100, "learning_rate": 0.003}}
+BLOCKER = {**LIVE, "name": "blocker", "ff": {**LIVE["ff"], "epochs": 5000}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param("sqlite", id="embedded_default"),
+                                     pytest.param("postgresql", id="postgresql_redis")])
+def test_a_run_followed_live_in_the_web_ui(backend: str, browser, serves: list[Serve], tmp_path: Path, pg_database,
+                                          redis_prefix: str, screenshot_dir: Path) -> None:
+    """An experiment's page opened while it waits: its title's badge and its runs
+    table say queued, then running without a reload, and the live loss chart draws
+    more points as the run trains; once it has succeeded, the run's log page shows
+    its log and the code version that trained it."""
+    from service_helpers import backend_settings
+
+    serve = Serve(tmp_path, "serve", progress_interval_s="0.2", stop_check_interval_s="0.2",
+                  **backend_settings(backend, pg_database, redis_prefix))
+    serves.append(serve)
+    serve.wait_up(timeout=240)
+    person = Person(browser, serve.url, screenshot_dir if backend == "sqlite" else None)
+    with serve.client() as admin:
+        blocker = admin.post("/v1/experiments", json=BLOCKER).json()["id"]
+        live = admin.post("/v1/experiments", json=LIVE).json()["id"]
+        person.sign_in(serve.key())
+        person.open(f"/ui/experiments/{live}")
+        assert person.text("h1 #status") == "queued"
+        assert person.text("tr[data-run='ff-mnist-seed0'] .status") == "queued"
+        person.js("window.notReloaded = true")
+        assert admin.post(f"/v1/experiments/{blocker}/cancel").status_code == 200
+
+        person.wait(lambda: person.text("h1 #status") == "running", "the title's badge to say running", 120)
+        person.wait(lambda: person.text("tr[data-run='ff-mnist-seed0'] .status") == "running",
+                    "the runs table to say running")
+
+        def points() -> int:
+            try:
+                return int(person.js("const f = document.querySelector('figure.live-loss');"
+                                     "return f ? f.dataset.points : 0"))
+            except Exception:  # swapped while read
+                return 0
+
+        first = person.wait(lambda: points() if 2 <= points() < 100 else 0, "the live chart's first points", 120)
+        drawn = person.js("return [...document.querySelectorAll('figure.live-loss polyline')]"
+                          ".map(p => p.getAttribute('points').trim().split(/\\s+/).length)")
+        assert sum(drawn) >= first and all(n >= 2 for n in drawn)
+        person.wait(lambda: points() > first, "more points while it trains", 120)
+        assert person.js("return window.notReloaded === true")  # updated in place, not reloaded
+        person.screenshot("live")
+
+        person.wait(lambda: person.text("h1 #status") == "succeeded", "the experiment to succeed", WAIT_S)
+        run = admin.get(f"/v1/experiments/{live}/runs/ff-mnist-seed0").json()
+        log = admin.get(f"/v1/experiments/{live}/runs/ff-mnist-seed0/log").json()
+    person.find("tr[data-run='ff-mnist-seed0'] a.run-log").click()
+    person.wait(lambda: person.driver.current_url.endswith("/runs/ff-mnist-seed0/log"), "the run's log page")
+    assert "ended succeeded" in person.text("#run-log pre.log")
+    assert person.text("#run-log pre.log") == log["text"].strip()
+    assert f"torch {run['code_version']['torch']}" in person.text("#code-version")
+    person.screenshot("run-log")
+    assert person.resources_off_the_app() == []
+    person.sign_out()

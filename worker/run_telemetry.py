@@ -19,6 +19,7 @@ from fflab.models.common import ProgressCallback, TrainingProgress
 from fflab.run_logs import Redactor, RunLogCapture, settings_secrets
 from fflab.settings import Settings
 from fflab.versions import code_version, run_device
+from worker.run_support import is_last_epoch
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ class RunTelemetry:
         self.database_url, self.run_pk, self.task_id = settings.resolved_database_url, run_pk, task_id
         self.interval = settings.progress_interval_s
         self.pending: list[dict[str, Any]] = []
-        self.last_write = time.monotonic()
-        self.log_written = 0.0
+        self.last_write = self.started = time.monotonic()
+        self.log_version = -1  # the capture's version last written (none yet)
         self.code_version = code_version(run_device(device))
         with session_scope(self.database_url) as session:
             earlier = session.scalar(select(RunLog.text).where(RunLog.run_pk == run_pk))
@@ -58,8 +59,13 @@ class RunTelemetry:
         if event.loss is None:
             return
         self.pending.append(loss_point(event))
-        last = event.epoch == event.epochs and (event.layer is None or event.layer + 1 == (event.layers or 1))
-        if last or time.monotonic() - self.last_write >= self.interval:  # training ends: analysis follows
+        if event.epoch == event.epochs:  # a stage ends: a line in the run's log
+            stage = f"layer {event.layer + 1}/{event.layers}" if event.layer is not None else "the network"
+            log.info("%s: %s trained, %d epochs, loss %.6g", event.model, stage, event.epochs, event.loss)
+        if is_last_epoch(event):
+            log.info("%s: training ended %.1f s after the delivery started; evaluating and analysing",
+                     event.model, time.monotonic() - self.started)
+        if is_last_epoch(event) or time.monotonic() - self.last_write >= self.interval:  # analysis follows
             self.flush()
 
     def after(self, progress: ProgressCallback) -> ProgressCallback:
@@ -80,7 +86,7 @@ class RunTelemetry:
         a database that does not answer now gets them at the next write)."""
         self.last_write = time.monotonic()
         points, self.pending = self.pending, []
-        text, dropped = self.capture.text()
+        text, dropped, version = self.capture.text()
         try:
             with session_scope(self.database_url) as session:
                 held = session.scalar(select(Run.id).where(Run.id == self.run_pk, Run.task_id == self.task_id))
@@ -90,9 +96,11 @@ class RunTelemetry:
                     session.execute(delete(RunLoss).where(RunLoss.run_pk == self.run_pk,
                                                           RunLoss.position >= points[0]["position"]))
                     session.add_all(RunLoss(run_pk=self.run_pk, **point) for point in points)
-                row = session.get(RunLog, self.run_pk) or RunLog(run_pk=self.run_pk)
-                row.text, row.dropped_bytes, row.updated_at = text, dropped, utcnow()
-                session.add(row)
+                if version != self.log_version:  # the log grew since its last write
+                    row = session.get(RunLog, self.run_pk) or RunLog(run_pk=self.run_pk)
+                    row.text, row.dropped_bytes, row.updated_at = text, dropped, utcnow()
+                    session.add(row)
+            self.log_version = version
         except Exception:
             self.pending = points + self.pending
             log.warning("run %s: could not store its losses and log now; trying again later", self.run_pk,

@@ -234,7 +234,7 @@ def create(session: Session, settings: Settings, dispatcher: jobs.Dispatcher, us
     except jobs.CapacityError as error:
         raise LimitReached(str(error), error.retry_after_s) from None
     except jobs.TooLarge as error:  # no registered worker could ever hold a run (fflab.gpu's estimate)
-        raise Invalid([{"type": "too_large", "loc": ("body",), "input": None, "msg": str(error)}]) from None
+        raise Invalid([{"type": "too_large", "loc": error.loc, "input": None, "msg": str(error)}]) from None
     if "name" not in body.model_fields_set:
         experiment.name = default_name(body.preset, spec, experiment.id)
         experiment.spec = {**experiment.spec, "name": experiment.name}

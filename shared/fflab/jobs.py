@@ -196,7 +196,7 @@ def check_gpu_worker(session: Session, settings: Settings, spec: ExperimentSpec,
         f"{', '.join(str(d.get('kind', 'cuda')) for d in worker.devices or []) or 'no devices'})"
         for worker in live_workers(session, settings)) or "none"
     raise NoGpuWorker(
-        f"device: {spec.device!r} needs a GPU worker and none has registered on this server (workers: "
+        f"{spec.device!r} needs a GPU worker and none has registered on this server (workers: "
         f"{registered}); its runs could never start. Use device 'cpu' or 'auto', or start `fflab worker --gpu N` "
         f"on a machine with a GPU (a deployment whose GPU workers come and go sets FFLAB_GPUS_AVAILABLE=true "
         f"to queue such runs until one registers)")

@@ -110,7 +110,7 @@ class RunLogCapture(logging.Handler):
         self.log.dropped_bytes += earlier_dropped
         self.thread = threading.get_ident()
         self.setFormatter(logging.Formatter(LOG_FORMAT))
-        self.changed = threading.Event()
+        self.writes = 0  # how many pieces were added: a reader writes the log again only when it grew
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread != self.thread:
@@ -121,18 +121,18 @@ class RunLogCapture(logging.Handler):
             return
         with self.lock:
             self.log.write(line)
-        self.changed.set()
+            self.writes += 1
 
     def write(self, text: str) -> None:
         """Add text of the service's own (a line between deliveries), redacted."""
         with self.lock:
             self.log.write(self.redactor(text))
-        self.changed.set()
+            self.writes += 1
 
-    def text(self) -> tuple[str, int]:
-        """The log so far and the bytes cut from it."""
+    def text(self) -> tuple[str, int, int]:
+        """The log so far, the bytes cut from it, and ``writes`` (its version)."""
         with self.lock:
-            return self.log.text(), self.log.dropped_bytes
+            return self.log.text(), self.log.dropped_bytes, self.writes
 
     def __enter__(self) -> RunLogCapture:
         logging.captureWarnings(True)
