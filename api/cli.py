@@ -17,7 +17,6 @@ import click
 
 from fflab.cli.service import start_database
 from fflab.settings import Settings, get_settings
-from worker.dispatch import declare_run_queues
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -143,6 +142,7 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
 
     settings = get_settings()
     from fflab.startup import exit_unless_reachable
+    from worker.dispatch import declare_run_queues
 
     exit_unless_reachable(settings)  # FFLAB_DATABASE_URL / FFLAB_BROKER_URL: one line, exit code 2
     start_database(settings)

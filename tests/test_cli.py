@@ -189,3 +189,26 @@ def test_committed_schemas_match_the_documents():
     for name in documents.DOCUMENTS:
         committed = json.loads((results.SCHEMA_DIR / f"{name}.schema.json").read_text())
         assert committed == documents.json_schema(name), f"run `fflab schemas --write` ({name})"
+
+
+CLIENT_START = r"""
+import sys
+from fflab.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"torch", "sklearn", "matplotlib"})
+print("imported:" + ",".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("verb", [["--help"], ["status"], ["submit", "--preset", "quick"], ["run", "--help"]])
+def test_client_verbs_start_without_torch_sklearn_or_matplotlib(verb):
+    """The command line and its client verbs, in a fresh process against an API that
+    refuses connections, import none of the libraries of training, analysis and
+    figures (benchmarks/cli_startup.py times their start-up)."""
+    env = {**os.environ, "FFLAB_API_URL": "http://127.0.0.1:9", "FFLAB_API_KEY": "test"}
+    done = subprocess.run([sys.executable, "-c", CLIENT_START, *verb], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert "imported:" in done.stderr.splitlines(), done.stderr

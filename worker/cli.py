@@ -9,8 +9,7 @@ import os
 import click
 
 from fflab.processes import lower_priority
-from fflab.settings import get_settings
-from worker.dispatch import QUEUE_KINDS, declare_run_queues
+from fflab.settings import QUEUE_KINDS, get_settings
 
 
 def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool: str, name: str | None,
@@ -37,6 +36,7 @@ def run_worker(gpu: int | None, queues: tuple[str, ...], concurrency: int, pool:
             # device "auto" must mean the CPU on a CPU worker, even on a GPU machine.
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from worker.celery_app import app
+    from worker.dispatch import declare_run_queues
 
     lower_priority(settings.worker_nice)
     declare_run_queues(settings)  # a lost race with the API is retried here, not in the consumer

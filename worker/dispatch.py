@@ -17,12 +17,11 @@ import uuid
 
 from celery import Celery
 
-from fflab.settings import Settings
+from fflab.settings import QUEUE_KINDS, Settings  # QUEUE_KINDS: the run queues
 from fflab.var_dir import private_sqlite_file
 
 log = logging.getLogger(__name__)
 
-QUEUE_KINDS = ("cpu", "gpu")  # the run queues: Settings.queue_name(kind) names each
 RUN_TASK = "fflab.run"
 AGGREGATE_TASK = "fflab.aggregate"
 ANALYSIS_TASK = "fflab.analysis"

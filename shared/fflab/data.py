@@ -22,10 +22,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from fflab.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 N_CLASSES = 10
 IMAGE_PIXELS = 784
@@ -216,7 +220,7 @@ def validate(dataset: str, root: Path | None = None) -> None:
                 f"{dataset} {split}: expected {sum(expected)} images of 28x28, "
                 f"found shape {tuple(images.shape)} in {raw_dir(dataset, root)}"
             )
-        counts = tuple(torch.bincount(labels, minlength=N_CLASSES).tolist())
+        counts = tuple(np.bincount(labels.numpy(), minlength=N_CLASSES).tolist())
         if counts != expected:
             raise DataError(
                 f"{dataset} {split}: class counts {counts} differ from the published {expected}"
@@ -239,6 +243,8 @@ class Split:
 
 def standardise(raw_images: torch.Tensor) -> torch.Tensor:
     """(N, 28, 28) uint8 -> (N, 784) float32, scaled to [0, 1] then standardised."""
+    import torch
+
     images = raw_images.reshape(raw_images.shape[0], -1).to(torch.float32) / 255.0
     return (images - PIXEL_MEAN) / PIXEL_STD
 
@@ -277,6 +283,8 @@ def load_split(
 
     The subset is drawn after the excluded classes are removed, with ``seed``.
     """
+    import torch  # here: the data sets' names and files are read without torch
+
     _check_dataset(dataset)
     raw_images, labels = _load_raw(dataset, train, root or data_root())
     keep = ~torch.isin(labels, torch.tensor(list(exclude_classes), dtype=labels.dtype))

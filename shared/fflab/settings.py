@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+QUEUE_KINDS = ("cpu", "gpu")  # the run queues: Settings.queue_name(kind) names each
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FFLAB_", extra="ignore")

@@ -1,100 +1,52 @@
-"""Pure analysis of representations and weights (numpy only)."""
+"""Pure analysis of representations and weights (numpy only).
 
-from fflab.analysis.aggregate import (
-    Table,
-    accuracy_table,
-    ensemble_size_table,
-    mean_and_standard_error,
-    shared_units_table,
-    sparseness_table,
-    unseen_activity_table,
-    weight_sign_table,
-)
-from fflab.analysis.compare import (
-    LinearFit,
-    MethodFits,
-    linear_fit,
-    method_size_fits,
-    method_size_regression,
-)
-from fflab.analysis.ensembles import (
-    METHOD1_THRESHOLDS,
-    METHOD2_CUTS,
-    SPARSENESS_MEASURES,
-    Method1Result,
-    Method2Result,
-    UnseenClassActivity,
-    class_ensembles,
-    class_sparseness,
-    ensemble_sizes,
-    hoyer_sparseness,
-    mean_shared_units,
-    mean_sparseness,
-    method1_ensemble,
-    method1_threshold,
-    method1_units,
-    method2_decision_diagram,
-    method2_ensemble,
-    method2_top_cluster,
-    shared_units_matrix,
-    sparseness_index,
-    unseen_class_activity,
-)
-from fflab.analysis.paper_comparison import VERDICTS, Verdict, above_chance, compare_estimates
-from fflab.analysis.sweep import stack_tables, sweep_cells, sweep_table
-from fflab.analysis.weights import (
-    all_negative_incoming,
-    fraction_negative_incoming,
-    fraction_positive_weights,
-    fraction_units_negative_share_near,
-    negative_share_near,
-)
+The names below are loaded from their modules on first use (``__getattr__``), so
+that importing one analysis module (the spec reads ``fflab.analysis.ensembles``)
+does not import every other one and their libraries."""
 
-__all__ = [
-    "METHOD1_THRESHOLDS",
-    "METHOD2_CUTS",
-    "SPARSENESS_MEASURES",
-    "VERDICTS",
-    "Verdict",
-    "above_chance",
-    "compare_estimates",
-    "LinearFit",
-    "MethodFits",
-    "Method1Result",
-    "Method2Result",
-    "Table",
-    "UnseenClassActivity",
-    "accuracy_table",
-    "all_negative_incoming",
-    "class_ensembles",
-    "class_sparseness",
-    "ensemble_size_table",
-    "ensemble_sizes",
-    "fraction_negative_incoming",
-    "fraction_positive_weights",
-    "fraction_units_negative_share_near",
-    "hoyer_sparseness",
-    "linear_fit",
-    "mean_and_standard_error",
-    "mean_shared_units",
-    "mean_sparseness",
-    "method1_ensemble",
-    "method1_threshold",
-    "method1_units",
-    "method2_decision_diagram",
-    "method2_ensemble",
-    "method2_top_cluster",
-    "method_size_fits",
-    "method_size_regression",
-    "negative_share_near",
-    "shared_units_matrix",
-    "shared_units_table",
-    "sparseness_table",
-    "sparseness_index",
-    "stack_tables",
-    "sweep_cells",
-    "sweep_table",
-    "unseen_activity_table",
-    "unseen_class_activity",
-    "weight_sign_table",
-]
+from __future__ import annotations
+
+from importlib import import_module
+
+# Each exported name and the module that defines it.
+_MODULES = {
+    **dict.fromkeys([
+        "Table", "accuracy_table", "ensemble_size_table", "mean_and_standard_error",
+        "shared_units_table", "sparseness_table", "unseen_activity_table", "weight_sign_table",
+    ], "fflab.analysis.aggregate"),
+    **dict.fromkeys([
+        "LinearFit", "MethodFits", "linear_fit", "method_size_fits", "method_size_regression",
+    ], "fflab.analysis.compare"),
+    **dict.fromkeys([
+        "METHOD1_THRESHOLDS", "METHOD2_CUTS", "SPARSENESS_MEASURES", "Method1Result",
+        "Method2Result", "UnseenClassActivity", "class_ensembles", "class_sparseness",
+        "ensemble_sizes", "hoyer_sparseness", "mean_shared_units", "mean_sparseness",
+        "method1_ensemble", "method1_threshold", "method1_units", "method2_decision_diagram",
+        "method2_ensemble", "method2_top_cluster", "shared_units_matrix", "sparseness_index",
+        "unseen_class_activity",
+    ], "fflab.analysis.ensembles"),
+    **dict.fromkeys([
+        "VERDICTS", "Verdict", "above_chance", "compare_estimates",
+    ], "fflab.analysis.paper_comparison"),
+    **dict.fromkeys([
+        "stack_tables", "sweep_cells", "sweep_table",
+    ], "fflab.analysis.sweep"),
+    **dict.fromkeys([
+        "all_negative_incoming", "fraction_negative_incoming", "fraction_positive_weights",
+        "fraction_units_negative_share_near", "negative_share_near",
+    ], "fflab.analysis.weights"),
+}
+
+__all__ = list(_MODULES)
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        value = getattr(import_module(_MODULES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULES))

@@ -10,11 +10,14 @@
 - ``serve`` and ``worker`` start the API and a worker: they live in api/cli.py and
   worker/cli.py and are found through the ``fflab.commands`` entry points
   (pyproject.toml), so that this library never imports the API or the worker.
+
+Start-up is kept light (``benchmarks/cli_startup.py``): importing this package
+loads no torch, scikit-learn or matplotlib (the verbs that train, analyse or
+draw import them when they run), and the entry-point commands are imported
+only when they are run or listed (``fflab --help``).
 """
 
 from __future__ import annotations
-
-from importlib.metadata import entry_points
 
 import click
 
@@ -23,7 +26,43 @@ from fflab.cli import local, research, service
 PLUGIN_GROUP = "fflab.commands"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandGroup(click.Group):
+    """A group that finds the entry-point commands (``fflab.commands``) only when a
+    name is not one of its own or the commands are listed, and loads each when
+    first named: ``fflab status`` neither scans the installed packages nor
+    imports the API or the worker."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._entry_points: dict | None = None
+
+    def entry_points(self) -> dict:
+        """The ``fflab.commands`` entry points not loaded yet, by name."""
+        if self._entry_points is None:
+            from importlib.metadata import entry_points
+
+            self._entry_points = {entry.name: entry for entry in entry_points(group=PLUGIN_GROUP)
+                                  if entry.name not in self.commands}
+        return self._entry_points
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.entry_points()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self.entry_points():
+            entry = self.entry_points().pop(name)
+            try:
+                command = entry.load()
+            except ModuleNotFoundError as error:
+                # A checkout without that package: the command is left out.
+                if error.name and entry.module.startswith(error.name):
+                    return None
+                raise
+            self.add_command(command, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Forward-Forward networks and their ensembles: train, analyse, serve."""
 
@@ -32,19 +71,3 @@ for command in local.COMMANDS:
     main.add_command(command)
 service.register(main)
 research.register(main)
-
-
-def add_plugin_commands(group: click.Group) -> None:
-    """The commands other installed packages register under ``fflab.commands``.
-    One whose package is not importable here (a checkout without it) is left out."""
-    for entry in entry_points(group=PLUGIN_GROUP):
-        try:
-            command = entry.load()
-        except ModuleNotFoundError as error:
-            if error.name and entry.module.startswith(error.name):
-                continue
-            raise
-        group.add_command(command, entry.name)
-
-
-add_plugin_commands(main)

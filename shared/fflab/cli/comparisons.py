@@ -9,10 +9,7 @@ from pathlib import Path
 
 import click
 
-from fflab import comparison
 from fflab.cli.service import client as service_client
-from fflab.figures import save_png
-from fflab.pipeline.comparisons import compare_folders_with_each_other
 
 
 @click.command("diff")
@@ -34,6 +31,11 @@ def diff_command(sides: tuple[str, ...], fmt: str, figures_dir: Path | None) -> 
     fflab diff results/theta03 results/theta05
     fflab diff 3f2a... 9c1b... --figures cmp/
     fflab diff 3f2a.../ff-mnist-seed0 3f2a.../ff-mnist-seed1"""
+    # Here, not at the top: the statistics and the figures load when the verb runs.
+    from fflab import comparison
+    from fflab.figures import save_png
+    from fflab.pipeline.comparisons import compare_folders_with_each_other
+
     folders = [Path(side).is_dir() for side in sides]
     if not comparison.MIN_SIDES <= len(sides) <= comparison.MAX_SIDES:
         raise click.UsageError(f"give {comparison.MIN_SIDES} to {comparison.MAX_SIDES} experiments or runs; "

@@ -1,26 +1,31 @@
 """The local verbs of ``fflab``: fetch the data, run experiments in this
 process, re-analyse them, print their tables, compare them with the paper,
-write the documents' schemas."""
+write the documents' schemas.
+
+The pipeline (torch, scikit-learn, matplotlib) is imported by the verbs that
+use it, when they run: ``fflab --help`` and the client verbs start without it."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from fflab import data, paper, results
+from fflab import data, results
 from fflab.analysis.ensembles import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.cli.comparisons import diff_command
 from fflab.cli.options import load_spec, validation_message
 from fflab.cli.service import client as service_client
 from fflab.models import MODELS
-from fflab.models.common import TrainingProgress
-from fflab.pipeline import documents, experiment, folders
 from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey
+
+if TYPE_CHECKING:
+    from fflab.models.common import TrainingProgress
 
 
 def epochs_of(spec: ExperimentSpec, key: RunKey) -> int:
@@ -32,6 +37,8 @@ def epochs_of(spec: ExperimentSpec, key: RunKey) -> int:
 
 def print_tables(experiment_dir: Path, fmt: str = "md") -> None:
     """Tables 1-3, then the sweep's table where the experiment has a sweep."""
+    from fflab.pipeline import folders
+
     for name in results.PAPER_TABLES:
         path = experiment_dir / "tables" / f"{name}.{fmt}"
         if not path.is_file():
@@ -74,6 +81,8 @@ def spec_command(preset: str | None, assignments: tuple[str, ...]) -> None:
               help="Results folder (default results/<name>).")
 def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...], out_dir: Path | None) -> None:
     """Train and analyse every run of an experiment, then write tables and figures."""
+    from fflab.pipeline import experiment
+
     spec = load_spec(preset, spec_file, assignments)
     out_dir = out_dir or Path("results") / spec.name
     keys = spec.runs()
@@ -123,6 +132,8 @@ def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_qu
                     epsilon: float | None, method2_cut: str | None, rho_cut: float | None, nh_cut: int | None,
                     all_images: bool | None) -> None:
     """Recompute ensembles, tables and figures with other settings, without retraining."""
+    from fflab.pipeline import experiment, folders
+
     try:
         current = folders.read_spec(experiment_dir).analysis.model_dump()
     except FileNotFoundError as error:
@@ -178,6 +189,9 @@ def compare_command(experiment_dirs: tuple[Path, ...], experiment_ids: tuple[str
 
     Several results folders are pooled (e.g. FF and BP run separately). To compare
     experiments with each other: fflab diff A B."""
+    from fflab import paper
+    from fflab.pipeline import experiment
+
     if len(experiment_ids) > 1:
         raise click.UsageError(
             "fflab compare sets one experiment against the paper; to compare experiments with each other, run "
@@ -207,6 +221,8 @@ def compare_command(experiment_dirs: tuple[Path, ...], experiment_ids: tuple[str
 @click.option("--write", "write", is_flag=True, help="Regenerate the committed schema files.")
 def schemas_command(write: bool) -> None:
     """Print (or --write) the JSON Schemas of the result documents."""
+    from fflab.pipeline import documents
+
     if write:
         for path in documents.write_schemas():
             click.echo(path)

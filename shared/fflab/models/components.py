@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from fflab.registry import Registry
 
-Rowwise = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+# Every entry is written with tensor methods, so that the spec reads these names
+# without importing torch.
+Rowwise = Callable[["torch.Tensor"], "torch.Tensor"]
 
 # Each row's norm that a layer's input is divided by; None leaves it unchanged. (N, d) -> (N, 1)
 NORMALIZATIONS: Registry[Callable[[torch.Tensor], torch.Tensor | None]] = Registry("normalization", {
@@ -46,8 +50,8 @@ class Activation:
 
 
 ACTIVATIONS: Registry[Activation] = Registry("activation", {
-    "sigmoid": Activation(torch.sigmoid, upper_bound=1.0, monotone=True),
-    "relu": Activation(torch.relu, upper_bound=None, monotone=True),
+    "sigmoid": Activation(lambda x: x.sigmoid(), upper_bound=1.0, monotone=True),
+    "relu": Activation(lambda x: x.relu(), upper_bound=None, monotone=True),
 })
 
 # The value written into the label pixel: (N, 784) images -> (N,).
