@@ -243,6 +243,8 @@ def test_every_route_refuses_other_users(stack: Stack, users, two_experiments) -
             assert [key["current"] for key in bobs.json()["items"]].count(True) == 1
         elif template == "/v1/users/me/keys" and method == "POST":  # a new key of bob's own
             assert bobs.status_code == 201 and bobs.json()["user"]["name"] == "bob"
+        elif template == "/v1/users/me/usage":  # bob's own storage and run-hours only
+            assert bobs.status_code == 200 and bobs.json()["user"] == "bob"
         else:
             raise AssertionError(f"{method} {template}: say what another user gets")
     experiment = users["alice"].get(f"/v1/experiments/{alices['id']}")

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
 from fflab import jobs, usage
+from fflab.cli import main
 from fflab.cli.service import describe_usage
 from fflab.client import Client
 from fflab.db import Artifact, Experiment, Run, User, get_sessionmaker
 from fflab.db.migrate import upgrade_database
-from fflab.settings import Settings
+from fflab.settings import Settings, get_settings
 from fflab.spec import build_spec
 from service_helpers import TINY, Serve, backend_settings, poll_experiment
 
@@ -53,10 +56,21 @@ def test_run_hours_limit(backend: str, serves: list[Serve], tmp_path: Path, pg_d
         pending = usage.human_bytes(usage.estimate_experiment_bytes(SPEC))
         assert describe_usage(mine) == (f"admin: stores 0 bytes (+{pending} to come) of no quota; 1 run waiting or "
                                         f"running, {hours:.3g} of {limit:g} run-hours")
+        get_settings.cache_clear()  # the CLI reads this server's URL and key
+        line = CliRunner().invoke(main, ["usage"], env={"FFLAB_API_URL": serve.url, "FFLAB_API_KEY": serve.key()})
+        get_settings.cache_clear()
+        assert line.exit_code == 0 and line.output == describe_usage(mine) + "\n", line.output
         message = refused(api.post("/v1/experiments", json=ONE_RUN))
         assert (f"estimated at {hours:.3g} run-hours and you have {hours:.3g} run-hours waiting or running "
                 f"(1 run); the limit is {limit:g} run-hours") in message, message
         assert api.get("/v1/experiments").json()["total"] == 1
+        member_key = api.post("/v1/admin/users", json={"name": "carol"}).json()["api_key"]
+        with httpx.Client(base_url=serve.url, headers={"Authorization": f"Bearer {member_key}"}) as carol:
+            assert carol.get("/v1/admin/usage").status_code == 403  # admins only
+            carols = carol.get("/v1/users/me/usage").json()  # her own, not the admin's
+            assert carols["user"] == "carol" and carols["active_runs"] == 0
+            assert carol.post("/v1/experiments", json=ONE_RUN).status_code == 202  # the limit is per user
+        assert httpx.get(f"{serve.url}/v1/users/me/usage").status_code == 401
         assert api.post(f"/v1/experiments/{first.json()['id']}/cancel").status_code == 200
         assert api.post("/v1/experiments", json=ONE_RUN).status_code == 202
 
