@@ -459,7 +459,12 @@ def test_run_metrics_give_the_loss_history_per_layer(api: Server) -> None:
         bp = alice.get(f"{base}/bp-mnist-seed0/metrics").json()
         assert [(s["layer"], s["loss"]) for s in bp["loss"]] == [(None, [2.3, 1.1, 0.7, 0.5])]
         queued = submit(alice)
-        assert_problem(alice.get(f"{queued['url']}/runs/ff-mnist-seed0/metrics"), 409, "conflict")
+        waiting = alice.get(f"{queued['url']}/runs/ff-mnist-seed0/metrics")  # before it trains: nothing yet
+        assert waiting.status_code == 200 and waiting.json()["loss"] == [] and waiting.json()["accuracy"] is None
+        assert (waiting.json()["next_since"], waiting.json()["final"]) == (0, False)
+        assert ff["final"] and ff["next_since"] == 5  # 3 + 2 epochs
+        assert alice.get(f"{base}/ff-mnist-seed0/metrics", params={"since": 3}).json()["loss"] == [
+            {"layer": 2, "epochs": [1, 2], "loss": [0.8, 0.5], "recorded_at": None}]
         assert_problem(alice.get(f"{queued['url']}/runs/ff-mnist-seed0/documents/metrics"), 409, "conflict")
         assert_problem(alice.get(f"{queued['url']}/runs/ff-mnist-seed7/documents/metrics"), 404, "not_found")
 
