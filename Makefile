@@ -54,7 +54,7 @@ load-bench: setup data
 	$(BIN)/python -m benchmarks.load_bench --mode $(LOAD) --seconds 20
 
 screenshots: setup data
-	FFLAB_UI_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/python -m pytest tests/test_ui_browser.py tests/test_ui_compare_browser.py -k "embedded_default or compare_two" -q
+	FFLAB_UI_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/python -m pytest tests/test_ui_browser.py tests/test_ui_compare_browser.py -k embedded_default -q
 
 reproduce: setup data
 	benchmarks/reproduce_paper.sh results/reproduction

@@ -86,6 +86,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.write_line(f"most PostgreSQL connections the suite held at once: {SAMPLER.largest}")
 
 
+STARTUP_S = 240  # how long the stack's API and worker may take to start
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[Callable[[], str]]:
     """Makes fresh, empty PostgreSQL databases (fflab_test_<random>); drops them at the end."""
@@ -159,8 +162,9 @@ def stack(data_root: Path, pg_database, moto_s3: str, tmp_path_factory: pytest.T
             result.check_alive()
             return http_ready(f"{result.api_url}/readyz")()
 
-        wait_for(up, 60, "the API")
-        wait_for(lambda: result.check_alive() or "ready." in processes[0].log.read_text(), 60, "the worker")
+        # A shared, loaded machine (a training job, other suites) can take minutes to import torch twice.
+        wait_for(up, STARTUP_S, "the API")
+        wait_for(lambda: result.check_alive() or "ready." in processes[0].log.read_text(), STARTUP_S, "the worker")
         yield result
     finally:
         for process in processes:

@@ -1,5 +1,6 @@
 """Comparing experiments in the web UI, as a person does it: Debian's Chromium,
-headless, against ``fflab serve`` (the embedded default) with a real worker. Two
+headless, against ``fflab serve`` (the embedded default) and against PostgreSQL +
+Redis + S3 (``stack``), with a real worker. Two
 tiny experiments (FF, two seeds, theta 0.3 and 0.5) are trained; on the list the
 person searches them by name and by tag, sorts by accuracy (each model's accuracy
 in its column, as the API's runs give it), ticks both and presses Compare; the
@@ -11,6 +12,7 @@ $FFLAB_UI_SCREENSHOTS (``make screenshots``: docs/img/ui-compare-*.png).
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import httpx
@@ -24,9 +26,10 @@ pytest_plugins = ["service_support"]
 BASE = {**TINY, "models": ["ff"], "seeds": [0, 1], "network": {"width": 48, "layers": 2}, "snapshots": []}
 
 
-def submit_two(alice: httpx.Client) -> list[str]:
+def submit_two(alice: httpx.Client, token: str) -> list[str]:
     ids = []
-    for name, threshold, tags in (("theta-low", 0.3, ["baseline"]), ("theta-high", 0.5, ["probe"])):
+    for name, threshold, tags in ((f"theta-low-{token}", 0.3, ["baseline"]),
+                                  (f"theta-high-{token}", 0.5, [f"probe{token}"])):
         response = alice.post("/v1/experiments", json={**BASE, "name": name, "tags": tags,
                                                        "network": {**BASE["network"], "threshold": threshold}})
         assert response.status_code == 202, response.text
@@ -37,18 +40,26 @@ def submit_two(alice: httpx.Client) -> list[str]:
 
 
 @pytest.mark.slow
-def test_compare_two_experiments_in_the_browser(browser, serves: list[Serve], tmp_path: Path,  # noqa: F811
+@pytest.mark.parametrize("backend", ["embedded_default", "stack"])
+def test_compare_two_experiments_in_the_browser(backend: str, browser, serves: list[Serve],  # noqa: F811
+                                                 request: pytest.FixtureRequest, tmp_path: Path,
                                                  screenshot_dir: Path) -> None:  # noqa: F811
-    serve = Serve(tmp_path, "serve", progress_interval_s="0.2")
-    serves.append(serve)
-    serve.wait_up(timeout=240)  # a loaded machine starts the worker slowly
-    with serve.client() as admin:
-        keys = {"alice": new_user(admin, "alice"), "bob": new_user(admin, "bob")}
-    alice = httpx.Client(base_url=serve.url, headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=60)
-    low, high = submit_two(alice)
+    if backend == "stack":  # PostgreSQL + Redis + S3; its users may have other experiments
+        stack = request.getfixturevalue("stack")
+        url, keys, shots = stack.api_url, {"alice": stack.member_key, "bob": stack.other_key}, None
+    else:
+        serve = Serve(tmp_path, "serve", progress_interval_s="0.2")
+        serves.append(serve)
+        serve.wait_up(timeout=240)  # a loaded machine starts the worker slowly
+        with serve.client() as admin:
+            keys = {"alice": new_user(admin, "alice"), "bob": new_user(admin, "bob")}
+        url, shots = serve.url, screenshot_dir
+    token = secrets.token_hex(3)
+    alice = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {keys['alice']}"}, timeout=60)
+    low, high = submit_two(alice, token)
     accuracy = {experiment_id: sum(run["accuracy"] for run in alice.get(
         f"/v1/experiments/{experiment_id}/runs").json()["items"]) / 2 for experiment_id in (low, high)}
-    person = Person(browser, serve.url, screenshot_dir)
+    person = Person(browser, url, shots)
     person.sign_in(keys["alice"])
 
     # Search by name and by tag; sort by accuracy; each model's accuracy in its column.
@@ -56,13 +67,13 @@ def test_compare_two_experiments_in_the_browser(browser, serves: list[Serve], tm
         return [row.get_attribute("data-experiment") for row in browser.find_elements("css selector",
                                                                                       "tr[data-experiment]")]
 
-    person.open("/ui/?q=THETA")
+    person.open(f"/ui/?q={token.upper()}")  # a part of the name, any case
     assert set(listed()) == {low, high}
-    person.open("/ui/?q=probe")
+    person.open(f"/ui/?q=probe{token}")  # a tag
     assert listed() == [high]
     person.open("/ui/?q=nothing-like-it")
     assert person.text("#no-experiments").startswith("No experiments")
-    person.open("/ui/")
+    person.open(f"/ui/?q={token}")
     person.choose("#sort", "-accuracy")
     person.find("#filter").click()
     person.wait(lambda: "sort=-accuracy" in browser.current_url, "the sorted list")
