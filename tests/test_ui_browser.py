@@ -445,6 +445,7 @@ def test_a_run_followed_live_in_the_web_ui(backend: str, browser, serves: list[S
         assert sum(drawn) >= first and all(n >= 2 for n in drawn)
         person.wait(lambda: points() > first, "more points while it trains", 120)
         assert person.js("return window.notReloaded === true")  # updated in place, not reloaded
+        person.wait(lambda: points() >= 20 or person.text("h1 #status") != "running", "a curve worth a picture", 120)
         person.screenshot("live")
 
         person.wait(lambda: person.text("h1 #status") == "succeeded", "the experiment to succeed", WAIT_S)
