@@ -207,7 +207,7 @@ BODIES = {"/v1/experiments": {"preset": "quick", "epochz": 1}, "/v1/admin/users"
 
 def test_every_route_refuses_other_users(stack: Stack, users, two_experiments) -> None:
     """Table-driven over app.routes: a new route is covered (or fails here) automatically."""
-    alices, _ = two_experiments
+    alices, bobs_own = two_experiments
     table = route_table(stack)
     assert len(table) >= 25
     for method, template in table:
@@ -216,7 +216,10 @@ def test_every_route_refuses_other_users(stack: Stack, users, two_experiments) -
         if not template.startswith("/v1/"):
             assert template in PUBLIC, f"{method} {template} is public but not in PUBLIC"
             continue
-        path = fill(template, alices["id"], stack.member_key[:14])
+        path = fill(template.replace("/comparisons/figures/{name}", "/comparisons/figures/loss_curves"),
+                    alices["id"], stack.member_key[:14])
+        if template.startswith("/v1/comparisons"):  # alice's experiment beside bob's own
+            path += f"?experiment={alices['id']}&experiment={bobs_own['id']}"
         body = BODIES.get(template)
 
         def call(who: str) -> httpx.Response:
@@ -230,6 +233,9 @@ def test_every_route_refuses_other_users(stack: Stack, users, two_experiments) -
         if template.startswith("/v1/admin/"):
             assert bobs.status_code == 403, (method, path, bobs.text)
         elif "{experiment_id}" in template:
+            assert bobs.status_code == 404, (method, path, bobs.text)
+            assert alices["id"] not in bobs.text.replace(f"no experiment {alices['id']}", "")
+        elif template.startswith("/v1/comparisons"):  # alice's private experiment is not found
             assert bobs.status_code == 404, (method, path, bobs.text)
             assert alices["id"] not in bobs.text.replace(f"no experiment {alices['id']}", "")
         elif template == "/v1/experiments" and method == "GET":

@@ -364,7 +364,8 @@ def test_live_progress_then_cancel_delete_and_reanalyse_through_the_forms(world:
     alice = world.client("alice")
     listed = alice.get("/ui/?status=running").text
     assert "ff-mnist-seed0 · layer 2/3 · epoch 5/20 · ETA 1 min 15 s" in listed
-    assert 'hx-get="/ui/fragments/experiments?status=running&amp;scope=visible" hx-trigger="every 3s"' in listed
+    assert ('hx-get="/ui/fragments/experiments?status=running&amp;scope=visible&amp;q=&amp;sort=-created_at" '
+            'hx-trigger="every 3s"') in listed  # the list refreshes with its filter, search and sort
     progress = alice.get(f"/ui/experiments/{RUNNING}/progress").text
     assert "<td>2/3</td>" in progress and "<td>5/20</td>" in progress and "1 min 15 s" in progress
     token = csrf_of(listed)
