@@ -9,11 +9,13 @@ N ?= 60000
 LOAD ?= embedded
 BUDGET ?= 600
 
-.PHONY: run test serve bench gpu-check load-bench reproduce screenshots data setup clean help
+.PHONY: lint typecheck run test serve bench gpu-check load-bench reproduce screenshots data setup clean help
 
 help:
 	@echo "make run    - run the quick preset (FF, BP/FF, BP on MNIST) and print where the results are"
 	@echo "make test   - run the test suite"
+	@echo "make lint   - ruff (lint, import order), as CI runs it before the tests"
+	@echo "make typecheck - mypy on the library (not yet clean: pyproject.toml says where it stands)"
 	@echo "make serve  - start the embedded service (API + worker, no servers needed)"
 	@echo "make bench  - benchmark FF training (N=$(N) images; make bench N=20000 for a quick one)"
 	@echo "make gpu-check - prove the GPU path: cuda tests, bench, TF32 vs FP32, the paper sweep (BUDGET=$(BUDGET) s; skips without CUDA)"
@@ -40,6 +42,12 @@ run: setup data
 
 test: setup data
 	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check shared api worker tests benchmarks migrations
+
+typecheck: setup
+	$(BIN)/mypy
 
 serve: setup data
 	$(BIN)/fflab serve

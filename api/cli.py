@@ -135,8 +135,8 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     """The API, and a supervised worker consuming both queues, on this machine."""
     import uvicorn
 
-    from api.main import create_app
     from api.connection_limits import server_options
+    from api.main import create_app
     from fflab import accounts
     from fflab.db import session_scope
 

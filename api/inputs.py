@@ -24,8 +24,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import (INT64_MAX, INT64_MIN, field_problems, problem, problem_response,
-                        validation_message)
+from api.errors import INT64_MAX, INT64_MIN, field_problems, problem, problem_response, validation_message
 from fflab.accounts import contains_key
 
 MAX_JSON_DEPTH = 32

@@ -19,9 +19,8 @@ of HTTP/1.0 too, since this app builds absolute URLs from it)."""
 
 from __future__ import annotations
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from api.errors import PROBLEM_JSON, problem_body, problem_response
 

@@ -361,8 +361,8 @@ def main(argv=None) -> None:
                     append_result(args.results, record)
                     print(f"[{started} -> {time.strftime('%H:%M:%S')}] {impl:7} {variant if impl == 'authors' else '':20}"
                           f" {setting:14} seed {seed}: acc {summary['accuracy']:.4f}, below10 "
-                          f"{summary['classes_below_10pct']}, M1 {['%.1f' % v for v in summary['method1_mean']]}, "
-                          f"pos.w {['%.3f' % v for v in summary['positive_weight_fraction']]}, "
+                          f"{summary['classes_below_10pct']}, M1 {[f'{v:.1f}' for v in summary['method1_mean']]}, "
+                          f"pos.w {[f'{v:.3f}' for v in summary['positive_weight_fraction']]}, "
                           f"{summary['seconds']:.0f} s", flush=True)
     print_statistics(statistics(load_results(args.results)))
 

@@ -138,7 +138,7 @@ class AuthorsOptions:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
 
-    def with_(self, **changes) -> "AuthorsOptions":
+    def with_(self, **changes) -> AuthorsOptions:
         return replace(self, **changes)
 
 

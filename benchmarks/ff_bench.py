@@ -503,9 +503,10 @@ def report(result: dict) -> str:
         f"best of {result['repeats']} rounds",
         *ff_report_lines(ff, result["repeats"]),
     ]
+    before, after = (", ".join(f"{x:.1f}" for x in result[key])
+                     for key in ("load_average_before", "load_average_after_ff"))
     lines.append(
-        "load average (1, 5, 15 min) before: %s, after FF: %s (other processes share the cores)"
-        % tuple(", ".join(f"{x:.1f}" for x in result[key]) for key in ("load_average_before", "load_average_after_ff"))
+        f"load average (1, 5, 15 min) before: {before}, after FF: {after} (other processes share the cores)"
     )
     p = ff["prediction"]
     lines.append(

@@ -276,7 +276,7 @@ async def load(url: str, key: str, clients: int, seconds: float, max_requests: i
                             errors.append(f"{kind}: HTTP {response.status}")
                         else:
                             latencies[counted].append(time.perf_counter() - started)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                except (TimeoutError, aiohttp.ClientError) as error:
                     errors.append(f"{kind}: {type(error).__name__}: {error}")
                 await asyncio.sleep(rng.uniform(0.5, 1.5) * interval)  # a poller's wait between polls
 

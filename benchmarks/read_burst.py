@@ -81,7 +81,7 @@ async def burst(url: str, key: str, route: str, path: str, requests: int, concur
                     await response.read()
                     result.statuses[response.status] += 1
                     result.latencies.append(time.perf_counter() - started)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 result.timeouts += 1
             except aiohttp.ClientError as error:
                 result.errors[f"{type(error).__name__}: {error}"[:100]] += 1
@@ -95,12 +95,12 @@ async def burst(url: str, key: str, route: str, path: str, requests: int, concur
                     async with session.get("/healthz") as response:
                         await response.read()
                         ok = response.status == 200
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     ok = False
                 result.health.append(time.perf_counter() - started if ok else None)
                 try:
                     await asyncio.wait_for(done.wait(), HEALTH_EVERY_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async with aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {key}"},

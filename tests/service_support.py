@@ -8,12 +8,12 @@ Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import shutil
-import sys
-import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,15 +24,15 @@ import redis
 
 from fflab import accounts
 from fflab.db import session_scope
-from fflab.db.session import close_idle_connections
 from fflab.db.migrate import upgrade_database
-from fflab.settings import Settings
+from fflab.db.session import close_idle_connections
 from fflab.processes import process_alive
+from fflab.settings import Settings
 from service_helpers import (
+    PG_ADMIN_URL,
     REDIS_HOST,
     REDIS_PORT,
     REDIS_SERVE_DB,
-    PG_ADMIN_URL,
     ROOT,
     Process,
     Serve,

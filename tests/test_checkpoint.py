@@ -18,6 +18,7 @@ os.environ.setdefault("FFLAB_DATA_ROOT", str(ROOT / "data"))
 
 from dataclasses import replace  # noqa: E402
 
+from devices import on_devices  # noqa: E402
 from fflab import data  # noqa: E402
 from fflab.models import MODELS  # noqa: E402
 from fflab.models.common import (  # noqa: E402
@@ -31,7 +32,6 @@ from fflab.models.common import (  # noqa: E402
 from fflab.models.model_type import ModelType  # noqa: E402
 from fflab.queueing import Preempted  # noqa: E402
 from fflab.spec import NetworkSpec, TrainingSpec  # noqa: E402
-from devices import on_devices  # noqa: E402
 from toy_model import TOY, ToyTrainer  # noqa: E402
 
 SEED = 3

@@ -32,12 +32,12 @@ if str(ROOT) not in sys.path:  # benchmarks/ holds the reference; it is not an i
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.reference import ReferenceFF, reference_label_goodness, reference_train_ff  # noqa: E402
+from devices import on_devices  # noqa: E402
 from fflab import data  # noqa: E402
 from fflab.models.common import Cancelled, GoodnessNetwork, label_goodness, seed_everything  # noqa: E402
 from fflab.models.ff import train_ff  # noqa: E402
 from fflab.models.ff_engine import FFEngine  # noqa: E402
 from fflab.spec import NetworkSpec, TrainingSpec  # noqa: E402
-from devices import on_devices  # noqa: E402
 
 PAPER = NetworkSpec()  # 784-784-784, sigmoid, l_inf goodness and normalisation, threshold 0.5
 

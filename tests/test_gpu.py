@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from devices import skip_without_cuda
 from fflab import devices, gpu, jobs
 from fflab.db import Run, get_sessionmaker, session_scope
 from fflab.gpu import GIB, DeviceLedger, admission_decision
 from fflab.models import MODELS
 from fflab.models.model_type import MemoryUse, RunShape
 from fflab.spec import RunKey, build_spec
-from devices import skip_without_cuda
 from test_service_faults import run_as_worker, worker_env  # noqa: F401 - the worker fixture
 
 pytest_plugins = ["service_support"]

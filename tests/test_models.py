@@ -3,6 +3,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from devices import on_devices, skip_without_cuda
 from fflab import analysis, data
 from fflab.models.bp import BPClassifier, bp_predict_and_represent, train_bp
 from fflab.models.bpff import train_bpff
@@ -22,7 +23,6 @@ from fflab.models.common import (
 )
 from fflab.models.ff import train_ff
 from fflab.spec import NetworkSpec, TrainingSpec, build_spec
-from devices import on_devices, skip_without_cuda
 
 
 def test_embed_labels_writes_the_image_max_into_the_label_pixel():

@@ -181,9 +181,9 @@ def test_a_trained_run_has_metrics_and_the_experiment_training_curves(clients: d
 
 
 def test_every_registered_run_document_is_served(clients: dict[str, httpx.Client], alices_experiment: dict) -> None:
-    from fflab.pipeline.documents import DOCUMENTS, RUN_DOCUMENTS
-
     import jsonschema
+
+    from fflab.pipeline.documents import DOCUMENTS, RUN_DOCUMENTS
 
     alice, bob = clients["alice"], clients["bob"]
     base = f"/v1/experiments/{alices_experiment['id']}/runs/bp-mnist-seed0/documents"

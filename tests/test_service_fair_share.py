@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from fflab import accounts, jobs
+from fflab.cli.service import describe, describe_queues
 from fflab.db import Experiment, Run, User, get_sessionmaker, session_scope, utcnow
 from fflab.db.migrate import upgrade_database
 from fflab.models import MODELS
-from fflab.cli.service import describe, describe_queues
 from fflab.settings import Settings, get_settings
 from fflab.spec import build_spec
 from fflab.storage import experiment_prefix, get_storage

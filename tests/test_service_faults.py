@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fflab import accounts, jobs
-from fflab.pipeline import experiment as experiment_pipeline
 from fflab.db import Experiment, Run, get_sessionmaker, session_scope
 from fflab.db.migrate import upgrade_database
 from fflab.models.common import TrainingProgress
+from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import get_settings
 from fflab.spec import build_spec
 from service_helpers import TINY

@@ -26,7 +26,9 @@ import httpx
 import jsonschema
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from fflab import accounts
 from fflab.db import Artifact, Experiment, Run, session_scope

@@ -71,7 +71,7 @@ def closed_within(connection: socket.socket, seconds: float) -> tuple[bytes, flo
         while chunk := connection.recv(65536):
             received += chunk
     except TimeoutError:
-        raise AssertionError(f"the connection was still open after {seconds} s (received {received[:200]!r})")
+        raise AssertionError(f"the connection was still open after {seconds} s (received {received[:200]!r})") from None
     except ConnectionResetError:
         pass
     return received, time.monotonic() - started

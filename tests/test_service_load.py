@@ -57,7 +57,7 @@ async def _get(session: aiohttp.ClientSession, path: str) -> Outcome:
         async with session.get(path) as response:
             await response.read()
             return Outcome(response.status, time.perf_counter() - started, response.headers.get("retry-after"))
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         return Outcome(None, time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
 
 
@@ -84,7 +84,7 @@ async def _burst(url: str, key: str, path: str) -> tuple[list[Outcome], list[Out
                 health.append(await _get(session, "/healthz"))
                 try:
                     await asyncio.wait_for(done.wait(), HEALTH_EVERY_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async with aiohttp.ClientSession(base_url=url, headers=headers, timeout=timeout,

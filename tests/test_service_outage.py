@@ -124,10 +124,9 @@ def test_pooled_connections_are_pinged_only_after_sitting_idle(pg_database, tmp_
     PING_AFTER_IDLE_S is pinged first, and one the database dropped meanwhile is
     replaced, for reads and writes alike; a read-only trip retries a connection
     found broken without the ping."""
+    from api.main import create_app
     from fflab.db import get_engine
     from fflab.db import session as db_session
-
-    from api.main import create_app
 
     proxy, settings, key = behind_proxy(pg_database, tmp_path)
     dialect = get_engine(settings.resolved_database_url).dialect

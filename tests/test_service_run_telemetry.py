@@ -13,7 +13,6 @@ import threading
 import warnings
 from pathlib import Path
 
-import httpx
 import pytest
 from click.testing import CliRunner
 

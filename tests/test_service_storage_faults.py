@@ -14,9 +14,9 @@ import boto3
 import pytest
 
 from fflab import accounts, jobs
-from fflab.pipeline import experiment as experiment_pipeline
 from fflab.db import Artifact, Experiment, Run, get_sessionmaker, session_scope
 from fflab.db.migrate import upgrade_database
+from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import get_settings
 from fflab.spec import build_spec
 from service_helpers import TINY, Process, base_env, free_port, http_ready, wait_for

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from datetime import UTC
 from pathlib import Path
 
 import httpx
@@ -397,7 +398,7 @@ def test_run_states_reads_counts_running_runs_and_tags_in_one_query(backend: str
     running runs' progress and heartbeat, in run order) and the tags, for several
     experiments in one statement, with the JSON and timestamp columns read back as
     the ORM reads them, on both databases."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from sqlalchemy import event
 
@@ -410,7 +411,7 @@ def test_run_states_reads_counts_running_runs_and_tags_in_one_query(backend: str
         user = accounts.create_user(session, "alice")
         first, second = submit(session, settings, user, 5), submit(session, settings, user, 2)
         runs = sorted(first.runs, key=lambda run: run.id)
-        beat = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        beat = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         for run, status, progress in [(runs[0], "succeeded", None), (runs[1], "running", {"epoch": 2, "epochs": 9}),
                                       (runs[2], "failed", None), (runs[3], "running", {"epoch": 1, "layer": 2})]:
             run.status, run.progress, run.heartbeat_at = status, progress, beat if status == "running" else None

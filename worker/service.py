@@ -45,7 +45,6 @@ from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import LowDisk, Storage, StorageError, check_disk, experiment_prefix, get_storage
 from worker import gpu_runs, run_support
-from worker.run_telemetry import RunTelemetry
 from worker.dispatch import (
     ANALYSIS_ID_PREFIX,
     dispatcher_for,
@@ -68,6 +67,7 @@ from worker.run_support import (
     put_files,
     put_files_retrying,
 )
+from worker.run_telemetry import RunTelemetry
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter, status
 from sqlalchemy.orm import Session
 
 from api import schemas, views
-from api.errors import problem_responses
 from api.deps import AdminUser, DatabaseDep, SettingsDep
+from api.errors import problem_responses
 from api.paging import PageDep
 from api.services import users
 

@@ -11,12 +11,6 @@ from pydantic import AwareDatetime
 from sqlalchemy.orm import Session
 
 from api import schemas, views
-from api.errors import api_error, problem_responses
-from api.paging import PageDep
-from api.services import experiments
-from api.services.experiments import SORTS, ExperimentFilters, Scope
-from api.search_query import search_conditions
-from fflab.experiment_search import Condition
 from api.deps import (
     Credentials,
     CurrentUser,
@@ -29,6 +23,12 @@ from api.deps import (
     StorageDep,
     authenticated_user,
 )
+from api.errors import api_error, problem_responses
+from api.paging import PageDep
+from api.search_query import search_conditions
+from api.services import experiments
+from api.services.experiments import SORTS, ExperimentFilters, Scope
+from fflab.experiment_search import Condition
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=problem_responses(401, 422))
 

@@ -8,10 +8,9 @@ another user's private one is NotFound, as everywhere)."""
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from typing import Any
-
-import io
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import NamedTuple
 
+from fastapi import status
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only
-
-from fastapi import status
 
 from api import run_telemetry, schemas, views
 from api.errors import api_error

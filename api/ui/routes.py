@@ -44,17 +44,17 @@ from api.services import results as result_service
 from api.services import users as user_service
 from api.services.errors import Conflict, Invalid, ServiceError
 from api.services.experiments import owned_experiment, readable_experiment
-from api.ui import forms, live, queries, security
 from api.ui import compare as compare_pages
+from api.ui import forms, live, queries, security
 from api.ui.explorer import ClassMeansCache, unit_grid
 from api.ui.html import SIGN_IN, HTMLRoute, render
 from api.ui.security import CsrfChecked, UICredentials, UIUser, ui_user
 from fflab.analysis import METHOD1_THRESHOLDS, METHOD2_CUTS
+from fflab.data import DATASETS
 from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
 from fflab.figures import class_names
-from fflab.results import PAPER_TABLES, TABLES
-from fflab.data import DATASETS
 from fflab.models import MODELS
+from fflab.results import PAPER_TABLES, TABLES
 from fflab.spec import PRESETS, AnalysisSpec
 from fflab.storage import StorageError
 
@@ -309,12 +309,13 @@ async def reanalyse(request: Request, experiment: UIOwnedExperiment, db: Databas
                                                                        dispatcher))
     except (RequestValidationError, Invalid, Conflict) as error:
         errors = forms.form_errors(forms.field_errors(await api_error_body(request, error)), forms.ANALYSIS_FIELDS)
+        status = 409 if isinstance(error, Conflict) else 422
 
         def page(session: Session) -> Response:
             current = readable_experiment(session, request.state.ui_user, experiment.id)
             context = experiment_context(request, session, current, request.state.ui_user)
             context.update(analysis_form=form, analysis_errors=errors)
-            return render(request, "experiment.html", context, 409 if isinstance(error, Conflict) else 422)
+            return render(request, "experiment.html", context, status)
 
         return await db.read(page)
     return RedirectResponse(f"/ui/experiments/{experiment.id}#analyses", status_code=303)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from fflab import analysis
-from fflab.results import CellComparison, PaperComparison, ProtocolDifference
 from fflab.models import MODELS
+from fflab.results import CellComparison, PaperComparison, ProtocolDifference
 from fflab.spec import ExperimentSpec, build_spec
 
 # Settings the paper does not give: always listed with the experiment's value.

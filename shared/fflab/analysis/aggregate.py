@@ -38,9 +38,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

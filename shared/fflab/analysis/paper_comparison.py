@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 from scipy import special, stats
+from typing_extensions import TypeIs
 
 __all__ = [
     "CONFIDENCE",
@@ -92,7 +93,7 @@ class Verdict:
     note: str = ""
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeIs[float]:
     return value is not None and math.isfinite(value)
 
 
@@ -205,14 +206,15 @@ def compare_estimates(
         return _descriptive(paper_mean, float(ours_mean), paper_resolution,
                             "the paper prints no error: no test, the values and their gap only")
     notes = []
-    ours_known = ours_n >= 2 and _finite(ours_se)
+    ours_sd_error = ours_se if _finite(ours_se) else math.nan
+    ours_known = ours_n >= 2 and math.isfinite(ours_sd_error)
     if paper_n is not None:
         # Student's t with the variance pooled over the paper's runs and ours: the
         # hypothesis under test is that our runs are draws from the paper's run
         # distribution, whose SD the paper's SE gives (se * sqrt(n)).
         pooled_sum = float(paper_se) ** 2 * paper_n * (paper_n - 1)
         if ours_known:
-            pooled_sum += float(ours_se) ** 2 * ours_n * (ours_n - 1)
+            pooled_sum += ours_sd_error ** 2 * ours_n * (ours_n - 1)
         pooled_df = paper_n - 1 + (ours_n - 1 if ours_known else 0)
         runs = ours_n if ours_known else 1
         variances = [pooled_sum / pooled_df * (1 / paper_n + 1 / runs)]
@@ -221,7 +223,7 @@ def compare_estimates(
             notes.append(f"one run: set against the paper's run-to-run SD (SE x sqrt({paper_n})), "
                          f"{paper_n - 1} df")
     elif ours_known:
-        variances, dofs = [float(paper_se) ** 2, float(ours_se) ** 2], [math.inf, float(ours_n - 1)]
+        variances, dofs = [float(paper_se) ** 2, ours_sd_error ** 2], [math.inf, float(ours_n - 1)]
         notes.append("the paper states no run count: Welch's t, its SE taken as exact")
     else:
         return Verdict("not comparable", note="one run, and the paper states no run count to turn its SE into "

@@ -51,7 +51,7 @@ def read_overrides(spec_file: Path | None, assignments: tuple[str, ...]) -> dict
         try:
             overrides = json.loads(spec_file.read_text())
         except json.JSONDecodeError as error:
-            raise click.BadParameter(f"{spec_file} is not valid JSON: {error}", param_hint="--spec")
+            raise click.BadParameter(f"{spec_file} is not valid JSON: {error}", param_hint="--spec") from error
     return deep_merge(overrides, parse_overrides(assignments))
 
 

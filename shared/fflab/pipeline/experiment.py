@@ -13,10 +13,9 @@ import numpy as np
 
 from fflab import analysis, figures, paper
 from fflab.models.common import Checkpoint, ProgressCallback, StopCheck
-from fflab.pipeline import sweeps
+from fflab.pipeline import paper_analyses, sweeps
 from fflab.pipeline.documents import RUN_DOCUMENTS, analyse_run, document_figures, is_analysed
 from fflab.pipeline.folders import read_spec, run_dir_of, write_spec
-from fflab.pipeline import paper_analyses
 from fflab.pipeline.paper_analyses import run_record
 from fflab.pipeline.paper_figures import FigureContext, comparison_quantile, write_paper_figures
 from fflab.pipeline.train import train_and_evaluate

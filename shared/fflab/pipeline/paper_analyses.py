@@ -93,7 +93,7 @@ def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
                     units=result.units.tolist(), size=result.units.size,
                 )
             )
-        def by_class(measure: str) -> list[float | None]:
+        def by_class(measure: str, X: np.ndarray = X) -> list[float | None]:
             per_class = analysis.class_sparseness(X, labels, classes, measure=measure)
             return [finite_or_none(per_class[c]) for c in classes]
 

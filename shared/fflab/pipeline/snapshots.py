@@ -22,7 +22,6 @@ from fflab.models.common import ProgressCallback, TrainingProgress, goodness_rep
 from fflab.pipeline.run_analyses.common import ANALYSIS_SEED, per_class_rows
 from fflab.spec import ExperimentSpec, RunKey
 
-
 SNAPSHOT_PROBE_PER_CLASS = 50  # dynamics: the fixed probe set, 500 test images
 SNAPSHOT_COUNT = 5  # default snapshots: log-spaced epochs
 SNAPSHOT_FILE = "snapshots.npz"
