@@ -178,6 +178,9 @@ def test_bad_settings_are_named_without_a_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     done = fflab("run", "--preset", "quick", "--set", "network.goodness=l3", check=False)
     assert "network.goodness" in done.stderr and "'l_inf'" in done.stderr
+    done = fflab("run", "--preset", "quick", "--set", "seeds=[0", check=False)  # a list cut short
+    assert done.returncode == 2 and "seeds: '[0' is not valid JSON" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_analyse_refuses_a_folder_that_is_not_a_results_folder(tmp_path):

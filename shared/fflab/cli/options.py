@@ -25,7 +25,8 @@ def validation_message(error: ValidationError) -> str:
 def parse_overrides(assignments: tuple[str, ...]) -> dict[str, Any]:
     """``("ff.epochs=3", 'models=["ff"]')`` -> ``{"ff": {"epochs": 3}, "models": ["ff"]}``.
 
-    Values are read as JSON when they parse, else as strings.
+    Values are read as JSON when they parse, else as strings; a value that starts
+    like a JSON list, object or string (``[``, ``{``, ``"``) must parse.
     """
     overrides: dict[str, Any] = {}
     for assignment in assignments:
@@ -34,7 +35,10 @@ def parse_overrides(assignments: tuple[str, ...]) -> dict[str, Any]:
             raise click.BadParameter(f"expected KEY=VALUE, got {assignment!r}", param_hint="--set")
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as error:
+            if raw.lstrip()[:1] in ("[", "{", '"'):
+                raise click.BadParameter(f"{path}: {raw!r} is not valid JSON ({error.msg} at character "
+                                         f"{error.pos})", param_hint="--set") from None
             value = raw
         target = overrides
         *parents, leaf = path.split(".")
