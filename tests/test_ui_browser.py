@@ -298,7 +298,7 @@ def walk_through(person: Person, keys: dict[str, str]) -> str:
     person.sign_out()
     person.sign_in(keys["root"])
     person.open("/ui/?scope=visible")
-    assert person.text(f"tr[data-experiment='{experiment_id}'] td:nth-child(2)") == "alice"
+    assert person.text(f"tr[data-experiment='{experiment_id}'] td.owner") == "alice"
     person.screenshot("experiments")
     person.sign_out()
     alice.close()
