@@ -74,16 +74,14 @@ class ConnectionSampler(threading.Thread):
             return  # no PostgreSQL here: the tests that need it say so themselves
 
 
-SAMPLER = ConnectionSampler()
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    SAMPLER.start()
+SAMPLER = ConnectionSampler()  # started by the first test that makes a database (this plugin loads after
+# the session has started, with the first module that names it, so pytest_sessionstart would never see it)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    SAMPLER.stopping.set()
-    terminalreporter.write_line(f"most PostgreSQL connections the suite held at once: {SAMPLER.largest}")
+    if SAMPLER.is_alive():
+        SAMPLER.stopping.set()
+        terminalreporter.write_line(f"most PostgreSQL connections the suite held at once: {SAMPLER.largest}")
 
 
 STARTUP_S = 240  # how long the stack's API and worker may take to start
@@ -93,6 +91,7 @@ STARTUP_S = 240  # how long the stack's API and worker may take to start
 def pg_database() -> Iterator[Callable[[], str]]:
     """Makes fresh, empty PostgreSQL databases (fflab_test_<random>); drops them at the end."""
     names: list[str] = []
+    SAMPLER.start()
 
     def make() -> str:
         names.append(f"fflab_test_{secrets.token_hex(6)}")

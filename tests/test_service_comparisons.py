@@ -44,6 +44,7 @@ class Deployment:
     bob: str
     a: str  # theta 0.3, tagged baseline
     b: str  # theta 0.5
+    owner: str = "alice"  # the name of the user whose key is alice
 
     def client(self, key: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -68,7 +69,11 @@ def train_two(url: str, alice: str) -> tuple[str, str]:
 def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     if request.param == "stack":
         stack: Stack = request.getfixturevalue("stack")
-        yield Deployment(stack.api_url, stack.member_key, stack.other_key, *train_two(stack.api_url, stack.member_key))
+        # Two users of its own: the session's stack holds other modules' experiments, which a search would find.
+        with stack.client(stack.admin_key) as admin:
+            keys = [admin.post("/v1/admin/users", json={"name": f"{name}-compare"}).json()["api_key"]
+                    for name in ("alice", "bob")]
+        yield Deployment(stack.api_url, keys[0], keys[1], *train_two(stack.api_url, keys[0]), owner="alice-compare")
         return
     request.getfixturevalue("data_root")
     serve = Serve(tmp_path_factory.mktemp("serve-compare"), "serve", progress_interval_s="0.2")
@@ -212,7 +217,7 @@ def test_search_by_spec_values_metrics_and_tags(deployment: Deployment) -> None:
         assert listed(client, "accuracy.bp>0") == []  # no BP run: no value, no match
         assert listed(client, "ff.epochs>=1", "status=succeeded") == sorted([a, b])
         assert listed(client, "name=x' OR '1'='1") == []  # a value, never SQL
-        assert listed(client, "owner=alice") == sorted([a, b])
+        assert listed(client, f"owner={deployment.owner}") == sorted([a, b])
         for bad, said in (("network.treshold=0.3", "did you mean network.threshold"),
                           ("acuracy>0.9", "did you mean accuracy"),
                           ("network.threshold=NaN", "NaN"), ("network.threshold=1e999", "finite"),

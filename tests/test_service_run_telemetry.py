@@ -94,6 +94,17 @@ def test_run_log_capture_keeps_this_threads_records_warnings_and_tracebacks_reda
     assert "another run's line" not in text and "after the capture" not in text
 
 
+def test_run_log_capture_routes_warnings_after_someone_put_showwarning_back() -> None:
+    """captureWarnings(True) was on already (an earlier run in this worker) and
+    something restored warnings.showwarning since (catch_warnings does): the
+    capture still gets the run's warnings."""
+    with warnings.catch_warnings():
+        logging.captureWarnings(True)
+    with RunLogCapture(Redactor(), 64 * 1024) as capture:
+        warnings.warn("a warning after showwarning was put back", UserWarning, stacklevel=1)
+    assert "a warning after showwarning was put back" in capture.text()[0]
+
+
 def test_run_log_capture_holds_its_cap() -> None:
     logger = logging.getLogger("fflab.test_run_log_cap")
     logger.setLevel(logging.INFO)

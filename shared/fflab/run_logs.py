@@ -96,6 +96,9 @@ class CappedText:
         return head + tail
 
 
+_WARNINGS_ROUTING = threading.Lock()
+
+
 class RunLogCapture(logging.Handler):
     """The log records of this thread, formatted (tracebacks included), redacted
     and capped, while it is attached (``with RunLogCapture(...) as capture:``).
@@ -135,7 +138,11 @@ class RunLogCapture(logging.Handler):
             return self.log.text(), self.log.dropped_bytes, self.writes
 
     def __enter__(self) -> RunLogCapture:
-        logging.captureWarnings(True)
+        with _WARNINGS_ROUTING:
+            # captureWarnings(True) does nothing when it was on before, even where something put its
+            # own warnings.showwarning back since (catch_warnings, a test harness): route them afresh.
+            logging.captureWarnings(False)
+            logging.captureWarnings(True)
         logging.getLogger().addHandler(self)
         return self
 
