@@ -133,7 +133,7 @@ def test_figure1b(rng, tmp_path):
     check_saved(fig, tmp_path, "fig1b", n_axes=10)
     for ax, name in zip(fig.axes, MNIST_CLASS_NAMES):
         check_labels(ax)
-        assert ax.get_title() == name
+        assert ax.get_title() == f"{name} (n={int(np.sum(labels == int(name)))})"
     # second line of each subplot holds the ensemble dots
     dots = fig.axes[0].lines[1]
     np.testing.assert_array_equal(dots.get_xdata(), ens[0])

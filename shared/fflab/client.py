@@ -81,8 +81,10 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self._check(self.http.request(method, path, **kwargs))
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The response's JSON object (every endpoint the client calls answers one)."""
+        body: dict[str, Any] = self.request(method, path, **kwargs).json()
+        return body
 
     @staticmethod
     def _params(**filters: Any) -> dict[str, Any]:
@@ -336,7 +338,7 @@ class Client:
     def rotate_key(self, revoke_current: bool = True) -> str:
         """A new key for you; the one this client uses is revoked unless told not to.
         The client goes on with the new key."""
-        key = self._json("POST", "/v1/users/me/keys", json={"revoke_current": revoke_current})["api_key"]
+        key: str = self._json("POST", "/v1/users/me/keys", json={"revoke_current": revoke_current})["api_key"]
         self.http.headers["Authorization"] = f"Bearer {key}"
         return key
 

@@ -30,7 +30,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -38,6 +38,9 @@ from fflab.analysis import experiment_comparison as stats
 from fflab.data import DATASETS
 from fflab.models import MODELS
 from fflab.results import Document
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MIN_SIDES, MAX_SIDES = 2, 8
 # The tables compared: name -> (title, the run record's key, per layer?)
@@ -182,7 +185,8 @@ def _layer_values(record: dict[str, Any], key: str, layer: int) -> float | None:
     if isinstance(value, list):  # ensemble sizes per class: the mean over the classes analysed
         present = [v for v in value if v is not None]
         return sum(present) / len(present) if present else None
-    return value
+    number: float | None = value
+    return number
 
 
 def _cells(sides: Sequence[Side]) -> list[TableCellComparison]:
@@ -211,7 +215,7 @@ def _cells(sides: Sequence[Side]) -> list[TableCellComparison]:
     return cells
 
 
-def _identity(record: dict[str, Any]) -> tuple:
+def _identity(record: dict[str, Any]) -> tuple[str, str, int]:
     return record["model"], record["dataset"], record["seed"]
 
 
@@ -364,7 +368,11 @@ def to_csv(comparison: ExperimentComparison) -> str:
 # --------------------------------------------------------------------------- figures
 
 
-def figure(name: str, comparison: ExperimentComparison, sides: Sequence[Side]):
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def figure(name: str, comparison: ExperimentComparison, sides: Sequence[Side]) -> Figure:
     """One of ``FIGURES`` of the comparison: ``loss_curves`` (the runs' losses per
     epoch overlaid, per layer for FF) or ``layer_quantities`` (each side's mean
     Method 1 ensemble size and fraction of positive weights per layer, ± SE)."""
@@ -376,7 +384,7 @@ def figure(name: str, comparison: ExperimentComparison, sides: Sequence[Side]):
     if name == "loss_curves":
         histories = []
         for side in sides:
-            per_model: dict[str, list] = {}
+            per_model: dict[str, list[list[list[float]]]] = {}
             for record in side.records:
                 history = side.losses.get(record["run_id"])
                 if history:
@@ -386,16 +394,16 @@ def figure(name: str, comparison: ExperimentComparison, sides: Sequence[Side]):
             raise ValueError("no side has a loss history to draw")
         return comparison_figures.loss_curves_overlay(labels, histories)
     groups = list(dict.fromkeys((c.model, c.dataset) for c in comparison.tables if c.layer is not None))
-    quantities = {}
+    quantities: dict[str, list[list[tuple[list[float], list[float]]]]] = {}
     for table, label in (("table2", "Method 1 ensemble size (table quantile)"),
                          ("table3", "fraction of positive weights")):
         per_group = []
         for model, dataset in groups:
             cells = sorted((c for c in comparison.tables if c.table == table and c.model == model
-                            and c.dataset == dataset), key=lambda c: c.layer)
+                            and c.dataset == dataset), key=lambda c: c.layer or 0)  # per-layer cells
             per_group.append([(
-                [float("nan") if c.estimates[s].mean is None else c.estimates[s].mean for c in cells],
-                [float("nan") if c.estimates[s].se is None else c.estimates[s].se for c in cells],
+                [_or_nan(c.estimates[s].mean) for c in cells],
+                [_or_nan(c.estimates[s].se) for c in cells],
             ) for s in range(len(sides))])
         quantities[label] = per_group
     if not groups:

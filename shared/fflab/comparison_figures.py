@@ -1,7 +1,8 @@
 """Figures of a comparison of experiments or runs (``fflab.comparison``), in the
 style of ``fflab.figures``: plain numbers in, a matplotlib ``Figure`` out (the
-object-oriented API only, safe headless and in threads); write them with
-``fflab.figures.save_png``. Each side has one colour (tab10, in order; the
+object-oriented API only, safe headless and in threads), drawn under fflab's
+style (``fflab.figures.styled``) with its panel letters, captions and legends;
+write them with ``fflab.figures.save_figure``. Each side has one colour (tab10, in order; the
 reference first) and keeps it in every panel.
 
 Shapes: ``S`` sides, ``R`` runs of a side, ``L`` layers, ``E`` epochs.
@@ -15,7 +16,15 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from fflab.figures import model_display_name
+from fflab.figures import (
+    caption,
+    integer_ticks,
+    legend,
+    model_display_name,
+    note_if_empty,
+    panel_letters,
+    styled,
+)
 
 __all__ = ["side_color", "loss_curves_overlay", "layer_quantities_overlay"]
 
@@ -35,6 +44,7 @@ def _figure(n_panels: int, columns: int, width: float, height: float) -> tuple[F
     return fig, axes
 
 
+@styled
 def loss_curves_overlay(
     labels: Sequence[str],
     histories: Sequence[Mapping[str, Sequence[Sequence[Sequence[float]]]]],
@@ -55,7 +65,9 @@ def loss_curves_overlay(
     Returns
     -------
     Figure
-        Epochs on x (from 1), loss on y; each run a thin line in its side's colour.
+        Epochs on x (from 1, integer ticks), loss on y; each run a thin line in
+        its side's colour; panels lettered, one legend entry per side drawn, the
+        caption gives each side's runs (no averaging, no error bars).
     """
     if len(labels) != len(histories) or not labels:
         raise ValueError(f"labels and histories: expected the same number (>= 1) of sides; got "
@@ -85,18 +97,19 @@ def loss_curves_overlay(
         ax.set_ylabel("loss", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    handles, names = [], []
-    for ax in axes[: len(panels)]:
-        for handle, name in zip(*ax.get_legend_handles_labels()):
-            if name not in names:
-                handles.append(handle)
-                names.append(name)
-    axes[0].legend(handles, names, fontsize=7)
+        integer_ticks(ax.xaxis)
+        note_if_empty(ax, "no side has a run of this model with this series")
+    legend(fig, source=axes[: len(panels)], fontsize=7, loc="outside right upper")
+    panel_letters(axes[: len(panels)])
+    runs = ", ".join(f"{label} n={max((len(side.get(m, [])) for m in side), default=0)}"
+                     for label, side in zip(labels, histories))
+    caption(fig, f"each line one run ({runs} runs per model at most): no averaging, no error bars")
     if title:
         fig.suptitle(title)
     return fig
 
 
+@styled
 def layer_quantities_overlay(
     labels: Sequence[str],
     groups: Sequence[str],
@@ -118,7 +131,9 @@ def layer_quantities_overlay(
     Returns
     -------
     Figure
-        One row per quantity, one column per group; layers on x (from 1).
+        One row per quantity, one column per group (lettered); layers on x
+        (from 1); a panel where no side has a value says so; the caption says
+        what the error bars are.
     """
     if not labels or not groups or not quantities:
         raise ValueError("labels, groups and quantities: expected at least one each")
@@ -148,9 +163,10 @@ def layer_quantities_overlay(
             ax.grid(alpha=0.3)
             top = max((np.asarray(m, dtype=float).size for m, _ in per_side), default=1)
             ax.set_xticks(range(1, top + 1))
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        axes[0, 0].legend(handles, names, fontsize=7)
+            note_if_empty(ax, "no side has a value")
+    legend(fig, fontsize=7, loc="outside right upper")
+    panel_letters(axes.ravel())
+    caption(fig, "error bars: SE over each side's runs; a side with one run: no error bar")
     if title:
         fig.suptitle(title)
     return fig

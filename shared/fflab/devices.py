@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class DeviceInfo:
     index: int | None
     total_memory_bytes: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -39,7 +43,7 @@ def physical_gpu_index(logical: int, visible: str | None = None) -> int:
     return logical
 
 
-def describe_device(device) -> DeviceInfo:
+def describe_device(device: torch.device) -> DeviceInfo:
     """The device a run trains on (a ``torch.device``): for CUDA its name, physical
     index and total memory (torch initialises CUDA in this process); for the CPU
     its model name and the machine's RAM."""

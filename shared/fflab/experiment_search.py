@@ -202,13 +202,14 @@ def _compare(actual: Any, operator: str, wanted: Any) -> bool:
     if isinstance(actual, list) and not isinstance(wanted, list) and operator in ("=", "!="):
         return (wanted in actual) == (operator == "=")
     if operator == "=":
-        return actual == wanted
+        return bool(actual == wanted)
     if operator == "!=":
-        return actual != wanted
+        return bool(actual != wanted)
     if not (_is_number(actual) and _is_number(wanted)) and not (
             isinstance(actual, datetime) and isinstance(wanted, datetime)):
         return False
-    return {"<": actual < wanted, "<=": actual <= wanted, ">": actual > wanted, ">=": actual >= wanted}[operator]
+    result: bool = {"<": actual < wanted, "<=": actual <= wanted, ">": actual > wanted, ">=": actual >= wanted}[operator]
+    return result
 
 
 def matches(condition: Condition, flat_spec: dict[str, Any], metrics: dict[str, float]) -> bool:

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fflab.devices import DeviceInfo
 from fflab.models import MODELS
@@ -113,7 +114,7 @@ def visible_gpu_ids(visible: str | None = None) -> list[str] | None:
 
 
 def query_gpus(ids: list[str] | None = None,
-               run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> list[GpuMemory]:
+               run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> list[GpuMemory]:
     """The GPUs (all, or those of ``ids``) with their memory now, from nvidia-smi;
     [] where there is none or nvidia-smi is missing or fails. Initialises no CUDA
     context, so a worker's parent process may call it before forking."""
@@ -215,7 +216,7 @@ def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: 
     return {name: FLOAT_BYTES * count for name, count in parts.items()}
 
 
-def run_shape(spec: ExperimentSpec, key: RunKey) -> dict:
+def run_shape(spec: ExperimentSpec, key: RunKey) -> dict[str, Any]:
     """The sizes ``run_memory_parts`` needs, from the experiment's spec at the run's
     grid point (``spec.at``). N is the training subset (or the whole set); a run
     without a class is counted at full size (an upper bound)."""
@@ -293,7 +294,7 @@ class DeviceLedger:
         self.runs_per_gpu, self.margin_fraction, self.alive = runs_per_gpu, margin_fraction, alive
 
     @contextmanager
-    def _locked(self) -> Iterator[list[dict]]:
+    def _locked(self) -> Iterator[list[dict[str, Any]]]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -326,12 +327,12 @@ class DeviceLedger:
         with self._locked() as entries:
             entries[:] = [entry for entry in entries if entry["run"] != run]
 
-    def admitted(self) -> list[dict]:
+    def admitted(self) -> list[dict[str, Any]]:
         with self._locked() as entries:
             return list(entries)
 
 
-def gpu_memory_now(gpu_id: str, run: Callable[..., subprocess.CompletedProcess] = subprocess.run
+def gpu_memory_now(gpu_id: str, run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run
                    ) -> tuple[int, int]:
     """(total, free) bytes of GPU ``gpu_id`` (an nvidia-smi ``--id``) now."""
     gpus = query_gpus([gpu_id], run)

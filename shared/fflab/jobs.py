@@ -49,16 +49,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from sqlalchemy import CursorResult, Result
 
 from fflab import gpu, queueing, usage
 from fflab.db import ACTIVE_STATUSES, FINAL_STATUSES, Analysis, Experiment, Run, User, Worker, utcnow
 from fflab.scheduling import PRIORITIES, priority_rank
 from fflab.settings import Settings
-from fflab.spec import ExperimentSpec
+from fflab.spec import ExperimentSpec, RunKey
 
 # Any constant shared by every process; "FFDS" (fflab dispatch) in ASCII.
 DISPATCH_LOCK_ID = 0x4646_4453
@@ -202,7 +207,7 @@ def check_gpu_worker(session: Session, settings: Settings, spec: ExperimentSpec,
         f"to queue such runs until one registers)")
 
 
-def check_memory(session: Session, settings: Settings, spec: ExperimentSpec, keys: list, queue: str) -> None:
+def check_memory(session: Session, settings: Settings, spec: ExperimentSpec, keys: list[RunKey], queue: str) -> None:
     """TooLarge when a run's memory estimate exceeds, less FFLAB_GPU_MEMORY_MARGIN,
     the largest worker of its queue (GPU memory or RAM, as the workers registered
     them). Where no worker of the queue has registered yet: the cpu queue is
@@ -217,7 +222,7 @@ def check_memory(session: Session, settings: Settings, spec: ExperimentSpec, key
                           f"registered yet)")
     total, where = largest
     usable = int(total * (1 - settings.gpu_memory_margin))
-    shapes: dict[tuple, tuple[int, str]] = {}
+    shapes: dict[tuple[str, str], tuple[int, str]] = {}
     for key in keys:  # runs of one model at one grid point have the same estimate
         shape = (key.model, repr(getattr(key, "point", None)))
         if shape not in shapes:
@@ -239,8 +244,14 @@ def _lock_dispatch(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": DISPATCH_LOCK_ID})
         return
     connection = session.connection()
-    if not connection.connection.dbapi_connection.in_transaction:
+    if not cast("sqlite3.Connection", connection.connection.dbapi_connection).in_transaction:  # SQLite here
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _changed(result: Result[Any]) -> CursorResult[Any]:
+    """An UPDATE's result, whose ``rowcount`` is the rows it matched (Session.execute
+    is typed as returning a plain Result)."""
+    return cast("CursorResult[Any]", result)
 
 
 def dispatch(session: Session, settings: Settings, dispatcher: Dispatcher, now: datetime | None = None) -> int:
@@ -252,11 +263,11 @@ def dispatch(session: Session, settings: Settings, dispatcher: Dispatcher, now: 
     chosen: list[tuple[int, str, str]] = []
     for run_pk, queue in plan.send:
         task_id = new_id()
-        claimed = session.execute(
+        claimed = _changed(session.execute(
             update(Run)
             .where(Run.id == run_pk, Run.status == "queued", Run.task_id.is_(None))
             .values(task_id=task_id, dispatched_at=utcnow())
-        ).rowcount
+        )).rowcount
         if claimed:
             chosen.append((run_pk, queue, task_id))
     if plan.preempt:
@@ -440,10 +451,10 @@ def release_run(session: Session, run_pk: int, task_id: str, reason: str) -> boo
     hands it back: the queued run waits for dispatch again, under a new task id,
     with ``reason`` in its error until a worker claims it. False when the run is
     no longer queued for this delivery. The caller commits."""
-    return bool(session.execute(
+    return bool(_changed(session.execute(
         update(Run).where(Run.id == run_pk, Run.status == "queued", Run.task_id == task_id)
         .values(task_id=None, dispatched_at=None, error=f"waiting: {reason}")
-    ).rowcount)
+    )).rowcount)
 
 
 def _lock_running_run(session: Session, run_pk: int) -> Run | None:
@@ -455,7 +466,18 @@ def _lock_running_run(session: Session, run_pk: int) -> Run | None:
     return run if run is not None and run.status == "running" else None
 
 
-def _lost_because(run: Run, worker_beat: datetime | None, now: datetime, settings: Settings) -> str | None:
+class _RunBeats(Protocol):
+    """What ``_lost_because`` reads of a run: a Run, or a row of its columns."""
+
+    @property
+    def worker_id(self) -> str | None: ...
+    @property
+    def heartbeat_at(self) -> datetime | None: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+
+
+def _lost_because(run: _RunBeats, worker_beat: datetime | None, now: datetime, settings: Settings) -> str | None:
     """Why a running run has lost its worker, or None while it has not."""
     if run.worker_id is not None and (
         worker_beat is None or worker_beat < now - timedelta(seconds=settings.worker_heartbeat_timeout_s)
@@ -492,7 +514,7 @@ def reap_lost_runs(session: Session, settings: Settings, now: datetime | None = 
         run = _lock_running_run(session, run_pk)
         # Checked again under the lock: finished, or heard from, meanwhile?
         reason = run is not None and _lost_because(run, beat_of(run.worker_id), now, settings)
-        if reason:
+        if reason and run is not None:
             outcome = _requeue_lost_run(session, settings, run, reason)
             requeued += outcome == "requeued"
             failed += outcome == "failed"
@@ -520,9 +542,9 @@ def register_worker(session: Session, worker_id: str, name: str, hostname: str, 
 def beat_worker(session: Session, worker_id: str) -> bool:
     """Refresh the worker's heartbeat; False when its row is gone (the sweep took it
     for dead: the caller registers it again). The caller commits."""
-    return bool(session.execute(
+    return bool(_changed(session.execute(
         update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow())
-    ).rowcount)
+    )).rowcount)
 
 
 def workers_named(session: Session, name: str, hostname: str) -> list[Worker]:
@@ -573,10 +595,10 @@ def requeue_lost_messages(session: Session, settings: Settings, in_broker: Colle
     ]
     count = 0
     for run_pk, task_id in lost:  # a run started meanwhile is no longer queued: left alone
-        count += session.execute(
+        count += _changed(session.execute(
             update(Run).where(Run.id == run_pk, Run.status == "queued", Run.task_id == task_id)
             .values(task_id=None, dispatched_at=None)
-        ).rowcount
+        )).rowcount
     session.commit()
     return count
 

@@ -17,7 +17,7 @@ import json
 import math
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from fflab import analysis
 from fflab.models import MODELS
 from fflab.results import CellComparison, PaperComparison, ProtocolDifference
 from fflab.spec import ExperimentSpec, build_spec
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Settings the paper does not give: always listed with the experiment's value.
 OPEN_CHOICES = {
@@ -390,8 +393,8 @@ def to_csv(comparison: PaperComparison) -> str:
     return buffer.getvalue()
 
 
-def comparison_figure(comparison: PaperComparison):
-    """Figure ``paper_comparison.png``: each comparable cell, the paper's and this experiment's."""
+def comparison_figure(comparison: PaperComparison) -> Figure:
+    """Figure ``paper_comparison`` (.png, .svg): each comparable cell, the paper's and this experiment's."""
     from fflab import figures
 
     cells = [c for c in comparison.cells if c.mean is not None]
@@ -402,4 +405,5 @@ def comparison_figure(comparison: PaperComparison):
         ours=[(c.mean, c.se) for c in cells],
         verdicts=[c.verdict for c in cells],
         title=comparison.experiment + ("" if comparison.reproduction else " (not the paper's protocol)"),
+        runs=[c.n for c in cells],
     )

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import median
+from typing import cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -147,28 +148,28 @@ def read_queues(session: Session, settings: Settings, now: datetime | None = Non
         usage = scheduling.decayed_seconds(_seconds(now, row.started_at), _seconds(now, row.finished_at), half_life)
         account(row.queue, row.owner_id).usage_s += usage
         queues[row.queue].usage_s[row.owner_id] += usage
-    for row in banked:
-        usage = scheduling.decay(row.earlier_seconds or 0.0, _seconds(now, row.earlier_until), half_life)
-        account(row.queue, row.owner_id).usage_s += usage
-        queues[row.queue].usage_s[row.owner_id] += usage
+    for banked_row in banked:
+        usage = scheduling.decay(banked_row.earlier_seconds or 0.0, _seconds(now, banked_row.earlier_until), half_life)
+        account(banked_row.queue, banked_row.owner_id).usage_s += usage
+        queues[banked_row.queue].usage_s[banked_row.owner_id] += usage
     experiment_of: dict[int, str] = {}
-    for row in current:
-        state, held = queues[row.queue], account(row.queue, row.owner_id)
-        if row.status == "running":
-            elapsed = _seconds(now, row.started_at or now)
-            state.running.append(Active(row.id, row.owner_id, elapsed, row.preempt_requested_at is not None))
-            state.usage_s[row.owner_id] += elapsed
+    for current_row in current:
+        state, held = queues[current_row.queue], account(current_row.queue, current_row.owner_id)
+        if current_row.status == "running":
+            elapsed = _seconds(now, current_row.started_at or now)
+            state.running.append(Active(current_row.id, current_row.owner_id, elapsed, current_row.preempt_requested_at is not None))
+            state.usage_s[current_row.owner_id] += elapsed
             held.committed_s += max(elapsed, state.charge_s)
             held.active += 1
             continue
-        experiment_of[row.id] = row.experiment_id
-        if row.task_id is not None:
-            state.in_broker.append(row.id)
+        experiment_of[current_row.id] = current_row.experiment_id
+        if current_row.task_id is not None:
+            state.in_broker.append(current_row.id)
             held.committed_s += state.charge_s
             held.active += 1
         else:
-            state.waiting.append(Waiting(row.id, row.owner_id, row.priority, row.created_at.timestamp()))
-            state.waited_s[row.id] = _seconds(now, row.created_at)
+            state.waiting.append(Waiting(current_row.id, current_row.owner_id, current_row.priority, current_row.created_at.timestamp()))
+            state.waited_s[current_row.id] = _seconds(now, current_row.created_at)
     user_ids = {user for state in queues.values() for user in state.accounts}
     users = {user.id: user for user in session.scalars(select(User).where(User.id.in_(user_ids)))}
     for state in queues.values():
@@ -296,7 +297,7 @@ def user_shares(snapshot: Snapshot, name: str) -> list[UserShare]:
     state = snapshot.queues[name]
     waiting: dict[int, list[float]] = defaultdict(list)
     for item in state.waiting:
-        waiting[item.user].append(state.waited_s[item.run])
+        waiting[cast(int, item.user)].append(state.waited_s[item.run])  # the queues' users are user ids
     running = Counter(run.user for run in state.running)
     users = sorted(set(state.accounts) | set(waiting))
     total_usage = sum(state.usage_s.get(user, 0.0) for user in users)

@@ -44,7 +44,7 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def literal(self) -> Any:
         """``Literal["a", "b", ...]`` of the names, for pydantic fields."""
-        return Literal[tuple(self._entries)]  # type: ignore[valid-type]
+        return Literal[tuple(self._entries)]
 
     def __getitem__(self, name: str) -> T:
         return self._entries[name]

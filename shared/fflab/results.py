@@ -21,7 +21,7 @@ Layout of a results folder::
     <experiment>/runs/<run_id>/weights.pt        the trained state dict
     <experiment>/tables/table{1,2,3}.{json,md,csv}   (with a sweep: rows per grid point)
     <experiment>/tables/sweep.{json,md,csv}        with a sweep: its key numbers
-    <experiment>/figures/*.png
+    <experiment>/figures/*.png, *.svg
     <experiment>/results.json                    ExperimentResults
     <experiment>/tables/paper_comparison.{json,md,csv}  PaperComparison
 """

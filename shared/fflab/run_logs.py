@@ -104,6 +104,8 @@ class RunLogCapture(logging.Handler):
     and capped, while it is attached (``with RunLogCapture(...) as capture:``).
     Warnings go through logging while it is attached (logging.captureWarnings)."""
 
+    lock: threading.Lock  # logging.Handler.__init__ creates it (createLock)
+
     def __init__(self, redactor: Redactor, max_bytes: int, earlier: str = "", earlier_dropped: int = 0,
                  level: int = logging.INFO):
         super().__init__(level)

@@ -40,6 +40,7 @@ import math
 from collections import defaultdict
 from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 PRIORITIES = ("low", "normal", "high")
 # Multiplies a user's usage per weight when their next run has this priority.
@@ -71,7 +72,8 @@ def decay(seconds: float, ago_s: float, half_life_s: float) -> float:
     """``seconds`` of usage that ended ``ago_s`` seconds ago, decayed as one block."""
     if half_life_s <= 0:
         raise ValueError(f"half_life_s must be > 0; got {half_life_s}")
-    return seconds * 2.0 ** (-max(ago_s, 0.0) / half_life_s)
+    factor: float = 2.0 ** (-max(ago_s, 0.0) / half_life_s)
+    return seconds * factor
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Account:
         return (self.usage_s + self.committed_s) / self.weight * PRIORITY_FACTOR[priority]
 
 
-def fair_order(waiting: Iterable[Waiting], accounts: Mapping[Hashable, Account], charge_s: float,
+def fair_order(waiting: Iterable[Waiting], accounts: Mapping[Any, Account], charge_s: float,
                picks: int | None = None, running_cap: int | None = None) -> list[Waiting]:
     """The next ``picks`` runs (all when None) in fair-share order. Each pick adds
     ``charge_s`` (the expected run length) to its user's committed time and one to
@@ -183,7 +185,7 @@ class Active:
 
 
 def preemption_victim(waiting: Iterable[Waiting], waited_s: Mapping[int, float], running: Sequence[Active],
-                      accounts: Mapping[Hashable, Account], wait_limit_s: float,
+                      accounts: Mapping[Any, Account], wait_limit_s: float,
                       running_cap: int | None = None) -> int | None:
     """The run to stop at its next checkpoint (and requeue), or None: when a waiting
     user has a run that waited (``waited_s`` by run id) longer than ``wait_limit_s``

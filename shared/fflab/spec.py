@@ -24,7 +24,7 @@ import copy
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -50,8 +50,30 @@ from fflab.models.components import (
     PREDICTION_RULES,
 )
 
-ModelName = MODELS.literal()
-DatasetName = DATASETS.literal()
+# A registry's names: to pydantic the Literal of the names registered at import
+# (Registry.literal); to mypy, which cannot read a Literal built at run time, a str.
+if TYPE_CHECKING:
+    ModelName: TypeAlias = str
+    DatasetName: TypeAlias = str
+    ActivationName: TypeAlias = str
+    GoodnessName: TypeAlias = str
+    NormalizationName: TypeAlias = str
+    LabelValueName: TypeAlias = str
+    Method1ThresholdName: TypeAlias = str
+    Method2CutName: TypeAlias = str
+    NegativeLabelDrawName: TypeAlias = str
+    PredictionRuleName: TypeAlias = str
+else:
+    ModelName = MODELS.literal()
+    DatasetName = DATASETS.literal()
+    ActivationName = ACTIVATIONS.literal()
+    GoodnessName = GOODNESS.literal()
+    NormalizationName = NORMALIZATIONS.literal()
+    LabelValueName = LABEL_VALUES.literal()
+    Method1ThresholdName = METHOD1_THRESHOLDS.literal()
+    Method2CutName = METHOD2_CUTS.literal()
+    NegativeLabelDrawName = NEGATIVE_LABEL_DRAWS.literal()
+    PredictionRuleName = PREDICTION_RULES.literal()
 
 # A swept setting's value: a JSON scalar (every sweepable setting is one).
 SweepValue = bool | int | float | str | None
@@ -75,11 +97,11 @@ class StrictModel(BaseModel):
 class NetworkSpec(StrictModel):
     layers: int = Field(3, ge=1, le=8, description="Hidden layers (paper: 3).")
     width: int = Field(784, ge=4, le=8192, description="Units per hidden layer (paper: 784).")
-    activation: ACTIVATIONS.literal() = Field("sigmoid", description="Paper: sigmoid.")
-    goodness: GOODNESS.literal() = Field(
+    activation: ActivationName = Field("sigmoid", description="Paper: sigmoid.")
+    goodness: GoodnessName = Field(
         "l_inf", description="Norm of a layer's output over its units (paper: l_inf, the max)."
     )
-    normalization: NORMALIZATIONS.literal() = Field(
+    normalization: NormalizationName = Field(
         "l_inf", description="Normalisation of each layer's input (paper: l_inf)."
     )
     normalize_first_layer: bool = Field(
@@ -88,7 +110,7 @@ class NetworkSpec(StrictModel):
         "hidden layers and is silent on the image; the authors' code normalises before every "
         "layer (True, as the paper and quick presets do).",
     )
-    first_layer_normalization: NORMALIZATIONS.literal() | None = Field(
+    first_layer_normalization: NormalizationName | None = Field(
         None,
         description="The norm the image is divided by before layer 1, with normalize_first_layer: "
         "null = network.normalization (the paper's norm between hidden layers, the presets); "
@@ -101,7 +123,7 @@ class NetworkSpec(StrictModel):
         description="Goodness threshold theta. The paper gives none; with sigmoid and l_inf "
         "goodness lies in (0, 1), so the code's 3 saturates; 0.5 trains well.",
     )
-    label_value: LABEL_VALUES.literal() = Field(
+    label_value: LabelValueName = Field(
         "image_max",
         description="Value written in the label pixel: the image's maximum (paper) or the "
         "batch's maximum (code).",
@@ -166,7 +188,7 @@ class AnalysisSpec(StrictModel):
         [0.9, 0.95, 0.99], min_length=1, max_length=10, description="Method 1 quantiles."
     )
     table_quantile: float = Field(0.95, description="Method 1 quantile of Table 2 and Figure 2.")
-    method1_threshold: METHOD1_THRESHOLDS.literal() = Field(
+    method1_threshold: Method1ThresholdName = Field(
         "quantile", description="How Method 1 reads its quantile from the values of X: "
         + "; ".join(f"{name}: {what}" for name, what in METHOD1_THRESHOLDS.items()) + "."
     )
@@ -175,7 +197,7 @@ class AnalysisSpec(StrictModel):
     epsilon: float = Field(0.2, gt=0, le=1, description="Method 2 density radius.")
     rho_cut: float | None = Field(None, gt=0, description="Method 2 density cut; null = auto.")
     nh_cut: int | None = Field(None, ge=1, description="Method 2 n_h cut; null = auto.")
-    method2_cut: METHOD2_CUTS.literal() = Field(
+    method2_cut: Method2CutName = Field(
         "isolated", description="How Method 2 picks its ensemble where a cut is automatic (the paper drew its "
         "cuts by eye): " + "; ".join(f"{name}: {what}" for name, what in METHOD2_CUTS.items()) + "."
     )
@@ -221,13 +243,12 @@ class _ExperimentScope(StrictModel):
 
 
 # One training section per model type (``ff``, ``bpff``, ``bp``, ...), from fflab.models.MODELS.
+_training_fields: dict[str, Any] = {
+    name: (TrainingSpec, Field(TrainingSpec(**model.training_defaults), description=model.description))
+    for name, model in MODELS.items()
+}
 _ExperimentScopeAndTraining = create_model(
-    "_ExperimentScopeAndTraining",
-    __base__=_ExperimentScope,
-    **{
-        name: (TrainingSpec, Field(TrainingSpec(**model.training_defaults), description=model.description))
-        for name, model in MODELS.items()
-    },
+    "_ExperimentScopeAndTraining", __base__=_ExperimentScope, **_training_fields,
 )
 
 
@@ -235,13 +256,13 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
     """Every setting of an experiment. Besides the fields below, one training
     section (``TrainingSpec``) per model type of fflab.models.MODELS, named after it."""
 
-    negative_labels: NEGATIVE_LABEL_DRAWS.literal() = Field(
+    negative_labels: NegativeLabelDrawName = Field(
         "fixed",
         description="The negative data: each image with one random wrong label drawn once before "
         "training (fixed) or again each epoch (per_epoch), or, as the authors' code builds it, as many "
         "of all the images' wrong-label copies as there are images, drawn once (subsampled).",
     )
-    prediction: PREDICTION_RULES.literal() = Field(
+    prediction: PredictionRuleName = Field(
         "sum",
         description="Goodness prediction: argmax over labels of the goodness summed over "
         "layers (paper), or of per-layer softmaxes over labels summed (code).",
@@ -295,7 +316,7 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
 
     @field_validator("models", "datasets", "seeds")
     @classmethod
-    def _unique(cls, value: list) -> list:
+    def _unique(cls, value: list[Any]) -> list[Any]:
         if len(set(value)) != len(value):
             raise ValueError("entries must be unique")
         return value
@@ -306,6 +327,7 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
         """Per-layer factors only for the model types trained layer by layer; the error
         located at ``<model>.layer_learning_rate_factors``."""
         name = info.field_name
+        assert name is not None  # a field validator runs on a field
         if training.layer_learning_rate_factors is not None and not MODELS[name].layer_by_layer:
             message = (f"{name} is trained end to end, with one optimiser for all its layers: set "
                        f"{name}.learning_rate alone (per-layer factors are for "
@@ -346,7 +368,7 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
 
     @field_validator("sweep")
     @classmethod
-    def _sweep_applies(cls, sweep: dict[str, list] | None, info: ValidationInfo) -> dict[str, list] | None:
+    def _sweep_applies(cls, sweep: dict[str, list[Any]] | None, info: ValidationInfo) -> dict[str, list[Any]] | None:
         """Each path sweepable, each value valid once applied to the rest of the spec,
         values distinct once validated (1 and 1.0 are one threshold); the values kept
         as validated. Errors are located at ``sweep.<path>[.<index>]``."""
@@ -354,7 +376,7 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
             return None
         problems: list[InitErrorDetails] = []
 
-        def problem(loc: tuple, kind: str, message: str, given: Any) -> None:
+        def problem(loc: tuple[str | int, ...], kind: str, message: str, given: Any) -> None:
             problems.append(InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=given))
 
         if not 1 <= len(sweep) <= MAX_SWEEP_FIELDS:
@@ -364,7 +386,7 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
         complete = rest <= info.data.keys()  # else other fields failed: values cannot be applied
         base = {name: value.model_dump() if isinstance(value, BaseModel) else value
                 for name, value in info.data.items()}
-        validated: dict[str, list] = {}
+        validated: dict[str, list[Any]] = {}
         for path, values in sweep.items():
             if path not in sweepable_fields():
                 problem((path,), "sweep_field", f"{path!r} cannot be swept; sweepable settings: "
@@ -442,7 +464,8 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
 
     def training(self, model: str) -> TrainingSpec:
         """The training section of model type ``model``."""
-        return getattr(self, MODELS.lookup(model).name)
+        section: TrainingSpec = getattr(self, MODELS.lookup(model).name)
+        return section
 
     def models_without_a_class(self) -> list[str]:
         """The models of the unseen-class runs (FF, as in the paper)."""

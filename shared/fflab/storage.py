@@ -12,9 +12,10 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from fflab.settings import Settings
 
@@ -131,7 +132,7 @@ class S3Storage:
     def describe(self) -> str:
         return f"s3://{self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
 
-    def _call(self, what: str, function, **kwargs):
+    def _call(self, what: str, function: Callable[..., Any], **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -273,13 +274,13 @@ def write_probe(folder: Path, size: int = 4096) -> None:
         os.unlink(name)
 
 
-def disk_report(settings: Settings) -> tuple[bool, dict[str, dict]]:
+def disk_report(settings: Settings) -> tuple[bool, dict[str, dict[str, Any]]]:
     """For /readyz: each folder's free bytes and whether a write probe succeeded;
     False when one is below the floor or refused the probe."""
-    report: dict[str, dict] = {}
+    report: dict[str, dict[str, Any]] = {}
     ok = True
     for role, folder in disk_folders(settings).items():
-        entry: dict = {"path": str(folder), "free_bytes": free_bytes(folder),
+        entry: dict[str, Any] = {"path": str(folder), "free_bytes": free_bytes(folder),
                        "min_free_bytes": settings.min_free_disk_bytes, "write": "ok"}
         try:
             write_probe(folder)
@@ -294,12 +295,13 @@ def disk_report(settings: Settings) -> tuple[bool, dict[str, dict]]:
 
 def is_disk_full(error: BaseException) -> bool:
     """Whether ``error`` (or what caused it) is "No space left on device" / over quota."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "database or disk is full" in str(error):
+        if "database or disk is full" in str(cause):
             return True
-        error = error.__cause__ or error.__context__
+        cause = cause.__cause__ or cause.__context__
     return False
 
 

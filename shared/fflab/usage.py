@@ -202,6 +202,7 @@ def active_estimates(session: Session, owner_id: int, expected_run_s: float) -> 
     seconds, pending = 0.0, 0
     for experiment_id, run_ids in by_experiment.items():
         experiment = session.get(Experiment, experiment_id)
+        assert experiment is not None  # the runs' own experiment
         try:
             spec = ExperimentSpec.model_validate(experiment.spec)
         except ValueError:

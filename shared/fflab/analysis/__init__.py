@@ -7,6 +7,7 @@ does not import every other one and their libraries."""
 from __future__ import annotations
 
 from importlib import import_module
+from typing import Any
 
 # Each exported name and the module that defines it.
 _MODULES = {
@@ -40,7 +41,7 @@ _MODULES = {
 __all__ = list(_MODULES)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _MODULES:
         value = getattr(import_module(_MODULES[name]), name)
         globals()[name] = value

@@ -144,7 +144,7 @@ class Table:
         }
 
     def _markdown_layout(self) -> list[tuple[str, int, int | None]]:
-        layout = []
+        layout: list[tuple[str, int, int | None]] = []
         i = 0
         while i < len(self.columns):
             column = self.columns[i]
@@ -307,7 +307,7 @@ def _layered_table(
             ]
             for layer in range(n_layers):
                 row += _estimate_cells(
-                    [v[layer][0] for v in group if len(v) > layer and v[layer][0] is not None]
+                    [value for v in group if len(v) > layer and (value := v[layer][0]) is not None]
                 )
             row.append(sum(1 for v in group if any(value is not None for value, _ in v)))
             if count_label is not None:

@@ -27,9 +27,9 @@ __all__ = ["EnsembleTrajectory", "default_snapshot_epochs", "ensemble_trajectory
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """|a ∩ b| / |a ∪ b| of two sets of unit indices; 1.0 when both are empty."""
-    a, b = set(np.asarray(a).tolist()), set(np.asarray(b).tolist())
-    union = a | b
-    return 1.0 if not union else len(a & b) / len(union)
+    units_a, units_b = set(np.asarray(a).tolist()), set(np.asarray(b).tolist())
+    union = units_a | units_b
+    return 1.0 if not union else len(units_a & units_b) / len(union)
 
 
 def default_snapshot_epochs(epochs: int, count: int = 5) -> list[int]:

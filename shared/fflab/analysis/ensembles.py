@@ -13,6 +13,7 @@ from numbers import Integral, Real
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from fflab.registry import Registry
 
@@ -152,7 +153,7 @@ class UnseenClassActivity:
     seen_classes: tuple[int, ...]
 
 
-def _as_activation_matrix(X: Any, name: str = "X") -> np.ndarray:
+def _as_activation_matrix(X: ArrayLike, name: str = "X") -> np.ndarray:
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (images, units); got shape {X.shape}.")
@@ -190,7 +191,7 @@ def _resolve_classes(labels: np.ndarray, classes: Iterable[int] | None) -> list[
 
 def _check_epsilon(epsilon: Any) -> float:
     if isinstance(epsilon, bool) or not isinstance(epsilon, Real) or not (
-        math.isfinite(epsilon) and epsilon > 0
+        math.isfinite(epsilon) and float(epsilon) > 0
     ):
         raise ValueError(f"epsilon must be a finite number > 0; got {epsilon!r}.")
     return float(epsilon)
@@ -207,7 +208,7 @@ def _check_upper_bound(upper_bound: Any) -> float | None:
 
 
 def _check_method1_options(quantile: Any, threshold: Any, bins: Any) -> None:
-    if isinstance(quantile, bool) or not isinstance(quantile, Real) or not 0 < quantile < 1:
+    if isinstance(quantile, bool) or not isinstance(quantile, Real) or not 0 < float(quantile) < 1:
         raise ValueError(f"quantile must be a number in the open interval (0, 1); got {quantile!r}.")
     METHOD1_THRESHOLDS.lookup(threshold)
     if isinstance(bins, bool) or not isinstance(bins, Integral) or bins < 1:
@@ -686,7 +687,7 @@ def unseen_class_activity(
     )
 
 
-def _check_patterns(X: Any) -> np.ndarray:
+def _check_patterns(X: ArrayLike) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim not in (1, 2):
         raise ValueError(f"X must be a 1-D or 2-D array; got shape {X.shape}.")

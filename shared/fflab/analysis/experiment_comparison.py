@@ -205,6 +205,7 @@ def compare_samples(a: Iterable[float | None], b: Iterable[float | None],
     if first.n == 0 or second.n == 0:
         side = "A" if first.n == 0 else "B"
         return Difference(first, second, "not comparable", note=f"side {side} has no value for this cell")
+    assert first.mean is not None and second.mean is not None  # both sides have values (n > 0)
     difference = second.mean - first.mean
     if first.se is None or second.se is None:
         ones = " and ".join(name for name, side in (("A", first), ("B", second)) if side.se is None)

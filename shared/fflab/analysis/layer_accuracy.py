@@ -36,13 +36,15 @@ __all__ = [
 
 
 def _sum_rule(scores: np.ndarray) -> np.ndarray:
-    return scores.sum(axis=2)
+    summed: np.ndarray = scores.sum(axis=2)
+    return summed
 
 
 def _softmax_sum_rule(scores: np.ndarray) -> np.ndarray:
     shifted = scores - scores.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return (exp / exp.sum(axis=1, keepdims=True)).sum(axis=2)
+    summed: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).sum(axis=2)
+    return summed
 
 
 # Mirrors fflab.models.common.PREDICTION_RULES, on numpy arrays.

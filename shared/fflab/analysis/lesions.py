@@ -73,9 +73,9 @@ def accuracy_drop(intact: np.ndarray, lesioned: np.ndarray, labels: np.ndarray, 
 
 def mean_and_se(values: list[float]) -> tuple[float, float | None]:
     """Mean and standard error (sample std / sqrt(n)); SE is None for one value."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
         raise ValueError("values must not be empty")
-    if values.size == 1:
-        return float(values[0]), None
-    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+    if array.size == 1:
+        return float(array[0]), None
+    return float(array.mean()), float(array.std(ddof=1) / np.sqrt(array.size))

@@ -32,14 +32,14 @@ _EDGE = 1e-9
 
 
 def _as_weight_matrix(weight: Any) -> np.ndarray:
-    weight = np.asarray(weight)
-    if weight.ndim != 2 or weight.size == 0:
+    matrix = np.asarray(weight)
+    if matrix.ndim != 2 or matrix.size == 0:
         raise ValueError(
-            f"weight must be a non-empty 2-D array (out_units, in_units); got shape {weight.shape}."
+            f"weight must be a non-empty 2-D array (out_units, in_units); got shape {matrix.shape}."
         )
-    if not np.all(np.isfinite(weight)):
+    if not np.all(np.isfinite(matrix)):
         raise ValueError("weight must contain only finite values (no nan or inf).")
-    return weight
+    return matrix
 
 
 def fraction_positive_weights(weight: Any) -> float:
@@ -71,8 +71,8 @@ def fraction_negative_incoming(weight: Any) -> np.ndarray:
     -------
     ndarray of shape (out_units,), float64
     """
-    weight = _as_weight_matrix(weight)
-    return np.mean(weight < 0, axis=1, dtype=np.float64)
+    matrix = _as_weight_matrix(weight)
+    return np.asarray(np.mean(matrix < 0, axis=1, dtype=np.float64))
 
 
 def all_negative_incoming(weight: Any) -> np.ndarray:

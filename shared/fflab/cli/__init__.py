@@ -19,9 +19,14 @@ only when they are run or listed (``fflab --help``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from fflab.cli import local, research, service
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 PLUGIN_GROUP = "fflab.commands"
 
@@ -32,11 +37,11 @@ class CommandGroup(click.Group):
     first named: ``fflab status`` neither scans the installed packages nor
     imports the API or the worker."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._entry_points: dict | None = None
+        self._entry_points: dict[str, EntryPoint] | None = None
 
-    def entry_points(self) -> dict:
+    def entry_points(self) -> dict[str, EntryPoint]:
         """The ``fflab.commands`` entry points not loaded yet, by name."""
         if self._entry_points is None:
             from importlib.metadata import entry_points

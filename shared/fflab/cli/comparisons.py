@@ -16,7 +16,8 @@ from fflab.cli.service import client as service_client
 @click.argument("sides", nargs=-1, required=True, metavar="EXPERIMENT EXPERIMENT [...]")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--figures", "figures_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Also write the overlaid figures here (loss_curves.png, layer_quantities.png).")
+              help="Also write the overlaid figures here (loss_curves, layer_quantities: PNG, and SVG "
+                   "for results folders).")
 def diff_command(sides: tuple[str, ...], fmt: str, figures_dir: Path | None) -> None:
     """Compare 2-8 experiments or runs with each other; the first is the reference.
 
@@ -33,7 +34,7 @@ def diff_command(sides: tuple[str, ...], fmt: str, figures_dir: Path | None) -> 
     fflab diff 3f2a.../ff-mnist-seed0 3f2a.../ff-mnist-seed1"""
     # Here, not at the top: the statistics and the figures load when the verb runs.
     from fflab import comparison
-    from fflab.figures import save_png
+    from fflab.figures import save_figure
     from fflab.pipeline.comparisons import compare_folders_with_each_other
 
     folders = [Path(side).is_dir() for side in sides]
@@ -52,7 +53,7 @@ def diff_command(sides: tuple[str, ...], fmt: str, figures_dir: Path | None) -> 
         if figures_dir is not None:
             for name in comparison.FIGURES:
                 try:
-                    save_png(comparison.figure(name, found, data), figures_dir / f"{name}.png")
+                    save_figure(comparison.figure(name, found, data), figures_dir / name)
                 except ValueError as error:
                     click.echo(f"{name}: {error}", err=True)
     else:

@@ -35,14 +35,14 @@ from fflab.settings import Settings, get_settings
 from fflab.spec import PRESETS
 
 
-class RunAnalysisChoice(click.Choice):
+class RunAnalysisChoice(click.Choice[str]):
     """The registered per-run analyses (``run_analysis_names``), read when the
     command runs, so that an analysis registered after import is a choice too."""
 
     def __init__(self) -> None:
         super().__init__(())
 
-    @property
+    @property  # type: ignore[override]  # click's attribute, read when the command runs
     def choices(self) -> tuple[str, ...]:
         return run_analysis_names()
 
@@ -161,14 +161,16 @@ def run_step(run: dict[str, Any]) -> str:
 
 def runs_done_so_far(progress: dict[str, Any]) -> float:
     """Runs ended, plus the share done of each running run (training and analysis)."""
-    return progress["runs_done"] + sum(min(1.0, run.get("run_fraction_done") or 0.0) for run in progress["running"])
+    done: float = progress["runs_done"]
+    return done + sum(min(1.0, run.get("run_fraction_done") or 0.0) for run in progress["running"])
 
 
 def bar_detail(experiment: dict[str, Any], width: int = 50) -> str:
     """The bar's short postfix: the status, or the first running run's step and how many run."""
     running = experiment["progress"]["running"]
     if not running:
-        return experiment["status"]
+        status: str = experiment["status"]
+        return status
     first = f"{running[0]['run_id']} {run_step(running[0])}"
     more = f" +{len(running) - 1} running" if len(running) > 1 else ""
     return (first[:width - len(more) - 1] + "…" if len(first) + len(more) > width else first) + more
@@ -244,7 +246,7 @@ def fetch_results(api: Client, experiment_id: str, folder: Path) -> None:
         (folder / "figures" / figure["name"]).write_bytes(api.figure(experiment_id, figure["name"]))
 
 
-def describe_usage(item: dict) -> str:
+def describe_usage(item: dict[str, Any]) -> str:
     """``alice: stores 1.20 GB (+300.00 MB to come) of 5.00 GB; 2 runs waiting or running, 0.41 of 8 run-hours``."""
     from fflab.usage import human_bytes, runs_text
 

@@ -18,10 +18,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+    from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 POSTGRES_POOL_SIZE, POSTGRES_MAX_OVERFLOW = 16, 4
 # How long a thread waits for a pooled connection before SQLAlchemy's TimeoutError
@@ -57,7 +64,7 @@ def _create_engine(url: str) -> Engine:
                            pool_size=32, max_overflow=32, pool_timeout=POOL_TIMEOUT_S)
 
     @event.listens_for(engine, "connect")
-    def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -66,11 +73,12 @@ def _create_engine(url: str) -> Engine:
     return engine
 
 
-def _note_idle_since(_dbapi_connection, record) -> None:
+def _note_idle_since(_dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
     record.info["idle_since"] = time.monotonic()
 
 
-def _ping_if_idle(dialect, dbapi_connection, record, _proxy) -> None:
+def _ping_if_idle(dialect: Dialect, dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry,
+                  _proxy: PoolProxiedConnection) -> None:
     """Pessimistic disconnect handling for connections that sat idle: a database
     restart or a dropped connection is found by a ``SELECT 1`` before use, and the
     pool replaces the connection (``DisconnectionError``). SQLAlchemy's
@@ -101,7 +109,7 @@ def _sqlite_write_lock_for_update(state: ORMExecuteState) -> None:
     if getattr(state.statement, "_for_update_arg", None) is None:
         return
     connection = state.session.connection()
-    if not connection.connection.dbapi_connection.in_transaction:
+    if not cast("sqlite3.Connection", connection.connection.dbapi_connection).in_transaction:  # SQLite here
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 

@@ -8,7 +8,7 @@ committed under fflab/schemas/), computed from what training stored:
   their ``analyse`` function, in registry order, each seeing the documents
   computed before it (``RunAnalysisInput.documents``);
 - a document may have a ``figure`` recipe: drawn once per experiment into
-  ``figures/<name>.png`` by the aggregation;
+  ``figures/<name>.png`` and ``figures/<name>.svg`` by the aggregation;
 - the service stores every run document as an artifact and serves it at
   ``GET /v1/experiments/{id}/runs/{run_id}/documents/{name}`` (no migration).
 

@@ -116,8 +116,10 @@ def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, an
         return {name: analysis.stack_tables(list(spec.sweep), [(values, tables[name]) for values, tables in per_point])
                 for name in per_point[0][1]}
     trained_on_all = [r for r in records if r["unseen_class"] is None]
+    # A recorded run without predictions (fflab.pipeline.recorded) has no accuracy: no Table 1.
+    with_accuracy = all(r["accuracy"] is not None for r in trained_on_all)
     tables = {
-        "table1": analysis.accuracy_table(trained_on_all),
+        **({"table1": analysis.accuracy_table(trained_on_all)} if with_accuracy else {}),
         "table2": analysis.ensemble_size_table(trained_on_all, spec.analysis.table_quantile),
         "table3": analysis.weight_sign_table(trained_on_all),
         **{f"sparseness_{measure}": analysis.sparseness_table(trained_on_all, measure)
@@ -151,19 +153,19 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
     point = spec.paper_point()
     paper_spec, paper_records = spec.at(point), [r for r in records if r.get("point") == point]
     comparison, sizes1, sizes2 = method_comparison(paper_spec, run_dirs, paper_records)
-    written = write_paper_figures(
-        FigureContext(paper_spec, experiment_dir, paper_records, comparison, (sizes1, sizes2), point=point))
+    point_note = paper.sweep_note(spec).strip(" ()")  # "sweep point 0: network.threshold=0.1"
+    written = write_paper_figures(FigureContext(paper_spec, experiment_dir, paper_records, comparison,
+                                                (sizes1, sizes2), point=point, sweep_note=point_note))
     for name, figure in document_figures(spec, experiment_dir).items():
-        figures.save_png(figure, experiment_dir / "figures" / f"{name}.png")
-        written.append(f"{name}.png")
+        figures.caption(figure, point_note)
+        written += [path.name for path in figures.save_figure(figure, experiment_dir / "figures" / name)]
     if sweep is not None:
-        figures.save_png(sweeps.sweep_figure(sweep), experiment_dir / "figures" / f"{sweeps.FIGURE}.png")
-        written.append(f"{sweeps.FIGURE}.png")
+        written += [path.name for path in figures.save_figure(
+            sweeps.sweep_figure(sweep), experiment_dir / "figures" / sweeps.FIGURE)]
     comparison_with_paper = paper.paper_comparison(
         spec, records, comparison.model_dump(mode="json"), experiment=spec.name
     )
-    write_paper_comparison(comparison_with_paper, experiment_dir)
-    written.append("paper_comparison.png")
+    written += write_paper_comparison(comparison_with_paper, experiment_dir)
     results = ExperimentResults(
         name=spec.name,
         runs=records,
@@ -176,12 +178,14 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
     return results.model_dump(mode="json")
 
 
-def write_paper_comparison(comparison: PaperComparison, experiment_dir: Path) -> None:
-    """tables/paper_comparison.{json,md,csv} and figures/paper_comparison.png."""
+def write_paper_comparison(comparison: PaperComparison, experiment_dir: Path) -> list[str]:
+    """tables/paper_comparison.{json,md,csv} and figures/paper_comparison.{png,svg}; returns
+    the figure files' names."""
     write_document(comparison, experiment_dir / "tables" / "paper_comparison.json")
     (experiment_dir / "tables" / "paper_comparison.md").write_text(paper.to_markdown(comparison))
     (experiment_dir / "tables" / "paper_comparison.csv").write_text(paper.to_csv(comparison))
-    figures.save_png(paper.comparison_figure(comparison), experiment_dir / "figures" / "paper_comparison.png")
+    return [path.name for path in figures.save_figure(
+        paper.comparison_figure(comparison), experiment_dir / "figures" / "paper_comparison")]
 
 
 def compare_folders(experiment_dirs: list[Path]) -> PaperComparison:

@@ -6,7 +6,12 @@ figures it draws, by file name (without ``.png``); it returns nothing when the
 experiment lacks what the figure needs. Which run a figure shows follows the
 paper: FF on MNIST (first seed) where trained, Fashion-MNIST for Figures 3 and 4.
 With a sweep, the context holds its first grid point (``point``): the spec at
-that point, its records, and run keys without a point are read at it.
+that point, its records, and run keys without a point are read at it; every
+figure's caption names the point and its values (``sweep_note``).
+
+Each figure's title names what it shows (model, data set, layer, Method 1
+quantile where they apply) and its caption which run it is drawn from
+(``FigureContext.one_run``: "one run (seed 0): no error bars") or how many.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fflab import analysis, figures
-from fflab.data import N_CLASSES
+from fflab.data import DATASETS, N_CLASSES
 from fflab.models.components import ACTIVATIONS
 from fflab.pipeline.folders import analysed_rows, load_representations, run_dir_of
 from fflab.results import MethodComparison, RunMetrics, RunWeightStats, read_document
@@ -44,7 +49,18 @@ class FigureContext:
     comparison: MethodComparison | None = None
     sizes: tuple[np.ndarray, np.ndarray] | None = None  # Method 1, Method 2 sizes of Figure 8B
     point: int | None = None  # the sweep's grid point the figures show
+    sweep_note: str = ""  # "sweep point 0: network.threshold=0.1" with a sweep
     _stored: dict[str, dict] = field(default_factory=dict)
+
+    def names(self, model: str, dataset: str) -> str:
+        """``"FF, MNIST"``: a model and a data set as a title names them."""
+        return f"{figures.model_display_name(model)}, {DATASETS[dataset].display_name}"
+
+    def one_run(self, images: int | None = None) -> str:
+        """The caption of a figure drawn from the first seed's run alone."""
+        counted = "" if images is None else f", n={images} images"
+        return f"one run (seed {self.seed}{counted}): no error bars" + (
+            f"; {self.sweep_note}" if self.sweep_note else "")
 
     @property
     def seed(self) -> int:
@@ -101,10 +117,20 @@ def figure1(ctx: FigureContext) -> dict[str, Figure]:
         X1, labels1, "method1", classes=range(N_CLASSES), quantile=settings.figure_quantile,
         **settings.method1_options(),
     )
+    who = ctx.names(ctx.main_model, ctx.main_dataset)
+    label = int(stored["labels"][first]) if "labels" in stored else None
+    image = "" if label is None else f" (class {names[label]})"
     return {
-        "figure1a": figures.figure1a_activation_patterns(patterns),
-        "figure1b": figures.figure1b_class_mean_activations(X1, labels1, ensembles, names),
-        "figure1c": figures.activation_map(X1, labels1, names, layer=1),
+        "figure1a": figures.figure1a_activation_patterns(
+            patterns, title=f"{who}: activation patterns for one input{image}, every layer",
+            note=f"image {first} of the test set; {ctx.one_run()}"),
+        "figure1b": figures.figure1b_class_mean_activations(
+            X1, labels1, ensembles, names,
+            title=f"{who}, layer 1: mean activation per unit by class, "
+                  f"Method 1 ensembles (quantile {settings.figure_quantile:g})",
+            note=ctx.one_run(len(labels1))),
+        "figure1c": figures.activation_map(
+            X1, labels1, names, layer=1, title=f"{who}, layer 1: activation map", note=ctx.one_run()),
     }
 
 
@@ -115,7 +141,10 @@ def figures5_and_6(ctx: FigureContext) -> dict[str, Figure]:
     for layer, name in ((2, "figure5"), (3, "figure6")):
         if layer <= ctx.spec.network.layers:
             X, labels = ctx.layer_view(ctx.main_key, layer)
-            drawn[name] = figures.activation_map(X, labels, names, layer=layer)
+            drawn[name] = figures.activation_map(
+                X, labels, names, layer=layer,
+                title=f"{ctx.names(ctx.main_model, ctx.main_dataset)}, layer {layer}: activation map",
+                note=ctx.one_run())
     return drawn
 
 
@@ -136,7 +165,9 @@ def figure2(ctx: FigureContext) -> dict[str, Figure]:
         }
         drawn["figure2" if layer == 1 else f"figure2_layer{layer}"] = figures.figure2_ensemble_sizes(
             sizes, names,
-            title=f"Layer-{layer} ensemble size per class (Method 1, quantile {settings.table_quantile})",
+            title=f"{DATASETS[ctx.main_dataset].display_name}, layer {layer}: ensemble size per class and model "
+                  f"(Method 1, quantile {settings.table_quantile:g})",
+            note=ctx.sweep_note or None,
         )
     return drawn
 
@@ -152,11 +183,17 @@ def figure3(ctx: FigureContext) -> dict[str, Figure]:
     matrix = analysis.shared_units_matrix(ensembles, range(N_CLASSES))
     off_diagonal = matrix - np.diag(np.diag(matrix))
     a, b = np.unravel_index(np.argmax(off_diagonal), matrix.shape)
+    who = f"{ctx.names(ctx.main_model, ctx.shared_dataset)}, layer 1"
+    quantile = f"Method 1 ensembles at quantile {ctx.spec.analysis.figure_quantile:g}"
     return {
         "figure3a": figures.figure3a_shared_units(
-            ensembles[a], ensembles[b], ctx.spec.network.width, names[a], names[b]
-        ),
-        "figure3b": figures.figure3b_shared_units_matrix(matrix, names),
+            ensembles[a], ensembles[b], ctx.spec.network.width, names[a], names[b],
+            title=f"{who}: active units of {names[a]} and {names[b]} "
+                  f"({int(matrix[a, b])} shared, circled)",
+            note=f"{quantile}; the pair of classes sharing the most units; {ctx.one_run(len(labels))}"),
+        "figure3b": figures.figure3b_shared_units_matrix(
+            matrix, names, title=f"{who}: units shared between ensembles",
+            note=f"{quantile}; {ctx.one_run(len(labels))}"),
     }
 
 
@@ -170,12 +207,17 @@ def figure4(ctx: FigureContext) -> dict[str, Figure]:
     unseen_rows = X[labels == spec.unseen_class]
     result = analysis.method2_ensemble(unseen_rows, upper_bound=ctx.upper_bound, **settings.method2_options())
     class_name = figures.class_names(ctx.shared_dataset)[spec.unseen_class]
+    who = (f"{ctx.names(without_a_class[0], ctx.shared_dataset)} trained without {class_name}, layer 1")
+    note = f"Method 2 ({settings.method2_cut} cut); {ctx.one_run(len(unseen_rows))}"
     return {
-        "figure4a": figures.figure4a_unseen_activations(unseen_rows, class_name),
-        "figure4b": figures.figure4b_mean_activity(result.mean_activity, result.units, class_name),
+        "figure4a": figures.figure4a_unseen_activations(
+            unseen_rows, class_name, title=f"{who}: activations of the unseen class", note=ctx.one_run()),
+        "figure4b": figures.figure4b_mean_activity(
+            result.mean_activity, result.units, class_name,
+            title=f"{who}: mean activity of the unseen class", note=note),
         "figure4c": figures.figure4c_decision_diagram(
-            result.rho, result.n_higher, result.units, result.rho_cut, result.nh_cut
-        ),
+            result.rho, result.n_higher, result.units, result.rho_cut, result.nh_cut,
+            title=f"{who}: Method 2 decision diagram", note=note),
     }
 
 
@@ -189,7 +231,11 @@ def figure7(ctx: FigureContext) -> dict[str, Figure]:
             ctx.run_dir(RunKey(model, ctx.main_dataset, ctx.seed)) / "weight_stats.json",
         )
         fractions[model] = np.array(stats.layers[weight_layer - 1].fraction_negative_incoming)
-    return {"figure7": figures.figure7_negative_weight_fraction(fractions, layer=weight_layer)}
+    return {"figure7": figures.figure7_negative_weight_fraction(
+        fractions, layer=weight_layer,
+        title=f"{DATASETS[ctx.main_dataset].display_name}, layer {weight_layer}: "
+              "fraction of negative incoming weights per unit",
+        note=ctx.one_run())}
 
 
 def figure8a(ctx: FigureContext) -> dict[str, Figure]:
@@ -209,7 +255,12 @@ def figure8a(ctx: FigureContext) -> dict[str, Figure]:
             break
     chosen, m1, m2 = comparison
     names = figures.class_names(ctx.main_dataset)
-    return {"figure8a": figures.figure8a_method_comparison(m2.mean_activity, m1, m2.units, names[chosen])}
+    images = int(np.sum(labels1 == chosen))
+    return {"figure8a": figures.figure8a_method_comparison(
+        m2.mean_activity, m1, m2.units, names[chosen],
+        title=f"{ctx.names(ctx.main_model, ctx.main_dataset)}, layer 1, class {names[chosen]}: "
+              f"Method 1 (quantile {quantile:g}) vs Method 2",
+        note=f"mean over the class's n={images} images; {ctx.one_run()}")}
 
 
 def figure8b(ctx: FigureContext) -> dict[str, Figure]:
@@ -224,6 +275,10 @@ def figure8b(ctx: FigureContext) -> dict[str, Figure]:
     return {"figure8b": figures.figure8b_method_sizes(
         ctx.sizes[0], ctx.sizes[1], comparison.slope, comparison.intercept,
         None if both is None else (both.slope, both.intercept), others,
+        title=f"Method 1 (quantile {comparison_quantile(ctx.spec.analysis):g}) vs Method 2 "
+              f"({ctx.spec.analysis.method2_cut} cut) ensemble sizes, every layer",
+        note=f"points from the {len(ctx.records)} runs' analysed classes"
+             + (f"; {ctx.sweep_note}" if ctx.sweep_note else ""),
     )}
 
 
@@ -235,8 +290,9 @@ def training_curves(ctx: FigureContext) -> dict[str, Figure]:
                               / "metrics.json").loss_history for seed in ctx.spec.seeds]
         for model in ctx.spec.models
     }
-    return {"training_curves": figures.training_curves(histories,
-                                                       title=f"Training loss per epoch ({ctx.main_dataset})")}
+    return {"training_curves": figures.training_curves(
+        histories, title=f"{DATASETS[ctx.main_dataset].display_name}: training loss per epoch",
+        note=ctx.sweep_note or None)}
 
 
 RECIPES: list[Recipe] = [figure1, figures5_and_6, figure2, figure3, figure4, figure7, figure8a, figure8b,
@@ -244,10 +300,9 @@ RECIPES: list[Recipe] = [figure1, figures5_and_6, figure2, figure3, figure4, fig
 
 
 def write_paper_figures(ctx: FigureContext) -> list[str]:
-    """Draw every recipe's figures into ``figures/``; return the PNG file names."""
+    """Draw every recipe's figures into ``figures/`` as PNG and SVG; return the file names."""
     written = []
     for recipe in RECIPES:
         for name, figure in recipe(ctx).items():
-            figures.save_png(figure, ctx.experiment_dir / "figures" / f"{name}.png")
-            written.append(f"{name}.png")
+            written += [path.name for path in figures.save_figure(figure, ctx.experiment_dir / "figures" / name)]
     return written

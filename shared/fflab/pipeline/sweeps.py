@@ -1,6 +1,6 @@
 """A sweep's aggregation (see fflab.spec for what a sweep is): the run records
 with their grid point, the ``sweep`` section of results.json, its table
-(``tables/sweep.*``) and its figure (``figures/sweep.png``).
+(``tables/sweep.*``) and its figure (``figures/sweep.png`` and ``.svg``).
 
 The rest of an experiment's aggregation (fflab.pipeline.experiment) treats a
 sweep thus: Tables 1-3 and the other aggregates are computed per grid point
@@ -60,7 +60,9 @@ def sweep_table(sweep: SweepResults) -> analysis.Table:
 
 def sweep_figure(sweep: SweepResults) -> Figure:
     """The key numbers against the first swept setting; one line per model, data
-    set (when there are several) and value of the second swept setting."""
+    set (when there are several) and value of the second swept setting, its
+    legend label giving n (the most runs behind one of its points), every
+    swept value a labelled tick."""
     first, *second = sweep.fields
     xs = list(dict.fromkeys(point.values[first] for point in sweep.points))
     several_datasets = len({cell.dataset for cell in sweep.cells}) > 1
@@ -82,8 +84,15 @@ def sweep_figure(sweep: SweepResults) -> Figure:
                     label += f", {DATASETS[dataset].display_name}"
                 if second:
                     label += f", {second[0]}={other}"
+                runs = max((cells[p.index].accuracy.n for p in points if p.index in cells), default=0)
+                label += f" (n={runs} seed{'s' if runs != 1 else ''})"
                 lines.append((label, model, numbers))
-    return figures.sweep_figure(first, xs, lines, sweep.ensemble_quantile)
+    datasets = ", ".join(DATASETS[d].display_name for d in dict.fromkeys(c.dataset for c in sweep.cells))
+    grid = "; ".join(f"point {p.index}: " + ", ".join(f"{k}={v}" for k, v in p.values.items())
+                     for p in sweep.points)
+    return figures.sweep_figure(first, xs, lines, sweep.ensemble_quantile,
+                                title=f"{datasets}: the sweep of {' and '.join(sweep.fields)}",
+                                note=f"runs trained on every class; grid {grid}")
 
 
 def _series(cells: list, quantity: str) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from fflab import figures
 from fflab.analysis.dominance import winner_counts
-from fflab.data import N_CLASSES
+from fflab.data import DATASETS, N_CLASSES
 from fflab.pipeline.folders import layer_count
 from fflab.pipeline.run_analyses.common import run_identity
 from fflab.pipeline.run_document import RunAnalysis
@@ -84,6 +84,7 @@ def analyse(inputs: RunAnalysisInput) -> RunDominance:
 # ------------------------------------------------------------------ the figure
 
 
+@figures.styled
 def figure(spec: ExperimentSpec, read: Callable[[RunKey], RunDominance]) -> Figure:
     """The share of images won by each layer's top unit, per model (first seed, first data set)."""
     from fflab.spec import RunKey
@@ -101,7 +102,9 @@ def figure(spec: ExperimentSpec, read: Callable[[RunKey], RunDominance]) -> Figu
     ax.set_ylabel("share of images won by the top unit")
     ax.set_ylim(0, 1)
     ax.set_xticks(range(1, spec.network.layers + 1))
-    ax.legend()
+    ax.set_title(f"{DATASETS[spec.datasets[0]].display_name}: share of images won by each layer's top unit")
+    figures.legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figures.caption(figure, f"one run per model (seed {spec.seeds[0]}): no error bars")
     return figure
 
 

@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.dynamics import ensemble_trajectory
-from fflab.data import N_CLASSES
-from fflab.figures import model_display_name
+from fflab.data import DATASETS, N_CLASSES
+from fflab.figures import caption, legend, model_display_name, panel_letters, styled
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
     AnalysisDocument,
@@ -122,16 +122,17 @@ def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
             per_model[key.model] = curves
     if not per_model:
         return None
-    return draw(per_model, f"{spec.datasets[0]}, seed {spec.seeds[0]}")
+    return draw(per_model, f"{DATASETS[spec.datasets[0]].display_name}, seed {spec.seeds[0]}")
 
 
+@styled
 def draw(per_model: Mapping[str, Mapping[int, Mapping[str, tuple[np.ndarray, np.ndarray]]]],
                     subtitle: str = "") -> Figure:
     """One row per model, one column per quantity (ensemble size, overlap with
     the final ensemble, accuracy, fraction of positive weights) over epochs, one
     line per layer: ``per_model[model][layer][quantity] = (epochs (S,), values (S,))``."""
     models = list(per_model)
-    fig = Figure(figsize=(12.0, 2.8 * max(1, len(models))))
+    fig = Figure(figsize=(12.0, 2.8 * max(1, len(models)) + 0.6), layout="constrained")
     axes = np.atleast_2d(fig.subplots(max(1, len(models)), len(DYNAMICS_QUANTITIES)))
     for row, model in enumerate(models):
         for ax, (quantity, label) in zip(axes[row], DYNAMICS_QUANTITIES):
@@ -144,9 +145,10 @@ def draw(per_model: Mapping[str, Mapping[int, Mapping[str, tuple[np.ndarray, np.
             if quantity in ("mean_jaccard", "accuracy", "fraction_positive"):
                 ax.set_ylim(0, 1.02)
         axes[row][0].set_title(model_display_name(model), loc="left", fontsize=10)
-        axes[row][0].legend(fontsize=7)
+        legend(axes[row][0], fontsize=7)
+    panel_letters(axes.ravel())
+    caption(fig, "one run per model: no error bars; each point a training snapshot, one line per layer")
     fig.suptitle("Ensemble dynamics during training" + (f" ({subtitle})" if subtitle else ""))
-    fig.tight_layout()
     return fig
 
 

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from fflab.analysis.intrinsic_dimension import two_nn
 from fflab.data import N_CLASSES
-from fflab.figures import model_color, model_display_name
+from fflab.figures import caption, integer_ticks, legend, model_color, model_display_name, styled
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
     ANALYSIS_SEED,
@@ -113,23 +113,28 @@ def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
         {model: tuple(np.array(a, dtype=float) for a in arrays) for model, arrays in points.items()})
 
 
+@styled
 def draw(points: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Figure:
     """TwoNN dimension against ensemble size per (run, layer, class):
     ``points[model] = (sizes (P,), dimensions (P,), layers (P,))``; markers by layer."""
-    fig = Figure(figsize=(6.4, 4.6))
+    fig = Figure(figsize=(7.6, 4.8), layout="constrained")
+    drawn = 0
     ax = fig.add_subplot()
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
     for index, (model, (sizes, dimensions, layers)) in enumerate(points.items()):
         sizes, dimensions, layers = (np.asarray(a, dtype=float) for a in (sizes, dimensions, layers))
         for layer in np.unique(layers[np.isfinite(layers)]).astype(int):
             rows = (layers == layer) & np.isfinite(sizes) & np.isfinite(dimensions)
+            drawn += int(rows.sum())
             ax.scatter(sizes[rows], dimensions[rows], s=14, alpha=0.7, color=model_color(model, index),
                        marker=markers[(layer - 1) % len(markers)],
                        label=f"{model_display_name(model)} layer {layer}")
     ax.set_xlabel("Ensemble size (Method 1, units)")
     ax.set_ylabel("Intrinsic dimension (TwoNN)")
     ax.set_title("Intrinsic dimension vs ensemble size, per layer and class")
-    ax.legend(fontsize=6, ncol=3)
+    integer_ticks(ax.xaxis)
+    legend(ax, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    caption(fig, f"n={drawn} points, one per (run, layer, class); no averaging, no error bars")
     return fig
 
 

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from fflab.analysis.layer_accuracy import goodness_accuracy, linear_probe
 from fflab.data import N_CLASSES
-from fflab.figures import model_color, model_display_name
+from fflab.figures import caption, integer_ticks, legend, model_color, model_display_name, spread_note, styled
 from fflab.models.probing import neutral_representations
 from fflab.pipeline.run_analyses.common import (
     ANALYSIS_SEED,
@@ -149,25 +149,30 @@ def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
 READOUT_STYLES = {"goodness": "-", "cumulative": "--", "probe": ":"}
 
 
+@styled
 def draw(series: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     """Accuracy per layer: ``series[model][readout]`` is (R, L), readout one of
     ``goodness`` (the layer alone), ``cumulative`` (layers up to it) and
     ``probe`` (linear probe); mean ± SE over runs."""
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(7.6, 4.4), layout="constrained")
+    runs: dict[str, int] = {}
     ax = fig.add_subplot()
     for index, (model, readouts) in enumerate(series.items()):
         for readout, values in readouts.items():
             if readout not in READOUT_STYLES:
                 raise ValueError(f"readout must be one of {', '.join(READOUT_STYLES)}; got {readout!r}")
             mean, se = mean_se(values)
+            runs[model_display_name(model)] = max(runs.get(model_display_name(model), 0), np.shape(values)[0])
             layers = np.arange(1, mean.size + 1)
             ax.errorbar(layers, mean, yerr=se, color=model_color(model, index), linestyle=READOUT_STYLES[readout],
                         marker="o", capsize=3, label=f"{model_display_name(model)} {readout}")
     ax.set_xlabel("Layer")
     ax.set_ylabel("Test accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Accuracy per layer (mean ± SE over seeds)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Accuracy per layer")
+    integer_ticks(ax.xaxis)
+    legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    caption(fig, spread_note(runs))
     return fig
 
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.lesions import accuracy_drop, control_unit_sets, mean_and_se
-from fflab.figures import model_display_name
+from fflab.figures import caption, legend, model_display_name, note_if_empty, panel_letters, styled
 from fflab.models.probing import lesioned_predictions
 from fflab.pipeline.run_analyses.common import (
     ANALYSIS_SEED,
@@ -136,18 +136,21 @@ LESION_KINDS = (("ensemble", "ensemble", "tab:blue"), ("random", "random units",
                 ("most_active", "most active non-ensemble", "tab:orange"))
 
 
+@styled
 def draw(per_model: Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]]) -> Figure:
     """Accuracy lost on the lesioned class, per layer, mean ± SE over classes
     (and runs): ``per_model[model][kind][layer]`` lists the drops, kind one of
     ``ensemble``, ``random`` (each already a mean over draws), ``most_active``."""
     models = list(per_model)
-    fig = Figure(figsize=(4.2 * max(1, len(models)), 3.8))
+    fig = Figure(figsize=(4.2 * max(1, len(models)) + 1.6, 4.2), layout="constrained")
+    counts: set[int] = set()
     axes = np.atleast_1d(fig.subplots(1, max(1, len(models)), sharey=True))
     for ax, model in zip(axes, models):
         layers = sorted(per_model[model]["ensemble"])
         x = np.arange(len(layers))
         for offset, (kind, label, colour) in zip((-0.27, 0.0, 0.27), LESION_KINDS):
             drops = [np.asarray(per_model[model].get(kind, {}).get(layer, []), dtype=float) for layer in layers]
+            counts.update(d.size for d in drops if d.size)
             mean = np.array([d.mean() if d.size else np.nan for d in drops])
             se = np.array([d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else 0.0 for d in drops])
             ax.bar(x + offset, mean, 0.27, yerr=se, capsize=3, color=colour, label=label)
@@ -155,10 +158,14 @@ def draw(per_model: Mapping[str, Mapping[str, Mapping[int, Sequence[float]]]]) -
         ax.set_xticks(x, [f"layer {layer}" for layer in layers])
         ax.set_title(model_display_name(model), fontsize=10)
         ax.set_ylim(-0.2, 1.02)
+        note_if_empty(ax, "no lesion recorded")
     axes[0].set_ylabel("Accuracy drop on the lesioned class")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Silencing a class's ensemble vs as many other units (mean ± SE over classes)")
-    fig.tight_layout()
+    legend(fig, source=list(axes), fontsize=7, loc="outside right upper")
+    panel_letters(axes[:len(models)])
+    n = (f"n={min(counts)}" if len(counts) == 1 else f"n={min(counts)} to {max(counts)}") if counts else "n=0"
+    caption(fig, f"bars: mean ± SE over {n} lesioned classes (pooled over runs); random units: "
+                 "each already a mean over draws")
+    fig.suptitle("Silencing a class's ensemble vs as many other units")
     return fig
 
 

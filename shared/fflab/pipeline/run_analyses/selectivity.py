@@ -16,7 +16,7 @@ from pydantic import Field
 
 from fflab.analysis.selectivity import label_selectivity
 from fflab.data import N_CLASSES
-from fflab.figures import class_names, model_display_name
+from fflab.figures import caption, class_names, model_display_name, note_if_empty, panel_letters, styled
 from fflab.models.probing import representations_with_label
 from fflab.pipeline.run_analyses.common import (
     ANALYSIS_SEED,
@@ -104,19 +104,22 @@ def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
     return draw(per_model, class_names(spec.datasets[0]))
 
 
+@styled
 def draw(per_model: Mapping[str, Mapping[int, np.ndarray]], class_names: Sequence[str]) -> Figure:
     """Mean activity of class c's ensemble (rows) with label k embedded (columns):
     one row of heat maps per model, one per layer; ``per_model[model][layer]`` is
     (C, K), nan where undefined."""
     models = list(per_model)
     n_layers = max((len(layers) for layers in per_model.values()), default=1)
-    fig = Figure(figsize=(3.6 * n_layers, 3.4 * max(1, len(models))))
+    fig = Figure(figsize=(3.6 * n_layers, 3.4 * max(1, len(models)) + 0.6), layout="constrained")
+    shown = []
     axes = np.atleast_2d(fig.subplots(max(1, len(models)), n_layers))
     for row, model in enumerate(models):
-        for ax in axes[row]:
+        for ax in axes[row][len(per_model[model]):]:
             ax.set_axis_off()
+            note_if_empty(ax, f"no further layer in {model_display_name(model)}", always=True)
         for ax, layer in zip(axes[row], sorted(per_model[model])):
-            ax.set_axis_on()
+            shown.append(ax)
             image = ax.imshow(np.asarray(per_model[model][layer], dtype=float), cmap="viridis", vmin=0)
             ax.set_title(f"{model_display_name(model)}, layer {layer}", fontsize=9)
             ax.set_xlabel("Embedded label", fontsize=8)
@@ -124,8 +127,10 @@ def draw(per_model: Mapping[str, Mapping[int, np.ndarray]], class_names: Sequenc
             ax.set_xticks(range(len(class_names)), class_names, fontsize=6, rotation=90)
             ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    panel_letters(shown)
+    caption(fig, "mean activity of class c's ensemble over its images with label k embedded; one run per model: "
+                 "no error bars; blank cell: undefined (no ensemble)")
     fig.suptitle("Ensemble activity: true label (diagonal) vs wrong labels")
-    fig.tight_layout()
     return fig
 
 
