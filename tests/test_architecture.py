@@ -21,7 +21,7 @@ LAYERS = {
     "settings": ["fflab.settings"],
     "science": ["fflab.registry", "fflab.data", "fflab.models", "fflab.spec", "fflab.analysis",
                 "fflab.figures", "fflab.results", "fflab.paper", "fflab.reference",
-                "fflab.devices",
+                "fflab.devices", "fflab.representations", "fflab.recording",
                 "fflab.comparison", "fflab.comparison_figures", "fflab.experiment_search", "fflab.versions"],
     "pipeline": ["fflab.pipeline"],
     "service": ["fflab.var_dir", "fflab.processes", "fflab.db", "fflab.storage",

@@ -23,3 +23,24 @@ import circle):
 
 The library never imports ``api`` (the FastAPI app) or ``worker`` (Celery).
 """
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fflab.recording import capture
+    from fflab.representations import read_representations
+
+__all__ = ["capture", "read_representations"]
+
+# Exported lazily: ``import fflab`` stays light (no torch until ``fflab.capture`` is used).
+_LAZY = {"capture": "fflab.recording", "read_representations": "fflab.representations"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fflab' has no attribute {name!r}")

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     max_train_subset: int = Field(60_000, ge=20, description="Largest train subset (null = whole set, 60000).")
     max_test_subset: int = Field(10_000, ge=20, description="Largest test subset (null = whole set, 10000).")
     max_runs_per_experiment: int = Field(1000, ge=1, description="Most runs one experiment may have.")
+    # Representations files (fflab.representations, docs/representations.md).
+    representations_max_bytes: int = Field(
+        512 * 2**20, ge=1024, description="Largest representations file uploaded (413 above), and most bytes "
+                                          "its arrays may declare once decompressed (4x this).")
+    representations_max_units: int = Field(8192, ge=1, description="Most units per layer of a representations file.")
+    representations_max_images: int = Field(100_000, ge=2, description="Most images (rows) of a representations file.")
     max_queued_runs_per_user: int = Field(
         500, ge=1, description="Most runs a user may have waiting to start (429 above it); large "
                                "enough for the paper sweep (120 runs): fair-share dispatch, not this "
