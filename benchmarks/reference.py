@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from fflab.data import N_CLASSES
 from fflab.models.common import (
     Cancelled,
     GoodnessNetwork,
@@ -29,6 +28,7 @@ from fflab.models.common import (
     embed_negatives,
     goodness,
     goodness_loss,
+    label_layout,
     minibatches,
 )
 from fflab.spec import TrainingSpec
@@ -51,13 +51,13 @@ class ReferenceFF:
         self.training, self.generator, self.negative_labels = training, generator, negative_labels
         self.classes = labels.unique().sort().values.cpu()
         # Raw (un-normalised) inputs of the current layer: outputs of the frozen layers.
-        self.layer_positive = embed_labels(images, labels, net.spec.label_value)
+        self.layer_positive = embed_labels(images, labels, net.spec.label_value, label_layout(net))
         self.layer_negative = self._draw_negative()
         self.index = -1
 
     def _draw_negative(self) -> torch.Tensor:
         rows, wrong = draw_negatives(self.labels.cpu(), self.classes, self.generator, self.negative_labels)
-        return embed_negatives(self.images, rows, wrong, self.net.spec.label_value)
+        return embed_negatives(self.images, rows, wrong, self.net.spec.label_value, label_layout(self.net))
 
     def begin_layer(self, index: int) -> None:
         self.index, self.epochs_done = index, 0
@@ -132,17 +132,18 @@ def reference_train_ff(
 
 @torch.no_grad()
 def reference_label_goodness(net: GoodnessNetwork, images: torch.Tensor, chunk: int = 2000) -> torch.Tensor:
-    """Goodness of every image with every label embedded, (N, 784) -> (N, 10, layers):
+    """Goodness of every image with every label embedded, (N, in) -> (N, classes, layers):
     one full forward pass per label."""
     device = next(net.parameters()).device
+    layout = label_layout(net)
     scores = []
     for start in range(0, images.shape[0], chunk):
         batch = images[start : start + chunk].to(device)
         per_label = [
             net.layer_goodness(
-                embed_labels(batch, torch.full((batch.shape[0],), c, device=device), net.spec.label_value)
+                embed_labels(batch, torch.full((batch.shape[0],), c, device=device), net.spec.label_value, layout)
             )
-            for c in range(N_CLASSES)
+            for c in range(layout.n_classes)
         ]
         scores.append(torch.stack(per_label, dim=1).cpu())
     return torch.cat(scores)

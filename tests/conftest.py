@@ -17,7 +17,7 @@ os.environ.setdefault("FFLAB_DATA_ROOT", str(ROOT / "data"))
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     root = data.data_root()
-    for dataset in data.DATASETS:
-        if not (data.raw_dir(dataset, root) / data.RAW_FILES[0]).is_file():
+    for dataset in data.PAPER_DATASETS:  # the others are tested on small files (test_data_sets.py)
+        if not data.has_files(dataset, root):
             pytest.fail(data.missing_data_message(dataset, root))
     return root

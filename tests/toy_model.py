@@ -21,7 +21,7 @@ from fflab.models.model_type import IMAGE_PIXELS, N_CLASSES, Implementation, Mem
 
 
 class ToyNetwork(nn.Module):
-    def __init__(self, spec):
+    def __init__(self, spec, **data_shape):  # the data set's sizes: the toy is MNIST's only
         super().__init__()
         self.hidden = nn.Linear(IMAGE_PIXELS, spec.width)
         self.head = nn.Linear(spec.width, N_CLASSES)

@@ -114,9 +114,9 @@ class ClassMeansCache:
         self.size, self._items, self._lock = size, OrderedDict[tuple, dict[int, np.ndarray]](), threading.Lock()
 
     def get(self, storage: Storage, key: str, sha256: str, unseen_class: int | None,
-            correct_only: bool) -> dict[int, np.ndarray]:
-        """``{layer: (C, n) array}`` (layers from 1) of the stored file ``key``."""
-        cache_key = (sha256, unseen_class, correct_only)
+            correct_only: bool, n_classes: int = N_CLASSES) -> dict[int, np.ndarray]:
+        """``{layer: (C, n) array}`` (layers from 1, C the data set's ``n_classes``) of the stored file ``key``."""
+        cache_key = (sha256, unseen_class, correct_only, n_classes)
         with self._lock:
             if cache_key in self._items:
                 self._items.move_to_end(cache_key)
@@ -124,7 +124,7 @@ class ClassMeansCache:
         with np.load(io.BytesIO(b"".join(storage.iter_bytes(key)))) as npz:
             stored = {name: npz[name] for name in npz.files}
         rows = analysed_rows(stored, unseen_class, correct_only)
-        means = {layer: class_mean_activity(stored[f"layer{layer}"], stored["labels"], rows)
+        means = {layer: class_mean_activity(stored[f"layer{layer}"], stored["labels"], rows, n_classes)
                  for layer in range(1, layer_count(stored) + 1)}
         with self._lock:
             self._items[cache_key] = means

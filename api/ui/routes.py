@@ -50,7 +50,7 @@ from api.ui.explorer import ClassMeansCache, unit_grid
 from api.ui.html import SIGN_IN, HTMLRoute, render
 from api.ui.security import CsrfChecked, UICredentials, UIUser, ui_user
 from fflab.analysis import METHOD1_THRESHOLDS, METHOD2_CUTS
-from fflab.data import DATASETS
+from fflab.data import DATASETS, n_classes
 from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
 from fflab.figures import class_names
 from fflab.models import MODELS
@@ -60,6 +60,8 @@ from fflab.storage import StorageError
 
 router = APIRouter(prefix="/ui", route_class=HTMLRoute, include_in_schema=False)
 class_means = ClassMeansCache()
+# The largest class index of any data set (EMNIST balanced: 46); a run's own is checked by its ensembles.
+MAX_CLASS = max(entry.n_classes for entry in DATASETS.values()) - 1
 StatusFilter = Annotated[schemas.Status | Literal[""], Query(alias="status")]
 ScopeFilter = Annotated[queries.Scope, Query()]
 
@@ -391,10 +393,10 @@ async def explorer(
     model: Annotated[str | None, Query()] = None, dataset: Annotated[str | None, Query()] = None,
     run_id: Annotated[str | None, Query(alias="run")] = None,
     layer: Annotated[int, Query(ge=1, le=result_service.MAX_LAYER)] = 1,
-    class_index: Annotated[int, Query(alias="class", ge=0, le=9)] = 0,
+    class_index: Annotated[int, Query(alias="class", ge=0, le=MAX_CLASS)] = 0,
     method: Annotated[result_service.Method, Query()] = "method2",
     quantile: Annotated[float | None, Query(gt=0, lt=1)] = None,
-    other: Annotated[int | None, Query(ge=0, le=9)] = None,
+    other: Annotated[int | None, Query(ge=0, le=MAX_CLASS)] = None,
 ) -> Response:
     """A run's ensemble of one class in one layer by one method: its units on the
     layer's grid, shaded by their mean activity over the class's analysed images,
@@ -420,7 +422,7 @@ async def explorer(
         run, analysis = context["run"], context["experiment"].spec.get("analysis", {})
         try:
             means = await storage.run(class_means.get, artifact.key, artifact.sha256, run.unseen_class,
-                                      bool(analysis.get("correct_only", True)))
+                                      bool(analysis.get("correct_only", True)), n_classes(run.dataset))
             mean = means[layer][class_index] if layer in means else None
         except (StorageError, FileNotFoundError, OSError, KeyError, ValueError) as error:
             mean_error = f"the stored representations could not be read: {error}"

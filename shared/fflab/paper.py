@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fflab import analysis
+from fflab.data import PAPER_DATASETS
 from fflab.models import MODELS
 from fflab.results import CellComparison, PaperComparison, ProtocolDifference
 from fflab.spec import ExperimentSpec, build_spec
@@ -274,8 +275,12 @@ def paper_comparison(
     protocol : the differences from the paper's protocol; default: from ``spec``
 
     With a sweep, the records of its first grid point are compared, with that
-    point's settings (records carry ``point``).
+    point's settings (records carry ``point``). The paper has numbers for MNIST and
+    Fashion-MNIST only (``fflab.data.PAPER_DATASETS``): runs on other data sets are
+    never compared with them (their cells stay "not comparable"), and
+    ``method_comparison`` must be the fit over runs on those two.
     """
+    records = [r for r in records if r["dataset"] in PAPER_DATASETS]
     if spec.sweep:
         point = spec.paper_point()
         records = [r for r in records if r.get("point") == point]

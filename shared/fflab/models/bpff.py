@@ -53,14 +53,14 @@ class BPFFTrainer:
         self.training, self.generator = job.training, job.generator
         self.negative_labels = check_negative_labels(job.negative_labels)
         self.classes = negative_classes_of(job.labels, job.negative_classes)
-        self.positive = embed_labels(job.images, job.labels, spec.label_value)
+        self.positive = embed_labels(job.images, job.labels, spec.label_value, net.label_layout)
         self.threshold = spec.threshold * spec.layers
         self._set_negatives(*draw_negatives(self.labels_cpu, self.classes, job.generator, self.negative_labels))
         self.optimizer = torch.optim.Adam(net.parameters(), lr=job.training.learning_rate)
 
     def _set_negatives(self, rows: torch.Tensor | None, wrong: torch.Tensor) -> None:
         self.rows, self.wrong = rows, wrong
-        self.negative = embed_negatives(self.images, rows, wrong, self.net.spec.label_value)
+        self.negative = embed_negatives(self.images, rows, wrong, self.net.spec.label_value, self.net.label_layout)
 
     def begin_stage(self, index: int) -> None:
         pass

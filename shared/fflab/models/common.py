@@ -19,6 +19,7 @@ from fflab.data import N_CLASSES
 from fflab.models.components import (
     ACTIVATIONS,
     GOODNESS,
+    LABEL_CHANNELS,
     LABEL_VALUES,
     NEGATIVE_LABEL_DRAWS,
     NORMALIZATIONS,
@@ -28,7 +29,60 @@ from fflab.models.components import (
 if TYPE_CHECKING:
     from fflab.spec import ExperimentSpec, NetworkSpec, TrainingSpec
 
-LABEL_PIXELS = N_CLASSES  # the first row's first 10 pixels carry the label
+LABEL_PIXELS = N_CLASSES  # MNIST's: the first row's first 10 pixels carry the label
+
+
+@dataclass(frozen=True)
+class LabelLayout:
+    """Where the one-hot label sits in a flattened image: ``n_classes`` pixels from each
+    of ``offsets``. A grey image has one block, the first row's first ``n_classes``
+    pixels (offset 0); a colour image (C x H x W, flattened channel after channel) has
+    one at the start of each channel that carries it: every channel (the authors'
+    code, scheduler/data.py ``label_images(rgb=True)``) or the first only.
+
+    Every block of an image holds the same value, so layer 1's product with the label
+    pixels is ``value * sum over blocks of W[:, offset + label]`` (``label_weights``)."""
+
+    n_classes: int = N_CLASSES
+    offsets: tuple[int, ...] = (0,)
+
+    @classmethod
+    def of(cls, in_features: int, n_classes: int, channels: int = 1, label_channels: str = "every") -> LabelLayout:
+        LABEL_CHANNELS.lookup(label_channels)
+        if in_features % channels or in_features // channels < n_classes:
+            raise ValueError(f"{n_classes} label pixels do not fit in a channel of {in_features // channels} pixels")
+        per_channel = in_features // channels
+        carrying = channels if label_channels == "every" else 1
+        return cls(n_classes, tuple(c * per_channel for c in range(carrying)))
+
+    def zero(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero the label pixels of (N, in) ``x`` in place; returns it."""
+        for offset in self.offsets:
+            x[:, offset : offset + self.n_classes] = 0.0
+        return x
+
+    def put(self, x: torch.Tensor, labels: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
+        """Write ``value`` at each row's label in every block of ``x`` (in place); returns it."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        for offset in self.offsets:
+            x[rows, offset + labels] = value
+        return x
+
+    def label_weights(self, weight: torch.Tensor) -> torch.Tensor:
+        """(n_classes, out): layer 1's weight on each label, summed over the blocks
+        (weight: (out, in), as ``nn.Linear.weight``; differentiable)."""
+        total = weight[:, self.offsets[0] : self.offsets[0] + self.n_classes]
+        for offset in self.offsets[1:]:
+            total = total + weight[:, offset : offset + self.n_classes]
+        return total.t()
+
+
+MNIST_LABELS = LabelLayout()
+
+
+def label_layout(net: nn.Module) -> LabelLayout:
+    """A network's label layout (MNIST's for a network without one)."""
+    return getattr(net, "label_layout", MNIST_LABELS)
 
 
 @dataclass(frozen=True)
@@ -171,18 +225,17 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def embed_labels(images: torch.Tensor, labels: torch.Tensor, label_value: str) -> torch.Tensor:
-    """Write one-hot labels into the first 10 pixels.
+def embed_labels(images: torch.Tensor, labels: torch.Tensor, label_value: str,
+                 layout: LabelLayout = MNIST_LABELS) -> torch.Tensor:
+    """Write one-hot labels into the label pixels (``layout``: by default the first 10).
 
-    images: (N, 784) standardised; labels: (N,) ints. The label pixel gets the
+    images: (N, in) standardised; labels: (N,) ints. The label pixel gets the
     image's maximum (``image_max``, paper) or the batch's (``batch_max``, code);
-    the other nine get 0.
+    the other label pixels get 0. A colour image's label blocks all get the same.
     """
     embedded = images.clone()
     peak = LABEL_VALUES.lookup(label_value)(images)
-    embedded[:, :LABEL_PIXELS] = 0.0
-    embedded[torch.arange(images.shape[0]), labels] = peak
-    return embedded
+    return layout.put(layout.zero(embedded), labels, peak)
 
 
 def check_negative_labels(negative_labels: str) -> str:
@@ -228,12 +281,13 @@ def draw_negatives(
 
 
 def embed_negatives(
-    images: torch.Tensor, rows: torch.Tensor | None, wrong: torch.Tensor, label_value: str
+    images: torch.Tensor, rows: torch.Tensor | None, wrong: torch.Tensor, label_value: str,
+    layout: LabelLayout = MNIST_LABELS,
 ) -> torch.Tensor:
-    """Layer 1's negative inputs (N, 784), on the images' device, of a draw
+    """Layer 1's negative inputs (N, in), on the images' device, of a draw
     ``(rows, wrong)`` of ``draw_negatives``."""
     shown = images if rows is None else images[rows.to(images.device)]
-    return embed_labels(shown, wrong.to(images.device), label_value)
+    return embed_labels(shown, wrong.to(images.device), label_value, layout)
 
 
 def negative_classes_of(labels: torch.Tensor, negative_classes: torch.Tensor | None) -> torch.Tensor:
@@ -273,9 +327,11 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 class GoodnessNetwork(nn.Module):
     """The FF architecture: [normalise] -> linear -> activation, per hidden layer."""
 
-    def __init__(self, spec: NetworkSpec, in_features: int = 784):
+    def __init__(self, spec: NetworkSpec, in_features: int = 784, n_classes: int = N_CLASSES, channels: int = 1):
         super().__init__()
         self.spec = spec
+        # The data set decides the input size and the label pixels (fflab.data.DataSet).
+        self.label_layout = LabelLayout.of(in_features, n_classes, channels, spec.label_channels)
         widths = [in_features] + [spec.width] * spec.layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.activation = activation_fn(spec.activation)
@@ -295,35 +351,37 @@ class GoodnessNetwork(nn.Module):
         return outputs
 
     def layer_goodness(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 784) embedded images -> (N, layers) goodness."""
+        """(N, in) embedded images -> (N, layers) goodness."""
         return torch.stack([goodness(h, self.spec.goodness) for h in self.forward(x)], dim=1)
 
 
 @torch.no_grad()
 def label_goodness(net: GoodnessNetwork, images: torch.Tensor, chunk: int = 2000) -> torch.Tensor:
-    """Goodness of every image with every label embedded: (N, 784) -> (N, 10, layers).
+    """Goodness of every image with every label embedded: (N, in) -> (N, classes, layers).
 
-    The ten embedded copies of an image differ only in the label pixels, and
+    The embedded copies of an image differ only in the label pixels, and
     layer 1's input normalisation (if any) does not depend on which label pixel
-    is set, so layer 1's product is shared by the ten labels:
-    z_c = (base @ W^T + b) + value * W[:, c], with ``base`` the layer input with
+    is set, so layer 1's product is shared by the labels:
+    z_c = (base @ W^T + b) + value * W_labels[c] (``LabelLayout.label_weights``), with ``base`` the layer input with
     the label pixels zeroed and ``value`` the label pixel's value.
     """
     device = next(net.parameters()).device
     spec = net.spec
     first = net.layers[0]
+    layout = label_layout(net)
     scores = []
     for start in range(0, images.shape[0], chunk):
         batch = images[start : start + chunk].to(device)
         n = batch.shape[0]
         # Layer 1's input with label 0 embedded, split as base + value * e_label.
-        x = net.layer_input(embed_labels(batch, torch.zeros(n, dtype=torch.long, device=device), spec.label_value), 0)
-        value = x[:, 0].clone()
-        x[:, :LABEL_PIXELS] = 0.0  # x is new: embed_labels copies
+        x = net.layer_input(embed_labels(batch, torch.zeros(n, dtype=torch.long, device=device),
+                                         spec.label_value, layout), 0)
+        value = x[:, layout.offsets[0]].clone()
+        layout.zero(x)  # x is new: embed_labels copies
         shared = F.linear(x, first.weight, first.bias)
-        w_labels = first.weight[:, :LABEL_PIXELS].t()
+        w_labels = layout.label_weights(first.weight)
         per_label = []
-        for c in range(N_CLASSES):  # one label at a time: the chunk's activations stay in cache
+        for c in range(layout.n_classes):  # one label at a time: the chunk's activations stay in cache
             h = net.activation(torch.addr(shared, value, w_labels[c]))
             per_layer = [goodness(h, spec.goodness)]
             for index in range(1, len(net.layers)):
@@ -353,7 +411,8 @@ def goodness_representations(
     for start in range(0, images.shape[0], chunk):
         batch = images[start : start + chunk].to(device)
         batch_labels = labels[start : start + chunk].to(device)
-        per_chunk.append([h.cpu() for h in net(embed_labels(batch, batch_labels, net.spec.label_value))])
+        per_chunk.append([h.cpu() for h in net(embed_labels(batch, batch_labels, net.spec.label_value,
+                                                            label_layout(net)))])
     return [torch.cat(layer) for layer in zip(*per_chunk)]
 
 

@@ -60,6 +60,12 @@ LABEL_VALUES: Registry[Rowwise] = Registry("label_value", {
     "batch_max": lambda images: images.amax().expand(images.shape[0]),
 })
 
+# Which channels of a colour image carry the label (fflab.models.common.LabelLayout).
+LABEL_CHANNELS: Registry[str] = Registry("label_channels", {
+    "every": "the first row of every channel (the authors' code, scheduler/data.py label_images(rgb=True))",
+    "first": "the first row of the first channel only",
+})
+
 # (N, 10, layers) goodness -> (N, 10) scores whose argmax is the prediction.
 PREDICTION_RULES: Registry[Rowwise] = Registry("prediction", {
     "sum": lambda scores: scores.sum(dim=2),

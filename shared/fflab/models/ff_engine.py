@@ -52,13 +52,13 @@ import torch
 import torch.nn.functional as F
 
 from fflab.models.common import (
-    LABEL_PIXELS,
     GoodnessNetwork,
     check_negative_labels,
     draw_negatives,
     embed_labels,
     goodness,
     goodness_loss,
+    label_layout,
     minibatches,
     negative_classes_of,
 )
@@ -87,14 +87,16 @@ def first_layer_parts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Layer 1's input with ``labels`` embedded, split as base + value * e_label.
 
-    Returns ``base`` (N, 784), the layer input with the label pixels zeroed, and
-    ``value`` (N,), the label pixel's value in the layer input. Any label gives
-    the same split: the label pixel's value and the row's norm (l_inf or l2) do
-    not depend on which of the label pixels carries it.
+    Returns ``base`` (N, in), the layer input with the label pixels zeroed, and
+    ``value`` (N,), the label pixel's value in the layer input (the same in every
+    label block of a colour image). Any label gives the same split: the label
+    pixel's value and the row's norm (l_inf or l2) do not depend on which of the
+    label pixels carries it.
     """
-    x = net.layer_input(embed_labels(images, labels, net.spec.label_value), 0)
-    value = x[torch.arange(x.shape[0], device=x.device), labels].clone()
-    x[:, :LABEL_PIXELS] = 0.0  # x is a new tensor: embed_labels copies the images
+    layout = label_layout(net)
+    x = net.layer_input(embed_labels(images, labels, net.spec.label_value, layout), 0)
+    value = x[torch.arange(x.shape[0], device=x.device), layout.offsets[0] + labels].clone()
+    layout.zero(x)  # x is a new tensor: embed_labels copies the images
     return x, value
 
 
@@ -130,6 +132,7 @@ class FFEngine:
     ):
         spec = net.spec
         self.net, self.training, self.generator = net, training, generator
+        self.layout = label_layout(net)
         self.negative_labels = check_negative_labels(negative_labels)
         self.device = images.device
         self.tf32 = tf32
@@ -175,8 +178,8 @@ class FFEngine:
         return buffer[: rows * columns].view(rows, columns)
 
     def _label_matrix(self, labels: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """(N, 10): the label pixels of layer 1's input, ``value`` at the label."""
-        matrix = torch.zeros(labels.shape[0], LABEL_PIXELS, dtype=value.dtype, device=self.device)
+        """(N, classes): the label pixels of layer 1's input (one block), ``value`` at the label."""
+        matrix = torch.zeros(labels.shape[0], self.layout.n_classes, dtype=value.dtype, device=self.device)
         matrix[torch.arange(labels.shape[0], device=self.device), labels] = value
         return matrix
 
@@ -208,7 +211,7 @@ class FFEngine:
         through the frozen layers below (per_epoch negatives)."""
         net = self.net
         first = net.layers[0]
-        h = net.activation(torch.addmm(self._frozen_shared, self.neg_embed, first.weight[:, :LABEL_PIXELS].t()))
+        h = net.activation(torch.addmm(self._frozen_shared, self.neg_embed, self.layout.label_weights(first.weight)))
         for frozen in range(1, self.index):
             h = net.layer_forward(h, frozen)
         self.x[self.n :].copy_(net.layer_input(h, self.index))
@@ -322,7 +325,7 @@ class FFEngine:
         if label_pixels is None:
             return torch.addmm(layer.bias, x, layer.weight.t(), out=z)
         m = z.shape[0] // 2
-        w_labels = layer.weight[:, :LABEL_PIXELS].t()
+        w_labels = self.layout.label_weights(layer.weight)
         if x.shape[0] == 2 * m:  # layer 1, negative rows of other images: a product for each sign
             torch.addmm(layer.bias, x, layer.weight.t(), out=z)
             z[:m].addmm_(label_pixels[0], w_labels)
@@ -415,7 +418,9 @@ class FFEngine:
                 step = slice(None) if batch is None else batch
                 label_of_row = torch.cat([self.pos_labels[step], self.neg_labels[step]])
                 value_of_row = torch.cat([self.value[step], self.neg_value[step]])
-                grad_w.view(-1).index_add_(0, units * in_features + label_of_row[rows], coef * value_of_row[rows])
+                flat, label_grad = grad_w.view(-1), coef * value_of_row[rows]
+                for offset in self.layout.offsets:  # every label block holds the same value
+                    flat.index_add_(0, units * in_features + offset + label_of_row[rows], label_grad)
             grad_b = torch.zeros(out_features, dtype=coef.dtype, device=coef.device).index_add_(0, units, coef)
         layer.weight.grad, layer.bias.grad = grad_w, grad_b
 
@@ -431,7 +436,7 @@ class FFEngine:
             product = F.linear(x, layer.weight, layer.bias)
             # Shared by both signs, or the positive rows' then the negative rows' (``subsampled``).
             pos_product, neg_product = (product, product) if x.shape[0] == m else (product[:m], product[m:])
-            w_labels = layer.weight[:, :LABEL_PIXELS].t()
+            w_labels = self.layout.label_weights(layer.weight)
             g_pos = goodness(net.activation(torch.addmm(pos_product, label_pixels[0], w_labels)), spec.goodness)
             g_neg = goodness(net.activation(torch.addmm(neg_product, label_pixels[1], w_labels)), spec.goodness)
         loss = goodness_loss(g_pos, g_neg, spec.threshold)

@@ -120,9 +120,15 @@ class ModelType:
     trains_without_a_class: bool = False
     in_paper: bool = False
 
-    def build(self, network: NetworkSpec) -> nn.Module:
-        """An untrained network of this type."""
-        return self.implementation().build(network)
+    def build(self, network: NetworkSpec, dataset: str = "mnist") -> nn.Module:
+        """An untrained network of this type for images of ``dataset``: its first layer
+        takes the data set's flattened image (784, 3072), its label embedding and
+        output follow the data set's classes (fflab.data.DATASETS)."""
+        from fflab.data import DATASETS
+
+        entry = DATASETS.lookup(dataset)
+        return self.implementation().build(network, in_features=entry.inputs, n_classes=entry.n_classes,
+                                           channels=entry.channels)
 
     def train(self, job: TrainingJob) -> list[list[float]]:
         """Train ``job.net`` in place (``fflab.models.training.train``); returns the

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from fflab.data import N_CLASSES
 from fflab.models.bp import BPClassifier
-from fflab.models.common import LABEL_PIXELS, GoodnessNetwork, embed_labels, goodness
+from fflab.models.common import GoodnessNetwork, embed_labels, goodness, label_layout
 from fflab.models.components import PREDICTION_RULES
 
 __all__ = ["lesioned_predictions", "neutral_representations", "representations_with_label"]
@@ -44,9 +43,11 @@ def neutral_representations(net: GoodnessNetwork | BPClassifier, images: torch.T
         if isinstance(net, BPClassifier):
             outputs = net.hidden(batch)
         else:
+            layout = label_layout(net)
             x = embed_labels(batch, torch.zeros(batch.shape[0], dtype=torch.long, device=device),
-                             net.spec.label_value)
-            x[:, :LABEL_PIXELS] = x[:, :1] / LABEL_PIXELS
+                             net.spec.label_value, layout)
+            for offset in layout.offsets:  # the label's value spread evenly over the label pixels
+                x[:, offset : offset + layout.n_classes] = x[:, offset : offset + 1] / layout.n_classes
             outputs = net(x)
         per_chunk.append([h.cpu() for h in outputs])
     return [torch.cat(layer) for layer in zip(*per_chunk)]
@@ -56,14 +57,15 @@ def neutral_representations(net: GoodnessNetwork | BPClassifier, images: torch.T
 def representations_with_label(net: GoodnessNetwork, images: torch.Tensor, label: int,
                                chunk: int = 2000) -> list[torch.Tensor]:
     """Per layer (N, n): outputs with ``label`` embedded in every image."""
-    if not 0 <= label < N_CLASSES:
-        raise ValueError(f"label must be in 0..{N_CLASSES - 1}; got {label}")
+    layout = label_layout(net)
+    if not 0 <= label < layout.n_classes:
+        raise ValueError(f"label must be in 0..{layout.n_classes - 1}; got {label}")
     device = _device(net)
     per_chunk = []
     for start in range(0, images.shape[0], chunk):
         batch = images[start : start + chunk].to(device)
         labels = torch.full((batch.shape[0],), label, dtype=torch.long, device=device)
-        per_chunk.append([h.cpu() for h in net(embed_labels(batch, labels, net.spec.label_value))])
+        per_chunk.append([h.cpu() for h in net(embed_labels(batch, labels, net.spec.label_value, layout))])
     return [torch.cat(layer) for layer in zip(*per_chunk)]
 
 
@@ -96,9 +98,10 @@ def lesioned_predictions(net: GoodnessNetwork | BPClassifier, images: torch.Tens
             predictions.append(net.head(out).argmax(dim=1).cpu())
         return predictions
     n = images.shape[0]
-    # Every image with every label: rows ordered label-major, (10 N, 784).
-    labels = torch.arange(N_CLASSES, device=device).repeat_interleave(n)
-    h = embed_labels(images.repeat(N_CLASSES, 1), labels, net.spec.label_value)
+    # Every image with every label: rows ordered label-major, (classes N, in).
+    layout = label_layout(net)
+    labels = torch.arange(layout.n_classes, device=device).repeat_interleave(n)
+    h = embed_labels(images.repeat(layout.n_classes, 1), labels, net.spec.label_value, layout)
     below = []
     for i in range(index + 1):
         h = net.layer_forward(h, i)
@@ -112,6 +115,6 @@ def lesioned_predictions(net: GoodnessNetwork | BPClassifier, images: torch.Tens
         for i in range(index + 1, n_layers):
             out = net.layer_forward(out, i)
             per_layer.append(goodness(out, net.spec.goodness))
-        scores = torch.stack(per_layer, dim=1).view(N_CLASSES, n, n_layers).transpose(0, 1)
+        scores = torch.stack(per_layer, dim=1).view(layout.n_classes, n, n_layers).transpose(0, 1)
         predictions.append(combine(scores).argmax(dim=1).cpu())
     return predictions

@@ -64,12 +64,12 @@ class SymBaTrainer:
         self.stages = len(net.layers)
         self.negative_labels = check_negative_labels(job.negative_labels)
         self.classes = negative_classes_of(job.labels, job.negative_classes)
-        self.positive = embed_labels(job.images, job.labels, net.spec.label_value)
+        self.positive = embed_labels(job.images, job.labels, net.spec.label_value, net.label_layout)
         self._set_negatives(*draw_negatives(self.labels_cpu, self.classes, job.generator, self.negative_labels))
 
     def _set_negatives(self, rows: torch.Tensor | None, wrong: torch.Tensor) -> None:
         self.rows, self.wrong = rows, wrong
-        self.negative = embed_negatives(self.images, rows, wrong, self.net.spec.label_value)
+        self.negative = embed_negatives(self.images, rows, wrong, self.net.spec.label_value, self.net.label_layout)
 
     @torch.no_grad()
     def _below(self, x: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,6 @@ def load_weight_matrices(run_dir: Path) -> list[np.ndarray]:
 
 def load_network(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> torch.nn.Module:
     """The run's trained network (its model type's, from weights.pt), on the CPU, in eval mode."""
-    net = MODELS.lookup(key.model).build(spec.network)
+    net = MODELS.lookup(key.model).build(spec.network, key.dataset)
     net.load_state_dict(torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True))
     return net.eval()

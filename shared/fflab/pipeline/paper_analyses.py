@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fflab import analysis
-from fflab.data import DATASETS, N_CLASSES
+from fflab.data import DATASETS, n_classes
 from fflab.models.components import ACTIVATIONS
 from fflab.pipeline.folders import layer_count
 from fflab.pipeline.train import METRICS_FILE, run_identity
@@ -49,7 +49,7 @@ def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
     spec, key, settings = inputs.spec, inputs.key, inputs.spec.analysis
     stored, keep = inputs.representations, inputs.analysed
     labels = stored["labels"][keep]
-    classes = list(range(N_CLASSES))
+    classes = list(range(n_classes(key.dataset)))
     names = list(DATASETS[key.dataset].class_names)
     records: list[EnsembleRecord] = []
     sparseness: list[LayerSparseness] = []
@@ -73,7 +73,7 @@ def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
                 )
         method2: dict[int, np.ndarray] = {}
         for rule in analysis.METHOD2_CUTS:
-            sizes_by_rule[rule].append([None] * N_CLASSES)
+            sizes_by_rule[rule].append([None] * len(classes))
         for c in classes:
             under = {
                 rule: analysis.method2_ensemble(X[labels == c], upper_bound=upper_bound,
@@ -128,7 +128,7 @@ def shared_units_document(inputs: RunAnalysisInput) -> RunSharedUnits:
     """From the ensembles document: per layer, the shared-units matrix of Method 1
     at each quantile, then of Method 2."""
     ensembles: RunEnsembles = inputs.documents["ensembles"]
-    classes = list(range(N_CLASSES))
+    classes = list(range(n_classes(inputs.key.dataset)))
     units: dict[tuple, dict[int, np.ndarray]] = {}
     for record in ensembles.ensembles:
         place = (record.layer, record.method, record.quantile)
@@ -186,9 +186,9 @@ def run_record(run_dir: Path) -> dict:
     settings = ensembles.analysis
     n_layers = len(weights.layers)
     sizes: dict[str, list[list[int | None]]] = {
-        method: [[None] * N_CLASSES for _ in range(n_layers)] for method in ("method1", "method2")
+        method: [[None] * n_classes(metrics.dataset) for _ in range(n_layers)] for method in ("method1", "method2")
     }
-    analysed = [False] * N_CLASSES
+    analysed = [False] * n_classes(metrics.dataset)
     for record in ensembles.ensembles:
         if record.method == "method2" or record.quantile == settings.table_quantile:
             if record.n_images > 0:

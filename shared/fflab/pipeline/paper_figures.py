@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fflab import analysis, figures
-from fflab.data import DATASETS, N_CLASSES
+from fflab.data import DATASETS, n_classes
 from fflab.models.components import ACTIVATIONS
 from fflab.pipeline.folders import analysed_rows, load_representations, run_dir_of
 from fflab.results import MethodComparison, RunMetrics, RunWeightStats, read_document
@@ -114,7 +114,7 @@ def figure1(ctx: FigureContext) -> dict[str, Figure]:
     first = int(np.flatnonzero(stored["correct"])[0]) if stored["correct"].any() else 0
     patterns = [stored[f"layer{layer}"][first] for layer in range(1, ctx.spec.network.layers + 1)]
     ensembles = analysis.class_ensembles(
-        X1, labels1, "method1", classes=range(N_CLASSES), quantile=settings.figure_quantile,
+        X1, labels1, "method1", classes=range(n_classes(ctx.main_dataset)), quantile=settings.figure_quantile,
         **settings.method1_options(),
     )
     who = ctx.names(ctx.main_model, ctx.main_dataset)
@@ -177,10 +177,10 @@ def figure3(ctx: FigureContext) -> dict[str, Figure]:
     names = figures.class_names(ctx.shared_dataset)
     X, labels = ctx.layer_view(RunKey(ctx.main_model, ctx.shared_dataset, ctx.seed), 1)
     ensembles = analysis.class_ensembles(
-        X, labels, "method1", classes=range(N_CLASSES), quantile=ctx.spec.analysis.figure_quantile,
+        X, labels, "method1", classes=range(n_classes(ctx.shared_dataset)), quantile=ctx.spec.analysis.figure_quantile,
         **ctx.spec.analysis.method1_options(),
     )
-    matrix = analysis.shared_units_matrix(ensembles, range(N_CLASSES))
+    matrix = analysis.shared_units_matrix(ensembles, range(n_classes(ctx.shared_dataset)))
     off_diagonal = matrix - np.diag(np.diag(matrix))
     a, b = np.unravel_index(np.argmax(off_diagonal), matrix.shape)
     who = f"{ctx.names(ctx.main_model, ctx.shared_dataset)}, layer 1"
@@ -244,7 +244,7 @@ def figure8a(ctx: FigureContext) -> dict[str, Figure]:
     X1, labels1 = ctx.layer_view(ctx.main_key, 1)
     quantile = comparison_quantile(settings)
     comparison = None
-    for c in range(N_CLASSES):
+    for c in range(n_classes(ctx.main_dataset)):
         rows = X1[labels1 == c]
         m1 = analysis.method1_ensemble(rows, quantile, **settings.method1_options()).units
         m2 = analysis.method2_ensemble(rows, upper_bound=ctx.upper_bound, **settings.method2_options())

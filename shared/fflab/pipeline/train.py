@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fflab.data import N_CLASSES, load_split
+from fflab.data import load_split, n_classes
 from fflab.devices import describe_device
 from fflab.models import MODELS
 from fflab.models.common import (
@@ -44,11 +44,11 @@ def run_identity(key: RunKey) -> dict:
 
 
 def negative_classes_for(spec: ExperimentSpec, key: RunKey, train_labels: torch.Tensor) -> torch.Tensor:
-    """The labels a run's wrong labels are drawn from: all ten for an unseen-class
+    """The labels a run's wrong labels are drawn from: all the data set's for an unseen-class
     run under ``unseen_class_negatives="all_labels"`` (the authors' code), else the
     classes it trains on."""
     if key.unseen_class is not None and spec.unseen_class_negatives == "all_labels":
-        return torch.arange(N_CLASSES)
+        return torch.arange(n_classes(key.dataset))
     return negative_classes_of(train_labels, None)
 
 
@@ -78,7 +78,7 @@ def train_and_evaluate(
     test = load_split(key.dataset, False, spec.data.test_subset, seed=DATA_SEED, root=data_root)
     generator = seed_everything(key.seed)
     model = MODELS.lookup(key.model)
-    net = model.build(spec.network).to(device)
+    net = model.build(spec.network, key.dataset).to(device)
     # Captures a probe set at the snapshot epochs (ensemble dynamics); None: no snapshot.
     snapshots = snapshot_recorder(spec, key, test.images, test.labels, net, progress)
     progress = snapshots or progress
@@ -112,7 +112,7 @@ def train_and_evaluate(
     test_labels = test.labels.numpy()
     per_class = [
         float(correct[test_labels == c].mean()) if (test_labels == c).any() else None
-        for c in range(N_CLASSES)
+        for c in range(n_classes(key.dataset))
     ]
     metrics = RunMetrics(
         **run_identity(key),

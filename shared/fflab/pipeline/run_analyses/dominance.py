@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from fflab import figures
 from fflab.analysis.dominance import winner_counts
-from fflab.data import DATASETS, N_CLASSES
+from fflab.data import DATASETS, n_classes(inputs.key.dataset)
 from fflab.pipeline.folders import layer_count
 from fflab.pipeline.run_analyses.common import run_identity
 from fflab.pipeline.run_document import RunAnalysis
@@ -67,7 +67,7 @@ def analyse(inputs: RunAnalysisInput) -> RunDominance:
         X = stored[f"layer{layer}"][keep]
         counts = winner_counts(X)
         per_class = []
-        for c in range(N_CLASSES):
+        for c in range(n_classes(inputs.key.dataset)):
             class_counts = winner_counts(X[labels == c])
             n = int(class_counts.sum())
             per_class.append(ClassWinner(class_index=c, unit=int(class_counts.argmax()) if n else None,

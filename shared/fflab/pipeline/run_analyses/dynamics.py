@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.dynamics import ensemble_trajectory
-from fflab.data import DATASETS, N_CLASSES
+from fflab.data import DATASETS, n_classes(inputs.key.dataset)
 from fflab.figures import caption, legend, model_display_name, panel_letters, styled
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
@@ -68,7 +68,7 @@ def analyse(inputs: RunAnalysisInput) -> RunDynamics:
     stored = inputs.representations
     settings = inputs.documents["ensembles"].analysis
     quantile = settings.table_quantile
-    classes = list(range(N_CLASSES))
+    classes = list(range(n_classes(inputs.key.dataset)))
     path = inputs.run_dir / SNAPSHOT_FILE
     points, epochs, final_sizes, n_probe = [], set(), [], 0
     if path.is_file():

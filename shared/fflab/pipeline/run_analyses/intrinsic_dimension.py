@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.intrinsic_dimension import two_nn
-from fflab.data import N_CLASSES
+from fflab.data import n_classes
 from fflab.figures import caption, integer_ticks, legend, model_color, model_display_name, styled
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
@@ -73,13 +73,13 @@ def analyse(inputs: RunAnalysisInput) -> RunIntrinsicDimension:
     stored = inputs.representations
     quantile, ensembles = table_ensembles(inputs.documents["ensembles"])
     labels = stored["labels"][inputs.analysed]
-    overall_rows = per_class_rows(labels, TWO_NN_MAX_POINTS // N_CLASSES, ANALYSIS_SEED)
+    overall_rows = per_class_rows(labels, TWO_NN_MAX_POINTS // n_classes(inputs.key.dataset), ANALYSIS_SEED)
     class_rows = per_class_rows(labels, TWO_NN_MAX_POINTS, ANALYSIS_SEED)
     layers = []
     for layer in range(1, folders.layer_count(stored) + 1):
         X = stored[f"layer{layer}"][inputs.analysed]
         per_class, counts, duplicates = [], [], []
-        for c in range(N_CLASSES):
+        for c in range(n_classes(inputs.key.dataset)):
             result = two_nn(X[class_rows[labels[class_rows] == c]], TWO_NN_DISCARD)
             per_class.append(finite_or_none(result.dimension))
             counts.append(result.n_points)
@@ -89,7 +89,7 @@ def analyse(inputs: RunAnalysisInput) -> RunIntrinsicDimension:
             layer=layer, dimension=finite_or_none(two_nn(X[overall_rows], TWO_NN_DISCARD).dimension),
             per_class=per_class, n_points=counts, n_duplicates=duplicates,
             ensemble_sizes=[int(sizes[c].size) if c in sizes and (labels == c).any() else None
-                            for c in range(N_CLASSES)],
+                            for c in range(n_classes(inputs.key.dataset))],
         ))
     return RunIntrinsicDimension(**run_identity(inputs.key), discard=TWO_NN_DISCARD, max_points=TWO_NN_MAX_POINTS,
                                  subsample_seed=ANALYSIS_SEED, quantile=quantile, layers=layers)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.layer_accuracy import goodness_accuracy, linear_probe
-from fflab.data import N_CLASSES
+from fflab.data import n_classes
 from fflab.figures import caption, integer_ticks, legend, model_color, model_display_name, spread_note, styled
 from fflab.models.probing import neutral_representations
 from fflab.pipeline.run_analyses.common import (
@@ -109,14 +109,14 @@ def analyse(inputs: RunAnalysisInput) -> RunLayerAccuracy:
             for layer in range(result.per_layer.size)
         ]
     train = inputs.train_split
-    train_rows = per_class_rows(train.labels.numpy(), PROBE_TRAIN_IMAGES // N_CLASSES, ANALYSIS_SEED)
-    test_rows = per_class_rows(labels, PROBE_TEST_IMAGES // N_CLASSES, ANALYSIS_SEED)
+    train_rows = per_class_rows(train.labels.numpy(), PROBE_TRAIN_IMAGES // n_classes(inputs.key.dataset), ANALYSIS_SEED)
+    test_rows = per_class_rows(labels, PROBE_TEST_IMAGES // n_classes(inputs.key.dataset), ANALYSIS_SEED)
     train_layers = neutral_representations(inputs.network, train.images[train_rows])
     test_layers = neutral_representations(inputs.network, inputs.test_split.images[test_rows])
     probes = []
     for layer, (train_x, test_x) in enumerate(zip(train_layers, test_layers), start=1):
         fit = linear_probe(train_x.numpy(), train.labels.numpy()[train_rows], test_x.numpy(), labels[test_rows],
-                           N_CLASSES, PROBE_REGULARIZATION, PROBE_MAX_ITER)
+                           n_classes(inputs.key.dataset), PROBE_REGULARIZATION, PROBE_MAX_ITER)
         probes.append(LayerProbe(layer=layer, train_accuracy=fit.train_accuracy, test_accuracy=fit.test_accuracy,
                                  per_class=finite_list(fit.test_per_class), iterations=fit.iterations,
                                  converged=fit.converged))

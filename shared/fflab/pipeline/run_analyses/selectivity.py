@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.selectivity import label_selectivity
-from fflab.data import N_CLASSES
+from fflab.data import n_classes
 from fflab.figures import caption, class_names, model_display_name, note_if_empty, panel_letters, styled
 from fflab.models.probing import representations_with_label
 from fflab.pipeline.run_analyses.common import (
@@ -74,11 +74,11 @@ def analyse(inputs: RunAnalysisInput) -> RunSelectivity:
     stored = inputs.representations
     rows = per_class_rows(stored["labels"], SELECTIVITY_IMAGES_PER_CLASS, ANALYSIS_SEED)
     images, labels = inputs.test_split.images[rows], stored["labels"][rows]
-    per_label = [representations_with_label(inputs.network, images, k) for k in range(N_CLASSES)]  # [label][layer]
+    per_label = [representations_with_label(inputs.network, images, k) for k in range(n_classes(inputs.key.dataset))]  # [label][layer]
     layers = []
     for layer in sorted(ensembles):
-        by_label = np.stack([per_label[k][layer - 1].numpy() for k in range(N_CLASSES)])
-        result = label_selectivity(by_label, labels, ensembles[layer], list(range(N_CLASSES)))
+        by_label = np.stack([per_label[k][layer - 1].numpy() for k in range(n_classes(inputs.key.dataset))])
+        result = label_selectivity(by_label, labels, ensembles[layer], list(range(n_classes(inputs.key.dataset))))
         layers.append(LayerSelectivity(
             layer=layer, activity=[finite_list(row) for row in result.activity],
             true_label=finite_list(result.true_label), wrong_labels=finite_list(result.wrong_labels),

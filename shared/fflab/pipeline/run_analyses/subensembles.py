@@ -12,7 +12,7 @@ from pydantic import Field
 
 from fflab.analysis.ensembles import method1_threshold
 from fflab.analysis.subensembles import sub_ensembles
-from fflab.data import N_CLASSES
+from fflab.data import n_classes
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
     ANALYSIS_SEED,
@@ -75,7 +75,7 @@ def analyse(inputs: RunAnalysisInput) -> RunSubEnsembles:
     records = []
     for layer in range(1, folders.layer_count(stored) + 1):
         X = stored[f"layer{layer}"][inputs.analysed]
-        for c in range(N_CLASSES):
+        for c in range(n_classes(inputs.key.dataset)):
             class_rows = rows[labels[rows] == c]
             if class_rows.size < 3:
                 continue
