@@ -81,6 +81,14 @@ def _unsatisfiable(header: str, size: int):
                      headers={"Content-Range": f"bytes */{size}"})
 
 
+# An SVG is a document that may hold scripts (and a stored one could have been
+# replaced in the bucket): opened on its own, the browser runs nothing of it, loads
+# nothing and treats it as a sandboxed, unique origin; its inline style (matplotlib
+# writes one) still applies. As an <img>, a browser never runs an SVG's scripts.
+SVG_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+               "X-Content-Type-Options": "nosniff"}
+
+
 async def file_response(request: Request, files: Files, artifact: Artifact) -> Response:
     """The answer to GET or HEAD of a stored file (see the module's docstring);
     ``artifact`` is a detached row (its columns loaded)."""
@@ -89,6 +97,8 @@ async def file_response(request: Request, files: Files, artifact: Artifact) -> R
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-cache",
                "Content-Disposition": f'inline; filename="{file_name}"'}
     media_type = content_type(artifact.name)
+    if media_type == "image/svg+xml":
+        headers.update(SVG_HEADERS)
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and _matches(if_none_match, etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)

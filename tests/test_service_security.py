@@ -86,6 +86,11 @@ def local_api(tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
                 stored = storage.put_file(f"experiments/{experiment_id}/{name}", source)
                 session.add(Artifact(experiment_id=experiment_id, name=name, key=stored.key, size=stored.size,
                                      sha256=stored.sha256, content_type="application/json"))
+            svg = tmp_path / f"{experiment_id}.svg"
+            svg.write_bytes(HOSTILE_SVG)
+            stored = storage.put_file(f"experiments/{experiment_id}/figures/figure1a.svg", svg)
+            session.add(Artifact(experiment_id=experiment_id, name="figures/figure1a.svg", key=stored.key,
+                                 size=stored.size, sha256=stored.sha256, content_type="image/svg+xml"))
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
@@ -97,6 +102,30 @@ def local_api(tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+HOSTILE_SVG = (b'<svg xmlns="http://www.w3.org/2000/svg"><script>fetch("/v1/experiments")</script>'
+               b'<style>rect{fill:red}</style><rect width="1" height="1"/></svg>')
+
+
+def test_an_svg_figure_is_served_as_svg_that_runs_and_loads_nothing(local_api) -> None:
+    """A figure's SVG (fflab writes one beside each PNG) is a document that could hold
+    a script: served as image/svg+xml with a policy under which nothing in it runs or
+    loads when it is opened on its own, and not sniffed as anything else."""
+    import httpx
+
+    base_url, key, mine, _ = local_api
+    for route in ("figures/figure1a.svg", "artifacts/figures/figure1a.svg"):
+        response = httpx.get(f"{base_url}/v1/experiments/{mine}/{route}", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200, route
+        assert response.headers["content-type"] == "image/svg+xml"
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "sandbox" in policy and "script" not in policy
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.content == HOSTILE_SVG
+    png = httpx.get(f"{base_url}/v1/experiments/{mine}/figures/figure1a", headers={"Authorization": f"Bearer {key}"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert "content-security-policy" not in png.headers
 
 
 def test_path_tricks_never_leave_the_experiment_local_storage(local_api) -> None:

@@ -179,13 +179,15 @@ async def list_figures(experiment_id: ExperimentId, request: Request, db: Databa
 
 
 @router.get("/figures/{name}", response_class=Response,
-            responses={200: {"content": {"image/png": {}}, "headers": FILE_HEADERS},
+            responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}, "headers": FILE_HEADERS},
                        206: {"description": "The requested range.", "headers": FILE_HEADERS},
                        304: {"description": "If-None-Match matched the ETag."}, **problem_responses(416, 503)})
 @router.head("/figures/{name}", response_class=Response, responses={200: {"description": "The headers of GET, no body."}})
 async def get_figure(name: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
                      credentials: Credentials, storage: StorageDep):
-    """A figure as PNG; ``name`` as in the list (figure1a.png), or without ``.png``."""
+    """A figure as PNG or SVG; ``name`` as in the list (figure1a.png, figure1a.svg), or without
+    a suffix for the PNG. An SVG comes with ``Content-Security-Policy: default-src 'none';
+    style-src 'unsafe-inline'; sandbox``: opened on its own, nothing in it runs or loads."""
     artifact = await db.read(lambda session: service.figure_artifact(
         session, readable_experiment(session, authenticated_user(session, credentials), experiment_id),
         name, encoded_slash(request)))

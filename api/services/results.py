@@ -177,7 +177,8 @@ def artifact_named(session: Session, experiment: Experiment, name: str, encoded_
 
 
 def figure_artifact(session: Session, experiment: Experiment, name: str, encoded_slash: bool) -> Artifact:
-    """The artifact of the figure ``name`` (with or without ``.png``), checked as a name."""
-    file_name = name if name.endswith(".png") else f"{name}.png"
+    """The artifact of the figure ``name`` (``figure1a.png`` or ``figure1a.svg``; without a
+    suffix, the PNG), checked as a name."""
+    file_name = name if name.endswith((".png", ".svg")) else f"{name}.png"
     check_artifact_name(file_name, "name", "/" in name or encoded_slash)
     return _stored(session, experiment, f"{FIGURES_PREFIX}{file_name}")

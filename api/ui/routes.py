@@ -189,8 +189,11 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
         tables = [result.results["tables"][name] | {"name": name} for name in PAPER_TABLES + ("sweep",)
                   if name in result.results.get("tables", {})]
         comparison = result_service.paper_comparison(session, experiment, "json")
-    figures = [views.figure_out(request, artifact).name for artifact in result_service.artifacts_page(
+    stored_figures = [views.figure_out(request, artifact).name for artifact in result_service.artifacts_page(
         session, experiment, Page.first(), result_service.FIGURES_PREFIX)[0]]
+    vectors = {name for name in stored_figures if name.endswith(".svg")}
+    figures = [{"name": name, "svg": svg if (svg := name.removesuffix(".png") + ".svg") in vectors else None}
+               for name in stored_figures if not name.endswith(".svg")]
     analyses = [views.analysis_out(request, analysis)
                 for analysis in analysis_service.analyses_page(session, experiment, Page.first())[0]]
     return {

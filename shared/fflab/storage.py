@@ -315,7 +315,7 @@ def get_storage(settings: Settings) -> Storage:
 
 
 CONTENT_TYPES = {
-    ".png": "image/png", ".json": "application/json", ".csv": "text/csv; charset=utf-8",
+    ".png": "image/png", ".svg": "image/svg+xml", ".json": "application/json", ".csv": "text/csv; charset=utf-8",
     ".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8",
 }
 
