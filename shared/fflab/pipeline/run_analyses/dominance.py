@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from fflab import figures
 from fflab.analysis.dominance import winner_counts
-from fflab.data import DATASETS, n_classes(inputs.key.dataset)
+from fflab.data import DATASETS, n_classes
 from fflab.pipeline.folders import layer_count
 from fflab.pipeline.run_analyses.common import run_identity
 from fflab.pipeline.run_document import RunAnalysis

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.dynamics import ensemble_trajectory
-from fflab.data import DATASETS, n_classes(inputs.key.dataset)
+from fflab.data import DATASETS, n_classes
 from fflab.figures import caption, legend, model_display_name, panel_letters, styled
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
