@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from fflab.figures import (
     caption,
@@ -29,12 +31,12 @@ from fflab.figures import (
 __all__ = ["side_color", "loss_curves_overlay", "layer_quantities_overlay"]
 
 
-def side_color(index: int) -> str:
-    """The colour of side ``index`` (tab10)."""
+def side_color(index: int) -> tuple[float, float, float, float]:
+    """The colour of side ``index`` (tab10), as RGBA."""
     return colormaps["tab10"](index % 10)
 
 
-def _figure(n_panels: int, columns: int, width: float, height: float) -> tuple[Figure, list]:
+def _figure(n_panels: int, columns: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
     columns = max(1, min(columns, n_panels))
     rows = -(-n_panels // columns)
     fig = Figure(figsize=(width * columns, height * rows), layout="constrained")
@@ -113,7 +115,7 @@ def loss_curves_overlay(
 def layer_quantities_overlay(
     labels: Sequence[str],
     groups: Sequence[str],
-    quantities: Mapping[str, Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]],
+    quantities: Mapping[str, Sequence[Sequence[tuple[ArrayLike, ArrayLike]]]],
     title: str | None = "Per layer: mean ± SE over runs",
 ) -> Figure:
     """Per-layer quantities of the sides overlaid, one panel per quantity and group.

@@ -121,14 +121,15 @@ def _mean_size(sizes: list[int | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def learned(record: dict) -> bool:
+def learned(record: dict[str, Any]) -> bool:
     """Whether a run's test accuracy is above chance beyond noise
     (``fflab.analysis.above_chance`` on its balanced accuracy, the mean of its
     per-class accuracies, where the record has them)."""
     per_class = [a for a in record.get("per_class_accuracy") or [] if a is not None]
     accuracy = float(np.mean(per_class)) if per_class else record["accuracy"]
     n_classes = len(record.get("per_class_accuracy") or []) or 10
-    return analysis.above_chance(accuracy, int(record.get("n_test") or DEFAULT_TEST_IMAGES), max(n_classes, 2))
+    above: bool = analysis.above_chance(accuracy, int(record.get("n_test") or DEFAULT_TEST_IMAGES), max(n_classes, 2))
+    return above
 
 
 # Test images of MNIST and Fashion-MNIST: a record without n_test (older results) is taken to have these.
@@ -147,11 +148,12 @@ JUDGED_ON_LEARNED_RUNS = {"ensemble_size", "mean_shared_units", "unseen_activity
 
 
 def _our_estimate(
-    cell: dict[str, Any], spec: ExperimentSpec, records: list[dict], method_comparison: dict | None
+    cell: dict[str, Any], spec: ExperimentSpec, records: list[dict[str, Any]], method_comparison: dict[str, Any] | None
 ) -> tuple[float | None, float | None, int, str]:
     """This experiment's (mean, se, n, note) for a published cell; n is -1 where
     every run behind it is at chance level."""
-    quantity, layer = cell["quantity"], cell.get("layer")
+    quantity: str = cell["quantity"]
+    layer: Any = cell.get("layer")  # an int (from 1) for the per-layer quantities
     if quantity.startswith("method_fit"):
         if not method_comparison or method_comparison.get("slope") is None:
             return None, None, 0, "no Method 1 vs Method 2 fit"
@@ -211,7 +213,7 @@ def _our_estimate(
     return mean, se, n, note
 
 
-def _pair_note(records: list[dict], layer: int, similar: list[int]) -> str:
+def _pair_note(records: list[dict[str, Any]], layer: int, similar: list[int]) -> str:
     """The per-pair counts behind a shared-units cell, in words: the range over
     pairs, and the mean over the pairs of ``similar`` classes (over runs)."""
     pairs = [pair for r in records for layer_pairs in (r.get("shared_units_pairs") or [])[layer - 1:layer]
@@ -259,8 +261,8 @@ def sweep_note(spec: ExperimentSpec) -> str:
 
 def paper_comparison(
     spec: ExperimentSpec,
-    records: list[dict],
-    method_comparison: dict | None,
+    records: list[dict[str, Any]],
+    method_comparison: dict[str, Any] | None,
     experiment: str,
     protocol: list[ProtocolDifference] | None = None,
 ) -> PaperComparison:
@@ -407,7 +409,7 @@ def comparison_figure(comparison: PaperComparison) -> Figure:
         labels=[c.id for c in cells],
         quantities=[c.quantity for c in cells],
         paper=[(c.paper_mean, c.paper_se) for c in cells],
-        ours=[(c.mean, c.se) for c in cells],
+        ours=[(c.mean, c.se) for c in cells if c.mean is not None],  # every one of them
         verdicts=[c.verdict for c in cells],
         title=comparison.experiment + ("" if comparison.reproduction else " (not the paper's protocol)"),
         runs=[c.n for c in cells],

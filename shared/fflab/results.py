@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from fflab.spec import AnalysisSpec, DatasetName, ModelName
 
-SCHEMA_VERSION = "1.0"
-SWEEP_SCHEMA_VERSION = "1.1"  # results.json with a sweep section
+SCHEMA_VERSION: Final = "1.0"
+SWEEP_SCHEMA_VERSION: Final = "1.1"  # results.json with a sweep section
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 
@@ -75,13 +75,13 @@ class RunDevice(BaseModel):
 
 
 # metrics.json's own version: 1.1 added device_info (1.0 documents, without it, still read).
-METRICS_SCHEMA_VERSION = "1.1"
+METRICS_SCHEMA_VERSION: Final = "1.1"
 
 
 class RunMetrics(RunIdentity):
     """metrics.json: accuracy and training record of one run."""
 
-    schema_version: Literal["1.0", "1.1"] = METRICS_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = METRICS_SCHEMA_VERSION  # type: ignore[assignment]  # a document widens the versions it reads
     accuracy: float = Field(description="Test accuracy over all evaluated images.")
     per_class_accuracy: list[float | None] = Field(
         description="Accuracy per class 0..9; null for a class with no test images."
@@ -176,13 +176,13 @@ class UnseenClassSummary(BaseModel):
 
 # ensembles.json's own version: 1.1 measures sparseness per image (LayerSparseness) and adds
 # method2_sizes_by_cut_rule (1.0 documents still read).
-ENSEMBLES_SCHEMA_VERSION = "1.1"
+ENSEMBLES_SCHEMA_VERSION: Final = "1.1"
 
 
 class RunEnsembles(RunIdentity):
     """ensembles.json: every class's ensemble, per layer and method."""
 
-    schema_version: Literal["1.0", "1.1"] = ENSEMBLES_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = ENSEMBLES_SCHEMA_VERSION  # type: ignore[assignment]  # a document widens the versions it reads
     analysis: AnalysisSpec
     n_units: int
     ensembles: list[EnsembleRecord]
@@ -236,13 +236,13 @@ class LayerWeightStats(BaseModel):
 
 
 # weight_stats.json's own version: 1.1 adds Figure 7's counts per layer (1.0 documents still read).
-WEIGHT_STATS_SCHEMA_VERSION = "1.1"
+WEIGHT_STATS_SCHEMA_VERSION: Final = "1.1"
 
 
 class RunWeightStats(RunIdentity):
     """weight_stats.json: excitatory/inhibitory weight statistics per hidden layer."""
 
-    schema_version: Literal["1.0", "1.1"] = WEIGHT_STATS_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = WEIGHT_STATS_SCHEMA_VERSION  # type: ignore[assignment]  # a document widens the versions it reads
     layers: list[LayerWeightStats]
 
 
@@ -299,8 +299,8 @@ class MethodComparison(BaseModel):
     )
 
     @model_serializer(mode="wrap")
-    def _without_empty_cut_rules(self, handler):
-        data = handler(self)
+    def _without_empty_cut_rules(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
         if not self.by_cut_rule:
             data.pop("by_cut_rule", None)
         return data
@@ -358,13 +358,13 @@ class SweepResults(BaseModel):
 class ExperimentResults(Document):
     """results.json: the experiment's tables, figures and cross-run summaries."""
 
-    schema_version: Literal["1.0", "1.1"] = SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = SCHEMA_VERSION  # type: ignore[assignment]  # a document widens the versions it reads
     name: str
-    runs: list[dict] = Field(
+    runs: list[dict[str, Any]] = Field(
         description="One summary record per run; with a sweep, each has its grid point (point) "
         "and the swept values there (sweep_values)."
     )
-    tables: dict[str, dict] = Field(
+    tables: dict[str, dict[str, Any]] = Field(
         description="Tables 1-3 (table1..table3) and the other aggregates over runs, as Table.to_dict(); "
         "with a sweep, each with a row per grid point and model, and the sweep table."
     )
@@ -380,8 +380,8 @@ class ExperimentResults(Document):
         return self
 
     @model_serializer(mode="wrap")
-    def _without_an_absent_sweep(self, handler):
-        data = handler(self)
+    def _without_an_absent_sweep(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
         if self.sweep is None:
             data.pop("sweep", None)
         return data
@@ -442,13 +442,13 @@ class CellComparison(BaseModel):
 # paper_comparison.json's own version: 1.1 added each cell's paper_resolution; 1.2
 # replaced z by Student's t with df, p and the confidence interval, and added the
 # descriptive and did-not-learn verdicts (1.0 and 1.1 documents still read).
-PAPER_COMPARISON_SCHEMA_VERSION = "1.2"
+PAPER_COMPARISON_SCHEMA_VERSION: Final = "1.2"
 
 
 class PaperComparison(Document):
     """paper_comparison.json: every number of the paper against this experiment's."""
 
-    schema_version: Literal["1.0", "1.1", "1.2"] = PAPER_COMPARISON_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1", "1.2"] = PAPER_COMPARISON_SCHEMA_VERSION  # type: ignore[assignment]  # a document widens the versions it reads
     experiment: str
     reproduction: bool = Field(description="True when no protocol setting differs from the paper's.")
     protocol: list[ProtocolDifference]
@@ -479,5 +479,8 @@ def write_document(document: Document, path: Path) -> None:
     path.write_text(document.model_dump_json(indent=2) + "\n")
 
 
-def read_document(cls: type[Document], path: Path) -> Document:
+DocumentT = TypeVar("DocumentT", bound=Document)
+
+
+def read_document(cls: type[DocumentT], path: Path) -> DocumentT:
     return cls.model_validate_json(path.read_text())

@@ -44,7 +44,7 @@ def diff_command(sides: tuple[str, ...], fmt: str, figures_dir: Path | None) -> 
     if any(folders) and not all(folders):
         raise click.UsageError("give results folders or service experiment ids, not both: "
                                + ", ".join(s for s, f in zip(sides, folders) if not f) + " is not a folder here")
-    figures: dict[str, bytes | None] = {}
+    figures: dict[str, bytes] = {}
     if all(folders):
         try:
             found, data = compare_folders_with_each_other([Path(side) for side in sides])
@@ -62,6 +62,7 @@ def diff_command(sides: tuple[str, ...], fmt: str, figures_dir: Path | None) -> 
             if figures_dir is not None:
                 figures = {name: api.comparison_figure(list(sides), name) for name in comparison.FIGURES}
         for name, png in figures.items():
+            assert figures_dir is not None  # figures are fetched only for a folder to write them to
             figures_dir.mkdir(parents=True, exist_ok=True)
             (figures_dir / f"{name}.png").write_bytes(png)
     if fmt == "json":
