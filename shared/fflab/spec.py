@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     GoodnessName: TypeAlias = str
     NormalizationName: TypeAlias = str
     LabelValueName: TypeAlias = str
+    LabelChannelsName: TypeAlias = str
     Method1ThresholdName: TypeAlias = str
     Method2CutName: TypeAlias = str
     NegativeLabelDrawName: TypeAlias = str
@@ -71,6 +72,7 @@ else:
     GoodnessName = GOODNESS.literal()
     NormalizationName = NORMALIZATIONS.literal()
     LabelValueName = LABEL_VALUES.literal()
+    LabelChannelsName = LABEL_CHANNELS.literal()
     Method1ThresholdName = METHOD1_THRESHOLDS.literal()
     Method2CutName = METHOD2_CUTS.literal()
     NegativeLabelDrawName = NEGATIVE_LABEL_DRAWS.literal()
@@ -129,7 +131,7 @@ class NetworkSpec(StrictModel):
         description="Value written in the label pixel: the image's maximum (paper) or the "
         "batch's maximum (code).",
     )
-    label_channels: LABEL_CHANNELS.literal() = Field(
+    label_channels: LabelChannelsName = Field(
         "every",
         description="Colour images (CIFAR-10, SVHN; 3 x 32 x 32 flattened to 3072 inputs): the label "
         "pixels are the first row's first pixels of every channel (the authors' code) or of the "
