@@ -227,18 +227,44 @@ def test_docs_load_everything_from_the_server(api: Server) -> None:
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium's own background traffic (updates, sync, hints) off, so its network log holds the page's requests only.
+BROWSER_QUIET = ("--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-default-apps", "--no-first-run", "--disable-features=OptimizationHints,MediaRouter")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_docs_render_in_a_browser_with_no_network(api: Server) -> None:
+def test_docs_render_in_a_browser_with_no_network(api: Server, tmp_path: Path) -> None:
     """Headless Chromium with every host but 127.0.0.1 unresolvable: Swagger UI and
-    ReDoc still draw the operations (a CDN asset would leave the pages blank)."""
+    ReDoc still draw the operations (a CDN asset would leave the pages blank), and
+    the browser's network log holds no request to any other host (ReDoc's footer
+    logo from cdn.redoc.ly is stopped by the pages' Content-Security-Policy)."""
     for page, marker in (("docs", 'class="opblock'), ("redoc", "Submit Experiment")):
+        net_log = tmp_path / f"{page}-netlog.json"
         done = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
-             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--dump-dom", f"{api.url}/{page}"],
+             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", f"--log-net-log={net_log}",
+             *BROWSER_QUIET,
+             "--dump-dom", f"{api.url}/{page}"],
             capture_output=True, text=True, timeout=120)
         assert marker in done.stdout and "Submit Experiment" in done.stdout, (page, done.stdout[:2000])
+        requested = requests_made_by(api.url, json.loads(net_log.read_text()))
+        assert len(requested) >= 2 and all(url.startswith(f"{api.url}/") for url in requested), (page, requested)
+
+
+def requests_made_by(origin: str, net_log: dict) -> set[str]:
+    """The URLs a page of ``origin`` asked for, from Chromium's --log-net-log file
+    (requests whose initiator is that origin; the browser's own have none)."""
+    return {event["params"]["url"] for event in net_log["events"]
+            if event.get("params", {}).get("initiator") == origin and "url" in event["params"]}
+
+
+def test_docs_pages_allow_only_the_apps_own_origin(api: Server) -> None:
+    for page in ("/docs", "/redoc"):
+        policy = httpx.get(f"{api.url}{page}").headers["content-security-policy"]
+        directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+        assert directives["default-src"] == "'self'" and directives["img-src"] == "'self' data:", policy
+        sources = {source for value in directives.values() for source in value.split()}
+        assert sources <= {"'self'", "'none'", "'unsafe-inline'", "data:", "blob:"}, policy
 
 
 # --------------------------------------------------------------------------- errors
