@@ -73,8 +73,9 @@ def test_class_names():
     assert ff.class_names("fashion_mnist")[0] == "T-shirt/top"
     assert ff.class_names("fashion_mnist")[-1] == "Ankle boot"
     assert len(FASHION_MNIST_CLASS_NAMES) == 10
+    assert ff.class_names("cifar10")[0] == "airplane" and len(ff.class_names("emnist_letters")) == 26
     with pytest.raises(ValueError):
-        ff.class_names("cifar10")
+        ff.class_names("imagenet")
 
 
 def test_model_names_and_colours():

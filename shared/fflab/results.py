@@ -47,10 +47,18 @@ class Document(BaseModel):
     schema_version: Literal["1.0"] = SCHEMA_VERSION
 
 
+# A recorded run (fflab.representations: a network trained elsewhere, or recorded
+# activity) is named by these in place of a model and a data set of fflab's.
+EXTERNAL_MODEL = "external"
+EXTERNAL_DATASET = "recorded"
+
+
 class RunIdentity(Document):
     run_id: str
-    model: ModelName
-    dataset: DatasetName
+    model: ModelName | Literal["external"] = Field(
+        description="The model type; external: representations recorded elsewhere (docs/representations.md).")
+    dataset: DatasetName | Literal["recorded"] = Field(
+        description="The data set; recorded: the images of a representations file.")
     seed: int
     unseen_class: int | None = Field(None, description="Class left out of training, if any.")
 

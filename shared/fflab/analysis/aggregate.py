@@ -48,6 +48,7 @@ import numpy as np
 from fflab.analysis.ensembles import SPARSENESS_MEASURES
 from fflab.data import DATASETS
 from fflab.models import MODELS
+from fflab.results import EXTERNAL_DATASET, EXTERNAL_MODEL
 
 __all__ = [
     "Table",
@@ -222,12 +223,12 @@ def _check_records(records: Sequence[dict[str, Any]], quantity: str) -> None:
         missing = [key for key in ("model", "dataset", "seed", quantity) if key not in record]
         if missing:
             raise ValueError(f"records[{index}] lacks the keys {missing}.")
-        if record["model"] not in MODELS:
+        if record["model"] not in MODELS and record["model"] != EXTERNAL_MODEL:
             raise ValueError(
                 f"records[{index}]['model'] must be one of {list(MODELS)}; "
                 f"got {record['model']!r}."
             )
-        if record["dataset"] not in DATASETS:
+        if record["dataset"] not in DATASETS and record["dataset"] != EXTERNAL_DATASET:
             raise ValueError(
                 f"records[{index}]['dataset'] must be one of {list(DATASETS)}; "
                 f"got {record['dataset']!r}."
@@ -254,9 +255,21 @@ def _per_layer_values(record: dict[str, Any], key: str, index: int) -> list[Any]
 
 
 def _present(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    models = [m for m in MODELS if any(r["model"] == m for r in records)]
-    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in records)]
-    return models, datasets
+    """The models and data sets of ``records``: the registries' in their order, then
+    any other (a recorded run's ``external`` and ``recorded``) as first met."""
+    def ordered(registry: Any, field: str) -> list[str]:
+        found = [name for name in registry if any(r[field] == name for r in records)]
+        return found + list(dict.fromkeys(r[field] for r in records if r[field] not in registry))
+
+    return ordered(MODELS, "model"), ordered(DATASETS, "dataset")
+
+
+def _model_label(model: str) -> str:
+    return MODELS[model].display_name if model in MODELS else model
+
+
+def _dataset_label(dataset: str) -> str:
+    return DATASETS[dataset].display_name if dataset in DATASETS else dataset
 
 
 def _estimate_cells(values: list[float]) -> list[Cell]:
@@ -291,14 +304,14 @@ def _layered_table(
     columns = ["Model"]
     for dataset in datasets:
         for layer in range(n_layers):
-            label = f"{DATASETS[dataset].display_name} Layer {layer + 1}"
+            label = f"{_dataset_label(dataset)} Layer {layer + 1}"
             columns += [label + MEAN_SUFFIX, label + SE_SUFFIX]
-        columns.append(f"{DATASETS[dataset].display_name} runs")
+        columns.append(f"{_dataset_label(dataset)} runs")
         if count_label is not None:
-            columns.append(f"{DATASETS[dataset].display_name} {count_label}")
+            columns.append(f"{_dataset_label(dataset)} {count_label}")
     rows = []
     for model in models:
-        row: list[Cell] = [MODELS[model].display_name]
+        row: list[Cell] = [_model_label(model)]
         for dataset in datasets:
             group = [
                 v
@@ -343,11 +356,11 @@ def accuracy_table(records: Sequence[dict[str, Any]]) -> Table:
     models, datasets = _present(records)
     columns = ["Model"]
     for dataset in datasets:
-        label = DATASETS[dataset].display_name
+        label = _dataset_label(dataset)
         columns += [label + MEAN_SUFFIX, label + SE_SUFFIX, f"{label} runs"]
     rows = []
     for model in models:
-        row: list[Cell] = [MODELS[model].display_name]
+        row: list[Cell] = [_model_label(model)]
         for dataset in datasets:
             group = [
                 a
@@ -522,9 +535,9 @@ def unseen_activity_table(records: Sequence[dict[str, Any]]) -> Table:
     columns = ["Ensemble"]
     for dataset in datasets:
         for layer in range(n_layers):
-            label = f"{DATASETS[dataset].display_name} Layer {layer + 1}"
+            label = f"{_dataset_label(dataset)} Layer {layer + 1}"
             columns += [label + MEAN_SUFFIX, label + SE_SUFFIX]
-        columns.append(f"{DATASETS[dataset].display_name} runs")
+        columns.append(f"{_dataset_label(dataset)} runs")
     rows = []
     for which in ("unseen", "seen"):
         row: list[Cell] = [f"{which} class{'es' if which == 'seen' else ''}"]

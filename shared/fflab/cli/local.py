@@ -20,6 +20,7 @@ from fflab import data, results
 from fflab.analysis.ensembles import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.cli.comparisons import diff_command
 from fflab.cli.options import load_spec, validation_message
+from fflab.cli.representations import analyse_representations_command
 from fflab.cli.service import client as service_client
 from fflab.models import MODELS
 from fflab.spec import PRESETS, AnalysisSpec, ExperimentSpec, RunKey
@@ -263,4 +264,4 @@ def schemas_command(write: bool) -> None:
 
 
 COMMANDS = [fetch_data_command, spec_command, run_command, analyse_command, tables_command, compare_command,
-            diff_command, schemas_command]
+            diff_command, schemas_command, analyse_representations_command]

@@ -41,7 +41,7 @@ from fflab.pipeline.run_analyses import (
     selectivity,
     subensembles,
 )
-from fflab.pipeline.run_document import DocumentFigure, RunAnalysis, RunAnalysisInput, RunDocument
+from fflab.pipeline.run_document import NO_NEEDS, WEIGHTS, DocumentFigure, RunAnalysis, RunAnalysisInput, RunDocument
 from fflab.pipeline.train import METRICS_FILE
 from fflab.registry import Registry
 from fflab.results import (
@@ -59,7 +59,7 @@ from fflab.results import (
 from fflab.spec import ExperimentSpec, RunKey
 
 __all__ = ["DOCUMENTS", "RUN_DOCUMENTS", "DocumentFigure", "RunAnalysis", "RunAnalysisInput", "RunDocument",
-           "analyse_run", "document_figures", "folder_documents", "run_analyses"]
+           "analyse_run", "document_figures", "folder_documents", "run_analyses", "write_analyses"]
 
 
 def analysed_run_files() -> tuple[str, ...]:
@@ -84,15 +84,26 @@ def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path, names: Iterabl
     (paper_analyses.run_record). ``spec`` is the experiment's; the analyses see
     the run's grid point's (``spec.at``)."""
     started = time.perf_counter()
-    inputs = RunAnalysisInput(spec.at(key.point), key, run_dir)
-    for document in RUN_DOCUMENTS.values():
-        if document.analyse is not None and (names is None or document.name in names):
-            inputs.documents[document.name] = document.analyse(inputs)
-            write_document(inputs.documents[document.name], run_dir / document.file)
+    write_analyses(RunAnalysisInput(spec.at(key.point), key, run_dir), names)
     metrics = read_document(RunMetrics, run_dir / METRICS_FILE)
     metrics.timings.analyse_seconds = time.perf_counter() - started
     write_document(metrics, run_dir / METRICS_FILE)
     return paper_analyses.run_record(run_dir)
+
+
+def write_analyses(inputs: RunAnalysisInput, names: Iterable[str] | None = None) -> list[str]:
+    """Compute every registered analysis document that applies to ``inputs`` (a
+    recorded run's: those whose ``needs`` it meets), in registry order, each seeing
+    those before it, and write each into ``inputs.run_dir``; only those in
+    ``names``, if given. Returns the names written."""
+    wanted = None if names is None else set(names)
+    written = []
+    for document in RUN_DOCUMENTS.values():
+        if document.analyse is not None and document.applies_to(inputs) and (wanted is None or document.name in wanted):
+            inputs.documents[document.name] = document.analyse(inputs)
+            write_document(inputs.documents[document.name], inputs.run_dir / document.file)
+            written.append(document.name)
+    return written
 
 
 def document_figures(spec: ExperimentSpec, experiment_dir: Path) -> dict[str, Figure]:
@@ -126,13 +137,13 @@ RUN_DOCUMENTS: Registry[RunDocument] = Registry("run document", {d.name: d for d
     RunDocument("metrics", RunMetrics, "Accuracy, loss history, timings and device of the run."),
     RunDocument("ensembles", RunEnsembles,
                 "Ensembles per layer and class (Methods 1 and 2), sparseness, the unseen class.",
-                analyse=paper_analyses.ensembles_document),
+                analyse=paper_analyses.ensembles_document, needs=NO_NEEDS),
     RunDocument("shared_units", RunSharedUnits,
                 "Units shared by each pair of classes' ensembles, per layer and method.",
-                analyse=paper_analyses.shared_units_document),
+                analyse=paper_analyses.shared_units_document, needs=NO_NEEDS),
     RunDocument("weight_stats", RunWeightStats,
                 "Fraction of positive weights per layer and of negative incoming weights per unit.",
-                analyse=paper_analyses.weight_stats_document),
+                analyse=paper_analyses.weight_stats_document, needs=frozenset({WEIGHTS})),
     # The analyses beyond the paper: one module each (fflab.pipeline.run_analyses, docs/science.md).
     layer_accuracy.ANALYSIS,
     dynamics.ANALYSIS,

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fflab import analysis
-from fflab.data import DATASETS, n_classes
-from fflab.models.components import ACTIVATIONS
 from fflab.pipeline.folders import layer_count
 from fflab.pipeline.train import METRICS_FILE, run_identity
 from fflab.results import (
@@ -46,17 +44,16 @@ def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
     every class (by ``analysis.method2_cut``, and the sizes under every cut rule),
     every sparseness measure, and for a run trained without a class, that class's
     activity against the seen classes' (Method 2)."""
-    spec, key, settings = inputs.spec, inputs.key, inputs.spec.analysis
+    key, settings = inputs.key, inputs.settings
     stored, keep = inputs.representations, inputs.analysed
     labels = stored["labels"][keep]
-    classes = list(range(n_classes(key.dataset)))
-    names = list(DATASETS[key.dataset].class_names)
+    classes, names = inputs.classes, inputs.class_names
     records: list[EnsembleRecord] = []
     sparseness: list[LayerSparseness] = []
     unseen: list[UnseenClassSummary] = []
     sizes_by_rule: dict[str, list[list[int | None]]] = {rule: [] for rule in analysis.METHOD2_CUTS}
     n_images = {c: int((labels == c).sum()) for c in classes}
-    upper_bound = ACTIVATIONS.lookup(spec.network.activation).upper_bound
+    upper_bound = inputs.upper_bound
     n_layers = layer_count(stored)
 
     for layer in range(1, n_layers + 1):
@@ -119,7 +116,7 @@ def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
                 )
             )
     return RunEnsembles(
-        **run_identity(key), analysis=settings, n_units=spec.network.width,
+        **run_identity(key), analysis=settings, n_units=inputs.n_units,
         ensembles=records, sparseness=sparseness, unseen=unseen, method2_sizes_by_cut_rule=sizes_by_rule,
     )
 
@@ -128,7 +125,7 @@ def shared_units_document(inputs: RunAnalysisInput) -> RunSharedUnits:
     """From the ensembles document: per layer, the shared-units matrix of Method 1
     at each quantile, then of Method 2."""
     ensembles: RunEnsembles = inputs.documents["ensembles"]
-    classes = list(range(n_classes(inputs.key.dataset)))
+    classes = inputs.classes
     units: dict[tuple, dict[int, np.ndarray]] = {}
     for record in ensembles.ensembles:
         place = (record.layer, record.method, record.quantile)
@@ -177,18 +174,21 @@ def run_record(run_dir: Path) -> dict:
     fraction of positive weights and Figure 7's counts; for a run trained without a
     class, that class's ensemble activity against the seen classes' and its
     ensemble's size (Method 2). A value a document written before it existed lacks
-    is None.
+    is None. A recorded run (fflab.pipeline.recorded) may lack metrics.json (no
+    predictions: accuracy None) and weight_stats.json (no weights: None per layer).
     """
-    metrics = read_document(RunMetrics, run_dir / METRICS_FILE)
     ensembles = read_document(RunEnsembles, run_dir / "ensembles.json")
-    weights = read_document(RunWeightStats, run_dir / "weight_stats.json")
     shared = read_document(RunSharedUnits, run_dir / "shared_units.json")
+    has_metrics, has_weights = (run_dir / METRICS_FILE).is_file(), (run_dir / "weight_stats.json").is_file()
+    metrics = read_document(RunMetrics, run_dir / METRICS_FILE) if has_metrics else None
+    weights = read_document(RunWeightStats, run_dir / "weight_stats.json") if has_weights else None
     settings = ensembles.analysis
-    n_layers = len(weights.layers)
+    n_layers = len(ensembles.sparseness)
+    n_classes = max((record.class_index for record in ensembles.ensembles), default=-1) + 1
     sizes: dict[str, list[list[int | None]]] = {
-        method: [[None] * n_classes(metrics.dataset) for _ in range(n_layers)] for method in ("method1", "method2")
+        method: [[None] * n_classes for _ in range(n_layers)] for method in ("method1", "method2")
     }
-    analysed = [False] * n_classes(metrics.dataset)
+    analysed = [False] * n_classes
     for record in ensembles.ensembles:
         if record.method == "method2" or record.quantile == settings.table_quantile:
             if record.n_images > 0:
@@ -210,17 +210,19 @@ def run_record(run_dir: Path) -> dict:
         return float(np.mean(finite)) if finite else None
 
     def per_layer(name: str) -> list:
+        if weights is None:
+            return [None] * n_layers
         return [getattr(layer, name) for layer in weights.layers]
 
     return {
-        "run_id": metrics.run_id,
-        "model": metrics.model,
-        "dataset": metrics.dataset,
-        "seed": metrics.seed,
-        "unseen_class": metrics.unseen_class,
-        "accuracy": metrics.accuracy,
-        "per_class_accuracy": metrics.per_class_accuracy,
-        "n_test": metrics.n_test,
+        "run_id": ensembles.run_id,
+        "model": ensembles.model,
+        "dataset": ensembles.dataset,
+        "seed": ensembles.seed,
+        "unseen_class": ensembles.unseen_class,
+        "accuracy": None if metrics is None else metrics.accuracy,
+        "per_class_accuracy": None if metrics is None else metrics.per_class_accuracy,
+        "n_test": None if metrics is None else metrics.n_test,
         "ensemble_sizes_method1": sizes["method1"],
         "ensemble_sizes_method2": sizes["method2"],
         "mean_shared_units": pair_means,
@@ -238,11 +240,11 @@ def run_record(run_dir: Path) -> dict:
             {"unseen": u.unseen_mean_activity, "seen": u.seen_mean_activity} for u in ensembles.unseen
         ],
         "unseen_ensemble_size_method2": [len(u.units) for u in ensembles.unseen],
-        "fraction_positive_weights": [layer.fraction_positive for layer in weights.layers],
+        "fraction_positive_weights": per_layer("fraction_positive"),
         "units_all_negative_incoming": per_layer("units_all_negative"),
         "fraction_units_all_negative_incoming": per_layer("fraction_units_all_negative"),
         "fraction_units_three_quarters_negative_incoming": per_layer("fraction_units_three_quarters_negative"),
-        "train_seconds": metrics.timings.train_seconds,
+        "train_seconds": None if metrics is None else metrics.timings.train_seconds,
     }
 
 

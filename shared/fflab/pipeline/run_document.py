@@ -2,6 +2,12 @@
 holds: ``RunDocument`` entries, ``RunAnalysis`` entries for the per-run analyses
 beyond the paper, and ``RunAnalysisInput``, what an ``analyse`` step gets.
 
+An entry's ``needs`` says what its step reads beyond a run's activities and
+labels: ``TRAINED_RUN`` (the default: the network, the images, the spec's model
+settings), or only ``WEIGHTS`` or ``SNAPSHOTS`` (what a representations file may
+give), or nothing. A recorded run (fflab.pipeline.recorded: representations
+from elsewhere) gets the entries whose needs it meets.
+
 A ``RunAnalysis`` is everything the rest of fflab needs to know about an
 analysis (its name, descriptions, document model, step, figure and which of its
 document's fields list per-layer entries): the service's endpoint, the
@@ -21,11 +27,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from fflab.data import Split, load_split
+from fflab.data import DATASETS, Split, load_split
+from fflab.models.components import ACTIVATIONS
 from fflab.pipeline.folders import analysed_rows, load_network, load_representations, load_weight_matrices
 from fflab.pipeline.train import DATA_SEED
 from fflab.results import Document
-from fflab.spec import ExperimentSpec, RunKey
+from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
+
+# What an analysis step may need beyond a run's activities and labels (``RunDocument.needs``).
+TRAINED_RUN, WEIGHTS, SNAPSHOTS = "trained_run", "weights", "snapshots"
+NO_NEEDS: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -37,6 +48,33 @@ class RunAnalysisInput:
     key: RunKey
     run_dir: Path
     documents: dict[str, Document] = field(default_factory=dict)
+
+    # What the inputs hold: a trained run has all of it.
+    provides: frozenset[str] = frozenset({TRAINED_RUN, WEIGHTS, SNAPSHOTS})
+
+    @property
+    def settings(self) -> AnalysisSpec:
+        """The analysis settings (quantiles, epsilon, cuts, correct_only)."""
+        return self.spec.analysis
+
+    @property
+    def classes(self) -> list[int]:
+        """The class indices, 0..classes-1 (the data set's: 10, 26 or 47)."""
+        return list(range(DATASETS[self.key.dataset].n_classes))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(DATASETS[self.key.dataset].class_names)
+
+    @property
+    def upper_bound(self) -> float | None:
+        """The activation's upper bound (Method 2's saturation), None if unbounded."""
+        return ACTIVATIONS.lookup(self.spec.network.activation).upper_bound
+
+    @property
+    def n_units(self) -> int:
+        """Units of the widest layer."""
+        return self.spec.network.width
 
     @cached_property
     def representations(self) -> dict[str, np.ndarray]:
@@ -88,6 +126,11 @@ class RunDocument:
     description: str
     analyse: Callable[[RunAnalysisInput], Document] | None = None  # None: written by training
     figure: DocumentFigure | None = None
+    needs: frozenset[str] = frozenset({TRAINED_RUN})  # what ``analyse`` reads besides activities and labels
+
+    def applies_to(self, inputs: RunAnalysisInput) -> bool:
+        """Whether ``analyse`` can run on these inputs (a recorded run lacks a trained network)."""
+        return self.analyse is not None and self.needs <= inputs.provides
 
     @property
     def file(self) -> str:

@@ -22,10 +22,10 @@ from pydantic import BaseModel, Field
 
 from fflab import figures
 from fflab.analysis.dominance import winner_counts
-from fflab.data import DATASETS, n_classes
+from fflab.data import DATASETS
 from fflab.pipeline.folders import layer_count
 from fflab.pipeline.run_analyses.common import run_identity
-from fflab.pipeline.run_document import RunAnalysis
+from fflab.pipeline.run_document import NO_NEEDS, RunAnalysis
 from fflab.results import RunIdentity
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def analyse(inputs: RunAnalysisInput) -> RunDominance:
         X = stored[f"layer{layer}"][keep]
         counts = winner_counts(X)
         per_class = []
-        for c in range(n_classes(inputs.key.dataset)):
+        for c in inputs.classes:
             class_counts = winner_counts(X[labels == c])
             n = int(class_counts.sum())
             per_class.append(ClassWinner(class_index=c, unit=int(class_counts.argmax()) if n else None,
@@ -114,4 +114,5 @@ ANALYSIS = RunAnalysis(
     analyse=analyse, figure=figure, layer_fields=("layers",),
     details="Per layer, how many units are ever the most active on an analysed image, the share of images "
             "won by the most frequent winner, and each class's most frequent winner with its share.",
+    needs=NO_NEEDS,  # activities and labels only: also for recorded runs
 )

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.dynamics import ensemble_trajectory
-from fflab.data import DATASETS, n_classes
+from fflab.data import DATASETS
 from fflab.figures import caption, legend, model_display_name, panel_letters, styled
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
@@ -27,8 +27,9 @@ from fflab.pipeline.run_analyses.common import (
     run_identity,
     timed_on_one_thread,
 )
-from fflab.pipeline.run_document import RunAnalysis
+from fflab.pipeline.run_document import SNAPSHOTS, RunAnalysis
 from fflab.pipeline.snapshots import SNAPSHOT_FILE
+from fflab.results import finite_or_none
 from fflab.spec import ExperimentSpec
 
 if TYPE_CHECKING:
@@ -41,9 +42,11 @@ if TYPE_CHECKING:
 class DynamicsPoint(Part):
     layer: int
     epoch: int = Field(description="Epochs done (for FF: of this layer's training).")
-    accuracy: float = Field(
-        description="Accuracy on the probe images at the snapshot (FF: goodness of layers 1..layer).")
-    fraction_positive: float = Field(description="Fraction of this layer's weights > 0 at the snapshot.")
+    accuracy: float | None = Field(
+        description="Accuracy on the probe images at the snapshot (FF: goodness of layers 1..layer); "
+        "null where a representations file did not give it.")
+    fraction_positive: float | None = Field(
+        description="Fraction of this layer's weights > 0 at the snapshot; null for a representations file.")
     sizes: list[int] = Field(description="Ensemble size per class (Method 1).")
     jaccard: list[float] = Field(description="Per class, overlap with the final ensemble.")
     mean_size: float
@@ -68,7 +71,7 @@ def analyse(inputs: RunAnalysisInput) -> RunDynamics:
     stored = inputs.representations
     settings = inputs.documents["ensembles"].analysis
     quantile = settings.table_quantile
-    classes = list(range(n_classes(inputs.key.dataset)))
+    classes = inputs.classes
     path = inputs.run_dir / SNAPSHOT_FILE
     points, epochs, final_sizes, n_probe = [], set(), [], 0
     if path.is_file():
@@ -91,7 +94,7 @@ def analyse(inputs: RunAnalysisInput) -> RunDynamics:
         for s, m in enumerate(entries):
             epochs.add(int(m[1]))
             points.append(DynamicsPoint(
-                layer=layer, epoch=int(m[1]), accuracy=float(m[2]), fraction_positive=float(m[3]),
+                layer=layer, epoch=int(m[1]), accuracy=finite_or_none(m[2]), fraction_positive=finite_or_none(m[3]),
                 sizes=trajectory.sizes[s].tolist(), jaccard=trajectory.jaccard[s].tolist(),
                 mean_size=float(trajectory.sizes[s].mean()), mean_jaccard=float(trajectory.jaccard[s].mean()),
             ))
@@ -155,7 +158,7 @@ def draw(per_model: Mapping[str, Mapping[int, Mapping[str, tuple[np.ndarray, np.
 ANALYSIS = RunAnalysis(
     "dynamics", RunDynamics,
     "Ensembles, accuracy and positive weights at the training snapshots, against the final ones.",
-    analyse=analyse, figure=figure, layer_fields=("points",),
+    analyse=analyse, figure=figure, layer_fields=("points",), needs=frozenset({SNAPSHOTS}),
     details="Ensemble size, overlap with the final ensemble, accuracy and fraction of positive weights at "
             "the training snapshots.",
 )

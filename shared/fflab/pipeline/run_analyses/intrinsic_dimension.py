@@ -14,7 +14,6 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from fflab.analysis.intrinsic_dimension import two_nn
-from fflab.data import n_classes
 from fflab.figures import caption, integer_ticks, legend, model_color, model_display_name, styled
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
@@ -29,7 +28,7 @@ from fflab.pipeline.run_analyses.common import (
     table_ensembles,
     timed_on_one_thread,
 )
-from fflab.pipeline.run_document import RunAnalysis
+from fflab.pipeline.run_document import NO_NEEDS, RunAnalysis
 from fflab.results import finite_or_none
 from fflab.spec import ExperimentSpec
 
@@ -73,13 +72,13 @@ def analyse(inputs: RunAnalysisInput) -> RunIntrinsicDimension:
     stored = inputs.representations
     quantile, ensembles = table_ensembles(inputs.documents["ensembles"])
     labels = stored["labels"][inputs.analysed]
-    overall_rows = per_class_rows(labels, TWO_NN_MAX_POINTS // n_classes(inputs.key.dataset), ANALYSIS_SEED)
+    overall_rows = per_class_rows(labels, TWO_NN_MAX_POINTS // len(inputs.classes), ANALYSIS_SEED)
     class_rows = per_class_rows(labels, TWO_NN_MAX_POINTS, ANALYSIS_SEED)
     layers = []
     for layer in range(1, folders.layer_count(stored) + 1):
         X = stored[f"layer{layer}"][inputs.analysed]
         per_class, counts, duplicates = [], [], []
-        for c in range(n_classes(inputs.key.dataset)):
+        for c in inputs.classes:
             result = two_nn(X[class_rows[labels[class_rows] == c]], TWO_NN_DISCARD)
             per_class.append(finite_or_none(result.dimension))
             counts.append(result.n_points)
@@ -89,7 +88,7 @@ def analyse(inputs: RunAnalysisInput) -> RunIntrinsicDimension:
             layer=layer, dimension=finite_or_none(two_nn(X[overall_rows], TWO_NN_DISCARD).dimension),
             per_class=per_class, n_points=counts, n_duplicates=duplicates,
             ensemble_sizes=[int(sizes[c].size) if c in sizes and (labels == c).any() else None
-                            for c in range(n_classes(inputs.key.dataset))],
+                            for c in inputs.classes],
         ))
     return RunIntrinsicDimension(**run_identity(inputs.key), discard=TWO_NN_DISCARD, max_points=TWO_NN_MAX_POINTS,
                                  subsample_seed=ANALYSIS_SEED, quantile=quantile, layers=layers)
@@ -143,4 +142,5 @@ ANALYSIS = RunAnalysis(
     "TwoNN intrinsic dimension per layer and class, with the ensemble sizes.",
     analyse=analyse, figure=figure, layer_fields=("layers",),
     details="TwoNN intrinsic dimension per layer and class, with the ensemble sizes to set it against.",
+    needs=NO_NEEDS,  # activities and labels only: also for recorded runs
 )

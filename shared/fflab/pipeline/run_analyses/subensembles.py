@@ -12,7 +12,6 @@ from pydantic import Field
 
 from fflab.analysis.ensembles import method1_threshold
 from fflab.analysis.subensembles import sub_ensembles
-from fflab.data import n_classes
 from fflab.pipeline import folders
 from fflab.pipeline.run_analyses.common import (
     ANALYSIS_SEED,
@@ -22,7 +21,7 @@ from fflab.pipeline.run_analyses.common import (
     run_identity,
     timed_on_one_thread,
 )
-from fflab.pipeline.run_document import RunAnalysis
+from fflab.pipeline.run_document import NO_NEEDS, RunAnalysis
 
 if TYPE_CHECKING:
     from fflab.pipeline.run_document import RunAnalysisInput
@@ -75,7 +74,7 @@ def analyse(inputs: RunAnalysisInput) -> RunSubEnsembles:
     records = []
     for layer in range(1, folders.layer_count(stored) + 1):
         X = stored[f"layer{layer}"][inputs.analysed]
-        for c in range(n_classes(inputs.key.dataset)):
+        for c in inputs.classes:
             class_rows = rows[labels[rows] == c]
             if class_rows.size < 3:
                 continue
@@ -100,4 +99,5 @@ ANALYSIS = RunAnalysis(
     analyse=analyse, layer_fields=("records",),
     details="Each class's images clustered by their sets of active units: the number of sub-ensembles "
             "and their sizes.",
+    needs=NO_NEEDS,  # activities and labels only: also for recorded runs
 )
