@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cachetools import LRUCache, TTLCache
+
 
 @dataclass(frozen=True)
 class CachedStatus:
@@ -36,10 +38,11 @@ class StatusCache:
     def __init__(self, ttl_s: float, max_experiments: int = 4096, max_base_urls: int = 8,
                  clock: Callable[[], float] = time.monotonic):
         self.ttl_s, self.clock = ttl_s, clock
-        # Bounded both ways: the base URL comes from the client's Host header.
-        self.max_experiments, self.max_base_urls = max_experiments, max_base_urls
-        self._lock = threading.Lock()
-        self._bodies: dict[str, dict[str, CachedStatus]] = {}  # experiment id -> base URL -> body
+        # Bounded both ways (the least recently used go first): the base URL comes from the
+        # client's Host header. Per experiment, its bodies by base URL, each expiring after ttl_s.
+        self.max_base_urls = max_base_urls
+        self._bodies: LRUCache[str, TTLCache[str, CachedStatus]] = LRUCache(maxsize=max_experiments)
+        self._lock = threading.Lock()  # cachetools' caches are not thread-safe
         self._forgets = 0  # how many times ``forget`` ran: a body read before one is not kept
 
     def epoch(self) -> int:
@@ -48,10 +51,9 @@ class StatusCache:
 
     def get(self, experiment_id: str, base_url: str) -> CachedStatus | None:
         """The body rendered less than ``ttl_s`` ago, or None."""
-        cached = self._bodies.get(experiment_id, {}).get(base_url)
-        if cached is None or self.clock() - cached.rendered_at >= self.ttl_s:
-            return None
-        return cached
+        with self._lock:
+            bodies = self._bodies.get(experiment_id)
+            return bodies.get(base_url) if bodies is not None else None
 
     def put(self, experiment_id: str, base_url: str, owner_id: int, visibility: str, body: bytes,
             epoch: int) -> None:
@@ -59,17 +61,13 @@ class StatusCache:
         write was forgotten since: its body could predate the write."""
         if self.ttl_s <= 0:
             return
-        now = self.clock()
         with self._lock:
             if epoch != self._forgets:
                 return
-            if experiment_id not in self._bodies and len(self._bodies) >= self.max_experiments:
-                for oldest in list(self._bodies)[: max(1, self.max_experiments // 4)]:
-                    del self._bodies[oldest]  # a quarter at a time: the least recently added
-            bodies = self._bodies.setdefault(experiment_id, {})
-            if base_url not in bodies and len(bodies) >= self.max_base_urls:
-                del bodies[next(iter(bodies))]  # the least recently added
-            bodies[base_url] = CachedStatus(owner_id, visibility, body, now)
+            bodies = self._bodies.get(experiment_id)
+            if bodies is None:
+                bodies = self._bodies[experiment_id] = TTLCache(self.max_base_urls, self.ttl_s, timer=self.clock)
+            bodies[base_url] = CachedStatus(owner_id, visibility, body, self.clock())
 
     def forget(self, experiment_id: str) -> None:
         """Drop every body of this experiment (after a write to it through this process)."""

@@ -19,7 +19,7 @@ it; large ones could exhaust it, so each run is admitted against its memory:
   empty device is refused for good (``fits_empty`` False): the caller fails it,
   naming both numbers, instead of waiting for ever.
 * ``DeviceLedger`` keeps the admitted runs of one GPU of one host in a small
-  JSON file under an exclusive ``flock``, so that every process using that GPU
+  JSON file under an exclusive file lock (filelock), so that every process using that GPU
   (the pool's children, several workers) decides one after the other; entries of
   processes that died are dropped.
 
@@ -34,7 +34,6 @@ asks torch.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -43,6 +42,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from fflab.devices import DeviceInfo
 from fflab.models import MODELS
@@ -286,7 +287,7 @@ def admission_decision(estimate: int, total: int, free: int, admitted: list[int]
 class DeviceLedger:
     """The runs admitted on one GPU of this host, shared by every process using it:
     a JSON list of {run, pid, bytes} in ``path``, read and written under an
-    exclusive flock. ``memory()`` gives (total, free) bytes of the device now."""
+    exclusive file lock (filelock). ``memory()`` gives (total, free) bytes of the device now."""
 
     def __init__(self, path: Path, memory: Callable[[], tuple[int, int]], runs_per_gpu: int,
                  margin_fraction: float, alive: Callable[[int], bool] = process_alive):
@@ -296,20 +297,16 @@ class DeviceLedger:
     @contextmanager
     def _locked(self) -> Iterator[list[dict[str, Any]]]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(self.path.with_suffix(".lock")):  # every process using the GPU, this one's threads too
             try:
-                try:
-                    entries = json.loads(self.path.read_text())
-                except (OSError, ValueError):
-                    entries = []
-                entries = [entry for entry in entries if self.alive(entry["pid"])]
-                yield entries
-                temporary = self.path.with_suffix(".tmp")
-                temporary.write_text(json.dumps(entries))
-                os.replace(temporary, self.path)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                entries = []
+            entries = [entry for entry in entries if self.alive(entry["pid"])]
+            yield entries
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(entries))
+            os.replace(temporary, self.path)
 
     def admit(self, run: str, estimate: int, pid: int | None = None) -> Admission:
         """Admit ``run`` (recording it) if ``admission_decision`` allows it now."""

@@ -254,7 +254,8 @@ class PlacesCache:
     younger than ``ttl_s`` (``Settings.queue_places_ttl_s``) is reused; an older one,
     or one that misses an experiment that has waiting runs (submitted since), is
     read again by one thread while the others wait for it. ``ttl_s = 0`` reads
-    every time.
+    every time. (Not a cachetools cache: those expire entries, but neither read
+    one snapshot for every key at once nor let one thread read while the rest wait.)
     """
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic):

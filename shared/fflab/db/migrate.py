@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from filelock import FileLock
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -53,6 +53,5 @@ def upgrade_database(url: str) -> None:
         command.upgrade(config, "head")
         return
     private_file(lock_path)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(lock_path, mode=0o600):  # the API and workers starting at once migrate one at a time
         command.upgrade(config, "head")
