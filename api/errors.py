@@ -60,12 +60,12 @@ NO_BODY_STATUSES = {204, 304}
 
 Code = Literal["validation_error", "not_found", "unauthorized", "forbidden", "conflict", "quota_exceeded",
                "payload_too_large", "rate_limited", "unavailable", "internal_error", "method_not_allowed",
-               "not_acceptable", "range_not_satisfiable"]
+               "not_acceptable", "range_not_satisfiable", "unsupported_media_type"]
 CODES: tuple[str, ...] = Code.__args__  # type: ignore[attr-defined]
 CODE_BY_STATUS = {
     400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
-    414: "validation_error", 416: "range_not_satisfiable", 422: "validation_error", 429: "rate_limited",
+    414: "validation_error", 415: "unsupported_media_type", 416: "range_not_satisfiable", 422: "validation_error", 429: "rate_limited",
     503: "unavailable",
 }
 
@@ -321,7 +321,8 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "The request is malformed.", 401: "No valid API key.", 403: "Not allowed to this user.",
         404: "No such resource (or not visible to this user).", 409: "Conflicts with the resource's state.",
-        413: "The body is larger than FFLAB_MAX_BODY_BYTES.", 416: "The Range cannot be satisfied.",
+        413: "The body is larger than FFLAB_MAX_BODY_BYTES (an upload: FFLAB_REPRESENTATIONS_MAX_BYTES).",
+        415: "The body is not of a format this route reads.", 416: "The Range cannot be satisfied.",
         422: "A field is invalid: details names each.", 429: "A cap or rate limit is reached (Retry-After).",
         503: "A backend (database, storage) is unavailable (Retry-After).",
     }

@@ -23,7 +23,18 @@ from api.middleware import (
 )
 from api.overload import Gate
 from api.protocol import RequestHeadMiddleware
-from api.routes import admin, analyses, comparisons, experiments, health, results, run_analyses, runs, users
+from api.routes import (
+    admin,
+    analyses,
+    comparisons,
+    experiments,
+    health,
+    representations,
+    results,
+    run_analyses,
+    runs,
+    users,
+)
 from api.routes.usage import router as usage_router
 from api.status_cache import StatusCache
 from fflab import queueing
@@ -83,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.files = Files(get_storage(settings), gate("storage", settings.api_storage_concurrency))
     app.state.queue_places = queueing.PlacesCache(settings.queue_places_ttl_s)
     app.state.status_cache = StatusCache(settings.status_cache_ttl_s)
-    for module in (health, users, admin, experiments, runs, results, analyses, comparisons):
+    for module in (health, users, admin, experiments, representations, runs, results, analyses, comparisons):
         app.include_router(module.router)
     # The analyses' endpoints, generated from their registry as it stands now.
     app.include_router(run_analyses.analysis_router())
@@ -91,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ui.install(app)  # the web UI under /ui
     errors.install(app)
     app.add_middleware(MetricsAuthMiddleware, metrics_token=settings.metrics_token)  # /metrics: not public
-    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes, uploads={  # uploads: their own cap
+        "/v1/representations": (settings.representations_max_bytes, "FFLAB_REPRESENTATIONS_MAX_BYTES")})
     app.add_middleware(RequestLineMiddleware)
     # Limits (docs/service.md): failed authentication per client IP, header count and size.
     app.add_middleware(FailedAuthLimitMiddleware, per_minute=settings.auth_failures_per_minute,

@@ -59,27 +59,33 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, too_large_message(limit))
 
 
-def too_large_message(limit: int) -> str:
-    return f"request body too large: the limit is {limit} bytes (FFLAB_MAX_BODY_BYTES)"
+def too_large_message(limit: int, setting: str = "FFLAB_MAX_BODY_BYTES") -> str:
+    return f"request body too large: the limit is {limit} bytes ({setting})"
 
 
 class BodySizeLimitMiddleware:
     """413 for a request body over ``limit`` bytes, whether announced by
-    Content-Length or discovered while reading a chunked body."""
+    Content-Length or discovered while reading a chunked body. ``uploads`` maps
+    the paths of upload routes to their own limit and its setting's name
+    (``POST /v1/representations``: FFLAB_REPRESENTATIONS_MAX_BYTES)."""
 
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await problem_response(413, too_large_message(self.limit))(scope, receive, send)
+    def __init__(self, app: ASGIApp, limit: int, uploads: dict[str, tuple[int, str]] | None = None):
+        self.app, self.limit, self.uploads = app, limit, dict(uploads or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self.uploads.get(scope.get("path", ""), (self.limit, "FFLAB_MAX_BODY_BYTES"))
+
+        async def reject() -> None:
+            # The rest of the body is not read: the connection is closed after the answer.
+            await problem_response(413, too_large_message(limit, setting), {"connection": "close"})(
+                scope, receive, send)
+
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._reject(scope, receive, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await reject()
             return
         received = 0
         started = False
@@ -89,8 +95,8 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -103,7 +109,7 @@ class BodySizeLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await self._reject(scope, receive, send)
+            await reject()
 
 
 class HeaderLimitMiddleware:

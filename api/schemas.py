@@ -164,6 +164,9 @@ class ExperimentSummary(BaseModel):
     id: str
     url: str
     name: str
+    kind: Literal["training", "representations"] = Field(
+        "training", description="training: a spec trained by fflab (POST /v1/experiments); representations: an "
+                                "uploaded representations file, analysed (POST /v1/representations).")
     owner: str
     visibility: Visibility
     tags: list[str]

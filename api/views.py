@@ -14,6 +14,7 @@ from api import run_telemetry, schemas
 from api.services.results import FIGURES_PREFIX
 from fflab import queueing
 from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, ExperimentTag, Run, utcnow
+from fflab.representations import experiment_kind
 from fflab.settings import Settings
 from fflab.storage import content_type
 
@@ -113,6 +114,7 @@ def experiment_summary(request: Request, experiment: Experiment, states: RunStat
         id=experiment.id,
         url=experiment_url(request, experiment.id),
         name=experiment.name,
+        kind=experiment_kind(experiment.spec),
         owner=experiment.owner.name,
         visibility=experiment.visibility,
         tags=states.tags,

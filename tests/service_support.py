@@ -132,6 +132,8 @@ def stack(data_root: Path, pg_database, moto_s3: str, tmp_path_factory: pytest.T
         s3_bucket=bucket, s3_endpoint_url=moto_s3, s3_access_key_id="testing", s3_secret_access_key="testing",
         queue_prefix=prefix, max_queued_runs_per_user="16", max_body_bytes="20000", progress_interval_s="0.2",
         stop_check_interval_s="0.2", api_port=str(port),
+        # small enough for test_service_representations to go past each with a tiny file
+        representations_max_bytes="300000", representations_max_units="64", representations_max_images="400",
         # every test of the session reaches this stack from 127.0.0.1, and many of them
         # send bad keys on purpose: the limit per client has its own test (test_service_limits)
         auth_failures_per_minute="100000",

@@ -271,6 +271,8 @@ def test_every_route_refuses_other_users(stack: Stack, users, two_experiments) -
             assert alices["id"] not in bobs.text and bobs.status_code == 200
         elif template == "/v1/experiments" and method == "POST":
             assert bobs.status_code == 422
+        elif template == "/v1/representations":  # an upload of bob's own: no body is no file
+            assert bobs.status_code == 422 and alices["id"] not in bobs.text
         elif template == "/v1/users/me":
             assert bobs.json()["name"] == "bob"
         elif template == "/v1/users/me/keys" and method == "GET":  # bob's own keys only

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from functools import partial
@@ -39,11 +40,20 @@ from fflab.db import (
     utcnow,
 )
 from fflab.models.common import Cancelled
-from fflab.pipeline import documents, snapshots
+from fflab.pipeline import documents, recorded, snapshots
 from fflab.pipeline import experiment as experiment_pipeline
+from fflab.representations import REPRESENTATIONS_KIND, experiment_kind, limits_from_settings, read_representations
 from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
-from fflab.storage import LowDisk, Storage, StorageError, check_disk, experiment_prefix, get_storage
+from fflab.storage import (
+    UPLOADED_REPRESENTATIONS,
+    LowDisk,
+    Storage,
+    StorageError,
+    check_disk,
+    experiment_prefix,
+    get_storage,
+)
 from worker import gpu_runs, run_support
 from worker.dispatch import (
     ANALYSIS_ID_PREFIX,
@@ -87,9 +97,84 @@ def execute_run_task(settings: Settings, run_pk: int, task_id: str) -> str | Non
     (worker.gpu_runs: it may go back to the queue, or fail if it can never fit);
     then claim the run, train, store and record it, end it. Returns how the run
     ended, as it was recorded (None when this delivery did not hold the run to its end)."""
+    if run_kind(settings, run_pk) == REPRESENTATIONS_KIND:  # an uploaded file: analysed, not trained
+        return claim_and_analyse(settings, run_pk, task_id)
     with gpu_runs.admitted_run(settings, run_pk, task_id, partial(end_run, settings),
                                partial(dispatch_or_leave_to_sweep, settings)) as admitted:
         return claim_and_train(settings, run_pk, task_id) if admitted else None
+
+
+def run_kind(settings: Settings, run_pk: int) -> str:
+    """The kind of the run's experiment (fflab.representations.experiment_kind)."""
+    with session_scope(settings.resolved_database_url) as session:
+        spec = session.scalar(select(Experiment.spec).join(Run, Run.experiment_id == Experiment.id)
+                              .where(Run.id == run_pk))
+    return experiment_kind(spec or {})
+
+
+def claim_and_analyse(settings: Settings, run_pk: int, task_id: str) -> str | None:
+    """The delivery of the one run of an experiment of kind ``representations``:
+    claim it, fetch the uploaded file from storage, analyse it as a recorded run
+    (fflab.pipeline.recorded: the registry's documents that apply), store and
+    record its files and documents as a trained run's, end it (its aggregation
+    follows as for any experiment). No GPU and no memory admission: nothing is
+    trained; the file was held to FFLAB_REPRESENTATIONS_MAX_* when it was uploaded."""
+    with session_scope(settings.resolved_database_url) as session:
+        worker_id = run_support.presence.id if run_support.presence else None
+        run = jobs.claim_run(session, settings, run_pk, task_id, worker_id)
+        if run is not None:
+            spec, key, experiment_id = dict(run.experiment.spec), run_key(run), run.experiment_id
+    dispatch_or_leave_to_sweep(settings)
+    if run is None:
+        log.info("task %s: its run is no longer waiting for it (cancelled, ended or requeued)", task_id)
+        return None
+    started = time.monotonic()
+    with RunTelemetry(settings, run_pk, task_id, "cpu") as telemetry:
+        log.info("run %s of experiment %s started: analysing the uploaded representations", key.run_id,
+                 experiment_id)
+        with Heartbeat(settings.resolved_database_url, run_pk, task_id,
+                       heartbeat_interval(settings.run_heartbeat_timeout_s)):
+            outcome = analyse_and_store(settings, run_pk, task_id, spec, key, experiment_id, telemetry)
+        if outcome is not None:
+            end_run(settings, run_pk, outcome, task_id=task_id)
+        recorded = recorded_outcome(settings, run_pk, task_id)
+        log.info("run %s of experiment %s ended %s after %.1f s", key.run_id, experiment_id,
+                 recorded or "elsewhere (requeued or deleted meanwhile)", time.monotonic() - started)
+    return recorded
+
+
+def analyse_and_store(settings: Settings, run_pk: int, task_id: str, spec: dict[str, Any], key: RunKey,
+                      experiment_id: str, telemetry: RunTelemetry) -> str | None:
+    """Analyse a claimed run of uploaded representations and store it (see
+    ``train_and_store``, whose end it shares)."""
+    try:
+        check_disk(settings, "before the run started")
+    except LowDisk as error:
+        log.error("run %s of experiment %s not started: %s", key.run_id, experiment_id, error)
+        end_run(settings, run_pk, "failed", f"LowDisk: {error}", task_id)
+        return None
+    storage = get_storage(settings)
+    with tempfile.TemporaryDirectory(prefix="fflab-recorded-") as tmp:
+        base = Path(tmp)
+        run_dir = base / "runs" / key.run_id
+        try:
+            upload = base / "upload.npz"
+            storage.download(f"{experiment_prefix(experiment_id)}/{UPLOADED_REPRESENTATIONS}", upload)
+            representations = read_representations(upload, limits_from_settings(settings))
+            upload.unlink()
+            recorded.write_recorded(representations, base, str(spec.get("name") or experiment_id),
+                                    AnalysisSpec.model_validate(spec.get("analysis") or {}))
+            del representations
+            record = recorded.analyse_recorded_run(base)
+        except TRANSIENT:
+            raise
+        except Exception as error:
+            log.exception("run %s of experiment %s failed", key.run_id, experiment_id)
+            end_run(settings, run_pk, "failed", telemetry.redact(f"{type(error).__name__}: {error}"), task_id)
+            return None
+        shutil.copyfile(base / recorded.RECORDING_FILE, run_dir / recorded.RECORDING_FILE)  # stored with the run
+        return store_and_record(settings, run_pk, task_id, key, experiment_id, base, run_dir,
+                                files_under(run_dir, base), record)
 
 
 def claim_and_train(settings: Settings, run_pk: int, task_id: str) -> str | None:
@@ -167,31 +252,41 @@ def train_and_store(settings: Settings, run_pk: int, task_id: str, spec: Experim
             message = f"{type(error).__name__}: {error}"
             end_run(settings, run_pk, "failed", message if telemetry is None else telemetry.redact(message), task_id)
             return None
-        storage = get_storage(settings)
-        try:  # the run stays "running" until every artifact is stored
-            check_disk(settings, "before the run's artifacts were stored")
-            files = put_files_retrying(storage, experiment_id, base, files_under(run_dir, base),
-                                       settings.upload_attempts, settings.upload_backoff_s)
-        except (ArtifactsNotStored, LowDisk) as error:
-            log.error("run %s of experiment %s: %s", key.run_id, experiment_id, error)
-            try:  # the partial files, where the storage answers; the run fails either way
-                storage.delete_prefix(f"{experiment_prefix(experiment_id)}/runs/{key.run_id}")
-            except StorageError as cleanup_error:
-                log.warning("run %s: partial artifacts left in storage: %s", key.run_id, cleanup_error)
-            end_run(settings, run_pk, "failed", str(error), task_id)  # each message says what happened
+        return store_and_record(settings, run_pk, task_id, key, experiment_id, base, run_dir,
+                                files_under(run_dir, base), record)
+
+
+def store_and_record(settings: Settings, run_pk: int, task_id: str, key: RunKey, experiment_id: str, base: Path,
+                     run_dir: Path, names: list[str], record: dict[str, Any]) -> str | None:
+    """The end of a run's delivery: its files ``names`` (under ``base``) stored,
+    then its artifacts and documents recorded; returns the status to end it with,
+    or None (failed here, requeued for another task, or deleted meanwhile: then
+    what was stored is removed)."""
+    storage = get_storage(settings)
+    try:  # the run stays "running" until every artifact is stored
+        check_disk(settings, "before the run's artifacts were stored")
+        files = put_files_retrying(storage, experiment_id, base, names,
+                                   settings.upload_attempts, settings.upload_backoff_s)
+    except (ArtifactsNotStored, LowDisk) as error:
+        log.error("run %s of experiment %s: %s", key.run_id, experiment_id, error)
+        try:  # the partial files, where the storage answers; the run fails either way
+            storage.delete_prefix(f"{experiment_prefix(experiment_id)}/runs/{key.run_id}")
+        except StorageError as cleanup_error:
+            log.warning("run %s: partial artifacts left in storage: %s", key.run_id, cleanup_error)
+        end_run(settings, run_pk, "failed", str(error), task_id)  # each message says what happened
+        return None
+    with session_scope(settings.resolved_database_url) as session:
+        run = session.get(Run, run_pk)
+        if run is None:
+            outcome = "deleted"
+        elif run.task_id != task_id:  # requeued as lost meanwhile: the newer delivery records it
             return None
-        with session_scope(settings.resolved_database_url) as session:
-            run = session.get(Run, run_pk)
-            if run is None:
-                outcome = "deleted"
-            elif run.task_id != task_id:  # requeued as lost meanwhile: the newer delivery records it
-                return None
-            elif jobs.should_stop(session, run_pk, task_id):
-                outcome = "cancelled"
-            else:
-                outcome = "succeeded"
-                record_artifacts(session, experiment_id, files)
-                store_run_documents(session, run, run_dir, record)
+        elif jobs.should_stop(session, run_pk, task_id):
+            outcome = "cancelled"
+        else:
+            outcome = "succeeded"
+            record_artifacts(session, experiment_id, files)
+            store_run_documents(session, run, run_dir, record)
     if outcome == "deleted":  # while training: leave nothing behind
         storage.delete_prefix(f"{experiment_prefix(experiment_id)}/runs/{key.run_id}")
         return None
@@ -241,13 +336,19 @@ def aggregate_experiment(settings: Settings, experiment_id: str) -> None:
         experiment = session.get(Experiment, experiment_id)
         if experiment is None or experiment.status not in ACTIVE_STATUSES:
             return
-        spec = ExperimentSpec.model_validate(experiment.spec)
+        kind = experiment_kind(experiment.spec)
+        spec = None if kind == REPRESENTATIONS_KIND else ExperimentSpec.model_validate(experiment.spec)
         runs = list(experiment.runs)
     with tempfile.TemporaryDirectory(prefix="fflab-aggregate-") as tmp:
         base = Path(tmp)
         try:
-            fetch_runs(storage, experiment_id, runs, base, False, {k.run_id for k in experiment_pipeline.figure_runs(spec)})
-            results = experiment_pipeline.aggregate(spec, base)
+            if spec is None:  # uploaded representations: the recorded run's tables and figures
+                fetch_recorded(storage, experiment_id, runs, base)
+                results = recorded.aggregate_recorded(base)
+            else:
+                fetch_runs(storage, experiment_id, runs, base, False,
+                           {k.run_id for k in experiment_pipeline.figure_runs(spec)})
+                results = experiment_pipeline.aggregate(spec, base)
         except TRANSIENT:
             raise
         except Exception as error:
@@ -275,20 +376,32 @@ def analyse_experiment(settings: Settings, analysis_id: str) -> None:
             return
         jobs.start_analysis(analysis)
         experiment = session.get(Experiment, analysis.experiment_id)
-        spec = ExperimentSpec.model_validate(experiment.spec).model_copy(
-            update={"analysis": AnalysisSpec.model_validate(analysis.spec)}
-        )
+        settings_now = AnalysisSpec.model_validate(analysis.spec)
+        spec: ExperimentSpec | dict[str, Any]
+        if experiment_kind(experiment.spec) == REPRESENTATIONS_KIND:
+            spec = {**experiment.spec, "analysis": settings_now.model_dump(mode="json")}
+        else:
+            spec = ExperimentSpec.model_validate(experiment.spec).model_copy(update={"analysis": settings_now})
         experiment_id, runs = experiment.id, list(experiment.runs)
     with tempfile.TemporaryDirectory(prefix="fflab-analysis-") as tmp:
         base = Path(tmp)
         try:
-            fetch_runs(storage, experiment_id, runs, base, True, set())
-            records = {run.run_id: documents.analyse_run(spec, run_key(run), base / "runs" / run.run_id)
-                       for run in runs}
-            results = experiment_pipeline.aggregate(spec, base)
-            files = put_files(storage, experiment_id, base, [
-                f"runs/{run.run_id}/{name}" for run in runs for name in documents.analysed_run_files()
-            ]) + put_aggregate(storage, experiment_id, base)
+            if isinstance(spec, dict):  # uploaded representations: the recorded run analysed again
+                fetch_recorded(storage, experiment_id, runs, base)
+                results = recorded.analyse_recorded(base, settings_now)
+                run_dir = base / "runs" / runs[0].run_id
+                shutil.copyfile(base / recorded.RECORDING_FILE, run_dir / recorded.RECORDING_FILE)
+                records = {runs[0].run_id: results["runs"][0]}
+                analysed = [f"runs/{runs[0].run_id}/{name}"
+                            for name in (*documents.analysed_run_files(), recorded.RECORDING_FILE)
+                            if (run_dir / name).is_file()]
+            else:
+                fetch_runs(storage, experiment_id, runs, base, True, set())
+                records = {run.run_id: documents.analyse_run(spec, run_key(run), base / "runs" / run.run_id)
+                           for run in runs}
+                results = experiment_pipeline.aggregate(spec, base)
+                analysed = [f"runs/{run.run_id}/{name}" for run in runs for name in documents.analysed_run_files()]
+            files = put_files(storage, experiment_id, base, analysed) + put_aggregate(storage, experiment_id, base)
         except TRANSIENT:
             raise
         except Exception as error:
@@ -413,8 +526,9 @@ def record_artifacts(session: Session, experiment_id: str, files: list[StoredFil
 def store_run_documents(session: Session, run: Run, run_dir: Path, record: dict[str, Any]) -> None:
     """The run's JSON documents into its row, its ensembles into Ensemble rows."""
     run.record = record
-    for file_name, column in DOCUMENT_COLUMNS.items():
-        setattr(run, column, json.loads((run_dir / file_name).read_text()))
+    for file_name, column in DOCUMENT_COLUMNS.items():  # a recorded run may lack some (no predictions, weights)
+        path = run_dir / file_name
+        setattr(run, column, json.loads(path.read_text()) if path.is_file() else None)
     ensembles = json.loads((run_dir / "ensembles.json").read_text())
     records = ensembles.pop("ensembles")
     run.ensemble_summary = ensembles
@@ -445,6 +559,17 @@ def fetch_runs(storage: Storage, experiment_id: str, runs: list[Run], base: Path
         stored = {key.removeprefix(f"{prefix}/{run_prefix}") for key in storage.list(f"{prefix}/{run_prefix}")}
         for file_name in sorted(wanted & stored):
             storage.download(f"{prefix}/{run_prefix}{file_name}", base / run_prefix / file_name)
+
+
+def fetch_recorded(storage: Storage, experiment_id: str, runs: list[Run], base: Path) -> None:
+    """Download the recorded run of uploaded representations, every file of it, and
+    put its recording.json where fflab.pipeline.recorded reads it (the folder's top)."""
+    prefix = experiment_prefix(experiment_id)
+    for run in runs:
+        run_prefix = f"{prefix}/runs/{run.run_id}/"
+        for key in storage.list(run_prefix):
+            storage.download(key, base / "runs" / run.run_id / key.removeprefix(run_prefix))
+        shutil.copyfile(base / "runs" / run.run_id / recorded.RECORDING_FILE, base / recorded.RECORDING_FILE)
 
 
 def put_aggregate(storage: Storage, experiment_id: str, base: Path) -> list[StoredFile]:

@@ -19,6 +19,7 @@ from api.services.errors import Conflict, Invalid, NotFound
 from api.services.experiments import readable_experiment
 from fflab import comparison
 from fflab.db import Ensemble, Experiment, Run, User
+from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
 from fflab.spec import ExperimentSpec, RunKey
 
 SIDE_FIELD = "experiment"
@@ -80,6 +81,10 @@ def comparison_sides(session: Session, user: User,
     found = []
     for experiment_id, run_id in parse_sides(references):
         experiment = readable_experiment(session, user, experiment_id)
+        if experiment_kind(experiment.spec) == REPRESENTATIONS_KIND:
+            raise Conflict(f"experiment {experiment.id} is uploaded representations (kind representations): it has "
+                           f"no spec of training to set against another's; compare its ensembles through "
+                           f"/v1/experiments/{experiment.id}/ensembles")
         swept = ExperimentSpec.model_validate(experiment.spec)
         point = swept.paper_point()
         runs = [run for run in _runs(session, experiment, run_id) if run.record is not None]

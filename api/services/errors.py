@@ -59,3 +59,15 @@ class LimitReached(ServiceError):
 
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message, retry_after_s=retry_after_s)
+
+
+class TooLarge(ServiceError):
+    """A body over what the server takes (413)."""
+
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """A body that is not of a format the route reads (415)."""
+
+    status, code = 415, "unsupported_media_type"

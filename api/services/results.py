@@ -15,6 +15,8 @@ from api import schemas
 from api.services.errors import Conflict, Invalid, NotFound
 from fflab import paper
 from fflab.db import Artifact, Ensemble, Experiment, Result, Run
+from fflab.pipeline import recorded
+from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
 from fflab.results import PAPER_TABLES
 from fflab.spec import ExperimentSpec
 
@@ -47,7 +49,7 @@ def results_document(session: Session, experiment: Experiment, format: str, tabl
         if table not in result.tables:
             raise NotFound(f"experiment {experiment.id} has no table {table}; it has: {', '.join(result.tables)}")
         return result.tables[table][format]
-    names = PAPER_TABLES + (("sweep",) if "sweep" in result.tables else ())
+    names = [name for name in PAPER_TABLES + ("sweep",) if name in result.tables]  # uploaded files: those they have
     return "\n".join(f"# {name}\n\n{result.tables[name]['md']}" for name in names)
 
 
@@ -55,6 +57,11 @@ def paper_comparison(session: Session, experiment: Experiment, format: str) -> d
     """Every number of the paper against the experiment's (a dict for JSON, else CSV
     or markdown text); Conflict until its results are ready."""
     result = result_of(session, experiment)
+    if experiment_kind(experiment.spec) == REPRESENTATIONS_KIND:  # not trained by fflab: not judged
+        if format == "md":
+            return recorded.paper_comparison_markdown(experiment.id)
+        comparison = recorded.paper_comparison_not_applicable(experiment.id)
+        return comparison if format == "json" else paper.to_csv(comparison)
     comparison = paper.paper_comparison(
         ExperimentSpec.model_validate(experiment.spec), result.results["runs"],
         result.results.get("method_comparison"), experiment=experiment.id,

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+UPLOAD_CHUNK = 1 << 20  # bytes of an upload sent at a time
 
 
 def run_analysis_names() -> tuple[str, ...]:
@@ -110,6 +111,29 @@ class Client:
         """``body``: a full spec, or {"preset": ...} plus overrides, plus "visibility"
         and "priority"."""
         return self._json("POST", "/v1/experiments", json=body)
+
+    def upload_representations(self, path: str | Path, *, name: str | None = None, tags: list[str] | None = None,
+                               visibility: str | None = None,
+                               on_bytes: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Upload a representations file (docs/representations.md) to be analysed as an
+        experiment of kind ``representations`` (POST /v1/representations): the file is
+        streamed as the body, never read whole into memory; ``on_bytes(n)`` is called
+        with each chunk's size as it is sent (a progress bar). Returns the created
+        experiment (id, url, status); follow it with ``wait`` and read it as any."""
+        path = Path(path)
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as handle:
+                while chunk := handle.read(UPLOAD_CHUNK):
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+                    yield chunk
+
+        return self._json("POST", "/v1/representations", content=chunks(),
+                          params=self._params(name=name, tag=list(tags) if tags else None, visibility=visibility),
+                          headers={"Content-Type": "application/octet-stream",
+                                   "Content-Length": str(path.stat().st_size)},
+                          timeout=httpx.Timeout(self.http.timeout.read, write=None))
 
     def experiments(self, *, scope: str = "mine", status: str | list[str] | None = None, name: str | None = None,
                     tag: str | list[str] | None = None, owner: str | None = None, created_after: str | None = None,

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 from fflab import gpu, queueing, usage
 from fflab.db import ACTIVE_STATUSES, FINAL_STATUSES, Analysis, Experiment, Run, User, Worker, utcnow
+from fflab.results import EXTERNAL_DATASET, EXTERNAL_MODEL
 from fflab.scheduling import PRIORITIES, priority_rank
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, RunKey
@@ -164,6 +165,37 @@ def create_experiment(
             unseen_class=key.unseen_class, queue=queue)
         for key in keys
     ]
+    session.add(experiment)
+    session.flush()
+    return experiment
+
+
+def create_representations_experiment(
+    session: Session, settings: Settings, owner: User, experiment_id: str, spec: dict[str, Any], visibility: str,
+    file_bytes: int,
+) -> Experiment:
+    """An experiment of kind ``representations`` (an uploaded representations file,
+    stored under its id's prefix before this): one run, ``external-recorded-seed0``
+    on the cpu queue, whose worker step analyses the file instead of training. The
+    owner's cap on waiting runs, storage quota and run-hours limit apply as to a
+    submission (CapacityError), counted under the lock on the owner's row."""
+    session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+    queued = queued_runs(session, owner.id)
+    cap = settings.max_queued_runs_per_user
+    if queued + 1 > cap:
+        raise CapacityError(
+            f"you have {queued} runs waiting to start; the limit is {cap} per user "
+            f"(FFLAB_MAX_QUEUED_RUNS_PER_USER). Wait for runs to start or cancel some.",
+            settings.capacity_retry_after_s,
+        )
+    refusal = usage.representations_refusal(session, settings, owner.id, file_bytes, usage.spec_units(spec))
+    if refusal is not None:
+        raise CapacityError(refusal, settings.capacity_retry_after_s)
+    key = RunKey(EXTERNAL_MODEL, EXTERNAL_DATASET, 0)
+    experiment = Experiment(id=experiment_id, owner=owner, name=spec["name"], visibility=visibility,
+                            priority="normal", spec=spec, runs_total=1)
+    experiment.runs = [Run(run_id=key.run_id, model=key.model, dataset=key.dataset, seed=key.seed,
+                           unseen_class=None, queue=settings.queue_name("cpu"))]
     session.add(experiment)
     session.flush()
     return experiment
@@ -719,9 +751,10 @@ def start_analysis(analysis: Analysis) -> None:
     analysis.status, analysis.started_at = "running", utcnow()
 
 
-def finish_analysis(analysis: Analysis, experiment: Experiment, spec: ExperimentSpec) -> None:
-    """The re-analysis is recorded: its settings become the experiment's."""
-    experiment.spec = spec.model_dump(mode="json")
+def finish_analysis(analysis: Analysis, experiment: Experiment, spec: ExperimentSpec | dict[str, Any]) -> None:
+    """The re-analysis is recorded: its settings become the experiment's (``spec``:
+    the new spec, or an uploaded file's spec as a dict)."""
+    experiment.spec = spec.model_dump(mode="json") if isinstance(spec, ExperimentSpec) else dict(spec)
     analysis.status, analysis.finished_at = "succeeded", utcnow()
 
 

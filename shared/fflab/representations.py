@@ -33,6 +33,7 @@ import json
 import re
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -123,6 +124,19 @@ class Representations:
     @property
     def units(self) -> list[int]:
         return [int(layer.shape[1]) for layer in self.layers]
+
+
+# The kind of a service experiment made from an uploaded representations file
+# (POST /v1/representations): its stored spec says ``"kind": "representations"``;
+# an experiment trained from an ExperimentSpec has no kind (``training``).
+REPRESENTATIONS_KIND = "representations"
+TRAINING_KIND = "training"
+
+
+def experiment_kind(spec: Mapping[str, Any]) -> str:
+    """The kind of an experiment from its stored spec: ``representations`` for an
+    uploaded representations file, ``training`` otherwise."""
+    return REPRESENTATIONS_KIND if spec.get("kind") == REPRESENTATIONS_KIND else TRAINING_KIND
 
 
 def layer_keys(names: list[str]) -> tuple[str, ...]:

@@ -331,3 +331,8 @@ def content_type(name: str) -> str:
 
 def experiment_prefix(experiment_id: str) -> str:
     return f"experiments/{experiment_id}"
+
+
+# An uploaded representations file (POST /v1/representations), under its experiment's
+# prefix and an artifact of it by this name.
+UPLOADED_REPRESENTATIONS = "upload/representations.npz"

@@ -44,12 +44,15 @@ are counted one after the other):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fflab.db import ACTIVE_STATUSES, Artifact, Experiment, Run
+from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, RunKey
 
@@ -158,6 +161,24 @@ def estimate_experiment_hours(spec: ExperimentSpec) -> float:
     return sum(estimate_run_seconds(spec, key) for key in spec.runs()) / 3600
 
 
+def estimate_recorded_bytes(file_bytes: int, units: int) -> int:
+    """Bytes an uploaded representations file's analysis will store besides the
+    upload itself: its run's representations (the file's size again, at most: the
+    same arrays as float32, compressed), the documents, the tables and figures."""
+    return file_bytes + DOCUMENT_BYTES_PER_UNIT * units + experiment_files_bytes(1)
+
+
+def estimate_recorded_seconds(units: int) -> float:
+    """Seconds an uploaded representations file's analysis takes: the analyses of
+    its units (at the slowest measured rate) and a run's overhead; no training."""
+    return max(ANALYSE_SECONDS_PER_UNIT.values()) * units + RUN_OVERHEAD_S
+
+
+def spec_units(spec: Mapping[str, Any]) -> int:
+    """The hidden units of an uploaded file's layers (its stored spec's ``layers``)."""
+    return sum(int(layer.get("units") or 0) for layer in spec.get("layers") or [])
+
+
 # ----------------------------------------------------------------------------- a user's use
 
 
@@ -203,6 +224,11 @@ def active_estimates(session: Session, owner_id: int, expected_run_s: float) -> 
     for experiment_id, run_ids in by_experiment.items():
         experiment = session.get(Experiment, experiment_id)
         assert experiment is not None  # the runs' own experiment
+        if experiment_kind(experiment.spec) == REPRESENTATIONS_KIND:  # an uploaded file, analysed
+            units = spec_units(experiment.spec)
+            seconds += estimate_recorded_seconds(units) * len(run_ids)
+            pending += estimate_recorded_bytes(int((experiment.spec.get("file") or {}).get("size") or 0), units)
+            continue
         try:
             spec = ExperimentSpec.model_validate(experiment.spec)
         except ValueError:
@@ -240,12 +266,29 @@ def runs_text(count: int) -> str:
 
 def submission_refusal(session: Session, settings: Settings, owner_id: int, spec: ExperimentSpec) -> str | None:
     """Why the user may not submit ``spec`` now (storage quota, then run-hours), or None."""
-    quota, hours_limit = settings.storage_quota_bytes_per_user, settings.max_queued_run_hours_per_user
-    if quota is None and hours_limit is None:
+    if settings.storage_quota_bytes_per_user is None and settings.max_queued_run_hours_per_user is None:
         return None
+    return _refusal(session, settings, owner_id, lambda: estimate_experiment_bytes(spec),
+                    lambda: estimate_experiment_hours(spec), len(spec.runs()))
+
+
+def representations_refusal(session: Session, settings: Settings, owner_id: int, file_bytes: int,
+                            units: int) -> str | None:
+    """Why the user may not upload a representations file of ``file_bytes`` with
+    ``units`` hidden units now (the same storage quota and run-hours limit as a
+    submission: the upload and its analysis's estimated files count), or None."""
+    if settings.storage_quota_bytes_per_user is None and settings.max_queued_run_hours_per_user is None:
+        return None
+    return _refusal(session, settings, owner_id, lambda: file_bytes + estimate_recorded_bytes(file_bytes, units),
+                    lambda: estimate_recorded_seconds(units) / 3600, 1)
+
+
+def _refusal(session: Session, settings: Settings, owner_id: int, estimate_bytes: Callable[[], int],
+             estimate_hours: Callable[[], float], runs: int) -> str | None:
+    quota, hours_limit = settings.storage_quota_bytes_per_user, settings.max_queued_run_hours_per_user
     usage = user_usage(session, settings, owner_id)
     if quota is not None:
-        estimate = estimate_experiment_bytes(spec)
+        estimate = estimate_bytes()
         if usage.stored_bytes >= quota or usage.stored_bytes + usage.pending_bytes + estimate > quota:
             pending = (f" and your {runs_text(usage.active_runs)} waiting or running will store an estimated "
                        f"{human_bytes(usage.pending_bytes)} more" if usage.pending_bytes else "")
@@ -254,9 +297,9 @@ def submission_refusal(session: Session, settings: Settings, owner_id: int, spec
                     f"{human_bytes(quota)} per user (FFLAB_STORAGE_QUOTA_BYTES_PER_USER). Delete experiments you "
                     f"no longer need (fflab delete ID) to free space.")
     if hours_limit is not None:
-        hours = estimate_experiment_hours(spec)
+        hours = estimate_hours()
         if usage.active_run_hours + hours > hours_limit:
-            return (f"run-hours limit: this experiment's {runs_text(len(spec.runs()))} are estimated at "
+            return (f"run-hours limit: this experiment's {runs_text(runs)} are estimated at "
                     f"{hours:.3g} run-hours and you have {usage.active_run_hours:.3g} run-hours waiting or running "
                     f"({runs_text(usage.active_runs)}); the limit is {hours_limit:g} run-hours per user "
                     f"(FFLAB_MAX_QUEUED_RUN_HOURS_PER_USER). Wait for runs to finish or cancel some.")

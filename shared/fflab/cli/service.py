@@ -348,6 +348,33 @@ def register(cli: click.Group) -> None:
                 if final["status"] != "succeeded":
                     sys.exit(1)
 
+    @cli.command("upload-representations")
+    @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+    @click.option("--name", default=None, help="The experiment's name (default: representations-<time>-<id>).")
+    @click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+    @click.option("--visibility", type=click.Choice(["private", "lab"]), default="private", show_default=True)
+    @click.option("--wait", "wait", is_flag=True, help="Then wait for its analysis with a progress bar.")
+    def upload_representations_command(file: Path, name: str | None, tags: tuple[str, ...], visibility: str,
+                                       wait: bool) -> None:
+        """Upload a representations file (docs/representations.md) to be analysed on the service as an
+        experiment of kind representations; prints its id and URL. A file the service refuses is reported
+        naming the key and what is allowed."""
+        size = file.stat().st_size
+        with client() as api:
+            with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                      ncols=min(100, shutil.get_terminal_size().columns), desc="upload") as bar:
+                def sent(count: int) -> None:
+                    bar.update(count)
+
+                created = api.upload_representations(file, name=name, tags=list(tags), visibility=visibility,
+                                                     on_bytes=sent)
+            click.echo(f"{created['id']} {created['url']}")
+            if wait:
+                final = wait_with_bar(api, created["id"], None)
+                click.echo(describe(final))
+                if final["status"] != "succeeded":
+                    sys.exit(1)
+
     @cli.command("status")
     @click.argument("experiment_id", required=False)
     @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")

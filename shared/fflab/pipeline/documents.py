@@ -44,6 +44,7 @@ from fflab.pipeline.run_analyses import (
 from fflab.pipeline.run_document import NO_NEEDS, WEIGHTS, DocumentFigure, RunAnalysis, RunAnalysisInput, RunDocument
 from fflab.pipeline.train import METRICS_FILE
 from fflab.registry import Registry
+from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
 from fflab.results import (
     SCHEMA_DIR,
     Document,
@@ -171,8 +172,11 @@ def run_analysis(name: str) -> RunAnalysis:
 
 
 def spec_layers(spec: ExperimentSpec | Mapping) -> int:
-    """How many hidden layers the experiment's deepest network has (over its sweep)."""
+    """How many hidden layers the experiment's deepest network has (over its sweep);
+    for uploaded representations (kind ``representations``), the file's layers."""
     data = spec.model_dump(mode="json") if isinstance(spec, ExperimentSpec) else spec
+    if experiment_kind(data) == REPRESENTATIONS_KIND:
+        return len(data.get("layers") or [])
     swept = (data.get("sweep") or {}).get("network.layers") or []
     return max([int((data.get("network") or {}).get("layers") or 0), *(int(v) for v in swept)])
 

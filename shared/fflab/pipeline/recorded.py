@@ -22,13 +22,14 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 
 from fflab import figures
+from fflab.analysis import VERDICTS
 from fflab.pipeline.documents import RUN_DOCUMENTS, write_analyses
 from fflab.pipeline.experiment import experiment_tables, method_comparison
 from fflab.pipeline.folders import REPRESENTATIONS_FILE, analysed_rows, write_representations
@@ -36,12 +37,14 @@ from fflab.pipeline.paper_analyses import run_record
 from fflab.pipeline.run_document import SNAPSHOTS, WEIGHTS, RunAnalysisInput
 from fflab.pipeline.snapshots import SNAPSHOT_FILE
 from fflab.pipeline.train import METRICS_FILE, run_identity
-from fflab.representations import Representations
+from fflab.representations import REPRESENTATIONS_KIND, Representations
 from fflab.results import (
     EXTERNAL_DATASET,
     EXTERNAL_MODEL,
     Document,
     ExperimentResults,
+    PaperComparison,
+    ProtocolDifference,
     RunEnsembles,
     RunMetrics,
     RunSharedUnits,
@@ -82,6 +85,44 @@ class Recording(Document):
     documents: list[str] = Field(description="The run documents computed.")
     not_applicable: list[str] = Field(description="The registered analyses that need a trained network.")
     paper_comparison: str = Field(description="Why there is no comparison with the paper.")
+
+
+class UploadedFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(description="Bytes of the uploaded file.")
+    sha256: str = Field(description="The uploaded file's sha256 (hex).")
+
+
+class RepresentationsSpec(BaseModel):
+    """The spec of a service experiment of kind ``representations``: an uploaded
+    representations file (POST /v1/representations) analysed as one recorded run.
+    It is what ``GET /v1/experiments/{id}`` shows as ``spec``: the file's shape
+    (layers, classes, images) and the analysis settings (a re-analysis replaces
+    ``analysis``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["representations"] = REPRESENTATIONS_KIND
+    name: str
+    file: UploadedFile
+    layers: list[RecordedLayer]
+    class_names: list[str]
+    n_images: int
+    predictions: bool
+    snapshot_epochs: list[int]
+    description: dict[str, Any]
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+
+
+def representations_spec(representations: Representations, name: str, size: int, sha256: str,
+                         settings: AnalysisSpec | None = None) -> RepresentationsSpec:
+    """The spec of an experiment made from the uploaded file ``representations``."""
+    recording = recording_of(representations, name, settings or AnalysisSpec())
+    return RepresentationsSpec(
+        name=name, file=UploadedFile(size=size, sha256=sha256), layers=recording.layers,
+        class_names=recording.class_names, n_images=recording.n_images, predictions=recording.predictions,
+        snapshot_epochs=recording.snapshot_epochs, description=recording.description, analysis=recording.analysis)
 
 
 def settings_spec(settings: AnalysisSpec) -> ExperimentSpec:
@@ -189,25 +230,50 @@ def analyse_representations(representations: Representations, out_dir: Path, nam
                             settings: AnalysisSpec | None = None) -> dict[str, Any]:
     """Write ``representations`` into the results folder ``out_dir`` and analyse it
     (``analyse_recorded``); returns results.json's content."""
-    settings = settings or AnalysisSpec()
+    write_recorded(representations, out_dir, name, settings)
+    return analyse_recorded(out_dir)
+
+
+def write_recorded(representations: Representations, out_dir: Path, name: str = "representations",
+                   settings: AnalysisSpec | None = None) -> None:
+    """Write ``representations`` into the results folder ``out_dir`` in a trained
+    run's layout, with recording.json, ready for ``analyse_recorded``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_run_folder(representations, run_dir_of(out_dir))
-    write_document(recording_of(representations, name, settings), out_dir / RECORDING_FILE)
-    return analyse_recorded(out_dir)
+    write_document(recording_of(representations, name, settings or AnalysisSpec()), out_dir / RECORDING_FILE)
 
 
 def analyse_recorded(out_dir: Path, settings: AnalysisSpec | None = None) -> dict[str, Any]:
     """Compute the recorded run's documents, the tables, the figures and results.json
     in ``out_dir`` (with ``settings``: a re-analysis with other analysis settings)."""
+    started = time.perf_counter()
+    analyse_recorded_run(out_dir, settings)
+    output = aggregate_recorded(out_dir)
+    output["seconds"] = time.perf_counter() - started
+    return output
+
+
+def analyse_recorded_run(out_dir: Path, settings: AnalysisSpec | None = None) -> dict[str, Any]:
+    """The run's part of ``analyse_recorded``: its documents (the registry's that
+    apply) in ``runs/<run_id>/`` and recording.json updated; returns the run's
+    summary record (the service's worker step, as a trained run's)."""
     recording = Recording.model_validate_json((out_dir / RECORDING_FILE).read_text())
     if settings is not None:
         recording.analysis = settings
-    started = time.perf_counter()
     inputs = inputs_of(out_dir, recording)
     recording.documents = write_analyses(inputs)
     recording.not_applicable = [name for name, entry in RUN_DOCUMENTS.items()
                                 if entry.analyse is not None and not entry.applies_to(inputs)]
     write_document(recording, out_dir / RECORDING_FILE)
+    return run_record(inputs.run_dir)
+
+
+def aggregate_recorded(out_dir: Path) -> dict[str, Any]:
+    """The experiment's part of ``analyse_recorded``, from the run's documents and
+    recording.json: the tables (md, csv, json), the figures and results.json (the
+    service's aggregation step); returns results.json's content."""
+    recording = Recording.model_validate_json((out_dir / RECORDING_FILE).read_text())
+    inputs = inputs_of(out_dir, recording)
     records = [run_record(inputs.run_dir)]
     spec = settings_spec(recording.analysis)
     tables = experiment_tables(spec, records)
@@ -226,8 +292,7 @@ def analyse_recorded(out_dir: Path, settings: AnalysisSpec | None = None) -> dic
         figures=sorted(f"{name}.png" for name in drawn), method_comparison=comparison,
     )
     write_document(results, out_dir / "results.json")
-    output = results.model_dump(mode="json")
-    output["seconds"] = time.perf_counter() - started
+    output: dict[str, Any] = results.model_dump(mode="json")
     return output
 
 
@@ -268,10 +333,27 @@ def recorded_figures(inputs: RecordedRunInput, recording: Recording) -> dict[str
     return drawn
 
 
+def paper_comparison_not_applicable(experiment: str) -> PaperComparison:
+    """The comparison with the paper of recorded representations: it does not apply
+    (``PAPER_COMPARISON_NOTE``): no cell, no verdict, and the one difference from the
+    paper's protocol named (``kind``: representations recorded elsewhere, not trained)."""
+    return PaperComparison(
+        experiment=experiment, reproduction=False,
+        protocol=[ProtocolDifference(field="kind", paper="training", experiment=REPRESENTATIONS_KIND,
+                                     source=PAPER_COMPARISON_NOTE)],
+        open_choices={}, cells=[], summary={verdict: 0 for verdict in VERDICTS})
+
+
+def paper_comparison_markdown(experiment: str) -> str:
+    return f"# Comparison with the paper: {experiment}\n\n{PAPER_COMPARISON_NOTE}\n"
+
+
 def is_recorded(out_dir: Path) -> bool:
     """Whether ``out_dir`` is a recorded run's results folder."""
     return (out_dir / RECORDING_FILE).is_file() and (run_dir_of(out_dir) / REPRESENTATIONS_FILE).is_file()
 
 
-__all__ = ["PAPER_COMPARISON_NOTE", "RECORDED_KEY", "Recording", "RecordedRunInput", "analyse_recorded",
-           "analyse_representations", "is_recorded"]
+__all__ = ["PAPER_COMPARISON_NOTE", "RECORDED_KEY", "Recording", "RecordedRunInput", "RepresentationsSpec",
+           "aggregate_recorded", "analyse_recorded", "paper_comparison_markdown",
+           "paper_comparison_not_applicable", "analyse_recorded_run", "analyse_representations", "is_recorded",
+           "representations_spec", "run_dir_of", "write_recorded"]
