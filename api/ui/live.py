@@ -17,6 +17,7 @@ from api import run_telemetry, schemas, views
 from api.errors import api_error
 from api.ui.charts import LossChart, loss_chart
 from fflab.db import Experiment, Run, RunLoss
+from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
 
 LIVE_CHART = {"width": 480, "height": 160, "pad": 4.0}
 
@@ -53,6 +54,8 @@ def run_rows(session: Session, experiment: Experiment) -> tuple[list[RunRow], li
             Run.progress, Run.error, Run.created_at, Run.started_at, Run.finished_at, Run.heartbeat_at,
             Run.record, Run.metrics, Run.code_version,
         )).where(Run.experiment_id == experiment.id).order_by(Run.id)))
+    if experiment_kind(experiment.spec) == REPRESENTATIONS_KIND:  # uploaded, not trained: no loss, no live chart
+        return [RunRow(views.run_out(run), None) for run in runs], []
     reported = reported_histories(session, [run.id for run in runs if run.metrics is None])
     rows, live = [], []
     for run in runs:

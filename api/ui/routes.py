@@ -54,6 +54,7 @@ from fflab.data import DATASETS, n_classes
 from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
 from fflab.figures import class_names
 from fflab.models import MODELS
+from fflab.pipeline.recorded import PAPER_COMPARISON_NOTE
 from fflab.results import PAPER_TABLES, TABLES
 from fflab.spec import PRESETS, AnalysisSpec
 from fflab.storage import StorageError
@@ -203,6 +204,7 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
         "runs": runs, "live_charts": live_charts,
         "tables": tables, "comparison": comparison, "figures": figures, "analyses": analyses,
         "analysis_form": forms.AnalysisForm.from_spec(experiment.spec.get("analysis", {})),
+        "paper_comparison_note": PAPER_COMPARISON_NOTE,
         "analysis_errors": {}, "method1_thresholds": list(METHOD1_THRESHOLDS),
         "method2_cuts": list(METHOD2_CUTS),
     }
