@@ -7,10 +7,10 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, create_model, model_validator
 
 from fflab.results import RunEnsembles, RunMetrics, RunSharedUnits, RunWeightStats
-from fflab.spec import PRESETS, ExperimentSpec, build_spec
+from fflab.spec import PRESETS, ExperimentSpec, build_spec, validate_naming_nearest_fields
 
 # "cancelling": experiments only, from their cancellation until their last running run stops.
 Status = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -72,6 +72,12 @@ class ExperimentSubmit(overrides_model(ExperimentSpec)):  # type: ignore[misc]
     priority: Priority = Field(
         "normal", description="Goes ahead within the fair-share order (high counts its owner's usage at "
                               "half, low at double); at most the owner's max_priority (403 above).")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_the_nearest_field(cls, data: Any, handler: ModelWrapValidatorHandler[ExperimentSubmit]
+                                ) -> ExperimentSubmit:
+        return validate_naming_nearest_fields(cls, data, handler)
 
     @model_validator(mode="after")
     def _preset_or_complete_spec(self) -> ExperimentSubmit:

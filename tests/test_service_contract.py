@@ -283,6 +283,10 @@ def test_every_error_has_one_problem_shape(api: Server) -> None:
         body = assert_problem(refused, 422, "validation_error")
         problem = field_of(body, "ff.learning_rate")
         assert problem["given"] == "NaN" and "finite" in problem["allowed"]
+        misspelt = assert_problem(alice.post("/v1/experiments", json={
+            "preset": "quick", "network": {"widht": 64}, "ff": {"epochs": 0}}), 422, "validation_error")
+        assert "did you mean width?" in field_of(misspelt, "network.widht")["message"]
+        assert field_of(misspelt, "ff.epochs")["allowed"] == ">= 1"  # the other problems keep what is allowed
         assert body["message"].startswith("ff.learning_rate:")
         body = assert_problem(alice.post("/v1/experiments", json={"preset": "quick", "network": {"width": 2}}),
                               422, "validation_error")

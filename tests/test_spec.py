@@ -112,3 +112,25 @@ def test_layer_learning_rate_factors_scale_the_learning_rate_per_layer():
         build_spec("quick", {"bp": {"layer_learning_rate_factors": [1, 1, 1]}})
     message = raised.value.errors()[0]["msg"]
     assert "trained end to end" in message and "bp.learning_rate" in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc", "suggested"),
+    [
+        ({"network": {"widht": 64}}, ("network", "widht"), "did you mean width?"),
+        ({"ff": {"epohcs": 2}}, ("ff", "epohcs"), "did you mean epochs?"),
+        ({"netwrok": {}}, ("netwrok",), "did you mean network?"),
+        ({"analysis": {"quantile": [0.9]}}, ("analysis", "quantile"), "did you mean quantiles"),
+        ({"zzzz": 1}, ("zzzz",), None),
+    ],
+)
+def test_an_unknown_field_names_the_nearest_fields_of_its_section(overrides, loc, suggested):
+    with pytest.raises(ValidationError) as raised:
+        build_spec("quick", {**overrides, "bp": {"epochs": 0}})
+    problems = {problem["loc"]: problem for problem in raised.value.errors()}
+    assert problems[loc]["type"] == "extra_forbidden"
+    if suggested is None:
+        assert "did you mean" not in problems[loc]["msg"]
+    else:
+        assert suggested in problems[loc]["msg"]
+    assert problems[("bp", "epochs")]["type"] == "greater_than_equal" and problems[("bp", "epochs")]["ctx"] == {"ge": 1}

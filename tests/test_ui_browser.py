@@ -241,6 +241,13 @@ def walk_through(person: Person, keys: dict[str, str]) -> str:
     assert csv["text"] == alice.get(f"/v1/experiments/{experiment_id}/results",
                                     params={"format": "csv", "table": "table1"}).text
     person.screenshot("experiment")
+    # Every table reads whole on a 1280 px laptop: no sideways scrolling inside the tables card.
+    person.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    cut = person.js("return [...document.querySelectorAll('#tables .scroll')]"
+                    ".filter(s => s.scrollWidth > s.clientWidth).map(s => s.parentElement.id)")
+    person.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert cut == [], f"tables cut at 1280 px: {cut}"
 
     # Open a figure.
     link = person.find("#figures a.figure-link[href$='figure2.png']")

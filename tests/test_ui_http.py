@@ -322,19 +322,36 @@ def test_experiment_page_tables_csv_figure_and_progress(world: World) -> None:
 
 def test_explorer_shows_the_ensemble_its_mean_activity_and_shared_units(world: World) -> None:
     alice = world.client("alice")
-    page = alice.get(f"/ui/experiments/{FINISHED}/ensembles", params={"layer": 1, "class": 0}).text
+    page = alice.get(f"/ui/experiments/{FINISHED}/ensembles",
+                     params={"layer": 1, "class_index": 0, "method": "method2"}).text
     cells = re.findall(r'<div class="u( e)?( s)?" data-unit="(\d)" data-mean="([^"]+)"', page)
     # Class 0's analysed images are 0 and 1: means (1+3)/2, 0, 1, 0. Class 1 shares unit 2.
     assert cells == [(" e", "", "0", "2"), ("", "", "1", "0"), (" e", " s", "2", "1"), ("", "", "3", "0")]
     assert 'grid-template-columns: repeat(2, 1fr)' in page
     assert '<span id="ensemble-size">2</span>' in page and '<span id="shared-count">1</span>' in page
-    other = alice.get(f"/ui/experiments/{FINISHED}/ensembles", params={"class": 1, "other": 2}).text
+    other = alice.get(f"/ui/experiments/{FINISHED}/ensembles",
+                      params={"class_index": 1, "other": 2, "method": "method2"}).text
     # Class 1: only image 2 (image 3 was misclassified); it shares nothing with class 2.
     assert re.findall(r'data-unit="(\d)" data-mean="([^"]+)"', other) == [("0", "0"), ("1", "0"), ("2", "2"),
                                                                           ("3", "4")]
     assert '<span id="shared-count">0</span>' in other
-    bad = alice.get(f"/ui/experiments/{FINISHED}/ensembles", params={"class": 12})
-    assert bad.status_code == 422 and "<code>class</code>" in bad.text
+    assert '<option value="1" selected>1</option>' in other  # MNIST's class 1 is "1", not "1 · 1"
+    bad = alice.get(f"/ui/experiments/{FINISHED}/ensembles", params={"class_index": 99})
+    assert bad.status_code == 422 and "<code>class_index</code>" in bad.text
+    # The page takes the ensembles endpoint's parameters; one it does not take is named, never ignored.
+    unknown = alice.get(f"/ui/experiments/{FINISHED}/ensembles", params={"class": 3, "run": "x"})
+    assert unknown.status_code == 422 and "<code>class</code>" in unknown.text and "<code>run</code>" in unknown.text
+    assert "class_index" in unknown.text and "run_id" in unknown.text
+    default = alice.get(f"/ui/experiments/{FINISHED}/ensembles").text
+    assert '<option value="method1" selected>' in default  # the paper's tables are Method 1's
+
+
+def test_a_page_names_a_query_parameter_it_does_not_take(world: World) -> None:
+    alice = world.client("alice")
+    for page in ("/ui/", f"/ui/experiments/{FINISHED}", f"/ui/experiments/{FINISHED}/progress"):
+        response = alice.get(page, params={"stauts": "running"})
+        assert response.status_code == 422 and "<code>stauts</code>" in response.text, page
+    assert alice.get("/ui/", params={"status": "running", "q": "x", "sort": "name"}).status_code == 200
 
 
 def test_forms_show_the_apis_validation_errors_next_to_their_fields(world: World) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.routing import APIRoute
@@ -94,14 +95,28 @@ def error_page(request: Request, status_code: int, message: str, problems: dict[
                                           "problems": problems or {}}, status_code, headers)
 
 
+def declared_query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route and its dependencies declare (by their aliases)."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= declared_query_names(dependency)
+    return names
+
+
 class HTMLRoute(APIRoute):
     """A route whose HTTP errors and services' refusals are pages: 401 -> the
     sign-in page, 422 -> the fields and their problems, others -> the API's message."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()
+        known = declared_query_names(self.dependant)
 
         async def html_handler(request: Request) -> Response:
+            unknown = sorted(set(request.query_params) - known)
+            if unknown and request.method == "GET":  # a mistyped deep link says so instead of showing defaults
+                allowed = ", ".join(sorted(known)) or "none"
+                return error_page(request, 422, "the address has query parameters this page does not take",
+                                  {name: [f"unknown query parameter; allowed: {allowed}"] for name in unknown})
             try:
                 return await handler(request)
             except HTTPException as error:

@@ -49,6 +49,7 @@ from api.ui import forms, live, queries, security
 from api.ui.explorer import ClassMeansCache, unit_grid
 from api.ui.html import SIGN_IN, HTMLRoute, render
 from api.ui.security import CsrfChecked, UICredentials, UIUser, ui_user
+from api.ui.tables import display_table
 from fflab.analysis import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.data import DATASETS, n_classes
 from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
@@ -187,7 +188,7 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
     result = session.get(Result, experiment.id)
     tables = comparison = None
     if result is not None:
-        tables = [result.results["tables"][name] | {"name": name} for name in PAPER_TABLES + ("sweep",)
+        tables = [display_table(name, result.results["tables"][name]) for name in PAPER_TABLES + ("sweep",)
                   if name in result.results.get("tables", {})]
         comparison = result_service.paper_comparison(session, experiment, "json")
     stored_figures = [views.figure_out(request, artifact).name for artifact in result_service.artifacts_page(
@@ -396,17 +397,19 @@ async def explorer(
     experiment_id: ExperimentId, request: Request, db: DatabaseDep, credentials: UICredentials,
     storage: StorageDep,
     model: Annotated[str | None, Query()] = None, dataset: Annotated[str | None, Query()] = None,
-    run_id: Annotated[str | None, Query(alias="run")] = None,
+    run_id: Annotated[str | None, Query()] = None,
     layer: Annotated[int, Query(ge=1, le=result_service.MAX_LAYER)] = 1,
-    class_index: Annotated[int, Query(alias="class", ge=0, le=MAX_CLASS)] = 0,
-    method: Annotated[result_service.Method, Query()] = "method2",
+    class_index: Annotated[int, Query(ge=0, le=MAX_CLASS)] = 0,
+    method: Annotated[result_service.Method, Query()] = "method1",  # the paper's tables are Method 1's
     quantile: Annotated[float | None, Query(gt=0, lt=1)] = None,
     other: Annotated[int | None, Query(ge=0, le=MAX_CLASS)] = None,
 ) -> Response:
     """A run's ensemble of one class in one layer by one method: its units on the
     layer's grid, shaded by their mean activity over the class's analysed images,
-    and the units it shares with another class's ensemble. The rows are read in a
-    unit; the stored representations after it, under a storage slot."""
+    and the units it shares with another class's ensemble. The query parameters
+    are the ensembles endpoint's (run_id, layer, class_index, method, quantile),
+    so an address of one works on the other. The rows are read in a unit; the
+    stored representations after it, under a storage slot."""
 
     def rows(session: Session) -> tuple[dict[str, Any], Any, Artifact | None]:
         experiment = ui_readable(session, request, credentials, experiment_id)
@@ -444,6 +447,12 @@ async def explorer(
     return await run_in_threadpool(render, request, "explorer.html", context)
 
 
+def class_labels(names: list[str]) -> list[str]:
+    """A class's label in the explorer: its index, and its name where that is not
+    the index again (MNIST's "3", Fashion-MNIST's "3 · Dress")."""
+    return [name if name == str(index) else f"{index} · {name}" for index, name in enumerate(names)]
+
+
 def explorer_rows(session: Session, experiment: Experiment, model: str | None, dataset: str | None,
                   run_id: str | None, layer: int, class_index: int, method: str,
                   quantile: float | None) -> tuple[dict[str, Any], Any, Artifact | None]:
@@ -470,7 +479,7 @@ def explorer_rows(session: Session, experiment: Experiment, model: str | None, d
     context.update(models=models, model=model, datasets=datasets, dataset=dataset, runs=choices,
                    run=run, layers=list(range(1, spec.get("network", {}).get("layers", 1) + 1)), layer=layer,
                    class_index=class_index, method=method, quantiles=quantiles, quantile=quantile,
-                   names=class_names(dataset) if dataset else [str(c) for c in range(10)],
+                   class_labels=class_labels(class_names(dataset) if dataset else [str(c) for c in range(10)]),
                    model_names=model_names())
     if run is None:
         return context, None, None

@@ -21,15 +21,17 @@ the first point (``paper_point``).
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, TypeVar, get_args, get_origin
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -350,6 +352,11 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
                 loc=("layer_learning_rate_factors",), input=training.layer_learning_rate_factors)])
         return training
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _name_the_nearest_field(cls, data: Any, handler: ModelWrapValidatorHandler[ExperimentSpec]) -> ExperimentSpec:
+        return validate_naming_nearest_fields(cls, data, handler)
+
     @model_validator(mode="after")
     def _unseen_class_datasets_are_trained(self) -> ExperimentSpec:
         if self.unseen_class is not None and self.models_without_a_class() and self.unseen_class_datasets:
@@ -649,6 +656,53 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_naming_nearest_fields(model: type[M], data: Any, handler: ModelWrapValidatorHandler[M]) -> M:
+    """``handler(data)`` (a wrap validator's), where an unknown field's error names
+    the nearest fields of its section ("network.widht: Extra inputs are not
+    permitted (did you mean width?)"); every other error is passed on as it was."""
+    try:
+        return handler(data)
+    except ValidationError as error:
+        problems = error.errors()
+        if not any(problem["type"] == "extra_forbidden" for problem in problems):
+            raise
+        # Each problem again, its message and context kept (the API reads what is allowed from the context).
+        raise ValidationError.from_exception_data(error.title, [InitErrorDetails(
+            type=PydanticCustomError(problem["type"], problem["msg"] + (
+                nearest_fields(model, problem["loc"]) if problem["type"] == "extra_forbidden" else ""),
+                problem.get("ctx")),
+            loc=problem["loc"], input=problem.get("input")) for problem in problems]) from None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``NetworkSpec``, ``SweepSpec | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_of(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def nearest_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """" (did you mean width?)" for the unknown field at ``loc`` (the fields of its
+    section closest in spelling), or "" where none is close."""
+    section: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if section is None:
+            return ""
+        field = section.model_fields.get(str(part))
+        section = _model_of(field.annotation) if field is not None else section if isinstance(part, int) else None
+    if section is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def build_spec(preset: str | None = None, overrides: dict[str, Any] | None = None) -> ExperimentSpec:
