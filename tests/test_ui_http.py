@@ -80,12 +80,14 @@ def test_form_errors_file_messages_under_the_fields_holding_them() -> None:
 def test_submit_form_body_applies_the_common_overrides() -> None:
     form = SubmitForm(preset="quick", name=" tiny ", visibility="lab", models=["ff", "bp"], datasets=["mnist"],
                       seeds="0, 3 x", epochs="2", train_subset="500", test_subset="", threshold="0.4")
-    assert form.body() == {"preset": "quick", "visibility": "lab", "name": "tiny", "models": ["ff", "bp"],
+    assert form.body() == {"preset": "quick", "visibility": "lab", "priority": "normal", "name": "tiny",
+                           "models": ["ff", "bp"],
                            "datasets": ["mnist"], "seeds": [0, 3, "x"], "ff": {"epochs": 2}, "bp": {"epochs": 2},
                            "data": {"train_subset": 500}, "network": {"threshold": 0.4}}
     first = SubmitForm.for_preset("quick")
     assert (first.models, first.datasets, first.seeds) == (["ff", "bpff", "bp"], ["mnist"], "0, 1, 2")
-    assert first.body() == {"preset": "quick", "visibility": "private", "models": ["ff", "bpff", "bp"],
+    assert first.body() == {"preset": "quick", "visibility": "private", "priority": "normal",
+                            "models": ["ff", "bpff", "bp"],
                             "datasets": ["mnist"], "seeds": [0, 1, 2]}
 
 
@@ -401,3 +403,114 @@ def test_live_progress_then_cancel_delete_and_reanalyse_through_the_forms(world:
     assert re.search(r'id="analyses".*status-queued">queued<.*<td>0.8, 0.9</td><td>0.3</td>', page, re.S)
     again = alice.post(f"/ui/experiments/{FINISHED}/analyses", data={"csrf_token": token, "correct_only": "on"})
     assert again.status_code == 409 and "has an analysis queued or running" in again.text
+
+
+def test_submit_form_body_takes_training_a_sweep_tags_priority_and_pasted_json() -> None:
+    form = SubmitForm(preset="quick", models=["ff", "bp"], datasets=["mnist"], seeds="0", learning_rate="0.01",
+                      batch_size="full", tags="baseline, theta:0.5", priority="low",
+                      sweep_field=" network.threshold ", sweep_values="0.1, 0.3",
+                      spec_json='{"bp": {"epochs": 2}, "seeds": [4], "network": {"width": 8}}')
+    assert form.body() == {"preset": "quick", "models": ["ff", "bp"], "datasets": ["mnist"], "seeds": [4],
+                           "visibility": "private", "priority": "low", "tags": ["baseline", "theta:0.5"],
+                           "ff": {"learning_rate": 0.01, "batch_size": None},
+                           "bp": {"learning_rate": 0.01, "batch_size": None, "epochs": 2},
+                           "sweep": {"network.threshold": [0.1, 0.3]}, "network": {"width": 8}}
+    # A message on a field the JSON gives goes under the JSON's box, naming the field;
+    # one on a tag names the tag as typed.
+    errors = form.errors({"seeds.0": ["bad seed"], "ff.learning_rate": ["too big"], "bp.learning_rate": ["too big"],
+                          "tags.1": ["bad"], "sweep.network.threshold": ["no"]})
+    assert errors == {"learning_rate": ["ff.learning_rate: too big", "bp.learning_rate: too big"],
+                      "tags": ["tag 'theta:0.5': bad"], "sweep": ["no"], "spec_json": ["seeds.0: bad seed"]}
+    with pytest.raises(ValueError, match="not valid JSON"):
+        SubmitForm(spec_json="{").body()
+    assert SubmitForm(spec_json="[1]").errors({}) == {"spec_json": [
+        "give a JSON object: the body of POST /v1/experiments (a preset and the fields over it, or a whole spec)"]}
+
+
+def test_submit_form_previews_runs_and_submits_tags_a_sweep_and_a_pasted_spec(world: World) -> None:
+    alice = world.client("alice")
+    page = alice.get("/ui/submit").text
+    for name in ("learning_rate", "batch_size", "tags", "sweep_field", "sweep_values", "priority", "spec_json"):
+        assert f'name="{name}"' in page, name
+    form = {"csrf_token": csrf_of(page), "preset": "quick", "models": ["ff"], "datasets": ["mnist"], "seeds": "0, 1",
+            "epochs": "1", "train_subset": "500", "learning_rate": "0.02", "batch_size": "100",
+            "tags": "small, theta", "priority": "low", "sweep_field": "network.threshold",
+            "sweep_values": "0.2, 0.4", "spec_json": '{"unseen_class": null, "test_subset": 1}'}
+    # An unknown field of the pasted JSON is named under its box (the API's nearest-field hint too).
+    unknown = alice.post("/ui/submit/preview", data=form)
+    assert unknown.status_code == 200 and 'id="spec-preview-invalid"' in unknown.text
+    assert html.unescape(field_error(unknown.text, "spec_json-error")).startswith("test_subset: ")
+    preview = alice.post("/ui/submit/preview", data={**form, "spec_json": '{"unseen_class": null}'})
+    text = html.unescape(preview.text)
+    assert '<p id="run-count">4 runs</p>' in preview.text and '"learning_rate": 0.02' in text
+    assert '"batch_size": 100' in text and '"unseen_class": null' in text
+    runs = re.findall(r"<li><code>([^<]+)</code> <span class=\"muted\">([^<]+)</span>", text)
+    assert runs == [("ff-mnist-seed0-p0", "network.threshold=0.2"), ("ff-mnist-seed1-p0", "network.threshold=0.2"),
+                    ("ff-mnist-seed0-p1", "network.threshold=0.4"), ("ff-mnist-seed1-p1", "network.threshold=0.4")]
+
+    # Each refused value is shown next to the field that holds it, naming it.
+    bad = alice.post("/ui/submit/preview", data={
+        **form, "learning_rate": "2", "tags": "ok, not ok", "batch_size": "x", "spec_json": '{"ff": {"epochs": "three"}}'})
+    assert field_error(bad.text, "learning_rate-error") == "ff.learning_rate: Input should be less than or equal to 1"
+    assert html.unescape(field_error(bad.text, "tags-error")).startswith("tag 'not ok': String should match pattern")
+    assert field_error(bad.text, "batch_size-error") == "ff.batch_size: Input should be a valid integer"
+    assert field_error(bad.text, "spec_json-error") == "ff.epochs: Input should be a valid integer"
+    swept = alice.post("/ui/submit/preview", data={**form, "sweep_field": "network.widht", "spec_json": ""})
+    assert "'network.widht' cannot be swept" in html.unescape(field_error(swept.text, "sweep-error"))
+    broken = alice.post("/ui/submit/preview", data={**form, "spec_json": '{"seeds": [0,'})
+    assert field_error(broken.text, "spec_json-error").startswith("not valid JSON: Expecting value (line 1")
+    refused = alice.post("/ui/submit", data={**form, "spec_json": "[]"})
+    assert refused.status_code == 422 and "give a JSON object" in field_error(refused.text, "spec_json-error")
+
+    created = alice.post("/ui/submit", data={**form, "name": "ui-sweep", "spec_json": '{"unseen_class": null}'})
+    assert created.status_code == 303, created.text
+    experiment_id = created.headers["location"].rsplit("/", 1)[-1]
+    api = httpx.get(f"{world.url}/v1/experiments/{experiment_id}",
+                    headers={"Authorization": f"Bearer {world.keys['alice']}"}).json()
+    assert (api["name"], api["tags"], api["priority"], api["progress"]["runs_total"]) == (
+        "ui-sweep", ["small", "theta"], "low", 4)
+    assert api["spec"]["sweep"] == {"network.threshold": [0.2, 0.4]} and api["spec"]["ff"]["learning_rate"] == 0.02
+
+
+def test_experiment_page_edits_name_tags_and_visibility_for_its_owner(world: World) -> None:
+    bob, alice, admin = world.client("bob"), world.client("alice"), world.client("root")
+    page = bob.get(f"/ui/experiments/{BOBS}").text
+    assert 'id="edit-form"' in page and 'id="edit-tags"' in page and 'id="visibility">private<' in page
+    assert 'id="edit-form"' in admin.get(f"/ui/experiments/{BOBS}").text
+    assert 'id="edit-form"' not in bob.get(f"/ui/experiments/{LAB}").text  # the lab's: readable, not changeable
+    token = csrf_of(page)
+    forbidden = bob.post(f"/ui/experiments/{LAB}/edit", data={"csrf_token": token, "name": "mine", "tags": "",
+                                                               "visibility": "private"})
+    assert forbidden.status_code == 403
+
+    bad = bob.post(f"/ui/experiments/{BOBS}/edit", data={"csrf_token": token, "name": "", "tags": "ok, not ok",
+                                                         "visibility": "lab"})
+    assert bad.status_code == 422 and 'id="edit-form" open' in bad.text
+    assert field_error(bad.text, "edit-name-error") == "String should have at least 1 character"
+    assert html.unescape(field_error(bad.text, "edit-tags-error")).startswith(
+        "tag 'not ok': String should match pattern")
+    assert 'value="ok, not ok"' in bad.text  # what was typed stays in the form
+    headers = {"Authorization": f"Bearer {world.keys['bob']}"}
+    assert httpx.get(f"{world.url}/v1/experiments/{BOBS}", headers=headers).json()["name"] == "bobs"  # unchanged
+
+    saved = bob.post(f"/ui/experiments/{BOBS}/edit", data={"csrf_token": token, "name": "bobs-renamed",
+                                                           "tags": "baseline, theta:0.5", "visibility": "lab"})
+    assert saved.status_code == 303 and saved.headers["location"] == f"/ui/experiments/{BOBS}"
+    api = httpx.get(f"{world.url}/v1/experiments/{BOBS}", headers=headers).json()
+    assert (api["name"], api["tags"], api["visibility"]) == ("bobs-renamed", ["baseline", "theta:0.5"], "lab")
+    shown = bob.get(f"/ui/experiments/{BOBS}").text
+    assert "<h1>bobs-renamed " in shown and '<span class="tag">theta:0.5</span>' in shown
+    assert 'value="baseline, theta:0.5"' in shown
+    assert 'id="edit-form"' not in alice.get(f"/ui/experiments/{BOBS}").text  # now readable by alice, not hers
+    cleared = admin.post(f"/ui/experiments/{BOBS}/edit", data={"csrf_token": csrf_of(admin.get("/ui/").text),
+                                                               "name": "bobs", "tags": "", "visibility": "private"})
+    assert cleared.status_code == 303
+    assert httpx.get(f"{world.url}/v1/experiments/{BOBS}", headers=headers).json()["tags"] == []
+
+
+def test_cancel_asks_for_confirmation_as_delete_does(world: World) -> None:
+    page = world.client("alice").get(f"/ui/experiments/{LAB}").text
+    for action, button in (("cancel", "cancel"), ("delete", "delete")):
+        confirm = re.search(rf'<details class="danger"[^>]*>\s*<summary>[^<]+…</summary>\s*'
+                            rf'<form method="post" action="/ui/experiments/{LAB}/{action}">(.*?)</details>', page, re.S)
+        assert confirm and f'id="{button}"' in confirm.group(1), action

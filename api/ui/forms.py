@@ -11,6 +11,7 @@ API error body in either shape the API has had: FastAPI's ``detail`` list of
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fflab.models import MODELS
-from fflab.spec import PRESETS, build_spec
+from fflab.spec import PRESETS, build_spec, deep_merge
 
 LOCATIONS = ("body", "query", "path", "header", "cookie")
 GENERAL = ""  # errors that name no field of the form: shown above it
@@ -44,6 +45,44 @@ def number(text: str) -> Any:
 def number_list(text: str) -> list[Any]:
     """Comma- or space-separated numbers, each as ``number`` reads it."""
     return [number(part) for part in re.split(r"[,\s]+", text.strip()) if part]
+
+
+def tag_list(text: str) -> list[str]:
+    """Comma-separated tags, each stripped; blanks dropped (a tag with a space in it
+    stays whole, for the API to refuse naming it).
+
+    >>> tag_list(" baseline, theta:0.5,, my tag ")
+    ['baseline', 'theta:0.5', 'my tag']
+    """
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def tag_messages(errors: Mapping[str, list[str]], tags: list[str]) -> dict[str, list[str]]:
+    """``errors`` with each message on one tag (``tags.2``) starting with that tag,
+    so that a person sees which of the tags they typed was refused."""
+    out: dict[str, list[str]] = {}
+    for name, messages in errors.items():
+        head, _, index = name.partition(".")
+        if head == "tags" and index.isdigit() and int(index) < len(tags):
+            messages = [f"tag {tags[int(index)]!r}: {message}" for message in messages]
+        out.setdefault(name, []).extend(messages)
+    return out
+
+
+def gives(document: Any, parts: list[str]) -> bool:
+    """Whether ``document`` (a parsed JSON body) holds the field at the dotted path
+    ``parts``; a key may itself hold dots (a sweep's ``network.threshold``)."""
+    if not parts:
+        return True
+    if isinstance(document, Mapping):
+        for end in range(len(parts), 0, -1):
+            key = ".".join(parts[:end])
+            if key in document:
+                return gives(document[key], parts[end:])
+        return False
+    if isinstance(document, list) and parts[0].isdigit() and int(parts[0]) < len(document):
+        return gives(document[int(parts[0])], parts[1:])
+    return False
 
 
 def _dotted(parts: Iterable[Any]) -> str:
@@ -100,14 +139,31 @@ def form_errors(errors: Mapping[str, list[str]], fields: Mapping[str, str]) -> d
 SUBMIT_FIELDS = {
     "preset": "preset", "name": "name", "visibility": "visibility", "models": "models",
     "datasets": "datasets", "seeds": "seeds", "data.train_subset": "train_subset",
-    "data.test_subset": "test_subset", "network.threshold": "threshold",
-    **{f"{model}.epochs": "epochs" for model in MODELS},
+    "data.test_subset": "test_subset", "network.threshold": "threshold", "tags": "tags", "sweep": "sweep",
+    "priority": "priority",
+    **{f"{model}.{name}": name for model in MODELS for name in ("epochs", "learning_rate", "batch_size")},
 }
+SPEC_JSON = "spec_json"  # the pasted JSON's box; messages on the fields it gives go there
+TRAINING_FIELDS = ("epochs", "learning_rate", "batch_size")  # set on every chosen model
+FULL_BATCH = ("full", "null", "none")
+
+
+class SpecJsonError(ValueError):
+    """The pasted JSON is no JSON object."""
+
+
+def training_value(name: str, text: str) -> Any:
+    """A per-model training field as typed: a number, or null for a full batch."""
+    if name == "batch_size" and text.strip().lower() in FULL_BATCH:
+        return None
+    return number(text)
 
 
 @dataclass
 class SubmitForm:
-    """The submit form's values as typed: a preset and its common overrides."""
+    """The submit form's values as typed: a preset, its common overrides, a sweep of
+    one setting, and a pasted JSON body (``spec_json``: the fields it gives win
+    over the form's, as a JSON client would send them)."""
 
     preset: str = "quick"
     name: str = ""
@@ -119,6 +175,13 @@ class SubmitForm:
     train_subset: str = ""
     test_subset: str = ""
     threshold: str = ""
+    learning_rate: str = ""
+    batch_size: str = ""
+    tags: str = ""
+    priority: str = "normal"
+    sweep_field: str = ""
+    sweep_values: str = ""
+    spec_json: str = ""
 
     @classmethod
     def for_preset(cls, preset: str = "quick") -> SubmitForm:
@@ -132,28 +195,67 @@ class SubmitForm:
     def from_form(cls, form: Any) -> SubmitForm:
         """From a posted form (starlette's FormData: ``get`` and ``getlist``)."""
         text = {name: str(form.get(name) or "") for name in
-                ("preset", "name", "visibility", "seeds", "epochs", "train_subset", "test_subset", "threshold")}
+                ("preset", "name", "visibility", "seeds", "epochs", "train_subset", "test_subset", "threshold",
+                 "learning_rate", "batch_size", "tags", "priority", "sweep_field", "sweep_values", "spec_json")}
         return cls(**text, models=[str(m) for m in form.getlist("models")],
                    datasets=[str(d) for d in form.getlist("datasets")])
 
     def body(self) -> dict[str, Any]:
-        """The body of POST /v1/experiments this form stands for."""
+        """The body of POST /v1/experiments this form stands for: the form's fields,
+        with the pasted JSON's merged over them (SpecJsonError if it is no object)."""
         body: dict[str, Any] = {"preset": self.preset or None, "models": self.models,
                                 "datasets": self.datasets, "seeds": number_list(self.seeds)}
         if self.visibility:
             body["visibility"] = self.visibility
+        if self.priority:
+            body["priority"] = self.priority
         if self.name.strip():
             body["name"] = self.name.strip()
-        if self.epochs.strip():
+        if tag_list(self.tags):
+            body["tags"] = tag_list(self.tags)
+        training = {name: training_value(name, getattr(self, name)) for name in TRAINING_FIELDS
+                    if getattr(self, name).strip()}
+        if training:
             for model in self.models:
-                body[model] = {"epochs": number(self.epochs)}
+                body[model] = dict(training)
         data = {name: number(getattr(self, name)) for name in ("train_subset", "test_subset")
                 if getattr(self, name).strip()}
         if data:
             body["data"] = data
         if self.threshold.strip():
             body["network"] = {"threshold": number(self.threshold)}
-        return body
+        if self.sweep_field.strip() or self.sweep_values.strip():
+            body["sweep"] = {self.sweep_field.strip(): number_list(self.sweep_values)}
+        pasted = self.pasted()
+        return deep_merge(body, pasted) if pasted else body
+
+    def pasted(self) -> dict[str, Any] | None:
+        """The pasted JSON object (None: the box is blank); SpecJsonError otherwise."""
+        if not self.spec_json.strip():
+            return None
+        try:
+            document = json.loads(self.spec_json)
+        except json.JSONDecodeError as error:
+            raise SpecJsonError(f"not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})") from None
+        if not isinstance(document, dict):
+            raise SpecJsonError("give a JSON object: the body of POST /v1/experiments (a preset and the fields "
+                                "over it, or a whole spec)")
+        return document
+
+    def errors(self, api_errors: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        """The API's errors by form field (``form_errors``); a message on a field the
+        pasted JSON gives goes under the JSON's box and starts with that field."""
+        try:
+            pasted = self.pasted() or {}
+        except SpecJsonError as error:
+            return {SPEC_JSON: [str(error)]}
+        api_errors = tag_messages(api_errors, tag_list(self.tags))
+        from_json = {name: messages for name, messages in api_errors.items()
+                     if name and gives(pasted, name.split("."))}
+        out = form_errors({name: m for name, m in api_errors.items() if name not in from_json}, SUBMIT_FIELDS)
+        for name, messages in from_json.items():
+            out.setdefault(SPEC_JSON, []).extend(f"{name}: {message}" for message in messages)
+        return out
 
     def preset_hints(self) -> dict[str, str]:
         """What a blank field means, from the preset (for placeholders)."""
@@ -162,9 +264,43 @@ class SubmitForm:
         except ValueError:
             return {}
         epochs = ", ".join(f"{model} {spec.training(model).epochs}" for model in MODELS)
-        return {"epochs": f"preset: {epochs}", "train_subset": f"preset: {spec.data.train_subset or 60000}",
+        rates = ", ".join(f"{model} {spec.training(model).learning_rate:g}" for model in MODELS)
+        batches = ", ".join(f"{model} {spec.training(model).batch_size or 'full'}" for model in MODELS)
+        return {"epochs": f"preset: {epochs}", "learning_rate": f"preset: {rates}",
+                "batch_size": f"preset: {batches}", "train_subset": f"preset: {spec.data.train_subset or 60000}",
                 "test_subset": f"preset: {spec.data.test_subset or 10000}",
                 "threshold": f"preset: {spec.network.threshold:g}"}
+
+
+# ----------------------------------------------------------------------------- edit
+
+EDIT_FIELDS = {"name": "name", "tags": "tags", "visibility": "visibility"}
+
+
+@dataclass
+class EditForm:
+    """An experiment's name, tags (comma-separated) and visibility, as typed: the
+    body of PATCH /v1/experiments/{id}."""
+
+    name: str = ""
+    tags: str = ""
+    visibility: str = "private"
+
+    @classmethod
+    def of(cls, name: str, tags: Iterable[str], visibility: str) -> EditForm:
+        return cls(name=name, tags=", ".join(tags), visibility=visibility)
+
+    @classmethod
+    def from_form(cls, form: Any) -> EditForm:
+        return cls(**{name: str(form.get(name) or "") for name in ("name", "tags", "visibility")})
+
+    def body(self) -> dict[str, Any]:
+        """Every field: a blank name is sent as typed, for the API to refuse; blank
+        tags clear them."""
+        return {"name": self.name.strip(), "tags": tag_list(self.tags), "visibility": self.visibility}
+
+    def errors(self, api_errors: Mapping[str, list[str]]) -> dict[str, list[str]]:
+        return form_errors(tag_messages(api_errors, tag_list(self.tags)), EDIT_FIELDS)
 
 
 # ----------------------------------------------------------------------------- re-analysis

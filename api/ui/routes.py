@@ -14,7 +14,7 @@ included where the page shows rows; stored files are read after the unit.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -38,6 +38,7 @@ from api.deps import (
 )
 from api.files import encoded_slash, file_response
 from api.paging import Page
+from api.schemas import Priority
 from api.services import analyses as analysis_service
 from api.services import experiments as experiment_service
 from api.services import results as result_service
@@ -57,7 +58,8 @@ from fflab.figures import class_names
 from fflab.models import MODELS
 from fflab.pipeline.recorded import PAPER_COMPARISON_NOTE
 from fflab.results import PAPER_TABLES, TABLES
-from fflab.spec import PRESETS, AnalysisSpec
+from fflab.settings import Settings
+from fflab.spec import PRESETS, AnalysisSpec, sweepable_fields
 from fflab.storage import StorageError
 
 router = APIRouter(prefix="/ui", route_class=HTMLRoute, include_in_schema=False)
@@ -201,6 +203,7 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
     return {
         "experiment": detail,
         "may_change": experiment_service.may_change(user, experiment.owner_id),
+        "edit_form": forms.EditForm.of(detail.name, detail.tags, detail.visibility), "edit_errors": {},
         "ahead": queries.runs_ahead(session, [experiment.id]).get(experiment.id),
         "runs": runs, "live_charts": live_charts,
         "tables": tables, "comparison": comparison, "figures": figures, "analyses": analyses,
@@ -305,6 +308,30 @@ async def delete(experiment_id: ExperimentId, db: DatabaseDep, user: UIUser, set
     return RedirectResponse("/ui/", status_code=303)
 
 
+@router.post("/experiments/{experiment_id}/edit", dependencies=[CsrfChecked])
+async def edit(request: Request, experiment: UIOwnedExperiment, db: DatabaseDep,
+               cache: StatusCacheDep) -> Response:
+    """Rename it, replace its tags or change its visibility: what PATCH
+    /v1/experiments/{id} does (owner or admin); a refused value (422) is shown next
+    to its field."""
+    form = forms.EditForm.from_form(await request.form())
+    try:
+        body = validated(schemas.ExperimentPatch, form.body())
+        experiment_service.check_patch(body)
+        await db.write(lambda session: experiment_service.update(session, experiment.id, body, cache))
+    except (RequestValidationError, Invalid) as error:
+        errors = form.errors(forms.field_errors(await api_error_body(request, error)))
+
+        def page(session: Session) -> Response:
+            current = readable_experiment(session, request.state.ui_user, experiment.id)
+            context = experiment_context(request, session, current, request.state.ui_user)
+            context.update(edit_form=form, edit_errors=errors)
+            return render(request, "experiment.html", context, 422)
+
+        return await db.read(page)
+    return RedirectResponse(f"/ui/experiments/{experiment.id}", status_code=303)
+
+
 @router.post("/experiments/{experiment_id}/analyses", dependencies=[CsrfChecked])
 async def reanalyse(request: Request, experiment: UIOwnedExperiment, db: DatabaseDep, settings: SettingsDep,
                     dispatcher: DispatcherDep) -> Response:
@@ -339,18 +366,28 @@ def model_names() -> dict[str, str]:
 def submit_context(form: forms.SubmitForm, errors: dict[str, list[str]], preview: dict | None) -> dict[str, Any]:
     return {"form": form, "errors": errors, "preview": preview, "hints": form.preset_hints(),
             "presets": list(PRESETS), "models": list(MODELS), "datasets": list(DATASETS),
-            "model_names": model_names()}
+            "model_names": model_names(), "sweepable": sweepable_fields(), "priorities": list(get_args(Priority))}
 
 
-def spec_preview(form: forms.SubmitForm, settings) -> dict[str, Any]:
-    """The spec the form would submit and its run count; the API's validation
-    errors (and this server's limits) as exceptions."""
+PREVIEW_RUNS = 60  # run ids listed in the preview; more are counted
+
+
+def spec_preview(form: forms.SubmitForm, settings: Settings) -> dict[str, Any]:
+    """The spec the form would submit and the runs it would make (each with its sweep
+    point's values); the API's validation errors (and this server's limits), or a
+    pasted JSON that is no object, as exceptions."""
     spec = experiment_service.checked_spec(validated(schemas.ExperimentSubmit, form.body()), settings)
-    return {"spec": spec.model_dump(mode="json"), "runs": len(spec.runs())}
+    runs, points = spec.runs(), {point.index: point.values for point in spec.points()}
+    listed = [{"id": key.run_id, "point": points.get(key.point) if key.point is not None else None}
+              for key in runs[:PREVIEW_RUNS]]
+    return {"spec": spec.model_dump(mode="json"), "runs": len(runs), "run_list": listed,
+            "more_runs": max(0, len(runs) - PREVIEW_RUNS)}
 
 
-async def form_errors_of(request: Request, error: Exception) -> dict[str, list[str]]:
-    return forms.form_errors(forms.field_errors(await api_error_body(request, error)), forms.SUBMIT_FIELDS)
+async def form_errors_of(request: Request, form: forms.SubmitForm, error: Exception) -> dict[str, list[str]]:
+    if isinstance(error, forms.SpecJsonError):
+        return {forms.SPEC_JSON: [str(error)]}
+    return form.errors(forms.field_errors(await api_error_body(request, error)))
 
 
 @router.get("/submit")
@@ -366,8 +403,8 @@ async def submit_preview(request: Request, settings: SettingsDep, _user: UIUser)
     form = forms.SubmitForm.from_form(await request.form())
     try:
         preview, errors = spec_preview(form, settings), {}
-    except (RequestValidationError, ServiceError) as error:
-        preview, errors = None, await form_errors_of(request, error)
+    except (RequestValidationError, ServiceError, forms.SpecJsonError) as error:
+        preview, errors = None, await form_errors_of(request, form, error)
     return render(request, "_submit_form.html", submit_context(form, errors, preview))
 
 
@@ -378,9 +415,9 @@ async def submit(request: Request, db: DatabaseDep, settings: SettingsDep, dispa
     try:
         body = validated(schemas.ExperimentSubmit, form.body())
         created = await experiment_service.submit(db, settings, dispatcher, user, body)
-    except (RequestValidationError, ServiceError) as error:
+    except (RequestValidationError, ServiceError, forms.SpecJsonError) as error:
         status_code = error.status if isinstance(error, ServiceError) else 422
-        context = submit_context(form, await form_errors_of(request, error), None)
+        context = submit_context(form, await form_errors_of(request, form, error), None)
         return render(request, "submit.html", context, status_code)
     return RedirectResponse(f"/ui/experiments/{created.id}", status_code=303)
 
