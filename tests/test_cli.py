@@ -215,3 +215,103 @@ def test_client_verbs_start_without_torch_sklearn_or_matplotlib(verb):
     done = subprocess.run([sys.executable, "-c", CLIENT_START, *verb], capture_output=True, text=True,
                           timeout=300, env=env)
     assert "imported:" in done.stderr.splitlines(), done.stderr
+
+
+# ----------------------------------------------------------------------------- service verbs' papercuts
+
+
+@pytest.fixture()
+def service_env(monkeypatch, tmp_path):
+    """No FFLAB_* setting of the service from the caller's environment; the var dir an
+    empty folder; settings read afresh (and again after the test)."""
+    from fflab.settings import get_settings
+
+    for name in list(os.environ):
+        if name.startswith("FFLAB_") and name != "FFLAB_DATA_ROOT":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FFLAB_VAR_DIR", str(tmp_path / "var"))
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
+
+
+def test_client_reads_the_url_and_key_as_the_verbs_do(service_env, tmp_path):
+    from fflab.client import Client
+    from fflab.settings import get_settings
+
+    service_env.setenv("FFLAB_API_URL", "http://lab.example:8123/")
+    service_env.setenv("FFLAB_API_KEY", "fflab_fromtheenvironment")
+    get_settings.cache_clear()
+    with Client() as api:
+        assert str(api.http.base_url) == "http://lab.example:8123"
+        assert api.http.headers["authorization"] == "Bearer fflab_fromtheenvironment"
+        assert api.web_page("abc") == "http://lab.example:8123/ui/experiments/abc"
+    with Client("http://other:1", "fflab_given") as api:  # what is given wins
+        assert (str(api.http.base_url), api.http.headers["authorization"]) == ("http://other:1", "Bearer fflab_given")
+
+    # Without them: http://$FFLAB_API_HOST:$FFLAB_API_PORT, and the admin key `fflab serve` wrote.
+    service_env.delenv("FFLAB_API_URL")
+    service_env.delenv("FFLAB_API_KEY")
+    service_env.setenv("FFLAB_API_PORT", "8124")
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "admin.key").write_text("fflab_admin\n")
+    get_settings.cache_clear()
+    with Client() as api:
+        assert str(api.http.base_url) == "http://127.0.0.1:8124"
+        assert api.http.headers["authorization"] == "Bearer fflab_admin"
+
+
+def test_a_service_verb_without_a_key_says_how_to_give_one(service_env):
+    from click.testing import CliRunner
+
+    from fflab.cli import SERVICE_VERBS, main
+
+    service_env.setenv("FFLAB_API_URL", "http://127.0.0.1:9")  # refuses connections
+    runner = CliRunner()
+    for verb in (["status"], ["submit", "--preset", "quick"], ["results", "x"]):
+        done = runner.invoke(main, verb)
+        assert done.exit_code == 1 and done.output == "Error: no API key: set FFLAB_API_KEY (or pass --key)\n", verb
+    with_key = runner.invoke(main, ["status", "--key", "fflab_given"])
+    assert with_key.exit_code == 1 and "cannot reach the fflab API at http://127.0.0.1:9" in with_key.output
+    for verb in SERVICE_VERBS:
+        assert "--key" in runner.invoke(main, [verb, "--help"]).output, verb
+
+
+def test_submit_prints_the_experiments_web_page(service_env, monkeypatch):
+    from click.testing import CliRunner
+
+    from fflab.cli import main
+    from fflab.client import Client
+
+    sent = []
+
+    def submit(self, body):
+        sent.append((str(self.http.base_url), self.http.headers["authorization"], body))
+        return {"id": "e1", "url": "http://lab.example:8123/v1/experiments/e1", "status": "queued",
+                "runs_total": 12, "name": "quick"}
+
+    monkeypatch.setattr(Client, "submit", submit)
+    service_env.setenv("FFLAB_API_URL", "http://lab.example:8123")
+    done = CliRunner().invoke(main, ["submit", "--preset", "quick", "--key", "fflab_k"])
+    assert done.exit_code == 0, done.output
+    assert done.output.splitlines() == ["e1 http://lab.example:8123/v1/experiments/e1",
+                                        "web page: http://lab.example:8123/ui/experiments/e1"]
+    assert sent == [("http://lab.example:8123", "Bearer fflab_k",
+                     {"visibility": "private", "priority": "normal", "preset": "quick"})]
+
+
+def test_admin_create_user_outside_the_var_dir_warns_it_creates_a_database(tmp_path):
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("FFLAB_") or name == "FFLAB_DATA_ROOT"}
+
+    def create(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fflab", "admin", "create-user", name], capture_output=True,
+                              text=True, cwd=tmp_path, env=env, timeout=300)
+
+    first = create("alice")
+    assert first.returncode == 0, first.stderr
+    database = tmp_path / "var" / "fflab.db"
+    assert f"warning: no database at {database}: creating a new one" in first.stderr
+    assert "FFLAB_VAR_DIR" in first.stderr and first.stdout.startswith("fflab_")
+    second = create("bob")  # the database is there now
+    assert second.returncode == 0 and "warning" not in second.stderr and second.stdout.startswith("fflab_")

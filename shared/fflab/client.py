@@ -1,10 +1,12 @@
 """A client of the fflab service API, for scripts and other tools.
 
     from fflab.client import Client
-    with Client("http://127.0.0.1:8000", api_key) as client:
+    with Client() as client:  # $FFLAB_API_URL and $FFLAB_API_KEY, as the fflab verbs read them
         experiment = client.submit({"preset": "quick"})
         client.wait(experiment["id"])
         tables = client.results(experiment["id"])
+
+``Client(url, key)`` names them instead.
 """
 
 from __future__ import annotations
@@ -28,6 +30,23 @@ def run_analysis_names() -> tuple[str, ...]:
     from fflab.pipeline.documents import run_analyses
 
     return tuple(analysis.path for analysis in run_analyses().values())
+
+
+def service_connection(base_url: str | None = None, api_key: str | None = None) -> tuple[str, str | None]:
+    """The service's URL and API key, each as given or else as the ``fflab`` verbs find
+    it: $FFLAB_API_URL (default ``http://$FFLAB_API_HOST:$FFLAB_API_PORT``, that is
+    http://127.0.0.1:8000), and $FFLAB_API_KEY, else the admin key ``fflab serve``
+    wrote (``$FFLAB_ADMIN_KEY_FILE``, default ``$FFLAB_VAR_DIR/admin.key``) where
+    that file exists; None when there is no key."""
+    from fflab.settings import get_settings
+
+    settings = get_settings()
+    if api_key is None:
+        api_key = settings.api_key
+    if api_key is None:
+        key_file = settings.resolved_admin_key_file
+        api_key = key_file.read_text().strip() if key_file.is_file() else None
+    return (base_url or settings.resolved_api_url).rstrip("/"), api_key or None
 
 
 def __getattr__(name: str) -> Any:
@@ -59,9 +78,17 @@ class ApiError(RuntimeError):
 
 
 class Client:
-    def __init__(self, base_url: str, api_key: str | None, timeout: float = 30.0):
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 30.0):
+        """``base_url`` and ``api_key`` left out are read as the ``fflab`` verbs read
+        them (``service_connection``)."""
+        base_url, api_key = service_connection(base_url, api_key)
+        self.base_url = base_url
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def web_page(self, experiment_id: str) -> str:
+        """The experiment's page in the web UI, where a person looks (not the API's URL)."""
+        return f"{self.base_url}/ui/experiments/{experiment_id}"
 
     def __enter__(self) -> Client:
         return self

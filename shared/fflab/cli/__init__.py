@@ -72,7 +72,14 @@ def main() -> None:
     """Forward-Forward networks and their ensembles: train, analyse, serve."""
 
 
+# The verbs that talk to the service (through ``service.client``): each takes --key.
+SERVICE_VERBS = ("submit", "upload-representations", "status", "queue", "usage", "wait", "results", "ensembles",
+                 "run-analysis", "figures", "quickstart", "cancel", "delete", "edit", "metrics", "logs", "keys",
+                 "diff", "compare")
+
 for command in local.COMMANDS:
     main.add_command(command)
 service.register(main)
 research.register(main)
+for name in SERVICE_VERBS:
+    main.commands[name].params.append(service.key_parameter())

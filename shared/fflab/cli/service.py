@@ -4,8 +4,9 @@ works on the database directly. ``serve`` and ``worker``, which start the API
 and a worker, are registered by api/cli.py and worker/cli.py (entry points of
 the group ``fflab.commands``), so the library never imports them.
 
-Client verbs talk to $FFLAB_API_URL (default http://127.0.0.1:8000) with
-$FFLAB_API_KEY, or else the key that ``fflab serve`` wrote to var/admin.key.
+Client verbs talk to $FFLAB_API_URL (default http://127.0.0.1:8000) with --key,
+$FFLAB_API_KEY, or else the key that ``fflab serve`` wrote to var/admin.key
+(``fflab.client.service_connection``, which ``Client()`` reads them with too).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import httpx
 from tqdm import tqdm
 
 from fflab.cli.options import read_overrides
-from fflab.client import ApiError, Client, run_analysis_names
+from fflab.client import ApiError, Client, run_analysis_names, service_connection
 from fflab.data import DATASETS
 from fflab.models import MODELS
 from fflab.results import PAPER_TABLES, TABLES
@@ -61,22 +62,48 @@ def start_database(settings: Settings) -> None:
     upgrade_database(settings.resolved_database_url)
 
 
+def admin_database(settings: Settings) -> None:
+    """``start_database`` for the admin verbs, which work on the database directly:
+    where the SQLite file does not exist yet (run outside the server's var dir), say
+    on stderr that a new one is being created, and where."""
+    from fflab.var_dir import sqlite_path  # sqlalchemy: not imported by the client verbs
+
+    path = sqlite_path(settings.resolved_database_url)
+    if path is not None and not path.exists():
+        click.echo(f"warning: no database at {path}: creating a new one. The server's is under its var dir: "
+                   f"run this where `fflab serve` runs, or set FFLAB_VAR_DIR (or FFLAB_DATABASE_URL).", err=True)
+    start_database(settings)
+
+
 # --------------------------------------------------------------------------- client side
 
+KEY_META = "fflab.api_key"  # where --key keeps the key for ``client`` (click's ctx.meta)
+NO_KEY = "no API key: set FFLAB_API_KEY (or pass --key)"
 
-def api_key(settings: Settings) -> str | None:
-    if settings.api_key:
-        return settings.api_key
-    key_file = settings.resolved_admin_key_file
-    return key_file.read_text().strip() if key_file.is_file() else None
+
+def _remember_key(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[KEY_META] = value
+
+
+def key_parameter() -> click.Option:
+    """``--key KEY`` of a verb that talks to the service: kept for ``client``, not
+    passed to the verb's function."""
+    return click.Option(["--key"], metavar="KEY", expose_value=False, callback=_remember_key,
+                        help="The API key (default $FFLAB_API_KEY, else the admin key `fflab serve` wrote "
+                             "to var/admin.key).")
 
 
 @contextmanager
 def client() -> Iterator[Client]:
-    settings = get_settings()
-    url = settings.resolved_api_url
+    """A client of the service (``service_connection``: --key, else as Client() reads
+    them); a click error without a key, an error of the API or no answer."""
+    context = click.get_current_context(silent=True)
+    url, key = service_connection(None, context.meta.get(KEY_META) if context else None)
+    if key is None:
+        raise click.ClickException(NO_KEY)
     try:
-        with Client(url, api_key(settings)) as api:
+        with Client(url, key) as api:
             yield api
     except ApiError as error:
         raise click.ClickException(str(error)) from None
@@ -273,7 +300,7 @@ def register(cli: click.Group) -> None:
         from fflab.db import session_scope
 
         settings = get_settings()
-        start_database(settings)
+        admin_database(settings)
         try:
             with session_scope(settings.resolved_database_url) as session:
                 key = accounts.issue_key(session, accounts.create_user(session, name, "admin" if is_admin else "member"))
@@ -295,7 +322,7 @@ def register(cli: click.Group) -> None:
         if weight is None and max_priority is None:
             raise click.UsageError("give --weight and/or --max-priority")
         settings = get_settings()
-        start_database(settings)
+        admin_database(settings)
         with session_scope(settings.resolved_database_url) as session:
             user = accounts.find_user(session, name, for_update=True)
             if user is None:
@@ -314,7 +341,7 @@ def register(cli: click.Group) -> None:
         if (key_or_prefix is None) == (user_name is None):
             raise click.UsageError("give either KEY_OR_PREFIX or --user NAME")
         settings = get_settings()
-        start_database(settings)
+        admin_database(settings)
         with session_scope(settings.resolved_database_url) as session:
             count = accounts.revoke_keys(session, key_or_prefix, user_name)
         if not count:
@@ -333,7 +360,8 @@ def register(cli: click.Group) -> None:
     @click.option("--wait", "wait", is_flag=True, help="Then wait for the end with a progress bar.")
     def submit_command(preset: str | None, spec_file: Path | None, assignments: tuple[str, ...],
                        visibility: str, priority: str, wait: bool) -> None:
-        """Submit an experiment to the service; prints its id and URL."""
+        """Submit an experiment to the service; prints its id, its page in the web UI
+        and its API URL."""
         body = read_overrides(spec_file, assignments)
         body["visibility"] = visibility
         body["priority"] = priority
@@ -342,6 +370,7 @@ def register(cli: click.Group) -> None:
         with client() as api:
             created = api.submit(body)
             click.echo(f"{created['id']} {created['url']}")
+            click.echo(f"web page: {api.web_page(created['id'])}")
             if wait:
                 final = wait_with_bar(api, created["id"], None)
                 click.echo(describe(final))
