@@ -191,9 +191,21 @@ class QueuePlace(BaseModel):
                     "length (median of recent runs). Null when no worker serves the queue.")
 
 
+class ResultsState(BaseModel):
+    url: str = Field(description="GET it for results.json, a table, or Tables 1-3 as markdown.")
+    partial: bool = Field(description="Of only some of its runs: the others were cancelled or failed "
+                                      "(results.json's runs_missing says which, and why).")
+    runs_included: int = Field(description="The runs aggregated: those that succeeded.")
+    runs_total: int
+    analysis_id: str | None = Field(description="The re-analysis they are of; null: the training's own aggregation.")
+
+
 class Experiment(ExperimentSummary):
     priority: Priority
     queue: QueuePlace | None = Field(None, description="While a run of it waits: where it stands.")
+    results: ResultsState | None = Field(
+        None, description="Once its results are written: whether they are partial (a cancelled experiment, or "
+                          "failed runs: of its succeeded runs only).")
     spec: dict[str, Any]
 
 
@@ -290,6 +302,8 @@ class AnalysisOut(BaseModel):
     id: str
     experiment_id: str
     url: str
+    results_url: str | None = Field(None, description="Once it succeeded: its own results, kept after later "
+                                                       "re-analyses (the experiment's results are the latest's).")
     status: Status
     spec: dict[str, Any]
     error: str | None

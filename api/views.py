@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, object_session
 from api import run_telemetry, schemas
 from api.services.results import FIGURES_PREFIX
 from fflab import queueing
-from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, ExperimentTag, Run, utcnow
+from fflab.db import FINAL_STATUSES, Analysis, Artifact, Experiment, ExperimentTag, Result, Run, utcnow
 from fflab.representations import experiment_kind
 from fflab.settings import Settings
 from fflab.storage import content_type
@@ -146,8 +146,23 @@ def experiment_detail(request: Request, experiment: Experiment) -> schemas.Exper
         found = request.app.state.queue_places.place(session, request.app.state.settings, experiment.id)
         place = schemas.QueuePlace(**vars(found)) if found else None
     return schemas.Experiment(**experiment_summary(request, experiment, states),
-                              priority=experiment.priority, queue=place, spec=experiment.spec)
+                              priority=experiment.priority, queue=place,
+                              results=results_state(request, session, experiment, states), spec=experiment.spec)
 
+
+def results_state(request: Request, session: Session | None, experiment: Experiment,
+                  states: RunStates) -> schemas.ResultsState | None:
+    """Whether its results are written, and partial (of its succeeded runs only);
+    one small query (the results' row without its documents)."""
+    if session is None or experiment.status not in FINAL_STATUSES:
+        return None
+    row = session.execute(select(Result.analysis_id).where(Result.experiment_id == experiment.id)).first()
+    if row is None:
+        return None
+    succeeded = states.counts.get("succeeded", 0)
+    return schemas.ResultsState(
+        url=url_for(request, "get_results", experiment_id=experiment.id), partial=succeeded < experiment.runs_total,
+        runs_included=succeeded, runs_total=experiment.runs_total, analysis_id=row.analysis_id)
 
 def queues_out(session: Session, settings: Settings) -> schemas.QueuesOut:
     """Every queue: its slots, each user's usage and share, and the active experiments
@@ -214,6 +229,8 @@ def analysis_out(request: Request, analysis: Analysis) -> schemas.AnalysisOut:
     return schemas.AnalysisOut(
         id=analysis.id, experiment_id=analysis.experiment_id,
         url=url_for(request, "get_analysis", experiment_id=analysis.experiment_id, analysis_id=analysis.id),
+        results_url=url_for(request, "get_analysis_results", experiment_id=analysis.experiment_id,
+                            analysis_id=analysis.id) if analysis.status == "succeeded" else None,
         status=analysis.status, spec=analysis.spec, error=analysis.error, created_at=analysis.created_at,
         started_at=analysis.started_at, finished_at=analysis.finished_at,
     )

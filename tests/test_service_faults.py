@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fflab import accounts, jobs
-from fflab.db import Experiment, Run, get_sessionmaker, session_scope
+from fflab.db import Experiment, Result, Run, get_sessionmaker, session_scope
 from fflab.db.migrate import upgrade_database
 from fflab.models.common import TrainingProgress
 from fflab.pipeline import experiment as experiment_pipeline
@@ -78,7 +78,8 @@ def test_non_finite_loss_is_a_readable_error() -> None:
 def test_a_run_that_raises_fails_alone_with_its_reason(worker_env, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three runs: one raises (bad data), one's loss becomes NaN, one trains for real.
     The failures keep their reasons, the third run still succeeds, and the experiment
-    ends failed once all three are final, naming both reasons; GET /runs shows them."""
+    ends failed once all three are final and the third's partial results are
+    aggregated, naming both reasons; GET /runs shows them."""
     tasks, settings, dispatcher = worker_env
     real_execute = experiment_pipeline.execute_run
 
@@ -111,10 +112,20 @@ def test_a_run_that_raises_fails_alone_with_its_reason(worker_env, monkeypatch: 
         assert runs[0].status == "failed" and runs[0].error == "ValueError: bad data: label 11 out of range"
         assert runs[1].status == "failed" and "bp: loss became NaN at epoch 3" in runs[1].error
         assert runs[2].status == "succeeded" and runs[2].record is not None
+        assert experiment.status == "running"  # its partial aggregation is queued
+    assert dispatcher.aggregations == [experiment_id]
+    run_as_worker(tasks.aggregate_task, experiment_id, "aggregate")
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        experiment = session.get(Experiment, experiment_id)
+        result = session.get(Result, experiment_id)
+        assert result is not None and result.results["partial"] is True
+        assert result.results["runs_included"] == ["bp-mnist-seed2"]
+        assert [(run["run_id"], run["status"]) for run in result.results["runs_missing"]] == [
+            ("bp-mnist-seed0", "failed"), ("bp-mnist-seed1", "failed")]
+        assert result.results["runs_missing"][0]["error"] == "ValueError: bad data: label 11 out of range"
         assert experiment.status == "failed"
         assert experiment.error.startswith("2 of 3 runs failed: run bp-mnist-seed0: ValueError: bad data")
         assert "run bp-mnist-seed1: NonFiniteLoss: bp: loss became NaN at epoch 3" in experiment.error
-    assert dispatcher.aggregations == []
 
     from api.main import create_app
 

@@ -123,13 +123,24 @@ def test_a_failed_run_fails_alone_and_the_experiment_once_all_are_final(session,
     assert experiment.status == "running" and experiment.error is None  # the others go on
     statuses = sorted(session.scalars(select(Run.status).where(Run.experiment_id == experiment.id)))
     assert statuses == ["failed", "queued", "queued"]
-    for index in (1, 2):
-        run = start(session, settings, dispatcher, index)
-        assert jobs.finish_run(session, run, "succeeded") is None  # no aggregation of a failed experiment
-        session.commit()
+    run = start(session, settings, dispatcher, 1)
+    assert jobs.finish_run(session, run, "succeeded") is None
+    session.commit()
+    run = start(session, settings, dispatcher, 2)
+    assert jobs.finish_run(session, run, "succeeded") == experiment.id  # partial results of the succeeded runs
+    session.commit()
     experiment = session.get(Experiment, experiment.id, populate_existing=True)
+    assert experiment.status == "running" and experiment.error is None  # until its aggregation is recorded
+    jobs.finish_experiment(session, experiment)
     assert experiment.status == "failed" and experiment.finished_at is not None
     assert experiment.error == "1 of 3 runs failed: run bp-mnist-seed0: ValueError: boom"
+    # With no run succeeded there is nothing to aggregate: failed at once.
+    alone = submit(session, settings, experiment.owner, 1)
+    jobs.dispatch(session, settings, dispatcher)
+    run = session.scalars(select(Run).where(Run.experiment_id == alone.id)).one()
+    assert jobs.claim_run(session, settings, run.id, run.task_id) is not None
+    assert jobs.finish_run(session, run, "failed", "ValueError: boom") is None
+    assert alone.status == "failed" and alone.error == "1 of 1 runs failed: run bp-mnist-seed0: ValueError: boom"
 
 
 def test_a_cancelled_experiment_is_final_only_once_its_runs_are(session, settings: Settings) -> None:
@@ -155,6 +166,35 @@ def test_a_cancelled_experiment_is_final_only_once_its_runs_are(session, setting
     queued_only = submit(session, settings, experiment.owner, 1)
     jobs.cancel_experiment(session, queued_only)  # nothing runs: final at once
     assert queued_only.status == "cancelled" and queued_only.finished_at is not None
+    assert not jobs.aggregation_due(session, queued_only)
+
+
+def test_a_cancelled_experiment_with_a_succeeded_run_is_aggregated_first(session, settings: Settings) -> None:
+    """Cancelled after a run succeeded, while another trains: ``cancelling`` until
+    the partial aggregation of the succeeded run is recorded, then ``cancelled``; one
+    cancelled with no run training is aggregated at once (the caller sends it)."""
+    dispatcher = RecordingDispatcher()
+    experiment = submit(session, settings, accounts.create_user(session, "alice"), 3)
+    jobs.dispatch(session, settings, dispatcher)
+    done, running = (start(session, settings, dispatcher, i) for i in range(2))
+    assert jobs.finish_run(session, done, "succeeded") is None
+    jobs.cancel_experiment(session, experiment)
+    assert experiment.status == "cancelling" and not jobs.aggregation_due(session, experiment)  # one still trains
+    assert jobs.finish_run(session, running, "cancelled") == experiment.id  # the partial aggregation
+    session.commit()
+    experiment = session.get(Experiment, experiment.id, populate_existing=True)
+    assert experiment.status == "cancelling" and experiment.finished_at is None
+    assert jobs.unsent_aggregations(session) == []  # queued already
+    jobs.finish_experiment(session, experiment)
+    assert experiment.status == "cancelled" and experiment.finished_at is not None and experiment.error is None
+
+    other = submit(session, settings, experiment.owner, 2)
+    jobs.dispatch(session, settings, dispatcher)
+    run = start(session, settings, dispatcher, len(dispatcher.runs) - 2)
+    assert jobs.finish_run(session, run, "succeeded") is None
+    jobs.cancel_experiment(session, other)  # the other run was waiting: none trains now
+    assert other.status == "cancelling" and jobs.aggregation_due(session, other)
+    assert not jobs.aggregation_due(session, other)  # marked sent
 
 
 def test_a_run_requeued_for_another_task_stops_its_old_delivery(session, settings: Settings) -> None:

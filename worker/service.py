@@ -43,6 +43,7 @@ from fflab.models.common import Cancelled
 from fflab.pipeline import documents, recorded, snapshots
 from fflab.pipeline import experiment as experiment_pipeline
 from fflab.representations import REPRESENTATIONS_KIND, experiment_kind, limits_from_settings, read_representations
+from fflab.results import MissingRun
 from fflab.settings import Settings
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
 from fflab.storage import (
@@ -330,15 +331,20 @@ def requeue_preempted(settings: Settings, run_pk: int, task_id: str) -> None:
 
 def aggregate_experiment(settings: Settings, experiment_id: str) -> None:
     """An aggregation task's delivery: tables, figures and results.json from the
-    experiment's runs, stored and recorded; the experiment then succeeds."""
+    experiment's succeeded runs, stored and recorded; the experiment then succeeds.
+    With runs that did not succeed (cancelled, failed) the results are partial, of
+    the others, and the experiment then ends cancelled or failed
+    (jobs.finish_experiment)."""
     storage = get_storage(settings)
     with session_scope(settings.resolved_database_url) as session:
         experiment = session.get(Experiment, experiment_id)
-        if experiment is None or experiment.status not in ACTIVE_STATUSES:
+        if experiment is None or experiment.status not in jobs.AGGREGATED_STATUSES:
             return
         kind = experiment_kind(experiment.spec)
         spec = None if kind == REPRESENTATIONS_KIND else ExperimentSpec.model_validate(experiment.spec)
-        runs = list(experiment.runs)
+        runs = [run for run in experiment.runs if run.status == "succeeded"]
+        missing = [MissingRun.model_validate({"run_id": run.run_id, "status": run.status, "error": run.error})
+                   for run in experiment.runs if run.status != "succeeded"]
     with tempfile.TemporaryDirectory(prefix="fflab-aggregate-") as tmp:
         base = Path(tmp)
         try:
@@ -346,9 +352,10 @@ def aggregate_experiment(settings: Settings, experiment_id: str) -> None:
                 fetch_recorded(storage, experiment_id, runs, base)
                 results = recorded.aggregate_recorded(base)
             else:
+                included = {run.run_id for run in runs} if missing else None
                 fetch_runs(storage, experiment_id, runs, base, False,
-                           {k.run_id for k in experiment_pipeline.figure_runs(spec)})
-                results = experiment_pipeline.aggregate(spec, base)
+                           {k.run_id for k in experiment_pipeline.figure_runs(spec, included)})
+                results = experiment_pipeline.aggregate(spec, base, missing)
         except TRANSIENT:
             raise
         except Exception as error:
@@ -358,9 +365,9 @@ def aggregate_experiment(settings: Settings, experiment_id: str) -> None:
         files = put_aggregate(storage, experiment_id, base)
         with session_scope(settings.resolved_database_url) as session:
             experiment = session.get(Experiment, experiment_id, with_for_update=True)
-            if experiment is not None and experiment.status in ACTIVE_STATUSES:
+            if experiment is not None and experiment.status in jobs.AGGREGATED_STATUSES:
                 record_aggregate(session, experiment, base, files, results, None)
-                jobs.finish_experiment(experiment)
+                jobs.finish_experiment(session, experiment)
     if experiment is None:  # deleted meanwhile: leave nothing behind
         storage.delete_prefix(experiment_prefix(experiment_id))
 
@@ -593,3 +600,6 @@ def record_aggregate(session: Session, experiment: Experiment, base: Path, files
     result = session.get(Result, experiment.id) or Result(experiment_id=experiment.id)
     result.analysis_id, result.tables, result.results, result.updated_at = analysis_id, tables, results, utcnow()
     session.add(result)
+    analysis = None if analysis_id is None else session.get(Analysis, analysis_id)
+    if analysis is not None:  # this version stays readable after later re-analyses
+        analysis.results, analysis.tables = results, tables

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 
 from api import schemas, views
@@ -18,8 +21,11 @@ from api.deps import (
 )
 from api.errors import problem_responses
 from api.paging import PageDep
+from api.routes.results import as_text
 from api.services import analyses
+from api.services import results as results_service
 from api.services.experiments import readable_experiment
+from fflab.results import TABLES, ExperimentResults
 from fflab.spec import AnalysisSpec
 
 router = APIRouter(prefix="/v1/experiments/{experiment_id}/analyses", tags=["analyses"],
@@ -61,3 +67,27 @@ async def get_analysis(analysis_id: str, experiment_id: ExperimentId, request: R
         return views.analysis_out(request, analyses.analysis_of(session, experiment, analysis_id))
 
     return await db.read(one)
+
+
+@router.get("/{analysis_id}/results", response_model=ExperimentResults,
+            responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}, **problem_responses(409)})
+async def get_analysis_results(
+    analysis_id: str, experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
+    format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
+    table: Annotated[Literal[TABLES] | None, Query(description="One table, as for GET .../results.")] = None,
+):
+    """This re-analysis's results (results.json, one table, or Tables 1-3 as
+    markdown), as GET .../results gives the experiment's latest: each re-analysis is
+    a version with its settings (its ``spec``), readable after later ones. 409 until
+    it has succeeded."""
+
+    def results(session: Session):
+        experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
+        if format == "csv" and table is None:
+            raise RequestValidationError([{
+                "type": "missing", "loc": ("query", "table"), "msg": "format=csv answers one table per response: "
+                f"name it with table= (one of {', '.join(TABLES)})", "ctx": {"expected": " or ".join(TABLES)}}])
+        return as_text(results_service.analysis_results_document(session, experiment, analysis_id, format, table),
+                       format)
+
+    return await db.read(results)

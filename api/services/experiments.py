@@ -300,15 +300,24 @@ def cancel(session: Session, user: User, experiment_id: str, settings: Settings,
            status_cache: StatusCache) -> Experiment:
     """Queued runs are dropped, running ones stop at their next epoch (Conflict for a
     finished experiment; cancelling one again changes nothing); the freed slots are
-    dispatched. One write unit."""
+    dispatched. With no run still training and some succeeded, the aggregation of
+    their partial results is sent (the experiment is ``cancelling`` until it is
+    recorded; if it cannot be sent, the workers' sweep sends it). One write unit."""
     experiment = owned_experiment(session, user, experiment_id)
     try:
         task_ids = jobs.cancel_experiment(session, experiment)
     except jobs.ConflictError as error:
         raise Conflict(str(error)) from None
+    aggregate = jobs.aggregation_due(session, experiment)
     session.commit()
     status_cache.forget(experiment.id)
     dispatcher.revoke(task_ids)
+    if aggregate:
+        try:
+            dispatcher.send_aggregate(experiment.id, settings.queue_name("cpu"))
+        except Exception:
+            experiment.aggregation_queued_at = None  # the sweep's unsent_aggregations sends it
+            session.commit()
     dispatch(session, settings, dispatcher)
     return experiment
 

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session, load_only
 from api import schemas
 from api.services.errors import Conflict, Invalid, NotFound
 from fflab import paper
-from fflab.db import Artifact, Ensemble, Experiment, Result, Run
+from fflab.db import Analysis, Artifact, Ensemble, Experiment, Result, Run
 from fflab.pipeline import recorded
 from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
-from fflab.results import PAPER_TABLES
+from fflab.results import PAPER_TABLES, partial_note
 from fflab.spec import ExperimentSpec
 
 if TYPE_CHECKING:
@@ -33,24 +33,67 @@ def result_of(session: Session, experiment: Experiment) -> Result:
     and been aggregated)."""
     result = session.get(Result, experiment.id)
     if result is None:
+        if experiment.status in ("cancelled", "failed"):
+            raise Conflict(f"experiment {experiment.id} is {experiment.status} and has no results: none of its "
+                           "runs succeeded (GET .../runs says how each ended)")
+        if experiment.status == "cancelling":
+            raise Conflict(f"experiment {experiment.id} is cancelling: the partial results of its succeeded runs "
+                           "are written once its last running run has stopped")
         raise Conflict(f"experiment {experiment.id} is {experiment.status}: its results are not ready (they are "
                        "written when its last run has finished and been aggregated)")
     return result
 
 
-def results_document(session: Session, experiment: Experiment, format: str, table: str | None) -> dict | str:
-    """The results as JSON (a dict), or one table (NotFound if the experiment has no
-    such table), or Tables 1-3 and the sweep's each under a '# <name>' heading, as
-    CSV or markdown text."""
-    result = result_of(session, experiment)
+def partial_line(results: dict[str, Any]) -> str:
+    """Partial results' first markdown line: how many runs are in, and which are
+    not and why; "" for complete results."""
+    if not results.get("partial"):
+        return ""
+    missing = results.get("runs_missing") or []
+    included = len(results.get("runs_included") or ())
+    left_out = ", ".join(f"{run['run_id']} ({run['status']})" for run in missing)
+    runs_in = ", ".join(results.get("runs_included") or ())
+    return f"_{partial_note(included, len(missing))}; in: {runs_in}; left out: {left_out}_\n\n"
+
+
+def tables_document(experiment: Experiment, results: dict[str, Any], tables: dict[str, Any], format: str,
+                    table: str | None) -> dict[str, Any] | str:
+    """Results as JSON (a dict), or one table (NotFound if there is no such table),
+    or Tables 1-3 and the sweep's each under a '# <name>' heading (after the line
+    saying the results are partial, where they are), as CSV or markdown text."""
     if format == "json":
-        return result.results
+        return results
     if table:
-        if table not in result.tables:
-            raise NotFound(f"experiment {experiment.id} has no table {table}; it has: {', '.join(result.tables)}")
-        return result.tables[table][format]
-    names = [name for name in PAPER_TABLES + ("sweep",) if name in result.tables]  # uploaded files: those they have
-    return "\n".join(f"# {name}\n\n{result.tables[name]['md']}" for name in names)
+        if table not in tables:
+            raise NotFound(f"experiment {experiment.id} has no table {table}; it has: {', '.join(tables)}")
+        text: str = tables[table][format]
+        return text
+    names = [name for name in PAPER_TABLES + ("sweep",) if name in tables]  # uploaded files: those they have
+    return partial_line(results) + "\n".join(f"# {name}\n\n{tables[name]['md']}" for name in names)
+
+
+def results_document(session: Session, experiment: Experiment, format: str,
+                     table: str | None) -> dict[str, Any] | str:
+    """The experiment's current results (its latest analysis's): ``tables_document``."""
+    result = result_of(session, experiment)
+    return tables_document(experiment, result.results, result.tables, format, table)
+
+
+def analysis_results_document(session: Session, experiment: Experiment, analysis_id: str, format: str,
+                              table: str | None) -> dict[str, Any] | str:
+    """One re-analysis's results as it recorded them (``tables_document``), also after
+    later ones replaced the experiment's: NotFound for an analysis of another
+    experiment, Conflict until it has succeeded (or for one recorded before versions
+    were kept)."""
+    analysis = session.get(Analysis, analysis_id)
+    if analysis is None or analysis.experiment_id != experiment.id:
+        raise NotFound(f"experiment {experiment.id} has no analysis {analysis_id}")
+    if analysis.status != "succeeded":
+        raise Conflict(f"analysis {analysis_id} is {analysis.status}: its results exist once it has succeeded")
+    if analysis.results is None or analysis.tables is None:
+        raise Conflict(f"analysis {analysis_id} was recorded before each analysis's results were kept; "
+                       "the experiment's results are its latest analysis's")
+    return tables_document(experiment, analysis.results, analysis.tables, format, table)
 
 
 def paper_comparison(session: Session, experiment: Experiment, format: str) -> dict | str:
@@ -62,9 +105,11 @@ def paper_comparison(session: Session, experiment: Experiment, format: str) -> d
             return recorded.paper_comparison_markdown(experiment.id)
         comparison = recorded.paper_comparison_not_applicable(experiment.id)
         return comparison if format == "json" else paper.to_csv(comparison)
-    comparison = paper.paper_comparison(
+    partial = result.results.get("partial")
+    note = partial_note(len(result.results.get("runs_included") or ()), len(result.results.get("runs_missing") or ()))
+    comparison = paper.paper_comparison(  # of the runs there are: partial results say so
         ExperimentSpec.model_validate(experiment.spec), result.results["runs"],
-        result.results.get("method_comparison"), experiment=experiment.id,
+        result.results.get("method_comparison"), experiment=experiment.id + (f" ({note})" if partial else ""),
     )
     if format == "json":
         return comparison

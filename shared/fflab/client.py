@@ -370,6 +370,13 @@ class Client:
     def analyses(self, experiment_id: str) -> list[dict[str, Any]]:
         return list(self.items(f"/v1/experiments/{experiment_id}/analyses"))
 
+    def analysis_results(self, experiment_id: str, analysis_id: str, format: str = "json",
+                         table: str | None = None) -> Any:
+        """One re-analysis's results, as ``results`` gives the latest's: kept after later ones."""
+        response = self.request("GET", f"/v1/experiments/{experiment_id}/analyses/{analysis_id}/results",
+                                params=self._params(format=format, table=table))
+        return response.json() if format == "json" else response.text
+
     # users
     def me(self) -> dict[str, Any]:
         return self._json("GET", "/v1/users/me")

@@ -6,11 +6,13 @@ Statuses. A run: queued -> running -> succeeded | failed | cancelled. An
 experiment: queued until its first run starts, running until the aggregation
 step ends (succeeded). Cancelling ends its waiting runs at once; while runs still
 train (they stop at their next epoch) the experiment is ``cancelling``, and it is
-``cancelled`` (with its ``finished_at``) when the last of them has ended: an
+``cancelled`` (with its ``finished_at``) when the last of them has ended, and, if
+some runs had succeeded, their partial aggregation has been recorded: an
 experiment is final only once all its runs are. A run that fails for good keeps its
 reason (e.g. "loss became NaN at layer 2 epoch 3") and does not stop the others:
-once every run is final, an experiment with a failed run ends ``failed`` without
-aggregation, its error naming each failed run and its reason. The last run to end triggers the aggregation, counted in the
+once every run is final, an experiment with a failed run ends ``failed``, its error
+naming each failed run and its reason, after the partial aggregation of its
+succeeded runs if it has any. The last run to end triggers the aggregation, counted in the
 database under a lock on the experiment row, so no chord (and no result backend)
 is needed.
 
@@ -67,6 +69,9 @@ from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, RunKey
 
 # Any constant shared by every process; "FFDS" (fflab dispatch) in ASCII.
+# The statuses of an experiment whose aggregation may be pending: active ones, and
+# one being cancelled (its partial results are aggregated once no run is active).
+AGGREGATED_STATUSES = (*ACTIVE_STATUSES, "cancelling")
 DISPATCH_LOCK_ID = 0x4646_4453
 
 
@@ -332,13 +337,13 @@ def claim_run(session: Session, settings: Settings, run_pk: int, task_id: str,
     if run is None or run.task_id != task_id or run.status not in ACTIVE_STATUSES:
         return None
     if run.attempts >= settings.task_max_attempts:
-        finish_run(session, run, "failed",
-                   error=f"run {run.run_id} was delivered {run.attempts} times and never finished "
+        _finish_run_for_the_sweep(session, run, "failed",
+                                  error=f"run {run.run_id} was delivered {run.attempts} times and never finished "
                          f"(worker lost); the limit is FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}")
         return None
     experiment = run.experiment
     if experiment.status not in ACTIVE_STATUSES:
-        finish_run(session, run, "cancelled")
+        _finish_run_for_the_sweep(session, run, "cancelled")
         return None
     now = utcnow()
     run.status, run.started_at, run.attempts, run.error = "running", now, run.attempts + 1, None
@@ -367,22 +372,47 @@ def finish_run(
     if remaining:
         return None
     if experiment.status == "cancelling":  # its last running run has stopped
-        experiment.status, experiment.finished_at = "cancelled", utcnow()
+        if experiment.aggregation_queued_at is None and _has_succeeded_run(session, experiment):
+            experiment.aggregation_queued_at = utcnow()  # partial results of what finished; then cancelled
+            return experiment.id
+        if experiment.aggregation_queued_at is None:
+            experiment.status, experiment.finished_at = "cancelled", utcnow()
         return None
     if experiment.status not in ACTIVE_STATUSES or experiment.aggregation_queued_at:
         return None
+    error = _failed_runs_error(session, experiment)
+    if error is not None and not _has_succeeded_run(session, experiment):
+        # every run is final and none succeeded: the experiment fails, naming each failed run's reason
+        experiment.status, experiment.finished_at, experiment.error = "failed", utcnow(), error
+        return None
+    experiment.aggregation_queued_at = utcnow()  # with failed runs: partial results, then failed
+    return experiment.id
+
+
+def _finish_run_for_the_sweep(session: Session, run: Run, status: str, error: str | None = None) -> None:
+    """finish_run where the caller sends no aggregation: one now due is left unsent,
+    for the sweep (``unsent_aggregations``) to send."""
+    if finish_run(session, run, status, error) is not None:
+        run.experiment.aggregation_queued_at = None
+
+
+def _has_succeeded_run(session: Session, experiment: Experiment) -> bool:
+    return bool(session.scalar(select(func.count(Run.id)).where(
+        Run.experiment_id == experiment.id, Run.status == "succeeded")))
+
+
+def _failed_runs_error(session: Session, experiment: Experiment) -> str | None:
+    """The error of an experiment with failed runs, naming each one's reason; None
+    when no run failed."""
     failed = list(session.execute(
         select(Run.run_id, Run.error).where(Run.experiment_id == experiment.id, Run.status == "failed")
         .order_by(Run.id)
     ))
-    if failed:  # every run is final: the experiment fails, naming each failed run's reason
-        experiment.status, experiment.finished_at = "failed", utcnow()
-        reasons = "; ".join(f"run {run_id}: {reason}" for run_id, reason in failed[:10])
-        more = f"; and {len(failed) - 10} more (GET .../runs)" if len(failed) > 10 else ""
-        experiment.error = f"{len(failed)} of {experiment.runs_total} runs failed: {reasons}{more}"
+    if not failed:
         return None
-    experiment.aggregation_queued_at = utcnow()
-    return experiment.id
+    reasons = "; ".join(f"run {run_id}: {reason}" for run_id, reason in failed[:10])
+    more = f"; and {len(failed) - 10} more (GET .../runs)" if len(failed) > 10 else ""
+    return f"{len(failed)} of {experiment.runs_total} runs failed: {reasons}{more}"
 
 
 def _cancel_waiting_runs(session: Session, experiment: Experiment) -> list[str]:
@@ -417,11 +447,26 @@ def cancel_experiment(session: Session, experiment: Experiment) -> list[str]:
     running = session.scalar(
         select(func.count(Run.id)).where(Run.experiment_id == experiment.id, Run.status == "running")
     )
-    if running:
+    if running or experiment.aggregation_queued_at is not None:  # its aggregation ends it as cancelled
+        experiment.status = "cancelling"
+    elif _has_succeeded_run(session, experiment):  # partial results first: sent by the caller, or the sweep
         experiment.status = "cancelling"
     else:
         experiment.status, experiment.finished_at = "cancelled", utcnow()
     return task_ids
+
+
+def aggregation_due(session: Session, experiment: Experiment) -> bool:
+    """Whether the experiment's aggregation is to be sent now: it is being
+    cancelled, none of its runs is still active, and it was not sent yet (then it
+    is marked sent; the caller sends it after commit)."""
+    if experiment.status != "cancelling" or experiment.aggregation_queued_at is not None:
+        return False
+    if session.scalar(select(func.count(Run.id)).where(
+            Run.experiment_id == experiment.id, Run.status.in_(ACTIVE_STATUSES))):
+        return False
+    experiment.aggregation_queued_at = utcnow()
+    return True
 
 
 def unsent_aggregations(session: Session) -> list[str]:
@@ -430,7 +475,7 @@ def unsent_aggregations(session: Session) -> list[str]:
     active = exists().where(Run.experiment_id == Experiment.id, Run.status.in_(ACTIVE_STATUSES))
     experiments = list(session.scalars(
         select(Experiment)
-        .where(Experiment.status.in_(ACTIVE_STATUSES), Experiment.aggregation_queued_at.is_(None), ~active)
+        .where(Experiment.status.in_(AGGREGATED_STATUSES), Experiment.aggregation_queued_at.is_(None), ~active)
         .with_for_update(skip_locked=True)
     ))
     for experiment in experiments:
@@ -444,10 +489,10 @@ def _requeue_lost_run(session: Session, settings: Settings, run: Run, reason: st
     ``task_max_attempts`` deliveries, else back to waiting for dispatch with no task
     (the next dispatch sends it under a new task id). Returns what it did."""
     if run.experiment.status not in ACTIVE_STATUSES:
-        finish_run(session, run, "cancelled")
+        _finish_run_for_the_sweep(session, run, "cancelled")
         return "cancelled"
     if run.attempts >= settings.task_max_attempts:
-        finish_run(session, run, "failed", error=(
+        _finish_run_for_the_sweep(session, run, "failed", error=(
             f"worker lost {run.attempts} times (last: {reason}); the limit is "
             f"FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}"))
         return "failed"
@@ -468,7 +513,7 @@ def requeue_run(session: Session, settings: Settings, run_pk: int, task_id: str,
     if run is None or run.task_id != task_id:
         return None
     if run.experiment.status in ACTIVE_STATUSES and run.attempts >= settings.task_max_attempts:
-        finish_run(session, run, "failed", error=(
+        _finish_run_for_the_sweep(session, run, "failed", error=(
             f"{reason}, on each of its {run.attempts} tries; the limit is "
             f"FFLAB_TASK_MAX_ATTEMPTS={settings.task_max_attempts}"))
         return "failed"
@@ -646,7 +691,7 @@ def requeue_lost_aggregations(session: Session, settings: Settings, in_broker: C
     lost = [
         row.id for row in session.execute(
             select(Experiment.id, Experiment.aggregation_queued_at)
-            .where(Experiment.status.in_(ACTIVE_STATUSES), Experiment.aggregation_queued_at.is_not(None))
+            .where(Experiment.status.in_(AGGREGATED_STATUSES), Experiment.aggregation_queued_at.is_not(None))
         )
         if row.id not in in_broker and row.aggregation_queued_at < cutoff
     ]
@@ -689,7 +734,7 @@ def requeue_preempted(session: Session, run_pk: int, task_id: str) -> bool:
     if run is None or run.task_id != task_id:
         return False
     if run.experiment.status not in ACTIVE_STATUSES:
-        finish_run(session, run, "cancelled")
+        _finish_run_for_the_sweep(session, run, "cancelled")
         return True
     queueing.bank_delivery(run, utcnow())
     run.status, run.task_id, run.dispatched_at, run.worker_id = "queued", None, None, None
@@ -735,15 +780,27 @@ def create_analysis(session: Session, experiment: Experiment, analysis_spec: dic
     return analysis
 
 
-def finish_experiment(experiment: Experiment) -> None:
-    """Its aggregation is recorded: the experiment succeeded."""
+def finish_experiment(session: Session, experiment: Experiment) -> None:
+    """Its aggregation is recorded: the experiment succeeded; or, with partial
+    results, it is cancelled (it was being cancelled) or failed (naming each failed
+    run's reason)."""
+    if experiment.status == "cancelling":
+        experiment.status, experiment.finished_at = "cancelled", utcnow()
+        return
+    error = _failed_runs_error(session, experiment)
+    if error is not None:
+        experiment.status, experiment.finished_at, experiment.error = "failed", utcnow(), error
+        return
     experiment.status, experiment.finished_at = "succeeded", utcnow()
 
 
 def fail_experiment(session: Session, experiment_id: str, error: str) -> None:
-    """An active experiment fails with ``error`` (its aggregation failed for good)."""
+    """An experiment being aggregated fails with ``error`` (its aggregation failed
+    for good); one being cancelled ends cancelled, its error saying so."""
     experiment = session.get(Experiment, experiment_id)
-    if experiment is not None and experiment.status in ACTIVE_STATUSES:
+    if experiment is not None and experiment.status == "cancelling":
+        experiment.status, experiment.finished_at, experiment.error = "cancelled", utcnow(), error
+    elif experiment is not None and experiment.status in ACTIVE_STATUSES:
         experiment.status, experiment.finished_at, experiment.error = "failed", utcnow(), error
 
 

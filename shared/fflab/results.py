@@ -363,6 +363,17 @@ class SweepResults(BaseModel):
     cells: list[SweepCell] = Field(description="Per grid point, model and data set.")
 
 
+class MissingRun(BaseModel):
+    """A run of the experiment left out of partial results, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    status: Literal["cancelled", "failed"] = Field(
+        description="How the run ended: cancelled (the experiment was cancelled) or failed.")
+    error: str | None = Field(None, description="A failed run's reason.")
+
+
 class ExperimentResults(Document):
     """results.json: the experiment's tables, figures and cross-run summaries."""
 
@@ -381,6 +392,18 @@ class ExperimentResults(Document):
     sweep: SweepResults | None = Field(
         None, description="Since 1.1, with a sweep only: the grid and the key numbers per grid point."
     )
+    partial: bool = Field(
+        False, description="True when some runs did not succeed (the experiment was cancelled, or runs "
+        "failed): the tables, figures and fits are of runs_included only. Written only when true.")
+    runs_included: list[str] | None = Field(
+        None, description="With partial: the run ids aggregated (those of runs).")
+    runs_missing: list[MissingRun] | None = Field(
+        None, description="With partial: every run left out, with its status and a failed run's reason.")
+
+    @property
+    def partial_note(self) -> str:
+        """``"partial: 3 of 4 runs"``, or "" for complete results."""
+        return partial_note(len(self.runs_included or ()), len(self.runs_missing or ())) if self.partial else ""
 
     @model_validator(mode="after")
     def _version_follows_the_shape(self) -> ExperimentResults:
@@ -392,7 +415,15 @@ class ExperimentResults(Document):
         data: dict[str, Any] = handler(self)
         if self.sweep is None:
             data.pop("sweep", None)
+        if not self.partial:  # complete results are as before partial ones existed
+            for name in ("partial", "runs_included", "runs_missing"):
+                data.pop(name, None)
         return data
+
+
+def partial_note(included: int, missing: int) -> str:
+    """What a partial aggregation's tables and figures say: ``"partial: 3 of 4 runs"``."""
+    return f"partial: {included} of {included + missing} runs"
 
 
 class ProtocolDifference(BaseModel):

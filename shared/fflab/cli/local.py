@@ -144,7 +144,7 @@ def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[s
 
 
 @click.command("analyse")
-@click.argument("experiment_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("experiment")
 @click.option("--quantile", "quantiles", multiple=True, type=float,
               help="Method 1 quantile (repeatable); default: the folder's.")
 @click.option("--table-quantile", type=float, default=None)
@@ -160,17 +160,31 @@ def run_command(preset: str | None, spec_file: Path | None, assignments: tuple[s
 @click.option("--nh-cut", type=int, default=None, help="Method 2 n_h cut (default auto).")
 @click.option("--all-images/--correct-only", default=None,
               help="Analyse all test images, or only correctly classified ones.")
-def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_quantile: float | None,
+@click.option("--wait", is_flag=True, help="An experiment of the service: wait for the re-analysis to end.")
+def analyse_command(experiment: str, quantiles: tuple[float, ...], table_quantile: float | None,
                     figure_quantile: float | None, method1_threshold: str | None, histogram_bins: int | None,
                     epsilon: float | None, method2_cut: str | None, rho_cut: float | None, nh_cut: int | None,
-                    all_images: bool | None) -> None:
-    """Recompute ensembles, tables and figures with other settings, without retraining."""
-    from fflab.pipeline import experiment, folders
+                    all_images: bool | None, wait: bool) -> None:
+    """Recompute ensembles, tables and figures with other settings, without
+    retraining: of a local results folder (EXPERIMENT is its path), or of an
+    experiment of the service by id ($FFLAB_API_URL, $FFLAB_API_KEY), submitted as a
+    re-analysis (a new version of its results; earlier ones stay readable)."""
+    from fflab.pipeline import experiment as experiment_pipeline
+    from fflab.pipeline import folders
 
-    try:
-        current = folders.read_spec(experiment_dir).analysis.model_dump()
-    except FileNotFoundError as error:
-        raise click.ClickException(str(error)) from None
+    experiment_dir = Path(experiment)
+    on_service = not experiment_dir.is_dir()
+    if not on_service:
+        try:
+            current = folders.read_spec(experiment_dir).analysis.model_dump()
+        except FileNotFoundError as error:
+            raise click.ClickException(str(error)) from None
+    elif "/" in experiment or experiment_dir.exists():
+        raise click.BadParameter(f"{experiment} is neither a results folder nor an experiment id",
+                                 param_hint="'EXPERIMENT'")
+    else:
+        with service_client() as api:
+            current = dict(api.experiment(experiment)["spec"].get("analysis") or {})
     changes = {
         "quantiles": list(quantiles) or None,
         "table_quantile": table_quantile,
@@ -192,9 +206,28 @@ def analyse_command(experiment_dir: Path, quantiles: tuple[float, ...], table_qu
         settings = AnalysisSpec.model_validate(current)
     except ValidationError as error:
         raise click.UsageError(validation_message(error)) from None
-    experiment.reanalyse(experiment_dir, settings)
+    if on_service:
+        submit_analysis(experiment, settings, wait)
+        return
+    experiment_pipeline.reanalyse(experiment_dir, settings)
     print_tables(experiment_dir)
     click.echo(f"re-analysed: {experiment_dir.resolve()}")
+
+
+def submit_analysis(experiment_id: str, settings: AnalysisSpec, wait: bool) -> None:
+    """A re-analysis of a service's experiment: its id; with ``wait``, how it ended and
+    its results' URL (exit 1 unless it succeeded)."""
+    with service_client() as api:
+        analysis = api.analyse(experiment_id, settings.model_dump(mode="json"))
+        click.echo(f"analysis {analysis['id']} of experiment {experiment_id}: {analysis['status']}  {analysis['url']}")
+        if not wait:
+            return
+        analysis = api.wait_analysis(experiment_id, analysis["id"])
+    click.echo(f"analysis {analysis['id']}: {analysis['status']}"
+               + (f"  results: {analysis['results_url']}" if analysis.get("results_url") else "")
+               + (f"  error: {analysis['error']}" if analysis.get("error") else ""))
+    if analysis["status"] != "succeeded":
+        sys.exit(1)
 
 
 @click.command("tables")

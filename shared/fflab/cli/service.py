@@ -118,6 +118,25 @@ def echo_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2))
 
 
+def partial_results_note(experiment: dict[str, Any]) -> str:
+    """"partial results: 1 of 2 runs ..." for an experiment whose results are of
+    only some of its runs; "" otherwise."""
+    state = experiment.get("results") or {}
+    if not state.get("partial"):
+        return ""
+    return (f"partial results: {state['runs_included']} of {state['runs_total']} runs (experiment "
+            f"{experiment['status']}; the others were cancelled or failed: results.json's runs_missing "
+            f"says which, and why)")
+
+
+def no_results(api: Client, experiment_id: str, error: ApiError) -> str:
+    """Why an experiment has no results (the API's 409), and how its runs ended."""
+    experiment = api.experiment(experiment_id)
+    counts = experiment["progress"]["runs_by_status"]
+    runs = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    return f"{error.message} (runs: {runs or 'none'})"
+
+
 def describe(experiment: dict[str, Any]) -> str:
     progress = experiment["progress"]
     lines = [
@@ -474,11 +493,23 @@ def register(cli: click.Group) -> None:
     @click.option("--table", type=click.Choice(TABLES), default=None,
                   help="Only this table.")
     def results_command(experiment_id: str, fmt: str, table: str | None) -> None:
-        """Tables 1-3 of a finished experiment (and the sweep's table, with a sweep)."""
+        """Tables 1-3 of a finished experiment (and the sweep's table, with a sweep).
+        Of a cancelled experiment, or one with failed runs: the partial results of
+        its succeeded runs (it says so, and which runs are left out and why), or that
+        there are none (exit 1)."""
         if fmt == "csv" and table is None:
             raise click.UsageError("--format csv prints one table: name it with --table")
         with client() as api:
-            document = api.results(experiment_id, fmt, table)
+            try:
+                document = api.results(experiment_id, fmt, table)
+            except ApiError as error:
+                if error.status_code != 409:
+                    raise
+                raise click.ClickException(no_results(api, experiment_id, error)) from None
+            if fmt != "md":  # markdown says it in its first line; CSV and JSON stay as they are
+                note = partial_results_note(api.experiment(experiment_id))
+                if note:
+                    click.echo(note, err=True)
         if fmt == "json":
             echo_json(document["tables"][table] if table else document["tables"])
         else:
@@ -524,9 +555,22 @@ def register(cli: click.Group) -> None:
     @click.option("--download", "folder", type=click.Path(path_type=Path, file_okay=False), default=None,
                   help="Save every figure into this folder.")
     def figures_command(experiment_id: str, folder: Path | None) -> None:
-        """List an experiment's figures, or download them."""
+        """List an experiment's figures, or download them; exit 1 when it has none
+        (yet: they are drawn when its results are aggregated)."""
         with client() as api:
-            for figure in api.figures(experiment_id):
+            found = api.figures(experiment_id)
+            if not found:
+                experiment = api.experiment(experiment_id)
+                why = {"succeeded": "its results have none",
+                       "cancelled": "it was cancelled before any of its runs succeeded",
+                       "failed": "none of its runs succeeded" if not experiment.get("results")
+                       else "its aggregation drew none"}.get(experiment["status"],
+                                                              "they are drawn once its runs have finished")
+                raise click.ClickException(f"experiment {experiment_id} ({experiment['status']}) has no figures: {why}")
+            note = partial_results_note(api.experiment(experiment_id))
+            if note:
+                click.echo(note, err=True)
+            for figure in found:
                 if folder is None:
                     click.echo(f"{figure['name']}  {figure['size']} bytes  {figure['url']}")
                 else:

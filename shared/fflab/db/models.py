@@ -205,7 +205,8 @@ class RunLog(Base):
 
 
 class Result(Base):
-    """The aggregated tables of an experiment (one row, replaced by re-analyses)."""
+    """The aggregated tables of an experiment (one row, replaced by re-analyses; each
+    re-analysis keeps its own on its Analysis row)."""
 
     __tablename__ = "results"
 
@@ -247,7 +248,8 @@ class Ensemble(Base):
 
 
 class Analysis(Base):
-    """A re-analysis of stored representations with another AnalysisSpec."""
+    """A re-analysis of stored representations with another AnalysisSpec: a version
+    of the experiment's results, kept (``results``, ``tables``) after later ones."""
 
     __tablename__ = "analyses"
 
@@ -261,6 +263,9 @@ class Analysis(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Once it succeeded: its results.json and tables, as the Result row held them then.
+    results: Mapped[dict[str, Any] | None]
+    tables: Mapped[dict[str, Any] | None]
 
 
 class Worker(Base):

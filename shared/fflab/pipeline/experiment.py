@@ -6,7 +6,8 @@ part of the aggregation is in fflab.pipeline.sweeps."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,12 @@ from fflab.pipeline.train import train_and_evaluate
 from fflab.results import (
     ExperimentResults,
     MethodComparison,
+    MissingRun,
     PaperComparison,
     RunEnsembles,
     SizeFit,
     finite_or_none,
+    partial_note,
     read_document,
     write_document,
 )
@@ -50,12 +53,30 @@ def execute_run(
 
 
 
-def figure_runs(spec: ExperimentSpec) -> list[RunKey]:
+def figure_spec(spec: ExperimentSpec, included: Collection[str] | None = None) -> ExperimentSpec:
+    """The spec the figures are drawn for: with partial results (``included``: the
+    run ids aggregated), its seeds reordered so that the first, whose runs the
+    single-run figures show, is the first seed with a run there is (that of the
+    main model on the main data set where one is)."""
+    if included is None:
+        return spec
+    keys = [key for key in spec.runs_at(spec.paper_point()) if key.run_id in included]
+    if not keys:
+        return spec
+    main = "ff" if "ff" in spec.models else spec.models[0]
+    seed = next((key.seed for key in keys if key.model == main and key.unseen_class is None), keys[0].seed)
+    return spec.model_copy(update={"seeds": [seed, *(s for s in spec.seeds if s != seed)]})
+
+
+def figure_runs(spec: ExperimentSpec, included: Collection[str] | None = None) -> list[RunKey]:
     """The runs whose representations the figures read: the first seed of each
     (model, data set), and the first seed's unseen-class runs (of the first grid
-    point, with a sweep)."""
+    point, with a sweep); with partial results, of those in ``included`` (the seed
+    of ``figure_spec``)."""
+    spec = figure_spec(spec, included)
     seed = spec.seeds[0]
-    return [key for key in spec.runs_at(spec.paper_point()) if key.seed == seed]
+    return [key for key in spec.runs_at(spec.paper_point())
+            if key.seed == seed and (included is None or key.run_id in included)]
 
 
 def method_comparison(
@@ -133,16 +154,31 @@ def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, an
     return tables
 
 
-def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
+def aggregate(spec: ExperimentSpec, experiment_dir: Path, missing: list[MissingRun] | None = None) -> dict:
     """Tables, the paper's figures, the run documents' figures, the comparison with
     the paper and results.json, from the runs' stored results. With a sweep, also
     its section, table and figure (fflab.pipeline.sweeps); the figures and fits of
-    the paper show its first grid point."""
-    records = sweeps.run_records(spec, experiment_dir)
+    the paper show its first grid point.
+
+    ``missing``: runs that did not succeed (a cancelled experiment, failed runs).
+    The results are then partial, of the other runs only: results.json says
+    ``partial`` and which runs are in and which are not, each table's title and
+    each figure's caption ``partial: n of m runs``, the comparison with the paper
+    likewise; a figure whose run is missing is not drawn."""
+    missing = list(missing or ())
+    left_out = {run.run_id for run in missing}
+    keys = [key for key in spec.runs() if key.run_id not in left_out]
+    if not keys:
+        raise ValueError("no run of the experiment succeeded: nothing to aggregate")
+    included = [key.run_id for key in keys] if missing else None
+    note = partial_note(len(keys), len(missing)) if missing else ""
+    records = sweeps.run_records(spec, experiment_dir, keys)
     tables = experiment_tables(spec, records)
     sweep = sweeps.sweep_results(spec, records) if spec.sweep else None
     if sweep is not None:
         tables["sweep"] = sweeps.sweep_table(sweep)
+    if note:
+        tables = {name: replace(table, title=f"{table.title} ({note})") for name, table in tables.items()}
     tables_dir = experiment_dir / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
@@ -150,15 +186,17 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
         (tables_dir / f"{name}.md").write_text(table.to_markdown() + "\n")
         (tables_dir / f"{name}.csv").write_text(table.to_csv())
 
-    run_dirs = {key.run_id: run_dir_of(experiment_dir, key) for key in spec.runs()}
+    run_dirs = {key.run_id: run_dir_of(experiment_dir, key) for key in keys}
     point = spec.paper_point()
-    paper_spec, paper_records = spec.at(point), [r for r in records if r.get("point") == point]
+    paper_spec, paper_records = figure_spec(spec.at(point), included), [r for r in records if r.get("point") == point]
     comparison, sizes1, sizes2 = method_comparison(paper_spec, run_dirs, paper_records)
     point_note = paper.sweep_note(spec).strip(" ()")  # "sweep point 0: network.threshold=0.1"
+    figure_note = "; ".join(part for part in (point_note, note) if part)
     written = write_paper_figures(FigureContext(paper_spec, experiment_dir, paper_records, comparison,
-                                                (sizes1, sizes2), point=point, sweep_note=point_note))
+                                                (sizes1, sizes2), point=point, sweep_note=figure_note,
+                                                partial=bool(missing)))
     for name, figure in document_figures(spec, experiment_dir).items():
-        figures.caption(figure, point_note)
+        figures.caption(figure, figure_note)
         written += [path.name for path in figures.save_figure(figure, experiment_dir / "figures" / name)]
     if sweep is not None:
         written += [path.name for path in figures.save_figure(
@@ -169,7 +207,7 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
     paper_fit = comparison if len(on_paper_data) == len(paper_records) else \
         method_comparison(paper_spec, run_dirs, on_paper_data)[0]
     comparison_with_paper = paper.paper_comparison(
-        spec, records, paper_fit.model_dump(mode="json"), experiment=spec.name
+        spec, records, paper_fit.model_dump(mode="json"), experiment=spec.name + (f" ({note})" if note else "")
     )
     written += write_paper_comparison(comparison_with_paper, experiment_dir)
     results = ExperimentResults(
@@ -179,6 +217,9 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path) -> dict:
         figures=sorted(written),
         method_comparison=comparison,
         sweep=sweep,
+        partial=bool(missing),
+        runs_included=included,
+        runs_missing=missing or None,
     )
     write_document(results, experiment_dir / "results.json")
     return results.model_dump(mode="json")

@@ -49,7 +49,8 @@ class FigureContext:
     comparison: MethodComparison | None = None
     sizes: tuple[np.ndarray, np.ndarray] | None = None  # Method 1, Method 2 sizes of Figure 8B
     point: int | None = None  # the sweep's grid point the figures show
-    sweep_note: str = ""  # "sweep point 0: network.threshold=0.1" with a sweep
+    sweep_note: str = ""  # "sweep point 0: network.threshold=0.1" with a sweep; "partial: 1 of 2 runs"
+    partial: bool = False  # some runs are missing: a figure that needs one is not drawn
     _stored: dict[str, dict] = field(default_factory=dict)
 
     def names(self, model: str, dataset: str) -> str:
@@ -163,6 +164,8 @@ def figure2(ctx: FigureContext) -> dict[str, Figure]:
             )
             for model in ctx.spec.models
         }
+        if ctx.partial:  # a model none of whose runs succeeded has no bars
+            sizes = {model: values for model, values in sizes.items() if len(values)}
         drawn["figure2" if layer == 1 else f"figure2_layer{layer}"] = figures.figure2_ensemble_sizes(
             sizes, names,
             title=f"{DATASETS[ctx.main_dataset].display_name}, layer {layer}: ensemble size per class and model "
@@ -226,11 +229,15 @@ def figure7(ctx: FigureContext) -> dict[str, Figure]:
     weight_layer = min(2, ctx.spec.network.layers)
     fractions = {}
     for model in ctx.spec.models:
+        if ctx.partial and not (ctx.run_dir(RunKey(model, ctx.main_dataset, ctx.seed)) / "weight_stats.json").is_file():
+            continue
         stats = read_document(
             RunWeightStats,
             ctx.run_dir(RunKey(model, ctx.main_dataset, ctx.seed)) / "weight_stats.json",
         )
         fractions[model] = np.array(stats.layers[weight_layer - 1].fraction_negative_incoming)
+    if not fractions:
+        return {}
     return {"figure7": figures.figure7_negative_weight_fraction(
         fractions, layer=weight_layer,
         title=f"{DATASETS[ctx.main_dataset].display_name}, layer {weight_layer}: "
@@ -287,9 +294,13 @@ def training_curves(ctx: FigureContext) -> dict[str, Figure]:
     a panel per model (per layer for FF)."""
     histories = {
         model: [read_document(RunMetrics, ctx.run_dir(RunKey(model, ctx.main_dataset, seed))
-                              / "metrics.json").loss_history for seed in ctx.spec.seeds]
+                              / "metrics.json").loss_history for seed in ctx.spec.seeds
+                if not ctx.partial or (ctx.run_dir(RunKey(model, ctx.main_dataset, seed)) / "metrics.json").is_file()]
         for model in ctx.spec.models
     }
+    histories = {model: runs for model, runs in histories.items() if runs}
+    if not histories:
+        return {}
     return {"training_curves": figures.training_curves(
         histories, title=f"{DATASETS[ctx.main_dataset].display_name}: training loss per epoch",
         note=ctx.sweep_note or None)}
@@ -303,6 +314,12 @@ def write_paper_figures(ctx: FigureContext) -> list[str]:
     """Draw every recipe's figures into ``figures/`` as PNG and SVG; return the file names."""
     written = []
     for recipe in RECIPES:
-        for name, figure in recipe(ctx).items():
+        try:
+            drawn = recipe(ctx)
+        except FileNotFoundError:
+            if not ctx.partial:
+                raise
+            continue  # partial results: the run this figure shows did not succeed
+        for name, figure in drawn.items():
             written += [path.name for path in figures.save_figure(figure, ctx.experiment_dir / "figures" / name)]
     return written

@@ -22,18 +22,18 @@ from fflab.models import MODELS
 from fflab.pipeline.folders import run_dir_of
 from fflab.pipeline.paper_analyses import run_record
 from fflab.results import SweepResults
-from fflab.spec import ExperimentSpec
+from fflab.spec import ExperimentSpec, RunKey
 
 FIGURE = "sweep"
 
 
-def run_records(spec: ExperimentSpec, experiment_dir: Path) -> list[dict]:
+def run_records(spec: ExperimentSpec, experiment_dir: Path, keys: list[RunKey] | None = None) -> list[dict]:
     """Every run's summary record (paper_analyses.run_record), in ``spec.runs()``
-    order; with a sweep, each also has its grid point (``point``) and the swept
-    values there (``sweep_values``)."""
+    order (only those of ``keys`` where given: partial results); with a sweep, each
+    also has its grid point (``point``) and the swept values there (``sweep_values``)."""
     values = {point.index: point.values for point in spec.points()}
     records = []
-    for key in spec.runs():
+    for key in spec.runs() if keys is None else keys:
         record = run_record(run_dir_of(experiment_dir, key))
         if key.point is not None:
             record |= {"point": key.point, "sweep_values": values[key.point]}
