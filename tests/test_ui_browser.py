@@ -417,7 +417,8 @@ def test_a_run_followed_live_in_the_web_ui(backend: str, browser, serves: list[S
                                           redis_prefix: str, screenshot_dir: Path) -> None:
     """An experiment's page opened while it waits: its title's badge and its runs
     table say queued, then running without a reload, and the live loss chart draws
-    more points as the run trains; once it has been cancelled, the run's log page
+    more points as the run trains; its owner edits its tags and visibility and
+    cancels it on the page (confirming first); once cancelled, the run's log page
     shows its log and the code version that trained it."""
     from service_helpers import backend_settings
 
@@ -456,7 +457,22 @@ def test_a_run_followed_live_in_the_web_ui(backend: str, browser, serves: list[S
         person.wait(lambda: points() >= max(20, first + 2), "a curve worth a picture", 120)
         person.screenshot("live")
 
-        assert admin.post(f"/v1/experiments/{live}/cancel").status_code == 200
+        # Its owner tags it and shares it with the lab from the page (the PATCH's service function).
+        person.find("#edit-form summary").click()
+        person.type("#edit-tags", "live, watched")
+        person.choose("#edit-visibility", "lab")
+        person.find("#save-edit").click()
+        person.wait(lambda: person.js("return [...document.querySelectorAll('#tags .tag')].map(t => t.textContent)")
+                    == ["live", "watched"], "the page to show the new tags")
+        assert person.text("#visibility") == "lab"
+        edited = admin.get(f"/v1/experiments/{live}").json()
+        assert (edited["tags"], edited["visibility"]) == (["live", "watched"], "lab")
+
+        # Cancel asks to be confirmed, as Delete does: its button shows only once asked for.
+        assert not person.find("#cancel").is_displayed()
+        person.find("#cancel-confirm summary").click()
+        person.wait(lambda: person.find("#cancel").is_displayed(), "the cancel confirmation")
+        person.find("#cancel").click()
         person.wait(lambda: person.text("h1 #status") == "cancelled", "the badge to say cancelled", WAIT_S)
         person.wait(lambda: "ended cancelled" in admin.get(
             f"/v1/experiments/{live}/runs/ff-mnist-seed0/log").json()["text"], "the log's last line", 60)
