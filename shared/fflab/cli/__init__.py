@@ -72,10 +72,11 @@ def main() -> None:
     """Forward-Forward networks and their ensembles: train, analyse, serve."""
 
 
-# The verbs that talk to the service (through ``service.client``): each takes --key.
+# The verbs that talk to the service (through ``service.client``; compare and analyse
+# with an experiment id): each takes --key.
 SERVICE_VERBS = ("submit", "upload-representations", "status", "queue", "usage", "wait", "results", "ensembles",
                  "run-analysis", "figures", "quickstart", "cancel", "delete", "edit", "metrics", "logs", "keys",
-                 "diff", "compare")
+                 "diff", "compare", "analyse")
 
 for command in local.COMMANDS:
     main.add_command(command)
