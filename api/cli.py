@@ -42,7 +42,7 @@ class WorkerSupervisor:
         self.settings, self.name = settings, name
         self.command = [sys.executable, "-m", "fflab", "worker", "--queue", "cpu", "--queue", "gpu",
                         "--pool", "solo", "--name", name, "--parent-pid", str(os.getpid())]
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._supervise, name="fflab-worker-supervisor", daemon=True)
 

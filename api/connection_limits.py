@@ -25,6 +25,7 @@ header count and size again in the application, for servers started otherwise.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from api.errors import PROBLEM_JSON, problem_body
 from api.protocol import HttpProtocol
@@ -131,7 +132,7 @@ def bounded_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
         "header_timeout_s": settings.header_timeout_s})
 
 
-def server_options(settings: Settings) -> dict:
+def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.run's options for the limits: the protocol, keep-alive and connections."""
     return {"http": bounded_protocol(settings), "timeout_keep_alive": settings.keep_alive_s,
             "limit_concurrency": settings.max_connections}

@@ -40,10 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.overload import Gate
-from api.services.experiments import (  # noqa: F401  (readable_experiment: read here by some routes)
-    owned_experiment,
-    readable_experiment,
-)
+from api.services.experiments import owned_experiment
 from api.status_cache import StatusCache
 from fflab import accounts, jobs
 from fflab.db import Experiment, User, get_sessionmaker
@@ -54,7 +51,8 @@ T = TypeVar("T")
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -100,7 +98,8 @@ class Database:
 
 
 async def get_database(request: Request) -> Database:
-    return request.app.state.database
+    database: Database = request.app.state.database
+    return database
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
@@ -119,14 +118,16 @@ class Files:
 
 
 async def get_files(request: Request) -> Files:
-    return request.app.state.files
+    files: Files = request.app.state.files
+    return files
 
 
 StorageDep = Annotated[Files, Depends(get_files)]
 
 
 async def get_dispatcher(request: Request) -> jobs.Dispatcher:
-    return request.app.state.dispatcher
+    dispatcher: jobs.Dispatcher = request.app.state.dispatcher
+    return dispatcher
 
 
 DispatcherDep = Annotated[jobs.Dispatcher, Depends(get_dispatcher)]
@@ -179,7 +180,8 @@ OwnedExperiment = Annotated[Experiment, Depends(get_owned_experiment)]
 
 
 async def get_status_cache(request: Request) -> StatusCache:
-    return request.app.state.status_cache
+    status_cache: StatusCache = request.app.state.status_cache
+    return status_cache
 
 
 StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]

@@ -40,6 +40,7 @@ from http import HTTPStatus
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi import HTTPException as DetailHTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -131,8 +132,8 @@ def api_error(status_code: int, message: str, code: str | None = None,
               details: list[dict[str, Any]] | None = None,
               headers: Mapping[str, str] | None = None) -> HTTPException:
     """An exception a route raises; the handler answers it as a problem with this code."""
-    return HTTPException(status_code, {"message": message, "code": code, "details": details or []},
-                         headers=dict(headers) if headers else None)
+    return DetailHTTPException(status_code, {"message": message, "code": code, "details": details or []},
+                               headers=dict(headers) if headers else None)
 
 
 def problem(loc: Iterable[str | int], msg: str, kind: str = "value_error", **ctx: Any) -> dict[str, Any]:
@@ -234,7 +235,8 @@ def validation_message(details: list[dict[str, Any]]) -> str:
 
 
 def request_id(request: Request) -> str:
-    return request.scope.get("state", {}).get("request_id", "")
+    rid: str = request.scope.get("state", {}).get("request_id", "")
+    return rid
 
 
 async def http_error(request: Request, error: HTTPException) -> Response:
@@ -307,9 +309,10 @@ async def service_error(request: Request, error: ServiceError) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
+    # Starlette types a handler as taking any Exception; it calls each with the class it was added for.
+    app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ServiceError, service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(OperationalError, database_unavailable)
     app.add_exception_handler(InterfaceError, database_unavailable)

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 from fastapi import Request, status
 from fastapi.responses import Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from api.deps import Files
 from api.errors import api_error
@@ -75,7 +76,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _unsatisfiable(header: str, size: int):
+def _unsatisfiable(header: str, size: int) -> HTTPException:
     return api_error(status.HTTP_416_RANGE_NOT_SATISFIABLE,
                      f"the range {header[:100]} is outside the file's {size} bytes", "range_not_satisfiable",
                      headers={"Content-Range": f"bytes */{size}"})

@@ -9,7 +9,8 @@ admin's API key; 401 without credentials (or with wrong ones), 403 for a member'
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -42,9 +43,10 @@ class DatabaseCollector(Collector):
                 select(Run.status, Run.queue, func.count(Run.id)).group_by(Run.status, Run.queue)
             ):
                 runs.add_metric([status, queue], count)
-            for name, hostname, slot_count, devices in session.execute(
+            workers: Iterable[tuple[str, str, int, list[dict[str, Any]]]] = session.execute(
                 select(Worker.name, Worker.hostname, Worker.concurrency, Worker.devices)
-            ):
+            ).tuples()
+            for name, hostname, slot_count, devices in workers:
                 slots.add_metric([name, hostname], slot_count)
                 for device in devices or []:
                     if device.get("kind", "cuda") != "cuda":  # CPU workers register their RAM as a "cpu" device

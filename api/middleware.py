@@ -149,15 +149,17 @@ class FailedAuthLimitMiddleware:
 
     def __init__(self, app: ASGIApp, per_minute: int, storage_url: str | None = None, namespace: str = ""):
         from limits import RateLimitItemPerMinute
-        from limits.storage import MemoryStorage, storage_from_string
+        from limits.storage import MemoryStorage, Storage, storage_from_string
         from limits.strategies import MovingWindowRateLimiter
 
         self.app, self.namespace = app, namespace or "-"  # deployments sharing a Redis count apart
         self.item = RateLimitItemPerMinute(per_minute)
-        store = MemoryStorage()
+        store: Storage = MemoryStorage()
         if storage_url and storage_url.startswith(("redis://", "rediss://")):
             try:
-                store = storage_from_string(storage_url, socket_timeout=1, socket_connect_timeout=1)
+                found = storage_from_string(storage_url, socket_timeout=1, socket_connect_timeout=1)
+                if isinstance(found, Storage):  # always, for these schemes (async+redis:// is the asyncio one)
+                    store = found
             except Exception:  # a Redis client library missing: per process
                 store = MemoryStorage()
         self.limiter = MovingWindowRateLimiter(store)

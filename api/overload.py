@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
+from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 T = TypeVar("T")
 
@@ -35,7 +35,8 @@ class Overloaded(HTTPException):
     """503 with Retry-After: the server is busy; the request did nothing."""
 
     def __init__(self, what: str, retry_after_s: int):
-        super().__init__(503, {"message": f"the server is busy ({what}); retry in {retry_after_s} s",
+        self.message = f"the server is busy ({what}); retry in {retry_after_s} s"
+        super().__init__(503, {"message": self.message,
                                "code": "unavailable", "retry_after_seconds": retry_after_s},
                          headers={"Retry-After": str(retry_after_s)})
 

@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +31,7 @@ MAX_LIMIT = 1000
 MAX_OFFSET = 2**31 - 1
 MAX_TOKEN_LENGTH = 200
 PAGING_PARAMETERS = ("limit", "page_token")
+T = TypeVar("T")
 
 
 def fingerprint(path: str, filters: Mapping[str, Any]) -> str:
@@ -58,7 +59,7 @@ def decode_token(token: str, listing: str) -> int:
     if document.get("l") != listing:
         raise _bad_token(token, "this page token belongs to another listing or other filters: keep the "
                                 "filters of the first page, or start again without page_token")
-    return offset
+    return int(offset)
 
 
 def _bad_token(token: str, message: str) -> RequestValidationError:
@@ -83,12 +84,12 @@ class Page:
         """The first page, for code that calls a list route in process (the web UI)."""
         return cls(limit, 0, "")
 
-    def cut(self, rows: list) -> tuple[list, str | None]:
+    def cut(self, rows: list[T]) -> tuple[list[T], str | None]:
         """``rows`` (fetched with ``limit + 1``) as this page's items and the next token."""
         return rows[: self.limit], self.next_token(len(rows))
 
 
-def page_params(max_limit: int = MAX_LIMIT, default: int = DEFAULT_LIMIT):
+def page_params(max_limit: int = MAX_LIMIT, default: int = DEFAULT_LIMIT) -> Any:  # Depends() is typed Any
     """A dependency giving the request's ``Page``."""
 
     async def page(

@@ -17,22 +17,32 @@ from sqlalchemy.orm import Session
 from api import schemas
 from fflab.db import FINAL_STATUSES, Run, RunLog, RunLoss, utcnow
 
+# (position, stage, epoch, loss, recorded_at)
+LossPoint = tuple[int, int | None, int, float, datetime | None]
 
-def _series(points: list[tuple[int, int | None, int, float, Any]]) -> list[schemas.LossSeries]:
+
+def _all_recorded(times: list[datetime | None]) -> list[datetime] | None:
+    """``times`` where every one is known, else None."""
+    known = [time for time in times if time is not None]
+    return known if len(known) == len(times) else None
+
+
+def _series(points: list[LossPoint]) -> list[schemas.LossSeries]:
     """(position, stage, epoch, loss, recorded_at) in position order -> one series per stage run."""
     return [
         schemas.LossSeries(layer=stage, epochs=[p[2] for p in group], loss=[p[3] for p in group],
-                           recorded_at=None if any(p[4] is None for p in group) else [p[4] for p in group])
+                           recorded_at=_all_recorded([p[4] for p in group]))
         for stage, group in ((stage, list(group)) for stage, group in groupby(points, key=lambda p: p[1]))
     ]
 
 
-def finished_points(metrics: dict[str, Any]) -> list[tuple[int, int | None, int, float, None]]:
+def finished_points(metrics: dict[str, Any]) -> list[LossPoint]:
     """metrics.json's loss_history as positioned points (one list per stage; a
     single one is the network: stage null)."""
     history = metrics.get("loss_history") or []
     per_stage = len(history) > 1
-    points, position = [], 0
+    points: list[LossPoint] = []
+    position = 0
     for index, losses in enumerate(history):
         for epoch, loss in enumerate(losses, start=1):
             points.append((position, index + 1 if per_stage else None, epoch, loss, None))
@@ -56,12 +66,12 @@ def run_metrics(session: Session, run: Run, since: int = 0) -> schemas.RunMetric
                                       RunLoss.recorded_at)
                                .where(RunLoss.run_pk == run.id, RunLoss.position >= since)
                                .order_by(RunLoss.position)).all()
-        points = [tuple(row) for row in rows]
+        points = [(*row._tuple(),) for row in rows]
         last = session.scalar(select(func.max(RunLoss.position)).where(RunLoss.run_pk == run.id))
         total = 0 if last is None else last + 1
     return schemas.RunMetricsOut(
         run_id=run.run_id, model=run.model, dataset=run.dataset, seed=run.seed, unseen_class=run.unseen_class,
-        status=run.status, loss=_series(points),
+        status=schemas.stored_status(run.status), loss=_series(points),
         accuracy=(metrics or {}).get("accuracy"), per_class_accuracy=(metrics or {}).get("per_class_accuracy"),
         n_train=(metrics or {}).get("n_train"), n_test=(metrics or {}).get("n_test"),
         train_seconds=((metrics.get("timings") or {}).get("train_seconds", 0.0)) if metrics is not None else None,
@@ -71,7 +81,7 @@ def run_metrics(session: Session, run: Run, since: int = 0) -> schemas.RunMetric
 
 def run_log(session: Session, run: Run) -> schemas.RunLogOut:
     row = session.get(RunLog, run.id)
-    return schemas.RunLogOut(run_id=run.run_id, status=run.status, text=row.text if row else "",
+    return schemas.RunLogOut(run_id=run.run_id, status=schemas.stored_status(run.status), text=row.text if row else "",
                              dropped_bytes=row.dropped_bytes if row else 0,
                              updated_at=row.updated_at if row else None, final=run.status in FINAL_STATUSES)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, create_model, model_validator
 
@@ -18,6 +18,17 @@ Visibility = Literal["private", "lab"]
 MAX_TAGS, MAX_TAG_LENGTH = 16, 32
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 Priority = Literal["low", "normal", "high"]  # fflab.scheduling.PRIORITIES
+
+
+def stored_status(value: str) -> Status:
+    """A status column's value as the Literal: the database's status columns (plain
+    strings there) hold only these values."""
+    return cast(Status, value)
+
+
+def stored_priority(value: str) -> Priority:
+    """A priority column's value as the Literal (the columns hold only these)."""
+    return cast(Priority, value)
 
 
 def _preset_values(path: tuple[str, ...]) -> str:
@@ -94,7 +105,9 @@ class ExperimentSubmit(overrides_model(ExperimentSpec)):  # type: ignore[misc]
 
     def overrides(self) -> dict[str, Any]:
         """The spec fields given, nested (what build_spec merges over the preset)."""
-        return self.model_dump(exclude_unset=True, exclude={"preset", "visibility", "tags", "priority"})
+        overrides: dict[str, Any] = self.model_dump(exclude_unset=True,
+                                                    exclude={"preset", "visibility", "tags", "priority"})
+        return overrides
 
 
 SUBMIT_EXAMPLES = {

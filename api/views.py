@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy import func, literal, null, select, union_all
@@ -29,7 +31,7 @@ def url_for(request: Request, route: str, **params: str) -> str:
     """The absolute URL of a route: under FFLAB_PUBLIC_URL where it is set, else
     under the URL the request came to (its Host header; X-Forwarded-* count only
     from FFLAB_TRUSTED_PROXIES, api.proxies)."""
-    public = request.app.state.settings.public_url
+    public: str | None = request.app.state.settings.public_url
     if public:
         return public.rstrip("/") + str(request.app.url_path_for(route, **params))
     return str(request.url_for(route, **params))
@@ -45,7 +47,7 @@ class RunningRow:
 
     run_id: str
     model: str
-    progress: dict | None
+    progress: dict[str, Any] | None
     heartbeat_at: datetime | None
 
 
@@ -74,8 +76,9 @@ def run_states(session: Session, experiment_ids: list[str]) -> dict[str, RunStat
                   null()).where(ExperimentTag.experiment_id.in_(experiment_ids))
     states: dict[str, RunStates] = defaultdict(RunStates)
     ordered_running: list[tuple[int, str, RunningRow]] = []
-    for kind, experiment_id, name, number, run_id, model, run_progress, heartbeat_at in session.execute(
-            union_all(running, counts, tags)):
+    # The union's columns mean something else in each kind of row (see the selects above).
+    rows: Iterable[Sequence[Any]] = session.execute(union_all(running, counts, tags))
+    for kind, experiment_id, name, number, run_id, model, run_progress, heartbeat_at in rows:
         if kind == "running":
             ordered_running.append((number, experiment_id, RunningRow(run_id, model, run_progress, heartbeat_at)))
         elif kind == "count":
@@ -109,7 +112,7 @@ def progress(experiment: Experiment, counts: Counter[str], running: list[Running
     )
 
 
-def experiment_summary(request: Request, experiment: Experiment, states: RunStates) -> dict:
+def experiment_summary(request: Request, experiment: Experiment, states: RunStates) -> dict[str, Any]:
     return dict(
         id=experiment.id,
         url=experiment_url(request, experiment.id),
@@ -146,7 +149,7 @@ def experiment_detail(request: Request, experiment: Experiment) -> schemas.Exper
         found = request.app.state.queue_places.place(session, request.app.state.settings, experiment.id)
         place = schemas.QueuePlace(**vars(found)) if found else None
     return schemas.Experiment(**experiment_summary(request, experiment, states),
-                              priority=experiment.priority, queue=place,
+                              priority=schemas.stored_priority(experiment.priority), queue=place,
                               results=results_state(request, session, experiment, states), spec=experiment.spec)
 
 
@@ -164,6 +167,7 @@ def results_state(request: Request, session: Session | None, experiment: Experim
         url=url_for(request, "get_results", experiment_id=experiment.id), partial=succeeded < experiment.runs_total,
         runs_included=succeeded, runs_total=experiment.runs_total, analysis_id=row.analysis_id)
 
+
 def queues_out(session: Session, settings: Settings) -> schemas.QueuesOut:
     """Every queue: its slots, each user's usage and share, and the active experiments
     with waiting runs in the order they would start."""
@@ -179,14 +183,16 @@ def queues_out(session: Session, settings: Settings) -> schemas.QueuesOut:
         out.append(schemas.QueueOut(
             queue=name, slots=state.slots, free_slots=free.get(name, 0), running_cap=state.cap,
             expected_run_seconds=round(state.charge_s, 3),
-            users=[schemas.QueueUser(name=share.name, share_weight=share.weight, max_priority=share.max_priority,
+            users=[schemas.QueueUser(name=share.name, share_weight=share.weight,
+                                     max_priority=schemas.stored_priority(share.max_priority),
                                      usage_seconds=share.usage_s, share=share.share, target_share=share.target,
                                      running=share.running, waiting=share.waiting,
                                      oldest_wait_seconds=share.oldest_wait_s)
                    for share in queueing.user_shares(snapshot, name)],
             experiments=[schemas.QueuedExperiment(
                 id=experiment_id, name=experiments[experiment_id].name,
-                owner=experiments[experiment_id].owner.name, priority=experiments[experiment_id].priority,
+                owner=experiments[experiment_id].owner.name,
+                priority=schemas.stored_priority(experiments[experiment_id].priority),
                 position=position, runs_waiting=waiting[experiment_id],
                 estimated_start=places[experiment_id].estimated_start)
                 for position, experiment_id in listed],
@@ -197,7 +203,8 @@ def queues_out(session: Session, settings: Settings) -> schemas.QueuesOut:
 def run_out(run: Run) -> schemas.Run:
     return schemas.Run(
         run_id=run.run_id, model=run.model, dataset=run.dataset, seed=run.seed,
-        unseen_class=run.unseen_class, status=run.status, queue=run.queue, attempts=run.attempts,
+        unseen_class=run.unseen_class, status=schemas.stored_status(run.status), queue=run.queue,
+        attempts=run.attempts,
         progress=run.progress, error=run.error, created_at=run.created_at, started_at=run.started_at,
         finished_at=run.finished_at, accuracy=(run.record or {}).get("accuracy"),
         heartbeat_at=run.heartbeat_at if run.status == "running" else None,
@@ -231,7 +238,8 @@ def analysis_out(request: Request, analysis: Analysis) -> schemas.AnalysisOut:
         url=url_for(request, "get_analysis", experiment_id=analysis.experiment_id, analysis_id=analysis.id),
         results_url=url_for(request, "get_analysis_results", experiment_id=analysis.experiment_id,
                             analysis_id=analysis.id) if analysis.status == "succeeded" else None,
-        status=analysis.status, spec=analysis.spec, error=analysis.error, created_at=analysis.created_at,
+        status=schemas.stored_status(analysis.status), spec=analysis.spec, error=analysis.error,
+        created_at=analysis.created_at,
         started_at=analysis.started_at, finished_at=analysis.finished_at,
     )
 

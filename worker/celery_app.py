@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from celery import signals
 
@@ -20,8 +21,7 @@ from worker.dispatch import create_celery, ensure_sqlite_folders
 app = create_celery(get_settings(), include=("worker.tasks",))
 
 
-@signals.worker_init.connect
-def _migrate_on_worker_start(sender, **_kwargs) -> None:
+def _migrate_on_worker_start(sender: Any, **_kwargs: Any) -> None:
     """Migrate, then register this worker (before it consumes: the runs it claims
     name it); run tasks log their run's outcome instead of Celery's "succeeded"."""
     from fflab.db.migrate import upgrade_database
@@ -34,19 +34,24 @@ def _migrate_on_worker_start(sender, **_kwargs) -> None:
                                sender.concurrency or 1)
 
 
-@signals.worker_shutdown.connect
-def _unregister_on_worker_stop(**_kwargs) -> None:
+def _unregister_on_worker_stop(**_kwargs: Any) -> None:
     run_support.stop_presence()
 
 
-@signals.worker_process_init.connect
-def _fresh_connections_in_child(**_kwargs) -> None:
+def _fresh_connections_in_child(**_kwargs: Any) -> None:
     from fflab.db.session import forget_inherited_connections
 
     forget_inherited_connections()
 
 
-@signals.worker_ready.connect
-def _sweep_in_the_background(**_kwargs) -> None:
+def _sweep_in_the_background(**_kwargs: Any) -> None:
     """Dispatch waiting runs now, and every sweep_interval_s in case a send failed."""
     threading.Thread(target=service.sweep_forever, args=(get_settings(),), name="fflab-sweep", daemon=True).start()
+
+
+# Connected by call rather than as decorators: celery ships no types, and its
+# decorators would leave the hooks untyped.
+signals.worker_init.connect(_migrate_on_worker_start)
+signals.worker_shutdown.connect(_unregister_on_worker_stop)
+signals.worker_process_init.connect(_fresh_connections_in_child)
+signals.worker_ready.connect(_sweep_in_the_background)

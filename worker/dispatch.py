@@ -126,14 +126,16 @@ def declare_queues(broker_url: str, names: list[str], attempts: int = 5, backoff
     hit its UNIQUE constraint (the loser's channel is left unusable): each try here
     uses a fresh connection, and a lost race finds the row on the next try."""
     import tenacity
-    from kombu import Connection, Exchange, Queue
+    from kombu.connection import Connection
+    from kombu.entity import Exchange, Queue
 
     # Any error is retried: IntegrityError (the race), or the broker not up yet.
     for attempt in tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts),
                                      wait=tenacity.wait_incrementing(start=backoff_s, increment=backoff_s),
                                      before_sleep=lambda state: log.warning(
                                          "declaring queues %s failed (try %d of %d): %s", names,
-                                         state.attempt_number, attempts, state.outcome.exception()),
+                                         state.attempt_number, attempts,
+                                         state.outcome.exception() if state.outcome else None),
                                      reraise=True):
         with attempt, Connection(broker_url, connect_timeout=10) as connection:
             channel = connection.channel()

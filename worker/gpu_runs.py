@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import select
 
@@ -167,7 +168,7 @@ def requeue_out_of_memory(settings: Settings, run_pk: int, task_id: str, error: 
     return outcome
 
 
-def worker_devices(settings: Settings, queues: Collection[str]) -> list[dict]:
+def worker_devices(settings: Settings, queues: Collection[str]) -> list[dict[str, Any]]:
     """The devices of a worker consuming ``queues``, for its Worker row: the GPUs
     it holds (nvidia-smi; no CUDA context is created) when it consumes the gpu queue,
     and this machine's RAM (kind "cpu") when it consumes the cpu queue."""

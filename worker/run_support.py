@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -151,7 +151,7 @@ def analysis_ratio(database_url: str, run_pk: int) -> float:
         run = session.get(Run, run_pk)
         if run is None:
             return DEFAULT_ANALYSIS_RATIO
-        done = session.scalars(select(Run.metrics).where(
+        done: Sequence[dict[str, Any] | None] = session.scalars(select(Run.metrics).where(
             Run.experiment_id == run.experiment_id, Run.model == run.model, Run.status == "succeeded")
             .limit(20)).all()
     ratios = []
@@ -403,7 +403,7 @@ def put_files_retrying(storage: Storage, experiment_id: str, base: Path, names: 
         before_sleep=lambda state: log.warning(
             "upload of %d artifacts of experiment %s failed (try %d of %d); retrying in %.1f s: %s",
             len(names), experiment_id, state.attempt_number, attempts, state.upcoming_sleep,
-            state.outcome.exception()),
+            state.outcome.exception() if state.outcome else None),
         reraise=True,
     )
     try:

@@ -382,14 +382,14 @@ def analyse_experiment(settings: Settings, analysis_id: str) -> None:
         if analysis is None or analysis.status not in ACTIVE_STATUSES:
             return
         jobs.start_analysis(analysis)
-        experiment = session.get(Experiment, analysis.experiment_id)
+        loaded = session.get_one(Experiment, analysis.experiment_id)
         settings_now = AnalysisSpec.model_validate(analysis.spec)
         spec: ExperimentSpec | dict[str, Any]
-        if experiment_kind(experiment.spec) == REPRESENTATIONS_KIND:
-            spec = {**experiment.spec, "analysis": settings_now.model_dump(mode="json")}
+        if experiment_kind(loaded.spec) == REPRESENTATIONS_KIND:
+            spec = {**loaded.spec, "analysis": settings_now.model_dump(mode="json")}
         else:
-            spec = ExperimentSpec.model_validate(experiment.spec).model_copy(update={"analysis": settings_now})
-        experiment_id, runs = experiment.id, list(experiment.runs)
+            spec = ExperimentSpec.model_validate(loaded.spec).model_copy(update={"analysis": settings_now})
+        experiment_id, runs = loaded.id, list(loaded.runs)
     with tempfile.TemporaryDirectory(prefix="fflab-analysis-") as tmp:
         base = Path(tmp)
         try:
@@ -451,9 +451,11 @@ def requeue_lost(settings: Settings) -> None:
     with get_sessionmaker(settings.resolved_database_url)() as session:
         runs = jobs.requeue_lost_messages(session, settings, in_broker)
         aggregations = jobs.requeue_lost_aggregations(
-            session, settings, {experiment_of_aggregate_task(task_id) for task_id in in_broker} - {None})
+            session, settings, {aggregated for task_id in in_broker
+                                if (aggregated := experiment_of_aggregate_task(task_id)) is not None})
         analyses = jobs.lost_analyses(
-            session, settings, {subject_of_task(ANALYSIS_ID_PREFIX, task_id) for task_id in in_broker} - {None})
+            session, settings, {analysed for task_id in in_broker
+                                if (analysed := subject_of_task(ANALYSIS_ID_PREFIX, task_id)) is not None})
     for analysis_id in analyses:
         dispatcher_for(settings).send_analysis(analysis_id, settings.queue_name("cpu"))
     if runs or aggregations or analyses:
@@ -510,7 +512,8 @@ def recorded_outcome(settings: Settings, run_pk: int, task_id: str) -> str | Non
         row = session.execute(select(Run.status, Run.task_id).where(Run.id == run_pk)).first()
     if row is None or row.task_id != task_id or row.status in ACTIVE_STATUSES:
         return None
-    return row.status
+    status: str = row.status
+    return status
 
 
 def run_key(run: Run) -> RunKey:

@@ -11,6 +11,7 @@ read when a task runs, never at import.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -22,7 +23,7 @@ from worker.dispatch import AGGREGATE_TASK, ANALYSIS_TASK, RUN_TASK
 log = logging.getLogger(__name__)
 
 
-class RetryingTask(Task):
+class RetryingTask(Task):  # type: ignore[misc]  # celery ships no types: Task is Any
     """Retries on infrastructure errors (``service.TRANSIENT``), with backoff, up
     to ``task_max_attempts`` deliveries in all; ``give_up`` records the final failure."""
 
@@ -40,7 +41,8 @@ class RetryingTask(Task):
     def give_up(self, argument: Any, error: str, task_id: str) -> None:
         raise NotImplementedError
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   einfo: Any) -> None:
         try:
             self.give_up(args[0], f"gave up after {self.max_retries} retries: {type(exc).__name__}: {exc}",
                          task_id)
@@ -63,18 +65,25 @@ class AnalysisTask(RetryingTask):
         service.fail_analysis(self.settings, analysis_id, error)
 
 
-@shared_task(name=RUN_TASK, bind=True, base=RunTask)
+def bound_task(name: str, base: type[RetryingTask]) -> Callable[[Callable[..., Any]], Any]:
+    """``shared_task(name=name, bind=True, base=base)``: the task function's body is
+    typed; the task Celery makes of it is not (celery ships no types)."""
+    decorator: Callable[[Callable[..., Any]], Any] = shared_task(name=name, bind=True, base=base)
+    return decorator
+
+
+@bound_task(RUN_TASK, RunTask)
 def run_task(self: RunTask, run_pk: int) -> str | None:
     """Train one run; returns how it ended, as recorded (None when this delivery
     did not hold the run to its end)."""
     return service.execute_run_task(self.settings, run_pk, self.request.id)
 
 
-@shared_task(name=AGGREGATE_TASK, bind=True, base=AggregateTask)
+@bound_task(AGGREGATE_TASK, AggregateTask)
 def aggregate_task(self: AggregateTask, experiment_id: str) -> None:
     service.aggregate_experiment(self.settings, experiment_id)
 
 
-@shared_task(name=ANALYSIS_TASK, bind=True, base=AnalysisTask)
+@bound_task(ANALYSIS_TASK, AnalysisTask)
 def analysis_task(self: AnalysisTask, analysis_id: str) -> None:
     service.analyse_experiment(self.settings, analysis_id)

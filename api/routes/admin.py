@@ -10,11 +10,12 @@ from api.deps import AdminUser, DatabaseDep, SettingsDep
 from api.errors import problem_responses
 from api.paging import PageDep
 from api.services import users
+from fflab.db import User
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=problem_responses(401, 403, 422))
 
 
-def new_key(user, key: str) -> schemas.NewKey:
+def new_key(user: User, key: str) -> schemas.NewKey:
     return schemas.NewKey(user=schemas.UserOut.model_validate(user), api_key=key)
 
 

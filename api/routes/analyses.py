@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
 from api import schemas, views
@@ -21,7 +22,7 @@ from api.deps import (
 )
 from api.errors import problem_responses
 from api.paging import PageDep
-from api.routes.results import as_text
+from api.routes.results import JSONDocument, as_text
 from api.services import analyses
 from api.services import results as results_service
 from api.services.experiments import readable_experiment
@@ -74,14 +75,15 @@ async def get_analysis(analysis_id: str, experiment_id: ExperimentId, request: R
 async def get_analysis_results(
     analysis_id: str, experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
-    table: Annotated[Literal[TABLES] | None, Query(description="One table, as for GET .../results.")] = None,
-):
+    table: Annotated[Literal[TABLES] | None,  # type: ignore[valid-type]  # a Literal of the tuple TABLES
+                     Query(description="One table, as for GET .../results.")] = None,
+) -> JSONDocument | str | PlainTextResponse:
     """This re-analysis's results (results.json, one table, or Tables 1-3 as
     markdown), as GET .../results gives the experiment's latest: each re-analysis is
     a version with its settings (its ``spec``), readable after later ones. 409 until
     it has succeeded."""
 
-    def results(session: Session):
+    def results(session: Session) -> JSONDocument | str | PlainTextResponse:
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
         if format == "csv" and table is None:
             raise RequestValidationError([{

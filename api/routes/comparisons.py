@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
+from sqlalchemy.orm import Session
 
 from api.deps import Credentials, DatabaseDep, authenticated_user
 from api.errors import problem_responses
@@ -28,7 +29,8 @@ Sides = Annotated[list[str], Query(
 @router.get("", response_model=ExperimentComparison,
             responses={200: {"content": {"text/csv": {}, "text/markdown": {}}}})
 async def get_comparison(db: DatabaseDep, credentials: Credentials, experiment: Sides = [],  # noqa: B006
-                         format: Annotated[Literal["json", "csv", "md"], Query()] = "json"):
+                         format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
+                         ) -> ExperimentComparison | PlainTextResponse:
     """Experiments (or runs) side by side, each later one against the first: their
     specs field by field (``differs`` flags the fields whose values differ); Tables
     1-3 cell by cell with each side's mean ± SE and n, and the difference with its
@@ -37,7 +39,7 @@ async def get_comparison(db: DatabaseDep, credentials: Credentials, experiment: 
     per class and layer between runs of the same model, data set and seed. 404 for an
     experiment you may not read; 409 for one with no finished run yet."""
 
-    def body(session):
+    def body(session: Session) -> ExperimentComparison:
         found, _ = service.compare(session, authenticated_user(session, credentials), experiment)
         return found
 

@@ -51,8 +51,8 @@ async def submit_experiment(body: Annotated[schemas.ExperimentSubmit, Body(opena
     created = await experiments.submit(db, settings, dispatcher, user, body, key)
     url = views.experiment_url(request, created.id)
     response.headers["Location"] = url
-    return schemas.ExperimentCreated(id=created.id, url=url, status=created.status, runs_total=created.runs_total,
-                                     name=created.name)
+    return schemas.ExperimentCreated(id=created.id, url=url, status=schemas.stored_status(created.status),
+                                     runs_total=created.runs_total, name=created.name)
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -111,7 +111,7 @@ async def list_experiments(
 
 @router.get("/{experiment_id}", response_model=schemas.Experiment, responses=problem_responses(401, 404))
 async def get_experiment(experiment_id: ExperimentId, request: Request, db: DatabaseDep,
-                         credentials: Credentials, cache: StatusCacheDep) -> schemas.Experiment:
+                         credentials: Credentials, cache: StatusCacheDep) -> Response:
     """Status, progress (runs done of total; model, layer, epoch, ETA and heartbeat
     age of running runs), timings, the error if it failed, and the spec."""
 

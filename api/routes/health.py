@@ -8,6 +8,8 @@ problem 503."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -19,7 +21,7 @@ from api.overload import Overloaded
 from api.services.workers import held_gpus, missing_consumers
 from fflab.db import get_engine
 from fflab.settings import Settings
-from fflab.storage import disk_problems, disk_report
+from fflab.storage import Storage, disk_problems, disk_report
 
 router = APIRouter(tags=["health"])
 
@@ -30,7 +32,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _check(what) -> str:
+def _check(what: Callable[[], object]) -> str:
     try:
         what()
     except Exception as error:
@@ -56,7 +58,7 @@ async def readyz(request: Request, response: Response, settings: SettingsDep, db
     except Overloaded as busy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         response.headers.update(busy.headers or {})
-        return schemas.Readiness(status="unavailable", checks={"database": f"busy: {busy.detail['message']}"},
+        return schemas.Readiness(status="unavailable", checks={"database": f"busy: {busy.message}"},
                                  gpus=[])
 
 
@@ -68,7 +70,7 @@ def without_details(report: schemas.Readiness) -> schemas.Readiness:
                              gpus=[], disk={})
 
 
-def readiness(request: Request, response: Response, settings: Settings, storage) -> schemas.Readiness:
+def readiness(request: Request, response: Response, settings: Settings, storage: Storage) -> schemas.Readiness:
     """The checks of /readyz, in one thread (each opens and closes its own connection)."""
 
     def database() -> None:
@@ -103,7 +105,8 @@ def readiness(request: Request, response: Response, settings: Settings, storage)
         gpus = held_gpus(settings)
     except Exception:  # the database check above says why
         gpus = []
-    return schemas.Readiness(status="ready" if ready else "unavailable", checks=checks, gpus=gpus, disk=disk)
+    return schemas.Readiness(status="ready" if ready else "unavailable", checks=checks, gpus=gpus,
+                             disk={role: schemas.DiskSpace.model_validate(entry) for role, entry in disk.items()})
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

@@ -49,5 +49,5 @@ async def upload_representations(
         name, tuple(tag or ()), visibility)
     url = views.experiment_url(request, created.id)
     response.headers["Location"] = url
-    return schemas.ExperimentCreated(id=created.id, url=url, status=created.status, runs_total=created.runs_total,
-                                     name=created.name)
+    return schemas.ExperimentCreated(id=created.id, url=url, status=schemas.stored_status(created.status),
+                                     runs_total=created.runs_total, name=created.name)

@@ -10,7 +10,7 @@ ready, which names are allowed) are ``api.services.results``'s."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +33,7 @@ from api.services import results as service
 from api.services.experiments import readable_experiment
 from api.services.results import MAX_LAYER, EnsembleFilters, Method
 from fflab.db import Artifact
-from fflab.results import TABLES, ExperimentResults, PaperComparison
+from fflab.results import TABLES, ExperimentResults, PaperComparison, RunSharedUnits, RunWeightStats
 from fflab.spec import DatasetName, ModelName
 
 router = APIRouter(prefix="/v1/experiments/{experiment_id}", tags=["results"],
@@ -48,6 +48,7 @@ ModelFilter = Annotated[ModelName | None, Query(description="ff, bpff or bp.")]
 DatasetFilter = Annotated[DatasetName | None, Query(description="mnist or fashion_mnist.")]
 LayerFilter = Annotated[int | None, Query(ge=1, le=MAX_LAYER, description="Hidden layer, from 1.")]
 MethodFilter = Annotated[Method | None, Query()]
+JSONDocument = dict[str, Any] | PaperComparison  # a JSON answer: results.json, or the paper comparison
 
 
 @router.get("/results", response_model=ExperimentResults,
@@ -55,17 +56,17 @@ MethodFilter = Annotated[Method | None, Query()]
 async def get_results(
     experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
-    table: Annotated[Literal[TABLES] | None, Query(
+    table: Annotated[Literal[TABLES] | None, Query(  # type: ignore[valid-type]  # a Literal of the tuple TABLES
         description="One table: table1-3, or one of the other aggregates (sparseness_treves_rolls, "
         "sparseness_hoyer, shared_units, unseen_class, sweep). Required with format=csv.")] = None,
-):
+) -> JSONDocument | str | PlainTextResponse:
     """Tables 1-3 (accuracy, ensemble sizes, fraction of positive weights) and the
     other aggregates with the run records and figure list (JSON); one table as CSV
     (``table`` required: one CSV document per response); one table, or Tables 1-3
     (and the sweep's table, with a sweep) each under a '# <name>' heading, as
     markdown. 409 until the results are ready."""
 
-    def results(session: Session):
+    def results(session: Session) -> JSONDocument | str | PlainTextResponse:
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
         if format == "csv" and table is None:
             raise RequestValidationError([{
@@ -76,7 +77,7 @@ async def get_results(
     return await db.read(results)
 
 
-def as_text(document: dict | str, format: str):
+def as_text(document: JSONDocument | str, format: str) -> JSONDocument | str | PlainTextResponse:
     """A document as JSON, or its text as CSV or markdown."""
     if format == "json":
         return document
@@ -127,14 +128,15 @@ async def get_shared_units(experiment_id: ExperimentId, db: DatabaseDep, credent
         check_layer_filter(experiment, layer)
         runs, next_token = page_of_runs(session, experiment, page, model, dataset,
                                         columns=("shared_units",))
-        documents = []
+        documents: list[RunSharedUnits] = []
         for run in runs:
             if run.shared_units is None:
                 continue
             matrices = [m for m in run.shared_units["matrices"]
                         if (layer is None or m["layer"] == layer) and (method is None or m["method"] == method)]
-            documents.append({**run.shared_units, "matrices": matrices})
-        return schemas.SharedUnitsOut(experiment_id=experiment.id, experiment_status=experiment.status,
+            documents.append(RunSharedUnits.model_validate({**run.shared_units, "matrices": matrices}))
+        return schemas.SharedUnitsOut(experiment_id=experiment.id,
+                                      experiment_status=schemas.stored_status(experiment.status),
                                       runs=documents, next_page_token=next_token)
 
     return await db.read(shared_units)
@@ -152,13 +154,14 @@ async def get_weights(experiment_id: ExperimentId, db: DatabaseDep, credentials:
         check_layer_filter(experiment, layer)
         runs, next_token = page_of_runs(session, experiment, page, model, dataset,
                                         columns=("weight_stats",))
-        documents = []
+        documents: list[RunWeightStats] = []
         for run in runs:
             if run.weight_stats is None:
                 continue
             layers = [entry for entry in run.weight_stats["layers"] if layer is None or entry["layer"] == layer]
-            documents.append({**run.weight_stats, "layers": layers})
-        return schemas.WeightsOut(experiment_id=experiment.id, experiment_status=experiment.status, runs=documents,
+            documents.append(RunWeightStats.model_validate({**run.weight_stats, "layers": layers}))
+        return schemas.WeightsOut(experiment_id=experiment.id,
+                                  experiment_status=schemas.stored_status(experiment.status), runs=documents,
                                   next_page_token=next_token)
 
     return await db.read(weights)
@@ -173,7 +176,8 @@ async def list_figures(experiment_id: ExperimentId, request: Request, db: Databa
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
         artifacts, next_token = service.artifacts_page(session, experiment, page, service.FIGURES_PREFIX)
         return schemas.ArtifactList(items=[views.figure_out(request, a) for a in artifacts],
-                                    next_page_token=next_token, experiment_status=experiment.status)
+                                    next_page_token=next_token,
+                                    experiment_status=schemas.stored_status(experiment.status))
 
     return await db.read(figures_page)
 
@@ -184,7 +188,7 @@ async def list_figures(experiment_id: ExperimentId, request: Request, db: Databa
                        304: {"description": "If-None-Match matched the ETag."}, **problem_responses(416, 503)})
 @router.head("/figures/{name}", response_class=Response, responses={200: {"description": "The headers of GET, no body."}})
 async def get_figure(name: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
-                     credentials: Credentials, storage: StorageDep):
+                     credentials: Credentials, storage: StorageDep) -> Response:
     """A figure as PNG or SVG; ``name`` as in the list (figure1a.png, figure1a.svg), or without
     a suffix for the PNG. An SVG comes with ``Content-Security-Policy: default-src 'none';
     style-src 'unsafe-inline'; sandbox``: opened on its own, nothing in it runs or loads."""
@@ -204,7 +208,8 @@ async def list_artifacts(experiment_id: ExperimentId, request: Request, db: Data
         experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
         artifacts, next_token = service.artifacts_page(session, experiment, page)
         return schemas.ArtifactList(items=[views.artifact_out(request, a) for a in artifacts],
-                                    next_page_token=next_token, experiment_status=experiment.status)
+                                    next_page_token=next_token,
+                                    experiment_status=schemas.stored_status(experiment.status))
 
     return await db.read(artifacts_page)
 
@@ -215,7 +220,7 @@ async def list_artifacts(experiment_id: ExperimentId, request: Request, db: Data
                        304: {"description": "If-None-Match matched the ETag."}, **problem_responses(416, 503)})
 @router.head("/artifacts/{name:path}", response_class=Response, responses={200: {"description": "The headers of GET, no body."}})
 async def get_artifact(name: str, experiment_id: ExperimentId, request: Request, db: DatabaseDep,
-                       credentials: Credentials, storage: StorageDep):
+                       credentials: Credentials, storage: StorageDep) -> Response:
     """One stored file by name (see the list), with HEAD, ETag/If-None-Match and Range."""
 
     def artifact(session: Session) -> Artifact:
@@ -230,7 +235,7 @@ async def get_artifact(name: str, experiment_id: ExperimentId, request: Request,
 async def get_paper_comparison(
     experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
     format: Annotated[Literal["json", "csv", "md"], Query()] = "json",
-):
+) -> JSONDocument | str | PlainTextResponse:
     """Every number of the paper against this experiment's, cell by cell: the
     paper's mean ± SE, this experiment's mean ± SE and n, the difference in combined
     standard errors and a verdict (consistent within 2, differs, not comparable),

@@ -16,26 +16,28 @@ trained before an analysis existed has none and is left out of its page.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from types import GenericAlias
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field, create_model
 from sqlalchemy.orm import Session
 
-from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authenticated_user, readable_experiment
+from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authenticated_user
 from api.errors import api_error, problem_responses
 from api.paging import Page, page_params
 from api.per_run import check_layer_filter, page_of_runs
 from api.routes.results import DatasetFilter, LayerFilter, ModelFilter
 from api.schemas import Status
+from api.services.experiments import readable_experiment
 from fflab.pipeline.documents import RunAnalysis, run_analyses
-from fflab.storage import StorageError, experiment_prefix
+from fflab.storage import Storage, StorageError, experiment_prefix
 
 TAG = "analyses beyond the paper"
 RunIdFilter = Annotated[str | None, Query(max_length=128)]
 
 
-def read_documents(storage, experiment_id: str, run_ids: list[str], name: str) -> list[dict]:
+def read_documents(storage: Storage, experiment_id: str, run_ids: list[str], name: str) -> list[dict[str, Any]]:
     documents = []
     for run_id in run_ids:
         key = f"{experiment_prefix(experiment_id)}/runs/{run_id}/{name}.json"
@@ -51,11 +53,12 @@ def read_documents(storage, experiment_id: str, run_ids: list[str], name: str) -
 
 
 def response_model(analysis: RunAnalysis) -> type[BaseModel]:
+    runs: Any = GenericAlias(list, (analysis.model,))  # list[analysis.model], a model known at run time
     return create_model(
         f"{analysis.model.__name__}Out", __base__=BaseModel,
         experiment_id=(str, ...),
         experiment_status=(Status, Field(description="While queued or running, more runs may come.")),
-        runs=(list[analysis.model], ...),
+        runs=(runs, ...),
         next_page_token=(str | None, Field(description="Pass it as page_token for the next page; null on the last.")),
     )
 
@@ -65,7 +68,8 @@ def add_route(router: APIRouter, analysis: RunAnalysis) -> None:
 
     async def endpoint(experiment_id: ExperimentId, db: DatabaseDep, credentials: Credentials,
                        storage: StorageDep, page: Annotated[Page, page_params()], model: ModelFilter = None,
-                       dataset: DatasetFilter = None, layer: LayerFilter = None, run_id: RunIdFilter = None):
+                       dataset: DatasetFilter = None, layer: LayerFilter = None,
+                       run_id: RunIdFilter = None) -> dict[str, Any]:
         def runs(session: Session) -> tuple[str, list[str], str | None]:
             experiment = readable_experiment(session, authenticated_user(session, credentials), experiment_id)
             check_layer_filter(experiment, layer, analysis)

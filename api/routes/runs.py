@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import TypeAdapter, ValidationError
@@ -13,12 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import run_telemetry, schemas, views
-from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authenticated_user, readable_experiment
+from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authenticated_user
 from api.errors import api_error, problem_responses
 from api.files import file_response
 from api.paging import PageDep
+from api.services.experiments import readable_experiment
 from fflab.db import Artifact, Experiment, Run
 from fflab.pipeline.documents import RUN_DOCUMENTS
+from fflab.results import RunMetrics
 
 # Checked inside the route's unit, after authentication (a client without a valid key
 # gets 401 whatever the name), with the 422 the Literal would have given.
@@ -53,7 +55,7 @@ async def list_runs(experiment_id: ExperimentId, db: DatabaseDep, credentials: C
             select(Run).where(Run.experiment_id == experiment.id).order_by(Run.id).limit(page.limit + 1)
             .offset(page.offset))))
         return schemas.RunList(items=[views.run_out(run) for run in runs], next_page_token=next_token,
-                               experiment_status=experiment.status)
+                               experiment_status=schemas.stored_status(experiment.status))
 
     return await db.read(runs_page)
 
@@ -63,7 +65,8 @@ async def get_run(run_id: str, experiment_id: ExperimentId, db: DatabaseDep,
                   credentials: Credentials) -> schemas.RunDetail:
     def detail(session: Session) -> schemas.RunDetail:
         run = _run(session, _readable(session, credentials, experiment_id), run_id)
-        return schemas.RunDetail(**views.run_out(run).model_dump(), record=run.record, metrics=run.metrics)
+        metrics = RunMetrics.model_validate(run.metrics) if run.metrics is not None else None
+        return schemas.RunDetail(**views.run_out(run).model_dump(), record=run.record, metrics=metrics)
 
     return await db.read(detail)
 
@@ -141,7 +144,7 @@ async def list_documents(run_id: str, experiment_id: ExperimentId, request: Requ
                                                      **problem_responses(409, 416, 503)})
 @router.head("/{run_id}/documents/{name}", responses={200: {"description": "The headers of GET, no body."}})
 async def get_document(run_id: str, name: DocumentName, experiment_id: ExperimentId, request: Request,
-                       db: DatabaseDep, credentials: Credentials, storage: StorageDep):
+                       db: DatabaseDep, credentials: Credentials, storage: StorageDep) -> Response:
     """The run's document ``name`` as stored (its JSON Schema: ``fflab schemas``),
     with HEAD, ETag and Range like every stored file; 409 until the run has been
     trained and analysed."""

@@ -28,7 +28,7 @@ def usage_out(session: Session, settings: Settings, user: User) -> schemas.Usage
 @router.get("/v1/users/me/usage", response_model=schemas.UsageOut)
 async def my_usage(user: CurrentUser, db: DatabaseDep, settings: SettingsDep) -> schemas.UsageOut:
     """Your stored bytes and estimated run-hours, against the storage quota and the run-hours limit."""
-    return await db.read(lambda session: usage_out(session, settings, session.get(User, user.id)))
+    return await db.read(lambda session: usage_out(session, settings, session.get_one(User, user.id)))
 
 
 @router.get("/v1/admin/usage", response_model=schemas.UsageList, responses=problem_responses(403))

@@ -106,11 +106,11 @@ def comparison_sides(session: Session, user: User,
         found.append((experiment, run_id, spec.model_dump(mode="json"), runs, total))
     quantile = comparison.common_quantile([spec for _, _, spec, _, _ in found])
     sides = []
-    for experiment, run_id, spec, runs, total in found:
+    for experiment, run_id, spec_fields, runs, total in found:
         label = experiment.name + (f"/{run_id}" if run_id else "")
         sides.append(comparison.Side(
-            label=label, experiment=experiment.id, run_id=run_id, name=experiment.name, spec=spec,
-            records=[run.record for run in runs],
+            label=label, experiment=experiment.id, run_id=run_id, name=experiment.name, spec=spec_fields,
+            records=[run.record for run in runs if run.record is not None],  # all: found keeps recorded runs
             losses={run.run_id: (run.metrics or {}).get("loss_history") or [] for run in runs},
             ensembles=_method1_units(session, experiment.id, [run.run_id for run in runs], quantile),
             runs_total=total,

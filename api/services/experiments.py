@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete, false, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.sql.elements import ColumnElement, UnaryExpression
 
 from api import schemas
 from api.services.errors import Conflict, Forbidden, Invalid, LimitReached, NotFound
@@ -23,6 +24,7 @@ from api.services.search import search_where
 from fflab import accounts, jobs
 from fflab.db import Experiment, ExperimentTag, User, utcnow
 from fflab.db.models import IdempotencyKey
+from fflab.experiment_search import Condition
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, build_spec
 from fflab.storage import experiment_prefix
@@ -109,7 +111,7 @@ FULL_SET_SIZES = {"train_subset": 60_000, "test_subset": 10_000}
 def check_limits(spec: ExperimentSpec, settings: Settings) -> None:
     """The deployment's limits (Settings.max_*): Invalid naming each field above its
     limit, a swept value as ``sweep.<path>``; the runs counted over a sweep's grid."""
-    def path(problem: dict) -> str:
+    def path(problem: dict[str, Any]) -> str:
         return ".".join(problem["loc"][1:])
 
     # A swept setting's own value is used by no run: its swept values are checked instead.
@@ -126,7 +128,7 @@ def check_limits(spec: ExperimentSpec, settings: Settings) -> None:
         raise Invalid(problems)
 
 
-def limit_problems(spec: ExperimentSpec, settings: Settings) -> list[dict]:
+def limit_problems(spec: ExperimentSpec, settings: Settings) -> list[dict[str, Any]]:
     """The settings of ``spec`` above this deployment's limits, as problems."""
     checks: list[tuple[tuple[str, ...], int, int, str]] = []
     for model in spec.models:
@@ -226,7 +228,7 @@ def create(session: Session, settings: Settings, dispatcher: jobs.Dispatcher, us
     then dispatched. Forbidden for a priority above the user's max_priority,
     LimitReached when their cap on waiting runs is, Invalid for a run no worker
     could ever hold."""
-    user = session.get(User, user_id)
+    user = session.get_one(User, user_id)
     try:
         experiment = jobs.create_experiment(session, settings, user, spec, body.visibility, body.priority)
     except jobs.PriorityNotAllowed as error:
@@ -350,7 +352,7 @@ async def remove(db: Database, files: Files, user: User, experiment_id: str, set
 
 # ----------------------------------------------------------------------------- listings
 
-SORTS = {
+SORTS: dict[str, tuple[UnaryExpression[Any], ...]] = {
     "-created_at": (Experiment.created_at.desc(), Experiment.id.desc()),
     "created_at": (Experiment.created_at.asc(), Experiment.id.asc()),
     "name": (Experiment.name.asc(), Experiment.id.asc()),
@@ -374,7 +376,7 @@ class ExperimentFilters:
     sort: str = "-created_at"
 
 
-def owned_by(name: str):
+def owned_by(name: str) -> ColumnElement[bool]:
     """The WHERE clause of experiments owned by the user called ``name``, compared as
     user names are (``accounts.normalise_name``)."""
     try:
@@ -384,11 +386,11 @@ def owned_by(name: str):
     return Experiment.owner_id.in_(select(User.id).where(func.lower(User.name) == normal))
 
 
-def visible_where(user: User, filters: ExperimentFilters) -> list:
+def visible_where(user: User, filters: ExperimentFilters) -> list[ColumnElement[bool]]:
     """The WHERE clauses of a listing (Forbidden: scope=all without the admin role)."""
     if filters.scope == "all" and user.role != "admin":
         raise Forbidden("scope=all needs the admin role; use scope=lab for the experiments shared with the lab")
-    where: list = {"mine": [Experiment.owner_id == user.id], "lab": [Experiment.visibility == "lab"],
+    where: list[ColumnElement[bool]] = {"mine": [Experiment.owner_id == user.id], "lab": [Experiment.visibility == "lab"],
                    "all": []}[filters.scope]
     if filters.statuses:
         where.append(Experiment.status.in_(filters.statuses))
@@ -406,7 +408,7 @@ def visible_where(user: User, filters: ExperimentFilters) -> list:
 
 
 def experiment_page(session: Session, user: User, filters: ExperimentFilters,
-                    page: Page, search: tuple = ()) -> tuple[list[Experiment], str | None, int]:
+                    page: Page, search: tuple[Condition, ...] = ()) -> tuple[list[Experiment], str | None, int]:
     """A page of the listing (owners loaded), the next page's token and the total;
     ``search``: the conditions of ``filter=`` (``api.services.search``)."""
     where = visible_where(user, filters)

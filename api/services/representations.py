@@ -16,7 +16,7 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from sqlalchemy.orm import Session
@@ -143,7 +143,7 @@ def default_name(experiment_id: str) -> str:
 
 
 def create(session: Session, settings: Settings, dispatcher: jobs.Dispatcher, user_id: int, experiment_id: str,
-           spec: dict, stored: StoredObject, tags: Sequence[str], visibility: str) -> Submitted:
+           spec: dict[str, Any], stored: StoredObject, tags: Sequence[str], visibility: str) -> Submitted:
     """The write unit of an upload: the experiment, its run, tags and the uploaded
     file's artifact, committed, then dispatched (LimitReached past the owner's caps)."""
     user = session.get(User, user_id)

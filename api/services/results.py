@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import InstrumentedAttribute, Session, load_only
 
 from api import schemas
 from api.services.errors import Conflict, Invalid, NotFound
@@ -17,7 +17,7 @@ from fflab import paper
 from fflab.db import Analysis, Artifact, Ensemble, Experiment, Result, Run
 from fflab.pipeline import recorded
 from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
-from fflab.results import PAPER_TABLES, partial_note
+from fflab.results import PAPER_TABLES, PaperComparison, RunEnsembles, partial_note
 from fflab.spec import ExperimentSpec
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def analysis_results_document(session: Session, experiment: Experiment, analysis
     return tables_document(experiment, analysis.results, analysis.tables, format, table)
 
 
-def paper_comparison(session: Session, experiment: Experiment, format: str) -> dict | str:
+def paper_comparison(session: Session, experiment: Experiment, format: str) -> PaperComparison | str:
     """Every number of the paper against the experiment's (a dict for JSON, else CSV
     or markdown text); Conflict until its results are ready."""
     result = result_of(session, experiment)
@@ -117,7 +117,8 @@ def paper_comparison(session: Session, experiment: Experiment, format: str) -> d
 
 
 def succeeded_runs(session: Session, experiment: Experiment, model: str | None, dataset: str | None,
-                   run_id: str | None = None, columns: tuple = ()) -> list[Run]:
+                   run_id: str | None = None,
+                   columns: tuple[InstrumentedAttribute[Any], ...] = ()) -> list[Run]:
     """The experiment's succeeded runs matching the filters; with ``columns``, only
     those are loaded (each run carries several JSON documents)."""
     query = select(Run).where(Run.experiment_id == experiment.id, Run.status == "succeeded")
@@ -180,12 +181,12 @@ def ensembles_page(session: Session, experiment: Experiment, page: Page,
                                                       .limit(page.limit + 1).offset(page.offset))))
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run_id_, *values in found:
-        rows[run_id_].append(dict(zip(fields, values)))
+        rows[str(run_id_)].append(dict(zip(fields, values)))
     return schemas.EnsemblesOut(
-        experiment_id=experiment.id, experiment_status=experiment.status, quantiles=quantiles,
-        next_page_token=next_token,
-        runs=[{**runs[name].ensemble_summary, "ensembles": ensembles} for name, ensembles in rows.items()
-              if runs[name].ensemble_summary],
+        experiment_id=experiment.id, experiment_status=schemas.stored_status(experiment.status),
+        quantiles=quantiles, next_page_token=next_token,
+        runs=[RunEnsembles.model_validate({**summary, "ensembles": ensembles}) for name, ensembles in rows.items()
+              if (summary := runs[name].ensemble_summary)],
     )
 
 

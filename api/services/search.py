@@ -12,9 +12,11 @@ the ids that match. The same code serves SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from sqlalchemy import false, func, select, true
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from api.services.errors import Invalid
 from fflab import accounts, experiment_search
@@ -29,7 +31,7 @@ def parse_conditions(filters: list[str]) -> list[Condition]:
     try:
         return experiment_search.parse_filters(list(filters))
     except FilterError as error:
-        problem = {"type": "value_error", "loc": ("query", "filter"), "input": error.expression,
+        problem: dict[str, Any] = {"type": "value_error", "loc": ("query", "filter"), "input": error.expression,
                    "msg": f"{error.expression!r}: {error.message}"}
         if error.allowed:
             problem["ctx"] = {"expected": error.allowed}
@@ -39,7 +41,7 @@ def parse_conditions(filters: list[str]) -> list[Condition]:
 SQL_OPERATORS = {"=": "__eq__", "!=": "__ne__", "<": "__lt__", "<=": "__le__", ">": "__gt__", ">=": "__ge__"}
 
 
-def column_clause(condition: Condition):
+def column_clause(condition: Condition) -> ColumnElement[bool]:
     """The SQL clause of a condition on a column (bound parameters only)."""
     if condition.field == "tag":
         tagged = Experiment.id.in_(select(ExperimentTag.experiment_id).where(ExperimentTag.tag == condition.value))
@@ -52,26 +54,29 @@ def column_clause(condition: Condition):
         owned = Experiment.owner_id.in_(select(User.id).where(func.lower(User.name) == name))
         return owned if condition.operator == "=" else ~owned
     column = getattr(Experiment, condition.field)
-    return getattr(column, SQL_OPERATORS[condition.operator])(condition.value)
+    clause: ColumnElement[bool] = getattr(column, SQL_OPERATORS[condition.operator])(condition.value)
+    return clause
 
 
 def experiment_accuracies(session: Session, experiment_ids: list[str] | None) -> dict[str, dict[str, float]]:
     """Per experiment, its metric fields (``experiment_search.experiment_metrics``):
     the mean test accuracy of its finished runs trained on all classes per (model,
     data set), in one aggregate query (None: of every experiment)."""
-    accuracy = Run.record["accuracy"].as_float()
-    query = (select(Run.experiment_id, Run.model, Run.dataset, func.avg(accuracy))
+    accuracy: ColumnElement[float] = Run.record["accuracy"].as_float()
+    mean: ColumnElement[float | None] = func.avg(accuracy)  # None where no run recorded one
+    query = (select(Run.experiment_id, Run.model, Run.dataset, mean)
              .where(Run.status == "succeeded", Run.unseen_class.is_(None), Run.record.is_not(None))
              .group_by(Run.experiment_id, Run.model, Run.dataset))
     if experiment_ids is not None:
         query = query.where(Run.experiment_id.in_(experiment_ids))
-    groups: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-    for experiment_id, model, dataset, mean in session.execute(query):
-        groups[experiment_id].append((model, dataset, mean))
+    groups: dict[str, list[tuple[str, str, float | None]]] = defaultdict(list)
+    for experiment_id, model, dataset, value in session.execute(query):
+        groups[experiment_id].append((model, dataset, value))
     return {experiment_id: experiment_search.experiment_metrics(found) for experiment_id, found in groups.items()}
 
 
-def search_where(session: Session, where: list, conditions: list[Condition]) -> list:
+def search_where(session: Session, where: list[ColumnElement[bool]],
+                 conditions: list[Condition]) -> list[ColumnElement[bool]]:
     """The clauses ``conditions`` add to a listing's ``where``."""
     clauses = [column_clause(c) for c in conditions if c.kind == "column"]
     others = [c for c in conditions if c.kind != "column"]

@@ -98,7 +98,7 @@ def public_prefix(key: str) -> str:
 def rotate_key(session: Session, user: User, current_key: str | None, revoke_current: bool) -> tuple[User, str]:
     """A new key for the user (committed; shown once); the key the request came with
     (``current_key``) is revoked if ``revoke_current``."""
-    current = session.get(User, user.id)
+    current = session.get_one(User, user.id)
     key = accounts.issue_key(session, current)
     if revoke_current and current_key is not None:
         accounts.revoke_keys(session, key_or_prefix=current_key)

@@ -14,26 +14,30 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from api import schemas
 from api.deps import DatabaseDep
 from api.services import comparisons as service
 from api.services.search import experiment_accuracies
 from api.ui.html import HTMLRoute, render
+from api.ui.queries import OrderBy
 from api.ui.security import UICredentials, ui_user
 from fflab import comparison
 from fflab.db import Experiment, ExperimentTag, Run
 from fflab.models import MODELS
 
 router = APIRouter(prefix="/ui", route_class=HTMLRoute, include_in_schema=False)
-LIST_SORTS = {"-created_at": "newest first", "created_at": "oldest first", "name": "name A-Z",
+ListSortName = Literal["-created_at", "created_at", "name", "-name", "status", "-accuracy", "accuracy"]
+LIST_SORTS: dict[ListSortName, str] = {"-created_at": "newest first", "created_at": "oldest first", "name": "name A-Z",
               "-name": "name Z-A", "status": "status", "-accuracy": "best accuracy first",
               "accuracy": "lowest accuracy first"}
-ListSort = Annotated[Literal[tuple(LIST_SORTS)], Query()]  # type: ignore[valid-type]
+ListSort = Annotated[ListSortName, Query()]
 ListSearch = Annotated[str, Query(max_length=64, description="A part of the name, or a tag.")]
 
 
-def search_clauses(q: str) -> tuple:
+def search_clauses(q: str) -> tuple[ColumnElement[bool], ...]:
     """The list's search: names containing ``q`` (any case), or the tag ``q``."""
     q = q.strip()
     if not q:
@@ -42,7 +46,7 @@ def search_clauses(q: str) -> tuple:
     return (func.lower(Experiment.name).contains(q.lower(), autoescape=True) | tagged,)
 
 
-def best_accuracy():
+def best_accuracy() -> ScalarSelect[Any]:
     """Per experiment (correlated), the best model's mean test accuracy (``accuracy``
     of ``fflab.experiment_search``: per model the mean over its data sets of the
     finished runs' mean)."""
@@ -55,10 +59,10 @@ def best_accuracy():
             .scalar_subquery())
 
 
-def list_order(sort: str) -> tuple:
+def list_order(sort: str) -> tuple[OrderBy, ...]:
     if sort not in LIST_SORTS:
         raise ValueError(f"sort must be one of {', '.join(LIST_SORTS)}; got {sort!r}")
-    return {
+    orders: dict[str, tuple[OrderBy, ...]] = {
         "-created_at": (Experiment.created_at.desc(), Experiment.id),
         "created_at": (Experiment.created_at.asc(), Experiment.id),
         "name": (Experiment.name.asc(), Experiment.id),
@@ -66,7 +70,8 @@ def list_order(sort: str) -> tuple:
         "status": (Experiment.status.asc(), Experiment.created_at.desc(), Experiment.id),
         "-accuracy": (best_accuracy().desc().nulls_last(), Experiment.created_at.desc(), Experiment.id),
         "accuracy": (best_accuracy().asc().nulls_last(), Experiment.created_at.desc(), Experiment.id),
-    }[sort]
+    }
+    return orders[sort]
 
 
 def list_columns(session: Session, items: list[schemas.ExperimentSummary], q: str, sort: str) -> dict[str, Any]:

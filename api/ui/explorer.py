@@ -111,7 +111,7 @@ class ClassMeansCache:
     representations.npz (at most ``size`` runs kept)."""
 
     def __init__(self, size: int = 8):
-        self.size, self._items, self._lock = size, OrderedDict[tuple, dict[int, np.ndarray]](), threading.Lock()
+        self.size, self._items, self._lock = size, OrderedDict[tuple[str, int | None, bool, int], dict[int, np.ndarray]](), threading.Lock()
 
     def get(self, storage: Storage, key: str, sha256: str, unseen_class: int | None,
             correct_only: bool, n_classes: int = N_CLASSES) -> dict[int, np.ndarray]:

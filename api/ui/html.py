@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ class HTMLRoute(APIRoute):
     """A route whose HTTP errors and services' refusals are pages: 401 -> the
     sign-in page, 422 -> the fields and their problems, others -> the API's message."""
 
-    def get_route_handler(self):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         known = declared_query_names(self.dependant)
 
@@ -125,7 +126,8 @@ class HTMLRoute(APIRoute):
                 detail = error.detail if isinstance(error.detail, str) else json.dumps(error.detail)
                 if isinstance(error.detail, dict) and "message" in error.detail:  # api.errors.api_error
                     detail = str(error.detail["message"])
-                headers = {k: v for k, v in (error.headers or {}).items() if k.lower() == "retry-after"}
+                headers: dict[str, str] | None = {k: v for k, v in (error.headers or {}).items()
+                                                  if k.lower() == "retry-after"}
                 return error_page(request, error.status_code, detail, headers=headers)
             except RequestValidationError as error:
                 problems = forms.field_errors({"detail": list(error.errors())})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import groupby
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 from fastapi import status
 from sqlalchemy import select
@@ -19,7 +19,14 @@ from api.ui.charts import LossChart, loss_chart
 from fflab.db import Experiment, Run, RunLoss
 from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
 
-LIVE_CHART = {"width": 480, "height": 160, "pad": 4.0}
+
+class ChartSize(TypedDict):
+    width: int
+    height: int
+    pad: float
+
+
+LIVE_CHART: ChartSize = {"width": 480, "height": 160, "pad": 4.0}
 
 
 class RunRow(NamedTuple):

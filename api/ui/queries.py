@@ -6,22 +6,25 @@ experiment with their losses: ``api.ui.live``). Each item is rendered by ``api.v
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Request
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload
+from sqlalchemy.sql.elements import ColumnElement
 
 from api import schemas, views
 from fflab.db import Experiment, Run, User
 
 Scope = Literal["visible", "mine", "lab"]
+OrderBy = ColumnElement[Any] | InstrumentedAttribute[Any]  # what a listing is ordered by
 SCOPES: tuple[str, ...] = ("visible", "mine", "lab")
 
 
 def visible_experiments(session: Session, request: Request, user: User, scope: Scope = "visible",
-                        status: str | None = None, limit: int = 100, extra: tuple = (),
-                        order: tuple = ()) -> list[schemas.ExperimentSummary]:
+                        status: str | None = None, limit: int = 100,
+                        extra: tuple[ColumnElement[bool], ...] = (),
+                        order: tuple[OrderBy, ...] = ()) -> list[schemas.ExperimentSummary]:
     """Newest first (or by ``order``): ``mine``, the user's; ``lab``, other users'
     lab-visible ones (an admin: every other user's); ``visible``, both; ``extra``:
     more WHERE clauses (the list's search, ``api.ui.compare``)."""

@@ -53,7 +53,7 @@ from api.ui.security import CsrfChecked, UICredentials, UIUser, ui_user
 from api.ui.tables import display_table
 from fflab.analysis import METHOD1_THRESHOLDS, METHOD2_CUTS
 from fflab.data import DATASETS, n_classes
-from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
+from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run, User
 from fflab.figures import class_names
 from fflab.models import MODELS
 from fflab.pipeline.recorded import PAPER_COMPARISON_NOTE
@@ -70,12 +70,12 @@ StatusFilter = Annotated[schemas.Status | Literal[""], Query(alias="status")]
 ScopeFilter = Annotated[queries.Scope, Query()]
 
 
-def ui_readable(session: Session, request: Request, credentials, experiment_id: str) -> Experiment:
+def ui_readable(session: Session, request: Request, credentials: str | None, experiment_id: str) -> Experiment:
     """The signed-in user's readable experiment (inside a unit)."""
     return readable_experiment(session, ui_user(session, request, credentials), experiment_id)
 
 
-def ui_owned(session: Session, request: Request, credentials, experiment_id: str) -> Experiment:
+def ui_owned(session: Session, request: Request, credentials: str | None, experiment_id: str) -> Experiment:
     """The experiment if the signed-in user may change it (inside a unit)."""
     return owned_experiment(session, ui_user(session, request, credentials), experiment_id)
 
@@ -103,7 +103,8 @@ async def api_error_body(request: Request, error: Exception) -> dict[str, Any]:
     handlers = request.app.exception_handlers
     handler = next(handlers[cls] for cls in type(error).__mro__ if cls in handlers)
     response = await handler(request, error)
-    return json.loads(response.body)
+    body: dict[str, Any] = json.loads(response.body)
+    return body
 
 
 def safe_next(target: str) -> str:
@@ -156,7 +157,7 @@ async def sign_out(request: Request, db: DatabaseDep, credentials: UICredentials
 # ----------------------------------------------------------------------------- experiments
 
 
-def experiments_context(session: Session, request: Request, user, status: str, scope: str, q: str = "",
+def experiments_context(session: Session, request: Request, user: User, status: str, scope: queries.Scope, q: str = "",
                         sort: str = "-created_at") -> dict[str, Any]:
     items = queries.visible_experiments(session, request, user, scope, status or None,
                                         extra=compare_pages.search_clauses(q), order=compare_pages.list_order(sort))
@@ -184,7 +185,7 @@ async def experiments_fragment(request: Request, db: DatabaseDep, credentials: U
         session, request, ui_user(session, request, credentials), status, scope, q, sort)))
 
 
-def experiment_context(request: Request, session: Session, experiment: Experiment, user) -> dict[str, Any]:
+def experiment_context(request: Request, session: Session, experiment: Experiment, user: User) -> dict[str, Any]:
     detail = views.experiment_detail(request, experiment)
     runs, live_charts = live.run_rows(session, experiment)
     result = session.get(Result, experiment.id)
@@ -266,7 +267,9 @@ async def table_csv(experiment_id: ExperimentId, request: Request, db: DatabaseD
                     table: Literal[TABLES]) -> Response:  # type: ignore[valid-type]
     def download(session: Session) -> Response:
         experiment = ui_readable(session, request, credentials, experiment_id)
-        response = csv_response(result_service.results_document(session, experiment, "csv", table))
+        text = result_service.results_document(session, experiment, "csv", table)
+        assert isinstance(text, str)  # CSV: text, not the JSON document
+        response = csv_response(text)
         response.headers["Content-Disposition"] = f'attachment; filename="{experiment.name}-{table}.csv"'
         return response
 
@@ -278,7 +281,9 @@ async def paper_comparison_csv(experiment_id: ExperimentId, request: Request, db
                                credentials: UICredentials) -> Response:
     def download(session: Session) -> Response:
         experiment = ui_readable(session, request, credentials, experiment_id)
-        response = csv_response(result_service.paper_comparison(session, experiment, "csv"))
+        text = result_service.paper_comparison(session, experiment, "csv")
+        assert isinstance(text, str)  # CSV: text, not the JSON document
+        response = csv_response(text)
         response.headers["Content-Disposition"] = f'attachment; filename="{experiment.name}-paper-comparison.csv"'
         return response
 
@@ -363,7 +368,8 @@ def model_names() -> dict[str, str]:
     return {name: model.display_name for name, model in MODELS.items()}
 
 
-def submit_context(form: forms.SubmitForm, errors: dict[str, list[str]], preview: dict | None) -> dict[str, Any]:
+def submit_context(form: forms.SubmitForm, errors: dict[str, list[str]],
+                   preview: dict[str, Any] | None) -> dict[str, Any]:
     return {"form": form, "errors": errors, "preview": preview, "hints": form.preset_hints(),
             "presets": list(PRESETS), "models": list(MODELS), "datasets": list(DATASETS),
             "model_names": model_names(), "sweepable": sweepable_fields(), "priorities": list(get_args(Priority))}

@@ -55,7 +55,8 @@ SAFE_FETCH_SITES = ("same-origin", "none")
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def is_https(request: Request) -> bool:

@@ -222,7 +222,7 @@ def matches(condition: Condition, flat_spec: dict[str, Any], metrics: dict[str, 
     return _compare(flat_spec.get(condition.field), condition.operator, condition.value)
 
 
-def experiment_metrics(groups: list[tuple[str, str, float]]) -> dict[str, float]:
+def experiment_metrics(groups: list[tuple[str, str, float | None]]) -> dict[str, float]:
     """The metric fields of one experiment from its (model, dataset, mean accuracy)
     groups: ``accuracy.<model>.<dataset>``, ``accuracy.<model>`` (its data sets'
     runs pooled: the mean of the groups weighted equally) and ``accuracy`` (the
