@@ -234,7 +234,7 @@ def panel_letters(axes: Iterable[Axes]) -> list[Text]:
     panels = list(axes)
     if len(panels) < 2:
         return []
-    letters = []
+    letters: list[Text] = []
     for index, ax in enumerate(panels):
         letter = string.ascii_uppercase[index] if index < 26 else f"A{index - 25}"
         letters.append(ax.annotate(letter, xy=(0, 1), xycoords="axes fraction", xytext=(-22, 6),
@@ -267,10 +267,10 @@ def caption(fig: Figure, *parts: str | None) -> Text | None:
                             gid=CAPTION_GID)
     existing.set_text(wrapped)
     lines = wrapped.count("\n") + 1
-    height = (lines * existing.get_fontsize() * 1.3 + 8) / 72 / fig.get_figheight() + 0.01
+    height = (lines * float(existing.get_fontsize()) * 1.3 + 8) / 72 / fig.get_figheight() + 0.01
     engine = fig.get_layout_engine()
     if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
-        engine.set(rect=(0, height, 1, 1 - height))
+        engine.set(rect=(0, height, 1, 1 - height))  # type: ignore[call-arg]  # typed without the engines' keywords
     return existing
 
 
@@ -310,7 +310,7 @@ def _has_data(artist: Any) -> bool:
         y = np.asarray(artist.get_ydata(), dtype=float)
         return bool(x.size and y.size and np.any(np.isfinite(x) & np.isfinite(y)))
     if isinstance(artist, StepPatch):
-        return bool(np.asarray(artist.get_data().values).size)
+        return bool(np.asarray(artist.get_data()[0]).size)  # StairData: (values, edges, baseline)
     if isinstance(artist, PathCollection):  # a scatter: its points are its offsets
         offsets = np.asarray(artist.get_offsets(), dtype=float).reshape(-1, 2)
         return bool(np.any(np.all(np.isfinite(offsets), axis=1)))
@@ -364,7 +364,7 @@ def _drawn_something(ax: Axes) -> bool:
 
 def _patch_has_data(patch: Patch) -> bool:
     if isinstance(patch, StepPatch):
-        return bool(np.asarray(patch.get_data().values).size)
+        return bool(np.asarray(patch.get_data()[0]).size)  # StairData: (values, edges, baseline)
     height = getattr(patch, "get_height", None)
     return bool(height is None or np.isfinite(height()))
 
@@ -945,7 +945,7 @@ def figure3b_shared_units_matrix(
     for i in range(C):
         for j in range(C):
             v = M[i, j]
-            r, g, b, _ = cmap(norm(float(v)))
+            r, g, b, _ = cmap(norm(float(v)))  # type: ignore[arg-type]  # typed for arrays; takes a scalar
             light = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
             txt = f"{v:g}" if np.issubdtype(M.dtype, np.floating) else str(v)
             ax.text(j, i, txt, ha="center", va="center", fontsize=8,
@@ -1430,7 +1430,7 @@ _SWEEP_LINESTYLES = ["-", "--", ":", "-."]
 _SWEEP_MARKERS = ["o", "s", "^", "D"]
 
 
-def _sweep_positions(values: Sequence) -> tuple[np.ndarray, bool, bool]:
+def _sweep_positions(values: Sequence[Any]) -> tuple[np.ndarray, bool, bool]:
     """x positions of swept values: the numbers themselves (log scale when all are
     positive and span a factor of 10 or more), else 0..V-1 with the values as labels."""
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -1444,7 +1444,7 @@ def _sweep_positions(values: Sequence) -> tuple[np.ndarray, bool, bool]:
 @styled
 def sweep_figure(
     field: str,
-    values: Sequence,
+    values: Sequence[Any],
     lines: Sequence[tuple[str, str, Mapping[str, tuple[np.ndarray, np.ndarray]]]],
     quantile: float | None = None,
     title: str | None = None,
