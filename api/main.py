@@ -40,6 +40,7 @@ from api.status_cache import StatusCache
 from fflab import queueing
 from fflab.db import get_sessionmaker
 from fflab.db.migrate import upgrade_database
+from fflab.db.session import configure_pool
 from fflab.jobs import dispatch
 from fflab.settings import Settings, get_settings
 from fflab.startup import exit_unless_reachable
@@ -61,6 +62,7 @@ def _start(settings: Settings, app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_pool(settings.database_pool_size, settings.database_max_overflow)
     exit_unless_reachable(settings)  # a one-line error naming the setting, not a traceback
 
     @asynccontextmanager

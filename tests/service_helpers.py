@@ -132,6 +132,9 @@ def base_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FFLAB_")}
     env["FFLAB_DATA_ROOT"] = os.environ.get("FFLAB_DATA_ROOT", str(ROOT / "data"))
     env["PYTHONUNBUFFERED"] = "1"
+    # Few PostgreSQL connections per server process: the suite's servers together stay
+    # within SUITE_MAX_CONNECTIONS (a test may pass more, as the load tests do).
+    env.update(FFLAB_DATABASE_POOL_SIZE="3", FFLAB_DATABASE_MAX_OVERFLOW="5", FFLAB_API_DB_CONCURRENCY="6")
     env.update({f"FFLAB_{name.upper()}": value for name, value in settings.items()})
     return env
 
@@ -185,3 +188,28 @@ def readyz(url: str, token: str | None = None) -> httpx.Response:
     """GET /readyz; with ``token`` (an admin's key or FFLAB_METRICS_TOKEN) its details too."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.get(f"{url}/readyz", headers=headers, timeout=5)
+
+
+class RecordingDispatcher:
+    """What would go to the broker, recorded (the rule that sends it is under test,
+    not Celery). ``analyses_expected=False``: a re-analysis sent is a test failure."""
+
+    def __init__(self, analyses_expected: bool = True) -> None:
+        self.runs: list[tuple[int, str, str]] = []
+        self.aggregations: list[str] = []
+        self.analyses: list[str] = []
+        self.analyses_expected = analyses_expected
+
+    def send_run(self, run_pk: int, queue: str, task_id: str) -> None:
+        self.runs.append((run_pk, queue, task_id))
+
+    def send_aggregate(self, experiment_id: str, queue: str) -> None:
+        self.aggregations.append(experiment_id)
+
+    def send_analysis(self, analysis_id: str, queue: str) -> None:
+        if not self.analyses_expected:
+            raise AssertionError(f"a re-analysis ({analysis_id}) was sent where none was expected")
+        self.analyses.append(analysis_id)
+
+    def revoke(self, task_ids: list[str]) -> None:
+        pass

@@ -26,8 +26,8 @@ from fflab.models import MODELS
 from fflab.settings import Settings, get_settings
 from fflab.spec import build_spec
 from fflab.storage import experiment_prefix, get_storage
-from service_helpers import TINY
-from test_service_faults import RecordingDispatcher, run_as_worker, worker_env  # noqa: F401 (fixture)
+from service_helpers import TINY, RecordingDispatcher
+from test_service_faults import run_as_worker, worker_env  # noqa: F401 (fixture)
 
 pytest_plugins = ["service_support"]
 

@@ -16,25 +16,7 @@ from fflab.models.common import TrainingProgress
 from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import get_settings
 from fflab.spec import build_spec
-from service_helpers import TINY
-
-
-class RecordingDispatcher:
-    def __init__(self) -> None:
-        self.runs: list[tuple[int, str, str]] = []
-        self.aggregations: list[str] = []
-
-    def send_run(self, run_pk: int, queue: str, task_id: str) -> None:
-        self.runs.append((run_pk, queue, task_id))
-
-    def send_aggregate(self, experiment_id: str, queue: str) -> None:
-        self.aggregations.append(experiment_id)
-
-    def send_analysis(self, analysis_id: str, queue: str) -> None:
-        pass
-
-    def revoke(self, task_ids: list[str]) -> None:
-        pass
+from service_helpers import TINY, RecordingDispatcher
 
 
 @pytest.fixture()

@@ -287,7 +287,7 @@ def test_reaper_requeues_then_fails_a_run_whose_worker_keeps_vanishing(
     deliveries reach FFLAB_TASK_MAX_ATTEMPTS it fails with "worker lost N times" and
     its experiment fails naming it. A fresh heartbeat is left alone."""
     from fflab.spec import build_spec
-    from test_service_faults import RecordingDispatcher
+    from service_helpers import RecordingDispatcher
 
     settings = Settings(var_dir=tmp_path, run_heartbeat_timeout_s=30, task_max_attempts=2)
     upgrade_database(settings.resolved_database_url)

@@ -19,8 +19,8 @@ from fflab.db.migrate import upgrade_database
 from fflab.pipeline import experiment as experiment_pipeline
 from fflab.settings import get_settings
 from fflab.spec import build_spec
-from service_helpers import TINY, Process, base_env, free_port, http_ready, wait_for
-from test_service_faults import RecordingDispatcher, run_as_worker
+from service_helpers import TINY, Process, RecordingDispatcher, base_env, free_port, http_ready, wait_for
+from test_service_faults import run_as_worker
 
 BUCKET = "fflab-storage-faults"
 

@@ -19,31 +19,11 @@ from fflab.db.migrate import upgrade_database
 from fflab.settings import Settings
 from fflab.spec import build_spec
 from fflab.storage import LocalStorage, check_key
-from service_helpers import free_port, http_ready, wait_for
+from service_helpers import RecordingDispatcher, free_port, http_ready, wait_for
 
 pytest_plugins = ["service_support"]
 
 SPEC = {"models": ["bp"], "datasets": ["mnist"], "unseen_class": None}
-
-
-class RecordingDispatcher:
-    """Records what would go to the broker (the selection rule is under test, not Celery)."""
-
-    def __init__(self) -> None:
-        self.runs: list[tuple[int, str, str]] = []
-        self.aggregations: list[str] = []
-
-    def send_run(self, run_pk: int, queue: str, task_id: str) -> None:
-        self.runs.append((run_pk, queue, task_id))
-
-    def send_aggregate(self, experiment_id: str, queue: str) -> None:
-        self.aggregations.append(experiment_id)
-
-    def send_analysis(self, analysis_id: str, queue: str) -> None:
-        raise AssertionError("not expected")
-
-    def revoke(self, task_ids: list[str]) -> None:
-        pass
 
 
 @pytest.fixture()
@@ -82,7 +62,7 @@ def start(session, settings, dispatcher: RecordingDispatcher, index: int) -> Run
 
 
 def test_dispatch_is_fair_between_users(session, settings: Settings) -> None:
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     alice = accounts.create_user(session, "alice")
     bob = accounts.create_user(session, "bob")
     submit(session, settings, alice, 6)
@@ -99,7 +79,7 @@ def test_dispatch_is_fair_between_users(session, settings: Settings) -> None:
 
 
 def test_last_run_to_end_triggers_aggregation_once(session, settings: Settings) -> None:
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     experiment = submit(session, settings, accounts.create_user(session, "alice"), 2)
     jobs.dispatch(session, settings, dispatcher)
     first, second = (start(session, settings, dispatcher, i) for i in range(2))
@@ -113,7 +93,7 @@ def test_last_run_to_end_triggers_aggregation_once(session, settings: Settings) 
 
 
 def test_a_failed_run_fails_alone_and_the_experiment_once_all_are_final(session, settings: Settings) -> None:
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     experiment = submit(session, settings, accounts.create_user(session, "alice"), 3)
     jobs.dispatch(session, settings, dispatcher)
     running = start(session, settings, dispatcher, 0)
@@ -147,7 +127,7 @@ def test_a_cancelled_experiment_is_final_only_once_its_runs_are(session, setting
     """State machine: queued -> running -> cancelling (a run still trains) -> cancelled
     when that run ends; a cancel of a cancelling experiment changes nothing, of a
     final one is a conflict."""
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     experiment = submit(session, settings, accounts.create_user(session, "alice"), 3)
     jobs.dispatch(session, settings, dispatcher)
     running = start(session, settings, dispatcher, 0)
@@ -173,7 +153,7 @@ def test_a_cancelled_experiment_with_a_succeeded_run_is_aggregated_first(session
     """Cancelled after a run succeeded, while another trains: ``cancelling`` until
     the partial aggregation of the succeeded run is recorded, then ``cancelled``; one
     cancelled with no run training is aggregated at once (the caller sends it)."""
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     experiment = submit(session, settings, accounts.create_user(session, "alice"), 3)
     jobs.dispatch(session, settings, dispatcher)
     done, running = (start(session, settings, dispatcher, i) for i in range(2))
@@ -198,7 +178,7 @@ def test_a_cancelled_experiment_with_a_succeeded_run_is_aggregated_first(session
 
 
 def test_a_run_requeued_for_another_task_stops_its_old_delivery(session, settings: Settings) -> None:
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     submit(session, settings, accounts.create_user(session, "alice"), 1)
     jobs.dispatch(session, settings, dispatcher)
     run = start(session, settings, dispatcher, 0)
@@ -215,7 +195,7 @@ def test_runs_of_a_silent_or_forgotten_worker_are_requeued(session, settings: Se
     forget_worker requeues at once."""
     from datetime import timedelta
 
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     submit(session, settings, accounts.create_user(session, "alice"), 2)
     jobs.dispatch(session, settings, dispatcher)
     for worker_id in ("w1", "w2"):
@@ -241,7 +221,7 @@ def test_runs_of_a_silent_or_forgotten_worker_are_requeued(session, settings: Se
 
 
 def test_redelivered_runs_fail_after_the_attempt_limit(session, settings: Settings) -> None:
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     submit(session, settings, accounts.create_user(session, "alice"), 1)
     jobs.dispatch(session, settings, dispatcher)
     run_pk, _, task_id = dispatcher.runs[0]
@@ -332,7 +312,7 @@ def test_unexpected_errors_are_500_with_a_request_id_and_no_trace(settings: Sett
 
 
 def test_sweep_finds_aggregations_whose_sending_failed(session, settings: Settings) -> None:
-    dispatcher = RecordingDispatcher()
+    dispatcher = RecordingDispatcher(analyses_expected=False)
     experiment = submit(session, settings, accounts.create_user(session, "alice"), 1)
     jobs.dispatch(session, settings, dispatcher)
     run = start(session, settings, dispatcher, 0)

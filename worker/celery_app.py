@@ -25,8 +25,10 @@ def _migrate_on_worker_start(sender: Any, **_kwargs: Any) -> None:
     """Migrate, then register this worker (before it consumes: the runs it claims
     name it); run tasks log their run's outcome instead of Celery's "succeeded"."""
     from fflab.db.migrate import upgrade_database
+    from fflab.db.session import configure_pool
 
     settings = get_settings()
+    configure_pool(settings.database_pool_size, settings.database_max_overflow)  # its task processes inherit it
     ensure_sqlite_folders(settings)
     upgrade_database(settings.resolved_database_url)
     logging.getLogger("celery.app.trace").addFilter(run_support.RunOutcomeLogFilter())

@@ -69,10 +69,20 @@ class Settings(BaseSettings):
     # Overload (api.overload): each request's blocking work runs in units that take a
     # slot, a thread and (inside it) a pooled connection, and hold none of them while
     # waiting for anything else; beyond the slots, a request waits a moment, then 503.
+    database_pool_size: int = Field(
+        16, ge=1, le=200, description="PostgreSQL connections each API or worker process keeps open (SQLite: "
+                                      "not used). With database_max_overflow, the most it opens at once: size "
+                                      "the server's max_connections to the processes times that."
+    )
+    database_max_overflow: int = Field(
+        4, ge=0, le=200, description="PostgreSQL connections a process may open beyond database_pool_size "
+                                     "under load, closed again when returned."
+    )
     api_db_concurrency: int = Field(
         16, ge=1, le=64, description="Most database units (a request's reads, or its transaction) one API "
                                      "process runs at once, each in a thread on a pooled connection; keep it "
-                                     "at most the connection pool (PostgreSQL: 16 + 4 per process)."
+                                     "at most the connection pool (PostgreSQL: database_pool_size + "
+                                     "database_max_overflow)."
     )
     api_storage_concurrency: int = Field(
         16, ge=1, le=64, description="Most artifact opens (a file or S3 object and its first chunk) one API "

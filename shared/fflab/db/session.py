@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
     from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-POSTGRES_POOL_SIZE, POSTGRES_MAX_OVERFLOW = 16, 4
+POSTGRES_POOL_SIZE, POSTGRES_MAX_OVERFLOW = 16, 4  # defaults of Settings.database_pool_size, _max_overflow
+_pool = {"pool_size": POSTGRES_POOL_SIZE, "max_overflow": POSTGRES_MAX_OVERFLOW}
 # How long a thread waits for a pooled connection before SQLAlchemy's TimeoutError
 # (SQLAlchemy's default: 30 s), which the API answers 503 with Retry-After. The API's
 # database gate (api.overload) keeps its units within the pool, so this is a backstop.
@@ -48,10 +49,9 @@ def _create_engine(url: str) -> Engine:
         # Connections kept open: as many as an API process's requests use at once under
         # load (with SQLAlchemy's 5, the rest were opened and closed for each request, and
         # a PostgreSQL connection costs more than the query); beyond pool plus overflow a
-        # thread waits for one, at most POOL_TIMEOUT_S. Up to 20 per process: size
-        # max_connections to match.
-        engine = create_engine(url, pool_size=POSTGRES_POOL_SIZE, max_overflow=POSTGRES_MAX_OVERFLOW,
-                               pool_timeout=POOL_TIMEOUT_S)
+        # thread waits for one, at most POOL_TIMEOUT_S. Up to 20 per process by default
+        # (configure_pool): size max_connections to match.
+        engine = create_engine(url, **_pool, pool_timeout=POOL_TIMEOUT_S)
         event.listen(engine, "checkin", _note_idle_since)
         event.listen(engine, "checkout", functools.partial(_ping_if_idle, engine.dialect))
         return engine
@@ -95,6 +95,14 @@ def _ping_if_idle(dialect: Dialect, dbapi_connection: DBAPIConnection, record: C
         dialect.do_ping(dbapi_connection)
     except dialect.loaded_dbapi.Error as error:
         raise exc.DisconnectionError(f"the idle connection is gone: {error}") from error
+
+
+def configure_pool(pool_size: int, max_overflow: int) -> None:
+    """The PostgreSQL connection pool of the engines this process creates from now
+    on (Settings.database_pool_size, database_max_overflow): a process's server
+    start calls it before its first query."""
+    with _lock:
+        _pool.update(pool_size=pool_size, max_overflow=max_overflow)
 
 
 def get_engine(url: str) -> Engine:
