@@ -36,7 +36,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -129,7 +129,7 @@ class Representations:
 # The kind of a service experiment made from an uploaded representations file
 # (POST /v1/representations): its stored spec says ``"kind": "representations"``;
 # an experiment trained from an ExperimentSpec has no kind (``training``).
-REPRESENTATIONS_KIND = "representations"
+REPRESENTATIONS_KIND: Final = "representations"
 TRAINING_KIND = "training"
 
 

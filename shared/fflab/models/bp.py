@@ -3,7 +3,7 @@ by backpropagation (paper section 3.3). No label embedding, no normalisation."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,10 @@ class BPClassifier(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.head = nn.Linear(spec.width, n_classes)  # the data set's classes
         self.activation = activation_fn(spec.activation)
+
+    def linear(self, index: int) -> nn.Linear:
+        """Hidden layer ``index`` (from 0): its Linear (a ModuleList's items read as Module)."""
+        return cast(nn.Linear, self.layers[index])
 
     def hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each hidden layer's output after the activation."""

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -335,6 +335,10 @@ class GoodnessNetwork(nn.Module):
         widths = [in_features] + [spec.width] * spec.layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.activation = activation_fn(spec.activation)
+
+    def linear(self, index: int) -> nn.Linear:
+        """Hidden layer ``index`` (from 0): its Linear (a ModuleList's items read as Module)."""
+        return cast(nn.Linear, self.layers[index])
 
     def layer_input(self, x: torch.Tensor, index: int) -> torch.Tensor:
         return normalize(x, self.spec.layer_normalization(index))

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
-    from fflab.models.common import Evaluation, TrainingJob
+    from fflab.models.bp import BPClassifier
+    from fflab.models.common import Evaluation, GoodnessNetwork, TrainingJob
     from fflab.models.training import Trainer
     from fflab.spec import NetworkSpec
 
@@ -75,7 +76,7 @@ class Implementation:
     gives its ``Evaluation`` on the test set (labels: the true labels, which
     goodness models embed to read their representations)."""
 
-    build: Callable[[NetworkSpec], nn.Module]
+    build: Callable[..., GoodnessNetwork | BPClassifier]  # (network_spec, in_features=, n_classes=, channels=)
     trainer: Callable[[TrainingJob], Trainer]
     evaluate: Callable[..., Evaluation]
 
@@ -120,7 +121,7 @@ class ModelType:
     trains_without_a_class: bool = False
     in_paper: bool = False
 
-    def build(self, network: NetworkSpec, dataset: str = "mnist") -> nn.Module:
+    def build(self, network: NetworkSpec, dataset: str = "mnist") -> GoodnessNetwork | BPClassifier:
         """An untrained network of this type for images of ``dataset``: its first layer
         takes the data set's flattened image (784, 3072), its label embedding and
         output follow the data set's classes (fflab.data.DATASETS)."""

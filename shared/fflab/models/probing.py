@@ -16,7 +16,7 @@ Deterministic, no gradients; results on the CPU. Shapes: ``N`` images,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -71,7 +71,7 @@ def representations_with_label(net: GoodnessNetwork, images: torch.Tensor, label
 
 @torch.no_grad()
 def lesioned_predictions(net: GoodnessNetwork | BPClassifier, images: torch.Tensor, layer: int,
-                         unit_sets: Sequence[Sequence[int]], rule: str = "sum") -> list[torch.Tensor]:
+                         unit_sets: Sequence[Iterable[int]], rule: str = "sum") -> list[torch.Tensor]:
     """(N,) predicted labels with each unit set of hidden layer ``layer`` (from 1) silenced.
 
     A goodness network predicts by goodness with every label embedded, layers

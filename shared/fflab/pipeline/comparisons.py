@@ -6,6 +6,7 @@ grid point of a sweep) or one run's folder (``<experiment>/runs/<run_id>``);
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fflab import comparison
 from fflab.pipeline.documents import RUN_DOCUMENTS, is_analysed
@@ -19,7 +20,7 @@ def is_run_folder(folder: Path) -> bool:
     return folder.parent.name == "runs" and (folder.parent.parent / "spec.json").is_file()
 
 
-def _run_dirs(folder: Path) -> tuple[Path, dict, list[Path], int]:
+def _run_dirs(folder: Path) -> tuple[Path, dict[str, Any], list[Path], int]:
     """The experiment folder, its spec (JSON, at the compared grid point), the
     analysed run folders compared and the runs it would have."""
     if is_run_folder(folder):

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -79,7 +80,7 @@ def is_analysed(run_dir: Path) -> bool:
     return all((run_dir / RUN_DOCUMENTS[name].file).is_file() for name in paper_analyses.RECORD_DOCUMENTS)
 
 
-def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path, names: Iterable[str] | None = None) -> dict:
+def analyse_run(spec: ExperimentSpec, key: RunKey, run_dir: Path, names: Iterable[str] | None = None) -> dict[str, Any]:
     """Compute and write every registered analysis document of one trained run
     (only those in ``names``, if given), then return the run's summary record
     (paper_analyses.run_record). ``spec`` is the experiment's; the analyses see
@@ -171,7 +172,7 @@ def run_analysis(name: str) -> RunAnalysis:
     return found
 
 
-def spec_layers(spec: ExperimentSpec | Mapping) -> int:
+def spec_layers(spec: ExperimentSpec | Mapping[str, Any]) -> int:
     """How many hidden layers the experiment's deepest network has (over its sweep);
     for uploaded representations (kind ``representations``), the file's layers."""
     data = spec.model_dump(mode="json") if isinstance(spec, ExperimentSpec) else spec
@@ -191,7 +192,7 @@ def check_layer(analysis: RunAnalysis, layer: int, layers: int) -> None:
 
 
 def folder_documents(experiment_dir: Path, name: str, model: str | None = None, dataset: str | None = None,
-                     layer: int | None = None, run_id: str | None = None) -> dict:
+                     layer: int | None = None, run_id: str | None = None) -> dict[str, Any]:
     """What the service's endpoint of analysis ``name`` answers, from a local results
     folder: {"experiment": folder, "runs": [document, ...]} for the runs that have it.
     A layer the experiment's networks do not have raises ValueError naming theirs."""
@@ -233,7 +234,7 @@ class _SchemaDocuments(Mapping[str, type[Document]]):
 DOCUMENTS: Mapping[str, type[Document]] = _SchemaDocuments()
 
 
-def json_schema(name: str) -> dict:
+def json_schema(name: str) -> dict[str, Any]:
     return DOCUMENTS[name].model_json_schema()
 
 

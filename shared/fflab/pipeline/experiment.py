@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def execute_run(
     checkpoint: Checkpoint | None = None,
     checkpoint_every: int | None = None,
     data_root: Path | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Train, evaluate and analyse one run; return its summary record. See
     ``train_and_evaluate`` for ``checkpoint`` and ``data_root``."""
     train_and_evaluate(spec, key, run_dir, progress, should_stop, checkpoint, checkpoint_every, data_root)
@@ -80,7 +81,7 @@ def figure_runs(spec: ExperimentSpec, included: Collection[str] | None = None) -
 
 
 def method_comparison(
-    spec: ExperimentSpec, run_dirs: dict[str, Path], records: list[dict]
+    spec: ExperimentSpec, run_dirs: dict[str, Path], records: list[dict[str, Any]]
 ) -> tuple[MethodComparison, np.ndarray, np.ndarray]:
     """Method 1 vs Method 2 sizes over every (run, layer, class) of the
     trained-on-all-classes runs where the class was analysed: the paper's pooled
@@ -106,7 +107,7 @@ def method_comparison(
     sizes1_arr, sizes2_arr = np.array(sizes1), np.array(sizes2)
     fits = analysis.method_size_fits(sizes1_arr, sizes2_arr, np.array(models, dtype=object))
 
-    def document(fit) -> SizeFit | None:
+    def document(fit: analysis.LinearFit | None) -> SizeFit | None:
         if fit is None:
             return None
         return SizeFit(slope=fit.slope, intercept=fit.intercept, r2=finite_or_none(fit.r2),
@@ -126,7 +127,7 @@ def method_comparison(
     return comparison, sizes1_arr, sizes2_arr
 
 
-def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, analysis.Table]:
+def experiment_tables(spec: ExperimentSpec, records: list[dict[str, Any]]) -> dict[str, analysis.Table]:
     """The paper's Tables 1-3, then the other aggregates over runs: sparseness
     (every measure of SPARSENESS_MEASURES), units shared by a pair of classes and, with unseen-class runs,
     the unseen class's activity. With a sweep, each table has the rows of every
@@ -154,7 +155,7 @@ def experiment_tables(spec: ExperimentSpec, records: list[dict]) -> dict[str, an
     return tables
 
 
-def aggregate(spec: ExperimentSpec, experiment_dir: Path, missing: list[MissingRun] | None = None) -> dict:
+def aggregate(spec: ExperimentSpec, experiment_dir: Path, missing: list[MissingRun] | None = None) -> dict[str, Any]:
     """Tables, the paper's figures, the run documents' figures, the comparison with
     the paper and results.json, from the runs' stored results. With a sweep, also
     its section, table and figure (fflab.pipeline.sweeps); the figures and fits of
@@ -245,9 +246,9 @@ def compare_folders(experiment_dirs: list[Path]) -> PaperComparison:
     lists each folder's differences from the paper."""
     if not experiment_dirs:
         raise ValueError("give at least one results folder")
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     protocol = []
-    seen: dict[tuple, Path] = {}
+    seen: dict[tuple[Any, ...], Path] = {}
     specs = []
     run_dirs: dict[str, Path] = {}
     names = []
@@ -284,7 +285,7 @@ def run_experiment(
     progress: ProgressCallback | None = None,
     on_run: RunProgress | None = None,
     data_root: Path | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Every run of the experiment in this process, then the aggregation."""
     write_spec(spec, experiment_dir)
     keys = spec.runs()
@@ -295,7 +296,7 @@ def run_experiment(
     return aggregate(spec, experiment_dir)
 
 
-def reanalyse(experiment_dir: Path, settings: AnalysisSpec) -> dict:
+def reanalyse(experiment_dir: Path, settings: AnalysisSpec) -> dict[str, Any]:
     """Recompute ensembles, tables and figures with other analysis settings,
     from the stored representations, without retraining."""
     spec = read_spec(experiment_dir).model_copy(update={"analysis": settings})

@@ -4,12 +4,17 @@ back what training stored."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fflab.models import MODELS
 from fflab.spec import ExperimentSpec, RunKey
+
+if TYPE_CHECKING:
+    from fflab.models.bp import BPClassifier
+    from fflab.models.common import GoodnessNetwork
 
 # What training writes into a run's folder besides its metrics document.
 REPRESENTATIONS_FILE = "representations.npz"
@@ -44,7 +49,7 @@ def write_representations(run_dir: Path, arrays: dict[str, np.ndarray]) -> Path:
     the float32 the network computed (docs/science.md, "Stored representations")."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / REPRESENTATIONS_FILE
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **arrays as allow_pickle
     return path
 
 
@@ -83,7 +88,7 @@ def load_weight_matrices(run_dir: Path) -> list[np.ndarray]:
     return [state[n].numpy() for n in names]
 
 
-def load_network(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> torch.nn.Module:
+def load_network(spec: ExperimentSpec, key: RunKey, run_dir: Path) -> GoodnessNetwork | BPClassifier:
     """The run's trained network (its model type's, from weights.pt), on the CPU, in eval mode."""
     net = MODELS.lookup(key.model).build(spec.network, key.dataset)
     net.load_state_dict(torch.load(run_dir / "weights.pt", map_location="cpu", weights_only=True))

@@ -10,7 +10,7 @@ runs' ensembles documents."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -124,9 +124,9 @@ def ensembles_document(inputs: RunAnalysisInput) -> RunEnsembles:
 def shared_units_document(inputs: RunAnalysisInput) -> RunSharedUnits:
     """From the ensembles document: per layer, the shared-units matrix of Method 1
     at each quantile, then of Method 2."""
-    ensembles: RunEnsembles = inputs.documents["ensembles"]
+    ensembles: RunEnsembles = inputs.ensembles
     classes = inputs.classes
-    units: dict[tuple, dict[int, np.ndarray]] = {}
+    units: dict[tuple[Any, ...], dict[int, np.ndarray]] = {}
     for record in ensembles.ensembles:
         place = (record.layer, record.method, record.quantile)
         units.setdefault(place, {})[record.class_index] = np.asarray(record.units, dtype=np.int64)
@@ -162,7 +162,7 @@ def weight_stats_document(inputs: RunAnalysisInput) -> RunWeightStats:
 RECORD_DOCUMENTS = ("metrics", "ensembles", "shared_units", "weight_stats")
 
 
-def run_record(run_dir: Path) -> dict:
+def run_record(run_dir: Path) -> dict[str, Any]:
     """The run's summary record (the input of the tables), from its JSON files.
 
     Per layer: ensemble sizes per class (Method 1 at the table quantile, Method
@@ -209,7 +209,7 @@ def run_record(run_dir: Path) -> dict:
         finite = [v for v in values if v is not None]
         return float(np.mean(finite)) if finite else None
 
-    def per_layer(name: str) -> list:
+    def per_layer(name: str) -> list[Any]:
         if weights is None:
             return [None] * n_layers
         return [getattr(layer, name) for layer in weights.layers]
@@ -289,7 +289,7 @@ def cut_rule_fits(
                         x.append(size)
                         groups.append(model)
 
-    def size_fit(fit) -> SizeFit | None:
+    def size_fit(fit: analysis.LinearFit | None) -> SizeFit | None:
         return None if fit is None else SizeFit(
             slope=fit.slope, intercept=fit.intercept, r2=finite_or_none(fit.r2), n_points=fit.n_points)
 

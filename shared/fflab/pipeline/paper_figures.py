@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -45,13 +46,13 @@ def pick_dataset(spec: ExperimentSpec, preferred: str) -> str:
 class FigureContext:
     spec: ExperimentSpec
     experiment_dir: Path
-    records: list[dict]
+    records: list[dict[str, Any]]
     comparison: MethodComparison | None = None
     sizes: tuple[np.ndarray, np.ndarray] | None = None  # Method 1, Method 2 sizes of Figure 8B
     point: int | None = None  # the sweep's grid point the figures show
     sweep_note: str = ""  # "sweep point 0: network.threshold=0.1" with a sweep; "partial: 1 of 2 runs"
     partial: bool = False  # some runs are missing: a figure that needs one is not drawn
-    _stored: dict[str, dict] = field(default_factory=dict)
+    _stored: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def names(self, model: str, dataset: str) -> str:
         """``"FF, MNIST"``: a model and a data set as a title names them."""
@@ -260,6 +261,7 @@ def figure8a(ctx: FigureContext) -> dict[str, Figure]:
             comparison = (c, m1, m2)
         if differs:
             break
+    assert comparison is not None  # set for the first class
     chosen, m1, m2 = comparison
     names = figures.class_names(ctx.main_dataset)
     images = int(np.sum(labels1 == chosen))
@@ -274,7 +276,7 @@ def figure8b(ctx: FigureContext) -> dict[str, Figure]:
     """Method 2 against Method 1 sizes over every run, layer and class, with the fits
     (Method 2 by ``analysis.method2_cut``; the other cut rules' pooled fits as lines)."""
     comparison = ctx.comparison
-    if comparison is None or comparison.slope is None or ctx.sizes is None:
+    if comparison is None or comparison.slope is None or comparison.intercept is None or ctx.sizes is None:
         return {}
     both = comparison.both_found
     others = {rule: (fit.slope, fit.intercept) for rule, fit in comparison.by_cut_rule.items()

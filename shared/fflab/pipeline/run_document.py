@@ -21,18 +21,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from fflab.data import DATASETS, Split, load_split
 from fflab.models.components import ACTIVATIONS
 from fflab.pipeline.folders import analysed_rows, load_network, load_representations, load_weight_matrices
 from fflab.pipeline.train import DATA_SEED
-from fflab.results import Document
+from fflab.results import Document, RunEnsembles
 from fflab.spec import AnalysisSpec, ExperimentSpec, RunKey
+
+if TYPE_CHECKING:
+    from fflab.models.bp import BPClassifier
+    from fflab.models.common import GoodnessNetwork
 
 # What an analysis step may need beyond a run's activities and labels (``RunDocument.needs``).
 TRAINED_RUN, WEIGHTS, SNAPSHOTS = "trained_run", "weights", "snapshots"
@@ -91,8 +94,13 @@ class RunAnalysisInput:
         """The hidden layers' (out, in) weight matrices."""
         return load_weight_matrices(self.run_dir)
 
+    @property
+    def ensembles(self) -> RunEnsembles:
+        """The run's ensembles document (computed before every analysis that reads it)."""
+        return cast(RunEnsembles, self.documents["ensembles"])
+
     @cached_property
-    def network(self) -> torch.nn.Module:
+    def network(self) -> GoodnessNetwork | BPClassifier:
         """The trained network, on the CPU, in eval mode."""
         return load_network(self.spec, self.key, self.run_dir)
 

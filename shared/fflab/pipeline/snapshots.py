@@ -9,6 +9,7 @@ snapshots taken after it resumed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,13 @@ from fflab.analysis.dynamics import default_snapshot_epochs
 from fflab.analysis.layer_accuracy import PREDICTION_RULES
 from fflab.analysis.weights import fraction_positive_weights
 from fflab.models.bp import BPClassifier, bp_predict_and_represent
-from fflab.models.common import ProgressCallback, TrainingProgress, goodness_representations, label_goodness
+from fflab.models.common import (
+    GoodnessNetwork,
+    ProgressCallback,
+    TrainingProgress,
+    goodness_representations,
+    label_goodness,
+)
 from fflab.pipeline.run_analyses.common import ANALYSIS_SEED, per_class_rows
 from fflab.spec import ExperimentSpec, RunKey
 
@@ -44,7 +51,7 @@ class SnapshotRecorder:
     """
 
     def __init__(self, spec: ExperimentSpec, key: RunKey, images: torch.Tensor, labels: torch.Tensor,
-                 net: torch.nn.Module, progress: ProgressCallback | None):
+                 net: GoodnessNetwork | BPClassifier, progress: ProgressCallback | None):
         self.spec, self.key, self.net, self.progress = spec, key, net, progress
         self.epochs = set(snapshot_epochs(spec, key.model))
         self.rows = per_class_rows(labels.numpy(), SNAPSHOT_PROBE_PER_CLASS, ANALYSIS_SEED)
@@ -63,7 +70,7 @@ class SnapshotRecorder:
         labels = self.labels.numpy()
         if isinstance(net, BPClassifier):
             predictions, layers = bp_predict_and_represent(net, self.images)
-            trained = range(len(layers))
+            trained: Sequence[int] = range(len(layers))
         else:
             layers = goodness_representations(net, self.images, self.labels)
             scores = label_goodness(net, self.images).numpy()
@@ -73,7 +80,7 @@ class SnapshotRecorder:
             trained = range(len(layers)) if event.layer is None else [event.layer]
         accuracy = float((np.asarray(predictions) == labels).mean())
         for index in trained:
-            weights = net.layers[index].weight.detach().cpu().numpy()
+            weights = net.linear(index).weight.detach().cpu().numpy()
             self.captures.append((index + 1, event.epoch, accuracy, fraction_positive_weights(weights),
                                   layers[index].numpy().astype(np.float16)))
 
@@ -82,11 +89,13 @@ class SnapshotRecorder:
         arrays = {f"layer{layer}_epoch{epoch}": rep for layer, epoch, _, _, rep in self.captures}
         meta = np.array([[layer, epoch, accuracy, positive] for layer, epoch, accuracy, positive, _ in self.captures],
                         dtype=np.float64).reshape(-1, 4)
-        np.savez_compressed(run_dir / SNAPSHOT_FILE, rows=self.rows, meta=meta, **arrays)
+        arrays_in_file = {"rows": self.rows, "meta": meta, **arrays}
+        np.savez_compressed(run_dir / SNAPSHOT_FILE, **arrays_in_file)  # type: ignore[arg-type]  # numpy's stub: **arrays as allow_pickle
 
 
 def snapshot_recorder(spec: ExperimentSpec, key: RunKey, images: torch.Tensor, labels: torch.Tensor,
-                      net: torch.nn.Module, progress: ProgressCallback | None) -> SnapshotRecorder | None:
+                      net: GoodnessNetwork | BPClassifier,
+                      progress: ProgressCallback | None) -> SnapshotRecorder | None:
     """A recorder for the run, or None when it takes no snapshot (no cost at all)."""
     if not snapshot_epochs(spec, key.model):
         return None

@@ -12,6 +12,7 @@ the paper show the first point's runs (``ExperimentSpec.paper_point``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -21,13 +22,13 @@ from fflab.data import DATASETS
 from fflab.models import MODELS
 from fflab.pipeline.folders import run_dir_of
 from fflab.pipeline.paper_analyses import run_record
-from fflab.results import SweepResults
+from fflab.results import SweepPointValues, SweepResults
 from fflab.spec import ExperimentSpec, RunKey
 
 FIGURE = "sweep"
 
 
-def run_records(spec: ExperimentSpec, experiment_dir: Path, keys: list[RunKey] | None = None) -> list[dict]:
+def run_records(spec: ExperimentSpec, experiment_dir: Path, keys: list[RunKey] | None = None) -> list[dict[str, Any]]:
     """Every run's summary record (paper_analyses.run_record), in ``spec.runs()``
     order (only those of ``keys`` where given: partial results); with a sweep, each
     also has its grid point (``point``) and the swept values there (``sweep_values``)."""
@@ -41,13 +42,16 @@ def run_records(spec: ExperimentSpec, experiment_dir: Path, keys: list[RunKey] |
     return records
 
 
-def sweep_results(spec: ExperimentSpec, records: list[dict]) -> SweepResults:
+def sweep_results(spec: ExperimentSpec, records: list[dict[str, Any]]) -> SweepResults:
     """results.json's ``sweep`` section from the records of ``run_records``."""
     points = spec.points()
+    paper_point = spec.paper_point()
+    if paper_point is None:
+        raise ValueError("sweep results are of a spec with a sweep")
     return SweepResults(
         fields=list(spec.sweep or {}),
-        points=[{"index": point.index, "values": point.values} for point in points],
-        paper_point=spec.paper_point(),
+        points=[SweepPointValues(index=point.index, values=point.values) for point in points],
+        paper_point=paper_point,
         ensemble_quantile=spec.analysis.table_quantile,
         cells=analysis.sweep_cells(records, len(points)),
     )
@@ -95,7 +99,7 @@ def sweep_figure(sweep: SweepResults) -> Figure:
                                 note=f"runs trained on every class; grid {grid}")
 
 
-def _series(cells: list, quantity: str) -> tuple[np.ndarray, np.ndarray]:
+def _series(cells: list[Any], quantity: str) -> tuple[np.ndarray, np.ndarray]:
     """(mean, se) over the x values: shape (V,) for accuracy, (L, V) per layer otherwise."""
     def number(value: float | None) -> float:
         return np.nan if value is None else value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ DATA_SEED = 0
 METRICS_FILE = "metrics.json"
 
 
-def run_identity(key: RunKey) -> dict:
+def run_identity(key: RunKey) -> dict[str, Any]:
     """The identity fields every run document starts with."""
     return {
         "run_id": key.run_id,

@@ -5,13 +5,14 @@ step, the Method 1 ensembles they read, and the figure recipes' run readers."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 from threadpoolctl import threadpool_limits
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 # The seed of every subsample the analyses draw (recorded in their documents).
 ANALYSIS_SEED = 0
+D = TypeVar("D", bound=Document)
 
 
 class Part(BaseModel):
@@ -33,6 +35,9 @@ class AnalysisDocument(RunIdentity):
     """The base of an analysis's document: the run's identity and the seconds it took."""
 
     seconds: float = Field(0.0, description="Wall-clock time the analysis took.")
+
+
+A = TypeVar("A", bound=AnalysisDocument)
 
 
 def per_class_rows(labels: np.ndarray, per_class: int, seed: int, among: np.ndarray | None = None) -> np.ndarray:
@@ -48,14 +53,14 @@ def per_class_rows(labels: np.ndarray, per_class: int, seed: int, among: np.ndar
     return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
 
 
-def run_identity(key: RunKey) -> dict:
+def run_identity(key: RunKey) -> dict[str, Any]:
     """The identity fields of a run document (as fflab.pipeline.train writes them)."""
     return {"run_id": key.run_id, "model": key.model, "dataset": key.dataset, "seed": key.seed,
             "unseen_class": key.unseen_class}
 
 
 @contextmanager
-def one_thread():
+def one_thread() -> Iterator[None]:
     """Torch, BLAS and OpenMP on one thread. These analyses are many small
     operations; on a loaded machine each parallel region of a small operation
     can wait a scheduler time slice for its second thread (L-BFGS steps of 8 ms
@@ -69,11 +74,11 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def timed_on_one_thread(analyse: Callable[[RunAnalysisInput], Document]) -> Callable[[RunAnalysisInput], Document]:
+def timed_on_one_thread(analyse: Callable[[RunAnalysisInput], A]) -> Callable[[RunAnalysisInput], A]:
     """An ``analyse`` function run on one thread, its document's ``seconds`` set."""
 
     @wraps(analyse)
-    def run(inputs: RunAnalysisInput) -> Document:
+    def run(inputs: RunAnalysisInput) -> A:
         started = time.perf_counter()
         with one_thread():
             document = analyse(inputs)
@@ -83,7 +88,7 @@ def timed_on_one_thread(analyse: Callable[[RunAnalysisInput], Document]) -> Call
     return run
 
 
-def finite_list(values) -> list[float | None]:
+def finite_list(values: ArrayLike) -> list[float | None]:
     return [finite_or_none(v) for v in np.asarray(values, dtype=float).ravel()]
 
 
@@ -116,11 +121,18 @@ def mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 Reader = Callable[[RunKey], Document]
 
 
-def documents_of(spec: ExperimentSpec, read: Reader, keys: list[RunKey]) -> list[tuple[RunKey, Document]]:
+def read_as(read: Reader, key: RunKey, model: type[D]) -> D:
+    """``read(key)``, typed as the recipe's document ``model``: the reader a recipe
+    gets validates its own registry entry's model."""
+    return cast(D, read(key))
+
+
+def documents_of(spec: ExperimentSpec, read: Reader, keys: list[RunKey], model: type[D]) -> list[tuple[RunKey, D]]:
+    """The runs of ``keys`` that have the document, with it (as ``model``)."""
     found = []
     for key in keys:
         try:
-            found.append((key, read(key)))
+            found.append((key, read_as(read, key, model)))
         except FileNotFoundError:
             continue
     return found

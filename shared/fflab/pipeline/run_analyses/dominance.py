@@ -24,15 +24,14 @@ from fflab import figures
 from fflab.analysis.dominance import winner_counts
 from fflab.data import DATASETS
 from fflab.pipeline.folders import layer_count
-from fflab.pipeline.run_analyses.common import run_identity
+from fflab.pipeline.run_analyses.common import Reader, read_as, run_identity
 from fflab.pipeline.run_document import NO_NEEDS, RunAnalysis
 from fflab.results import RunIdentity
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from fflab.pipeline.run_document import RunAnalysisInput
-    from fflab.spec import ExperimentSpec, RunKey
+    from fflab.spec import ExperimentSpec
 
 
 # ------------------------------------------------------------------ the document
@@ -85,7 +84,7 @@ def analyse(inputs: RunAnalysisInput) -> RunDominance:
 
 
 @figures.styled
-def figure(spec: ExperimentSpec, read: Callable[[RunKey], RunDominance]) -> Figure:
+def figure(spec: ExperimentSpec, read: Reader) -> Figure:
     """The share of images won by each layer's top unit, per model (first seed, first data set)."""
     from fflab.spec import RunKey
 
@@ -93,7 +92,7 @@ def figure(spec: ExperimentSpec, read: Callable[[RunKey], RunDominance]) -> Figu
     ax = figure.add_subplot()
     width = 0.8 / len(spec.models)
     for index, model in enumerate(spec.models):
-        document = read(RunKey(model, spec.datasets[0], spec.seeds[0]))
+        document = read_as(read, RunKey(model, spec.datasets[0], spec.seeds[0]), RunDominance)
         shares = [np.nan if layer.top_share is None else layer.top_share for layer in document.layers]
         positions = np.arange(1, len(shares) + 1) + (index - (len(spec.models) - 1) / 2) * width
         ax.bar(positions, shares, width, label=figures.model_display_name(model),

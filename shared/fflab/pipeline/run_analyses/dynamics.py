@@ -69,11 +69,12 @@ class RunDynamics(AnalysisDocument):
 @timed_on_one_thread
 def analyse(inputs: RunAnalysisInput) -> RunDynamics:
     stored = inputs.representations
-    settings = inputs.documents["ensembles"].analysis
+    settings = inputs.ensembles.analysis
     quantile = settings.table_quantile
     classes = inputs.classes
     path = inputs.run_dir / SNAPSHOT_FILE
-    points, epochs, final_sizes, n_probe = [], set(), [], 0
+    final_sizes: list[list[int]] = []
+    points, epochs, n_probe = [], set(), 0
     if path.is_file():
         with np.load(path) as snapshots:
             rows, meta = snapshots["rows"], snapshots["meta"]
@@ -115,7 +116,7 @@ DYNAMICS_QUANTITIES = (
 
 def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
     per_model = {}
-    for key, document in documents_of(spec, read, first_seed_runs(spec)):
+    for key, document in documents_of(spec, read, first_seed_runs(spec), RunDynamics):
         curves = {}
         for layer in sorted({p.layer for p in document.points}):
             points = sorted((p for p in document.points if p.layer == layer), key=lambda p: p.epoch)

@@ -7,7 +7,7 @@ analysed representations, overall and per class. Its one home: the document
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -70,7 +70,7 @@ class RunIntrinsicDimension(AnalysisDocument):
 @timed_on_one_thread
 def analyse(inputs: RunAnalysisInput) -> RunIntrinsicDimension:
     stored = inputs.representations
-    quantile, ensembles = table_ensembles(inputs.documents["ensembles"])
+    quantile, ensembles = table_ensembles(inputs.ensembles)
     labels = stored["labels"][inputs.analysed]
     overall_rows = per_class_rows(labels, TWO_NN_MAX_POINTS // len(inputs.classes), ANALYSIS_SEED)
     class_rows = per_class_rows(labels, TWO_NN_MAX_POINTS, ANALYSIS_SEED)
@@ -98,8 +98,8 @@ def analyse(inputs: RunAnalysisInput) -> RunIntrinsicDimension:
 
 
 def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
-    points: dict[str, tuple[list, list, list]] = {}
-    for key, document in documents_of(spec, read, main_runs(spec)):
+    points: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}
+    for key, document in documents_of(spec, read, main_runs(spec), RunIntrinsicDimension):
         sizes, dims, layers = points.setdefault(key.model, ([], [], []))
         for layer in document.layers:
             for size, dim in zip(layer.ensemble_sizes, layer.per_class):
@@ -109,7 +109,8 @@ def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
     if not points:
         return None
     return draw(
-        {model: tuple(np.array(a, dtype=float) for a in arrays) for model, arrays in points.items()})
+        {model: (np.array(sizes, dtype=float), np.array(dims, dtype=float), np.array(layers, dtype=float))
+         for model, (sizes, dims, layers) in points.items()})
 
 
 @styled

@@ -10,7 +10,7 @@ figure and its registry entry ``ANALYSIS``."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -133,8 +133,8 @@ def analyse(inputs: RunAnalysisInput) -> RunLayerAccuracy:
 
 
 def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
-    series: dict[str, dict[str, list]] = {}
-    for key, document in documents_of(spec, read, main_runs(spec)):
+    series: dict[str, dict[str, list[Any]]] = {}
+    for key, document in documents_of(spec, read, main_runs(spec), RunLayerAccuracy):
         readouts = series.setdefault(key.model, {})
         if document.goodness:
             readouts.setdefault("goodness", []).append([g.accuracy for g in document.goodness])

@@ -76,7 +76,7 @@ class RunLesions(AnalysisDocument):
 @timed_on_one_thread
 def analyse(inputs: RunAnalysisInput) -> RunLesions:
     spec, stored = inputs.spec, inputs.representations
-    quantile, ensembles = table_ensembles(inputs.documents["ensembles"])
+    quantile, ensembles = table_ensembles(inputs.ensembles)
     labels_all = stored["labels"]
     rows = per_class_rows(labels_all, LESION_IMAGES_PER_CLASS, ANALYSIS_SEED)
     images, labels = inputs.test_split.images[rows], labels_all[rows]
@@ -118,7 +118,7 @@ def analyse(inputs: RunAnalysisInput) -> RunLesions:
 
 def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
     per_model: dict[str, dict[str, dict[int, list[float]]]] = {}
-    for key, document in documents_of(spec, read, main_runs(spec)):
+    for key, document in documents_of(spec, read, main_runs(spec), RunLesions):
         drops = per_model.setdefault(key.model, {"ensemble": {}, "random": {}, "most_active": {}})
         for record in document.lesions:
             drops["ensemble"].setdefault(record.layer, []).append(record.ensemble.target)

@@ -17,6 +17,7 @@ from pydantic import Field
 from fflab.analysis.selectivity import label_selectivity
 from fflab.data import n_classes
 from fflab.figures import caption, class_names, model_display_name, note_if_empty, panel_letters, styled
+from fflab.models.common import GoodnessNetwork
 from fflab.models.probing import representations_with_label
 from fflab.pipeline.run_analyses.common import (
     ANALYSIS_SEED,
@@ -67,14 +68,16 @@ class RunSelectivity(AnalysisDocument):
 
 @timed_on_one_thread
 def analyse(inputs: RunAnalysisInput) -> RunSelectivity:
-    quantile, ensembles = table_ensembles(inputs.documents["ensembles"])
+    quantile, ensembles = table_ensembles(inputs.ensembles)
     if "label_goodness" not in inputs.representations:  # a model without label input (BP)
         return RunSelectivity(**run_identity(inputs.key), applicable=False, quantile=quantile,
                               images_per_class=SELECTIVITY_IMAGES_PER_CLASS, layers=[])
     stored = inputs.representations
     rows = per_class_rows(stored["labels"], SELECTIVITY_IMAGES_PER_CLASS, ANALYSIS_SEED)
     images, labels = inputs.test_split.images[rows], stored["labels"][rows]
-    per_label = [representations_with_label(inputs.network, images, k) for k in range(n_classes(inputs.key.dataset))]  # [label][layer]
+    net = inputs.network
+    assert isinstance(net, GoodnessNetwork)  # label_goodness is stored for goodness models only
+    per_label = [representations_with_label(net, images, k) for k in range(n_classes(inputs.key.dataset))]  # [label][layer]
     layers = []
     for layer in sorted(ensembles):
         by_label = np.stack([per_label[k][layer - 1].numpy() for k in range(n_classes(inputs.key.dataset))])
@@ -93,7 +96,7 @@ def analyse(inputs: RunAnalysisInput) -> RunSelectivity:
 
 def figure(spec: ExperimentSpec, read: Reader) -> Figure | None:
     per_model = {}
-    for key, document in documents_of(spec, read, first_seed_runs(spec)):
+    for key, document in documents_of(spec, read, first_seed_runs(spec), RunSelectivity):
         if document.applicable and document.layers:
             per_model[key.model] = {
                 layer.layer: np.array([[np.nan if v is None else v for v in row] for row in layer.activity])

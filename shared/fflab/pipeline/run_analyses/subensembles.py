@@ -67,7 +67,7 @@ class RunSubEnsembles(AnalysisDocument):
 @timed_on_one_thread
 def analyse(inputs: RunAnalysisInput) -> RunSubEnsembles:
     stored = inputs.representations
-    settings = inputs.documents["ensembles"].analysis
+    settings = inputs.ensembles.analysis
     quantile = settings.table_quantile
     labels = stored["labels"][inputs.analysed]
     rows = per_class_rows(labels, SUBENSEMBLE_MAX_IMAGES, ANALYSIS_SEED)
