@@ -15,7 +15,7 @@ help:
 	@echo "make run    - run the quick preset (FF, BP/FF, BP on MNIST) and print where the results are"
 	@echo "make test   - run the test suite"
 	@echo "make lint   - ruff (lint, import order), as CI runs it before the tests"
-	@echo "make typecheck - mypy --strict on the library, as CI runs it after make lint"
+	@echo "make typecheck - mypy --strict on the library, the API and the worker, as CI runs it after make lint"
 	@echo "make serve  - start the embedded service (API + worker, no servers needed)"
 	@echo "make bench  - benchmark FF training (N=$(N) images; make bench N=20000 for a quick one)"
 	@echo "make gpu-check - prove the GPU path: cuda tests, bench, TF32 vs FP32, the paper sweep (BUDGET=$(BUDGET) s; skips without CUDA)"
