@@ -340,6 +340,9 @@ def test_explorer_shows_the_ensemble_its_mean_activity_and_shared_units(world: W
     assert '<option value="1" selected>1</option>' in other  # MNIST's class 1 is "1", not "1 · 1"
     bad = alice.get(f"/ui/experiments/{FINISHED}/ensembles", params={"class_index": 99})
     assert bad.status_code == 422 and "<code>class_index</code>" in bad.text
+    for params, field in (({"class_index": 12}, "class_index"), ({"other": 10}, "other"), ({"layer": 7}, "layer")):
+        beyond = alice.get(f"/ui/experiments/{FINISHED}/ensembles", params=params)  # MNIST's 10 classes, 1 layer
+        assert beyond.status_code == 422 and f"<code>{field}</code>" in beyond.text, (params, beyond.text[-600:])
     # The page takes the ensembles endpoint's parameters; one it does not take is named, never ignored.
     unknown = alice.get(f"/ui/experiments/{FINISHED}/ensembles", params={"class": 3, "run": "x"})
     assert unknown.status_code == 422 and "<code>class</code>" in unknown.text and "<code>run</code>" in unknown.text

@@ -456,7 +456,8 @@ async def explorer(
 
     def rows(session: Session) -> tuple[dict[str, Any], Any, Artifact | None]:
         experiment = ui_readable(session, request, credentials, experiment_id)
-        return explorer_rows(session, experiment, model, dataset, run_id, layer, class_index, method, quantile)
+        return explorer_rows(session, experiment, model, dataset, run_id, layer, class_index, method, quantile,
+                             other)
 
     context, document, artifact = await db.read(rows)
     if document is None:
@@ -498,9 +499,10 @@ def class_labels(names: list[str]) -> list[str]:
 
 def explorer_rows(session: Session, experiment: Experiment, model: str | None, dataset: str | None,
                   run_id: str | None, layer: int, class_index: int, method: str,
-                  quantile: float | None) -> tuple[dict[str, Any], Any, Artifact | None]:
+                  quantile: float | None, other: int | None = None) -> tuple[dict[str, Any], Any, Artifact | None]:
     """The explorer's page context, the chosen run's ensembles document (None: no
-    run, or none for this layer and method) and its representations' artifact."""
+    run, or none for this layer and method) and its representations' artifact.
+    Raises Invalid (422) for a class the data set lacks or a layer the network lacks."""
     spec = experiment.spec
     analysis = spec.get("analysis", {})
     runs = list(session.scalars(
@@ -519,11 +521,21 @@ def explorer_rows(session: Session, experiment: Experiment, model: str | None, d
         quantile = _first(quantiles, quantile if quantile is not None else analysis.get("figure_quantile"))
     else:
         quantile = None
+    labels = class_labels(class_names(dataset) if dataset else [str(c) for c in range(10)])
+    layers = list(range(1, spec.get("network", {}).get("layers", 1) + 1))
+    problems = [{"loc": ("query", name), "msg": f"{dataset} has classes 0 to {len(labels) - 1}", "type": "less_than",
+                 "ctx": {"lt": len(labels)}, "input": given}
+                for name, given in (("class_index", class_index), ("other", other))
+                if given is not None and given >= len(labels)]
+    if layer > len(layers):
+        problems.append({"loc": ("query", "layer"), "msg": f"the network has layers 1 to {len(layers)}",
+                         "type": "less_than_equal", "ctx": {"le": len(layers)}, "input": layer})
+    if problems:  # a class the data set lacks, or a layer the network lacks: said, not shown empty
+        raise Invalid(problems)
     context.update(models=models, model=model, datasets=datasets, dataset=dataset, runs=choices,
-                   run=run, layers=list(range(1, spec.get("network", {}).get("layers", 1) + 1)), layer=layer,
+                   run=run, layers=layers, layer=layer,
                    class_index=class_index, method=method, quantiles=quantiles, quantile=quantile,
-                   class_labels=class_labels(class_names(dataset) if dataset else [str(c) for c in range(10)]),
-                   model_names=model_names())
+                   class_labels=labels, model_names=model_names())
     if run is None:
         return context, None, None
     documents = result_service.ensembles_page(session, experiment, Page.first(), result_service.EnsembleFilters(

@@ -140,8 +140,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def nearest_fields(field: str) -> list[str]:
+    return difflib.get_close_matches(field, allowed_fields(), n=3, cutoff=0.6)
+
+
 def did_you_mean(field: str) -> str:
-    close = difflib.get_close_matches(field, allowed_fields(), n=3, cutoff=0.6)
+    close = nearest_fields(field)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
@@ -158,8 +162,9 @@ def parse_filter(expression: str) -> Condition:
                                       "accuracy>0.9", "operators: " + " ".join(OPERATORS))
     field, operator, raw = match.groups()
     if field not in allowed_fields():
+        close = nearest_fields(field)  # first: a long list is cut where it is shown
         raise FilterError(expression, f"unknown field {field!r}{did_you_mean(field)}",
-                          ", ".join(allowed_fields()))
+                          ", ".join([*close, *(name for name in allowed_fields() if name not in close)]))
     value = raw if field in COLUMN_FIELDS else _value(expression, raw)
     condition = Condition(field, operator, value, expression)
     if field in COLUMN_FIELDS:
