@@ -517,3 +517,14 @@ def test_cancel_asks_for_confirmation_as_delete_does(world: World) -> None:
         confirm = re.search(rf'<details class="danger"[^>]*>\s*<summary>[^<]+…</summary>\s*'
                             rf'<form method="post" action="/ui/experiments/{LAB}/{action}">(.*?)</details>', page, re.S)
         assert confirm and f'id="{button}"' in confirm.group(1), action
+
+
+def test_a_run_the_experiment_lacks_is_a_404_naming_the_runs_it_has(world: World) -> None:
+    page, api = world.client("alice"), httpx.Client(base_url=world.url, timeout=30, headers={
+        "Authorization": f"Bearer {world.keys['alice']}"})
+    for client, path in ((api, f"/v1/experiments/{FINISHED}/runs/ff-mnist-seed9"),
+                         (api, f"/v1/experiments/{FINISHED}/runs/x/log"),
+                         (page, f"/ui/experiments/{FINISHED}/runs/ff-mnist-seed9"),
+                         (page, f"/ui/experiments/{FINISHED}/runs/x/log")):
+        response = client.get(path)
+        assert response.status_code == 404 and "its runs: ff-mnist-seed0" in response.text, (path, response.text)

@@ -17,7 +17,7 @@ from api.deps import Credentials, DatabaseDep, ExperimentId, StorageDep, authent
 from api.errors import api_error, problem_responses
 from api.files import file_response
 from api.paging import PageDep
-from api.services.experiments import readable_experiment
+from api.services.experiments import experiment_run, readable_experiment
 from fflab.db import Artifact, Experiment, Run
 from fflab.pipeline.documents import RUN_DOCUMENTS
 from fflab.results import RunMetrics
@@ -72,10 +72,7 @@ async def get_run(run_id: str, experiment_id: ExperimentId, db: DatabaseDep,
 
 
 def _run(session: Session, experiment: Experiment, run_id: str) -> Run:
-    run = session.scalar(select(Run).where(Run.experiment_id == experiment.id, Run.run_id == run_id))
-    if run is None:
-        raise api_error(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no run {run_id}", "not_found")
-    return run
+    return experiment_run(session, experiment, run_id)
 
 
 @router.get("/{run_id}/metrics", response_model=schemas.RunMetricsOut)

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only
 
-from api.services.errors import Conflict, Invalid, NotFound
-from api.services.experiments import readable_experiment
+from api.services.errors import Conflict, Invalid
+from api.services.experiments import experiment_run, readable_experiment
 from fflab import comparison
 from fflab.db import Ensemble, Experiment, Run, User
 from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
@@ -94,10 +94,7 @@ def comparison_sides(session: Session, user: User,
             total = len([key for key in swept.runs_at(point) if key.unseen_class is None])
         else:
             if not runs:
-                exists = session.scalar(select(Run.id).where(Run.experiment_id == experiment.id,
-                                                             Run.run_id == run_id))
-                if exists is None:
-                    raise NotFound(f"experiment {experiment.id} has no run {run_id}")
+                experiment_run(session, experiment, run_id)  # NotFound naming its runs, where it has no such run
             spec = swept.at(RunKey.parse(run_id).point) if swept.sweep else swept
             total = 1
         if not runs:

@@ -22,7 +22,7 @@ from api import schemas
 from api.services.errors import Conflict, Forbidden, Invalid, LimitReached, NotFound
 from api.services.search import search_where
 from fflab import accounts, jobs
-from fflab.db import Experiment, ExperimentTag, User, utcnow
+from fflab.db import Experiment, ExperimentTag, Run, User, utcnow
 from fflab.db.models import IdempotencyKey
 from fflab.experiment_search import Condition
 from fflab.settings import Settings
@@ -55,6 +55,22 @@ def readable_experiment(session: Session, user: User, experiment_id: str) -> Exp
     if experiment is None or not may_read(user, experiment.owner_id, experiment.visibility):
         raise NotFound(f"no experiment {experiment_id}")
     return experiment
+
+
+MAX_RUN_IDS_LISTED = 20
+
+
+def experiment_run(session: Session, experiment: Experiment, run_id: str) -> Run:
+    """The run ``run_id`` of ``experiment``; NotFound naming the runs it has (the
+    first MAX_RUN_IDS_LISTED) where it has no such run."""
+    run = session.scalar(select(Run).where(Run.experiment_id == experiment.id, Run.run_id == run_id))
+    if run is not None:
+        return run
+    ids = list(session.scalars(select(Run.run_id).where(Run.experiment_id == experiment.id).order_by(Run.id)
+                               .limit(MAX_RUN_IDS_LISTED + 1)))
+    listed = ", ".join(ids[:MAX_RUN_IDS_LISTED]) + (", ..." if len(ids) > MAX_RUN_IDS_LISTED else "")
+    raise NotFound(f"experiment {experiment.id} has no run {run_id}; its runs: {listed or 'none'}"
+                   + (" (GET .../runs lists them all)" if len(ids) > MAX_RUN_IDS_LISTED else ""))
 
 
 def check_may_change(experiment: Experiment, user: User) -> Experiment:

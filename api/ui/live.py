@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import NamedTuple, TypedDict
 
-from fastapi import status
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only
 
 from api import run_telemetry, schemas, views
-from api.errors import api_error
+from api.services.experiments import experiment_run
 from api.ui.charts import LossChart, loss_chart
 from fflab.db import Experiment, Run, RunLoss
 from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
@@ -77,7 +76,5 @@ def run_rows(session: Session, experiment: Experiment) -> tuple[list[RunRow], li
 
 def run_and_log(session: Session, experiment: Experiment, run_id: str) -> tuple[schemas.Run, schemas.RunLogOut]:
     """A run of ``experiment`` and its log (404 when it has no such run)."""
-    run = session.scalar(select(Run).where(Run.experiment_id == experiment.id, Run.run_id == run_id))
-    if run is None:
-        raise api_error(status.HTTP_404_NOT_FOUND, f"experiment {experiment.id} has no run {run_id}", "not_found")
+    run = experiment_run(session, experiment, run_id)
     return views.run_out(run), run_telemetry.run_log(session, run)

@@ -12,21 +12,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
-from fflab.db import Artifact, Experiment, Run
+from api.services.experiments import experiment_run
+from fflab.db import Artifact, Experiment
 from fflab.pipeline.documents import RUN_DOCUMENTS, run_analyses
-
-
-def run_of(session: Session, experiment: Experiment, run_id: str) -> Run:
-    run = session.scalar(select(Run).where(Run.experiment_id == experiment.id, Run.run_id == run_id))
-    if run is None:
-        raise HTTPException(404, f"experiment {experiment.id} has no run {run_id}")
-    return run
 
 
 def run_context(session: Session, experiment: Experiment, run_id: str) -> dict[str, Any]:
     """What run.html shows: the run, the paper's documents and the analyses, each
     ``{"name", "path", "description", "available", "figure", "layer_fields"}``."""
-    run = run_of(session, experiment, run_id)
+    run = experiment_run(session, experiment, run_id)
     stored = set(session.scalars(select(Artifact.name).where(
         Artifact.experiment_id == experiment.id,
         (Artifact.name.startswith(f"runs/{run_id}/", autoescape=True)) | Artifact.name.startswith("figures/"))))
@@ -48,7 +42,7 @@ def run_context(session: Session, experiment: Experiment, run_id: str) -> dict[s
 
 def document_artifact(session: Session, experiment: Experiment, run_id: str, name: str) -> Artifact:
     """The stored document ``name`` of the run; 404 naming the registered ones."""
-    run_of(session, experiment, run_id)
+    experiment_run(session, experiment, run_id)
     if name not in RUN_DOCUMENTS:
         raise HTTPException(404, f"no run document {name}; the registered ones: {', '.join(RUN_DOCUMENTS)}")
     artifact = session.scalar(select(Artifact).where(
