@@ -45,7 +45,8 @@ async def upload_representations(
     length = request.headers.get("content-length")
     created = await representations.upload(
         db, storage, settings, dispatcher, user, request.stream(),
-        int(length) if length is not None and length.isdigit() else None, request.headers.get("content-type"),
+        int(length) if length is not None and length.isascii() and length.isdigit() else None,
+        request.headers.get("content-type"),
         name, tuple(tag or ()), visibility)
     url = views.experiment_url(request, created.id)
     response.headers["Location"] = url
