@@ -207,7 +207,10 @@ def _hand_built(settings: Settings, folder: Path) -> dict[str, str]:
                                                                         "md": "| Model |"}},
                            results={"tables": {"table1": {"name": "table1", "title": "Table 1: accuracy",
                                                           "columns": ["Model", "Accuracy mean"],
-                                                          "rows": [["FF", 0.75]]}}, "runs": [], "figures": []}))
+                                                          "rows": [["FF", 0.75]]}}, "runs": [], "figures": [],
+                                    "partial": True, "runs_included": ["ff-mnist-seed0"],
+                                    "runs_missing": [{"run_id": "ff-mnist-seed1", "status": "failed",
+                                                      "error": "RuntimeError: <b>boom</b>"}]}))
     return keys
 
 
@@ -307,6 +310,8 @@ def test_pages_need_a_signed_in_user_and_hide_others_private_experiments(world: 
 def test_experiment_page_tables_csv_figure_and_progress(world: World) -> None:
     alice = world.client("alice")
     page = alice.get(f"/ui/experiments/{FINISHED}").text
+    assert "Partial results: 1 of 2 runs" in page  # cancelled, or a run failed: said above the tables
+    assert "ff-mnist-seed1 (failed: RuntimeError: &lt;b&gt;boom&lt;/b&gt;)" in page
     assert "Table 1: accuracy" in page and "<td>0.75</td>" in page and 'points="2,2 120,39.33 238,58"' in page
     assert f'src="/ui/experiments/{FINISHED}/figures/figure2.png"' in page and "Against the paper" in page
     csv = alice.get(f"/ui/experiments/{FINISHED}/tables/table1.csv")

@@ -189,10 +189,13 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
     detail = views.experiment_detail(request, experiment)
     runs, live_charts = live.run_rows(session, experiment)
     result = session.get(Result, experiment.id)
-    tables = comparison = None
+    tables = comparison = partial = None
     if result is not None:
         tables = [display_table(name, result.results["tables"][name]) for name in PAPER_TABLES + ("sweep",)
                   if name in result.results.get("tables", {})]
+        if result.results.get("partial"):  # a cancelled experiment, or one with failed runs: what is in, what not
+            partial = {"included": result.results.get("runs_included") or [],
+                       "missing": result.results.get("runs_missing") or []}
         comparison = result_service.paper_comparison(session, experiment, "json")
     stored_figures = [views.figure_out(request, artifact).name for artifact in result_service.artifacts_page(
         session, experiment, Page.first(), result_service.FIGURES_PREFIX)[0]]
@@ -207,7 +210,7 @@ def experiment_context(request: Request, session: Session, experiment: Experimen
         "edit_form": forms.EditForm.of(detail.name, detail.tags, detail.visibility), "edit_errors": {},
         "ahead": queries.runs_ahead(session, [experiment.id]).get(experiment.id),
         "runs": runs, "live_charts": live_charts,
-        "tables": tables, "comparison": comparison, "figures": figures, "analyses": analyses,
+        "tables": tables, "partial": partial, "comparison": comparison, "figures": figures, "analyses": analyses,
         "analysis_form": forms.AnalysisForm.from_spec(experiment.spec.get("analysis", {})),
         "paper_comparison_note": PAPER_COMPARISON_NOTE,
         "analysis_errors": {}, "method1_thresholds": list(METHOD1_THRESHOLDS),
