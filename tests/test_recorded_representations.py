@@ -39,8 +39,11 @@ def test_analyse_representations_writes_the_documents_tables_and_figures(capture
     assert {"table1", "table2", "sparseness_hoyer", "shared_units"} <= set(results["tables"])
     assert results["runs"][0]["accuracy"] > 0.7
     assert "figure1b.png" in results["figures"] and "training_curves.png" not in results["figures"]
-    for name in results["figures"]:
+    pngs = [name for name in results["figures"] if name.endswith(".png")]
+    assert sorted(results["figures"]) == sorted([*pngs, *(name.removesuffix(".png") + ".svg" for name in pngs)])
+    for name in pngs:  # each a PNG, with its SVG beside it, as a trained experiment's figures
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "figures" / name.replace(".png", ".svg")).read_bytes().startswith(b"<?xml")
     # A broken file: exit 1 naming the key.
     bad = tmp_path / "bad.npz"
     np.savez(bad, **arrays(layer1=np.full((N, 12), np.nan)))

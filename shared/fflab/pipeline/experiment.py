@@ -155,6 +155,15 @@ def experiment_tables(spec: ExperimentSpec, records: list[dict[str, Any]]) -> di
     return tables
 
 
+def write_tables(tables: dict[str, Any], tables_dir: Path) -> None:
+    """Each table as ``<name>.json``, ``.md`` and ``.csv`` in ``tables_dir``."""
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        (tables_dir / f"{name}.json").write_text(json.dumps(table.to_dict(), indent=2) + "\n")
+        (tables_dir / f"{name}.md").write_text(table.to_markdown() + "\n")
+        (tables_dir / f"{name}.csv").write_text(table.to_csv())
+
+
 def aggregate(spec: ExperimentSpec, experiment_dir: Path, missing: list[MissingRun] | None = None) -> dict[str, Any]:
     """Tables, the paper's figures, the run documents' figures, the comparison with
     the paper and results.json, from the runs' stored results. With a sweep, also
@@ -180,12 +189,7 @@ def aggregate(spec: ExperimentSpec, experiment_dir: Path, missing: list[MissingR
         tables["sweep"] = sweeps.sweep_table(sweep)
     if note:
         tables = {name: replace(table, title=f"{table.title} ({note})") for name, table in tables.items()}
-    tables_dir = experiment_dir / "tables"
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():
-        (tables_dir / f"{name}.json").write_text(json.dumps(table.to_dict(), indent=2) + "\n")
-        (tables_dir / f"{name}.md").write_text(table.to_markdown() + "\n")
-        (tables_dir / f"{name}.csv").write_text(table.to_csv())
+    write_tables(tables, experiment_dir / "tables")
 
     run_dirs = {key.run_id: run_dir_of(experiment_dir, key) for key in keys}
     point = spec.paper_point()

@@ -17,7 +17,6 @@ nor do the analyses that need the trained network or its images.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fflab import figures
 from fflab.analysis import VERDICTS
 from fflab.pipeline.documents import RUN_DOCUMENTS, write_analyses
-from fflab.pipeline.experiment import experiment_tables, method_comparison
+from fflab.pipeline.experiment import experiment_tables, method_comparison, write_tables
 from fflab.pipeline.folders import REPRESENTATIONS_FILE, analysed_rows, write_representations
 from fflab.pipeline.paper_analyses import run_record
 from fflab.pipeline.run_document import SNAPSHOTS, WEIGHTS, RunAnalysisInput
@@ -277,19 +276,13 @@ def aggregate_recorded(out_dir: Path) -> dict[str, Any]:
     records = [run_record(inputs.run_dir)]
     spec = settings_spec(recording.analysis)
     tables = experiment_tables(spec, records)
-    tables_dir = out_dir / "tables"
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    for table_name, table in tables.items():
-        (tables_dir / f"{table_name}.json").write_text(json.dumps(table.to_dict(), indent=2) + "\n")
-        (tables_dir / f"{table_name}.md").write_text(table.to_markdown() + "\n")
-        (tables_dir / f"{table_name}.csv").write_text(table.to_csv())
+    write_tables(tables, out_dir / "tables")
     comparison = method_comparison(spec, {RECORDED_KEY.run_id: inputs.run_dir}, records)[0]
-    drawn = recorded_figures(inputs, recording)
-    for figure_name, figure in drawn.items():
-        figures.save_png(figure, out_dir / "figures" / f"{figure_name}.png")
+    written = [path.name for figure_name, figure in recorded_figures(inputs, recording).items()
+               for path in figures.save_figure(figure, out_dir / "figures" / figure_name)]  # PNG and SVG
     results = ExperimentResults(
         name=recording.name, runs=records, tables={name: table.to_dict() for name, table in tables.items()},
-        figures=sorted(f"{name}.png" for name in drawn), method_comparison=comparison,
+        figures=sorted(written), method_comparison=comparison,
     )
     write_document(results, out_dir / "results.json")
     output: dict[str, Any] = results.model_dump(mode="json")
