@@ -8,6 +8,7 @@ answered 4xx leaving no row and no file; parallel uploads all accounted for."""
 from __future__ import annotations
 
 import io
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -95,6 +96,14 @@ def test_an_upload_is_analysed_and_served_as_an_experiment(deployment: Deploymen
         assert {e["class_index"] for e in records} == {0, 1, 2}
         png = api.figure(experiment_id, "figure1b.png")
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        with httpx.Client(base_url=deployment.url, timeout=30) as browser:  # the web UI shows it
+            token = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/ui/sign-in").text).group(1)
+            assert browser.post("/ui/sign-in", data={"api_key": deployment.alice, "csrf_token": token,
+                                                     "next": "/ui/"}).status_code == 303
+            page = browser.get(f"/ui/experiments/{experiment_id}")
+            assert page.status_code == 200 and "toy-upload" in page.text and "figure1b.png" in page.text
+            explorer = browser.get(f"/ui/experiments/{experiment_id}/ensembles", params={"layer": 2})
+            assert explorer.status_code == 200 and "ensembles JSON" in explorer.text, explorer.text[-800:]
         comparison = api.paper_comparison(experiment_id)
         assert comparison["cells"] == [] and comparison["protocol"][0]["field"] == "kind"
         assert "does not apply" in api.paper_comparison(experiment_id, "md")

@@ -57,6 +57,7 @@ from fflab.db import FINAL_STATUSES, STATUSES, Artifact, Experiment, Result, Run
 from fflab.figures import class_names
 from fflab.models import MODELS
 from fflab.pipeline.recorded import PAPER_COMPARISON_NOTE
+from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
 from fflab.results import PAPER_TABLES, TABLES
 from fflab.settings import Settings
 from fflab.spec import PRESETS, AnalysisSpec, sweepable_fields
@@ -512,7 +513,10 @@ def explorer_rows(session: Session, experiment: Experiment, model: str | None, d
         select(Run).options(load_only(Run.run_id, Run.model, Run.dataset, Run.seed, Run.unseen_class))
         .where(Run.experiment_id == experiment.id, Run.status == "succeeded").order_by(Run.id)
     ))
-    context: dict[str, Any] = {"experiment": experiment, "runs": [], "found": False}
+    context: dict[str, Any] = {"experiment": experiment, "runs": [], "found": False,
+                               "uploaded": experiment_kind(spec) == REPRESENTATIONS_KIND}
+    if context["uploaded"]:  # no run of fflab's own to draw: the page says where to read them
+        return context, None, None
     models = [m for m in MODELS if any(run.model == m for run in runs)]
     model = _first(models, model)
     datasets = [d for d in DATASETS if any(run.model == model and run.dataset == d for run in runs)]
