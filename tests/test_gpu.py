@@ -81,6 +81,24 @@ def test_memory_parts_of_a_hand_sized_ff_run():
         gpu.run_memory_parts("svm", 100, 50, 10, 2, None)
 
 
+def test_a_colour_run_is_sized_by_its_data_sets_input_and_classes():
+    """CIFAR-10's 3072 inputs: N=100, width 10, 1 layer, FF: data 100x3072 + 2x100;
+    parameters 4 x (3072x10+10); the whole splits' sizes where no subset is set."""
+    parts = gpu.run_memory_parts("ff", n_train=100, n_test=50, width=10, layers=1, batch_size=None,
+                                 inputs=3072, classes=10)
+    assert parts["data"] == 4 * (100 * 3072 + 200) and parts["parameters"] == 4 * 4 * (3072 * 10 + 10)
+    shape = gpu.run_shape(build_spec("quick", {"datasets": ["cifar10"], "data": {"train_subset": None,
+                                                                                  "test_subset": None}}),
+                          RunKey("ff", "cifar10", 0))
+    assert (shape["inputs"], shape["classes"], shape["n_train"], shape["n_test"]) == (3072, 10, 50_000, 10_000)
+    emnist = gpu.run_shape(build_spec("quick", {"datasets": ["emnist_balanced"], "unseen_class": None}),
+                           RunKey("bp", "emnist_balanced", 0))
+    assert (emnist["inputs"], emnist["classes"]) == (784, 47)
+    mnist, cifar = (gpu.estimate_run_memory(build_spec("quick", {"datasets": [d]}), RunKey("ff", d, 0))
+                    for d in ("mnist", "cifar10"))
+    assert cifar > mnist
+
+
 @pytest.mark.parametrize("model", list(MODELS))
 def test_every_model_type_has_a_memory_estimate(model):
     """Admission estimates every run a GPU worker may get from its model type's
@@ -493,3 +511,20 @@ def test_the_estimate_covers_what_a_paper_run_allocates_on_cuda(model):
     reserved = torch.cuda.max_memory_reserved()
     estimate = gpu.estimate_run_memory(spec, RunKey(model, "mnist", 0)) - gpu.CUDA_CONTEXT_BYTES
     assert reserved <= estimate <= 3 * torch.cuda.max_memory_allocated(), (reserved, estimate)
+
+
+def test_the_usage_estimates_follow_the_data_set():
+    """fflab.usage: a colour run stores and computes more than a grey one of the same
+    shape, and EMNIST balanced's 47 classes cost BP's head and FF's evaluation more."""
+    from fflab import usage
+
+    def size(dataset: str, model: str = "ff") -> usage.RunSize:
+        return usage.RunSize.of(build_spec("quick", {"datasets": [dataset], "unseen_class": None}),
+                                RunKey(model, dataset, 0))
+
+    grey, colour, letters = size("mnist"), size("cifar10"), size("emnist_balanced")
+    assert (grey.inputs, colour.inputs, letters.classes) == (784, 3072, 47)
+    assert colour.forward_macs - grey.forward_macs == (3072 - 784) * grey.width
+    spec = build_spec("quick", {"datasets": ["mnist", "cifar10"], "unseen_class": None})
+    assert usage.estimate_run_seconds(spec, RunKey("ff", "cifar10", 0)) > usage.estimate_run_seconds(
+        spec, RunKey("ff", "mnist", 0))

@@ -87,6 +87,7 @@ class DataSet:
     split: str | None = None
     label_offset: int = 0
     in_paper: bool = False
+    sizes: tuple[int, int] = (60_000, 10_000)  # training and test images of the whole splits
 
     @property
     def n_classes(self) -> int:
@@ -128,15 +129,16 @@ DATASETS: Registry[DataSet] = Registry("dataset", {
     "kmnist": DataSet("KMNIST", "KMNIST", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
                       mean=(0.1918,), std=(0.3483,)),
     "emnist_balanced": DataSet("EMNIST-balanced", "EMNIST", EMNIST_BALANCED_CLASSES, mean=(0.1751,),
-                               std=(0.3332,), layout="emnist", split="balanced"),
+                               std=(0.3332,), layout="emnist", split="balanced", sizes=(112_800, 18_800)),
     "emnist_letters": DataSet("EMNIST-letters", "EMNIST", EMNIST_LETTERS_CLASSES, mean=(0.1722,),
-                              std=(0.3309,), layout="emnist", split="letters", label_offset=1),
+                              std=(0.3309,), layout="emnist", split="letters", label_offset=1,
+                              sizes=(124_800, 20_800)),
     # Colour: the authors' own statistics (their code's scheduler/data.py) for both.
     "cifar10": DataSet("CIFAR-10", "CIFAR10", (
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-    ), image_shape=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), layout="cifar10"),
+    ), image_shape=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), layout="cifar10", sizes=(50_000, 10_000)),
     "svhn": DataSet("SVHN", "SVHN", DIGITS, image_shape=(3, 32, 32), mean=(0.4376821, 0.4437697, 0.47280442),
-                    std=(0.19803012, 0.20101562, 0.19703614), layout="svhn"),
+                    std=(0.19803012, 0.20101562, 0.19703614), layout="svhn", sizes=(73_257, 26_032)),
 })
 # The data sets the paper reports on (the default of an experiment and of fetch-data).
 PAPER_DATASETS = tuple(name for name, entry in DATASETS.items() if entry.in_paper)

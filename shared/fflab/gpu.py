@@ -45,6 +45,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from fflab.data import DATASETS
 from fflab.devices import DeviceInfo
 from fflab.models import MODELS
 from fflab.models.model_type import RunShape
@@ -52,10 +53,8 @@ from fflab.processes import process_alive
 from fflab.spec import ExperimentSpec, RunKey
 
 FLOAT_BYTES = 4  # every trainer works in float32
-IMAGE_PIXELS = 784
+IMAGE_PIXELS = 784  # MNIST and Fashion-MNIST: run_memory_parts's defaults
 N_CLASSES = 10
-TRAIN_IMAGES = 60_000  # MNIST and Fashion-MNIST
-TEST_IMAGES = 10_000
 EVAL_CHUNK = 2_000  # fflab.models.common.label_goodness / goodness_representations
 # What a process that runs on a GPU holds before it allocates a tensor: the CUDA
 # context, cuBLAS's workspace and the kernels loaded. About 500 MiB with torch 2.x
@@ -192,7 +191,7 @@ def cpu_device() -> DeviceInfo:
 
 
 def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: int,
-                     batch_size: int | None) -> dict[str, int]:
+                     batch_size: int | None, inputs: int = IMAGE_PIXELS, classes: int = N_CLASSES) -> dict[str, int]:
     """Bytes of device memory a run's live tensors peak at, by part (float32).
 
     ``data``: the training images on the device. ``parameters``: weights and
@@ -208,12 +207,12 @@ def run_memory_parts(model: str, n_train: int, n_test: int, width: int, layers: 
     ``evaluation``: a chunk of test images through the ten labels (chunk x width
     per label and layer, a few at a time). The test images stay on the CPU.
     """
-    d = IMAGE_PIXELS
-    shape = RunShape(n_train, n_test, width, layers, batch_size)
+    d = inputs  # the flattened image: 784, or 3072 for a colour data set
+    shape = RunShape(n_train, n_test, width, layers, batch_size, inputs, classes)
     use = MODELS.lookup(model).memory(shape)
     parts = {"data": n_train * d + 2 * n_train, "parameters": 4 * use.weights, "training": use.training}
     chunk = min(EVAL_CHUNK, n_test)
-    parts["evaluation"] = chunk * d + 4 * chunk * shape.widest + chunk * N_CLASSES * layers
+    parts["evaluation"] = chunk * d + 4 * chunk * shape.widest + chunk * classes * layers
     return {name: FLOAT_BYTES * count for name, count in parts.items()}
 
 
@@ -223,13 +222,17 @@ def run_shape(spec: ExperimentSpec, key: RunKey) -> dict[str, Any]:
     without a class is counted at full size (an upper bound)."""
     spec = spec.at(key.point)
     training = spec.training(key.model)
+    dataset = DATASETS[key.dataset]
+    train_images, test_images = dataset.sizes
     return {
         "model": key.model,
-        "n_train": spec.data.train_subset or TRAIN_IMAGES,
-        "n_test": spec.data.test_subset or TEST_IMAGES,
+        "n_train": spec.data.train_subset or train_images,
+        "n_test": spec.data.test_subset or test_images,
         "width": spec.network.width,
         "layers": spec.network.layers,
         "batch_size": training.batch_size,
+        "inputs": dataset.inputs,
+        "classes": dataset.n_classes,
     }
 
 

@@ -51,14 +51,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from fflab.data import DATASETS
 from fflab.db import ACTIVE_STATUSES, Artifact, Experiment, Run
 from fflab.representations import REPRESENTATIONS_KIND, experiment_kind
 from fflab.settings import Settings
 from fflab.spec import ExperimentSpec, RunKey
 
-IMAGE_PIXELS = 784
-N_CLASSES = 10
-TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000  # MNIST and Fashion-MNIST
 MB = 1_000_000
 
 # Models that score each of the ten labels by goodness (stored label_goodness, ten
@@ -95,6 +93,8 @@ class RunSize:
     layers: int
     epochs: int
     snapshots: int  # snapshot epochs
+    inputs: int  # the flattened image: 784, or 3072 for colour (fflab.data.DATASETS)
+    classes: int
 
     @classmethod
     def of(cls, spec: ExperimentSpec, key: RunKey) -> RunSize:
@@ -102,8 +102,10 @@ class RunSize:
         epochs = spec.training(key.model).epochs
         snapshots = min(SNAPSHOT_CAPTURES, epochs) if spec.snapshots is None else sum(
             1 for epoch in spec.snapshots if epoch <= epochs)
-        return cls(key.model, spec.data.train_subset or TRAIN_IMAGES, spec.data.test_subset or TEST_IMAGES,
-                   spec.network.width, spec.network.layers, epochs, snapshots)
+        dataset = DATASETS[key.dataset]
+        train_images, test_images = dataset.sizes
+        return cls(key.model, spec.data.train_subset or train_images, spec.data.test_subset or test_images,
+                   spec.network.width, spec.network.layers, epochs, snapshots, dataset.inputs, dataset.n_classes)
 
     @property
     def units(self) -> int:
@@ -112,7 +114,7 @@ class RunSize:
     @property
     def forward_macs(self) -> int:
         """Multiply-adds of one image through the hidden layers."""
-        return IMAGE_PIXELS * self.width + (self.layers - 1) * self.width * self.width
+        return self.inputs * self.width + (self.layers - 1) * self.width * self.width
 
 
 # ----------------------------------------------------------------------------- estimates
@@ -123,11 +125,11 @@ def estimate_run_bytes(spec: ExperimentSpec, key: RunKey) -> int:
     size = RunSize.of(spec, key)
     layers = size.n_test * size.units
     if size.model in GOODNESS_MODELS:
-        layers += size.n_test * N_CLASSES * size.layers
+        layers += size.n_test * size.classes * size.layers
     representations = 4 * layers * REPRESENTATION_RATIO
-    parameters = IMAGE_PIXELS * size.width + (size.layers - 1) * size.width ** 2 + size.units
+    parameters = size.inputs * size.width + (size.layers - 1) * size.width ** 2 + size.units
     if size.model not in GOODNESS_MODELS:
-        parameters += (size.width + 1) * N_CLASSES
+        parameters += (size.width + 1) * size.classes
     probe = min(SNAPSHOT_PROBE_IMAGES, size.n_test)
     snapshots = 2 * probe * size.units * size.snapshots * SNAPSHOT_RATIO
     return int(representations + 4 * parameters + snapshots + DOCUMENT_BYTES_PER_UNIT * size.units)
@@ -150,7 +152,7 @@ def estimate_run_seconds(spec: ExperimentSpec, key: RunKey) -> float:
     images = size.n_train * (2 if size.model in GOODNESS_MODELS else 1)
     passes = 3 if size.model in BACKPROP_MODELS else 1
     train = size.epochs * images * size.forward_macs * passes
-    evaluate = size.n_test * size.forward_macs * (N_CLASSES if size.model in GOODNESS_MODELS else 1)
+    evaluate = size.n_test * size.forward_macs * (size.classes if size.model in GOODNESS_MODELS else 1)
     rate = TRAIN_MACS_PER_S.get(size.model, min(TRAIN_MACS_PER_S.values()))
     analyse = ANALYSE_SECONDS_PER_UNIT.get(size.model, max(ANALYSE_SECONDS_PER_UNIT.values())) * size.units
     return train / rate + evaluate / EVALUATE_MACS_PER_S + analyse + RUN_OVERHEAD_S

@@ -12,8 +12,7 @@ use: this package imports no torch until a model is built or trained.
 
 from __future__ import annotations
 
-from fflab.models.model_type import IMAGE_PIXELS as D
-from fflab.models.model_type import N_CLASSES, MemoryUse, ModelType, RunShape, load_implementation
+from fflab.models.model_type import MemoryUse, ModelType, RunShape, load_implementation
 from fflab.registry import Registry
 
 
@@ -23,9 +22,9 @@ def ff_memory(shape: RunShape) -> MemoryUse:
     layer's inputs (2N x width) and, while a layer freezes, its activations and
     their normalised copy (2 x 2N x width); minibatches add gathered rows."""
     n, rows, width, widest = shape.n_train, shape.rows, shape.width, shape.widest
-    training = n * D + 2 * rows * width + 2 * n * widest + 2 * (2 * n * width)
+    training = n * shape.inputs + 2 * rows * width + 2 * n * widest + 2 * (2 * n * width)
     if rows < n:
-        training += rows * D + 2 * rows * widest
+        training += rows * shape.inputs + 2 * rows * widest
     return MemoryUse(shape.hidden_weights, training)
 
 
@@ -34,15 +33,15 @@ def bpff_memory(shape: RunShape) -> MemoryUse:
     and, per layer, what autograd keeps for the backward pass (normalised input,
     pre-activation, activation: 3 x 2 rows x width), twice for the gradients."""
     rows = shape.rows
-    return MemoryUse(shape.hidden_weights, 2 * rows * D + 2 * shape.layers * 3 * (2 * rows * shape.width))
+    return MemoryUse(shape.hidden_weights, 2 * rows * shape.inputs + 2 * shape.layers * 3 * (2 * rows * shape.width))
 
 
 def bp_memory(shape: RunShape) -> MemoryUse:
     """BP: the hidden layers and the 10-way head; per layer 3 x rows x width kept
     for the backward pass, twice."""
     rows, width = shape.rows, shape.width
-    return MemoryUse(shape.hidden_weights + width * N_CLASSES + N_CLASSES,
-                     rows * D + 2 * shape.layers * 3 * (rows * width))
+    return MemoryUse(shape.hidden_weights + width * shape.classes + shape.classes,
+                     rows * shape.inputs + 2 * shape.layers * 3 * (rows * width))
 
 
 def symba_memory(shape: RunShape) -> MemoryUse:
@@ -52,7 +51,7 @@ def symba_memory(shape: RunShape) -> MemoryUse:
     gradients' temporaries of the two halves (2 rows x width); minibatches add
     gathered rows."""
     n, rows, widest = shape.n_train, shape.rows, shape.widest
-    training = 2 * n * D + 2 * n * widest + 2 * 3 * (2 * rows * widest) + 2 * rows * widest
+    training = 2 * n * shape.inputs + 2 * n * widest + 2 * 3 * (2 * rows * widest) + 2 * rows * widest
     if rows < n:
         training += 2 * rows * widest
     return MemoryUse(shape.hidden_weights, training)

@@ -38,6 +38,8 @@ class RunShape:
     width: int
     layers: int
     batch_size: int | None
+    inputs: int = IMAGE_PIXELS  # the flattened image: 784, or 3072 for colour
+    classes: int = N_CLASSES
 
     @property
     def rows(self) -> int:
@@ -47,12 +49,12 @@ class RunShape:
     @property
     def widest(self) -> int:
         """The widest layer input: the image or a hidden layer."""
-        return max(IMAGE_PIXELS, self.width)
+        return max(self.inputs, self.width)
 
     @property
     def hidden_weights(self) -> int:
         """Weights and biases of the hidden layers."""
-        return IMAGE_PIXELS * self.width + self.width + (self.layers - 1) * (self.width * self.width + self.width)
+        return self.inputs * self.width + self.width + (self.layers - 1) * (self.width * self.width + self.width)
 
 
 @dataclass(frozen=True)
