@@ -287,8 +287,9 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
         ge=0,
         description="Also train FF without this class, per data set and seed, for the "
         "unseen-class analysis (paper: class 0 of Fashion-MNIST); null = no such runs. It must be "
-        "a class of every data set the unseen-class runs train on (0-9; EMNIST letters 0-25). "
-        "Only when models include ff (the model types that train without a class).",
+        "a class of every data set the unseen-class runs would train on (0-9; EMNIST letters 0-25), "
+        "checked even when no model of the experiment trains without a class (ff does; then there "
+        "are no such runs).",
     )
     unseen_class_datasets: list[DatasetName] | None = Field(
         None,
@@ -372,7 +373,7 @@ class ExperimentSpec(_ExperimentScopeAndTraining):
     def _unseen_class_is_a_class(self) -> ExperimentSpec:
         """The left-out class exists in every data set its runs train on; the error located
         at ``unseen_class``."""
-        if self.unseen_class is None or not self.models_without_a_class():
+        if self.unseen_class is None:  # checked with or without a model that trains without it: never ignored
             return self
         too_few = [d for d in self.unseen_class_runs_on() if self.unseen_class >= DATASETS[d].n_classes]
         if too_few:
