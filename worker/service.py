@@ -18,6 +18,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -129,19 +130,8 @@ def claim_and_analyse(settings: Settings, run_pk: int, task_id: str) -> str | No
     if run is None:
         log.info("task %s: its run is no longer waiting for it (cancelled, ended or requeued)", task_id)
         return None
-    started = time.monotonic()
-    with RunTelemetry(settings, run_pk, task_id, "cpu") as telemetry:
-        log.info("run %s of experiment %s started: analysing the uploaded representations", key.run_id,
-                 experiment_id)
-        with Heartbeat(settings.resolved_database_url, run_pk, task_id,
-                       heartbeat_interval(settings.run_heartbeat_timeout_s)):
-            outcome = analyse_and_store(settings, run_pk, task_id, spec, key, experiment_id, telemetry)
-        if outcome is not None:
-            end_run(settings, run_pk, outcome, task_id=task_id)
-        recorded = recorded_outcome(settings, run_pk, task_id)
-        log.info("run %s of experiment %s ended %s after %.1f s", key.run_id, experiment_id,
-                 recorded or "elsewhere (requeued or deleted meanwhile)", time.monotonic() - started)
-    return recorded
+    return deliver(settings, run_pk, task_id, key, experiment_id, "cpu", "analysing the uploaded representations",
+                   lambda telemetry: analyse_and_store(settings, run_pk, task_id, spec, key, experiment_id, telemetry))
 
 
 def analyse_and_store(settings: Settings, run_pk: int, task_id: str, spec: dict[str, Any], key: RunKey,
@@ -191,12 +181,22 @@ def claim_and_train(settings: Settings, run_pk: int, task_id: str) -> str | None
     if run is None:
         log.info("task %s: its run is no longer waiting for it (cancelled, ended or requeued)", task_id)
         return None
+    return deliver(settings, run_pk, task_id, key, experiment_id, spec.device, "training",
+                   lambda telemetry: train_and_store(settings, run_pk, task_id, spec, key, experiment_id, telemetry))
+
+
+def deliver(settings: Settings, run_pk: int, task_id: str, key: RunKey, experiment_id: str, device: str,
+            doing: str, work: Callable[[RunTelemetry], str | None]) -> str | None:
+    """A claimed run's delivery: ``work`` (train or analyse, then store and record)
+    under its telemetry (losses, log, code version) and heartbeat, then the run
+    ended with the outcome ``work`` returns (None: ended there already); returns
+    the outcome as it was recorded."""
     started = time.monotonic()
-    with RunTelemetry(settings, run_pk, task_id, spec.device) as telemetry:  # losses, log, code version
-        log.info("run %s of experiment %s started", key.run_id, experiment_id)
+    with RunTelemetry(settings, run_pk, task_id, device) as telemetry:
+        log.info("run %s of experiment %s started: %s", key.run_id, experiment_id, doing)
         with Heartbeat(settings.resolved_database_url, run_pk, task_id,
                        heartbeat_interval(settings.run_heartbeat_timeout_s)):
-            outcome = train_and_store(settings, run_pk, task_id, spec, key, experiment_id, telemetry)
+            outcome = work(telemetry)
         if outcome is not None:
             end_run(settings, run_pk, outcome, task_id=task_id)
         recorded = recorded_outcome(settings, run_pk, task_id)
